@@ -1,0 +1,3 @@
+//! `election-ingest`: see the README.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! `election-query`: see the README.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! `election-reprocessor`: see the README.
+
+fn main() {}

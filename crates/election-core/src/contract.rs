@@ -1,0 +1,669 @@
+//! The contract suite every store must pass: one set of checks, generic over
+//! the traits, run against the in-memory stores, real PostgreSQL, real
+//! standalone Redis and a real Redis Cluster.
+//!
+//! Each check gets fresh stores from the caller's factory (a fresh schema, a
+//! fresh in-memory store) and, for the tally, an election id of its own, so
+//! checks can share one Redis server and run in parallel. Embedders who write
+//! their own store can run the same suite against it.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! use election_core::contract;
+//! use election_core::memory::{MemoryLog, MemoryTally};
+//! contract::report_log(&|| Arc::new(MemoryLog::new()));
+//! contract::tally(&|| Arc::new(MemoryTally::new()));
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::engine::{Engine, Outcome};
+use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
+use crate::report::{Difference, Report, Revision};
+use crate::rules::Conflict;
+use crate::store::{
+    Applied, Claim, Counter, Counting, Recorded, ReportId, ReportLog, Tally, Totals,
+};
+
+/// Makes a fresh report log.
+pub type LogFactory<'a> = &'a dyn Fn() -> Arc<dyn ReportLog>;
+/// Makes a tally (fresh or shared: checks use elections of their own).
+pub type TallyFactory<'a> = &'a dyn Fn() -> Arc<dyn Tally>;
+
+/// An election id no other check, test or process uses.
+pub fn unique_election(prefix: &str) -> ElectionId {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    ElectionId::parse(&format!(
+        "{prefix}-{:x}-{:x}-{n}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff
+    ))
+    .expect("generated election ids are valid")
+}
+
+/// Builds a report from literals (panics on invalid input: for tests).
+pub fn report(
+    election: &ElectionId,
+    ballot_box: &str,
+    city: &str,
+    revision: u32,
+    votes: &[(&str, u32)],
+) -> Report {
+    let votes = votes
+        .iter()
+        .map(|(party, n)| (PartyId::parse(party).unwrap(), *n))
+        .collect();
+    Report::new(
+        election.clone(),
+        BallotBoxId::parse(ballot_box).unwrap(),
+        CityId::parse(city).unwrap(),
+        crate::report::Votes::new(votes).unwrap(),
+        Revision::new(i64::from(revision)).unwrap(),
+        (revision > 1).then(|| format!("recount {revision}")),
+    )
+    .unwrap()
+}
+
+/// The seed article's example: three ballot boxes in London, Manchester and
+/// Edinburgh.
+pub fn seed_reports(election: &ElectionId) -> Vec<Report> {
+    vec![
+        report(
+            election,
+            "BB-LON-1",
+            "london",
+            1,
+            &[("tories", 120), ("labour", 200), ("libdems", 45), ("reform", 20)],
+        ),
+        report(
+            election,
+            "BB-MAN-1",
+            "manchester",
+            1,
+            &[("tories", 90), ("labour", 150), ("libdems", 30), ("reform", 10)],
+        ),
+        report(
+            election,
+            "BB-EDI-1",
+            "edinburgh",
+            1,
+            &[("tories", 50), ("labour", 80), ("libdems", 40), ("reform", 5)],
+        ),
+    ]
+}
+
+/// The seed's national totals.
+pub const SEED_NATIONAL: [(&str, i64); 4] =
+    [("labour", 430), ("libdems", 115), ("reform", 35), ("tories", 260)];
+
+fn party(name: &str) -> PartyId {
+    PartyId::parse(name).unwrap()
+}
+
+fn city(name: &str) -> CityId {
+    CityId::parse(name).unwrap()
+}
+
+fn national(pairs: &[(&str, i64)]) -> BTreeMap<PartyId, i64> {
+    pairs.iter().map(|(p, n)| (party(p), *n)).collect()
+}
+
+fn fresh(answer: &Recorded) -> &Counting {
+    match answer {
+        Recorded::Fresh(counting) => counting,
+        other => panic!("expected a fresh record, got {other:?}"),
+    }
+}
+
+fn claim_now(limit: usize) -> Claim {
+    Claim {
+        limit,
+        pending_for: Duration::ZERO,
+        lease: Duration::from_secs(600),
+    }
+}
+
+/// Runs every report-log check, each on a fresh log.
+pub fn report_log(new_log: LogFactory<'_>) {
+    log_records_fresh_replay_and_conflicts(new_log()); 
+    log_computes_differences_between_revisions(new_log());
+    log_decides_within_a_batch_in_order(new_log());
+    log_claims_leases_and_releases(new_log());
+    log_claims_are_disjoint_between_concurrent_workers(new_log());
+    log_serialises_concurrent_posts_of_one_box(new_log());
+    log_totals_sum_counted_differences(new_log());
+}
+
+fn log_records_fresh_replay_and_conflicts(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let r1 = report(&e, "B1", "london", 1, &[("a", 10), ("b", 5)]);
+    let answers = log.record(std::slice::from_ref(&r1)).unwrap();
+    let counting = fresh(&answers[0]).clone();
+    assert_eq!(counting.election, e);
+    assert_eq!(counting.ballot_box.as_str(), "B1");
+    assert_eq!(counting.city.as_str(), "london");
+    assert_eq!(counting.revision, Revision::FIRST);
+    assert_eq!(counting.difference, Difference::between(None, r1.votes()));
+    assert_eq!(log.pending_count(&e).unwrap(), 1);
+
+    // The same report again: a replay of the same id, nothing new.
+    let again = log.record(std::slice::from_ref(&r1)).unwrap();
+    assert_eq!(
+        again,
+        [Recorded::Replay {
+            report_id: counting.report_id,
+            counted: false
+        }]
+    );
+    log.mark_counted(&[counting.report_id]).unwrap();
+    log.mark_counted(&[counting.report_id]).unwrap(); // idempotent
+    let again = log.record(std::slice::from_ref(&r1)).unwrap();
+    assert_eq!(
+        again,
+        [Recorded::Replay {
+            report_id: counting.report_id,
+            counted: true
+        }]
+    );
+
+    // Same revision, other content; other city; nothing recorded for either.
+    let other = report(&e, "B1", "london", 1, &[("a", 11), ("b", 5)]);
+    let moved = report(&e, "B1", "paris", 2, &[("a", 10), ("b", 5)]);
+    let answers = log.record(&[other, moved]).unwrap();
+    assert_eq!(
+        answers[0],
+        Recorded::Conflict(Conflict::DifferentPayload {
+            revision: Revision::FIRST
+        })
+    );
+    assert_eq!(
+        answers[1],
+        Recorded::Conflict(Conflict::OtherCity {
+            city: city("paris"),
+            recorded: city("london")
+        })
+    );
+    assert_eq!(log.pending_count(&e).unwrap(), 0);
+    assert!(log.claim_pending(&claim_now(10)).unwrap().is_empty());
+}
+
+fn log_computes_differences_between_revisions(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let r1 = report(&e, "B1", "york", 1, &[("a", 10), ("b", 5)]);
+    let r3 = report(&e, "B1", "york", 3, &[("a", 12), ("c", 4)]);
+    let r2 = report(&e, "B1", "york", 2, &[("a", 1)]);
+    let first = log.record(&[r1]).unwrap();
+    let third = log.record(std::slice::from_ref(&r3)).unwrap();
+    let diff = &fresh(&third[0]).difference;
+    let got: Vec<(String, i64)> = diff.iter().map(|(p, n)| (p.to_string(), n)).collect();
+    assert_eq!(got, [("a".into(), 2), ("b".into(), -5), ("c".into(), 4)]);
+    assert_ne!(fresh(&first[0]).report_id, fresh(&third[0]).report_id);
+    // A revision older than the latest arrives late: refused.
+    assert_eq!(
+        log.record(&[r2]).unwrap(),
+        [Recorded::Conflict(Conflict::Stale {
+            revision: Revision::new(2).unwrap(),
+            latest: Revision::new(3).unwrap()
+        })]
+    );
+    // Replaying the latest is still a replay.
+    assert!(matches!(
+        log.record(&[r3]).unwrap()[0],
+        Recorded::Replay { counted: false, .. }
+    ));
+}
+
+fn log_decides_within_a_batch_in_order(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let r1 = report(&e, "B1", "york", 1, &[("a", 10)]);
+    let r2 = report(&e, "B1", "york", 2, &[("a", 15)]);
+    let other = report(&e, "B2", "leeds", 1, &[("a", 1)]);
+    let bad = report(&e, "B2", "york", 2, &[("a", 1)]);
+    let answers = log
+        .record(&[r1.clone(), r1.clone(), r2, other, bad])
+        .unwrap();
+    let first = fresh(&answers[0]).report_id;
+    assert_eq!(
+        answers[1],
+        Recorded::Replay {
+            report_id: first,
+            counted: false
+        }
+    );
+    let second = fresh(&answers[2]);
+    assert_eq!(second.difference.iter().collect::<Vec<_>>(), [(&party("a"), 5)]);
+    assert_eq!(fresh(&answers[3]).city, city("leeds"));
+    assert!(matches!(
+        answers[4],
+        Recorded::Conflict(Conflict::OtherCity { .. })
+    ));
+    assert_eq!(log.pending_count(&e).unwrap(), 3);
+}
+
+fn log_claims_leases_and_releases(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let reports: Vec<Report> = (0..5)
+        .map(|i| report(&e, &format!("B{i}"), "york", 1, &[("a", i)]))
+        .collect();
+    let ids: Vec<ReportId> = log
+        .record(&reports)
+        .unwrap()
+        .iter()
+        .map(|r| fresh(r).report_id)
+        .collect();
+
+    // Too recent to claim.
+    let patient = Claim {
+        pending_for: Duration::from_secs(3600),
+        ..claim_now(10)
+    };
+    assert!(log.claim_pending(&patient).unwrap().is_empty());
+
+    // Oldest first, at most `limit`, and each claimed once while leased.
+    let first = log.claim_pending(&claim_now(3)).unwrap();
+    assert_eq!(
+        first.iter().map(|c| c.report_id).collect::<Vec<_>>(),
+        ids[..3]
+    );
+    assert_eq!(first[2].difference, Difference::between(None, reports[2].votes()));
+    let second = log.claim_pending(&claim_now(10)).unwrap();
+    assert_eq!(
+        second.iter().map(|c| c.report_id).collect::<Vec<_>>(),
+        ids[3..]
+    );
+    assert!(log.claim_pending(&claim_now(10)).unwrap().is_empty());
+
+    // Counted ones are gone for good; released ones come back at once.
+    log.mark_counted(&ids[..2]).unwrap();
+    log.release(&ids[2..3], "redis is unavailable").unwrap();
+    let again = log.claim_pending(&claim_now(10)).unwrap();
+    assert_eq!(again.iter().map(|c| c.report_id).collect::<Vec<_>>(), [ids[2]]);
+    assert_eq!(log.pending_count(&e).unwrap(), 3);
+
+    // An expired lease makes the revision claimable again.
+    log.mark_counted(&ids[2..]).unwrap();
+    let late = report(&e, "B9", "york", 1, &[("a", 9)]);
+    let late_id = fresh(&log.record(&[late]).unwrap()[0]).report_id;
+    let short = Claim {
+        lease: Duration::from_millis(50),
+        ..claim_now(10)
+    };
+    assert_eq!(log.claim_pending(&short).unwrap().len(), 1);
+    assert!(log.claim_pending(&short).unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(120));
+    let reclaimed = log.claim_pending(&short).unwrap();
+    assert_eq!(reclaimed.iter().map(|c| c.report_id).collect::<Vec<_>>(), [late_id]);
+    log.mark_counted(&[late_id]).unwrap();
+    assert_eq!(log.pending_count(&e).unwrap(), 0);
+}
+
+fn log_claims_are_disjoint_between_concurrent_workers(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let reports: Vec<Report> = (0..200)
+        .map(|i| report(&e, &format!("B{i}"), "york", 1, &[("a", 1)]))
+        .collect();
+    for chunk in reports.chunks(50) {
+        log.record(chunk).unwrap();
+    }
+    let workers = 4;
+    let barrier = Arc::new(Barrier::new(workers));
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let log = Arc::clone(&log);
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut mine = Vec::new();
+                loop {
+                    let batch = log.claim_pending(&claim_now(7)).unwrap();
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch.iter().map(|c| c.report_id));
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<ReportId> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let claimed = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(claimed, 200, "every pending revision is claimed");
+    assert_eq!(all.len(), 200, "no revision is claimed twice");
+}
+
+fn log_serialises_concurrent_posts_of_one_box(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let r1 = report(&e, "B1", "york", 1, &[("a", 10)]);
+    let threads = 8;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let log = Arc::clone(&log);
+            let barrier = Arc::clone(&barrier);
+            let r1 = r1.clone();
+            let e = e.clone();
+            std::thread::spawn(move || {
+                // Half post the same revision 1, half a revision 2 and an
+                // unrelated box, so boxes lock in different batches.
+                let batch = if i % 2 == 0 {
+                    vec![r1]
+                } else {
+                    vec![
+                        report(&e, "B0", "york", 1, &[("a", 1)]),
+                        report(&e, "B1", "york", 2, &[("a", 11)]),
+                    ]
+                };
+                barrier.wait();
+                log.record(&batch).unwrap()
+            })
+        })
+        .collect();
+    let answers: Vec<Recorded> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let fresh: Vec<&Counting> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Recorded::Fresh(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    // B0 once; B1 revision 1 once (unless revision 2 won the race, which makes
+    // revision 1 stale); B1 revision 2 once.
+    let of = |b: &str, r: u32| {
+        fresh
+            .iter()
+            .filter(|c| c.ballot_box.as_str() == b && c.revision.get() == r)
+            .count()
+    };
+    assert_eq!(of("B0", 1), 1, "{answers:?}");
+    assert_eq!(of("B1", 2), 1, "{answers:?}");
+    assert!(of("B1", 1) <= 1, "{answers:?}");
+    // Whatever the order, the differences of B1 add up to revision 2's votes.
+    let b1: i64 = fresh
+        .iter()
+        .filter(|c| c.ballot_box.as_str() == "B1")
+        .flat_map(|c| c.difference.iter().map(|(_, n)| n))
+        .sum();
+    assert_eq!(b1, 11);
+}
+
+fn log_totals_sum_counted_differences(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let mut answers = log.record(&seed_reports(&e)).unwrap();
+    answers.extend(
+        log.record(&[report(&e, "BB-LON-1", "london", 2, &[("tories", 121), ("labour", 200)])])
+            .unwrap(),
+    );
+    let ids: Vec<ReportId> = answers.iter().map(|a| fresh(a).report_id).collect();
+    // Only counted revisions count.
+    assert_eq!(log.counted_totals(&e).unwrap(), Totals::new());
+    log.mark_counted(&ids[..3]).unwrap();
+    assert_eq!(
+        log.counted_totals(&e).unwrap().national(),
+        national(&SEED_NATIONAL)
+    );
+    log.mark_counted(&ids[3..]).unwrap();
+    let totals = log.counted_totals(&e).unwrap();
+    // London lost its libdems (45) and reform (20) votes and gained a tory.
+    assert_eq!(
+        totals.national(),
+        national(&[("labour", 430), ("libdems", 70), ("reform", 15), ("tories", 261)])
+    );
+    assert_eq!(
+        totals.city(&city("london")),
+        national(&[("labour", 200), ("libdems", 0), ("reform", 0), ("tories", 121)])
+    );
+    // Another election's log is not mixed in.
+    assert_eq!(
+        log.counted_totals(&unique_election("other")).unwrap(),
+        Totals::new()
+    );
+}
+
+fn counting(
+    report_id: i64,
+    e: &ElectionId,
+    ballot_box: &str,
+    city_name: &str,
+    revision: u32,
+    diff: &[(&str, i64)],
+) -> Counting {
+    Counting {
+        report_id: ReportId(report_id),
+        election: e.clone(),
+        ballot_box: BallotBoxId::parse(ballot_box).unwrap(),
+        city: city(city_name),
+        revision: Revision::new(i64::from(revision)).unwrap(),
+        difference: Difference::from_parts(diff.iter().map(|(p, n)| (party(p), *n)).collect()),
+    }
+}
+
+/// Runs every tally check; each uses an election of its own.
+pub fn tally(new_tally: TallyFactory<'_>) {
+    tally_applies_once_per_revision(new_tally());
+    tally_differences_commute(new_tally());
+    tally_concurrent_appliers_count_once(new_tally());
+    tally_keeps_elections_apart(new_tally());
+    tally_handles_large_batches(new_tally());
+}
+
+fn tally_applies_once_per_revision(tally: Arc<dyn Tally>) {
+    let e = unique_election("tally");
+    let a = counting(1, &e, "B1", "london", 1, &[("labour", 200), ("tories", 120), ("reform", 0)]);
+    let b = counting(2, &e, "B2", "leeds", 1, &[("labour", 5)]);
+    let answers = tally.apply(&[a.clone(), b.clone()]);
+    assert!(answers.iter().all(|r| matches!(r, Ok(Applied::Now))), "{answers:?}");
+    let again = tally.apply(&[a, b]);
+    assert!(again.iter().all(|r| matches!(r, Ok(Applied::Already))), "{again:?}");
+
+    let snapshot = tally.snapshot(&e).unwrap();
+    assert_eq!(
+        snapshot.totals.national(),
+        national(&[("labour", 205), ("reform", 0), ("tories", 120)])
+    );
+    assert_eq!(
+        snapshot.totals.city(&city("london")),
+        national(&[("labour", 200), ("reform", 0), ("tories", 120)])
+    );
+    assert_eq!(snapshot.totals.city(&city("leeds")), national(&[("labour", 5)]));
+    assert_eq!(
+        snapshot.parties.iter().map(PartyId::as_str).collect::<Vec<_>>(),
+        ["labour", "reform", "tories"]
+    );
+    assert_eq!(
+        snapshot
+            .cities
+            .iter()
+            .map(|(c, n)| (c.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("leeds", 1), ("london", 1)]
+    );
+    assert_eq!(snapshot.ballot_boxes_reported, 2);
+}
+
+fn tally_differences_commute(tally: Arc<dyn Tally>) {
+    let e = unique_election("tally");
+    // Revisions 1, 2 and 3 of one box arrive 3, 1, 2.
+    let r1 = counting(1, &e, "B1", "york", 1, &[("a", 10), ("b", 5)]);
+    let r2 = counting(2, &e, "B1", "york", 2, &[("a", 2), ("b", -5), ("c", 4)]);
+    let r3 = counting(3, &e, "B1", "york", 3, &[("a", -1), ("c", 0)]);
+    for batch in [vec![r3.clone()], vec![r1.clone()], vec![r2.clone(), r3.clone(), r1.clone()]] {
+        for answer in tally.apply(&batch) {
+            answer.unwrap();
+        }
+    }
+    let snapshot = tally.snapshot(&e).unwrap();
+    assert_eq!(
+        snapshot.totals.national(),
+        national(&[("a", 11), ("b", 0), ("c", 4)])
+    );
+    assert_eq!(snapshot.ballot_boxes_reported, 1);
+    assert_eq!(snapshot.cities.get(&city("york")), Some(&1));
+}
+
+fn tally_concurrent_appliers_count_once(tally: Arc<dyn Tally>) {
+    let e = unique_election("tally");
+    let batch: Vec<Counting> = (0..20)
+        .map(|i| {
+            counting(
+                i + 1,
+                &e,
+                &format!("B{i}"),
+                if i % 2 == 0 { "york" } else { "leeds" },
+                1,
+                &[("a", 1), ("b", 2), ("c", 3)],
+            )
+        })
+        .collect();
+    let threads = 6;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let tally = Arc::clone(&tally);
+            let barrier = Arc::clone(&barrier);
+            let batch = batch.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                tally.apply(&batch)
+            })
+        })
+        .collect();
+    for handle in handles {
+        for answer in handle.join().unwrap() {
+            answer.unwrap();
+        }
+    }
+    let snapshot = tally.snapshot(&e).unwrap();
+    assert_eq!(
+        snapshot.totals.national(),
+        national(&[("a", 20), ("b", 40), ("c", 60)])
+    );
+    assert_eq!(
+        snapshot.totals.city(&city("york")),
+        national(&[("a", 10), ("b", 20), ("c", 30)])
+    );
+    assert_eq!(snapshot.ballot_boxes_reported, 20);
+}
+
+fn tally_keeps_elections_apart(tally: Arc<dyn Tally>) {
+    let e1 = unique_election("tally");
+    let e2 = unique_election("tally");
+    // Same box, revision and report id in two elections: both count.
+    tally.apply(&[counting(1, &e1, "B1", "york", 1, &[("a", 1)])])[0]
+        .as_ref()
+        .unwrap();
+    tally.apply(&[counting(1, &e2, "B1", "york", 1, &[("a", 2)])])[0]
+        .as_ref()
+        .unwrap();
+    assert_eq!(tally.snapshot(&e1).unwrap().totals.national(), national(&[("a", 1)]));
+    assert_eq!(tally.snapshot(&e2).unwrap().totals.national(), national(&[("a", 2)]));
+    let empty = tally.snapshot(&unique_election("tally")).unwrap();
+    assert_eq!(empty.totals, Totals::new());
+    assert_eq!(empty.ballot_boxes_reported, 0);
+}
+
+fn tally_handles_large_batches(tally: Arc<dyn Tally>) {
+    let e = unique_election("tally");
+    // 500 boxes, 10 parties, 20 cities in one call: one round trip per node
+    // for the adapters, and every counter exact.
+    let parties: Vec<String> = (0..10).map(|p| format!("p{p}")).collect();
+    let batch: Vec<Counting> = (0..500)
+        .map(|i| {
+            let diff: Vec<(&str, i64)> = parties.iter().map(|p| (p.as_str(), 1)).collect();
+            counting(i + 1, &e, &format!("B{i}"), &format!("c{}", i % 20), 1, &diff)
+        })
+        .collect();
+    for answer in tally.apply(&batch) {
+        assert_eq!(answer.unwrap(), Applied::Now);
+    }
+    let snapshot = tally.snapshot(&e).unwrap();
+    for p in &parties {
+        assert_eq!(snapshot.totals.get(&Counter::National(party(p))), 500);
+        assert_eq!(snapshot.totals.get(&Counter::City(city("c7"), party(p))), 25);
+    }
+    assert_eq!(snapshot.cities.len(), 20);
+    assert_eq!(snapshot.ballot_boxes_reported, 500);
+}
+
+/// Runs the engine checks over a fresh log and a tally.
+pub fn engine(new_stores: &dyn Fn() -> (Arc<dyn ReportLog>, Arc<dyn Tally>)) {
+    engine_counts_the_seed_example(new_stores());
+    engine_answers_replays_and_conflicts(new_stores());
+    engine_drains_pending_reports(new_stores());
+}
+
+fn engine_counts_the_seed_example((log, tally): (Arc<dyn ReportLog>, Arc<dyn Tally>)) {
+    let engine = Engine::new(log, tally);
+    let e = unique_election("engine");
+    let outcomes = engine.submit(&seed_reports(&e)).unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Counted(_))), "{outcomes:?}");
+    let snapshot = engine.tally().snapshot(&e).unwrap();
+    assert_eq!(snapshot.totals.national(), national(&SEED_NATIONAL));
+    assert_eq!(
+        snapshot.totals.city(&city("london")),
+        national(&[("labour", 200), ("libdems", 45), ("reform", 20), ("tories", 120)])
+    );
+    assert_eq!(snapshot.ballot_boxes_reported, 3);
+    assert_eq!(snapshot.totals, engine.expected_totals(&e).unwrap());
+}
+
+fn engine_answers_replays_and_conflicts((log, tally): (Arc<dyn ReportLog>, Arc<dyn Tally>)) {
+    let engine = Engine::new(log, tally);
+    let e = unique_election("engine");
+    let r1 = report(&e, "B1", "york", 1, &[("a", 10)]);
+    let Outcome::Counted(id) = engine.submit(std::slice::from_ref(&r1)).unwrap()[0] else {
+        panic!("first post is counted")
+    };
+    let outcomes = engine
+        .submit(&[
+            r1.clone(),
+            report(&e, "B1", "york", 1, &[("a", 11)]),
+            report(&e, "B1", "leeds", 2, &[("a", 11)]),
+        ])
+        .unwrap();
+    assert_eq!(outcomes[0], Outcome::Replay { report_id: id, counted: true });
+    assert!(matches!(outcomes[1], Outcome::Conflict(Conflict::DifferentPayload { .. })));
+    assert!(matches!(outcomes[2], Outcome::Conflict(Conflict::OtherCity { .. })));
+    let outcomes = engine
+        .submit(&[report(&e, "B1", "york", 2, &[("a", 7), ("b", 1)])])
+        .unwrap();
+    assert!(matches!(outcomes[0], Outcome::Counted(_)));
+    let snapshot = engine.tally().snapshot(&e).unwrap();
+    assert_eq!(snapshot.totals.national(), national(&[("a", 7), ("b", 1)]));
+    assert_eq!(snapshot.totals, engine.expected_totals(&e).unwrap());
+}
+
+fn engine_drains_pending_reports((log, tally): (Arc<dyn ReportLog>, Arc<dyn Tally>)) {
+    // Recorded through the log alone, as if the tally had been down.
+    let e = unique_election("engine");
+    let recorded = log.record(&seed_reports(&e)).unwrap();
+    assert_eq!(recorded.len(), 3);
+    let engine = Engine::new(Arc::clone(&log), tally);
+    assert_eq!(log.pending_count(&e).unwrap(), 3);
+    let mut counted = 0;
+    loop {
+        let round = engine.count_pending(&claim_now(2)).unwrap();
+        if round.claimed == 0 {
+            break;
+        }
+        counted += round.counted;
+    }
+    assert_eq!(counted, 3);
+    assert_eq!(log.pending_count(&e).unwrap(), 0);
+    let snapshot = engine.tally().snapshot(&e).unwrap();
+    assert_eq!(snapshot.totals.national(), national(&SEED_NATIONAL));
+    assert_eq!(snapshot.totals, engine.expected_totals(&e).unwrap());
+}

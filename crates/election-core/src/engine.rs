@@ -1,0 +1,166 @@
+//! The processing engine: record durably, then count exactly once.
+//!
+//! Every path that counts goes through [`Engine::count`]: ingest right after
+//! recording, the reprocessor after claiming. The order of the three steps is
+//! what makes crashes harmless:
+//!
+//! 1. [`ReportLog::record`] commits the report (I1). A crash before the commit
+//!    leaves nothing; a crash after leaves a pending revision.
+//! 2. [`Tally::apply`] moves the counters with their markers. A crash here
+//!    leaves some or all markers set and the revision still pending.
+//! 3. [`ReportLog::mark_counted`]. A crash before it leaves the revision
+//!    pending with all markers set.
+//!
+//! A pending revision is claimed again later and re-applied; the markers turn
+//! whatever part had already been applied into a no-op. So a revision is never
+//! lost (I3) and never counted twice (I2).
+
+use std::sync::Arc;
+
+use crate::error::StoreError;
+use crate::ids::ElectionId;
+use crate::report::Report;
+use crate::rules::Conflict;
+use crate::store::{Claim, Counting, Recorded, ReportId, ReportLog, Tally, Totals};
+
+/// What happened to one submitted report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Recorded and counted (HTTP 201).
+    Counted(ReportId),
+    /// Recorded durably; counting failed and is left to the reprocessor
+    /// (HTTP 202).
+    Pending(ReportId),
+    /// An identical copy of a recorded revision (HTTP 200).
+    Replay {
+        /// The recorded revision.
+        report_id: ReportId,
+        /// Whether it has been counted.
+        counted: bool,
+    },
+    /// Refused (HTTP 409).
+    Conflict(Conflict),
+}
+
+/// The result of counting a batch of recorded revisions.
+#[derive(Debug, Default)]
+pub struct CountResult {
+    /// Counted and marked so in the log.
+    pub counted: Vec<ReportId>,
+    /// Applied to the tally but not yet marked counted in the log (the mark
+    /// failed); they stay pending and a later attempt marks them.
+    pub unmarked: Vec<ReportId>,
+    /// Not (entirely) applied, with why; they stay pending.
+    pub failed: Vec<(ReportId, StoreError)>,
+}
+
+/// What one [`Engine::count_pending`] round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Revisions claimed.
+    pub claimed: usize,
+    /// Of those, counted.
+    pub counted: usize,
+    /// Of those, still pending.
+    pub failed: usize,
+}
+
+/// Records and counts reports through a [`ReportLog`] and a [`Tally`].
+#[derive(Clone)]
+pub struct Engine {
+    log: Arc<dyn ReportLog>,
+    tally: Arc<dyn Tally>,
+}
+
+impl Engine {
+    /// An engine over the given stores.
+    pub fn new(log: Arc<dyn ReportLog>, tally: Arc<dyn Tally>) -> Engine {
+        Engine { log, tally }
+    }
+
+    /// The report log.
+    pub fn log(&self) -> &Arc<dyn ReportLog> {
+        &self.log
+    }
+
+    /// The tally.
+    pub fn tally(&self) -> &Arc<dyn Tally> {
+        &self.tally
+    }
+
+    /// Records a batch of reports durably, then counts the fresh ones.
+    ///
+    /// `Err` means the log failed and nothing was recorded (HTTP 503). Tally
+    /// failures do not fail the call: those reports answer
+    /// [`Outcome::Pending`].
+    pub fn submit(&self, reports: &[Report]) -> Result<Vec<Outcome>, StoreError> {
+        let recorded = self.log.record(reports)?;
+        let fresh: Vec<Counting> = recorded
+            .iter()
+            .filter_map(|r| match r {
+                Recorded::Fresh(counting) => Some(counting.clone()),
+                _ => None,
+            })
+            .collect();
+        let result = self.count(&fresh);
+        let counted: std::collections::HashSet<ReportId> =
+            result.counted.iter().chain(&result.unmarked).copied().collect();
+        Ok(recorded
+            .into_iter()
+            .map(|r| match r {
+                Recorded::Fresh(counting) if counted.contains(&counting.report_id) => {
+                    Outcome::Counted(counting.report_id)
+                }
+                Recorded::Fresh(counting) => Outcome::Pending(counting.report_id),
+                Recorded::Replay { report_id, counted } => Outcome::Replay { report_id, counted },
+                Recorded::Conflict(conflict) => Outcome::Conflict(conflict),
+            })
+            .collect())
+    }
+
+    /// Applies recorded revisions to the tally and marks the applied ones
+    /// counted. Safe to call for revisions already (partly) applied.
+    pub fn count(&self, batch: &[Counting]) -> CountResult {
+        let mut result = CountResult::default();
+        if batch.is_empty() {
+            return result;
+        }
+        let mut applied = Vec::with_capacity(batch.len());
+        for (counting, answer) in batch.iter().zip(self.tally.apply(batch)) {
+            match answer {
+                Ok(_) => applied.push(counting.report_id),
+                Err(error) => result.failed.push((counting.report_id, error)),
+            }
+        }
+        if !applied.is_empty() {
+            match self.log.mark_counted(&applied) {
+                Ok(()) => result.counted = applied,
+                Err(_) => result.unmarked = applied,
+            }
+        }
+        result
+    }
+
+    /// Claims pending revisions, counts them, and releases those that failed.
+    pub fn count_pending(&self, claim: &Claim) -> Result<Drained, StoreError> {
+        let batch = self.log.claim_pending(claim)?;
+        let result = self.count(&batch);
+        if !result.failed.is_empty() {
+            let ids: Vec<ReportId> = result.failed.iter().map(|(id, _)| *id).collect();
+            let error = result.failed[0].1.to_string();
+            // A failed release only delays the retry until the lease runs out.
+            let _ = self.log.release(&ids, &error);
+        }
+        Ok(Drained {
+            claimed: batch.len(),
+            counted: result.counted.len(),
+            failed: batch.len() - result.counted.len(),
+        })
+    }
+
+    /// What every counter of `election` must hold once nothing is pending,
+    /// computed from the log.
+    pub fn expected_totals(&self, election: &ElectionId) -> Result<Totals, StoreError> {
+        self.log.counted_totals(election)
+    }
+}

@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod ids;
+pub mod report;
+pub mod rules;
+pub mod store;
+
+#[cfg(feature = "test-support")]
+pub mod contract;
+#[cfg(feature = "test-support")]
+pub mod memory;
+
+pub use engine::{CountResult, Drained, Engine, Outcome};
+pub use error::{BoxError, Problem, ReportError, StoreError};
+pub use ids::{BallotBoxId, CityId, ElectionId, PartyId};
+pub use report::{Difference, PayloadHash, Report, Revision, Votes};
+pub use rules::Conflict;
+pub use store::{
+    Applied, Claim, Counter, Counting, Recorded, ReportId, ReportLog, Snapshot, Tally, Totals,
+};

@@ -1,0 +1,265 @@
+//! The two store traits (ports) and the values that cross them.
+//!
+//! [`ReportLog`] is the durable record (PostgreSQL in production): it decides
+//! whether a report is fresh, a replay or a conflict, and remembers which
+//! recorded revisions have been counted. [`Tally`] is the live counters (Redis
+//! in production): it applies each recorded revision's difference exactly once.
+//!
+//! Exactly-once rests on one rule each side keeps:
+//! - the log hands out a revision for counting (from [`ReportLog::record`] or
+//!   [`ReportLog::claim_pending`]) until [`ReportLog::mark_counted`] has been
+//!   called for it, so nothing recorded is forgotten (I3);
+//! - the tally applies a revision's difference to a counter in one atomic step
+//!   together with a marker naming that revision, and does nothing when the
+//!   marker is already there, so handing a revision out twice counts it once
+//!   (I2).
+//!
+//! Both traits are synchronous: the PostgreSQL and Redis adapters use blocking
+//! clients, and async callers go through `spawn_blocking`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::error::StoreError;
+use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
+use crate::report::{Difference, Report, Revision};
+use crate::rules::Conflict;
+
+/// The log's id of one recorded revision (a `reports` row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct ReportId(pub i64);
+
+impl std::fmt::Display for ReportId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One recorded revision as the tally needs it: which counters move, by how
+/// much, and the identity its markers carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counting {
+    /// The log's id of the revision.
+    pub report_id: ReportId,
+    /// Its election.
+    pub election: ElectionId,
+    /// Its ballot box; with `revision`, the identity of the markers.
+    pub ballot_box: BallotBoxId,
+    /// Its city: the city counters move too.
+    pub city: CityId,
+    /// Its revision.
+    pub revision: Revision,
+    /// The change per party (see [`Difference`]).
+    pub difference: Difference,
+}
+
+/// The log's answer for one report of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Newly and durably recorded; it must now be counted.
+    Fresh(Counting),
+    /// Identical to a revision recorded earlier; nothing was written.
+    Replay {
+        /// The id of the earlier revision.
+        report_id: ReportId,
+        /// Whether that revision has been counted.
+        counted: bool,
+    },
+    /// Refused; nothing was written.
+    Conflict(Conflict),
+}
+
+/// Which pending reports to claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// At most this many.
+    pub limit: usize,
+    /// Only reports recorded at least this long ago, so the reprocessor does
+    /// not race ingest for reports it is counting right now.
+    pub pending_for: Duration,
+    /// Claimed reports are not handed out again for this long, unless marked
+    /// counted or released first. A worker that dies loses its claim when the
+    /// lease runs out.
+    pub lease: Duration,
+}
+
+/// The durable report log. Implementations: `store_pg::PgLog`,
+/// [`crate::memory::MemoryLog`].
+///
+/// # Contract
+/// - [`record`](ReportLog::record) decides each report with
+///   [`crate::rules::decide`] against what is recorded for its ballot box,
+///   including earlier reports of the same batch, in batch order. Each report
+///   is recorded entirely (report, per-party log rows, box state) or not at
+///   all, and when the call returns `Ok` every `Fresh` report is durable. When
+///   it returns `Err`, nothing of the batch was recorded. Two concurrent calls
+///   for the same ballot box are serialised.
+/// - A fresh revision stays pending until
+///   [`mark_counted`](ReportLog::mark_counted) names it.
+/// - [`claim_pending`](ReportLog::claim_pending) returns pending revisions
+///   recorded at least `pending_for` ago whose lease has run out (or which
+///   were never claimed), oldest first, and leases them; concurrent callers
+///   get disjoint sets. Each claim counts as one attempt.
+/// - [`mark_counted`](ReportLog::mark_counted) is idempotent.
+/// - [`counted_totals`](ReportLog::counted_totals) sums the differences of
+///   every counted revision: exactly what the tally must hold once nothing is
+///   pending (I2).
+pub trait ReportLog: Send + Sync {
+    /// Records a batch of reports; one answer per report, in order.
+    fn record(&self, reports: &[Report]) -> Result<Vec<Recorded>, StoreError>;
+
+    /// Claims pending revisions for counting.
+    fn claim_pending(&self, claim: &Claim) -> Result<Vec<Counting>, StoreError>;
+
+    /// Marks revisions counted, ending their leases.
+    fn mark_counted(&self, ids: &[ReportId]) -> Result<(), StoreError>;
+
+    /// Gives up a claim after a failed attempt, keeping `error` for operators;
+    /// the revisions stay pending and may be claimed again at once.
+    fn release(&self, ids: &[ReportId], error: &str) -> Result<(), StoreError>;
+
+    /// The counters the counted revisions of `election` add up to.
+    fn counted_totals(&self, election: &ElectionId) -> Result<Totals, StoreError>;
+
+    /// How many revisions of `election` are recorded but not yet counted.
+    fn pending_count(&self, election: &ElectionId) -> Result<u64, StoreError>;
+}
+
+/// Whether [`Tally::apply`] moved counters for a revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// At least one counter moved now (the others, if any, had moved before).
+    Now,
+    /// Every counter had already moved for this revision: a no-op.
+    Already,
+}
+
+/// The live counters. Implementations: `store_redis::RedisTally`,
+/// [`crate::memory::MemoryTally`].
+///
+/// # Contract
+/// - [`apply`](Tally::apply) adds each revision's difference to its national
+///   and city counters **exactly once per (revision, counter)**: every counter
+///   moves in one atomic step together with a marker for that revision (and
+///   the counters sharing the step), and a step whose marker is present does
+///   nothing. So applying a revision again, after any delay, from any worker,
+///   concurrently or after a partial failure, moves nothing twice. Markers live
+///   as long as the counters.
+/// - It also records (idempotently) the party, the city and the ballot box as
+///   seen, so totals can be read without knowing them in advance.
+/// - Answers are per revision, in order; an `Err` means some counters of that
+///   revision may not have moved and it must be applied again later.
+pub trait Tally: Send + Sync {
+    /// Applies a batch of revisions; one answer per revision, in order.
+    fn apply(&self, batch: &[Counting]) -> Vec<Result<Applied, StoreError>>;
+
+    /// Every counter of `election` with the parties, cities and ballot boxes
+    /// seen.
+    fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError>;
+}
+
+/// One Redis counter, by what it counts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Counter {
+    /// `election:<e>:party:<p>`.
+    National(PartyId),
+    /// `election:<e>:city:<c>:party:<p>`.
+    City(CityId, PartyId),
+}
+
+/// Values of counters; a counter absent from the map is 0.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Totals {
+    counters: BTreeMap<Counter, i64>,
+}
+
+impl Totals {
+    /// No counters.
+    pub fn new() -> Totals {
+        Totals::default()
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&mut self, counter: Counter, n: i64) {
+        *self.counters.entry(counter).or_insert(0) += n;
+    }
+
+    /// Adds a revision's difference to its national and city counters.
+    pub fn add_difference(&mut self, city: &CityId, difference: &Difference) {
+        for (party, n) in difference.iter() {
+            self.add(Counter::National(party.clone()), n);
+            self.add(Counter::City(city.clone(), party.clone()), n);
+        }
+    }
+
+    /// A counter's value (0 when absent).
+    pub fn get(&self, counter: &Counter) -> i64 {
+        self.counters.get(counter).copied().unwrap_or(0)
+    }
+
+    /// Every counter present, in order (national first).
+    pub fn iter(&self) -> impl Iterator<Item = (&Counter, i64)> + '_ {
+        self.counters.iter().map(|(c, &n)| (c, n))
+    }
+
+    /// National totals per party.
+    pub fn national(&self) -> BTreeMap<PartyId, i64> {
+        self.iter()
+            .filter_map(|(c, n)| match c {
+                Counter::National(p) => Some((p.clone(), n)),
+                Counter::City(..) => None,
+            })
+            .collect()
+    }
+
+    /// Totals per party of one city.
+    pub fn city(&self, city: &CityId) -> BTreeMap<PartyId, i64> {
+        self.iter()
+            .filter_map(|(c, n)| match c {
+                Counter::City(c, p) if c == city => Some((p.clone(), n)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every counter where `self` and `other` differ, with both values
+    /// (absent counts as 0): `(counter, self, other)`.
+    pub fn drift(&self, other: &Totals) -> Vec<(Counter, i64, i64)> {
+        let keys: BTreeSet<&Counter> = self.counters.keys().chain(other.counters.keys()).collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                let (a, b) = (self.get(k), other.get(k));
+                (a != b).then(|| (k.clone(), a, b))
+            })
+            .collect()
+    }
+}
+
+/// What the tally holds for an election.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Every counter.
+    pub totals: Totals,
+    /// Parties seen.
+    pub parties: BTreeSet<PartyId>,
+    /// Cities seen, with the number of ballot boxes counted in each.
+    pub cities: BTreeMap<CityId, u64>,
+    /// Ballot boxes counted in the whole election.
+    pub ballot_boxes_reported: u64,
+}
+
+/// Steps at which the in-memory stores can inject a fault, for crash tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// [`ReportLog::record`].
+    Record,
+    /// [`ReportLog::claim_pending`].
+    Claim,
+    /// [`ReportLog::mark_counted`].
+    MarkCounted,
+    /// [`ReportLog::release`].
+    Release,
+    /// [`Tally::apply`].
+    Apply,
+}

@@ -1,0 +1,15 @@
+//! Test helpers shared by the workspace's integration tests (a dev-dependency
+//! only; nothing here ships).
+//!
+//! - [`pg`]: a fresh, empty PostgreSQL schema per test on `DATABASE_URL`
+//!   (default `postgres://postgres@127.0.0.1:5432/postgres`), dropped when the
+//!   test ends.
+//! - [`redis`]: the Redis on `REDIS_URL` (default `redis://127.0.0.1:6379`),
+//!   and a real Redis Cluster (3 masters + 3 replicas) started from
+//!   `redis-server` on free ports, once per test process.
+//!
+//! A missing service fails the test with a message saying how to start it:
+//! tests never skip silently.
+
+pub mod pg;
+pub mod redis;
