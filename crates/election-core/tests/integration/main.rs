@@ -1,0 +1,6 @@
+//! Integration tests of election-core: the shared contract suite on the
+//! in-memory stores, and property tests of exactly-once counting under
+//! injected crashes and racing workers.
+
+mod contract_memory;
+mod exactly_once;

@@ -1,0 +1,41 @@
+# Every recipe of the election workspace. `just` alone lists them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Everything CI checks: format, lints, the architecture invariant, docs, all tests.
+test: fmt-check lint arch-check test-all
+
+# What CI runs (`.ci/run` calls `just test`).
+ci: test
+
+# Check formatting.
+fmt-check:
+    cargo fmt --all --check
+
+# Clippy on every target, warnings are errors.
+lint:
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# Architecture invariant: election-core depends on no database, cache, HTTP or async crate.
+arch-check:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    forbidden='^(diesel|diesel_migrations|redis|tokio|axum|r2d2|hyper|pq-sys) '
+    deps=$(cargo tree -p election-core -e normal --prefix none --no-dedupe)
+    echo "$deps" | grep -q '^election-core ' || { echo "cargo tree printed no election-core"; exit 1; }
+    if echo "$deps" | grep -E "$forbidden"; then
+        echo "election-core must not depend on the crates above (docs/ARCHITECTURE.md)"; exit 1
+    fi
+    echo "arch-check: election-core depends on none of diesel, redis, tokio, axum, r2d2, hyper"
+
+# Every test, against real PostgreSQL, Redis and a Redis Cluster the tests start.
+test-all:
+    cargo test --workspace --all-features
+
+# Build the API docs with warnings as errors.
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
