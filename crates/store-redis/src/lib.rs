@@ -1,1 +1,472 @@
-//! store-redis
+//! The live counters in Redis or Redis Cluster: [`RedisTally`], behind
+//! election-core's `Tally` trait.
+//!
+//! # Exactly once (SPEC I2)
+//!
+//! Each counted revision moves the national and city counter of every party in
+//! its difference. A counter and a marker naming the revision move in **one
+//! Lua script call** ([`APPLY_SCRIPT`]): `SET marker 1 NX`, and only if that
+//! set it, `INCRBY` every counter of the call. Redis runs a script atomically,
+//! so a crash, a timeout or a second worker can never leave a counter moved
+//! without its marker, or moved twice: re-applying is always safe, and the
+//! engine re-applies whatever it is not sure about. (The seed's "EXISTS, then
+//! INCRBY, then SET" in separate commands double counts on a crash between
+//! them, and when two workers race.)
+//!
+//! # Hash slots and markers
+//!
+//! On a Cluster all keys of one script call must share a hash slot. Counter
+//! keys are fixed by SPEC §4 (users `GET` them) and carry no hash tag, so each
+//! lands in the slot of its whole name ([`keys::slot`]). The adapter therefore
+//! groups a revision's counters by slot and makes one script call per group,
+//! with the marker `{<first counter key of the group>}:applied:<box>:<revision>`
+//! ([`keys::marker`]), whose hash tag puts it in that counter's slot. The
+//! grouping depends only on key names, never on which node serves a slot, so
+//! resharding and failover do not change it. On standalone Redis a revision is
+//! one group: one script call and one marker for all its counters, named the
+//! same way.
+//!
+//! A revision is answered `Applied::Now` when any of its groups moved now,
+//! `Applied::Already` when every group's marker was already set, and an error
+//! when any group's call failed (then some groups may have moved; re-applying
+//! later moves exactly the others).
+//!
+//! # Markers have no TTL
+//!
+//! A revision may be re-applied after any delay: by the reprocessor after a
+//! long Redis or network outage, or when a worker's lease expires hours after
+//! it applied but before it marked the revision counted. A marker that expired
+//! before that would let the revision count twice, so markers live as long as
+//! the counters (deleting an election's keys deletes both).
+//!
+//! Memory, measured on Redis 7.0 with `used_memory` over 200,000 markers of
+//! about 65 bytes of name: ~120 bytes per marker standalone, ~140 bytes in
+//! cluster mode (which also indexes keys by slot). So:
+//! - standalone: one marker per revision; 1,000,000 ballot boxes with ~1.1
+//!   revisions each ≈ 1.1 M markers ≈ 130 MB;
+//! - Cluster: about one marker per counter a revision moves (2 × parties, as
+//!   two counters rarely share one of 16,384 slots); with 10 parties per box
+//!   ≈ 22 M markers ≈ 3 GB across the masters, and with 100 parties per box
+//!   ≈ 30 GB. Size the Cluster's memory for this.
+//!
+//! # Indexes
+//!
+//! So totals can be read without knowing the parties and cities in advance,
+//! every apply also adds (idempotently, `SADD`) to `election:<e>:meta:parties`,
+//! `election:<e>:meta:cities`, `election:<e>:meta:boxes` and
+//! `election:<e>:meta:city:<c>:boxes` ([`keys`]).
+//!
+//! # Round trips
+//!
+//! Redis time per report is the budget (SPEC §4, LIMITS.md), and round trips
+//! dominate it. A whole batch of revisions is one pipeline per node (standalone:
+//! one pipeline) holding the index `SADD`s, then one `EVALSHA` per group;
+//! pipelines are written to every node before any reply is read. The script
+//! is sent by its SHA1; a `NOSCRIPT` reply (a restarted or promoted node, a
+//! `SCRIPT FLUSH`) loads it on every master and sends the call again.
+//! [`RedisTally`]'s `snapshot` reads the index sets in one pipelined round,
+//! then every counter with `MGET`s of keys sharing a slot, in a second round.
+//!
+//! # Failures
+//!
+//! Connections have connect and response timeouts ([`RedisOptions`]), so a
+//! dead or stalled Redis gives `StoreError::Unavailable` in about one timeout.
+//! I/O errors, timeouts, `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `LOADING`,
+//! `READONLY` and unsettled redirections are `Unavailable` (retry later); other
+//! errors are `Failed`. `MOVED` refreshes the slot map and `ASK` follows the
+//! migration, both within the same call (see `nodes`).
+
+mod error;
+pub mod keys;
+mod nodes;
+mod target;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use election_core::{
+    Applied, CityId, Counter, Counting, ElectionId, PartyId, Snapshot, StoreError, Tally,
+};
+use redis::Value;
+
+pub use error::RedisStoreError;
+pub use target::{RedisOptions, RedisTarget, parse_target};
+
+use nodes::{Nodes, Replied, Reply, Request};
+
+/// The script that applies one group of counters for one revision.
+///
+/// `KEYS[1]` is the marker, `KEYS[2..]` the counters, `ARGV[i]` the amount for
+/// `KEYS[i + 1]`. Returns 1 when it moved the counters, 0 when the marker was
+/// already set (and then it changes nothing).
+pub const APPLY_SCRIPT: &str = "\
+if redis.call('SET', KEYS[1], '1', 'NX') then
+  for i = 2, #KEYS do
+    redis.call('INCRBY', KEYS[i], ARGV[i - 1])
+  end
+  return 1
+end
+return 0
+";
+
+/// Keys per `MGET` when reading totals: large enough to amortise the command,
+/// small enough to keep each reply modest.
+const MGET_CHUNK: usize = 1000;
+
+/// The live counters in Redis or Redis Cluster. See the crate docs.
+///
+/// Cheap to share (`Arc<RedisTally>`): it holds a pool of connections per
+/// node, and concurrent callers each use their own.
+pub struct RedisTally {
+    nodes: Nodes,
+    /// The SHA1 of [`APPLY_SCRIPT`], for `EVALSHA`.
+    script_sha: String,
+}
+
+impl std::fmt::Debug for RedisTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTally")
+            .field("cluster", &self.nodes.is_cluster())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who is answered by one request of an apply pipeline.
+enum Owner {
+    /// The script call of one group of revision `.0`.
+    Script(usize),
+    /// An index update serving these revisions.
+    Index(Vec<usize>),
+}
+
+impl RedisTally {
+    /// A tally on `target`. It does not connect yet, so a Redis that is down
+    /// at startup does not stop a service from starting: the first
+    /// [`apply`](Tally::apply) then answers `Unavailable`. Use
+    /// [`ping`](RedisTally::ping) for readiness checks.
+    ///
+    /// Fails (`StoreError::Failed`) only on a malformed URL or options.
+    pub fn connect(target: &RedisTarget, options: &RedisOptions) -> Result<RedisTally, StoreError> {
+        let nodes = Nodes::new(target, *options, APPLY_SCRIPT)
+            .map_err(|error| error.into_store_error("configuring the redis tally".into()))?;
+        Ok(RedisTally {
+            nodes,
+            script_sha: redis::Script::new(APPLY_SCRIPT).get_hash().to_owned(),
+        })
+    }
+
+    /// Checks that Redis answers: `PING` on the server, or on every master of
+    /// the Cluster after checking that every slot is served.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.nodes
+            .ping()
+            .map_err(|error| error.into_store_error("checking that redis answers".into()))
+    }
+
+    /// How many requests this tally has written to Redis nodes so far: one
+    /// per pipeline per node, plus the occasional single command (reading
+    /// the Cluster's slot map, loading the script, `PING`). Connection
+    /// handshakes are not counted. For metrics and for tests of the cost of
+    /// a batch.
+    pub fn round_trips(&self) -> u64 {
+        self.nodes.round_trips()
+    }
+
+    /// Plans one batch: index updates first, then the script calls.
+    fn plan_apply(&self, batch: &[Counting]) -> (Vec<Request>, Vec<Owner>) {
+        let mut requests = Vec::new();
+        let mut owners = Vec::new();
+
+        // Index sets, merged across the batch, each serving the revisions
+        // that named something in it.
+        type Members = BTreeMap<String, (BTreeSet<String>, Vec<usize>)>;
+        let mut sets: Members = BTreeMap::new();
+        let mut add = |key: String, member: &str, revision: usize| {
+            let (members, served) = sets.entry(key).or_default();
+            members.insert(member.to_owned());
+            if served.last() != Some(&revision) {
+                served.push(revision);
+            }
+        };
+        for (index, counting) in batch.iter().enumerate() {
+            let election = &counting.election;
+            for (party, _) in counting.difference.iter() {
+                add(keys::parties(election), party.as_str(), index);
+            }
+            add(keys::cities(election), counting.city.as_str(), index);
+            add(keys::boxes(election), counting.ballot_box.as_str(), index);
+            add(
+                keys::city_boxes(election, &counting.city),
+                counting.ballot_box.as_str(),
+                index,
+            );
+        }
+        for (key, (members, served)) in sets {
+            let mut command = redis::cmd("SADD");
+            command.arg(&key).arg(members);
+            requests.push(Request {
+                command,
+                name: "SADD",
+                slot: keys::slot(key.as_bytes()),
+            });
+            owners.push(Owner::Index(served));
+        }
+
+        // One script call per group of counters sharing a slot (standalone:
+        // one group per revision).
+        for (index, counting) in batch.iter().enumerate() {
+            let mut groups: BTreeMap<u16, Vec<(String, i64)>> = BTreeMap::new();
+            for (party, n) in counting.difference.iter() {
+                for key in [
+                    keys::national(&counting.election, party),
+                    keys::city(&counting.election, &counting.city, party),
+                ] {
+                    let slot = keys::slot(key.as_bytes());
+                    let group = if self.nodes.is_cluster() { slot } else { 0 };
+                    groups.entry(group).or_default().push((key, n));
+                }
+            }
+            for mut counters in groups.into_values() {
+                counters.sort();
+                // Groups are never empty; the anchor is the first key in order.
+                let Some((anchor, _)) = counters.first() else {
+                    continue;
+                };
+                let marker = keys::marker(anchor, &counting.ballot_box, counting.revision);
+                let mut command = redis::cmd("EVALSHA");
+                command
+                    .arg(&self.script_sha)
+                    .arg(counters.len() + 1)
+                    .arg(&marker);
+                for (key, _) in &counters {
+                    command.arg(key);
+                }
+                for (_, n) in &counters {
+                    command.arg(*n);
+                }
+                requests.push(Request {
+                    command,
+                    name: "EVALSHA",
+                    slot: keys::slot(marker.as_bytes()),
+                });
+                owners.push(Owner::Script(index));
+            }
+        }
+        (requests, owners)
+    }
+}
+
+/// What is known so far about one revision of a batch.
+#[derive(Default)]
+struct Progress {
+    moved: bool,
+    error: Option<RedisStoreError>,
+}
+
+impl Tally for RedisTally {
+    fn apply(&self, batch: &[Counting]) -> Vec<Result<Applied, StoreError>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let (requests, owners) = self.plan_apply(batch);
+        let replies = self.nodes.run(&requests);
+        let mut progress: Vec<Progress> = batch.iter().map(|_| Progress::default()).collect();
+        for ((reply, owner), request) in replies.into_iter().zip(&owners).zip(&requests) {
+            match (owner, reply) {
+                (Owner::Script(index), Ok(replied)) => match replied.value {
+                    Value::Int(1) => progress[*index].moved = true,
+                    Value::Int(0) => {}
+                    _ => {
+                        let error = replied.unexpected(request.name);
+                        progress[*index].error.get_or_insert(error);
+                    }
+                },
+                (Owner::Index(_), Ok(_)) => {}
+                (Owner::Script(index), Err(error)) => {
+                    progress[*index].error.get_or_insert(error);
+                }
+                (Owner::Index(served), Err(error)) => {
+                    for index in served {
+                        progress[*index].error.get_or_insert_with(|| error.clone());
+                    }
+                }
+            }
+        }
+        progress
+            .into_iter()
+            .zip(batch)
+            .map(|(progress, counting)| match progress.error {
+                Some(error) => Err(error.into_store_error(format!(
+                    "applying revision {} of ballot box {} (election {})",
+                    counting.revision, counting.ballot_box, counting.election
+                ))),
+                None if progress.moved => Ok(Applied::Now),
+                None => Ok(Applied::Already),
+            })
+            .collect()
+    }
+
+    fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError> {
+        self.read_snapshot(election).map_err(|error| {
+            error.into_store_error(format!("reading the totals of election {election}"))
+        })
+    }
+}
+
+impl RedisTally {
+    fn read_snapshot(&self, election: &ElectionId) -> Result<Snapshot, RedisStoreError> {
+        // Round one: what has been seen.
+        let index_keys = [
+            ("SMEMBERS", keys::parties(election)),
+            ("SMEMBERS", keys::cities(election)),
+            ("SCARD", keys::boxes(election)),
+        ];
+        let requests: Vec<Request> = index_keys
+            .iter()
+            .map(|(name, key)| {
+                let mut command = redis::cmd(name);
+                command.arg(key);
+                Request {
+                    command,
+                    name,
+                    slot: keys::slot(key.as_bytes()),
+                }
+            })
+            .collect();
+        let mut replies = self.nodes.run(&requests).into_iter();
+        let parties: Vec<PartyId> =
+            parse_ids(next_reply(&mut replies)?, "SMEMBERS", PartyId::parse)?;
+        let cities: Vec<CityId> = parse_ids(next_reply(&mut replies)?, "SMEMBERS", CityId::parse)?;
+        let ballot_boxes_reported = count(next_reply(&mut replies)?, "SCARD")?;
+
+        // Round two: boxes per city and every counter that may exist.
+        let mut requests: Vec<Request> = cities
+            .iter()
+            .map(|city| {
+                let key = keys::city_boxes(election, city);
+                let mut command = redis::cmd("SCARD");
+                command.arg(&key);
+                Request {
+                    command,
+                    name: "SCARD",
+                    slot: keys::slot(key.as_bytes()),
+                }
+            })
+            .collect();
+        let mut counters: Vec<(String, Counter)> = Vec::new();
+        for party in &parties {
+            counters.push((
+                keys::national(election, party),
+                Counter::National(party.clone()),
+            ));
+            for city in &cities {
+                counters.push((
+                    keys::city(election, city, party),
+                    Counter::City(city.clone(), party.clone()),
+                ));
+            }
+        }
+        // MGET needs its keys in one slot on a Cluster.
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (index, (key, _)) in counters.iter().enumerate() {
+            let group = if self.nodes.is_cluster() {
+                keys::slot(key.as_bytes())
+            } else {
+                0
+            };
+            by_slot.entry(group).or_default().push(index);
+        }
+        let mut mget_counters: Vec<Vec<usize>> = Vec::new();
+        for indexes in by_slot.values() {
+            for chunk in indexes.chunks(MGET_CHUNK) {
+                let mut command = redis::cmd("MGET");
+                for &index in chunk {
+                    command.arg(&counters[index].0);
+                }
+                requests.push(Request {
+                    command,
+                    name: "MGET",
+                    slot: keys::slot(counters[chunk[0]].0.as_bytes()),
+                });
+                mget_counters.push(chunk.to_vec());
+            }
+        }
+        let mut replies = self.nodes.run(&requests).into_iter();
+
+        let mut snapshot = Snapshot {
+            parties: parties.iter().cloned().collect(),
+            ballot_boxes_reported,
+            ..Snapshot::default()
+        };
+        for city in cities {
+            let boxes = count(next_reply(&mut replies)?, "SCARD")?;
+            snapshot.cities.insert(city, boxes);
+        }
+        for chunk in mget_counters {
+            let replied = next_reply(&mut replies)?;
+            let values = match &replied.value {
+                Value::Array(values) if values.len() == chunk.len() => values,
+                _ => return Err(replied.unexpected("MGET")),
+            };
+            for (value, index) in values.iter().zip(chunk) {
+                let n = optional_integer(value)
+                    .ok_or_else(|| nodes::unexpected_reply(&replied.node, "MGET", value))?;
+                if let Some(n) = n {
+                    snapshot.totals.add(counters[index].1.clone(), n);
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+fn next_reply(replies: &mut impl Iterator<Item = Reply>) -> Result<Replied, RedisStoreError> {
+    replies.next().unwrap_or_else(|| {
+        Err(nodes::unexpected_reply(
+            "?",
+            "a pipeline",
+            &Value::SimpleString("fewer replies than commands".into()),
+        ))
+    })
+}
+
+/// A counter's value: `Some(None)` for an absent key, `None` for a value
+/// that is not an integer.
+fn optional_integer(value: &Value) -> Option<Option<i64>> {
+    match value {
+        Value::Nil => Some(None),
+        Value::Int(n) => Some(Some(*n)),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok().map(Some),
+        Value::SimpleString(text) => text.parse().ok().map(Some),
+        _ => None,
+    }
+}
+
+fn count(replied: Replied, command: &str) -> Result<u64, RedisStoreError> {
+    match replied.value {
+        Value::Int(n) => u64::try_from(n).map_err(|_| replied.unexpected(command)),
+        _ => Err(replied.unexpected(command)),
+    }
+}
+
+fn parse_ids<T, E>(
+    replied: Replied,
+    command: &str,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, RedisStoreError> {
+    let members = match &replied.value {
+        Value::Array(members) | Value::Set(members) => members,
+        _ => return Err(replied.unexpected(command)),
+    };
+    members
+        .iter()
+        .map(|member| {
+            let text = match member {
+                Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+                Value::SimpleString(text) => Some(text.as_str()),
+                _ => None,
+            };
+            text.and_then(|text| parse(text).ok())
+                .ok_or_else(|| nodes::unexpected_reply(&replied.node, command, member))
+        })
+        .collect()
+}

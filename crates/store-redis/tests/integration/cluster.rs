@@ -1,0 +1,440 @@
+//! The tally on a real Redis Cluster (3 masters, 3 replicas) started for this
+//! test process.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use election_core::contract::{self, SEED_NATIONAL, seed_reports};
+use election_core::{Applied, Counting, Engine, Outcome, Tally};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use store_redis::{APPLY_SCRIPT, keys};
+use test_support::redis::{cluster, connection};
+
+use crate::{
+    cluster_exclusive, cluster_shared, cluster_tally, counter_keys, counting, memory_log,
+    tally_dyn, unique_election,
+};
+
+/// A cluster-aware connection, as a user reading counters would have.
+fn cluster_connection() -> ClusterConnection {
+    ClusterClient::new(cluster().urls())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+fn get(redis: &mut ClusterConnection, key: &str) -> Option<i64> {
+    redis::cmd("GET").arg(key).query(redis).unwrap()
+}
+
+/// A revision's counters grouped by slot, each group sorted: the adapter's
+/// script calls.
+fn groups(counting: &Counting) -> Vec<Vec<(String, i64)>> {
+    let mut groups: BTreeMap<u16, Vec<(String, i64)>> = BTreeMap::new();
+    for (key, n) in counter_keys(counting) {
+        groups
+            .entry(keys::slot(key.as_bytes()))
+            .or_default()
+            .push((key, n));
+    }
+    groups
+        .into_values()
+        .map(|mut group| {
+            group.sort();
+            group
+        })
+        .collect()
+}
+
+/// Runs the adapter's script for one group by hand, as the adapter would
+/// have before crashing.
+fn apply_group_by_hand(
+    redis: &mut ClusterConnection,
+    counting: &Counting,
+    group: &[(String, i64)],
+) -> i64 {
+    let marker = keys::marker(&group[0].0, &counting.ballot_box, counting.revision);
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(APPLY_SCRIPT).arg(group.len() + 1).arg(&marker);
+    for (key, _) in group {
+        eval.arg(key);
+    }
+    for (_, n) in group {
+        eval.arg(*n);
+    }
+    eval.query(redis).unwrap()
+}
+
+#[test]
+fn passes_the_tally_contract() {
+    let _layout = cluster_shared();
+    contract::tally(&|| tally_dyn(cluster_tally()));
+}
+
+#[test]
+fn passes_the_engine_contract() {
+    let _layout = cluster_shared();
+    contract::engine(&|| (memory_log(), tally_dyn(cluster_tally())));
+}
+
+#[test]
+fn users_read_the_seed_totals_with_plain_get() {
+    let _layout = cluster_shared();
+    let engine = Engine::new(memory_log(), cluster_tally());
+    let e = unique_election("seed");
+    let outcomes = engine.submit(&seed_reports(&e)).unwrap();
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Counted(_))),
+        "{outcomes:?}"
+    );
+    let mut redis = cluster_connection();
+    for (party, votes) in SEED_NATIONAL {
+        assert_eq!(
+            get(&mut redis, &format!("election:{e}:party:{party}")),
+            Some(votes),
+            "{party}"
+        );
+    }
+    assert_eq!(
+        get(
+            &mut redis,
+            &format!("election:{e}:city:london:party:labour")
+        ),
+        Some(200)
+    );
+}
+
+#[test]
+fn a_partially_applied_revision_is_completed_exactly() {
+    let _layout = cluster_shared();
+    let tally = cluster_tally();
+    let mut redis = cluster_connection();
+    let e = unique_election("partial");
+    let revision = counting(
+        &e,
+        "B1",
+        "york",
+        2,
+        &[("a", 5), ("b", -2), ("c", 0), ("d", 9)],
+    );
+    let groups = groups(&revision);
+    assert!(
+        groups.len() >= 4,
+        "8 counters spread over several slots: {groups:?}"
+    );
+
+    // A worker ran the first two groups' scripts, then died.
+    for group in &groups[..2] {
+        assert_eq!(apply_group_by_hand(&mut redis, &revision, group), 1);
+    }
+    // Re-applying moves exactly the groups that had not moved.
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&revision))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+    for (key, n) in counter_keys(&revision) {
+        assert_eq!(get(&mut redis, &key), Some(n), "{key}");
+    }
+    // And again: nothing moves.
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&revision))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Already
+    );
+    for (key, n) in counter_keys(&revision) {
+        assert_eq!(get(&mut redis, &key), Some(n), "{key}");
+    }
+
+    // A revision whose every group had moved is answered Already.
+    let other = counting(&e, "B2", "leeds", 1, &[("a", 1), ("b", 1)]);
+    for group in groups_of(&other) {
+        assert_eq!(apply_group_by_hand(&mut redis, &other, &group), 1);
+    }
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&other))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Already
+    );
+    assert_eq!(
+        get(&mut redis, &format!("election:{e}:party:a")),
+        Some(5 + 1)
+    );
+}
+
+fn groups_of(counting: &Counting) -> Vec<Vec<(String, i64)>> {
+    groups(counting)
+}
+
+#[test]
+fn one_marker_per_slot_group() {
+    let _layout = cluster_shared();
+    let tally = cluster_tally();
+    let e = unique_election("markers");
+    let batch = [
+        counting(&e, "B1", "york", 1, &[("a", 1), ("b", 2), ("c", 3)]),
+        counting(&e, "B2", "leeds", 1, &[("a", 1)]),
+    ];
+    for answer in tally.apply(&batch) {
+        assert_eq!(answer.unwrap(), Applied::Now);
+    }
+    let mut expected = BTreeSet::new();
+    for counting in &batch {
+        for group in groups(counting) {
+            let marker = keys::marker(&group[0].0, &counting.ballot_box, counting.revision);
+            // The marker shares its group's slot.
+            assert!(
+                group
+                    .iter()
+                    .all(|(key, _)| keys::slot(key.as_bytes()) == keys::slot(marker.as_bytes()))
+            );
+            expected.insert(marker);
+        }
+    }
+    let mut found = BTreeSet::new();
+    for url in cluster().urls() {
+        let markers: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{election:{e}:*}}:applied:*"))
+            .query(&mut connection(&url))
+            .unwrap();
+        found.extend(markers);
+    }
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn falls_back_to_loading_the_script_on_every_master() {
+    let _layout = cluster_shared();
+    let tally = cluster_tally();
+    let e = unique_election("noscript");
+    tally.apply(&[counting(&e, "B0", "york", 1, &[("a", 1)])])[0]
+        .as_ref()
+        .unwrap();
+    for url in cluster().urls() {
+        redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .exec(&mut connection(&url))
+            .unwrap();
+    }
+    let batch: Vec<Counting> = (0..20)
+        .map(|i| {
+            counting(
+                &e,
+                &format!("B{}", i + 1),
+                "york",
+                1,
+                &[("a", 1), ("b", 1), ("c", 1)],
+            )
+        })
+        .collect();
+    for answer in tally.apply(&batch) {
+        assert_eq!(answer.unwrap(), Applied::Now);
+    }
+    let sha = redis::Script::new(APPLY_SCRIPT).get_hash().to_owned();
+    for url in cluster().urls() {
+        let exists: Vec<bool> = redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg(&sha)
+            .query(&mut connection(&url))
+            .unwrap();
+        assert_eq!(exists, [true], "{url}");
+    }
+    assert_eq!(
+        tally
+            .snapshot(&e)
+            .unwrap()
+            .totals
+            .national()
+            .values()
+            .sum::<i64>(),
+        1 + 20 * 3
+    );
+}
+
+#[test]
+fn follows_a_slot_moved_to_another_master() {
+    let _layout = cluster_exclusive();
+    let tally = cluster_tally();
+    // The tally reads the slot map now, before the move.
+    tally.ping().unwrap();
+    let e = unique_election("moved");
+    let first = counting(&e, "B1", "york", 1, &[("a", 10)]);
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&first))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+
+    let national = keys::national(&e, &election_core::PartyId::parse("a").unwrap());
+    let slot = keys::slot(national.as_bytes());
+    let (from, to) = cluster().move_slot(slot);
+    assert_ne!(from, to);
+    assert_eq!(cluster().master_of_slot(slot), to);
+
+    // Its slot map is out of date: MOVED, refresh, and on.
+    let second = counting(&e, "B2", "york", 1, &[("a", 5)]);
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&second))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+    // The marker moved with the slot: applying the first again is a no-op.
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&first))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Already
+    );
+    let mut redis = cluster_connection();
+    assert_eq!(get(&mut redis, &national), Some(15));
+    assert_eq!(
+        tally
+            .snapshot(&e)
+            .unwrap()
+            .totals
+            .national()
+            .values()
+            .sum::<i64>(),
+        15
+    );
+}
+
+#[test]
+fn follows_ask_while_a_slot_is_migrating() {
+    let _layout = cluster_exclusive();
+    let tally = cluster_tally();
+    let e = unique_election("ask");
+    let first = counting(&e, "B1", "york", 1, &[("a", 10)]);
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&first))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+
+    // Half-way through a move: the national counter and the first marker
+    // have left for the importing master; the slot map still names the
+    // source, which answers ASK for them.
+    let national = keys::national(&e, &election_core::PartyId::parse("a").unwrap());
+    let slot = keys::slot(national.as_bytes());
+    let slot_move = cluster().begin_slot_move(slot);
+    slot_move.migrate_keys();
+
+    // Re-applying the first revision finds its marker on the importing
+    // master (through ASK): a no-op. Reading follows ASK too.
+    let again = tally.apply(std::slice::from_ref(&first));
+    let snapshot = tally.snapshot(&e);
+    // A new revision's script creates a marker, and Redis refuses multi-key
+    // commands naming absent keys in a migrating slot (TRYAGAIN): it is
+    // Unavailable until the move ends, and nothing moved.
+    let second = counting(&e, "B2", "york", 1, &[("a", 5)]);
+    let during = tally.apply(std::slice::from_ref(&second));
+    // Finish before asserting, so a failure leaves the cluster whole.
+    slot_move.finish();
+    assert_eq!(again[0].as_ref().unwrap(), &Applied::Already);
+    assert_eq!(
+        snapshot.unwrap().totals.national().values().sum::<i64>(),
+        10
+    );
+    match &during[0] {
+        Err(error) => assert!(error.is_unavailable(), "{error:?}"),
+        Ok(applied) => panic!("expected TRYAGAIN, got {applied:?}"),
+    }
+    assert_eq!(get(&mut cluster_connection(), &national), Some(10));
+
+    // After the move (MOVED from here on), it applies exactly once.
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&second))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+    assert_eq!(get(&mut cluster_connection(), &national), Some(15));
+}
+
+#[test]
+fn a_batch_costs_one_round_trip_per_master() {
+    // Exclusive: another test's SCRIPT FLUSH would add a reload here.
+    let _layout = cluster_exclusive();
+    let tally = cluster_tally();
+    let e = unique_election("cost");
+    // Warm up: slot map read, and the script present on every master (a
+    // NOSCRIPT anywhere loads it everywhere; other elections' counters reach
+    // every master).
+    tally.apply(&[counting(&e, "B0", "york", 1, &[("a", 1)])])[0]
+        .as_ref()
+        .unwrap();
+    let warm = unique_election("warm");
+    let warm_up: Vec<Counting> = (0..30)
+        .map(|i| counting(&warm, &format!("B{i}"), &format!("c{i}"), 1, &[("a", 1)]))
+        .collect();
+    for answer in tally.apply(&warm_up) {
+        answer.unwrap();
+    }
+    let batch: Vec<Counting> = (0..500)
+        .map(|i| {
+            let parties: Vec<(String, i64)> = (0..10).map(|p| (format!("p{p}"), 1)).collect();
+            let parties: Vec<(&str, i64)> = parties.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+            counting(
+                &e,
+                &format!("B{}", i + 1),
+                &format!("c{}", i % 20),
+                1,
+                &parties,
+            )
+        })
+        .collect();
+    let before = tally.round_trips();
+    for answer in tally.apply(&batch) {
+        assert_eq!(answer.unwrap(), Applied::Now);
+    }
+    assert_eq!(tally.round_trips() - before, 3, "one pipeline per master");
+    let before = tally.round_trips();
+    let snapshot = tally.snapshot(&e).unwrap();
+    // Round one reads three index keys (on up to three masters), round two
+    // every counter (on every master).
+    let spent = tally.round_trips() - before;
+    assert!(
+        (4..=6).contains(&spent),
+        "{spent} round trips for a snapshot"
+    );
+    assert_eq!(
+        snapshot.totals.national().values().sum::<i64>(),
+        1 + 500 * 10
+    );
+}
+
+#[test]
+fn ping_checks_every_master() {
+    let _layout = cluster_shared();
+    cluster_tally().ping().unwrap();
+}
+
+#[test]
+fn a_list_of_urls_works_like_the_cluster_scheme() {
+    let _layout = cluster_shared();
+    let target = store_redis::parse_target(&cluster().urls().join(",")).unwrap();
+    let tally =
+        store_redis::RedisTally::connect(&target, &store_redis::RedisOptions::DEFAULT).unwrap();
+    let e = unique_election("list");
+    assert_eq!(
+        tally.apply(&[counting(&e, "B1", "york", 1, &[("a", 3)])])[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+    assert_eq!(
+        tally
+            .snapshot(&e)
+            .unwrap()
+            .totals
+            .national()
+            .values()
+            .sum::<i64>(),
+        3
+    );
+}
