@@ -80,28 +80,47 @@ pub fn seed_reports(election: &ElectionId) -> Vec<Report> {
             "BB-LON-1",
             "london",
             1,
-            &[("tories", 120), ("labour", 200), ("libdems", 45), ("reform", 20)],
+            &[
+                ("tories", 120),
+                ("labour", 200),
+                ("libdems", 45),
+                ("reform", 20),
+            ],
         ),
         report(
             election,
             "BB-MAN-1",
             "manchester",
             1,
-            &[("tories", 90), ("labour", 150), ("libdems", 30), ("reform", 10)],
+            &[
+                ("tories", 90),
+                ("labour", 150),
+                ("libdems", 30),
+                ("reform", 10),
+            ],
         ),
         report(
             election,
             "BB-EDI-1",
             "edinburgh",
             1,
-            &[("tories", 50), ("labour", 80), ("libdems", 40), ("reform", 5)],
+            &[
+                ("tories", 50),
+                ("labour", 80),
+                ("libdems", 40),
+                ("reform", 5),
+            ],
         ),
     ]
 }
 
 /// The seed's national totals.
-pub const SEED_NATIONAL: [(&str, i64); 4] =
-    [("labour", 430), ("libdems", 115), ("reform", 35), ("tories", 260)];
+pub const SEED_NATIONAL: [(&str, i64); 4] = [
+    ("labour", 430),
+    ("libdems", 115),
+    ("reform", 35),
+    ("tories", 260),
+];
 
 fn party(name: &str) -> PartyId {
     PartyId::parse(name).unwrap()
@@ -132,7 +151,7 @@ fn claim_now(limit: usize) -> Claim {
 
 /// Runs every report-log check, each on a fresh log.
 pub fn report_log(new_log: LogFactory<'_>) {
-    log_records_fresh_replay_and_conflicts(new_log()); 
+    log_records_fresh_replay_and_conflicts(new_log());
     log_computes_differences_between_revisions(new_log());
     log_decides_within_a_batch_in_order(new_log());
     log_claims_leases_and_releases(new_log());
@@ -238,7 +257,10 @@ fn log_decides_within_a_batch_in_order(log: Arc<dyn ReportLog>) {
         }
     );
     let second = fresh(&answers[2]);
-    assert_eq!(second.difference.iter().collect::<Vec<_>>(), [(&party("a"), 5)]);
+    assert_eq!(
+        second.difference.iter().collect::<Vec<_>>(),
+        [(&party("a"), 5)]
+    );
     assert_eq!(fresh(&answers[3]).city, city("leeds"));
     assert!(matches!(
         answers[4],
@@ -272,7 +294,10 @@ fn log_claims_leases_and_releases(log: Arc<dyn ReportLog>) {
         first.iter().map(|c| c.report_id).collect::<Vec<_>>(),
         ids[..3]
     );
-    assert_eq!(first[2].difference, Difference::between(None, reports[2].votes()));
+    assert_eq!(
+        first[2].difference,
+        Difference::between(None, reports[2].votes())
+    );
     let second = log.claim_pending(&claim_now(10)).unwrap();
     assert_eq!(
         second.iter().map(|c| c.report_id).collect::<Vec<_>>(),
@@ -284,7 +309,10 @@ fn log_claims_leases_and_releases(log: Arc<dyn ReportLog>) {
     log.mark_counted(&ids[..2]).unwrap();
     log.release(&ids[2..3], "redis is unavailable").unwrap();
     let again = log.claim_pending(&claim_now(10)).unwrap();
-    assert_eq!(again.iter().map(|c| c.report_id).collect::<Vec<_>>(), [ids[2]]);
+    assert_eq!(
+        again.iter().map(|c| c.report_id).collect::<Vec<_>>(),
+        [ids[2]]
+    );
     assert_eq!(log.pending_count(&e).unwrap(), 3);
 
     // An expired lease makes the revision claimable again.
@@ -299,7 +327,10 @@ fn log_claims_leases_and_releases(log: Arc<dyn ReportLog>) {
     assert!(log.claim_pending(&short).unwrap().is_empty());
     std::thread::sleep(Duration::from_millis(120));
     let reclaimed = log.claim_pending(&short).unwrap();
-    assert_eq!(reclaimed.iter().map(|c| c.report_id).collect::<Vec<_>>(), [late_id]);
+    assert_eq!(
+        reclaimed.iter().map(|c| c.report_id).collect::<Vec<_>>(),
+        [late_id]
+    );
     log.mark_counted(&[late_id]).unwrap();
     assert_eq!(log.pending_count(&e).unwrap(), 0);
 }
@@ -404,8 +435,14 @@ fn log_totals_sum_counted_differences(log: Arc<dyn ReportLog>) {
     let e = unique_election("log");
     let mut answers = log.record(&seed_reports(&e)).unwrap();
     answers.extend(
-        log.record(&[report(&e, "BB-LON-1", "london", 2, &[("tories", 121), ("labour", 200)])])
-            .unwrap(),
+        log.record(&[report(
+            &e,
+            "BB-LON-1",
+            "london",
+            2,
+            &[("tories", 121), ("labour", 200)],
+        )])
+        .unwrap(),
     );
     let ids: Vec<ReportId> = answers.iter().map(|a| fresh(a).report_id).collect();
     // Only counted revisions count.
@@ -420,11 +457,21 @@ fn log_totals_sum_counted_differences(log: Arc<dyn ReportLog>) {
     // London lost its libdems (45) and reform (20) votes and gained a tory.
     assert_eq!(
         totals.national(),
-        national(&[("labour", 430), ("libdems", 70), ("reform", 15), ("tories", 261)])
+        national(&[
+            ("labour", 430),
+            ("libdems", 70),
+            ("reform", 15),
+            ("tories", 261)
+        ])
     );
     assert_eq!(
         totals.city(&city("london")),
-        national(&[("labour", 200), ("libdems", 0), ("reform", 0), ("tories", 121)])
+        national(&[
+            ("labour", 200),
+            ("libdems", 0),
+            ("reform", 0),
+            ("tories", 121)
+        ])
     );
     // Another election's log is not mixed in.
     assert_eq!(
@@ -462,12 +509,25 @@ pub fn tally(new_tally: TallyFactory<'_>) {
 
 fn tally_applies_once_per_revision(tally: Arc<dyn Tally>) {
     let e = unique_election("tally");
-    let a = counting(1, &e, "B1", "london", 1, &[("labour", 200), ("tories", 120), ("reform", 0)]);
+    let a = counting(
+        1,
+        &e,
+        "B1",
+        "london",
+        1,
+        &[("labour", 200), ("tories", 120), ("reform", 0)],
+    );
     let b = counting(2, &e, "B2", "leeds", 1, &[("labour", 5)]);
     let answers = tally.apply(&[a.clone(), b.clone()]);
-    assert!(answers.iter().all(|r| matches!(r, Ok(Applied::Now))), "{answers:?}");
+    assert!(
+        answers.iter().all(|r| matches!(r, Ok(Applied::Now))),
+        "{answers:?}"
+    );
     let again = tally.apply(&[a, b]);
-    assert!(again.iter().all(|r| matches!(r, Ok(Applied::Already))), "{again:?}");
+    assert!(
+        again.iter().all(|r| matches!(r, Ok(Applied::Already))),
+        "{again:?}"
+    );
 
     let snapshot = tally.snapshot(&e).unwrap();
     assert_eq!(
@@ -478,9 +538,16 @@ fn tally_applies_once_per_revision(tally: Arc<dyn Tally>) {
         snapshot.totals.city(&city("london")),
         national(&[("labour", 200), ("reform", 0), ("tories", 120)])
     );
-    assert_eq!(snapshot.totals.city(&city("leeds")), national(&[("labour", 5)]));
     assert_eq!(
-        snapshot.parties.iter().map(PartyId::as_str).collect::<Vec<_>>(),
+        snapshot.totals.city(&city("leeds")),
+        national(&[("labour", 5)])
+    );
+    assert_eq!(
+        snapshot
+            .parties
+            .iter()
+            .map(PartyId::as_str)
+            .collect::<Vec<_>>(),
         ["labour", "reform", "tories"]
     );
     assert_eq!(
@@ -500,7 +567,11 @@ fn tally_differences_commute(tally: Arc<dyn Tally>) {
     let r1 = counting(1, &e, "B1", "york", 1, &[("a", 10), ("b", 5)]);
     let r2 = counting(2, &e, "B1", "york", 2, &[("a", 2), ("b", -5), ("c", 4)]);
     let r3 = counting(3, &e, "B1", "york", 3, &[("a", -1), ("c", 0)]);
-    for batch in [vec![r3.clone()], vec![r1.clone()], vec![r2.clone(), r3.clone(), r1.clone()]] {
+    for batch in [
+        vec![r3.clone()],
+        vec![r1.clone()],
+        vec![r2.clone(), r3.clone(), r1.clone()],
+    ] {
         for answer in tally.apply(&batch) {
             answer.unwrap();
         }
@@ -568,8 +639,14 @@ fn tally_keeps_elections_apart(tally: Arc<dyn Tally>) {
     tally.apply(&[counting(1, &e2, "B1", "york", 1, &[("a", 2)])])[0]
         .as_ref()
         .unwrap();
-    assert_eq!(tally.snapshot(&e1).unwrap().totals.national(), national(&[("a", 1)]));
-    assert_eq!(tally.snapshot(&e2).unwrap().totals.national(), national(&[("a", 2)]));
+    assert_eq!(
+        tally.snapshot(&e1).unwrap().totals.national(),
+        national(&[("a", 1)])
+    );
+    assert_eq!(
+        tally.snapshot(&e2).unwrap().totals.national(),
+        national(&[("a", 2)])
+    );
     let empty = tally.snapshot(&unique_election("tally")).unwrap();
     assert_eq!(empty.totals, Totals::new());
     assert_eq!(empty.ballot_boxes_reported, 0);
@@ -583,7 +660,14 @@ fn tally_handles_large_batches(tally: Arc<dyn Tally>) {
     let batch: Vec<Counting> = (0..500)
         .map(|i| {
             let diff: Vec<(&str, i64)> = parties.iter().map(|p| (p.as_str(), 1)).collect();
-            counting(i + 1, &e, &format!("B{i}"), &format!("c{}", i % 20), 1, &diff)
+            counting(
+                i + 1,
+                &e,
+                &format!("B{i}"),
+                &format!("c{}", i % 20),
+                1,
+                &diff,
+            )
         })
         .collect();
     for answer in tally.apply(&batch) {
@@ -592,7 +676,10 @@ fn tally_handles_large_batches(tally: Arc<dyn Tally>) {
     let snapshot = tally.snapshot(&e).unwrap();
     for p in &parties {
         assert_eq!(snapshot.totals.get(&Counter::National(party(p))), 500);
-        assert_eq!(snapshot.totals.get(&Counter::City(city("c7"), party(p))), 25);
+        assert_eq!(
+            snapshot.totals.get(&Counter::City(city("c7"), party(p))),
+            25
+        );
     }
     assert_eq!(snapshot.cities.len(), 20);
     assert_eq!(snapshot.ballot_boxes_reported, 500);
@@ -609,12 +696,20 @@ fn engine_counts_the_seed_example((log, tally): (Arc<dyn ReportLog>, Arc<dyn Tal
     let engine = Engine::new(log, tally);
     let e = unique_election("engine");
     let outcomes = engine.submit(&seed_reports(&e)).unwrap();
-    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Counted(_))), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Counted(_))),
+        "{outcomes:?}"
+    );
     let snapshot = engine.tally().snapshot(&e).unwrap();
     assert_eq!(snapshot.totals.national(), national(&SEED_NATIONAL));
     assert_eq!(
         snapshot.totals.city(&city("london")),
-        national(&[("labour", 200), ("libdems", 45), ("reform", 20), ("tories", 120)])
+        national(&[
+            ("labour", 200),
+            ("libdems", 45),
+            ("reform", 20),
+            ("tories", 120)
+        ])
     );
     assert_eq!(snapshot.ballot_boxes_reported, 3);
     assert_eq!(snapshot.totals, engine.expected_totals(&e).unwrap());
@@ -634,9 +729,21 @@ fn engine_answers_replays_and_conflicts((log, tally): (Arc<dyn ReportLog>, Arc<d
             report(&e, "B1", "leeds", 2, &[("a", 11)]),
         ])
         .unwrap();
-    assert_eq!(outcomes[0], Outcome::Replay { report_id: id, counted: true });
-    assert!(matches!(outcomes[1], Outcome::Conflict(Conflict::DifferentPayload { .. })));
-    assert!(matches!(outcomes[2], Outcome::Conflict(Conflict::OtherCity { .. })));
+    assert_eq!(
+        outcomes[0],
+        Outcome::Replay {
+            report_id: id,
+            counted: true
+        }
+    );
+    assert!(matches!(
+        outcomes[1],
+        Outcome::Conflict(Conflict::DifferentPayload { .. })
+    ));
+    assert!(matches!(
+        outcomes[2],
+        Outcome::Conflict(Conflict::OtherCity { .. })
+    ));
     let outcomes = engine
         .submit(&[report(&e, "B1", "york", 2, &[("a", 7), ("b", 1)])])
         .unwrap();

@@ -103,8 +103,12 @@ impl Engine {
             })
             .collect();
         let result = self.count(&fresh);
-        let counted: std::collections::HashSet<ReportId> =
-            result.counted.iter().chain(&result.unmarked).copied().collect();
+        let counted: std::collections::HashSet<ReportId> = result
+            .counted
+            .iter()
+            .chain(&result.unmarked)
+            .copied()
+            .collect();
         Ok(recorded
             .into_iter()
             .map(|r| match r {

@@ -218,7 +218,9 @@ mod tests {
 
     #[test]
     fn slugs_refuse_key_breaking_characters() {
-        for bad in ["lon:don", "lon{don", "lon}don", "lon don", "London", "_london", "é", ""] {
+        for bad in [
+            "lon:don", "lon{don", "lon}don", "lon don", "London", "_london", "é", "",
+        ] {
             let err = CityId::parse(bad).unwrap_err();
             assert_eq!(err.field(), "city");
         }

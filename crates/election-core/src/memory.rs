@@ -23,8 +23,7 @@ use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision, Votes};
 use crate::rules::{self, BoxState, Decision, SameRevision};
 use crate::store::{
-    Applied, Claim, Counter, Counting, Recorded, ReportId, ReportLog, Snapshot, Step, Tally,
-    Totals,
+    Applied, Claim, Counter, Counting, Recorded, ReportId, ReportLog, Snapshot, Step, Tally, Totals,
 };
 
 /// When an armed fault strikes, relative to the step's effect.
@@ -96,18 +95,23 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        self.millis.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        self.millis
+            .fetch_add(by.as_millis() as u64, Ordering::SeqCst);
     }
 
     fn now(&self) -> u64 {
-        let real = self.start.map_or(0, |start| start.elapsed().as_millis() as u64);
+        let real = self
+            .start
+            .map_or(0, |start| start.elapsed().as_millis() as u64);
         real + self.millis.load(Ordering::SeqCst)
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere in a test must not hide this store's state.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn injected<T>(step: Step) -> Result<T, StoreError> {
@@ -438,7 +442,10 @@ impl MemoryTally {
                 Counter::National(party.clone()),
                 Counter::City(counting.city.clone(), party.clone()),
             ] {
-                groups.entry(self.slot(&counter)).or_default().push((counter, n));
+                groups
+                    .entry(self.slot(&counter))
+                    .or_default()
+                    .push((counter, n));
             }
         }
         groups.into_values().collect()
@@ -475,14 +482,22 @@ impl Tally for MemoryTally {
                 let mut state = lock(&self.state);
                 let election = counting.election.clone();
                 for (party, _) in counting.difference.iter() {
-                    state.parties.entry(election.clone()).or_default().insert(party.clone());
+                    state
+                        .parties
+                        .entry(election.clone())
+                        .or_default()
+                        .insert(party.clone());
                 }
                 state
                     .city_boxes
                     .entry((election.clone(), counting.city.clone()))
                     .or_default()
                     .insert(counting.ballot_box.clone());
-                state.boxes.entry(election).or_default().insert(counting.ballot_box.clone());
+                state
+                    .boxes
+                    .entry(election)
+                    .or_default()
+                    .insert(counting.ballot_box.clone());
             }
             for group in groups {
                 if budget == 0 {

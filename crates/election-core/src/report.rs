@@ -251,7 +251,8 @@ impl Report {
         })
         .expect("serialising plain data cannot fail");
         let payload_hash = PayloadHash(Sha256::digest(&canonical).into());
-        let payload = payload.unwrap_or_else(|| String::from_utf8(canonical).expect("json is utf-8"));
+        let payload =
+            payload.unwrap_or_else(|| String::from_utf8(canonical).expect("json is utf-8"));
         Report {
             election,
             ballot_box,
@@ -303,7 +304,9 @@ fn check_reason(
     reason: Option<String>,
     problems: &mut Vec<Problem>,
 ) -> Option<String> {
-    let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    let reason = reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
     match &reason {
         None if revision > Revision::FIRST => problems.push(Problem::new(
             "reason",
@@ -313,9 +316,9 @@ fn check_reason(
             "reason",
             format!("is longer than {MAX_REASON_CHARS} characters"),
         )),
-        Some(text) if text.chars().any(|c| c.is_control() && c != '\n') => problems.push(
-            Problem::new("reason", "contains control characters"),
-        ),
+        Some(text) if text.chars().any(|c| c.is_control() && c != '\n') => {
+            problems.push(Problem::new("reason", "contains control characters"))
+        }
         _ => {}
     }
     reason
@@ -348,7 +351,11 @@ impl WireReport {
                 .map_err(|p| problems.push(p))
                 .ok(),
         };
-        let reason = check_reason(revision.unwrap_or(Revision::FIRST), self.reason, &mut problems);
+        let reason = check_reason(
+            revision.unwrap_or(Revision::FIRST),
+            self.reason,
+            &mut problems,
+        );
         match (ballot_box, city, votes, revision) {
             (Some(ballot_box), Some(city), Some(votes), Some(revision)) if problems.is_empty() => {
                 Ok(Report::assemble(
@@ -455,7 +462,9 @@ impl WireVotes {
         let mut votes = BTreeMap::new();
         for (name, n) in self.0 {
             let field = format!("votes.{name}");
-            let party = PartyId::parse_as(&field, &name).map_err(|p| problems.push(p)).ok();
+            let party = PartyId::parse_as(&field, &name)
+                .map_err(|p| problems.push(p))
+                .ok();
             let count = if (0..=i128::from(MAX_VOTES)).contains(&n) {
                 Some(n as u32)
             } else {
@@ -503,14 +512,15 @@ mod tests {
     fn check_invalid(body: &str, expected: &[(&str, &str)]) {
         match parse(body) {
             Err(ReportError::Invalid(problems)) => {
-                let got: Vec<(&str, &str)> = problems
-                    .iter()
-                    .map(|p| (p.field(), p.message()))
-                    .collect();
+                let got: Vec<(&str, &str)> =
+                    problems.iter().map(|p| (p.field(), p.message())).collect();
                 assert_eq!(got.len(), expected.len(), "{got:?}");
                 for ((field, message), (want_field, want_fragment)) in got.iter().zip(expected) {
                     assert_eq!(field, want_field, "{got:?}");
-                    assert!(message.contains(want_fragment), "{message:?} lacks {want_fragment:?}");
+                    assert!(
+                        message.contains(want_fragment),
+                        "{message:?} lacks {want_fragment:?}"
+                    );
                 }
             }
             other => panic!("expected invalid, got {other:?}"),
@@ -557,7 +567,10 @@ mod tests {
             r#"{"ballot_box_id":"B","city":"x","votes":{"a":99999999999999999999}}"#,
             "expected an integer",
         );
-        check_malformed(r#"{"ballot_box_id":"B","city":"x"}"#, "missing field `votes`");
+        check_malformed(
+            r#"{"ballot_box_id":"B","city":"x"}"#,
+            "missing field `votes`",
+        );
         check_malformed(
             r#"{"ballot_box_id":"B","city":"x","votes":{"a":1},"extra":1}"#,
             "unknown field `extra`",
@@ -582,14 +595,22 @@ mod tests {
             r#"{"ballot_box_id":"B","city":"x","votes":{"a":1e400}}"#,
             "number out of range",
         );
-        check_malformed(r#"{"ballot_box_id":7,"city":"x","votes":{"a":1}}"#, "invalid type");
+        check_malformed(
+            r#"{"ballot_box_id":7,"city":"x","votes":{"a":1}}"#,
+            "invalid type",
+        );
         check_malformed(
             r#"{"ballot_box_id":"B","city":"x","votes":{"a":1},"revision":"2"}"#,
             "expected an integer",
         );
-        let many: Vec<String> = (0..=MAX_PARTIES + 1).map(|i| format!("\"p{i}\":1")).collect();
+        let many: Vec<String> = (0..=MAX_PARTIES + 1)
+            .map(|i| format!("\"p{i}\":1"))
+            .collect();
         check_malformed(
-            &format!(r#"{{"ballot_box_id":"B","city":"x","votes":{{{}}}}}"#, many.join(",")),
+            &format!(
+                r#"{{"ballot_box_id":"B","city":"x","votes":{{{}}}}}"#,
+                many.join(",")
+            ),
             "more than 100 parties",
         );
     }
@@ -638,10 +659,16 @@ mod tests {
     #[test]
     fn a_hundred_parties_is_the_limit() {
         let parties: Vec<String> = (0..MAX_PARTIES).map(|i| format!("\"p{i}\":1")).collect();
-        let body = format!(r#"{{"ballot_box_id":"B","city":"x","votes":{{{}}}}}"#, parties.join(","));
+        let body = format!(
+            r#"{{"ballot_box_id":"B","city":"x","votes":{{{}}}}}"#,
+            parties.join(",")
+        );
         assert_eq!(parse(&body).unwrap().votes().len(), MAX_PARTIES);
         let parties: Vec<String> = (0..=MAX_PARTIES).map(|i| format!("\"p{i}\":1")).collect();
-        let body = format!(r#"{{"ballot_box_id":"B","city":"x","votes":{{{}}}}}"#, parties.join(","));
+        let body = format!(
+            r#"{{"ballot_box_id":"B","city":"x","votes":{{{}}}}}"#,
+            parties.join(",")
+        );
         check_invalid(&body, &[("votes", "has 101 parties")]);
     }
 

@@ -156,7 +156,11 @@ mod tests {
             "reason": "recount",
             "votes": votes.iter().map(|(p, n)| (p.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
         });
-        Report::from_json(&ElectionId::parse("e").unwrap(), body.to_string().as_bytes()).unwrap()
+        Report::from_json(
+            &ElectionId::parse("e").unwrap(),
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
     }
 
     fn state(of: &Report) -> BoxState {

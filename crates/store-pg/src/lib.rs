@@ -1,1 +1,32 @@
-//! store-pg
+//! The durable report log in PostgreSQL: election-core's [`ReportLog`] port
+//! implemented with diesel over an r2d2 pool.
+//!
+//! PostgreSQL is the system of record (SPEC §4): a report is committed here,
+//! with synchronous commit, before ingest says yes (I1), and every revision is
+//! kept forever for audit. The revision rules themselves live in
+//! `election_core::rules`; this crate supplies what they need (a per-box row
+//! lock, the latest revision, the same-numbered revision) and does so for a
+//! whole batch at once, because one transaction per batch is what makes
+//! thousands of reports per second possible on modest hardware.
+//!
+//! - [`connect`] builds a lazy pool, [`migrate`] / [`schema_status`] manage
+//!   the embedded schema (`migrations/` at the workspace root);
+//! - [`PgLog`] implements [`ReportLog`] (see `record` for the batch path);
+//! - [`PgError`] says what failed and converts into the core's `StoreError`,
+//!   `Unavailable` when retrying later is the remedy.
+
+mod error;
+mod log;
+mod migrate;
+mod pool;
+mod record;
+pub mod schema;
+pub mod tokens;
+
+pub use error::{PgError, STORE};
+pub use log::PgLog;
+pub use migrate::{MIGRATIONS, SchemaStatus, migrate, revert_all, schema_status};
+pub use pool::{PgPool, connect, ping};
+
+#[cfg(doc)]
+use election_core::ReportLog;

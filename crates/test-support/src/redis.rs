@@ -224,6 +224,30 @@ impl RedisServer {
     pub fn resume(&self, pid: u32) {
         signal("-CONT", pid);
     }
+
+    /// Kills the server with SIGKILL (as a crash would) and waits until its
+    /// port refuses connections. Everything it held is gone.
+    pub fn kill(&mut self) {
+        let pid = self.pid();
+        signal("-KILL", pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "redis-server {pid} did not die");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts an empty server on the same port again (after [`Self::kill`]).
+    ///
+    /// # Panics
+    /// When the port was taken in the meantime or the server does not start.
+    pub fn restart(&mut self) {
+        let port = self.port;
+        let fresh = RedisServer::try_start(port, &[])
+            .unwrap_or_else(|failure| panic!("cannot restart redis-server on {port}: {failure}"));
+        // Dropping the old value closes its watchdog (the server is dead).
+        *self = fresh;
+    }
 }
 
 fn signal(signal: &str, pid: u32) {

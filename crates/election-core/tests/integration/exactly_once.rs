@@ -141,10 +141,19 @@ fn model_decide(model: &HashMap<String, ModelBox>, report: &Report) -> Expect {
             Expect::Conflict
         };
     }
-    if state.city.as_deref().is_some_and(|c| c != report.city().as_str()) {
+    if state
+        .city
+        .as_deref()
+        .is_some_and(|c| c != report.city().as_str())
+    {
         return Expect::Conflict;
     }
-    if state.revisions.keys().next_back().is_some_and(|&latest| latest > revision) {
+    if state
+        .revisions
+        .keys()
+        .next_back()
+        .is_some_and(|&latest| latest > revision)
+    {
         return Expect::Conflict;
     }
     Expect::Fresh
@@ -153,7 +162,11 @@ fn model_decide(model: &HashMap<String, ModelBox>, report: &Report) -> Expect {
 fn model_record(model: &mut HashMap<String, ModelBox>, report: &Report) {
     let state = model.entry(report.ballot_box().to_string()).or_default();
     state.city = Some(report.city().to_string());
-    let votes = report.votes().iter().map(|(p, n)| (p.to_string(), n)).collect();
+    let votes = report
+        .votes()
+        .iter()
+        .map(|(p, n)| (p.to_string(), n))
+        .collect();
     state
         .revisions
         .insert(report.revision().get(), (report.payload_hash(), votes));
@@ -301,7 +314,11 @@ fn run_night(ops: Vec<Op>) -> Result<(), TestCaseError> {
             break;
         }
     }
-    prop_assert_eq!(log.pending_count(&election)?, 0, "I3: nothing stays pending");
+    prop_assert_eq!(
+        log.pending_count(&election)?,
+        0,
+        "I3: nothing stays pending"
+    );
 
     // I2: the counters are the sum of every box's latest revision; the log
     // agrees with the model and with the tally.
@@ -318,7 +335,9 @@ fn run_night(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert!(
             recorded
                 .iter()
-                .any(|(_, b, r, counted)| b == report.ballot_box() && *r == report.revision() && *counted),
+                .any(|(_, b, r, counted)| b == report.ballot_box()
+                    && *r == report.revision()
+                    && *counted),
             "acknowledged {:?} revision {} is missing",
             report.ballot_box(),
             report.revision()
@@ -419,8 +438,15 @@ fn racing_workers_count_each_revision_once() {
             }
         }
         let snapshot = tally.snapshot(&election).unwrap();
-        assert_eq!(nonzero(&snapshot.totals), nonzero(&expected), "round {round}");
-        assert_eq!(nonzero(&log.counted_totals(&election).unwrap()), nonzero(&expected));
+        assert_eq!(
+            nonzero(&snapshot.totals),
+            nonzero(&expected),
+            "round {round}"
+        );
+        assert_eq!(
+            nonzero(&log.counted_totals(&election).unwrap()),
+            nonzero(&expected)
+        );
         assert_eq!(snapshot.ballot_boxes_reported, 10);
     }
 }

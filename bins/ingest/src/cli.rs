@@ -1,0 +1,185 @@
+//! Command line and configuration of `election-ingest`.
+//!
+//! Every flag can also come from the environment, so a systemd unit only
+//! needs an `EnvironmentFile=`:
+//!
+//! | variable | flag | default |
+//! | --- | --- | --- |
+//! | `DATABASE_URL` | `--database-url` | `postgres://postgres@127.0.0.1:5432/postgres` |
+//! | `REDIS_URL` | `--redis-url` | `redis://127.0.0.1:6379` (a comma-separated list, or `redis+cluster://h1:p1,h2:p2`, selects Redis Cluster) |
+//! | `LISTEN_ADDR` | `--listen` | `127.0.0.1:8080` |
+//! | `PG_POOL_SIZE` | `--pg-pool-size` | 8 |
+//! | `REDIS_POOL_SIZE` | `--redis-pool-size` | 8 |
+//! | `REDIS_TIMEOUT_MS` | `--redis-timeout-ms` | 500 |
+//! | `BATCH_SIZE` | `--batch-size` | 256 |
+//! | `BATCH_LINGER_MS` | `--batch-linger-ms` | 2 |
+//! | `MAX_IN_FLIGHT` | `--max-in-flight` | 4 |
+//! | `TOKEN_CACHE_SECS` | `--token-cache-secs` | 5 |
+//! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
+//! | `RUST_LOG` | | `info` |
+//!
+//! Database and Redis URLs may hold passwords: they are never logged whole
+//! (see [`redact`]).
+
+use clap::{Args, Parser, Subcommand};
+use election_http::telemetry::LogFormat;
+
+/// Default PostgreSQL URL.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// election-ingest: the reporting API of the election counting system.
+#[derive(Parser, Debug)]
+#[command(name = "election-ingest", version, about)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "human",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply the embedded database migrations.
+    Migrate(Database),
+    /// Serve the reporting API.
+    Serve(Box<Serve>),
+    /// Manage reporting-client tokens.
+    #[command(subcommand)]
+    Token(Token),
+}
+
+/// Where PostgreSQL is.
+#[derive(Args, Debug, Clone)]
+pub struct Database {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+}
+
+/// `serve` settings.
+#[derive(Args, Debug, Clone)]
+pub struct Serve {
+    /// PostgreSQL.
+    #[command(flatten)]
+    pub database: Database,
+    /// Redis URL; a comma-separated list or `redis+cluster://h1:p1,h2:p2` selects Redis Cluster.
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
+    pub redis_url: String,
+    /// Address to listen on.
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// PostgreSQL connections.
+    #[arg(long, env = "PG_POOL_SIZE", default_value_t = 8)]
+    pub pg_pool_size: u32,
+    /// Redis connections (per node on a Cluster).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 8)]
+    pub redis_pool_size: usize,
+    /// Longest wait for Redis before a report is answered 202 and left to the reprocessor.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+    /// Most reports in one group-commit transaction.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 256)]
+    pub batch_size: usize,
+    /// Longest wait, in milliseconds, for more reports to join a batch.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 2)]
+    pub batch_linger_ms: u64,
+    /// Most batches being recorded at once.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 4)]
+    pub max_in_flight: usize,
+    /// How long token lookups are cached (a revoked token works at most this long).
+    #[arg(long, env = "TOKEN_CACHE_SECS", default_value_t = 5)]
+    pub token_cache_secs: u64,
+}
+
+/// `token` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Token {
+    /// Issue a token; it is printed alone on standard output, once.
+    Issue {
+        /// PostgreSQL.
+        #[command(flatten)]
+        database: Database,
+        /// The election it may report to.
+        #[arg(long)]
+        election: String,
+        /// Bind it to one ballot box (without: any box of the election).
+        #[arg(long)]
+        ballot_box: Option<String>,
+        /// A label for operators (who holds it).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Revoke a token by its id (see `token list`).
+    Revoke {
+        /// PostgreSQL.
+        #[command(flatten)]
+        database: Database,
+        /// The token's id.
+        id: i64,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// PostgreSQL.
+        #[command(flatten)]
+        database: Database,
+        /// Only this election's.
+        #[arg(long)]
+        election: Option<String>,
+    },
+}
+
+/// A URL with its password replaced by `***`, for logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // Each comma-separated host part may carry credentials.
+    let parts: Vec<String> = rest
+        .split(',')
+        .map(|part| match part.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => format!("{credentials}@{host}"),
+            },
+            None => part.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{}", parts.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact("redis+cluster://:pw@h1:1,:pw@h2:2"),
+            "redis+cluster://:***@h1:1,:***@h2:2"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,232 @@
+//! The subcommands: `migrate`, `serve`, `token issue|revoke|list`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use election_core::{BallotBoxId, ElectionId, StoreError};
+use election_http::health::ReadyCheck;
+use store_pg::{PgLog, PgPool, SchemaStatus};
+use store_redis::{RedisOptions, RedisTally};
+
+use crate::auth::{self, Scope, TokenLookup};
+use crate::batcher::BatchConfig;
+use crate::cli::{Database, Serve, Token, redact};
+use crate::{Services, Settings};
+
+/// How long to wait for a PostgreSQL connection before giving up.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn pool(database: &Database, size: u32) -> anyhow::Result<PgPool> {
+    store_pg::connect(&database.database_url, size, PG_CONNECT_TIMEOUT).with_context(|| {
+        format!(
+            "connecting to PostgreSQL at {}",
+            redact(&database.database_url)
+        )
+    })
+}
+
+/// `election-ingest migrate`.
+pub fn migrate(database: &Database) -> anyhow::Result<()> {
+    let pool = pool(database, 1)?;
+    let applied = store_pg::migrate(&pool).context("applying migrations")?;
+    if applied.is_empty() {
+        println!("database schema is up to date");
+    } else {
+        for version in applied {
+            println!("applied migration {version}");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to serve on a schema this binary does not match.
+pub fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
+    match store_pg::schema_status(pool).context("reading the schema version")? {
+        SchemaStatus::UpToDate => Ok(()),
+        SchemaStatus::Unmigrated => {
+            bail!("the database is not migrated; run `election-ingest migrate` first")
+        }
+        SchemaStatus::Pending(versions) => bail!(
+            "the database lacks migrations {}; run `election-ingest migrate` first",
+            versions.join(", ")
+        ),
+        SchemaStatus::Newer(versions) => bail!(
+            "the database has migrations this binary does not know ({}); run a newer election-ingest",
+            versions.join(", ")
+        ),
+    }
+}
+
+/// Looks tokens up in PostgreSQL.
+pub struct PgTokens(pub PgPool);
+
+impl TokenLookup for PgTokens {
+    fn find(&self, sha256: &[u8; 32]) -> Result<Option<Scope>, StoreError> {
+        let Some(record) = store_pg::tokens::find(&self.0, sha256)? else {
+            return Ok(None);
+        };
+        if record.revoked_at.is_some() {
+            return Ok(None);
+        }
+        // Ids were validated when the token was issued; a row that no longer
+        // parses is treated as unknown rather than trusted.
+        let Ok(election) = ElectionId::parse(&record.election_id) else {
+            return Ok(None);
+        };
+        let ballot_box = match record.ballot_box_id.as_deref().map(BallotBoxId::parse) {
+            None => None,
+            Some(Ok(ballot_box)) => Some(ballot_box),
+            Some(Err(_)) => return Ok(None),
+        };
+        Ok(Some(Scope {
+            election,
+            ballot_box,
+        }))
+    }
+}
+
+/// What `/readyz` checks: PostgreSQL and Redis both answer.
+pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
+    Arc::new(move || {
+        store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
+        tally.ping().map_err(|e| format!("redis: {e}"))
+    })
+}
+
+/// `election-ingest serve`, on a runtime of its own.
+pub fn serve_blocking(args: Serve) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(args))
+}
+
+/// `election-ingest serve`.
+pub async fn serve(args: Serve) -> anyhow::Result<()> {
+    let pg = pool(&args.database, args.pg_pool_size)?;
+    {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || check_schema(&pg)).await??;
+    }
+    let target = store_redis::parse_target(&args.redis_url)
+        .with_context(|| format!("reading REDIS_URL {}", redact(&args.redis_url)))?;
+    let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
+    let options = RedisOptions {
+        connect_timeout: redis_timeout,
+        response_timeout: redis_timeout,
+        pool_size: args.redis_pool_size,
+    };
+    let tally = Arc::new(
+        RedisTally::connect(&target, &options)
+            .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?,
+    );
+    let log = Arc::new(PgLog::new(pg.clone()));
+    let ready = ready_check(pg.clone(), Arc::clone(&tally));
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(
+        listen.addr = %listener.local_addr()?,
+        database.url = %redact(&args.database.database_url),
+        redis.url = %redact(&args.redis_url),
+        batch.size = args.batch_size,
+        batch.linger_ms = args.batch_linger_ms,
+        "election-ingest serving"
+    );
+    let services = Services {
+        log,
+        tally,
+        tokens: Arc::new(PgTokens(pg)),
+        ready,
+    };
+    let settings = Settings {
+        batch: BatchConfig {
+            batch_size: args.batch_size,
+            linger: Duration::from_millis(args.batch_linger_ms),
+            max_in_flight: args.max_in_flight,
+            queue: args.batch_size * args.max_in_flight * 4,
+        },
+        token_cache_ttl: Duration::from_secs(args.token_cache_secs),
+    };
+    crate::run(
+        listener,
+        services,
+        settings,
+        election_http::shutdown::signal(),
+    )
+    .await?;
+    tracing::info!("election-ingest stopped");
+    Ok(())
+}
+
+/// `election-ingest token ...`.
+pub fn token(command: Token) -> anyhow::Result<()> {
+    match command {
+        Token::Issue {
+            database,
+            election,
+            ballot_box,
+            label,
+        } => {
+            let election = ElectionId::parse(&election).context("--election")?;
+            let ballot_box = ballot_box
+                .as_deref()
+                .map(BallotBoxId::parse)
+                .transpose()
+                .context("--ballot-box")?;
+            let pool = pool(&database, 1)?;
+            check_schema(&pool)?;
+            let secret = auth::generate();
+            let id = store_pg::tokens::insert(
+                &pool,
+                &auth::hash(&secret),
+                election.as_str(),
+                ballot_box.as_ref().map(BallotBoxId::as_str),
+                label.as_deref(),
+            )
+            .context("storing the token")?;
+            eprintln!(
+                "issued token {id} for election {election}{}; it is shown once, below",
+                ballot_box
+                    .map(|b| format!(", ballot box {b}"))
+                    .unwrap_or_default()
+            );
+            println!("{secret}");
+            Ok(())
+        }
+        Token::Revoke { database, id } => {
+            let pool = pool(&database, 1)?;
+            if store_pg::tokens::revoke(&pool, id).context("revoking the token")? {
+                println!("revoked token {id}");
+                Ok(())
+            } else {
+                bail!("no active token with id {id}")
+            }
+        }
+        Token::List { database, election } => {
+            let pool = pool(&database, 1)?;
+            let tokens =
+                store_pg::tokens::list(&pool, election.as_deref()).context("listing tokens")?;
+            println!(
+                "{:>6}  {:<20} {:<16} {:<25} {:<25} label",
+                "id", "election", "ballot box", "created", "revoked"
+            );
+            for t in tokens {
+                println!(
+                    "{:>6}  {:<20} {:<16} {:<25} {:<25} {}",
+                    t.id,
+                    t.election_id,
+                    t.ballot_box_id.as_deref().unwrap_or("(any)"),
+                    t.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    t.revoked_at
+                        .map(|r| r.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    t.label.as_deref().unwrap_or(""),
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! `election-ingest`: the reporting API. Records each ballot box report
+//! durably in PostgreSQL, then counts it exactly once in Redis.
+//!
+//! The binary (`main.rs`) only parses the command line and calls in here;
+//! [`run`] takes its listener and shutdown signal from the caller, so tests
+//! serve on port 0 and stop it at will.
+
+pub mod auth;
+pub mod batcher;
+pub mod cli;
+pub mod commands;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use election_core::{Engine, ReportLog, Tally};
+use election_http::health::ReadyCheck;
+use election_http::metrics::Registry;
+
+use crate::auth::{TokenCache, TokenLookup};
+use crate::batcher::{BatchConfig, Batcher};
+use crate::service::{AppState, router};
+
+/// The stores the service runs on.
+pub struct Services {
+    /// The durable report log.
+    pub log: Arc<dyn ReportLog>,
+    /// The live counters.
+    pub tally: Arc<dyn Tally>,
+    /// Token lookups.
+    pub tokens: Arc<dyn TokenLookup>,
+    /// What `/readyz` checks.
+    pub ready: ReadyCheck,
+}
+
+/// Tunables of a running service.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Group commit.
+    pub batch: BatchConfig,
+    /// How long token answers are cached.
+    pub token_cache_ttl: Duration,
+}
+
+/// Serves the reporting API on `listener` until `shutdown` resolves, then
+/// stops accepting, answers every request already accepted (their batches
+/// are recorded and counted), and returns.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    services: Services,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Registry::new());
+    let engine = Engine::new(services.log, services.tally);
+    let (batcher, task) = Batcher::start(engine, settings.batch, Arc::clone(&metrics));
+    let state = AppState {
+        batcher,
+        tokens: Arc::new(TokenCache::new(services.tokens, settings.token_cache_ttl)),
+        metrics,
+    };
+    let app = router(state, services.ready);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    // The router (and with it every handle on the batcher) is gone: wait for
+    // the batches still being recorded.
+    task.finish().await;
+    Ok(())
+}

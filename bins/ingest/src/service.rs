@@ -1,0 +1,288 @@
+//! The HTTP surface of ingest: `POST /v1/elections/{election}/reports`, with
+//! health and metrics.
+//!
+//! The handler checks, in this order, and answers the first problem found:
+//! the token (401), the election id (422), the token's election (403), the
+//! content type (415), the body size (413), the JSON shape (400), the domain
+//! rules (422), the token's ballot box (403). Only then is the report queued
+//! for the [`Batcher`], whose answer becomes 201, 202, 200, 409 or 503. Every
+//! refusal happens before anything is written (I4).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use election_core::{ElectionId, Outcome, Report, ReportError, ReportId};
+use election_http::ApiError;
+use election_http::health::{self, ReadyCheck};
+use election_http::metrics::{LATENCY_BUCKETS, Registry};
+use serde::Serialize;
+
+use crate::auth::{self, TokenCache};
+use crate::batcher::Batcher;
+
+/// Largest report body accepted (SPEC §5).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Where validated reports go.
+    pub batcher: Batcher,
+    /// Token checks.
+    pub tokens: Arc<TokenCache>,
+    /// The service's metrics.
+    pub metrics: Arc<Registry>,
+}
+
+/// The router of the ingest service.
+pub fn router(state: AppState, ready: ReadyCheck) -> Router {
+    let metrics = Arc::clone(&state.metrics);
+    Router::new()
+        .route("/v1/elections/{election}/reports", post(post_report))
+        .with_state(state)
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .merge(health::routes(ready))
+}
+
+/// The body of every 2xx answer.
+#[derive(Serialize, Debug)]
+pub struct Accepted {
+    /// The log's id of the revision.
+    pub report_id: ReportId,
+    /// The ballot box.
+    pub ballot_box_id: String,
+    /// The revision.
+    pub revision: u32,
+    /// `counted` (in the live totals) or `pending` (recorded, counted later).
+    pub status: &'static str,
+}
+
+async fn post_report(
+    State(state): State<AppState>,
+    Path(election): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let answer = handle(&state, &election, &headers, body).await;
+    let (status, code) = match &answer {
+        Ok((status, accepted)) => (*status, accepted.status),
+        Err(error) => (error.status(), error.code()),
+    };
+    state.metrics.inc(
+        "ingest_responses_total",
+        "Report requests answered, by HTTP status and outcome or error code.",
+        &[("status", status.as_str()), ("code", code)],
+        1,
+    );
+    state.metrics.observe(
+        "ingest_request_duration_seconds",
+        "Time from request to answer for report posts.",
+        LATENCY_BUCKETS,
+        &[],
+        started.elapsed().as_secs_f64(),
+    );
+    match answer {
+        Ok((status, accepted)) => (status, Json(accepted)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    election: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Accepted), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing bearer token: send `Authorization: Bearer <token>` with a token from `election-ingest token issue`",
+            )
+        })?
+        .to_owned();
+    let scope = match state.tokens.cached(&token) {
+        Some(scope) => scope,
+        None => {
+            let tokens = Arc::clone(&state.tokens);
+            election_http::blocking(move || tokens.scope(&token))
+                .await?
+                .map_err(|error| {
+                    tracing::warn!(%error, "token lookup failed");
+                    ApiError::unavailable(
+                        "unavailable",
+                        "the report store is unavailable; nothing was recorded, retry later",
+                    )
+                })?
+        }
+    };
+    let scope = scope.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown or revoked token",
+        )
+    })?;
+    let election = ElectionId::parse(election).map_err(|p| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_report",
+            p.to_string(),
+        )
+    })?;
+    if scope.election != election {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token is not valid for election {:?}",
+                election.as_str()
+            ),
+        ));
+    }
+    check_content_type(headers)?;
+    let body = read_body(headers, body).await?;
+    let report = Report::from_json(&election, &body).map_err(|error| match error {
+        ReportError::Malformed(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        }
+        ReportError::Invalid(problems) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_report",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.to_string()),
+    })?;
+    if let Some(bound) = &scope.ballot_box
+        && bound != report.ballot_box()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token may only report for ballot box {:?}, not {:?}",
+                bound.as_str(),
+                report.ballot_box().as_str()
+            ),
+        ));
+    }
+    let ballot_box_id = report.ballot_box().to_string();
+    let revision = report.revision().get();
+    let answer = state.batcher.submit(report).await.ok_or_else(|| {
+        ApiError::unavailable("unavailable", "the service is shutting down; retry")
+    })?;
+    let accepted = |report_id, status| Accepted {
+        report_id,
+        ballot_box_id: ballot_box_id.clone(),
+        revision,
+        status,
+    };
+    match answer {
+        Ok(Outcome::Counted(id)) => Ok((StatusCode::CREATED, accepted(id, "counted"))),
+        Ok(Outcome::Pending(id)) => {
+            state.metrics.inc(
+                "ingest_redis_deferred_total",
+                "Reports recorded but not counted at once (Redis unavailable); the reprocessor counts them.",
+                &[],
+                1,
+            );
+            Ok((StatusCode::ACCEPTED, accepted(id, "pending")))
+        }
+        Ok(Outcome::Replay { report_id, counted }) => Ok((
+            StatusCode::OK,
+            accepted(report_id, if counted { "counted" } else { "pending" }),
+        )),
+        Ok(Outcome::Conflict(conflict)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{} ({})", conflict, conflict.code()),
+        )),
+        Err(error) => {
+            tracing::warn!(error = %error, "report not recorded");
+            Err(ApiError::unavailable(
+                "unavailable",
+                "the report store (PostgreSQL) is unavailable; nothing was recorded, retry later",
+            ))
+        }
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = value.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "content type {:?} is not supported; send `Content-Type: application/json`",
+                if value.is_empty() { "(none)" } else { value }
+            ),
+        ))
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|error| {
+            // The only error of a complete read is the length limit; a client
+            // that drops the connection half-way gets no answer anyway.
+            if std::error::Error::source(&error)
+                .is_some_and(|s| s.to_string().contains("length limit"))
+            {
+                too_large()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("could not read the body: {error}"),
+                )
+            }
+        })
+}

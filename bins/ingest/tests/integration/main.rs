@@ -1,0 +1,9 @@
+//! Integration tests of election-ingest, through HTTP against real PostgreSQL
+//! (a fresh schema per test) and real Redis (standalone and Cluster), and of
+//! the real binary.
+
+mod api;
+mod counting;
+mod faults;
+mod harness;
+mod process;

@@ -1,0 +1,113 @@
+//! The connection pool: built lazily, bounded in how long it waits, and with
+//! every connection checked for synchronous commit.
+//!
+//! diesel is blocking, so services hold a small r2d2 pool and call the store
+//! through `spawn_blocking`. The pool is built without waiting for a first
+//! connection ([`r2d2::Builder::build_unchecked`], no idle minimum): a service
+//! starts even while PostgreSQL is down and answers 503 until it is back, and
+//! an unreachable server makes each call fail after `connect_timeout` with a
+//! clear error instead of hanging.
+
+use std::time::Duration;
+
+use diesel::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection};
+use diesel::{QueryableByName, RunQueryDsl, sql_types};
+
+use crate::error::PgError;
+
+/// A pool of PostgreSQL connections, shared by every store call of a process.
+pub type PgPool = r2d2::Pool<ConnectionManager<PgConnection>>;
+
+/// Builds a pool of at most `pool_size` connections to `database_url`.
+///
+/// No connection is opened here: the first call that needs one opens it, and
+/// waits at most `connect_timeout` for it (or for a busy connection to come
+/// back). The URL is a libpq connection string (`postgres://user@host/db`,
+/// with `?options=-c%20search_path%3D...` and the like).
+pub fn connect(
+    database_url: &str,
+    pool_size: u32,
+    connect_timeout: Duration,
+) -> Result<PgPool, PgError> {
+    // r2d2 panics on these; a configuration mistake deserves an error.
+    if pool_size == 0 {
+        return Err(PgError::Config(
+            "the pool size must be at least 1".to_owned(),
+        ));
+    }
+    if connect_timeout.is_zero() {
+        return Err(PgError::Config(
+            "the connection timeout must be longer than 0".to_owned(),
+        ));
+    }
+    let manager = ConnectionManager::<PgConnection>::new(database_url);
+    Ok(r2d2::Pool::builder()
+        .max_size(pool_size)
+        // Connections open on demand: nothing is attempted while nobody asks,
+        // and a down server costs no background reconnection storm.
+        .min_idle(Some(0))
+        .connection_timeout(connect_timeout)
+        .error_handler(Box::new(TracingErrorHandler))
+        .connection_customizer(Box::new(DurableCommits))
+        .build_unchecked(manager))
+}
+
+/// Logs connection failures through `tracing` (r2d2's default handler writes
+/// to the `log` crate, which our services do not collect).
+#[derive(Debug, Clone, Copy)]
+struct TracingErrorHandler;
+
+impl r2d2::HandleError<diesel::r2d2::Error> for TracingErrorHandler {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::warn!(error = %error, "postgresql connection attempt failed");
+    }
+}
+
+/// Makes sure every new connection commits synchronously (I1: a 2xx answer
+/// means the report is on disk). A server, database or role configured with
+/// `synchronous_commit = off` would otherwise acknowledge reports it could
+/// lose in a crash; stricter settings (`remote_apply`, ...) are left alone.
+/// This costs one statement per new connection, not per transaction.
+#[derive(Debug, Clone, Copy)]
+struct DurableCommits;
+
+#[derive(QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = sql_types::Text)]
+    previous: String,
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for DurableCommits {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        let changed: Vec<Setting> = diesel::sql_query(
+            "SELECT 'off'::text AS previous, set_config('synchronous_commit', 'on', false) \
+             WHERE current_setting('synchronous_commit') = 'off'",
+        )
+        .load(conn)
+        .map_err(diesel::r2d2::Error::QueryError)?;
+        if let Some(setting) = changed.first() {
+            tracing::warn!(
+                pg.synchronous_commit = %setting.previous,
+                "postgresql had synchronous_commit off; turned it on for this connection"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks that PostgreSQL answers a trivial query (for `/readyz`).
+pub fn ping(pool: &PgPool) -> Result<(), PgError> {
+    let doing = "checking the connection";
+    let mut conn = pool.get().map_err(|source| PgError::Pool {
+        doing: doing.to_owned(),
+        source,
+    })?;
+    diesel::sql_query("SELECT 1")
+        .execute(&mut conn)
+        .map_err(|source| PgError::Query {
+            doing: doing.to_owned(),
+            source,
+        })?;
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! The group-commit path on a real server: big batches, concurrent batches,
+//! what lands in the tables, and agreement with the in-memory log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Barrier};
+
+use election_core::contract::{self, report, unique_election};
+use election_core::memory::MemoryLog;
+use election_core::{
+    BallotBoxId, Claim, Difference, ElectionId, Recorded, Report, ReportId, ReportLog, Revision,
+};
+use store_pg::PgLog;
+
+use crate::support::{Migrated, fresh, lines, number};
+
+fn votes_for(i: u32, revision: u32) -> Vec<(&'static str, u32)> {
+    // Later revisions drop party "e" and move the others.
+    let mut votes = vec![
+        ("a", i % 97 + revision),
+        ("b", i % 13),
+        ("c", 1000 + i),
+        ("d", 0),
+    ];
+    if revision == 1 {
+        votes.push(("e", 7));
+    }
+    votes
+}
+
+#[test]
+fn a_batch_beyond_the_bind_parameter_limit_is_recorded_in_one_call() {
+    let db = Migrated::new(2);
+    let log = PgLog::new(db.pool.clone());
+    let e = unique_election("big");
+    // 2,500 first reports, then revision 2 of the first 500 boxes: 3,000
+    // reports and 14,500 log rows, ~110,000 values, in one transaction.
+    let mut batch: Vec<Report> = (0..2500)
+        .map(|i| {
+            report(
+                &e,
+                &format!("B{i}"),
+                &format!("c{}", i % 50),
+                1,
+                &votes_for(i, 1),
+            )
+        })
+        .collect();
+    batch.extend((0..500).map(|i| {
+        report(
+            &e,
+            &format!("B{i}"),
+            &format!("c{}", i % 50),
+            2,
+            &votes_for(i, 2),
+        )
+    }));
+    let answers = log.record(&batch).unwrap();
+    assert_eq!(answers.len(), 3000);
+
+    let ids: Vec<ReportId> = answers.iter().map(|a| fresh(a).report_id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids follow batch order"
+    );
+    for (i, answer) in answers.iter().enumerate() {
+        let counting = fresh(answer);
+        let report = &batch[i];
+        assert_eq!(counting.ballot_box, *report.ballot_box());
+        assert_eq!(counting.city, *report.city());
+        assert_eq!(counting.revision, report.revision());
+        let previous = (i >= 2500).then(|| batch[i - 2500].votes());
+        assert_eq!(
+            counting.difference,
+            Difference::between(previous, report.votes()),
+            "report {i}"
+        );
+    }
+    assert_eq!(log.pending_count(&e).unwrap(), 3000);
+    assert_eq!(number(&db.pool, "SELECT count(*) AS n FROM reports"), 3000);
+    // Five parties per first revision; revision 2 names all five again
+    // (its "e" went to 0).
+    assert_eq!(
+        number(&db.pool, "SELECT count(*) AS n FROM vote_log"),
+        15_000
+    );
+    assert_eq!(
+        number(
+            &db.pool,
+            "SELECT count(*) AS n FROM ballot_boxes WHERE latest_revision = 2"
+        ),
+        500
+    );
+
+    // The same batch again: every report a replay of its own revision.
+    let again = log.record(&batch).unwrap();
+    for (answer, id) in again.iter().zip(&ids) {
+        assert_eq!(
+            *answer,
+            Recorded::Replay {
+                report_id: *id,
+                counted: false
+            }
+        );
+    }
+    assert_eq!(number(&db.pool, "SELECT count(*) AS n FROM reports"), 3000);
+
+    // Counting all of it adds up to the latest revisions.
+    log.mark_counted(&ids).unwrap();
+    let totals = log.counted_totals(&e).unwrap();
+    let expected: i64 = (0..2500u32)
+        .map(|i| {
+            let revision = if i < 500 { 2 } else { 1 };
+            votes_for(i, revision)
+                .iter()
+                .map(|(_, n)| i64::from(*n))
+                .sum::<i64>()
+        })
+        .sum();
+    assert_eq!(totals.national().values().sum::<i64>(), expected);
+}
+
+#[test]
+fn concurrent_batches_over_overlapping_boxes_never_fail_or_double_record() {
+    let db = Migrated::new(8);
+    let log = Arc::new(PgLog::new(db.pool.clone()));
+    // Boxes of two elections, so the lock order spans both keys.
+    let elections = [unique_election("race"), unique_election("race")];
+    let boxes: Vec<(ElectionId, String)> = (0..60)
+        .map(|i| (elections[i % 2].clone(), format!("B{i}")))
+        .collect();
+    let threads = 8;
+    let rounds = 4u32;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            let barrier = Arc::clone(&barrier);
+            let boxes = boxes.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                let mut failures = Vec::new();
+                for round in 0..rounds {
+                    // Every thread posts the same revision of every box, each
+                    // in its own order: rotated, and reversed for odd threads.
+                    let mut order: Vec<usize> = (0..boxes.len()).collect();
+                    order.rotate_left(t * 7 % boxes.len());
+                    if t % 2 == 1 {
+                        order.reverse();
+                    }
+                    let revision = round + 1;
+                    let batch: Vec<Report> = order
+                        .iter()
+                        .map(|&i| {
+                            let (e, b) = &boxes[i];
+                            report(e, b, "york", revision, &[("a", revision * 10 + i as u32)])
+                        })
+                        .collect();
+                    barrier.wait();
+                    // No panic here: a thread that stopped early would leave
+                    // the others waiting at the barrier forever.
+                    match log.record(&batch) {
+                        Ok(recorded) => answers.extend(recorded),
+                        Err(error) => failures.push(format!("{error:#?}")),
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect();
+    let mut answers: Vec<Recorded> = Vec::new();
+    for handle in handles {
+        let (recorded, failures) = handle.join().unwrap();
+        assert!(failures.is_empty(), "batches failed: {failures:?}");
+        answers.extend(recorded);
+    }
+
+    // Exactly one fresh answer per (box, revision); every other post of it
+    // is a replay of that same id.
+    let mut fresh_ids: HashMap<(ElectionId, BallotBoxId, Revision), ReportId> = HashMap::new();
+    for answer in &answers {
+        if let Recorded::Fresh(c) = answer {
+            let key = (c.election.clone(), c.ballot_box.clone(), c.revision);
+            assert!(
+                fresh_ids.insert(key, c.report_id).is_none(),
+                "recorded twice: {c:?}"
+            );
+        }
+    }
+    assert_eq!(fresh_ids.len(), boxes.len() * rounds as usize);
+    let fresh_set: std::collections::HashSet<ReportId> = fresh_ids.values().copied().collect();
+    for answer in &answers {
+        match answer {
+            Recorded::Fresh(_) => {}
+            Recorded::Replay { report_id, .. } => assert!(fresh_set.contains(report_id)),
+            Recorded::Conflict(c) => panic!("unexpected conflict {c:?}"),
+        }
+    }
+    assert_eq!(
+        number(
+            &db.pool,
+            "SELECT count(*) - count(DISTINCT (election_id, ballot_box_id, revision)) AS n \
+             FROM reports"
+        ),
+        0
+    );
+    assert_eq!(
+        number(&db.pool, "SELECT count(*) AS n FROM reports"),
+        (boxes.len() * rounds as usize) as i64
+    );
+    // The differences of each box add up to its last revision.
+    let ids: Vec<ReportId> = fresh_ids.values().copied().collect();
+    log.mark_counted(&ids).unwrap();
+    for e in &elections {
+        let expected: i64 = boxes
+            .iter()
+            .enumerate()
+            .filter(|(_, (be, _))| be == e)
+            .map(|(i, _)| i64::from(rounds * 10 + i as u32))
+            .sum();
+        let totals = log.counted_totals(e).unwrap();
+        assert_eq!(totals.national().values().sum::<i64>(), expected);
+    }
+}
+
+#[test]
+fn payloads_are_kept_verbatim_and_the_log_names_every_party() {
+    let db = Migrated::new(2);
+    let log = PgLog::new(db.pool.clone());
+    let e = unique_election("audit");
+    let body = "{ \"ballot_box_id\": \"BB1\",\n  \"city\": \"london\", \"votes\": {\"labour\": 200, \"tories\": 120} }";
+    let first = Report::from_json(&e, body.as_bytes()).unwrap();
+    let second = report(&e, "BB1", "london", 2, &[("labour", 201), ("reform", 0)]);
+    let answers = log.record(&[first.clone(), second]).unwrap();
+    let second_id = fresh(&answers[1]).report_id;
+
+    assert_eq!(
+        lines(
+            &db.pool,
+            &format!(
+                "SELECT payload::text AS line FROM reports WHERE id = {}",
+                fresh(&answers[0]).report_id
+            )
+        ),
+        [body]
+    );
+    assert_eq!(
+        lines(
+            &db.pool,
+            "SELECT encode(payload_hash, 'hex') AS line FROM reports ORDER BY id LIMIT 1"
+        )[0]
+        .len(),
+        64
+    );
+    // Revision 2's rows: the tories went to 0, reform was posted as 0.
+    assert_eq!(
+        lines(
+            &db.pool,
+            &format!(
+                "SELECT party || ' ' || votes || ' ' || difference || ' ' || city || ' ' || revision AS line \
+                 FROM vote_log WHERE report_id = {second_id} ORDER BY party"
+            )
+        ),
+        [
+            "labour 201 1 london 2",
+            "reform 0 0 london 2",
+            "tories 0 -120 london 2"
+        ]
+    );
+    assert_eq!(
+        lines(
+            &db.pool,
+            "SELECT city || ' ' || latest_revision AS line FROM ballot_boxes"
+        ),
+        ["london 2"]
+    );
+}
+
+/// A normalised answer, comparable between logs whose ids differ: fresh
+/// answers by content, replays by the (box, revision) they point to.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Fresh(String, u32, String, Difference),
+    Replay(String, u32, bool),
+    Conflict(String),
+}
+
+fn normalise(answers: &[Recorded], ids: &mut BTreeMap<ReportId, (String, u32)>) -> Vec<Answer> {
+    answers
+        .iter()
+        .map(|answer| match answer {
+            Recorded::Fresh(c) => {
+                ids.insert(
+                    c.report_id,
+                    (c.ballot_box.as_str().to_owned(), c.revision.get()),
+                );
+                Answer::Fresh(
+                    c.ballot_box.as_str().to_owned(),
+                    c.revision.get(),
+                    c.city.as_str().to_owned(),
+                    c.difference.clone(),
+                )
+            }
+            Recorded::Replay { report_id, counted } => {
+                let (b, r) = ids[report_id].clone();
+                Answer::Replay(b, r, *counted)
+            }
+            Recorded::Conflict(c) => Answer::Conflict(format!("{c:?}")),
+        })
+        .collect()
+}
+
+#[test]
+fn answers_agree_with_the_in_memory_log() {
+    let db = Migrated::new(2);
+    let pg = PgLog::new(db.pool.clone());
+    let memory = MemoryLog::new();
+    let e = unique_election("same");
+    let r = |b: &str, city: &str, revision: u32, votes: &[(&str, u32)]| {
+        report(&e, b, city, revision, votes)
+    };
+    let batches: Vec<Vec<Report>> = vec![
+        vec![
+            r("B1", "york", 1, &[("a", 10), ("b", 5)]),
+            r("B1", "york", 1, &[("a", 10), ("b", 5)]),
+            r("B1", "york", 2, &[("a", 12)]),
+            r("B2", "leeds", 1, &[("a", 0), ("c", 3)]),
+            r("B2", "york", 2, &[("a", 1)]),
+            r("B1", "york", 1, &[("a", 11), ("b", 5)]),
+        ],
+        vec![
+            // Party b left in revision 2; revision 3 must not name it again.
+            r("B1", "york", 3, &[("a", 12), ("c", 1)]),
+            r("B1", "york", 2, &[("a", 12)]),
+            r("B1", "york", 2, &[("a", 13)]),
+            r("B2", "leeds", 3, &[("c", 0)]),
+            r("B2", "leeds", 2, &[("c", 4)]),
+            r("B3", "hull", 1, &[("z", 1)]),
+            r("B3", "hull", 5, &[("y", 2)]),
+        ],
+    ];
+    let (mut pg_ids, mut memory_ids) = (BTreeMap::new(), BTreeMap::new());
+    let mut all_pg = Vec::new();
+    let mut all_memory = Vec::new();
+    for batch in &batches {
+        let pg_answers = pg.record(batch).unwrap();
+        let memory_answers = memory.record(batch).unwrap();
+        assert_eq!(
+            normalise(&pg_answers, &mut pg_ids),
+            normalise(&memory_answers, &mut memory_ids),
+            "{batch:?}"
+        );
+        all_pg.extend(pg_answers.iter().filter_map(|a| match a {
+            Recorded::Fresh(c) => Some(c.report_id),
+            _ => None,
+        }));
+        all_memory.extend(memory_answers.iter().filter_map(|a| match a {
+            Recorded::Fresh(c) => Some(c.report_id),
+            _ => None,
+        }));
+    }
+    // Claims hand out the same differences as `record` did.
+    let claim = Claim {
+        limit: 100,
+        pending_for: std::time::Duration::ZERO,
+        lease: std::time::Duration::from_secs(60),
+    };
+    let claimed: Vec<_> = pg.claim_pending(&claim).unwrap();
+    let from_memory: Vec<_> = memory.claim_pending(&claim).unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|c| (c.ballot_box.clone(), c.revision, c.difference.clone()))
+            .collect::<Vec<_>>(),
+        from_memory
+            .iter()
+            .map(|c| (c.ballot_box.clone(), c.revision, c.difference.clone()))
+            .collect::<Vec<_>>(),
+    );
+    pg.mark_counted(&all_pg).unwrap();
+    memory.mark_counted(&all_memory).unwrap();
+    assert_eq!(
+        pg.counted_totals(&e).unwrap(),
+        memory.counted_totals(&e).unwrap()
+    );
+    assert_eq!(pg.pending_count(&e).unwrap(), 0);
+}
+
+#[test]
+fn releases_keep_the_error_and_claims_count_attempts() {
+    let db = Migrated::new(2);
+    let log = PgLog::new(db.pool.clone());
+    let e = unique_election("retry");
+    let id = fresh(&log.record(&contract::seed_reports(&e)[..1]).unwrap()[0]).report_id;
+    let claim = Claim {
+        limit: 10,
+        pending_for: std::time::Duration::ZERO,
+        lease: std::time::Duration::from_secs(60),
+    };
+    assert_eq!(log.claim_pending(&claim).unwrap().len(), 1);
+    log.release(&[id], "redis is unavailable").unwrap();
+    assert_eq!(log.claim_pending(&claim).unwrap().len(), 1);
+    assert_eq!(
+        lines(
+            &db.pool,
+            "SELECT attempts || ' ' || last_error || ' ' || (leased_until IS NOT NULL) AS line FROM reports"
+        ),
+        ["2 redis is unavailable true"]
+    );
+    log.mark_counted(&[id]).unwrap();
+    // Releasing a counted revision changes nothing.
+    log.release(&[id], "late").unwrap();
+    assert_eq!(
+        lines(
+            &db.pool,
+            "SELECT completed || ' ' || last_error || ' ' || (leased_until IS NULL) \
+             || ' ' || (counted_at IS NOT NULL) AS line FROM reports"
+        ),
+        ["true redis is unavailable true true"]
+    );
+}
