@@ -39,3 +39,11 @@ test-all:
 # Build the API docs with warnings as errors.
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# Count every report recorded but not counted yet, then exit (uses DATABASE_URL, REDIS_URL).
+drain *flags:
+    cargo run --release -q -p election-reprocessor -- run --once {{flags}}
+
+# Compare an election's Redis counters with PostgreSQL: `just reconcile 2025 [--repair]`.
+reconcile election *flags:
+    cargo run --release -q -p election-reprocessor -- reconcile --election {{election}} {{flags}}

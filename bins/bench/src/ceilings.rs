@@ -31,7 +31,9 @@ fn for_a_while(
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for handle in handles {
-        total += handle.join().map_err(|_| anyhow::anyhow!("a bench thread panicked"))??;
+        total += handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a bench thread panicked"))??;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
@@ -39,7 +41,12 @@ fn for_a_while(
 /// The seed article's alternative: counters as PostgreSQL rows, each report
 /// one transaction of `SELECT … FOR UPDATE` then `UPDATE` for the national
 /// and the city row of every party. Reports per second.
-pub fn pg_only(url: &str, plan: &Plan, connections: usize, seconds: Duration) -> anyhow::Result<f64> {
+pub fn pg_only(
+    url: &str,
+    plan: &Plan,
+    connections: usize,
+    seconds: Duration,
+) -> anyhow::Result<f64> {
     let mut conn = PgConnection::establish(url)?;
     diesel::sql_query(
         "CREATE TABLE IF NOT EXISTS vote_count (city text NOT NULL, party text NOT NULL, \
@@ -56,7 +63,9 @@ pub fn pg_only(url: &str, plan: &Plan, connections: usize, seconds: Duration) ->
             .chain((0..plan.cities).map(|i| city_of(plan, i)))
             .collect::<Vec<_>>(),
     )
-    .bind::<diesel::sql_types::Array<Text>, _>((0..plan.parties).map(party_name).collect::<Vec<_>>())
+    .bind::<diesel::sql_types::Array<Text>, _>(
+        (0..plan.parties).map(party_name).collect::<Vec<_>>(),
+    )
     .execute(&mut conn)?;
     diesel::sql_query("ANALYZE vote_count").execute(&mut conn)?;
     // Each report: its city and its votes per party.
@@ -100,7 +109,12 @@ pub fn pg_only(url: &str, plan: &Plan, connections: usize, seconds: Duration) ->
 /// PostgreSQL's ceiling for our kind of write: reports with a jsonb payload
 /// and 4 party rows, `per_txn` reports per transaction as multi-row inserts.
 /// Reports per second.
-pub fn pg_insert(url: &str, connections: usize, per_txn: usize, seconds: Duration) -> anyhow::Result<f64> {
+pub fn pg_insert(
+    url: &str,
+    connections: usize,
+    per_txn: usize,
+    seconds: Duration,
+) -> anyhow::Result<f64> {
     let mut conn = PgConnection::establish(url)?;
     diesel::sql_query(
         "CREATE TABLE IF NOT EXISTS ceiling_reports (id bigserial PRIMARY KEY, ballot_box_id text NOT NULL, \
@@ -143,7 +157,13 @@ pub fn pg_insert(url: &str, connections: usize, per_txn: usize, seconds: Duratio
 
 /// Redis's ceiling for our script: a marker and `counters` INCRBYs per call,
 /// `pipeline` calls per round trip. Scripts per second.
-pub fn redis_scripts(url: &str, connections: usize, pipeline: usize, counters: usize, seconds: Duration) -> anyhow::Result<f64> {
+pub fn redis_scripts(
+    url: &str,
+    connections: usize,
+    pipeline: usize,
+    counters: usize,
+    seconds: Duration,
+) -> anyhow::Result<f64> {
     let client = redis::Client::open(url)?;
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
@@ -157,7 +177,11 @@ pub fn redis_scripts(url: &str, connections: usize, pipeline: usize, counters: u
             let mut pipe = redis::pipe();
             for _ in 0..pipeline {
                 n += 1;
-                let command = pipe.cmd("EVALSHA").arg(&sha).arg(counters + 1).arg(format!("{{ceiling}}:applied:{thread}:{n}"));
+                let command = pipe
+                    .cmd("EVALSHA")
+                    .arg(&sha)
+                    .arg(counters + 1)
+                    .arg(format!("{{ceiling}}:applied:{thread}:{n}"));
                 for c in 0..counters {
                     command.arg(format!("ceiling:counter:{c}"));
                 }

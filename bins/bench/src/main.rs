@@ -31,7 +31,12 @@ use crate::procs::{Database, RedisProc, Service};
 #[command(name = "election-bench", about)]
 struct Cli {
     /// PostgreSQL server to use (a database `election_bench` is recreated on it).
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
     database_url: String,
     /// Where the release binaries are.
     #[arg(long, default_value = "target/release")]
@@ -68,7 +73,10 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     let scale = if cli.quick { 1 } else { 4 };
     let database = Database::recreate(&cli.database_url, "election_bench")?;
     let redis = RedisProc::start()?;
-    eprintln!("bench: database election_bench, private redis on {}", redis.url());
+    eprintln!(
+        "bench: database election_bench, private redis on {}",
+        redis.url()
+    );
     let pool = store_pg::connect(database.url(), 16, Duration::from_secs(5))?;
     store_pg::migrate(&pool)?;
 
@@ -93,7 +101,9 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     let at512 = ingest_run(&pool, &ingest, "bench-e2e-512", boxes, 512, 13).await?;
     for (concurrency, outcome) in [(64, &at64), (512, &at512)] {
         lines.push(Line {
-            what: format!("ingest end to end (HTTP → PostgreSQL → Redis), {concurrency} concurrent boxes"),
+            what: format!(
+                "ingest end to end (HTTP → PostgreSQL → Redis), {concurrency} concurrent boxes"
+            ),
             result: format!(
                 "{:.0} reports/s, p50 {:.1} ms, p99 {:.1} ms",
                 outcome.throughput(),
@@ -123,7 +133,10 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         result: format!("{pg_only:.0} reports/s"),
         ratio: String::new(),
     });
-    lines[0].ratio = format!("{:.1}× the PostgreSQL-only alternative", at64.throughput() / pg_only);
+    lines[0].ratio = format!(
+        "{:.1}× the PostgreSQL-only alternative",
+        at64.throughput() / pg_only
+    );
 
     // --- Ceilings ------------------------------------------------------------
     let pg_ceiling = tokio::task::spawn_blocking({
@@ -144,7 +157,10 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     lines.push(Line {
         what: "ceiling: Redis, marker + 8 INCRBY script, pipelined 16, 8 connections".into(),
         result: format!("{redis_ceiling:.0} scripts/s"),
-        ratio: format!("ingest@64 uses {:.0}% of it", 100.0 * at64.throughput() / redis_ceiling),
+        ratio: format!(
+            "ingest@64 uses {:.0}% of it",
+            100.0 * at64.throughput() / redis_ceiling
+        ),
     });
 
     // --- Query ---------------------------------------------------------------
@@ -160,14 +176,24 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         let pool = pool.clone();
         let ingest_base = ingest.base().to_owned();
         tokio::spawn(async move {
-            ingest_run_at(&pool, &ingest_base, "bench-query", 30_000 * scale, 32, 15, Some(2_000.0)).await
+            ingest_run_at(
+                &pool,
+                &ingest_base,
+                "bench-query",
+                30_000 * scale,
+                32,
+                15,
+                Some(2_000.0),
+            )
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let totals = query::hammer_totals(query_service.base(), "bench-query", 64, seconds).await?;
     background.abort();
     lines.push(Line {
-        what: "query: GET /totals, 64 concurrent clients, while ingest posts 2,000 reports/s".into(),
+        what: "query: GET /totals, 64 concurrent clients, while ingest posts 2,000 reports/s"
+            .into(),
         result: format!(
             "{:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms",
             totals.per_second,
@@ -177,7 +203,14 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         ratio: String::new(),
     });
     let subscribers = if cli.quick { 1_000 } else { 5_000 };
-    let stream = query::stream_fanout(&pool, query_service.base(), ingest.base(), "bench-stream", subscribers).await?;
+    let stream = query::stream_fanout(
+        &pool,
+        query_service.base(),
+        ingest.base(),
+        "bench-stream",
+        subscribers,
+    )
+    .await?;
     lines.push(Line {
         what: format!("query: stream, {subscribers} subscribers, one new report"),
         result: format!(
@@ -236,7 +269,16 @@ async fn ingest_run(
     concurrency: usize,
     seed: u64,
 ) -> anyhow::Result<election_loadgen::Outcome> {
-    ingest_run_at(pool, ingest.base(), election, boxes, concurrency, seed, None).await
+    ingest_run_at(
+        pool,
+        ingest.base(),
+        election,
+        boxes,
+        concurrency,
+        seed,
+        None,
+    )
+    .await
 }
 
 async fn ingest_run_at(
@@ -249,7 +291,13 @@ async fn ingest_run_at(
     rate: Option<f64>,
 ) -> anyhow::Result<election_loadgen::Outcome> {
     let token = election_ingest::auth::generate();
-    store_pg::tokens::insert(pool, &election_ingest::auth::hash(&token), election, None, Some("bench"))?;
+    store_pg::tokens::insert(
+        pool,
+        &election_ingest::auth::hash(&token),
+        election,
+        None,
+        Some("bench"),
+    )?;
     let plan = Plan {
         boxes,
         cities: 300,
@@ -267,7 +315,8 @@ async fn ingest_run_at(
         duration: None,
         spread: None,
     };
-    let outcome = election_loadgen::run(&load, Arc::new(night(&plan)), Arc::new(Progress::default())).await?;
+    let outcome =
+        election_loadgen::run(&load, Arc::new(night(&plan)), Arc::new(Progress::default())).await?;
     anyhow::ensure!(
         outcome.transport_errors == 0 && outcome.acknowledged_posts() > 0,
         "ingest run {election} failed: {:?}",
@@ -278,7 +327,12 @@ async fn ingest_run_at(
 
 /// Records and counts `boxes` reports straight through the engine (no HTTP),
 /// to prepare a large election quickly.
-async fn fill_directly(pool: &store_pg::PgPool, redis_url: &str, election: &ElectionId, boxes: usize) -> anyhow::Result<()> {
+async fn fill_directly(
+    pool: &store_pg::PgPool,
+    redis_url: &str,
+    election: &ElectionId,
+    boxes: usize,
+) -> anyhow::Result<()> {
     let log = Arc::new(PgLog::new(pool.clone()));
     let tally = Arc::new(RedisTally::connect(
         &store_redis::parse_target(redis_url)?,
@@ -307,7 +361,10 @@ async fn fill_directly(pool: &store_pg::PgPool, redis_url: &str, election: &Elec
                 .collect::<Result<_, _>>()?;
             engine.submit(&reports)?;
         }
-        anyhow::ensure!(log.pending_count(&election)? == 0, "some reports stayed pending");
+        anyhow::ensure!(
+            log.pending_count(&election)? == 0,
+            "some reports stayed pending"
+        );
         Ok(())
     })
     .await??;

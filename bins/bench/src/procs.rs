@@ -23,7 +23,8 @@ impl Database {
     /// Drops and creates database `name` on the server of `admin_url`.
     pub fn recreate(admin_url: &str, name: &str) -> anyhow::Result<Database> {
         let mut admin = PgConnection::establish(admin_url).context("connecting to PostgreSQL")?;
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin)?;
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)?;
         diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin)?;
         let base = admin_url.split('?').next().unwrap_or(admin_url);
         let url = match base.rsplit_once('/') {
@@ -57,7 +58,16 @@ impl RedisProc {
     pub fn start() -> anyhow::Result<RedisProc> {
         let port = free_port()?;
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server (apt-get install redis-server)")?;
@@ -100,7 +110,13 @@ pub struct Service {
 impl Service {
     /// Starts `binary args...` listening on a free port and waits for
     /// `/healthz`.
-    pub async fn start(bin_dir: &str, binary: &str, args: &[&str], database_url: &str, redis_url: &str) -> anyhow::Result<Service> {
+    pub async fn start(
+        bin_dir: &str,
+        binary: &str,
+        args: &[&str],
+        database_url: &str,
+        redis_url: &str,
+    ) -> anyhow::Result<Service> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let path = format!("{bin_dir}/{binary}");
@@ -143,7 +159,10 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }

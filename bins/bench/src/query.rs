@@ -33,7 +33,12 @@ fn parse_wrk_duration(text: &str) -> Option<Duration> {
 
 /// `GET /v1/elections/{election}/totals` with `connections` connections for
 /// `seconds`, measured by wrk.
-pub async fn hammer_totals(base: &str, election: &str, connections: usize, seconds: Duration) -> anyhow::Result<Rate> {
+pub async fn hammer_totals(
+    base: &str,
+    election: &str,
+    connections: usize,
+    seconds: Duration,
+) -> anyhow::Result<Rate> {
     let url = format!("{base}/v1/elections/{election}/totals");
     // The first request starts the election's snapshot.
     let first = reqwest::get(&url).await?.status();
@@ -68,7 +73,11 @@ pub async fn hammer_totals(base: &str, election: &str, connections: usize, secon
         }
     }
     match (per_second, p50, p99) {
-        (Some(per_second), Some(p50), Some(p99)) => Ok(Rate { per_second, p50, p99 }),
+        (Some(per_second), Some(p50), Some(p99)) => Ok(Rate {
+            per_second,
+            p50,
+            p99,
+        }),
         _ => bail!("cannot read wrk's output:\n{text}"),
     }
 }
@@ -91,7 +100,13 @@ pub async fn stream_fanout(
     subscribers: usize,
 ) -> anyhow::Result<Fanout> {
     let token = election_ingest::auth::generate();
-    store_pg::tokens::insert(pool, &election_ingest::auth::hash(&token), election, None, Some("bench"))?;
+    store_pg::tokens::insert(
+        pool,
+        &election_ingest::auth::hash(&token),
+        election,
+        None,
+        Some("bench"),
+    )?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()?;
@@ -100,10 +115,15 @@ pub async fn stream_fanout(
             .post(format!("{ingest_base}/v1/elections/{election}/reports"))
             .bearer_auth(&token)
             .header("content-type", "application/json")
-            .body(format!(r#"{{"ballot_box_id":"{ballot_box}","city":"york","votes":{{"a":{votes}}}}}"#))
+            .body(format!(
+                r#"{{"ballot_box_id":"{ballot_box}","city":"york","votes":{{"a":{votes}}}}}"#
+            ))
             .send()
     };
-    anyhow::ensure!(post("FIRST", 1).await?.status().is_success(), "first post failed");
+    anyhow::ensure!(
+        post("FIRST", 1).await?.status().is_success(),
+        "first post failed"
+    );
 
     let connected = Arc::new(AtomicUsize::new(0));
     let posted_at: Arc<std::sync::OnceLock<Instant>> = Arc::new(std::sync::OnceLock::new());
@@ -147,7 +167,10 @@ pub async fn stream_fanout(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = posted_at.set(Instant::now());
-    anyhow::ensure!(post("SECOND", 54321).await?.status().is_success(), "second post failed");
+    anyhow::ensure!(
+        post("SECOND", 54321).await?.status().is_success(),
+        "second post failed"
+    );
     let mut latencies = Vec::with_capacity(subscribers);
     for task in tasks {
         if let Ok(Ok(Some(latency))) = tokio::time::timeout(Duration::from_secs(30), task).await {

@@ -141,24 +141,9 @@ pub enum Token {
     },
 }
 
-/// A URL with its password replaced by `***`, for logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    // Each comma-separated host part may carry credentials.
-    let parts: Vec<String> = rest
-        .split(',')
-        .map(|part| match part.rsplit_once('@') {
-            Some((credentials, host)) => match credentials.split_once(':') {
-                Some((user, _)) => format!("{user}:***@{host}"),
-                None => format!("{credentials}@{host}"),
-            },
-            None => part.to_owned(),
-        })
-        .collect();
-    format!("{scheme}://{}", parts.join(","))
-}
+/// A URL with its password replaced by `***`, for logs (shared by every
+/// service).
+pub use election_http::redact;
 
 #[cfg(test)]
 mod tests {

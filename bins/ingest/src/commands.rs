@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use election_core::{BallotBoxId, ElectionId, StoreError};
 use election_http::health::ReadyCheck;
-use store_pg::{PgLog, PgPool, SchemaStatus};
+use store_pg::{PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally};
 
 use crate::auth::{self, Scope, TokenLookup};
@@ -40,22 +40,10 @@ pub fn migrate(database: &Database) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses to serve on a schema this binary does not match.
+/// Refuses to serve on a schema this binary does not match (the check every
+/// service shares: `store_pg::check_schema`).
 pub fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
-    match store_pg::schema_status(pool).context("reading the schema version")? {
-        SchemaStatus::UpToDate => Ok(()),
-        SchemaStatus::Unmigrated => {
-            bail!("the database is not migrated; run `election-ingest migrate` first")
-        }
-        SchemaStatus::Pending(versions) => bail!(
-            "the database lacks migrations {}; run `election-ingest migrate` first",
-            versions.join(", ")
-        ),
-        SchemaStatus::Newer(versions) => bail!(
-            "the database has migrations this binary does not know ({}); run a newer election-ingest",
-            versions.join(", ")
-        ),
-    }
+    Ok(store_pg::check_schema(pool)?)
 }
 
 /// Looks tokens up in PostgreSQL.

@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::{Engine, Outcome};
 use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
+use crate::reconcile::{self, Verdict};
 use crate::report::{Difference, Report, Revision};
 use crate::rules::Conflict;
 use crate::store::{
@@ -158,6 +159,9 @@ pub fn report_log(new_log: LogFactory<'_>) {
     log_claims_are_disjoint_between_concurrent_workers(new_log());
     log_serialises_concurrent_posts_of_one_box(new_log());
     log_totals_sum_counted_differences(new_log());
+    log_pages_through_counted_revisions(new_log());
+    log_audits_every_counter(new_log());
+    log_describes_pending_and_stuck_revisions(new_log());
 }
 
 fn log_records_fresh_replay_and_conflicts(log: Arc<dyn ReportLog>) {
@@ -480,6 +484,174 @@ fn log_totals_sum_counted_differences(log: Arc<dyn ReportLog>) {
     );
 }
 
+fn log_pages_through_counted_revisions(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let other = unique_election("other");
+    let mut reports: Vec<Report> = (0..5)
+        .map(|i| report(&e, &format!("B{i}"), "york", 1, &[("a", i + 1), ("b", 1)]))
+        .collect();
+    reports.insert(2, report(&other, "B0", "york", 1, &[("a", 100)]));
+    reports.push(report(&e, "B0", "york", 2, &[("a", 7)]));
+    let answers = log.record(&reports).unwrap();
+    let ids: Vec<ReportId> = answers.iter().map(|a| fresh(a).report_id).collect();
+    // Everything counted except B3 (still pending); the other election's
+    // report is counted too, but never listed.
+    let counted: Vec<ReportId> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 4)
+        .map(|(_, id)| *id)
+        .collect();
+    log.mark_counted(&counted).unwrap();
+
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = log.counted_revisions(&e, after, 2).unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 2);
+        after = Some(last.report_id);
+        pages.push(page);
+    }
+    let listed: Vec<Counting> = pages.into_iter().flatten().collect();
+    let expected_ids = [ids[0], ids[1], ids[3], ids[5], ids[6]];
+    assert_eq!(
+        listed.iter().map(|c| c.report_id).collect::<Vec<_>>(),
+        expected_ids,
+        "counted revisions of the election, in id order, pending and other elections left out"
+    );
+    // Each is the same counting the log handed out when it was recorded.
+    for counting in &listed {
+        let index = ids.iter().position(|id| *id == counting.report_id).unwrap();
+        assert_eq!(counting, fresh(&answers[index]));
+    }
+    assert_eq!(
+        listed[4].difference.iter().collect::<Vec<_>>(),
+        [(&party("a"), 6), (&party("b"), -1)]
+    );
+    assert!(log.counted_revisions(&e, after, 10).unwrap().is_empty());
+    assert!(
+        log.counted_revisions(&unique_election("none"), None, 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn log_audits_every_counter(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let mut reports = seed_reports(&e);
+    // A correction of London (tories 121, the others gone) and a pending box
+    // in York with a new party.
+    reports.push(report(
+        &e,
+        "BB-LON-1",
+        "london",
+        2,
+        &[("tories", 121), ("labour", 200)],
+    ));
+    reports.push(report(
+        &e,
+        "BB-YRK-1",
+        "york",
+        1,
+        &[("greens", 9), ("labour", 3)],
+    ));
+    let answers = log.record(&reports).unwrap();
+    let ids: Vec<ReportId> = answers.iter().map(|a| fresh(a).report_id).collect();
+    log.mark_counted(&ids[..4]).unwrap();
+    log.record(&[report(
+        &unique_election("other"),
+        "B1",
+        "york",
+        1,
+        &[("greens", 1)],
+    )])
+    .unwrap();
+
+    let audit = log.audit(&e).unwrap();
+    assert_eq!(audit.counted, log.counted_totals(&e).unwrap());
+    assert_eq!(audit.pending, 1);
+    let national = |p: &str| Counter::National(party(p));
+    let local = |c: &str, p: &str| Counter::City(city(c), party(p));
+    // London's revision 2 touches all four parties (two of them going to 0).
+    assert_eq!(audit.revisions(&national("tories")), 4);
+    assert_eq!(audit.revisions(&national("labour")), 5);
+    assert_eq!(audit.revisions(&national("greens")), 1);
+    assert_eq!(audit.revisions(&local("london", "reform")), 2);
+    assert_eq!(audit.revisions(&local("york", "labour")), 1);
+    assert_eq!(audit.revisions(&local("leeds", "labour")), 0);
+    assert_eq!(
+        audit.pending_counters,
+        [
+            national("greens"),
+            national("labour"),
+            local("york", "greens"),
+            local("york", "labour")
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert_eq!(audit.counted.get(&national("greens")), 0);
+    assert_eq!(audit.counted.get(&local("london", "libdems")), 0);
+    assert_eq!(audit.counted.get(&national("tories")), 261);
+
+    log.mark_counted(&ids[4..]).unwrap();
+    let audit = log.audit(&e).unwrap();
+    assert_eq!(audit.pending, 0);
+    assert!(audit.pending_counters.is_empty());
+    assert_eq!(audit.counted.get(&national("labour")), 433);
+    assert_eq!(audit.revisions(&national("labour")), 5);
+}
+
+fn log_describes_pending_and_stuck_revisions(log: Arc<dyn ReportLog>) {
+    let e = unique_election("log");
+    let empty = log.pending_stats(2).unwrap();
+    assert_eq!(empty.pending, 0);
+    assert_eq!(empty.oldest_age, None);
+    assert_eq!(empty.stuck, 0);
+    let reports: Vec<Report> = (0..3)
+        .map(|i| report(&e, &format!("B{i}"), "york", 1, &[("a", 1)]))
+        .collect();
+    let ids: Vec<ReportId> = log
+        .record(&reports)
+        .unwrap()
+        .iter()
+        .map(|a| fresh(a).report_id)
+        .collect();
+    // B0 is claimed twice, failing each time; B1 once.
+    assert_eq!(log.claim_pending(&claim_now(2)).unwrap().len(), 2);
+    log.release(&ids[..1], "redis is unavailable while applying")
+        .unwrap();
+    assert_eq!(
+        log.claim_pending(&claim_now(1)).unwrap()[0].report_id,
+        ids[0]
+    );
+    log.release(&ids[..1], "redis is unavailable again")
+        .unwrap();
+
+    let stats = log.pending_stats(2).unwrap();
+    assert_eq!(stats.pending, 3);
+    assert!(stats.oldest_age.is_some());
+    assert_eq!(stats.stuck, 1);
+    assert_eq!(stats.stuck_examples.len(), 1);
+    let stuck = &stats.stuck_examples[0];
+    assert_eq!(stuck.report_id, ids[0]);
+    assert_eq!(stuck.election, e);
+    assert_eq!(stuck.ballot_box.as_str(), "B0");
+    assert_eq!(stuck.revision, Revision::FIRST);
+    assert_eq!(stuck.attempts, 2);
+    assert_eq!(
+        stuck.last_error.as_deref(),
+        Some("redis is unavailable again")
+    );
+    assert_eq!(log.pending_stats(1).unwrap().stuck, 2);
+    assert_eq!(log.pending_stats(3).unwrap().stuck, 0);
+
+    log.mark_counted(&ids).unwrap();
+    let done = log.pending_stats(1).unwrap();
+    assert_eq!((done.pending, done.oldest_age, done.stuck), (0, None, 0));
+}
+
 fn counting(
     report_id: i64,
     e: &ElectionId,
@@ -505,6 +677,53 @@ pub fn tally(new_tally: TallyFactory<'_>) {
     tally_concurrent_appliers_count_once(new_tally());
     tally_keeps_elections_apart(new_tally());
     tally_handles_large_batches(new_tally());
+    tally_adds_only_to_the_value_observed(new_tally());
+}
+
+fn tally_adds_only_to_the_value_observed(tally: Arc<dyn Tally>) {
+    let e = unique_election("tally");
+    let labour = Counter::National(party("labour"));
+    let york = Counter::City(city("york"), party("labour"));
+    let read = |counters: &[Counter]| tally.counters(&e, counters).unwrap();
+
+    // An absent counter holds 0.
+    assert!(!tally.guarded_add(&e, &labour, 1, 5).unwrap());
+    assert!(
+        read(std::slice::from_ref(&labour)).is_empty(),
+        "a refused call creates nothing"
+    );
+    assert!(tally.guarded_add(&e, &labour, 0, 5).unwrap());
+    assert!(!tally.guarded_add(&e, &labour, 0, 5).unwrap());
+    assert!(tally.guarded_add(&e, &labour, 5, -2).unwrap());
+    let values = read(&[labour.clone(), york.clone()]);
+    assert_eq!(values.get(&labour), 3);
+    assert!(!values.contains(&york));
+
+    // It moves no marker: applying a revision afterwards still counts it,
+    // once.
+    let revision = counting(1, &e, "B1", "york", 1, &[("labour", 10)]);
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&revision))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&revision))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Already
+    );
+    let values = read(&[labour.clone(), york.clone()]);
+    assert_eq!((values.get(&labour), values.get(&york)), (13, 10));
+    assert_eq!(tally.snapshot(&e).unwrap().totals, values);
+    // Other elections' counters of the same name are apart.
+    assert!(
+        tally
+            .counters(&unique_election("tally"), &[labour])
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn tally_applies_once_per_revision(tally: Arc<dyn Tally>) {
@@ -690,6 +909,7 @@ pub fn engine(new_stores: &dyn Fn() -> (Arc<dyn ReportLog>, Arc<dyn Tally>)) {
     engine_counts_the_seed_example(new_stores());
     engine_answers_replays_and_conflicts(new_stores());
     engine_drains_pending_reports(new_stores());
+    engine_reconcile_finds_and_repairs_drift(new_stores());
 }
 
 fn engine_counts_the_seed_example((log, tally): (Arc<dyn ReportLog>, Arc<dyn Tally>)) {
@@ -773,4 +993,80 @@ fn engine_drains_pending_reports((log, tally): (Arc<dyn ReportLog>, Arc<dyn Tall
     let snapshot = engine.tally().snapshot(&e).unwrap();
     assert_eq!(snapshot.totals.national(), national(&SEED_NATIONAL));
     assert_eq!(snapshot.totals, engine.expected_totals(&e).unwrap());
+}
+
+/// Rounds a few milliseconds apart: checks need no real load to settle.
+const QUICK: reconcile::Config = reconcile::Config {
+    page_size: 2,
+    max_rounds: 20,
+    round_interval: Duration::from_millis(5),
+};
+
+fn engine_reconcile_finds_and_repairs_drift((log, tally): (Arc<dyn ReportLog>, Arc<dyn Tally>)) {
+    let engine = Engine::new(Arc::clone(&log), Arc::clone(&tally));
+    let e = unique_election("engine");
+    let outcomes = engine.submit(&seed_reports(&e)).unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Counted(_))));
+    // A box recorded while the tally was down: pending, not drift.
+    log.record(&[report(&e, "BB-YRK-1", "york", 1, &[("greens", 9)])])
+        .unwrap();
+    let exact = reconcile::compare(&*log, &*tally, &e, &QUICK).unwrap();
+    assert!(exact.is_exact(), "{exact:?}");
+    assert_eq!(exact.pending_revisions, 1);
+    assert_eq!(
+        exact
+            .in_flight()
+            .map(|c| c.counter.clone())
+            .collect::<Vec<_>>(),
+        [
+            Counter::National(party("greens")),
+            Counter::City(city("york"), party("greens"))
+        ]
+    );
+    assert!(exact.in_flight().all(|c| c.verdict == Verdict::Pending));
+    assert_eq!(exact.exact(), 4 + 12);
+
+    // Someone adds 7 to a counter by hand (a guarded add of a value just
+    // read is exactly that).
+    let labour = Counter::National(party("labour"));
+    assert!(tally.guarded_add(&e, &labour, 430, 7).unwrap());
+    let drifted = reconcile::compare(&*log, &*tally, &e, &QUICK).unwrap();
+    assert!(!drifted.is_exact());
+    let drift: Vec<(Counter, i64, i64, i64)> = drifted
+        .drifted()
+        .map(|c| (c.counter.clone(), c.tally, c.expected, c.difference()))
+        .collect();
+    assert_eq!(drift, [(labour.clone(), 437, 430, 7)]);
+
+    let repaired = reconcile::repair(&*log, &*tally, &e, &QUICK).unwrap();
+    assert_eq!(
+        repaired.reapplied, 3,
+        "every counted revision, a page at a time"
+    );
+    assert_eq!(repaired.restored, 0, "no marker was lost");
+    assert_eq!(
+        repaired.fixes,
+        [reconcile::Fix {
+            counter: labour,
+            observed: 437,
+            expected: 430
+        }]
+    );
+    assert!(repaired.after.is_exact(), "{:?}", repaired.after);
+    assert_eq!(
+        tally.snapshot(&e).unwrap().totals.national(),
+        national(&SEED_NATIONAL)
+    );
+    // The pending box is left to the reprocessor, which counts it once.
+    let round = engine.count_pending(&claim_now(10)).unwrap();
+    assert_eq!(round.counted, 1);
+    let after = reconcile::compare(&*log, &*tally, &e, &QUICK).unwrap();
+    assert!(
+        after.is_exact() && after.in_flight().next().is_none(),
+        "{after:?}"
+    );
+    assert_eq!(
+        tally.snapshot(&e).unwrap().totals,
+        engine.expected_totals(&e).unwrap()
+    );
 }

@@ -52,10 +52,12 @@ pub struct CountResult {
     pub unmarked: Vec<ReportId>,
     /// Not (entirely) applied, with why; they stay pending.
     pub failed: Vec<(ReportId, StoreError)>,
+    /// Why marking `unmarked` counted failed.
+    pub mark_error: Option<StoreError>,
 }
 
 /// What one [`Engine::count_pending`] round did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Drained {
     /// Revisions claimed.
     pub claimed: usize,
@@ -63,6 +65,21 @@ pub struct Drained {
     pub counted: usize,
     /// Of those, still pending.
     pub failed: usize,
+    /// Why the first of them failed (the error and its causes, `: `-joined),
+    /// for operators.
+    pub error: Option<String>,
+}
+
+/// An error with its chain of causes, `: `-joined, as one line for logs.
+pub fn explain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Records and counts reports through a [`ReportLog`] and a [`Tally`].
@@ -139,26 +156,37 @@ impl Engine {
         if !applied.is_empty() {
             match self.log.mark_counted(&applied) {
                 Ok(()) => result.counted = applied,
-                Err(_) => result.unmarked = applied,
+                Err(error) => {
+                    result.unmarked = applied;
+                    result.mark_error = Some(error);
+                }
             }
         }
         result
     }
 
-    /// Claims pending revisions, counts them, and releases those that failed.
+    /// Claims pending revisions, counts them, and releases those that failed
+    /// (applied but not marked ones keep their lease: marking them is all
+    /// that is left, and the next claim after the lease does it).
     pub fn count_pending(&self, claim: &Claim) -> Result<Drained, StoreError> {
         let batch = self.log.claim_pending(claim)?;
         let result = self.count(&batch);
-        if !result.failed.is_empty() {
+        let mut error = None;
+        if let Some((_, first)) = result.failed.first() {
             let ids: Vec<ReportId> = result.failed.iter().map(|(id, _)| *id).collect();
-            let error = result.failed[0].1.to_string();
+            let text = explain(first);
             // A failed release only delays the retry until the lease runs out.
-            let _ = self.log.release(&ids, &error);
+            let _ = self.log.release(&ids, &text);
+            error = Some(text);
+        }
+        if let Some(mark_error) = &result.mark_error {
+            error.get_or_insert_with(|| explain(mark_error));
         }
         Ok(Drained {
             claimed: batch.len(),
             counted: result.counted.len(),
             failed: batch.len() - result.counted.len(),
+            error,
         })
     }
 

@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod reconcile;
 pub mod report;
 pub mod rules;
 pub mod store;
@@ -19,5 +20,6 @@ pub use ids::{BallotBoxId, CityId, ElectionId, PartyId};
 pub use report::{Difference, PayloadHash, Report, Revision, Votes};
 pub use rules::Conflict;
 pub use store::{
-    Applied, Claim, Counter, Counting, Recorded, ReportId, ReportLog, Snapshot, Tally, Totals,
+    Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportId, ReportLog,
+    Snapshot, StuckReport, Tally, Totals,
 };

@@ -23,7 +23,8 @@ use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision, Votes};
 use crate::rules::{self, BoxState, Decision, SameRevision};
 use crate::store::{
-    Applied, Claim, Counter, Counting, Recorded, ReportId, ReportLog, Snapshot, Step, Tally, Totals,
+    Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportId, ReportLog,
+    Snapshot, Step, StuckReport, Tally, Totals,
 };
 
 /// When an armed fault strikes, relative to the step's effect.
@@ -377,6 +378,86 @@ impl ReportLog for MemoryLog {
             .filter(|row| !row.counted && row.report.election() == election)
             .count() as u64)
     }
+
+    fn counted_revisions(
+        &self,
+        election: &ElectionId,
+        after: Option<ReportId>,
+        limit: usize,
+    ) -> Result<Vec<Counting>, StoreError> {
+        let state = lock(&self.state);
+        let first = after.map_or(0, |id| usize::try_from(id.0).unwrap_or(0));
+        Ok(state
+            .rows
+            .iter()
+            .enumerate()
+            .skip(first)
+            .filter(|(_, row)| row.counted && row.report.election() == election)
+            .take(limit)
+            .map(|(i, _)| state.counting(ReportId(i as i64 + 1)))
+            .collect())
+    }
+
+    fn audit(&self, election: &ElectionId) -> Result<LogAudit, StoreError> {
+        // One lock: one snapshot.
+        let state = lock(&self.state);
+        let mut audit = LogAudit::default();
+        for row in state
+            .rows
+            .iter()
+            .filter(|row| row.report.election() == election)
+        {
+            let city = row.report.city();
+            for (party, n) in row.difference.iter() {
+                for counter in [
+                    Counter::National(party.clone()),
+                    Counter::City(city.clone(), party.clone()),
+                ] {
+                    *audit
+                        .revisions_per_counter
+                        .entry(counter.clone())
+                        .or_insert(0) += 1;
+                    if row.counted {
+                        audit.counted.add(counter, n);
+                    } else {
+                        audit.pending_counters.insert(counter);
+                    }
+                }
+            }
+            if !row.counted {
+                audit.pending += 1;
+            }
+        }
+        Ok(audit)
+    }
+
+    fn pending_stats(&self, stuck_attempts: u32) -> Result<PendingStats, StoreError> {
+        let state = lock(&self.state);
+        let now = self.clock.now();
+        let mut stats = PendingStats::default();
+        for (i, row) in state.rows.iter().enumerate() {
+            if row.counted {
+                continue;
+            }
+            stats.pending += 1;
+            let age = Duration::from_millis(now.saturating_sub(row.recorded_at));
+            stats.oldest_age = Some(stats.oldest_age.map_or(age, |oldest| oldest.max(age)));
+            if row.attempts >= stuck_attempts {
+                stats.stuck += 1;
+                if stats.stuck_examples.len() < PendingStats::STUCK_EXAMPLES {
+                    stats.stuck_examples.push(StuckReport {
+                        report_id: ReportId(i as i64 + 1),
+                        election: row.report.election().clone(),
+                        ballot_box: row.report.ballot_box().clone(),
+                        revision: row.report.revision(),
+                        attempts: row.attempts,
+                        last_error: row.last_error.clone(),
+                    });
+                }
+            }
+        }
+        Ok(stats)
+    }
 }
 
 /// A marker: this revision's group of counters has been applied.
@@ -425,6 +506,15 @@ impl MemoryTally {
     /// Number of markers held (for tests of marker economy).
     pub fn marker_count(&self) -> usize {
         lock(&self.state).markers.len()
+    }
+
+    /// Adds `delta` to a counter without any marker, as someone typing
+    /// `INCRBY` by hand would: a drift only `reconcile --repair` undoes.
+    pub fn tamper(&self, election: &ElectionId, counter: &Counter, delta: i64) {
+        *lock(&self.state)
+            .counters
+            .entry((election.clone(), counter.clone()))
+            .or_insert(0) += delta;
     }
 
     fn slot(&self, counter: &Counter) -> u64 {
@@ -549,5 +639,22 @@ impl Tally for MemoryTally {
         }
         snapshot.ballot_boxes_reported = state.boxes.get(election).map_or(0, |b| b.len() as u64);
         Ok(snapshot)
+    }
+
+    fn guarded_add(
+        &self,
+        election: &ElectionId,
+        counter: &Counter,
+        observed: i64,
+        delta: i64,
+    ) -> Result<bool, StoreError> {
+        let mut state = lock(&self.state);
+        let key = (election.clone(), counter.clone());
+        // An absent counter holds 0; a refused call creates nothing.
+        if state.counters.get(&key).copied().unwrap_or(0) != observed {
+            return Ok(false);
+        }
+        *state.counters.entry(key).or_insert(0) += delta;
+        Ok(true)
     }
 }

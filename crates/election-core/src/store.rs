@@ -105,6 +105,16 @@ pub struct Claim {
 /// - [`counted_totals`](ReportLog::counted_totals) sums the differences of
 ///   every counted revision: exactly what the tally must hold once nothing is
 ///   pending (I2).
+/// - [`counted_revisions`](ReportLog::counted_revisions) pages through the
+///   counted revisions of an election in id order, so `reconcile --repair`
+///   can apply each of them again.
+/// - [`audit`](ReportLog::audit) reads everything it returns from **one
+///   snapshot** of the log (one transaction at REPEATABLE READ, or one
+///   statement): the expected value of every counter, how many revisions
+///   touch it, and which counters pending revisions touch. `reconcile` relies
+///   on the three agreeing with each other (see `crate::reconcile`).
+/// - [`pending_stats`](ReportLog::pending_stats) describes the pending
+///   revisions of every election, for the reprocessor's metrics.
 pub trait ReportLog: Send + Sync {
     /// Records a batch of reports; one answer per report, in order.
     fn record(&self, reports: &[Report]) -> Result<Vec<Recorded>, StoreError>;
@@ -124,6 +134,90 @@ pub trait ReportLog: Send + Sync {
 
     /// How many revisions of `election` are recorded but not yet counted.
     fn pending_count(&self, election: &ElectionId) -> Result<u64, StoreError>;
+
+    /// Up to `limit` counted revisions of `election` whose id is greater than
+    /// `after` (all when `None`), in id order. Pass the last id of one page as
+    /// `after` to get the next; an empty page is the end.
+    fn counted_revisions(
+        &self,
+        election: &ElectionId,
+        after: Option<ReportId>,
+        limit: usize,
+    ) -> Result<Vec<Counting>, StoreError>;
+
+    /// What the log says about every counter of `election`, from one snapshot.
+    fn audit(&self, election: &ElectionId) -> Result<LogAudit, StoreError>;
+
+    /// The pending revisions of every election: how many, the oldest's age,
+    /// and those claimed at least `stuck_attempts` times.
+    fn pending_stats(&self, stuck_attempts: u32) -> Result<PendingStats, StoreError>;
+}
+
+/// What the log says about the counters of one election, read from one
+/// snapshot (see [`ReportLog::audit`]).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LogAudit {
+    /// The sum of the differences of the counted revisions: what each counter
+    /// must hold once the revisions pending now are counted too, minus their
+    /// differences.
+    pub counted: Totals,
+    /// How many recorded revisions (counted or pending) have a difference for
+    /// each counter, zero differences included. Revisions are never deleted,
+    /// so this only grows: an unchanged number between two audits means no
+    /// revision touching the counter was recorded in between.
+    pub revisions_per_counter: BTreeMap<Counter, u64>,
+    /// The counters that some pending revision has a difference for.
+    pub pending_counters: BTreeSet<Counter>,
+    /// How many revisions of the election are pending.
+    pub pending: u64,
+}
+
+impl LogAudit {
+    /// How many recorded revisions touch `counter`.
+    pub fn revisions(&self, counter: &Counter) -> u64 {
+        self.revisions_per_counter
+            .get(counter)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The pending revisions of every election (see [`ReportLog::pending_stats`]).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PendingStats {
+    /// Revisions recorded but not yet counted.
+    pub pending: u64,
+    /// How long ago the oldest of them was recorded; `None` when there is
+    /// none.
+    pub oldest_age: Option<Duration>,
+    /// How many of them were claimed at least `stuck_attempts` times.
+    pub stuck: u64,
+    /// The oldest of those (at most [`PendingStats::STUCK_EXAMPLES`]), for
+    /// operators to look at.
+    pub stuck_examples: Vec<StuckReport>,
+}
+
+impl PendingStats {
+    /// How many stuck revisions [`PendingStats::stuck_examples`] names at
+    /// most.
+    pub const STUCK_EXAMPLES: usize = 10;
+}
+
+/// A pending revision that was claimed many times without being counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StuckReport {
+    /// Its id.
+    pub report_id: ReportId,
+    /// Its election.
+    pub election: ElectionId,
+    /// Its ballot box.
+    pub ballot_box: BallotBoxId,
+    /// Its revision.
+    pub revision: Revision,
+    /// How many times it was claimed.
+    pub attempts: u32,
+    /// The error its last release recorded.
+    pub last_error: Option<String>,
 }
 
 /// Whether [`Tally::apply`] moved counters for a revision.
@@ -157,6 +251,37 @@ pub trait Tally: Send + Sync {
     /// Every counter of `election` with the parties, cities and ballot boxes
     /// seen.
     fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError>;
+
+    /// Adds `delta` to `counter` **only if** it holds `observed` (an absent
+    /// counter holds 0), as one atomic step; returns whether it did. It moves
+    /// no marker: it is how `reconcile --repair` rewrites a counter that
+    /// drifted without losing an increment applied since it was read (see
+    /// `crate::reconcile`). One counter per call, so on a Redis Cluster it is
+    /// one key in one slot.
+    fn guarded_add(
+        &self,
+        election: &ElectionId,
+        counter: &Counter,
+        observed: i64,
+        delta: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// The values of `counters` (absent ones are left out, i.e. read as 0).
+    ///
+    /// The default reads the whole [`Tally::snapshot`] and keeps the ones
+    /// asked for, which finds only counters of parties and cities the tally
+    /// has seen; adapters whose indexes can be lost separately from the
+    /// counters read the counters themselves.
+    fn counters(&self, election: &ElectionId, counters: &[Counter]) -> Result<Totals, StoreError> {
+        let snapshot = self.snapshot(election)?;
+        let mut totals = Totals::new();
+        for counter in counters {
+            if let Some(n) = snapshot.totals.counters.get(counter) {
+                totals.add(counter.clone(), *n);
+            }
+        }
+        Ok(totals)
+    }
 }
 
 /// One Redis counter, by what it counts.
@@ -196,6 +321,21 @@ impl Totals {
     /// A counter's value (0 when absent).
     pub fn get(&self, counter: &Counter) -> i64 {
         self.counters.get(counter).copied().unwrap_or(0)
+    }
+
+    /// Whether the counter is present (possibly with 0).
+    pub fn contains(&self, counter: &Counter) -> bool {
+        self.counters.contains_key(counter)
+    }
+
+    /// How many counters are present.
+    pub fn len(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// True when no counter is present.
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty()
     }
 
     /// Every counter present, in order (national first).

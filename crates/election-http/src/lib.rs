@@ -10,6 +10,7 @@
 //! - [`shutdown::signal`]: resolves on SIGTERM or SIGINT.
 //! - [`blocking`]: runs blocking store calls off the async workers, keeping
 //!   the caller's tracing span.
+//! - [`redact`]: a URL fit for logs and metrics (passwords replaced).
 
 pub mod error;
 pub mod health;
@@ -30,4 +31,56 @@ where
     tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .map_err(|e| ApiError::internal(format!("blocking task failed: {e}")))
+}
+
+/// A URL with its password replaced by `***`, for logs: database and Redis
+/// URLs may hold credentials, which must never reach logs or metrics. Each
+/// part of a comma-separated list (a Redis Cluster) is redacted.
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|part| match part.split_once("://") {
+            Some((scheme, rest)) => format!("{scheme}://{}", redact_userinfo(rest)),
+            None => redact_userinfo(part),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `user:password@host...` → `user:***@host...`; credentials end at the last
+/// `@` (a password may itself hold `@`).
+fn redact_userinfo(text: &str) -> String {
+    match text.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{credentials}@{host}"),
+        },
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact("redis+cluster://:pw@h1:1,:pw@h2:2"),
+            "redis+cluster://:***@h1:1,:***@h2:2"
+        );
+        assert_eq!(
+            redact("redis://a:x@h1:1,redis://a:y@h2:2"),
+            "redis://a:***@h1:1,redis://a:***@h2:2"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(
+            redact("redis+cluster://app:p@ss@h1:1,h2:2"),
+            "redis+cluster://app:***@h1:1,h2:2"
+        );
+    }
 }

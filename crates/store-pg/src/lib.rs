@@ -10,12 +10,16 @@
 //! thousands of reports per second possible on modest hardware.
 //!
 //! - [`connect`] builds a lazy pool, [`migrate`] / [`schema_status`] manage
-//!   the embedded schema (`migrations/` at the workspace root);
+//!   the embedded schema (`migrations/` at the workspace root), and
+//!   [`check_schema`] is what every service calls before it starts;
+//! - [`try_lock_repair`] keeps `reconcile --repair` to one per election;
 //! - [`PgLog`] implements [`ReportLog`] (see `record` for the batch path);
 //! - [`PgError`] says what failed and converts into the core's `StoreError`,
 //!   `Unavailable` when retrying later is the remedy.
 
 mod error;
+pub mod history;
+mod lock;
 mod log;
 mod migrate;
 mod pool;
@@ -24,8 +28,11 @@ pub mod schema;
 pub mod tokens;
 
 pub use error::{PgError, STORE};
+pub use lock::{RepairLock, try_lock_repair};
 pub use log::PgLog;
-pub use migrate::{MIGRATIONS, SchemaStatus, migrate, revert_all, schema_status};
+pub use migrate::{
+    MIGRATIONS, SchemaError, SchemaStatus, check_schema, migrate, revert_all, schema_status,
+};
 pub use pool::{PgPool, connect, ping};
 
 #[cfg(doc)]

@@ -13,8 +13,8 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel::sql_types::{BigInt, Int4, Int8, Nullable, Text};
 use election_core::{
-    BallotBoxId, CityId, Claim, Counter, Counting, Difference, ElectionId, PartyId, Recorded,
-    Report, ReportId, ReportLog, Revision, StoreError, Totals,
+    BallotBoxId, CityId, Claim, Counter, Counting, Difference, ElectionId, LogAudit, PartyId,
+    PendingStats, Recorded, Report, ReportId, ReportLog, Revision, StoreError, StuckReport, Totals,
 };
 
 use crate::error::{PgError, TxError, is_retryable};
@@ -132,6 +132,153 @@ JOIN reports r ON r.id = v.report_id
 WHERE v.election_id = $1 AND r.completed
 GROUP BY v.city, v.party";
 
+/// Up to `$3` counted revisions of election `$1` with an id above `$2`, in
+/// id order, with their differences; the same row shape as [`CLAIM`].
+const COUNTED_REVISIONS: &str = "\
+WITH page AS (
+    SELECT id, election_id, ballot_box_id, city, revision
+    FROM reports
+    WHERE election_id = $1 AND completed AND id > $2
+    ORDER BY id
+    LIMIT $3
+)
+SELECT p.id, p.election_id, p.ballot_box_id, p.city, p.revision, v.party, v.difference
+FROM page p
+LEFT JOIN vote_log v ON v.report_id = p.id
+ORDER BY p.id, v.party";
+
+/// One row of the audit: what the log says about one party in one city.
+#[derive(QueryableByName)]
+struct AuditRow {
+    #[diesel(sql_type = Text)]
+    city: String,
+    #[diesel(sql_type = Text)]
+    party: String,
+    /// The sum of the differences of the counted revisions.
+    #[diesel(sql_type = BigInt)]
+    counted: i64,
+    /// How many counted revisions there are (a sum of 0 is still a counter).
+    #[diesel(sql_type = BigInt)]
+    counted_revisions: i64,
+    /// How many revisions there are, counted or pending.
+    #[diesel(sql_type = BigInt)]
+    revisions: i64,
+    /// How many of them are pending.
+    #[diesel(sql_type = BigInt)]
+    pending_revisions: i64,
+}
+
+/// Per city and party of election `$1`: the counted sum, and how many
+/// revisions (counted, all, pending) touch it. Run with [`AUDIT_PENDING`] in
+/// one REPEATABLE READ transaction, so both see the same snapshot.
+const AUDIT: &str = "\
+SELECT v.city, v.party,
+       coalesce(sum(v.difference) FILTER (WHERE r.completed), 0)::bigint AS counted,
+       count(*) FILTER (WHERE r.completed) AS counted_revisions,
+       count(*) AS revisions,
+       count(*) FILTER (WHERE NOT r.completed) AS pending_revisions
+FROM vote_log v
+JOIN reports r ON r.id = v.report_id
+WHERE v.election_id = $1
+GROUP BY v.city, v.party";
+
+/// How many revisions of election `$1` are pending.
+const AUDIT_PENDING: &str = "\
+SELECT count(*) AS n FROM reports WHERE election_id = $1 AND NOT completed";
+
+#[derive(QueryableByName)]
+struct Number {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The pending revisions of every election: how many, the oldest's age in
+/// microseconds (NULL when none), and how many were claimed at least `$1`
+/// times. Reads only pending rows (the partial index `reports_pending_idx`).
+const PENDING_STATS: &str = "\
+SELECT count(*) AS pending,
+       (extract(epoch FROM now() - min(received_at)) * 1000000)::bigint AS oldest_micros,
+       count(*) FILTER (WHERE attempts >= $1) AS stuck
+FROM reports
+WHERE NOT completed";
+
+#[derive(QueryableByName)]
+struct PendingRow {
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    oldest_micros: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    stuck: i64,
+}
+
+/// The oldest `$2` pending revisions claimed at least `$1` times.
+const STUCK: &str = "\
+SELECT id, election_id, ballot_box_id, revision, attempts, last_error
+FROM reports
+WHERE NOT completed AND attempts >= $1
+ORDER BY id
+LIMIT $2";
+
+#[derive(QueryableByName)]
+struct StuckRow {
+    #[diesel(sql_type = Int8)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    election_id: String,
+    #[diesel(sql_type = Text)]
+    ballot_box_id: String,
+    #[diesel(sql_type = Int4)]
+    revision: i32,
+    #[diesel(sql_type = Int4)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_error: Option<String>,
+}
+
+/// Folds rows of [`CLAIM`]'s shape (one per revision and party, ordered by
+/// id) into one [`Counting`] per revision.
+fn countings(rows: Vec<ClaimedRow>, doing: &str) -> Result<Vec<Counting>, PgError> {
+    let mut folded: Vec<(Counting, BTreeMap<PartyId, i64>)> = Vec::new();
+    for row in rows {
+        if folded.last().is_none_or(|(c, _)| c.report_id.0 != row.id) {
+            let bad = |e: election_core::Problem| corrupt(doing, format!("report {}: {e}", row.id));
+            let counting = Counting {
+                report_id: ReportId(row.id),
+                election: ElectionId::parse(&row.election_id).map_err(bad)?,
+                ballot_box: BallotBoxId::parse(&row.ballot_box_id).map_err(bad)?,
+                city: CityId::parse(&row.city).map_err(bad)?,
+                revision: Revision::new(i64::from(row.revision)).map_err(bad)?,
+                difference: Difference::default(),
+            };
+            folded.push((counting, BTreeMap::new()));
+        }
+        let Some((_, parts)) = folded.last_mut() else {
+            continue;
+        };
+        if let (Some(party), Some(difference)) = (row.party, row.difference) {
+            let party = PartyId::parse(&party)
+                .map_err(|e| corrupt(doing, format!("log of report {}: {e}", row.id)))?;
+            parts.insert(party, difference);
+        }
+    }
+    folded
+        .into_iter()
+        .map(|(mut counting, parts)| {
+            if parts.is_empty() {
+                // Every recorded revision has at least one party; without
+                // its log rows it could only be counted as nothing.
+                return Err(corrupt(
+                    doing,
+                    format!("report {} has no vote_log rows", counting.report_id),
+                ));
+            }
+            counting.difference = Difference::from_parts(parts);
+            Ok(counting)
+        })
+        .collect()
+}
+
 fn corrupt(doing: &str, detail: String) -> PgError {
     PgError::Corrupt {
         doing: doing.to_owned(),
@@ -201,45 +348,7 @@ impl PgLog {
 
         // Rows come ordered by id, one per party: fold each run into one
         // revision.
-        let mut claimed: Vec<(Counting, BTreeMap<PartyId, i64>)> = Vec::new();
-        for row in rows {
-            if claimed.last().is_none_or(|(c, _)| c.report_id.0 != row.id) {
-                let bad =
-                    |e: election_core::Problem| corrupt(DOING, format!("report {}: {e}", row.id));
-                let counting = Counting {
-                    report_id: ReportId(row.id),
-                    election: ElectionId::parse(&row.election_id).map_err(bad)?,
-                    ballot_box: BallotBoxId::parse(&row.ballot_box_id).map_err(bad)?,
-                    city: CityId::parse(&row.city).map_err(bad)?,
-                    revision: Revision::new(i64::from(row.revision)).map_err(bad)?,
-                    difference: Difference::default(),
-                };
-                claimed.push((counting, BTreeMap::new()));
-            }
-            let Some((_, parts)) = claimed.last_mut() else {
-                continue;
-            };
-            if let (Some(party), Some(difference)) = (row.party, row.difference) {
-                let party = PartyId::parse(&party)
-                    .map_err(|e| corrupt(DOING, format!("log of report {}: {e}", row.id)))?;
-                parts.insert(party, difference);
-            }
-        }
-        claimed
-            .into_iter()
-            .map(|(mut counting, parts)| {
-                if parts.is_empty() {
-                    // Every recorded revision has at least one party; without
-                    // its log rows it could only be counted as nothing.
-                    return Err(corrupt(
-                        DOING,
-                        format!("report {} has no vote_log rows", counting.report_id),
-                    ));
-                }
-                counting.difference = Difference::from_parts(parts);
-                Ok(counting)
-            })
-            .collect()
+        countings(rows, DOING)
     }
 
     fn mark_counted_inner(&self, ids: &[ReportId]) -> Result<(), PgError> {
@@ -327,6 +436,114 @@ impl PgLog {
     }
 }
 
+impl PgLog {
+    fn counted_revisions_inner(
+        &self,
+        election: &ElectionId,
+        after: Option<ReportId>,
+        limit: usize,
+    ) -> Result<Vec<Counting>, PgError> {
+        let doing = format!("reading the counted reports of election {election}");
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.connection(|| doing.clone())?;
+        let rows: Vec<ClaimedRow> = diesel::sql_query(COUNTED_REVISIONS)
+            .bind::<Text, _>(election.as_str())
+            .bind::<BigInt, _>(after.map_or(0, |id| id.0))
+            .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+            .load(&mut conn)
+            .map_err(query_error(&doing))?;
+        countings(rows, &doing)
+    }
+
+    fn audit_inner(&self, election: &ElectionId) -> Result<LogAudit, PgError> {
+        let doing = format!("auditing the log of election {election}");
+        let mut conn = self.connection(|| doing.clone())?;
+        // Both statements see one snapshot: the counters, their revisions and
+        // the pending ones must agree (see election_core::reconcile).
+        let (rows, pending) = conn
+            .build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(|conn| -> Result<(Vec<AuditRow>, Vec<Number>), TxError> {
+                let rows = diesel::sql_query(AUDIT)
+                    .bind::<Text, _>(election.as_str())
+                    .load(conn)?;
+                let pending = diesel::sql_query(AUDIT_PENDING)
+                    .bind::<Text, _>(election.as_str())
+                    .load(conn)?;
+                Ok((rows, pending))
+            })
+            .map_err(|error| error.context(doing.clone()))?;
+        let mut audit = LogAudit {
+            pending: pending
+                .first()
+                .map_or(0, |p| u64::try_from(p.n).unwrap_or(0)),
+            ..LogAudit::default()
+        };
+        for row in rows {
+            let bad = |e: election_core::Problem| corrupt(&doing, e.to_string());
+            let city = CityId::parse(&row.city).map_err(bad)?;
+            let party = PartyId::parse(&row.party).map_err(bad)?;
+            for counter in [Counter::National(party.clone()), Counter::City(city, party)] {
+                if row.counted_revisions > 0 {
+                    audit.counted.add(counter.clone(), row.counted);
+                }
+                *audit
+                    .revisions_per_counter
+                    .entry(counter.clone())
+                    .or_insert(0) += u64::try_from(row.revisions).unwrap_or(0);
+                if row.pending_revisions > 0 {
+                    audit.pending_counters.insert(counter);
+                }
+            }
+        }
+        Ok(audit)
+    }
+
+    fn pending_stats_inner(&self, stuck_attempts: u32) -> Result<PendingStats, PgError> {
+        const DOING: &str = "describing the pending reports";
+        let mut conn = self.connection(|| DOING.to_owned())?;
+        let attempts = i32::try_from(stuck_attempts).unwrap_or(i32::MAX);
+        let rows: Vec<PendingRow> = diesel::sql_query(PENDING_STATS)
+            .bind::<Int4, _>(attempts)
+            .load(&mut conn)
+            .map_err(query_error(DOING))?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(PendingStats::default());
+        };
+        let mut stats = PendingStats {
+            pending: u64::try_from(row.pending).unwrap_or(0),
+            oldest_age: row
+                .oldest_micros
+                .map(|micros| Duration::from_micros(u64::try_from(micros).unwrap_or(0))),
+            stuck: u64::try_from(row.stuck).unwrap_or(0),
+            stuck_examples: Vec::new(),
+        };
+        if stats.stuck > 0 {
+            let rows: Vec<StuckRow> = diesel::sql_query(STUCK)
+                .bind::<Int4, _>(attempts)
+                .bind::<BigInt, _>(PendingStats::STUCK_EXAMPLES as i64)
+                .load(&mut conn)
+                .map_err(query_error(DOING))?;
+            for row in rows {
+                let bad =
+                    |e: election_core::Problem| corrupt(DOING, format!("report {}: {e}", row.id));
+                stats.stuck_examples.push(StuckReport {
+                    report_id: ReportId(row.id),
+                    election: ElectionId::parse(&row.election_id).map_err(bad)?,
+                    ballot_box: BallotBoxId::parse(&row.ballot_box_id).map_err(bad)?,
+                    revision: Revision::new(i64::from(row.revision)).map_err(bad)?,
+                    attempts: u32::try_from(row.attempts).unwrap_or(0),
+                    last_error: row.last_error,
+                });
+            }
+        }
+        Ok(stats)
+    }
+}
+
 impl ReportLog for PgLog {
     fn record(&self, reports: &[Report]) -> Result<Vec<Recorded>, StoreError> {
         if reports.is_empty() {
@@ -353,5 +570,22 @@ impl ReportLog for PgLog {
 
     fn pending_count(&self, election: &ElectionId) -> Result<u64, StoreError> {
         Ok(self.pending_count_inner(election)?)
+    }
+
+    fn counted_revisions(
+        &self,
+        election: &ElectionId,
+        after: Option<ReportId>,
+        limit: usize,
+    ) -> Result<Vec<Counting>, StoreError> {
+        Ok(self.counted_revisions_inner(election, after, limit)?)
+    }
+
+    fn audit(&self, election: &ElectionId) -> Result<LogAudit, StoreError> {
+        Ok(self.audit_inner(election)?)
+    }
+
+    fn pending_stats(&self, stuck_attempts: u32) -> Result<PendingStats, StoreError> {
+        Ok(self.pending_stats_inner(stuck_attempts)?)
     }
 }

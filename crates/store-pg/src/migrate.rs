@@ -85,6 +85,41 @@ impl fmt::Display for SchemaStatus {
     }
 }
 
+/// Why a service refuses to start on a database (see [`check_schema`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    /// The schema version could not be read.
+    #[error("reading the schema version")]
+    Unreadable(#[source] PgError),
+    /// Nothing is applied.
+    #[error("the database is not migrated; run `election-ingest migrate` first")]
+    Unmigrated,
+    /// Some migrations of this release are not applied.
+    #[error(
+        "the database lacks migrations {}; run `election-ingest migrate` first",
+        .0.join(", ")
+    )]
+    Behind(Vec<String>),
+    /// The database has migrations this release does not know.
+    #[error(
+        "the database has migrations this binary does not know ({}); run a newer release",
+        .0.join(", ")
+    )]
+    Newer(Vec<String>),
+}
+
+/// Refuses a schema this binary does not match, saying what to run: every
+/// service calls it before it starts (SPEC §4).
+pub fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
+    match schema_status(pool).map_err(SchemaError::Unreadable)? {
+        SchemaStatus::UpToDate => Ok(()),
+        SchemaStatus::Unmigrated => Err(SchemaError::Unmigrated),
+        SchemaStatus::Pending(versions) => Err(SchemaError::Behind(versions)),
+        SchemaStatus::Newer(versions) => Err(SchemaError::Newer(versions)),
+    }
+}
+
 /// Applies every pending embedded migration and returns their versions
 /// (empty when the schema was up to date). Each migration runs in its own
 /// transaction; concurrent callers on the same schema wait for each other.

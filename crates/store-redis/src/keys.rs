@@ -16,7 +16,7 @@
 //! Ids never contain `:`, `{`, `}` or spaces (the core validates them), so
 //! these names are unambiguous and no hash tag can appear by accident.
 
-use election_core::{BallotBoxId, CityId, ElectionId, PartyId, Revision};
+use election_core::{BallotBoxId, CityId, Counter, ElectionId, PartyId, Revision};
 
 /// The number of hash slots of a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -29,6 +29,14 @@ pub fn national(election: &ElectionId, party: &PartyId) -> String {
 /// The counter of `party` in `city`: `election:<e>:city:<c>:party:<p>`.
 pub fn city(election: &ElectionId, city: &CityId, party: &PartyId) -> String {
     format!("election:{election}:city:{city}:party:{party}")
+}
+
+/// The key of `counter`: [`national`] or [`city`].
+pub fn counter(election: &ElectionId, counter: &Counter) -> String {
+    match counter {
+        Counter::National(party) => national(election, party),
+        Counter::City(city_id, party) => city(election, city_id, party),
+    }
 }
 
 /// The set of parties seen: `election:<e>:meta:parties`.
@@ -155,6 +163,14 @@ mod tests {
         let party = PartyId::parse("labour").unwrap();
         let london = CityId::parse("london").unwrap();
         assert_eq!(national(&election, &party), "election:2025:party:labour");
+        assert_eq!(
+            counter(&election, &Counter::City(london.clone(), party.clone())),
+            "election:2025:city:london:party:labour"
+        );
+        assert_eq!(
+            counter(&election, &Counter::National(party.clone())),
+            "election:2025:party:labour"
+        );
         assert_eq!(
             city(&election, &london, &party),
             "election:2025:city:london:party:labour"

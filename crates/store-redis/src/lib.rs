@@ -84,7 +84,7 @@ mod target;
 use std::collections::{BTreeMap, BTreeSet};
 
 use election_core::{
-    Applied, CityId, Counter, Counting, ElectionId, PartyId, Snapshot, StoreError, Tally,
+    Applied, CityId, Counter, Counting, ElectionId, PartyId, Snapshot, StoreError, Tally, Totals,
 };
 use redis::Value;
 
@@ -103,6 +103,23 @@ if redis.call('SET', KEYS[1], '1', 'NX') then
   for i = 2, #KEYS do
     redis.call('INCRBY', KEYS[i], ARGV[i - 1])
   end
+  return 1
+end
+return 0
+";
+
+/// The script that rewrites one counter only if it holds what was observed
+/// (`reconcile --repair`, Phase B; see `election_core::reconcile`).
+///
+/// `KEYS[1]` is the counter, `ARGV[1]` the value observed (an absent counter
+/// holds 0), `ARGV[2]` the amount to add. Returns 1 when it added, 0 when the
+/// counter held something else (and then it changes nothing). One key, so on
+/// a Cluster it runs in that key's slot; it sets no marker. Sent with `EVAL`
+/// (it runs a handful of times per repair, not per report).
+pub const GUARDED_ADD_SCRIPT: &str = "\
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current == tonumber(ARGV[1]) then
+  redis.call('INCRBY', KEYS[1], ARGV[2])
   return 1
 end
 return 0
@@ -310,6 +327,55 @@ impl Tally for RedisTally {
             error.into_store_error(format!("reading the totals of election {election}"))
         })
     }
+
+    fn guarded_add(
+        &self,
+        election: &ElectionId,
+        counter: &Counter,
+        observed: i64,
+        delta: i64,
+    ) -> Result<bool, StoreError> {
+        let key = keys::counter(election, counter);
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(GUARDED_ADD_SCRIPT)
+            .arg(1)
+            .arg(&key)
+            .arg(observed)
+            .arg(delta);
+        let request = Request {
+            command,
+            name: "EVAL",
+            slot: keys::slot(key.as_bytes()),
+        };
+        let doing = || format!("rewriting counter {key}");
+        let replied = next_reply(&mut self.nodes.run(std::slice::from_ref(&request)).into_iter())
+            .map_err(|error| error.into_store_error(doing()))?;
+        match replied.value {
+            Value::Int(1) => Ok(true),
+            Value::Int(0) => Ok(false),
+            _ => Err(replied.unexpected("EVAL").into_store_error(doing())),
+        }
+    }
+
+    /// Reads the counters by name (one `MGET` per slot), so it finds them
+    /// even when the index sets were lost.
+    fn counters(&self, election: &ElectionId, counters: &[Counter]) -> Result<Totals, StoreError> {
+        let named: Vec<(String, Counter)> = counters
+            .iter()
+            .map(|counter| (keys::counter(election, counter), counter.clone()))
+            .collect();
+        let (requests, chunks) = self.mget_requests(&named);
+        let mut replies = self.nodes.run(&requests).into_iter();
+        let mut totals = Totals::new();
+        read_mget(&mut replies, chunks, &named, &mut totals).map_err(|error| {
+            error.into_store_error(format!(
+                "reading {} counters of election {election}",
+                counters.len()
+            ))
+        })?;
+        Ok(totals)
+    }
 }
 
 impl RedisTally {
@@ -365,31 +431,8 @@ impl RedisTally {
                 ));
             }
         }
-        // MGET needs its keys in one slot on a Cluster.
-        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-        for (index, (key, _)) in counters.iter().enumerate() {
-            let group = if self.nodes.is_cluster() {
-                keys::slot(key.as_bytes())
-            } else {
-                0
-            };
-            by_slot.entry(group).or_default().push(index);
-        }
-        let mut mget_counters: Vec<Vec<usize>> = Vec::new();
-        for indexes in by_slot.values() {
-            for chunk in indexes.chunks(MGET_CHUNK) {
-                let mut command = redis::cmd("MGET");
-                for &index in chunk {
-                    command.arg(&counters[index].0);
-                }
-                requests.push(Request {
-                    command,
-                    name: "MGET",
-                    slot: keys::slot(counters[chunk[0]].0.as_bytes()),
-                });
-                mget_counters.push(chunk.to_vec());
-            }
-        }
+        let (mgets, mget_counters) = self.mget_requests(&counters);
+        requests.extend(mgets);
         let mut replies = self.nodes.run(&requests).into_iter();
 
         let mut snapshot = Snapshot {
@@ -401,22 +444,66 @@ impl RedisTally {
             let boxes = count(next_reply(&mut replies)?, "SCARD")?;
             snapshot.cities.insert(city, boxes);
         }
-        for chunk in mget_counters {
-            let replied = next_reply(&mut replies)?;
-            let values = match &replied.value {
-                Value::Array(values) if values.len() == chunk.len() => values,
-                _ => return Err(replied.unexpected("MGET")),
-            };
-            for (value, index) in values.iter().zip(chunk) {
-                let n = optional_integer(value)
-                    .ok_or_else(|| nodes::unexpected_reply(&replied.node, "MGET", value))?;
-                if let Some(n) = n {
-                    snapshot.totals.add(counters[index].1.clone(), n);
-                }
-            }
-        }
+        read_mget(&mut replies, mget_counters, &counters, &mut snapshot.totals)?;
         Ok(snapshot)
     }
+
+    /// `MGET`s reading `counters`, grouped by slot (a Cluster needs each
+    /// command's keys in one slot) and chunked; with the indexes in
+    /// `counters` each one reads.
+    fn mget_requests(&self, counters: &[(String, Counter)]) -> (Vec<Request>, Vec<Vec<usize>>) {
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (index, (key, _)) in counters.iter().enumerate() {
+            let group = if self.nodes.is_cluster() {
+                keys::slot(key.as_bytes())
+            } else {
+                0
+            };
+            by_slot.entry(group).or_default().push(index);
+        }
+        let mut requests = Vec::new();
+        let mut chunks = Vec::new();
+        for indexes in by_slot.values() {
+            for chunk in indexes.chunks(MGET_CHUNK) {
+                let mut command = redis::cmd("MGET");
+                for &index in chunk {
+                    command.arg(&counters[index].0);
+                }
+                requests.push(Request {
+                    command,
+                    name: "MGET",
+                    slot: keys::slot(counters[chunk[0]].0.as_bytes()),
+                });
+                chunks.push(chunk.to_vec());
+            }
+        }
+        (requests, chunks)
+    }
+}
+
+/// Reads the replies of [`RedisTally::mget_requests`] into `totals` (absent
+/// keys are left out).
+fn read_mget(
+    replies: &mut impl Iterator<Item = Reply>,
+    chunks: Vec<Vec<usize>>,
+    counters: &[(String, Counter)],
+    totals: &mut Totals,
+) -> Result<(), RedisStoreError> {
+    for chunk in chunks {
+        let replied = next_reply(replies)?;
+        let values = match &replied.value {
+            Value::Array(values) if values.len() == chunk.len() => values,
+            _ => return Err(replied.unexpected("MGET")),
+        };
+        for (value, index) in values.iter().zip(chunk) {
+            let n = optional_integer(value)
+                .ok_or_else(|| nodes::unexpected_reply(&replied.node, "MGET", value))?;
+            if let Some(n) = n {
+                totals.add(counters[index].1.clone(), n);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn next_reply(replies: &mut impl Iterator<Item = Reply>) -> Result<Replied, RedisStoreError> {

@@ -4,3 +4,4 @@
 
 mod contract_memory;
 mod exactly_once;
+mod reconcile;

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use diesel::{QueryableByName, RunQueryDsl, sql_types};
 use election_core::{
-    Claim, Counting, ElectionId, Recorded, Report, ReportId, ReportLog, StoreError, Totals,
+    Claim, Counting, ElectionId, LogAudit, PendingStats, Recorded, Report, ReportId, ReportLog,
+    StoreError, Totals,
 };
 use store_pg::{PgLog, PgPool};
 use test_support::pg::PgSchema;
@@ -64,6 +65,20 @@ impl ReportLog for SchemaLog {
     }
     fn pending_count(&self, election: &ElectionId) -> Result<u64, StoreError> {
         self.log.pending_count(election)
+    }
+    fn counted_revisions(
+        &self,
+        election: &ElectionId,
+        after: Option<ReportId>,
+        limit: usize,
+    ) -> Result<Vec<Counting>, StoreError> {
+        self.log.counted_revisions(election, after, limit)
+    }
+    fn audit(&self, election: &ElectionId) -> Result<LogAudit, StoreError> {
+        self.log.audit(election)
+    }
+    fn pending_stats(&self, stuck_attempts: u32) -> Result<PendingStats, StoreError> {
+        self.log.pending_stats(stuck_attempts)
     }
 }
 

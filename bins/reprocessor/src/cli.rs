@@ -1,0 +1,247 @@
+//! Command line and configuration of `election-reprocessor`.
+//!
+//! Every flag can also come from the environment, so a systemd unit only
+//! needs an `EnvironmentFile=` (the same file as ingest's):
+//!
+//! | variable | flag | default |
+//! | --- | --- | --- |
+//! | `DATABASE_URL` | `--database-url` | `postgres://postgres@127.0.0.1:5432/postgres` |
+//! | `REDIS_URL` | `--redis-url` | `redis://127.0.0.1:6379` (a comma-separated list, or `redis+cluster://h1:p1,h2:p2`, selects Redis Cluster) |
+//! | `LISTEN_ADDR` | `--listen` (`run`) | `127.0.0.1:8082` |
+//! | `PG_POOL_SIZE` | `--pg-pool-size` | 4 |
+//! | `REDIS_POOL_SIZE` | `--redis-pool-size` | 4 |
+//! | `REDIS_TIMEOUT_MS` | `--redis-timeout-ms` | 2000 |
+//! | `REPROCESS_BATCH_SIZE` | `--batch-size` (`run`) | 500 |
+//! | `PENDING_AFTER` | `--pending-after` (`run`) | `30s` |
+//! | `CLAIM_LEASE` | `--lease` (`run`) | `60s` |
+//! | `IDLE_INTERVAL` | `--interval` (`run`) | `1s` |
+//! | `STUCK_ATTEMPTS` | `--stuck-attempts` (`run`) | 5 |
+//! | `RECONCILE_ROUNDS` | `--rounds` (`reconcile`) | 20 |
+//! | `RECONCILE_ROUND_INTERVAL` | `--round-interval` (`reconcile`) | `150ms` |
+//! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
+//! | `RUST_LOG` | | `info` |
+//!
+//! Durations are written like `500ms`, `30s`, `10m`, `1h30m` (or `0`).
+//! `REPROCESS_BATCH_SIZE` is not `BATCH_SIZE`, which configures ingest in the
+//! shared environment file. `LISTEN_ADDR` in that file is ingest's: the
+//! systemd unit passes `--listen` (flags win over the environment).
+//!
+//! Database and Redis URLs may hold passwords: they are never logged whole
+//! (see `election_http::redact`).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use election_http::telemetry::LogFormat;
+
+/// Default PostgreSQL URL.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default listen address (metrics and health).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8082";
+
+/// election-reprocessor: counts every recorded report that was not counted
+/// yet, and makes Redis exact again from PostgreSQL.
+#[derive(Parser, Debug)]
+#[command(name = "election-reprocessor", version, about)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "human",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Count reports recorded but not counted (Redis was down, a process
+    /// crashed), forever or (--once) until none is left.
+    Run(Box<Run>),
+    /// Compare every Redis counter of an election with PostgreSQL and print
+    /// the drift (exit status 1 when there is any); --repair makes Redis
+    /// exact.
+    Reconcile(Box<Reconcile>),
+}
+
+/// Where the stores are, and how patiently to talk to them.
+#[derive(Args, Debug, Clone)]
+pub struct Stores {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Redis URL; a comma-separated list or `redis+cluster://h1:p1,h2:p2` selects Redis Cluster.
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
+    pub redis_url: String,
+    /// PostgreSQL connections.
+    #[arg(long, env = "PG_POOL_SIZE", default_value_t = 4)]
+    pub pg_pool_size: u32,
+    /// Redis connections kept (per node on a Cluster).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4)]
+    pub redis_pool_size: usize,
+    /// Longest wait for a Redis connection or reply, in milliseconds.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+}
+
+/// `run` settings.
+#[derive(Args, Debug, Clone)]
+pub struct Run {
+    /// The stores.
+    #[command(flatten)]
+    pub stores: Stores,
+    /// Drain what is pending now, then exit: 0 when nothing is left pending, 1 otherwise.
+    #[arg(long)]
+    pub once: bool,
+    /// Address to serve /healthz, /readyz and /metrics on (not with --once).
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Most reports claimed per round.
+    #[arg(long, env = "REPROCESS_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// Only count reports recorded at least this long ago (ingest counts the younger ones itself).
+    #[arg(long, env = "PENDING_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub pending_after: Duration,
+    /// How long claimed reports stay ours; a reprocessor that dies loses them after this.
+    #[arg(long, env = "CLAIM_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Pause after a round that found nothing to count.
+    #[arg(long, env = "IDLE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Claims after which a report still not counted is reported as stuck (log and metric).
+    #[arg(long, env = "STUCK_ATTEMPTS", default_value_t = 5)]
+    pub stuck_attempts: u32,
+}
+
+/// `reconcile` settings.
+#[derive(Args, Debug, Clone)]
+pub struct Reconcile {
+    /// The stores.
+    #[command(flatten)]
+    pub stores: Stores,
+    /// The election to compare.
+    #[arg(long)]
+    pub election: String,
+    /// Make Redis exact: re-apply every counted report, then rewrite what still drifts.
+    #[arg(long)]
+    pub repair: bool,
+    /// Most rounds of observation (each reads PostgreSQL, then Redis).
+    #[arg(long, env = "RECONCILE_ROUNDS", default_value_t = 20)]
+    pub rounds: u32,
+    /// Pause between two rounds.
+    #[arg(long, env = "RECONCILE_ROUND_INTERVAL", default_value = "150ms", value_parser = parse_duration)]
+    pub round_interval: Duration,
+    /// Most rows printed per table (0: all).
+    #[arg(long, default_value_t = 1000)]
+    pub max_rows: usize,
+}
+
+/// Reads a duration written like `500ms`, `30s`, `10m`, `2h`, `1h30m`, or
+/// `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let help = || format!("{text:?} is not a duration such as 500ms, 30s, 10m, 1h30m or 0");
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(help());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(help());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| help())?;
+        rest = &rest[digits..];
+        let unit_length = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_length] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(help()),
+        };
+        rest = &rest[unit_length..];
+        let part = u32::try_from(number)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or_else(help)?;
+        total = total.checked_add(part).ok_or_else(help)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[track_caller]
+    fn check(text: &str, expected: Duration) {
+        assert_eq!(parse_duration(text), Ok(expected), "{text}");
+    }
+
+    #[test]
+    fn durations_are_humane() {
+        check("0", Duration::ZERO);
+        check("0s", Duration::ZERO);
+        check("30s", Duration::from_secs(30));
+        check("10m", Duration::from_secs(600));
+        check("150ms", Duration::from_millis(150));
+        check("1h30m", Duration::from_secs(5400));
+        check(" 2h ", Duration::from_secs(7200));
+        for bad in ["", "s", "10", "10 s", "1.5s", "-1s", "10d", "5sec"] {
+            let error = parse_duration(bad).unwrap_err();
+            assert!(
+                error.contains("is not a duration such as"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_specification() {
+        let cli = Cli::try_parse_from(["election-reprocessor", "run"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.pending_after, Duration::from_secs(30));
+        assert_eq!(run.lease, Duration::from_secs(60));
+        assert_eq!(run.interval, Duration::from_secs(1));
+        assert_eq!(run.batch_size, 500);
+        assert!(!run.once);
+        let cli = Cli::try_parse_from([
+            "election-reprocessor",
+            "reconcile",
+            "--election",
+            "2025",
+            "--repair",
+        ])
+        .unwrap();
+        let Command::Reconcile(reconcile) = cli.command else {
+            panic!("reconcile")
+        };
+        assert!(reconcile.repair);
+        assert_eq!(reconcile.round_interval, Duration::from_millis(150));
+    }
+}

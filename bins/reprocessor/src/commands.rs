@@ -1,0 +1,318 @@
+//! The subcommands: `run [--once]` and `reconcile --election E [--repair]`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use election_core::reconcile::{self, Comparison, CounterCheck, Repair, Verdict};
+use election_core::{Claim, ElectionId, ReportLog, Tally};
+use election_http::health::ReadyCheck;
+use election_http::redact;
+use store_pg::{PgLog, PgPool};
+use store_redis::{RedisOptions, RedisTally};
+use tokio::sync::watch;
+
+use crate::cli::{Reconcile, Run, Stores};
+use crate::{Services, Settings};
+
+/// How long to wait for a PostgreSQL connection before giving up.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The stores, connected lazily (a store that is down makes calls fail, and
+/// `run` backs off until it answers).
+struct Connected {
+    pg: PgPool,
+    log: Arc<PgLog>,
+    tally: Arc<RedisTally>,
+}
+
+/// Builds the pool and the tally, and refuses a schema this binary does not
+/// match.
+fn connect(stores: &Stores) -> anyhow::Result<Connected> {
+    let pg = store_pg::connect(
+        &stores.database_url,
+        stores.pg_pool_size,
+        PG_CONNECT_TIMEOUT,
+    )
+    .with_context(|| {
+        format!(
+            "connecting to PostgreSQL at {}",
+            redact(&stores.database_url)
+        )
+    })?;
+    store_pg::check_schema(&pg)?;
+    let target = store_redis::parse_target(&stores.redis_url)
+        .with_context(|| format!("reading REDIS_URL {}", redact(&stores.redis_url)))?;
+    let timeout = Duration::from_millis(stores.redis_timeout_ms);
+    let options = RedisOptions {
+        connect_timeout: timeout,
+        response_timeout: timeout,
+        pool_size: stores.redis_pool_size,
+    };
+    let tally = Arc::new(
+        RedisTally::connect(&target, &options)
+            .with_context(|| format!("connecting to Redis at {}", redact(&stores.redis_url)))?,
+    );
+    Ok(Connected {
+        log: Arc::new(PgLog::new(pg.clone())),
+        pg,
+        tally,
+    })
+}
+
+/// What `/readyz` checks: PostgreSQL and Redis both answer.
+pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
+    Arc::new(move || {
+        store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
+        tally.ping().map_err(|e| format!("redis: {e}"))
+    })
+}
+
+/// `election-reprocessor run [--once]`, on a runtime of its own. Returns
+/// whether it succeeded (`--once`: nothing left pending).
+pub fn run(args: Run) -> anyhow::Result<bool> {
+    let stores = connect(&args.stores)?;
+    let settings = Settings {
+        claim: Claim {
+            limit: args.batch_size.max(1),
+            pending_for: args.pending_after,
+            lease: args.lease,
+        },
+        interval: args.interval,
+        stuck_attempts: args.stuck_attempts,
+    };
+    tracing::info!(
+        database.url = %redact(&args.stores.database_url),
+        redis.url = %redact(&args.stores.redis_url),
+        once = args.once,
+        "election-reprocessor starting"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        if args.once {
+            let (stop, stopping) = watch::channel(false);
+            tokio::spawn(async move {
+                election_http::shutdown::signal().await;
+                let _ = stop.send(true);
+            });
+            let summary = crate::drain(stores.log, stores.tally, &settings, stopping).await;
+            println!("election-reprocessor: {}", summary.line());
+            return Ok(summary.is_done());
+        }
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!(listen.addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+        let services = Services {
+            ready: ready_check(stores.pg.clone(), Arc::clone(&stores.tally)),
+            log: stores.log,
+            tally: stores.tally,
+        };
+        crate::run(
+            listener,
+            services,
+            settings,
+            election_http::shutdown::signal(),
+        )
+        .await?;
+        tracing::info!("election-reprocessor stopped");
+        Ok(true)
+    })
+}
+
+/// `election-reprocessor reconcile --election E [--repair]`: prints the
+/// comparison (and what the repair did) on standard output; returns whether
+/// Redis is exact.
+pub fn reconcile(args: Reconcile) -> anyhow::Result<bool> {
+    let election = ElectionId::parse(&args.election).context("--election")?;
+    let stores = connect(&args.stores)?;
+    let config = reconcile::Config {
+        page_size: reconcile::Config::DEFAULT.page_size,
+        max_rounds: args.rounds.max(2),
+        round_interval: args.round_interval,
+    };
+    let log: &dyn ReportLog = &*stores.log;
+    let tally: &dyn Tally = &*stores.tally;
+    let mut out = std::io::stdout().lock();
+    let comparison = if args.repair {
+        // The repair argument assumes nobody else re-applies lost revisions
+        // meanwhile: one repair per election at a time.
+        let _lock = store_pg::try_lock_repair(&stores.pg, &election)
+            .context("taking the repair lock")?
+            .with_context(|| {
+                format!(
+                    "another `reconcile --repair` of election {election} is running;                      run one at a time"
+                )
+            })?;
+        tracing::info!(election.id = %election, "repairing the counters of an election");
+        let repair = reconcile::repair(log, tally, &election, &config)
+            .with_context(|| format!("repairing the counters of election {election}"))?;
+        print_repair(&mut out, &election, &repair)?;
+        repair.after
+    } else {
+        reconcile::compare(log, tally, &election, &config)
+            .with_context(|| format!("comparing the counters of election {election}"))?
+    };
+    print_comparison(&mut out, &election, &comparison, args.max_rows)?;
+    out.flush()?;
+    Ok(comparison.is_exact())
+}
+
+fn print_repair(
+    out: &mut impl Write,
+    election: &ElectionId,
+    repair: &Repair,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "phase A: re-applied {} counted revision{} of election {election} in id order; \
+         {} had lost counters with their markers and were restored",
+        repair.reapplied,
+        plural(repair.reapplied),
+        repair.restored
+    )?;
+    writeln!(
+        out,
+        "phase B: rewrote {} counter{} that drifted otherwise (guarded); {} rewrite{} refused \
+         because the counter moved meanwhile; {} round{}",
+        repair.fixes.len(),
+        plural(repair.fixes.len() as u64),
+        repair.refused,
+        plural(repair.refused),
+        repair.rounds,
+        plural(u64::from(repair.rounds))
+    )?;
+    for fix in &repair.fixes {
+        writeln!(
+            out,
+            "  {}: {} -> {}",
+            store_redis::keys::counter(election, &fix.counter),
+            fix.observed,
+            fix.expected
+        )?;
+    }
+    writeln!(out, "after the repair:")
+}
+
+/// The drift table, the counters in flight, and a summary line.
+fn print_comparison(
+    out: &mut impl Write,
+    election: &ElectionId,
+    comparison: &Comparison,
+    max_rows: usize,
+) -> std::io::Result<()> {
+    let limit = if max_rows == 0 { usize::MAX } else { max_rows };
+    let drifted: Vec<&CounterCheck> = comparison.drifted().collect();
+    let in_flight: Vec<&CounterCheck> = comparison.in_flight().collect();
+    let key = |check: &CounterCheck| store_redis::keys::counter(election, &check.counter);
+    let width = drifted
+        .iter()
+        .chain(&in_flight)
+        .take(limit.saturating_mul(2))
+        .map(|check| key(check).len())
+        .max()
+        .unwrap_or(0)
+        .max("key".len());
+    if !drifted.is_empty() {
+        writeln!(
+            out,
+            "{:<width$}  {:>12}  {:>12}  {:>12}",
+            "key", "redis", "expected", "difference"
+        )?;
+        for check in drifted.iter().take(limit) {
+            writeln!(
+                out,
+                "{:<width$}  {:>12}  {:>12}  {:>12}",
+                key(check),
+                check.tally,
+                check.expected,
+                signed(check.difference())
+            )?;
+        }
+        if drifted.len() > limit {
+            writeln!(
+                out,
+                "... and {} more (--max-rows 0 shows all)",
+                drifted.len() - limit
+            )?;
+        }
+    }
+    if !in_flight.is_empty() {
+        writeln!(
+            out,
+            "in flight (not compared: revisions touching them are not counted yet, or were \
+             recorded during the comparison):"
+        )?;
+        writeln!(
+            out,
+            "{:<width$}  {:>12}  {:>12}  {:>12}  why",
+            "key", "redis", "counted", "difference"
+        )?;
+        for check in in_flight.iter().take(limit) {
+            let why = match check.verdict {
+                Verdict::Pending => "pending revision",
+                _ => "revision recorded meanwhile",
+            };
+            writeln!(
+                out,
+                "{:<width$}  {:>12}  {:>12}  {:>12}  {why}",
+                key(check),
+                check.tally,
+                check.expected,
+                signed(check.difference())
+            )?;
+        }
+        if in_flight.len() > limit {
+            writeln!(
+                out,
+                "... and {} more (--max-rows 0 shows all)",
+                in_flight.len() - limit
+            )?;
+        }
+    }
+    let compared = comparison.checks.len() - in_flight.len();
+    let verdict = if drifted.is_empty() {
+        format!(
+            "exact: {compared} counter{} match PostgreSQL",
+            plural(compared as u64)
+        )
+    } else {
+        format!(
+            "drift: {} of {compared} counter{} differ from PostgreSQL (difference = redis - expected)",
+            drifted.len(),
+            plural(compared as u64)
+        )
+    };
+    let pending = comparison.pending_revisions;
+    let pending_note = if pending == 0 {
+        "no revision pending".to_owned()
+    } else {
+        format!(
+            "{pending} revision{} recorded but not counted yet: `election-reprocessor run` counts \
+             them (their counters are in flight)",
+            plural(pending)
+        )
+    };
+    writeln!(
+        out,
+        "election {election}: {verdict}; {} in flight; {pending_note}; {} rounds",
+        in_flight.len(),
+        comparison.rounds
+    )
+}
+
+fn signed(n: i64) -> String {
+    if n > 0 {
+        format!("+{n}")
+    } else {
+        n.to_string()
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

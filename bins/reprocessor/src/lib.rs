@@ -1,0 +1,91 @@
+//! `election-reprocessor`: counts every report that was recorded in
+//! PostgreSQL but not counted in Redis (Redis was down, a process crashed
+//! between the two), and makes Redis exact again from PostgreSQL.
+//!
+//! The binary (`main.rs`) only parses the command line and calls in here:
+//! - [`run`] counts forever, serving `/healthz`, `/readyz` and `/metrics` on
+//!   the listener it is given, until the shutdown future resolves;
+//! - [`drain`] (`run --once`) counts until nothing is left pending, and says
+//!   so;
+//! - [`commands::reconcile`] compares and repairs (the logic is
+//!   `election_core::reconcile`).
+//!
+//! Counting goes through `Engine::count_pending`, the same exactly-once path
+//! as ingest: claims are `FOR UPDATE SKIP LOCKED` with a lease, so any number
+//! of reprocessors may run at once, and a revision claimed twice (a lease ran
+//! out) is still counted once, by the markers.
+
+pub mod cli;
+pub mod commands;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header;
+use axum::routing::get;
+use election_core::{ReportLog, Tally};
+use election_http::health::{self, ReadyCheck};
+use election_http::metrics::Registry;
+use tokio::sync::watch;
+
+pub use worker::{DrainSummary, Settings, drain};
+
+/// The stores the reprocessor runs on.
+pub struct Services {
+    /// The durable report log.
+    pub log: Arc<dyn ReportLog>,
+    /// The live counters.
+    pub tally: Arc<dyn Tally>,
+    /// What `/readyz` checks.
+    pub ready: ReadyCheck,
+}
+
+/// Counts pending reports until `shutdown` resolves, serving health and
+/// metrics on `listener`; then finishes the round in progress (its batch is
+/// counted, or released if it failed) and returns.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    services: Services,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Registry::new());
+    let (stop, stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let app = router(Arc::clone(&metrics), services.ready.clone());
+    let mut server_stopping = stopping.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stopping.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let worker = worker::Worker::new(services.log, services.tally, settings, metrics);
+    worker.run(stopping).await;
+    server.await??;
+    Ok(())
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn router(metrics: Arc<Registry>, ready: ReadyCheck) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .merge(health::routes(ready))
+}
