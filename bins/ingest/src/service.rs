@@ -21,6 +21,7 @@ use election_core::{ElectionId, Outcome, Report, ReportError, ReportId};
 use election_http::ApiError;
 use election_http::health::{self, ReadyCheck};
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::auth::{self, TokenCache};
@@ -263,6 +264,15 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// How much of an oversized body is read and thrown away before answering
+/// 413. A server that answers and closes while the client is still sending
+/// makes the client's kernel see a reset, and the client may never read the
+/// answer; reading on (bounded in size and time) lets it finish sending and
+/// read the 413. Beyond this, the connection is simply closed.
+const DRAIN_BYTES: usize = 1024 * 1024;
+/// How long draining may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -275,24 +285,40 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        drain(&mut stream, 0).await;
         return Err(too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|error| {
-            // The only error of a complete read is the length limit; a client
-            // that drops the connection half-way gets no answer anyway.
-            if std::error::Error::source(&error)
-                .is_some_and(|s| s.to_string().contains("length limit"))
-            {
-                too_large()
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("could not read the body: {error}"),
-                )
+    let mut collected = Vec::with_capacity(declared.map_or(1024, |n| n as usize));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("could not read the body: {error}"),
+            )
+        })?;
+        if collected.len() + chunk.len() > MAX_BODY_BYTES {
+            drain(&mut stream, collected.len() + chunk.len()).await;
+            return Err(too_large());
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(collected))
+}
+
+/// Reads and discards the rest of a body, up to [`DRAIN_BYTES`] in all and
+/// for at most [`DRAIN_TIME`].
+async fn drain(stream: &mut axum::body::BodyDataStream, already: usize) {
+    let mut seen = already;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while seen <= DRAIN_BYTES {
+            match stream.next().await {
+                Some(Ok(chunk)) => seen += chunk.len(),
+                _ => break,
             }
-        })
+        }
+    })
+    .await;
 }
