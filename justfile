@@ -6,7 +6,11 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Everything CI checks: format, lints, the architecture invariant, docs, all tests.
+# The system with the seed's three-city example, then a simulated election night (Ctrl-C stops it).
+demo:
+    scripts/demo.sh
+
+# Everything CI checks: format, lints, the architecture invariant, all tests.
 test: fmt-check lint arch-check test-all
 
 # What CI runs (`.ci/run` calls `just test`).
@@ -47,3 +51,13 @@ drain *flags:
 # Compare an election's Redis counters with PostgreSQL: `just reconcile 2025 [--repair]`.
 reconcile election *flags:
     cargo run --release -q -p election-reprocessor -- reconcile --election {{election}} {{flags}}
+
+# Measure ingest, the PostgreSQL-only alternative, the servers' ceilings, query and reconcile (`just bench --quick` for a short run).
+bench *flags:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+    # 5,000 stream subscribers need as many sockets on each side.
+    ulimit -n 65536
+    cargo build --release -q -p election-ingest -p election-query -p election-reprocessor -p election-bench
+    target/release/election-bench {{flags}}

@@ -1,0 +1,419 @@
+//! The history endpoints, answered from PostgreSQL: cities by votes in a
+//! window, ballot boxes in reporting order, the timeline, and the CSV audit
+//! export.
+//!
+//! Query parameters are checked strictly: an unknown, repeated or malformed
+//! parameter is a 400 naming it, so a typo (`?form=`) is never silently read
+//! as "no window".
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use election_core::ElectionId;
+use election_http::ApiError;
+use serde::Serialize;
+use store_pg::PgError;
+use store_pg::history::{self, AuditCursor, AuditPage, AuditRow, Window};
+use tokio::sync::mpsc;
+
+use crate::AppState;
+use crate::api::{json_response, parse_election};
+use crate::timeline::Bucket;
+
+/// Default of `limit` for first reports.
+pub const DEFAULT_FIRST_REPORTS: u32 = 100;
+/// Largest `limit` for first reports.
+pub const MAX_FIRST_REPORTS: u32 = 10_000;
+/// Revisions per page of the CSV export (each with its party rows).
+const EXPORT_PAGE: u32 = 1000;
+/// Pages rendered ahead of a slow reader: memory per export stays bounded.
+const EXPORT_AHEAD: usize = 2;
+
+/// The CSV export's columns, in order.
+pub const CSV_HEADER: &str = "report_id,ballot_box_id,city,revision,reason,party,votes,difference,received_at,counted_at\r\n";
+
+/// A PostgreSQL failure as an answer: 503 when retrying later may work, an
+/// opaque (logged) 500 otherwise.
+pub fn pg_error(error: PgError) -> ApiError {
+    if error.is_unavailable() {
+        tracing::warn!(error = %error, "postgresql unavailable");
+        ApiError::unavailable(
+            "unavailable",
+            "the history store (PostgreSQL) is unavailable; retry later",
+        )
+    } else {
+        let mut detail = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            detail.push_str(": ");
+            detail.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ApiError::internal(detail)
+    }
+}
+
+fn bad_parameter(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+}
+
+/// The query string as a map, refusing parameters not in `allowed` and
+/// parameters given twice.
+pub fn parameters(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    allowed: &[&str],
+) -> Result<HashMap<String, String>, ApiError> {
+    let Query(pairs) =
+        query.map_err(|error| bad_parameter(format!("malformed query string: {error}")))?;
+    let mut map = HashMap::new();
+    for (name, value) in pairs {
+        if !allowed.contains(&name.as_str()) {
+            let expected = if allowed.is_empty() {
+                "this endpoint takes no parameters".to_owned()
+            } else {
+                format!("expected one of: {}", allowed.join(", "))
+            };
+            return Err(bad_parameter(format!(
+                "unknown query parameter {name:?}; {expected}"
+            )));
+        }
+        if map.contains_key(&name) {
+            return Err(bad_parameter(format!(
+                "query parameter {name:?} is given more than once"
+            )));
+        }
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// An RFC 3339 instant. A `+` of an offset written unencoded in a URL
+/// arrives as a space; it is read as the `+` it was.
+fn instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    let parse = |text: &str| DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc));
+    parse(value)
+        .or_else(|error| {
+            if value.contains(' ') {
+                parse(&value.replace(' ', "+"))
+            } else {
+                Err(error)
+            }
+        })
+        .map_err(|error| {
+            bad_parameter(format!(
+                "{name}: {value:?} is not an RFC 3339 date and time ({error}); \
+                 write e.g. 2025-09-15T18:00:00Z or 2025-09-15T19:00:00%2B01:00"
+            ))
+        })
+}
+
+fn rfc3339(instant: DateTime<Utc>) -> String {
+    instant.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+#[derive(Serialize)]
+struct CitiesBody {
+    election: ElectionId,
+    from: Option<String>,
+    to: Option<String>,
+    cities: Vec<CityBody>,
+}
+
+#[derive(Serialize)]
+struct CityBody {
+    city: election_core::CityId,
+    votes: i64,
+    reports: i64,
+}
+
+/// `GET /v1/elections/{e}/analytics/cities?from=&to=`.
+pub async fn cities(
+    State(state): State<AppState>,
+    Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let election = parse_election(&election)?;
+    let parameters = parameters(query, &["from", "to"])?;
+    let from = parameters
+        .get("from")
+        .map(|v| instant("from", v))
+        .transpose()?;
+    let to = parameters.get("to").map(|v| instant("to", v)).transpose()?;
+    if let (Some(from), Some(to)) = (from, to)
+        && from > to
+    {
+        return Err(bad_parameter(format!(
+            "from ({}) is later than to ({}); the window is [from, to)",
+            rfc3339(from),
+            rfc3339(to)
+        )));
+    }
+    let pool = state.pg.clone();
+    let target = election.clone();
+    let rows = election_http::blocking(move || {
+        history::cities_by_votes(&pool, &target, Window { from, to })
+    })
+    .await?
+    .map_err(pg_error)?;
+    Ok(json_response(&CitiesBody {
+        election,
+        from: from.map(rfc3339),
+        to: to.map(rfc3339),
+        cities: rows
+            .into_iter()
+            .map(|row| CityBody {
+                city: row.city,
+                votes: row.votes,
+                reports: row.reports,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize)]
+struct FirstReportsBody {
+    election: ElectionId,
+    limit: u32,
+    ballot_boxes: Vec<FirstReportBody>,
+}
+
+#[derive(Serialize)]
+struct FirstReportBody {
+    rank: usize,
+    ballot_box_id: election_core::BallotBoxId,
+    city: election_core::CityId,
+    first_reported_at: String,
+}
+
+/// `GET /v1/elections/{e}/analytics/first-reports?limit=`.
+pub async fn first_reports(
+    State(state): State<AppState>,
+    Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let election = parse_election(&election)?;
+    let parameters = parameters(query, &["limit"])?;
+    let limit = match parameters.get("limit") {
+        None => DEFAULT_FIRST_REPORTS,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_FIRST_REPORTS).contains(n))
+            .ok_or_else(|| {
+                bad_parameter(format!(
+                    "limit: {text:?} must be a whole number from 1 to {MAX_FIRST_REPORTS}"
+                ))
+            })?,
+    };
+    let pool = state.pg.clone();
+    let target = election.clone();
+    let rows = election_http::blocking(move || history::first_reports(&pool, &target, limit))
+        .await?
+        .map_err(pg_error)?;
+    Ok(json_response(&FirstReportsBody {
+        election,
+        limit,
+        ballot_boxes: rows
+            .into_iter()
+            .enumerate()
+            .map(|(index, row)| FirstReportBody {
+                rank: index + 1,
+                ballot_box_id: row.ballot_box,
+                city: row.city,
+                first_reported_at: rfc3339(row.first_reported_at),
+            })
+            .collect(),
+    }))
+}
+
+/// `GET /v1/elections/{e}/timeline?bucket=`.
+pub async fn timeline(
+    State(state): State<AppState>,
+    Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let election = parse_election(&election)?;
+    let parameters = parameters(query, &["bucket"])?;
+    let bucket = match parameters.get("bucket") {
+        None => Bucket::M5,
+        Some(text) => Bucket::parse(text).ok_or_else(|| {
+            bad_parameter(format!(
+                "bucket: {text:?} must be one of {}",
+                Bucket::ALL.map(|(name, _)| name).join(", ")
+            ))
+        })?,
+    };
+    let body = state.timelines.body(&state.pg, &election, bucket).await?;
+    Ok(crate::api::bytes_response(body))
+}
+
+/// `GET /v1/elections/{e}/reports.csv`: every revision of every report, one
+/// row per party, streamed page by page as the client reads.
+pub async fn reports_csv(
+    State(state): State<AppState>,
+    Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let election = parse_election(&election)?;
+    parameters(query, &[])?;
+    // The first page is read before answering, so an unavailable database
+    // is a clean 503 rather than a broken download.
+    let first = read_page(&state, &election, None).await?;
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_AHEAD);
+    let filename = format!("election-{election}-reports.csv");
+    tokio::spawn(export(state, election, first, sender));
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn read_page(
+    state: &AppState,
+    election: &ElectionId,
+    after: Option<AuditCursor>,
+) -> Result<AuditPage, ApiError> {
+    let pool = state.pg.clone();
+    let election = election.clone();
+    election_http::blocking(move || history::audit_page(&pool, &election, after, EXPORT_PAGE))
+        .await?
+        .map_err(pg_error)
+}
+
+/// Writes the export into `sender` page by page. A full channel waits for
+/// the client; a closed one (the client left) ends the export. A failure
+/// half-way ends the body with an error, so the client sees a broken
+/// download, never a silently truncated file.
+async fn export(
+    state: AppState,
+    election: ElectionId,
+    first: AuditPage,
+    sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let mut chunk = Vec::with_capacity(CSV_HEADER.len() + first.rows.len() * 100);
+    chunk.extend_from_slice(CSV_HEADER.as_bytes());
+    let mut page = first;
+    loop {
+        for row in &page.rows {
+            write_row(&mut chunk, row);
+        }
+        if sender.send(Ok(Bytes::from(chunk))).await.is_err() {
+            return;
+        }
+        let Some(cursor) = page.next else {
+            return;
+        };
+        page = match read_page(&state, &election, Some(cursor)).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(election.id = %election, error = %error, "the CSV export broke off");
+                let _ = sender
+                    .send(Err(std::io::Error::other("reading the audit log failed")))
+                    .await;
+                return;
+            }
+        };
+        chunk = Vec::with_capacity(page.rows.len() * 100);
+    }
+}
+
+/// One CSV line (RFC 4180: CRLF, fields with a comma, quote or line break
+/// quoted, quotes doubled).
+pub fn write_row(out: &mut Vec<u8>, row: &AuditRow) {
+    let counted_at = row.counted_at.map(rfc3339_micros);
+    let fields: [&str; 10] = [
+        &row.report_id.to_string(),
+        row.ballot_box.as_str(),
+        row.city.as_str(),
+        &row.revision.to_string(),
+        row.reason.as_deref().unwrap_or(""),
+        row.party.as_str(),
+        &row.votes.to_string(),
+        &row.difference.to_string(),
+        &rfc3339_micros(row.received_at),
+        counted_at.as_deref().unwrap_or(""),
+    ];
+    for (index, field) in fields.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_field(out, field);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_field(out: &mut Vec<u8>, field: &str) {
+    if field.contains([',', '"', '\n', '\r']) {
+        out.push(b'"');
+        for part in field.split('"').enumerate() {
+            if part.0 > 0 {
+                out.extend_from_slice(b"\"\"");
+            }
+            out.extend_from_slice(part.1.as_bytes());
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(field.as_bytes());
+    }
+}
+
+fn rfc3339_micros(instant: DateTime<Utc>) -> String {
+    instant.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(text: &str) -> String {
+        let mut out = Vec::new();
+        write_field(&mut out, text);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_they_must_be() {
+        assert_eq!(field("recount"), "recount");
+        assert_eq!(field(""), "");
+        assert_eq!(field("recount, ward 3"), "\"recount, ward 3\"");
+        assert_eq!(field("the \"late\" box"), "\"the \"\"late\"\" box\"");
+        assert_eq!(field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(field("\""), "\"\"\"\"");
+    }
+
+    #[test]
+    fn instants_accept_rfc3339_and_an_unencoded_plus() {
+        let expected = instant("from", "2025-09-15T17:00:00Z").unwrap();
+        assert_eq!(
+            instant("from", "2025-09-15T18:00:00+01:00").unwrap(),
+            expected
+        );
+        assert_eq!(
+            instant("from", "2025-09-15T18:00:00 01:00").unwrap(),
+            expected
+        );
+        let error = instant("to", "yesterday").unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert!(
+            error.message().starts_with("to: \"yesterday\""),
+            "{}",
+            error.message()
+        );
+    }
+}

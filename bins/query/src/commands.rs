@@ -1,0 +1,101 @@
+//! The subcommand: `serve`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use election_http::health::ReadyCheck;
+use store_pg::PgPool;
+use store_redis::{RedisOptions, RedisTally};
+
+use crate::cli::Serve;
+use crate::{Services, Settings};
+use election_http::redact;
+
+/// How long to wait for a PostgreSQL connection before giving up.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait of a first request for an election's first snapshot.
+const FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refuses to serve on a schema this binary does not match (the history
+/// queries name its tables and columns): the check every service shares.
+pub fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
+    Ok(store_pg::check_schema(pool)?)
+}
+
+/// What `/readyz` checks: PostgreSQL and Redis both answer.
+pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
+    Arc::new(move || {
+        store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
+        tally.ping().map_err(|e| format!("redis: {e}"))
+    })
+}
+
+/// `election-query serve`, on a runtime of its own.
+pub fn serve_blocking(args: Serve) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(args))
+}
+
+/// `election-query serve`.
+pub async fn serve(args: Serve) -> anyhow::Result<()> {
+    if args.snapshot_interval_ms == 0 {
+        bail!("--snapshot-interval-ms must be at least 1");
+    }
+    if args.keep_alive_secs == 0 {
+        bail!("--keep-alive-secs must be at least 1");
+    }
+    let pg = store_pg::connect(&args.database_url, args.pg_pool_size, PG_CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact(&args.database_url)))?;
+    {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || check_schema(&pg)).await??;
+    }
+    let target = store_redis::parse_target(&args.redis_url)
+        .with_context(|| format!("reading REDIS_URL {}", redact(&args.redis_url)))?;
+    let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
+    let options = RedisOptions {
+        connect_timeout: redis_timeout,
+        response_timeout: redis_timeout,
+        pool_size: args.redis_pool_size,
+    };
+    let tally = Arc::new(
+        RedisTally::connect(&target, &options)
+            .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?,
+    );
+    let ready = ready_check(pg.clone(), Arc::clone(&tally));
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(
+        listen.addr = %listener.local_addr()?,
+        database.url = %redact(&args.database_url),
+        redis.url = %redact(&args.redis_url),
+        snapshot.interval_ms = args.snapshot_interval_ms,
+        "election-query serving; dashboard at http://{}/",
+        listener.local_addr()?
+    );
+    let services = Services { tally, pg, ready };
+    let settings = Settings {
+        snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
+        idle_after: Duration::from_secs(args.idle_after_secs),
+        max_elections: args.max_elections,
+        first_snapshot_timeout: FIRST_SNAPSHOT_TIMEOUT,
+        keep_alive: Duration::from_secs(args.keep_alive_secs),
+        timeline_cache: Duration::from_millis(args.timeline_cache_ms),
+        timeline_full_refresh: Duration::from_secs(args.timeline_full_refresh_secs),
+    };
+    crate::run(
+        listener,
+        services,
+        settings,
+        election_http::shutdown::signal(),
+    )
+    .await?;
+    tracing::info!("election-query stopped");
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! `election-query`: the read side of the election counting system. Live
+//! totals from Redis (JSON and a Server-Sent Events stream), history and the
+//! audit export from PostgreSQL, and the live dashboard page.
+//!
+//! The binary (`main.rs`) only parses the command line and calls in here;
+//! [`run`] takes its listener and shutdown signal from the caller, so tests
+//! serve on port 0 and stop it at will.
+//!
+//! - [`live`]: one refreshed snapshot per watched election, shared by every
+//!   reader and stream;
+//! - [`render`]: the live bodies, rendered once per snapshot;
+//! - [`api`]: the routes, the live handlers and the stream;
+//! - [`analytics`] and [`timeline`]: the history endpoints.
+
+pub mod analytics;
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod live;
+pub mod render;
+pub mod timeline;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use election_core::Tally;
+use election_http::health::ReadyCheck;
+use election_http::metrics::Registry;
+use store_pg::PgPool;
+use tokio::sync::watch;
+
+use crate::live::{Live, LiveConfig};
+use crate::timeline::Timelines;
+
+/// The stores the service reads.
+pub struct Services {
+    /// The live counters.
+    pub tally: Arc<dyn Tally>,
+    /// PostgreSQL, for history and the audit export.
+    pub pg: PgPool,
+    /// What `/readyz` checks.
+    pub ready: ReadyCheck,
+}
+
+/// Tunables of a running service. No `Default`: the binary builds it from
+/// its configuration (see [`cli`]), tests spell theirs out.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Time between two snapshots of a watched election.
+    pub snapshot_interval: Duration,
+    /// An election nobody reads or streams for this long stops being
+    /// refreshed.
+    pub idle_after: Duration,
+    /// Most elections refreshed at once.
+    pub max_elections: usize,
+    /// Longest wait of a first request for an election's first snapshot.
+    pub first_snapshot_timeout: Duration,
+    /// Interval of keep-alive comments on streams.
+    pub keep_alive: Duration,
+    /// How long a timeline answer is reused.
+    pub timeline_cache: Duration,
+    /// How often a timeline is read whole rather than from its last minutes.
+    pub timeline_full_refresh: Duration,
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The live feeds.
+    pub live: Arc<Live>,
+    /// PostgreSQL.
+    pub pg: PgPool,
+    /// Cached timelines.
+    pub timelines: Arc<Timelines>,
+    /// The service's metrics.
+    pub metrics: Arc<Registry>,
+    /// Open streams (for the gauge).
+    pub subscribers: Arc<AtomicI64>,
+    /// Interval of stream keep-alives.
+    pub keep_alive: Duration,
+}
+
+/// Serves the read API on `listener` until `shutdown` resolves, then stops
+/// accepting, ends every stream and refresh task, lets requests in flight
+/// finish, and returns.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    services: Services,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Registry::new());
+    let (stop, stopping) = watch::channel(false);
+    let live = Live::new(
+        services.tally,
+        LiveConfig {
+            interval: settings.snapshot_interval,
+            idle_after: settings.idle_after,
+            max_elections: settings.max_elections,
+            first_snapshot_timeout: settings.first_snapshot_timeout,
+        },
+        Arc::clone(&metrics),
+        stopping,
+    );
+    let state = AppState {
+        live,
+        pg: services.pg,
+        timelines: Arc::new(Timelines::new(
+            settings.timeline_cache,
+            settings.timeline_full_refresh,
+        )),
+        metrics,
+        subscribers: Arc::new(AtomicI64::new(0)),
+        keep_alive: settings.keep_alive,
+    };
+    let app = api::router(state, services.ready);
+    // Streams never end by themselves: axum's graceful shutdown would wait
+    // for them forever. The signal first tells every stream and refresh task
+    // to stop, then lets axum drain what is left.
+    let signal = async move {
+        shutdown.await;
+        stop.send_replace(true);
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await?;
+    Ok(())
+}

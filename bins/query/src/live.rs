@@ -1,0 +1,428 @@
+//! One shared, periodically refreshed snapshot per election being watched.
+//!
+//! The first request for an election starts a refresh task for it. Every
+//! interval the task reads the election's counters from Redis
+//! (`Tally::snapshot`: two pipelined round trips, on the blocking pool),
+//! renders every body once ([`Rendered`]), and publishes it on a
+//! `tokio::sync::watch` channel. Every reader and every stream subscriber of
+//! that election borrows the newest value of the same channel, so 10,000
+//! readers cost Redis exactly what one does, and a slow stream subscriber
+//! never queues anything: it simply sees the newest value when it is ready.
+//!
+//! Subscribers are woken only when the totals change; a refresh that finds
+//! the same counters still publishes the re-rendered bodies (so `as_of`
+//! advances for plain readers) without waking anyone.
+//!
+//! When Redis cannot be read, the last good snapshot keeps being served (its
+//! `as_of` says how old it is); before the first good one, readers get 503.
+//! A task stops once nobody has read its election for `idle_after` and no
+//! stream is open on it, and every task stops at shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use election_core::{ElectionId, Snapshot, Tally};
+use election_http::ApiError;
+use election_http::metrics::{LATENCY_BUCKETS, Registry};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use crate::render::Rendered;
+
+/// What an election's channel holds.
+#[derive(Clone, Debug)]
+pub enum Current {
+    /// The first snapshot is being read.
+    Starting,
+    /// No snapshot could be read yet; why.
+    Unavailable(Arc<str>),
+    /// The newest snapshot.
+    Ready(Arc<Rendered>),
+}
+
+/// How the live feeds run.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveConfig {
+    /// Time between two snapshots of an election.
+    pub interval: Duration,
+    /// A feed without readers or subscribers for this long stops.
+    pub idle_after: Duration,
+    /// Most feeds at once; more elections are refused with 503, so requests
+    /// for made-up election ids cannot make the service poll Redis without
+    /// bound.
+    pub max_elections: usize,
+    /// Longest wait of a first request for the first snapshot.
+    pub first_snapshot_timeout: Duration,
+}
+
+/// One election's feed, as the registry keeps it.
+struct Feed {
+    /// A receiver kept so new readers can clone it. It counts as one of the
+    /// channel's receivers: a feed with exactly one has no stream open.
+    current: watch::Receiver<Current>,
+    /// Milliseconds since [`Live::epoch`] of the last read.
+    last_read_ms: Arc<AtomicU64>,
+}
+
+/// Every election being watched.
+pub struct Live {
+    tally: Arc<dyn Tally>,
+    config: LiveConfig,
+    feeds: RwLock<HashMap<ElectionId, Feed>>,
+    metrics: Arc<Registry>,
+    /// Becomes `true` at shutdown: refresh tasks and streams end.
+    stop: watch::Receiver<bool>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> ApiError {
+    ApiError::unavailable("unavailable", message)
+}
+
+impl Live {
+    /// A registry with no feed yet.
+    pub fn new(
+        tally: Arc<dyn Tally>,
+        config: LiveConfig,
+        metrics: Arc<Registry>,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<Live> {
+        Arc::new(Live {
+            tally,
+            config,
+            feeds: RwLock::new(HashMap::new()),
+            metrics,
+            stop,
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The shutdown signal, for streams.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The newest snapshot of `election`, starting its feed and waiting for
+    /// the first snapshot if needed.
+    pub async fn current(
+        self: &Arc<Self>,
+        election: &ElectionId,
+    ) -> Result<Arc<Rendered>, ApiError> {
+        // The hot path: a shared lock, an atomic store and a pointer copy.
+        {
+            let feeds = self.feeds.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(feed) = feeds.get(election) {
+                feed.last_read_ms.store(self.now_ms(), Ordering::Relaxed);
+                if let Current::Ready(rendered) = &*feed.current.borrow() {
+                    return Ok(Arc::clone(rendered));
+                }
+            }
+        }
+        let mut receiver = self.subscribe(election)?;
+        self.wait_ready(&mut receiver).await
+    }
+
+    /// A receiver of `election`'s feed whose first value is ready, for a
+    /// stream. Holding it keeps the feed running.
+    pub async fn subscribe_ready(
+        self: &Arc<Self>,
+        election: &ElectionId,
+    ) -> Result<watch::Receiver<Current>, ApiError> {
+        let mut receiver = self.subscribe(election)?;
+        self.wait_ready(&mut receiver).await?;
+        Ok(receiver)
+    }
+
+    /// A receiver of `election`'s feed, starting the feed if needed.
+    fn subscribe(
+        self: &Arc<Self>,
+        election: &ElectionId,
+    ) -> Result<watch::Receiver<Current>, ApiError> {
+        {
+            let feeds = self.feeds.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(feed) = feeds.get(election) {
+                feed.last_read_ms.store(self.now_ms(), Ordering::Relaxed);
+                return Ok(feed.current.clone());
+            }
+        }
+        let mut feeds = self.feeds.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(feed) = feeds.get(election) {
+            feed.last_read_ms.store(self.now_ms(), Ordering::Relaxed);
+            return Ok(feed.current.clone());
+        }
+        if *self.stop.borrow() {
+            return Err(unavailable("the service is shutting down; retry"));
+        }
+        if feeds.len() >= self.config.max_elections {
+            return Err(unavailable(format!(
+                "{} elections are being watched already, the most this service follows at once; retry later",
+                feeds.len()
+            )));
+        }
+        let (sender, receiver) = watch::channel(Current::Starting);
+        let last_read_ms = Arc::new(AtomicU64::new(self.now_ms()));
+        feeds.insert(
+            election.clone(),
+            Feed {
+                current: receiver.clone(),
+                last_read_ms: Arc::clone(&last_read_ms),
+            },
+        );
+        self.set_feed_gauge(feeds.len());
+        tracing::info!(election.id = %election, "watching an election");
+        tokio::spawn(Arc::clone(self).refresh(election.clone(), sender, last_read_ms));
+        Ok(receiver)
+    }
+
+    async fn wait_ready(
+        &self,
+        receiver: &mut watch::Receiver<Current>,
+    ) -> Result<Arc<Rendered>, ApiError> {
+        let waited = tokio::time::timeout(
+            self.config.first_snapshot_timeout,
+            receiver.wait_for(|current| !matches!(current, Current::Starting)),
+        )
+        .await;
+        match waited {
+            Err(_) => Err(unavailable(
+                "the live totals store (Redis) did not answer in time; retry",
+            )),
+            Ok(Err(_)) => Err(unavailable("the service is shutting down; retry")),
+            Ok(Ok(current)) => match &*current {
+                Current::Ready(rendered) => Ok(Arc::clone(rendered)),
+                Current::Unavailable(why) => Err(unavailable(format!(
+                    "the live totals store (Redis) is unavailable ({why}); retry later"
+                ))),
+                Current::Starting => Err(ApiError::internal("feed still starting after waiting")),
+            },
+        }
+    }
+
+    fn set_feed_gauge(&self, feeds: usize) {
+        self.metrics.set(
+            "query_live_elections",
+            "Elections whose live totals are being refreshed.",
+            &[],
+            feeds as f64,
+        );
+    }
+
+    /// Removes the feed if it is idle: nobody read it for `idle_after` and
+    /// no stream holds a receiver. Checked again under the write lock, which
+    /// readers take in shared mode to touch `last_read_ms`, so a reader
+    /// cannot slip in between the check and the removal.
+    fn retire_if_idle(
+        &self,
+        election: &ElectionId,
+        sender: &watch::Sender<Current>,
+        last_read_ms: &AtomicU64,
+    ) -> bool {
+        let idle_ms = u64::try_from(self.config.idle_after.as_millis()).unwrap_or(u64::MAX);
+        let idle = || {
+            self.now_ms()
+                .saturating_sub(last_read_ms.load(Ordering::Relaxed))
+                >= idle_ms
+                && sender.receiver_count() <= 1
+        };
+        if !idle() {
+            return false;
+        }
+        let mut feeds = self.feeds.write().unwrap_or_else(|p| p.into_inner());
+        if !idle() {
+            return false;
+        }
+        feeds.remove(election);
+        self.set_feed_gauge(feeds.len());
+        tracing::info!(election.id = %election, "no readers left; stopped watching the election");
+        true
+    }
+
+    /// The refresh task of one election.
+    async fn refresh(
+        self: Arc<Self>,
+        election: ElectionId,
+        sender: watch::Sender<Current>,
+        last_read_ms: Arc<AtomicU64>,
+    ) {
+        let mut stop = self.stop.clone();
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut previous: Option<(Snapshot, u64)> = None;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|stopping| *stopping) => break,
+            }
+            if self.retire_if_idle(&election, &sender, &last_read_ms) {
+                return;
+            }
+            let started = Instant::now();
+            let tally = Arc::clone(&self.tally);
+            let target = election.clone();
+            let read = tokio::task::spawn_blocking(move || tally.snapshot(&target)).await;
+            self.metrics.observe(
+                "query_snapshot_refresh_seconds",
+                "Time to read one election's counters from Redis.",
+                LATENCY_BUCKETS,
+                &[],
+                started.elapsed().as_secs_f64(),
+            );
+            let error = match read {
+                Ok(Ok(snapshot)) => {
+                    let as_of = Utc::now();
+                    let changed = previous.as_ref().is_none_or(|(seen, _)| *seen != snapshot);
+                    let version = match &previous {
+                        Some((_, version)) if !changed => *version,
+                        Some((_, version)) => next_version(*version, as_of.timestamp_millis()),
+                        None => next_version(0, as_of.timestamp_millis()),
+                    };
+                    let rendered = Arc::new(Rendered::new(&election, &snapshot, version, as_of));
+                    sender.send_if_modified(|current| {
+                        let wake = changed || !matches!(current, Current::Ready(_));
+                        *current = Current::Ready(rendered);
+                        wake
+                    });
+                    if failing {
+                        tracing::info!(election.id = %election, "reading the live totals works again");
+                        failing = false;
+                    }
+                    previous = Some((snapshot, version));
+                    continue;
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => format!("the snapshot task failed: {error}"),
+            };
+            self.metrics.inc(
+                "query_snapshot_failures_total",
+                "Snapshots of the live totals that could not be read.",
+                &[],
+                1,
+            );
+            if !failing {
+                tracing::warn!(election.id = %election, error = %error, "cannot read the live totals; serving the last snapshot read");
+                failing = true;
+            }
+            sender.send_if_modified(|current| match current {
+                Current::Starting => {
+                    *current = Current::Unavailable(Arc::from(error.as_str()));
+                    true
+                }
+                Current::Unavailable(_) | Current::Ready(_) => false,
+            });
+        }
+        // Shutdown: dropping the sender ends every stream of the election.
+        let mut feeds = self.feeds.write().unwrap_or_else(|p| p.into_inner());
+        feeds.remove(&election);
+        self.set_feed_gauge(feeds.len());
+    }
+}
+
+/// The version after `previous` for a change seen at `now_ms`: the time in
+/// milliseconds, so versions keep increasing across restarts of a feed and of
+/// the service, but always at least one more than the previous one.
+fn next_version(previous: u64, now_ms: i64) -> u64 {
+    u64::try_from(now_ms).unwrap_or(0).max(previous + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use election_core::contract;
+    use election_core::memory::MemoryTally;
+
+    fn config() -> LiveConfig {
+        LiveConfig {
+            interval: Duration::from_millis(20),
+            idle_after: Duration::from_millis(200),
+            max_elections: 2,
+            first_snapshot_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn versions_follow_the_clock_and_always_increase() {
+        assert_eq!(next_version(0, 1_000), 1_000);
+        assert_eq!(next_version(1_000, 1_000), 1_001);
+        assert_eq!(next_version(5_000, 1_000), 5_001);
+        assert_eq!(next_version(0, -5), 1);
+    }
+
+    #[tokio::test]
+    async fn readers_share_one_feed_that_stops_when_idle() {
+        let tally = Arc::new(MemoryTally::new());
+        let (_stop_tx, stop) = watch::channel(false);
+        let live = Live::new(tally.clone(), config(), Arc::new(Registry::new()), stop);
+        let election = contract::unique_election("live");
+        let first = live.current(&election).await.unwrap();
+        let second = live.current(&election).await.unwrap();
+        assert_eq!(first.version, second.version);
+        assert_eq!(live.feeds.read().unwrap().len(), 1);
+
+        // A change shows up within a few intervals, with a higher version.
+        let engine = election_core::Engine::new(
+            Arc::new(election_core::memory::MemoryLog::new()),
+            tally.clone() as Arc<dyn Tally>,
+        );
+        engine.submit(&contract::seed_reports(&election)).unwrap();
+        let mut receiver = live.subscribe_ready(&election).await.unwrap();
+        let changed = receiver
+            .wait_for(|c| matches!(c, Current::Ready(r) if r.version > first.version))
+            .await
+            .unwrap()
+            .clone();
+        let Current::Ready(changed) = changed else {
+            unreachable!()
+        };
+        assert!(changed.event.contains("\"total_votes\":840"));
+        assert_eq!(tally.snapshot(&election).unwrap().ballot_boxes_reported, 3);
+
+        // A subscriber keeps the feed alive; without it, the feed stops.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(live.feeds.read().unwrap().len(), 1);
+        drop(receiver);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !live.feeds.read().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the idle feed did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn too_many_elections_are_refused() {
+        let (_stop_tx, stop) = watch::channel(false);
+        let live = Live::new(
+            Arc::new(MemoryTally::new()),
+            config(),
+            Arc::new(Registry::new()),
+            stop,
+        );
+        for _ in 0..2 {
+            live.current(&contract::unique_election("cap"))
+                .await
+                .unwrap();
+        }
+        let error = live
+            .current(&contract::unique_election("cap"))
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(error.message().contains("elections are being watched"));
+    }
+}

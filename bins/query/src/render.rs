@@ -1,0 +1,334 @@
+//! The JSON bodies of the live endpoints, rendered once per snapshot.
+//!
+//! A snapshot is read every refresh interval and shared by every reader, so
+//! its bodies are serialised here once and then handed out as reference-counted
+//! bytes: a request costs a map lookup and a pointer copy, never a
+//! serialisation, however many readers there are.
+//!
+//! # Leader, margin and ties
+//!
+//! In every scope (national, one city) the leader is the party with the most
+//! votes and the margin is its lead over the runner-up (its whole count when
+//! it is the only party). When no party has a vote, `leader` is `null` and
+//! `tied` is empty. When two or more parties share the top count, there is no
+//! leader: `leader` is `null` and `tied` lists those parties in alphabetical
+//! (byte) order. Otherwise `tied` is empty. So a client never has to guess how
+//! a tie was broken.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use election_core::{CityId, Counter, ElectionId, PartyId, Snapshot};
+use serde::Serialize;
+
+/// The leading party of a scope.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Leader<'a> {
+    /// The party.
+    pub party: &'a PartyId,
+    /// Its votes.
+    pub votes: i64,
+    /// Its lead over the runner-up.
+    pub margin: i64,
+}
+
+/// The totals of one scope (the nation or one city).
+#[derive(Serialize, Debug)]
+struct ScopeTotals<'a> {
+    parties: &'a BTreeMap<PartyId, i64>,
+    total_votes: i64,
+    leader: Option<Leader<'a>>,
+    tied: Vec<&'a PartyId>,
+    ballot_boxes_reported: u64,
+}
+
+/// `GET /v1/elections/{e}/totals`.
+#[derive(Serialize)]
+struct NationalBody<'a> {
+    election: &'a ElectionId,
+    scope: &'static str,
+    parties: &'a BTreeMap<PartyId, i64>,
+    total_votes: i64,
+    leader: Option<Leader<'a>>,
+    tied: Vec<&'a PartyId>,
+    ballot_boxes_reported: u64,
+    as_of: &'a str,
+}
+
+/// `GET /v1/elections/{e}/cities/{city}/totals`.
+#[derive(Serialize)]
+struct CityBody<'a> {
+    election: &'a ElectionId,
+    scope: &'static str,
+    city: &'a CityId,
+    parties: &'a BTreeMap<PartyId, i64>,
+    total_votes: i64,
+    leader: Option<Leader<'a>>,
+    tied: Vec<&'a PartyId>,
+    ballot_boxes_reported: u64,
+    as_of: &'a str,
+}
+
+/// One city in `GET /v1/elections/{e}/cities` and in stream events.
+#[derive(Serialize)]
+struct CityItem<'a> {
+    city: &'a CityId,
+    parties: &'a BTreeMap<PartyId, i64>,
+    total_votes: i64,
+    leader: Option<Leader<'a>>,
+    tied: Vec<&'a PartyId>,
+    ballot_boxes_reported: u64,
+}
+
+/// The leader (or the tie) of a scope; see the module docs.
+pub fn leader(parties: &BTreeMap<PartyId, i64>) -> (Option<Leader<'_>>, Vec<&PartyId>) {
+    let mut ranked: Vec<(&PartyId, i64)> = parties.iter().map(|(p, n)| (p, *n)).collect();
+    // Most votes first; equal counts in byte order of the party id.
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let Some(&(top_party, top_votes)) = ranked.first() else {
+        return (None, Vec::new());
+    };
+    if top_votes <= 0 {
+        return (None, Vec::new());
+    }
+    let runner_up = ranked.get(1).map_or(0, |&(_, n)| n);
+    if runner_up == top_votes {
+        let tied = ranked
+            .iter()
+            .take_while(|&&(_, n)| n == top_votes)
+            .map(|&(p, _)| p)
+            .collect();
+        return (None, tied);
+    }
+    (
+        Some(Leader {
+            party: top_party,
+            votes: top_votes,
+            margin: top_votes - runner_up,
+        }),
+        Vec::new(),
+    )
+}
+
+fn total(parties: &BTreeMap<PartyId, i64>) -> i64 {
+    parties.values().sum()
+}
+
+/// A snapshot with every body rendered.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Increases whenever the totals change (milliseconds since the Unix
+    /// epoch of the refresh that saw the change, or one more than the
+    /// previous version): the stream's event id.
+    pub version: u64,
+    /// When the counters were read.
+    pub as_of: DateTime<Utc>,
+    /// `GET .../totals`.
+    pub national: Bytes,
+    /// `GET .../cities`.
+    pub cities: Bytes,
+    /// `GET .../cities/{city}/totals`, by city.
+    city: HashMap<Box<str>, Bytes>,
+    /// The data of the stream's `totals` event.
+    pub event: Arc<str>,
+}
+
+impl Rendered {
+    /// Renders every body of `snapshot`.
+    pub fn new(
+        election: &ElectionId,
+        snapshot: &Snapshot,
+        version: u64,
+        as_of: DateTime<Utc>,
+    ) -> Rendered {
+        let as_of_text = as_of.to_rfc3339_opts(SecondsFormat::Millis, true);
+
+        // One pass over the counters: a city's totals are not looked up per
+        // city, which would be quadratic with 10,000 cities.
+        let mut national: BTreeMap<PartyId, i64> = snapshot
+            .parties
+            .iter()
+            .map(|party| (party.clone(), 0))
+            .collect();
+        let mut by_city: BTreeMap<&CityId, BTreeMap<PartyId, i64>> = snapshot
+            .cities
+            .keys()
+            .map(|city| (city, BTreeMap::new()))
+            .collect();
+        for (counter, n) in snapshot.totals.iter() {
+            match counter {
+                Counter::National(party) => {
+                    national.insert(party.clone(), n);
+                }
+                Counter::City(city, party) => {
+                    by_city.entry(city).or_default().insert(party.clone(), n);
+                }
+            }
+        }
+
+        let (lead, tied) = leader(&national);
+        let national_body = json(&NationalBody {
+            election,
+            scope: "national",
+            parties: &national,
+            total_votes: total(&national),
+            leader: lead.clone(),
+            tied: tied.clone(),
+            ballot_boxes_reported: snapshot.ballot_boxes_reported,
+            as_of: &as_of_text,
+        });
+        let national_item = json(&ScopeTotals {
+            parties: &national,
+            total_votes: total(&national),
+            leader: lead,
+            tied,
+            ballot_boxes_reported: snapshot.ballot_boxes_reported,
+        });
+
+        let mut city_bodies = HashMap::with_capacity(by_city.len());
+        let mut items = Vec::with_capacity(by_city.len());
+        for (city, parties) in &by_city {
+            let boxes = snapshot.cities.get(*city).copied().unwrap_or(0);
+            let (lead, tied) = leader(parties);
+            items.push(json(&CityItem {
+                city,
+                parties,
+                total_votes: total(parties),
+                leader: lead.clone(),
+                tied: tied.clone(),
+                ballot_boxes_reported: boxes,
+            }));
+            city_bodies.insert(
+                Box::<str>::from(city.as_str()),
+                Bytes::from(json(&CityBody {
+                    election,
+                    scope: "city",
+                    city,
+                    parties,
+                    total_votes: total(parties),
+                    leader: lead,
+                    tied,
+                    ballot_boxes_reported: boxes,
+                    as_of: &as_of_text,
+                })),
+            );
+        }
+        let items = items.join(",");
+        let election_json = json(election);
+        let as_of_json = json(&as_of_text);
+        let cities =
+            format!("{{\"election\":{election_json},\"as_of\":{as_of_json},\"cities\":[{items}]}}");
+        let event = format!(
+            "{{\"election\":{election_json},\"version\":{version},\"as_of\":{as_of_json},\
+             \"national\":{national_item},\"cities\":[{items}]}}"
+        );
+        Rendered {
+            version,
+            as_of,
+            national: Bytes::from(national_body),
+            cities: Bytes::from(cities),
+            city: city_bodies,
+            event: Arc::from(event),
+        }
+    }
+
+    /// The body of one city's totals, if the city has reported.
+    pub fn city(&self, city: &str) -> Option<Bytes> {
+        self.city.get(city).cloned()
+    }
+}
+
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("serialising plain data cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use election_core::Totals;
+
+    fn parties(list: &[(&str, i64)]) -> BTreeMap<PartyId, i64> {
+        list.iter()
+            .map(|(p, n)| (PartyId::parse(p).unwrap(), *n))
+            .collect()
+    }
+
+    #[track_caller]
+    fn check_leader(list: &[(&str, i64)], expected: Option<(&str, i64, i64)>, tied: &[&str]) {
+        let parties = parties(list);
+        let (lead, tie) = leader(&parties);
+        assert_eq!(
+            lead.map(|l| (l.party.as_str().to_owned(), l.votes, l.margin)),
+            expected.map(|(p, v, m)| (p.to_owned(), v, m))
+        );
+        assert_eq!(
+            tie.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            tied.to_vec()
+        );
+    }
+
+    #[test]
+    fn leaders_margins_and_ties() {
+        check_leader(
+            &[
+                ("tories", 260),
+                ("labour", 430),
+                ("libdems", 115),
+                ("reform", 35),
+            ],
+            Some(("labour", 430, 170)),
+            &[],
+        );
+        check_leader(&[("labour", 5)], Some(("labour", 5, 5)), &[]);
+        check_leader(&[], None, &[]);
+        check_leader(&[("labour", 0), ("tories", 0)], None, &[]);
+        check_leader(
+            &[("tories", 7), ("labour", 7), ("green", 7), ("reform", 1)],
+            None,
+            &["green", "labour", "tories"],
+        );
+        // A tie below the top is no tie.
+        check_leader(&[("a", 9), ("b", 3), ("c", 3)], Some(("a", 9, 6)), &[]);
+    }
+
+    #[test]
+    fn bodies_are_rendered_once_with_every_scope() {
+        let election = ElectionId::parse("2025").unwrap();
+        let mut totals = Totals::new();
+        let london = CityId::parse("london").unwrap();
+        let labour = PartyId::parse("labour").unwrap();
+        let tories = PartyId::parse("tories").unwrap();
+        totals.add(Counter::National(labour.clone()), 200);
+        totals.add(Counter::National(tories.clone()), 120);
+        totals.add(Counter::City(london.clone(), labour.clone()), 200);
+        totals.add(Counter::City(london.clone(), tories.clone()), 120);
+        let snapshot = Snapshot {
+            totals,
+            parties: [labour, tories].into_iter().collect(),
+            cities: [(london, 1)].into_iter().collect(),
+            ballot_boxes_reported: 1,
+        };
+        let as_of = DateTime::parse_from_rfc3339("2025-09-15T18:12:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let rendered = Rendered::new(&election, &snapshot, 7, as_of);
+        assert_eq!(
+            std::str::from_utf8(&rendered.national).unwrap(),
+            r#"{"election":"2025","scope":"national","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"as_of":"2025-09-15T18:12:00.000Z"}"#
+        );
+        assert_eq!(
+            std::str::from_utf8(&rendered.city("london").unwrap()).unwrap(),
+            r#"{"election":"2025","scope":"city","city":"london","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"as_of":"2025-09-15T18:12:00.000Z"}"#
+        );
+        assert!(rendered.city("paris").is_none());
+        let cities: serde_json::Value = serde_json::from_slice(&rendered.cities).unwrap();
+        assert_eq!(cities["cities"][0]["city"], "london");
+        assert_eq!(cities["cities"][0]["ballot_boxes_reported"], 1);
+        let event: serde_json::Value = serde_json::from_str(&rendered.event).unwrap();
+        assert_eq!(event["version"], 7);
+        assert_eq!(event["national"]["total_votes"], 320);
+        assert_eq!(event["cities"][0]["leader"]["party"], "labour");
+    }
+}

@@ -1,0 +1,374 @@
+//! The query service and the ingest service, in-process on port 0, over one
+//! fresh PostgreSQL schema and the real Redis; plus helpers to post reports,
+//! read answers and move recorded history in time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use election_core::contract::unique_election;
+use election_core::{ElectionId, StoreError};
+use election_http::health::ReadyCheck;
+use election_ingest::auth::{self, Scope, TokenLookup};
+use election_ingest::batcher::BatchConfig;
+use store_pg::{PgLog, PgPool};
+use store_redis::{RedisOptions, RedisTally};
+use test_support::pg::PgSchema;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The seed article's three ballot boxes.
+pub const SEED: [&str; 3] = [
+    r#"{"ballot_box_id": "BB-LON-1", "city": "london", "votes": {"tories": 120, "labour": 200, "libdems": 45, "reform": 20}}"#,
+    r#"{"ballot_box_id": "BB-MAN-1", "city": "manchester", "votes": {"tories": 90, "labour": 150, "libdems": 30, "reform": 10}}"#,
+    r#"{"ballot_box_id": "BB-EDI-1", "city": "edinburgh", "votes": {"tories": 50, "labour": 80, "libdems": 40, "reform": 5}}"#,
+];
+
+/// Redis options with short timeouts, so a dead Redis fails fast.
+pub fn redis_options() -> RedisOptions {
+    RedisOptions {
+        connect_timeout: Duration::from_millis(300),
+        response_timeout: Duration::from_millis(500),
+        pool_size: 4,
+    }
+}
+
+/// Query settings for tests: quick refreshes, no timeline cache.
+pub fn query_settings() -> election_query::Settings {
+    election_query::Settings {
+        snapshot_interval: Duration::from_millis(50),
+        idle_after: Duration::from_secs(60),
+        max_elections: 16,
+        first_snapshot_timeout: Duration::from_secs(10),
+        keep_alive: Duration::from_secs(15),
+        timeline_cache: Duration::ZERO,
+        timeline_full_refresh: Duration::from_secs(300),
+    }
+}
+
+/// Ingest settings for tests.
+pub fn ingest_settings() -> election_ingest::Settings {
+    election_ingest::Settings {
+        batch: BatchConfig {
+            batch_size: 64,
+            linger: Duration::from_millis(2),
+            max_in_flight: 3,
+            queue: 1024,
+        },
+        token_cache_ttl: Duration::ZERO,
+    }
+}
+
+/// A fresh, migrated schema and a pool on it.
+pub fn migrated_schema() -> (PgSchema, PgPool) {
+    let schema = PgSchema::new();
+    let pool = store_pg::connect(schema.url(), 8, Duration::from_secs(2)).unwrap();
+    store_pg::migrate(&pool).unwrap();
+    (schema, pool)
+}
+
+/// A token for any ballot box of `election`.
+pub fn issue_token(pool: &PgPool, election: &str) -> String {
+    let secret = auth::generate();
+    store_pg::tokens::insert(pool, &auth::hash(&secret), election, None, Some("test")).unwrap();
+    secret
+}
+
+/// Token lookups from a fixed list (for an ingest whose PostgreSQL is down).
+pub struct FixedTokens(pub Vec<(String, Scope)>);
+
+impl TokenLookup for FixedTokens {
+    fn find(&self, sha256: &[u8; 32]) -> Result<Option<Scope>, StoreError> {
+        Ok(self
+            .0
+            .iter()
+            .find(|(token, _)| &auth::hash(token) == sha256)
+            .map(|(_, scope)| scope.clone()))
+    }
+}
+
+/// One running service.
+pub struct Running {
+    pub base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Stops the service and waits for it to return.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+async fn listener() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    (listener, base)
+}
+
+/// Starts a query service.
+pub async fn start_query(
+    pool: PgPool,
+    tally: Arc<RedisTally>,
+    settings: election_query::Settings,
+) -> Running {
+    let (listener, base) = listener().await;
+    let ready: ReadyCheck = election_query::commands::ready_check(pool.clone(), tally.clone());
+    let services = election_query::Services {
+        tally,
+        pg: pool,
+        ready,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(election_query::run(listener, services, settings, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        base,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// Starts an ingest service.
+pub async fn start_ingest(
+    pool: PgPool,
+    tally: Arc<RedisTally>,
+    tokens: Arc<dyn TokenLookup>,
+) -> Running {
+    let (listener, base) = listener().await;
+    let ready: ReadyCheck = election_ingest::commands::ready_check(pool.clone(), tally.clone());
+    let services = election_ingest::Services {
+        log: Arc::new(PgLog::new(pool)),
+        tally,
+        tokens,
+        ready,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(election_ingest::run(
+        listener,
+        services,
+        ingest_settings(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Running {
+        base,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// Both services on one schema and the shared Redis, for one election.
+pub struct Stack {
+    pub query: Running,
+    pub ingest: Running,
+    pub election: ElectionId,
+    pub token: String,
+    pub pool: PgPool,
+    /// The query service's own tally (its round trips are the query's only).
+    pub query_tally: Arc<RedisTally>,
+    pub client: reqwest::Client,
+    // Kept for its Drop (drops the schema).
+    _schema: PgSchema,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(query_settings()).await
+    }
+
+    pub async fn start_with(settings: election_query::Settings) -> Stack {
+        let (schema, pool) = migrated_schema();
+        let target = store_redis::parse_target(&test_support::redis::redis_url()).unwrap();
+        let tally = Arc::new(RedisTally::connect(&target, &redis_options()).unwrap());
+        let election = unique_election("query");
+        let token = issue_token(&pool, election.as_str());
+        let tokens = Arc::new(election_ingest::commands::PgTokens(pool.clone()));
+        let ingest = start_ingest(pool.clone(), tally.clone(), tokens).await;
+        let query_tally = Arc::new(RedisTally::connect(&target, &redis_options()).unwrap());
+        let query = start_query(pool.clone(), query_tally.clone(), settings).await;
+        Stack {
+            query,
+            ingest,
+            election,
+            token,
+            pool,
+            query_tally,
+            client: reqwest::Client::new(),
+            _schema: schema,
+        }
+    }
+
+    /// `{query}/v1/elections/{election}{rest}`.
+    pub fn url(&self, rest: &str) -> String {
+        format!("{}/v1/elections/{}{rest}", self.query.base, self.election)
+    }
+
+    /// Posts a report through ingest.
+    pub async fn post(&self, body: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(format!(
+                "{}/v1/elections/{}/reports",
+                self.ingest.base, self.election
+            ))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    /// Posts the seed's three reports; each must be counted.
+    pub async fn post_seed(&self) {
+        for body in SEED {
+            let (status, answer) = self.post(body).await;
+            assert_eq!(status, 201, "{answer}");
+        }
+    }
+
+    /// GET on the query service, as JSON (or the text as a string).
+    pub async fn get(&self, rest: &str) -> (u16, serde_json::Value) {
+        get(&self.client, &self.url(rest)).await
+    }
+
+    /// Waits (up to `within`) until the national total is `total`.
+    pub async fn wait_for_total(&self, total: i64, within: Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, body) = self.get("/totals").await;
+            if status == 200 && body["total_votes"] == total {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "total {total} not seen within {within:?}; last answer {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs SQL on the schema (to move history in time).
+    pub fn execute(&self, sql: &str) {
+        execute(&self.pool, sql);
+    }
+
+    pub async fn stop(self) {
+        self.query.stop().await;
+        self.ingest.stop().await;
+    }
+}
+
+pub async fn get(client: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    read(client.get(url).send().await.unwrap()).await
+}
+
+pub async fn read(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, json)
+}
+
+pub fn execute(pool: &PgPool, sql: &str) {
+    use diesel::RunQueryDsl;
+    let mut conn = pool.get().unwrap();
+    diesel::sql_query(sql).execute(&mut conn).unwrap();
+}
+
+/// Reads Server-Sent Events from a response, one at a time.
+pub struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+/// One event: its fields.
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    pub data: String,
+    pub retry: Option<String>,
+}
+
+impl Events {
+    pub fn new(response: reqwest::Response) -> Events {
+        Events {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments are skipped), or `None` when the stream
+    /// ends.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                let mut fields = 0;
+                for line in block.lines() {
+                    if line.starts_with(':') || line.is_empty() {
+                        continue;
+                    }
+                    let (name, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    fields += 1;
+                    match name {
+                        "event" => event.event = value.to_owned(),
+                        "id" => event.id = value.to_owned(),
+                        "data" => {
+                            if !event.data.is_empty() {
+                                event.data.push('\n');
+                            }
+                            event.data.push_str(value);
+                        }
+                        "retry" => event.retry = Some(value.to_owned()),
+                        _ => {}
+                    }
+                }
+                if fields > 0 {
+                    return Some(event);
+                }
+                continue;
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next event within `within`, failing the test otherwise.
+    pub async fn next_within(&mut self, within: Duration) -> SseEvent {
+        tokio::time::timeout(within, self.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {within:?}"))
+            .expect("the stream ended")
+    }
+}
+
+/// Opens the stream of the stack's election, optionally with a
+/// `Last-Event-ID`.
+pub async fn open_stream(stack: &Stack, last_event_id: Option<&str>) -> Events {
+    let mut request = stack.client.get(stack.url("/stream"));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    Events::new(response)
+}

@@ -1,0 +1,11 @@
+//! Integration tests of election-query, through HTTP against real PostgreSQL
+//! (a fresh schema per test) and real Redis, with the real ingest service
+//! feeding it; the dashboard in a real browser (headless Chromium); and the
+//! real binary.
+
+mod dashboard;
+mod harness;
+mod history;
+mod live;
+mod openapi;
+mod process;

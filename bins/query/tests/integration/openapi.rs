@@ -1,0 +1,671 @@
+//! `docs/openapi.yaml` is true: every route of both routers is documented,
+//! every documented route is served, and a real answer of **every documented
+//! status** of every operation, from the running services, matches its
+//! documented media type and schema.
+//!
+//! The schemas are checked by a small JSON-schema validator written here for
+//! the keywords the document uses (`type`, `properties`, `required`,
+//! `additionalProperties`, `items`, `enum`, `const`, `oneOf`, `minimum`,
+//! `maximum`, `minProperties`, `maxProperties`, `propertyNames`, `pattern`,
+//! `format: date-time`, `$ref`). A keyword it does not know fails the test,
+//! so the document cannot say something this check silently skips.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use election_core::{BallotBoxId, CityId, ElectionId};
+use election_ingest::auth::Scope;
+use serde_json::Value;
+use store_redis::RedisTally;
+
+use crate::harness::{
+    Events, FixedTokens, SEED, Stack, issue_token, query_settings, redis_options, start_ingest,
+    start_query,
+};
+
+/// The document, parsed.
+struct Doc {
+    root: Value,
+}
+
+/// Keywords that only describe (no constraint to check).
+const ANNOTATIONS: &[&str] = &["description", "example", "examples", "default", "title"];
+
+impl Doc {
+    fn load() -> Doc {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let root: Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(root["openapi"], "3.1.0");
+        Doc { root }
+    }
+
+    fn resolve<'a>(&'a self, value: &'a Value) -> &'a Value {
+        match value.get("$ref").and_then(Value::as_str) {
+            Some(reference) => {
+                let pointer = reference
+                    .strip_prefix('#')
+                    .unwrap_or_else(|| panic!("only local references: {reference}"));
+                let target = self
+                    .root
+                    .pointer(pointer)
+                    .unwrap_or_else(|| panic!("dangling reference {reference}"));
+                self.resolve(target)
+            }
+            None => value,
+        }
+    }
+
+    /// Every `(method, path)` documented.
+    fn operations(&self) -> BTreeSet<(String, String)> {
+        let mut operations = BTreeSet::new();
+        for (path, item) in self.root["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "put", "patch", "delete", "head", "options"]
+                    .contains(&method.as_str())
+                {
+                    operations.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        operations
+    }
+
+    /// Every `(method, path, status)` documented.
+    fn answers(&self) -> BTreeSet<(String, String, String)> {
+        let mut answers = BTreeSet::new();
+        for (method, path) in self.operations() {
+            let operation = &self.root["paths"][&path][method.to_lowercase()];
+            for status in operation["responses"].as_object().unwrap().keys() {
+                answers.insert((method.clone(), path.clone(), status.clone()));
+            }
+        }
+        answers
+    }
+
+    /// The documented response of an operation for a status.
+    fn response(&self, method: &str, path: &str, status: u16) -> &Value {
+        let operation = &self.root["paths"][path][method.to_lowercase()];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        let response = &operation["responses"][status.to_string()];
+        assert!(
+            response.is_object(),
+            "{method} {path} answered {status}, which is not documented"
+        );
+        self.resolve(response)
+    }
+
+    fn validate(&self, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        let Some(keywords) = schema.as_object() else {
+            errors.push(format!("{at}: schema is not an object"));
+            return;
+        };
+        for (keyword, argument) in keywords {
+            match keyword.as_str() {
+                "type" => {
+                    let types: Vec<&str> = match argument {
+                        Value::String(one) => vec![one.as_str()],
+                        Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+                        _ => panic!("{at}: bad type {argument}"),
+                    };
+                    if !types.iter().any(|t| has_type(value, t)) {
+                        errors.push(format!("{at}: {value} is not of type {types:?}"));
+                    }
+                }
+                "properties" => {
+                    if let Some(object) = value.as_object() {
+                        for (name, property) in argument.as_object().unwrap() {
+                            if let Some(inner) = object.get(name) {
+                                self.validate(property, inner, &format!("{at}.{name}"), errors);
+                            }
+                        }
+                    }
+                }
+                "required" => {
+                    if let Some(object) = value.as_object() {
+                        for name in argument.as_array().unwrap() {
+                            let name = name.as_str().unwrap();
+                            if !object.contains_key(name) {
+                                errors.push(format!("{at}: required property {name:?} missing"));
+                            }
+                        }
+                    }
+                }
+                "additionalProperties" => {
+                    if let Some(object) = value.as_object() {
+                        let known = keywords
+                            .get("properties")
+                            .and_then(Value::as_object)
+                            .cloned()
+                            .unwrap_or_default();
+                        for (name, inner) in object {
+                            if known.contains_key(name) {
+                                continue;
+                            }
+                            match argument {
+                                Value::Bool(false) => {
+                                    errors.push(format!("{at}: undocumented property {name:?}"))
+                                }
+                                Value::Bool(true) => {}
+                                schema => {
+                                    self.validate(schema, inner, &format!("{at}.{name}"), errors)
+                                }
+                            }
+                        }
+                    }
+                }
+                "propertyNames" => {
+                    if let Some(object) = value.as_object() {
+                        for name in object.keys() {
+                            self.validate(
+                                argument,
+                                &Value::String(name.clone()),
+                                &format!("{at} key {name:?}"),
+                                errors,
+                            );
+                        }
+                    }
+                }
+                "minProperties" | "maxProperties" => {
+                    if let Some(object) = value.as_object() {
+                        let bound = argument.as_u64().unwrap() as usize;
+                        let ok = if keyword == "minProperties" {
+                            object.len() >= bound
+                        } else {
+                            object.len() <= bound
+                        };
+                        if !ok {
+                            errors.push(format!(
+                                "{at}: {} properties breaks {keyword}",
+                                object.len()
+                            ));
+                        }
+                    }
+                }
+                "items" => {
+                    if let Some(array) = value.as_array() {
+                        for (index, item) in array.iter().enumerate() {
+                            self.validate(argument, item, &format!("{at}[{index}]"), errors);
+                        }
+                    }
+                }
+                "enum" => {
+                    if !argument.as_array().unwrap().contains(value) {
+                        errors.push(format!("{at}: {value} is not one of {argument}"));
+                    }
+                }
+                "const" => {
+                    if argument != value {
+                        errors.push(format!("{at}: {value} is not {argument}"));
+                    }
+                }
+                "minimum" | "maximum" => {
+                    if let (Some(n), Some(bound)) = (value.as_f64(), argument.as_f64()) {
+                        let ok = if keyword == "minimum" {
+                            n >= bound
+                        } else {
+                            n <= bound
+                        };
+                        if !ok {
+                            errors.push(format!("{at}: {n} breaks {keyword} {bound}"));
+                        }
+                    }
+                }
+                "format" => {
+                    if let Some(text) = value.as_str() {
+                        match argument.as_str().unwrap() {
+                            "date-time" => {
+                                if chrono::DateTime::parse_from_rfc3339(text).is_err() {
+                                    errors.push(format!("{at}: {text:?} is not a date-time"));
+                                }
+                            }
+                            other => panic!("{at}: unsupported format {other}"),
+                        }
+                    }
+                }
+                "pattern" => {
+                    if let Some(text) = value.as_str() {
+                        let pattern = argument.as_str().unwrap();
+                        if !matches_pattern(pattern, text) {
+                            errors.push(format!("{at}: {text:?} does not match {pattern}"));
+                        }
+                    }
+                }
+                "oneOf" => {
+                    let passing = argument
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|branch| {
+                            let mut branch_errors = Vec::new();
+                            self.validate(branch, value, at, &mut branch_errors);
+                            branch_errors.is_empty()
+                        })
+                        .count();
+                    if passing != 1 {
+                        errors.push(format!("{at}: {value} matches {passing} branches of oneOf"));
+                    }
+                }
+                other if ANNOTATIONS.contains(&other) => {}
+                other => panic!("{at}: the validator does not know the keyword {other:?}"),
+            }
+        }
+    }
+
+    #[track_caller]
+    fn check_value(&self, schema: &Value, value: &Value, what: &str) {
+        let mut errors = Vec::new();
+        self.validate(schema, value, "$", &mut errors);
+        assert!(errors.is_empty(), "{what}: {errors:#?}\nvalue: {value}");
+    }
+}
+
+fn has_type(value: &Value, name: &str) -> bool {
+    match name {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        other => panic!("unknown type {other}"),
+    }
+}
+
+/// The document's patterns are the domain's id alphabets: checked with the
+/// domain's own parsers, so the document and the code cannot drift apart.
+fn matches_pattern(pattern: &str, text: &str) -> bool {
+    match pattern {
+        "^[a-z0-9][a-z0-9-]{0,63}$" => ElectionId::parse(text).is_ok(),
+        "^[a-z0-9][a-z0-9_-]{0,63}$" => CityId::parse(text).is_ok(),
+        "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$" => BallotBoxId::parse(text).is_ok(),
+        other => panic!("the check does not know the pattern {other}"),
+    }
+}
+
+/// Checks answers against the document and remembers what was covered.
+struct Checker {
+    doc: Doc,
+    seen: BTreeSet<(String, String, String)>,
+    client: reqwest::Client,
+}
+
+impl Checker {
+    /// Sends `request`, checks the answer against `method path`'s
+    /// documentation, and returns its status and body.
+    async fn check(
+        &mut self,
+        method: &str,
+        path: &str,
+        request: reqwest::RequestBuilder,
+    ) -> (u16, String) {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let documented = self.doc.response(method, path, status).clone();
+        let content = documented["content"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path} {status}: no content documented"));
+        let (media, spec) = content
+            .iter()
+            .find(|(media, _)| content_type.split(';').next().unwrap().trim() == media.as_str())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{method} {path} {status}: content type {content_type:?} is not documented \
+                     ({:?})",
+                    content.keys().collect::<Vec<_>>()
+                )
+            });
+        let what = format!("{method} {path} {status}");
+        let body = if media == "text/event-stream" {
+            // Read the first event and check its data against its schema.
+            let mut events = Events::new(response);
+            let event = events.next_within(Duration::from_secs(5)).await;
+            let schema = &spec["x-sse-events"][&event.event];
+            assert!(
+                schema.is_object(),
+                "{what}: event {:?} undocumented",
+                event.event
+            );
+            let data: Value = serde_json::from_str(&event.data).unwrap();
+            self.doc.check_value(schema, &data, &what);
+            assert_eq!(event.id, data["version"].to_string());
+            event.data
+        } else {
+            let text = response.text().await.unwrap();
+            if media == "application/json" {
+                let value: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+                self.doc.check_value(&spec["schema"], &value, &what);
+            } else {
+                self.doc
+                    .check_value(&spec["schema"], &Value::String(text.clone()), &what);
+                if media == "text/csv" {
+                    let example = spec["example"].as_str().unwrap();
+                    assert_eq!(
+                        text.lines().next(),
+                        example.lines().next(),
+                        "{what}: the header differs from the documented example"
+                    );
+                }
+            }
+            text
+        };
+        self.seen
+            .insert((method.to_owned(), path.to_owned(), status.to_string()));
+        (status, body)
+    }
+}
+
+const REPORTS: &str = "/v1/elections/{election}/reports";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_true_of_both_services() {
+    let doc = Doc::load();
+
+    // Every route of both routers is documented, and nothing else is.
+    let mut served: BTreeSet<(String, String)> = BTreeSet::new();
+    for (method, path) in election_query::api::routes()
+        .into_iter()
+        .chain(election_ingest::service::ROUTES.iter().copied())
+    {
+        served.insert((method.to_owned(), path.to_owned()));
+    }
+    let documented = doc.operations();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from docs/openapi.yaml: {undocumented:?}"
+    );
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        unserved.is_empty(),
+        "documented but not served: {unserved:?}"
+    );
+
+    let stack = Stack::start().await;
+    let mut checker = Checker {
+        doc,
+        seen: BTreeSet::new(),
+        client: stack.client.clone(),
+    };
+    let client = checker.client.clone();
+    let ingest = stack.ingest.base.clone();
+    let e = stack.election.to_string();
+    let post = |base: &str, election: &str, token: &str, body: &str| {
+        client
+            .post(format!("{base}/v1/elections/{election}/reports"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
+
+    // --- ingest: every documented answer -------------------------------
+    let token = stack.token.clone();
+    for body in SEED {
+        let (status, _) = checker
+            .check("POST", REPORTS, post(&ingest, &e, &token, body))
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (status, _) = checker
+        .check("POST", REPORTS, post(&ingest, &e, &token, SEED[0]))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(&ingest, &e, &token, "{\"ballot_box_id\": "),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            client
+                .post(format!("{ingest}/v1/elections/{e}/reports"))
+                .header("content-type", "application/json")
+                .body(SEED[0]),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let other_token = issue_token(&stack.pool, "another-election");
+    let (status, _) = checker
+        .check("POST", REPORTS, post(&ingest, &e, &other_token, SEED[0]))
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(
+                &ingest,
+                &e,
+                &token,
+                r#"{"ballot_box_id": "BB-LON-1", "city": "london", "votes": {"labour": 1}}"#,
+            ),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(&ingest, &e, &token, &" ".repeat(70 * 1024)),
+        )
+        .await;
+    assert_eq!(status, 413);
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            client
+                .post(format!("{ingest}/v1/elections/{e}/reports"))
+                .bearer_auth(&token)
+                .header("content-type", "text/plain")
+                .body(SEED[0]),
+        )
+        .await;
+    assert_eq!(status, 415);
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(
+                &ingest,
+                &e,
+                &token,
+                r#"{"ballot_box_id": "BB9", "city": "London", "votes": {"labour": 1}}"#,
+            ),
+        )
+        .await;
+    assert_eq!(status, 422);
+
+    // 202: an ingest whose Redis is down records and defers.
+    let dead_redis = Arc::new(
+        RedisTally::connect(
+            &store_redis::parse_target("redis://127.0.0.1:1").unwrap(),
+            &redis_options(),
+        )
+        .unwrap(),
+    );
+    let deferring = start_ingest(
+        stack.pool.clone(),
+        Arc::clone(&dead_redis),
+        Arc::new(election_ingest::commands::PgTokens(stack.pool.clone())),
+    )
+    .await;
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(
+                &deferring.base,
+                &e,
+                &token,
+                r#"{"ballot_box_id": "BB-DEFER", "city": "york", "votes": {"labour": 1}}"#,
+            ),
+        )
+        .await;
+    assert_eq!(status, 202);
+    deferring.stop().await;
+
+    // 503: an ingest whose PostgreSQL is down records nothing. Its query
+    // twin (Redis and PostgreSQL both down) answers every 503 of the read
+    // API, and /readyz 503.
+    let dead_pg = store_pg::connect(
+        "postgres://postgres@127.0.0.1:1/x",
+        2,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let fixed = Arc::new(FixedTokens(vec![(
+        token.clone(),
+        Scope {
+            election: stack.election.clone(),
+            ballot_box: None,
+        },
+    )]));
+    let refusing = start_ingest(dead_pg.clone(), Arc::clone(&dead_redis), fixed).await;
+    let (status, _) = checker
+        .check("POST", REPORTS, post(&refusing.base, &e, &token, SEED[1]))
+        .await;
+    assert_eq!(status, 503);
+
+    let broken = start_query(dead_pg.clone(), Arc::clone(&dead_redis), query_settings()).await;
+    for path in [
+        "/v1/elections/{election}/totals",
+        "/v1/elections/{election}/cities",
+        "/v1/elections/{election}/cities/{city}/totals",
+        "/v1/elections/{election}/stream",
+        "/v1/elections/{election}/analytics/cities",
+        "/v1/elections/{election}/analytics/first-reports",
+        "/v1/elections/{election}/timeline",
+        "/v1/elections/{election}/reports.csv",
+    ] {
+        let url = format!(
+            "{}{}",
+            broken.base,
+            path.replace("{election}", &e).replace("{city}", "london")
+        );
+        let (status, body) = checker.check("GET", path, client.get(url)).await;
+        assert_eq!(status, 503, "{path}: {body}");
+    }
+    let (status, body) = checker
+        .check(
+            "GET",
+            "/readyz",
+            client.get(format!("{}/readyz", broken.base)),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    broken.stop().await;
+    refusing.stop().await;
+
+    // --- query: every documented answer --------------------------------
+    stack.wait_for_total(840, Duration::from_secs(10)).await;
+    let query = stack.query.base.clone();
+    let url = |path: &str| format!("{query}/v1/elections/{e}{path}");
+    for (template, path) in [
+        ("/v1/elections/{election}/totals", "/totals"),
+        ("/v1/elections/{election}/cities", "/cities"),
+        (
+            "/v1/elections/{election}/cities/{city}/totals",
+            "/cities/london/totals",
+        ),
+        ("/v1/elections/{election}/stream", "/stream"),
+        (
+            "/v1/elections/{election}/analytics/cities",
+            "/analytics/cities?from=2000-01-01T00:00:00Z",
+        ),
+        (
+            "/v1/elections/{election}/analytics/first-reports",
+            "/analytics/first-reports?limit=2",
+        ),
+        ("/v1/elections/{election}/timeline", "/timeline?bucket=1m"),
+        ("/v1/elections/{election}/reports.csv", "/reports.csv"),
+    ] {
+        let (status, body) = checker.check("GET", template, client.get(url(path))).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let (status, _) = checker
+            .check(
+                "GET",
+                template,
+                client.get(format!(
+                    "{query}{}",
+                    template
+                        .replace("{election}", "Bad_Id")
+                        .replace("{city}", "london")
+                )),
+            )
+            .await;
+        assert_eq!(status, 422, "{template}");
+    }
+    // The leader's shape, and a tie's, both validate.
+    let (status, body) = checker
+        .check(
+            "GET",
+            "/v1/elections/{election}/cities/{city}/totals",
+            client.get(url("/cities/paris/totals")),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = checker
+        .check(
+            "GET",
+            "/v1/elections/{election}/cities/{city}/totals",
+            client.get(url("/cities/Paris/totals")),
+        )
+        .await;
+    assert_eq!(status, 422);
+    for (template, path) in [
+        (
+            "/v1/elections/{election}/analytics/cities",
+            "/analytics/cities?from=6pm",
+        ),
+        (
+            "/v1/elections/{election}/analytics/first-reports",
+            "/analytics/first-reports?limit=0",
+        ),
+        ("/v1/elections/{election}/timeline", "/timeline?bucket=2m"),
+        ("/v1/elections/{election}/reports.csv", "/reports.csv?x=1"),
+    ] {
+        let (status, body) = checker.check("GET", template, client.get(url(path))).await;
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+    for path in ["/", "/healthz", "/readyz", "/metrics"] {
+        let (status, body) = checker
+            .check("GET", path, client.get(format!("{query}{path}")))
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // The shared health routes and metrics answer on ingest too.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, _) = checker
+            .check("GET", path, client.get(format!("{ingest}{path}")))
+            .await;
+        assert_eq!(status, 200, "ingest {path}");
+    }
+
+    // Every documented answer of every operation was produced for real.
+    let missing: Vec<_> = checker
+        .doc
+        .answers()
+        .difference(&checker.seen)
+        .cloned()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented answers never checked: {missing:#?}"
+    );
+    stack.stop().await;
+}

@@ -1,0 +1,127 @@
+//! The real `election-query` binary: it refuses an unmigrated database, and
+//! SIGTERM ends it promptly with exit status 0 even while a live stream is
+//! open (streams never end by themselves).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::pg::PgSchema;
+
+use crate::harness::{Events, migrated_schema};
+
+const BIN: &str = env!("CARGO_BIN_EXE_election-query");
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn query(schema: &PgSchema, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env("DATABASE_URL", schema.url())
+        .env("REDIS_URL", test_support::redis::redis_url())
+        .env_remove("LISTEN_ADDR");
+    command
+}
+
+#[test]
+fn serve_refuses_an_unmigrated_database() {
+    let schema = PgSchema::new();
+    let output = query(&schema, &["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("the database is not migrated; run `election-ingest migrate` first"),
+        "{stderr}"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(address: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("election-query exited early: {status}");
+        }
+        if std::net::TcpStream::connect(address).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("election-query did not start listening at {address}");
+}
+
+/// Sends a signal with kill(1) (the workspace forbids unsafe code, so no
+/// direct libc call).
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_streams_and_exits_cleanly() {
+    let (schema, _pool) = migrated_schema();
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut child = query(&schema, &["serve", "--listen", &address])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_listening(&address, &mut child);
+
+    let client = reqwest::Client::new();
+    let (status, page) =
+        crate::harness::get(&client, &format!("http://{address}/?election=2025")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.as_str()
+            .unwrap()
+            .contains("<title>Live results</title>")
+    );
+    let response = client
+        .get(format!("http://{address}/v1/elections/sigterm-test/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = Events::new(response);
+    let first = events.next_within(Duration::from_secs(10)).await;
+    assert_eq!(first.event, "totals");
+
+    let signalled = Instant::now();
+    send_signal(child.id(), "TERM");
+    // The open stream ends...
+    let ended = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the stream was still open 10 s after SIGTERM");
+    assert!(ended.is_none(), "unexpected event after SIGTERM: {ended:?}");
+    // ...and the process exits 0.
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(stderr.contains("election-query stopped"), "{stderr}");
+    eprintln!("stopped {:?} after SIGTERM", signalled.elapsed());
+}
