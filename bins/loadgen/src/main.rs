@@ -141,7 +141,13 @@ async fn go(cli: Cli) -> anyhow::Result<bool> {
     let outcome = run(&load, Arc::clone(&posts), Arc::clone(&progress)).await?;
     if let Some(bar) = bar {
         bar.abort();
-        eprintln!();
+        eprintln!(
+            "\r[{}] {}/{} reports, {:.0}/s   ",
+            "#".repeat(40),
+            outcome.sent,
+            posts.len(),
+            outcome.throughput()
+        );
     }
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
