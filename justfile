@@ -58,6 +58,6 @@ bench *flags:
     set -euo pipefail
     command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
     # 5,000 stream subscribers need as many sockets on each side.
-    ulimit -n 65536
+    ulimit -n "$(ulimit -Hn)"
     cargo build --release -q -p election-ingest -p election-query -p election-reprocessor -p election-bench
     target/release/election-bench {{flags}}

@@ -23,6 +23,7 @@ mod lock;
 mod log;
 mod migrate;
 mod pool;
+mod prepared;
 mod record;
 pub mod schema;
 pub mod tokens;

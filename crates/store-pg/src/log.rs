@@ -4,14 +4,16 @@
 //! statement per report: `record` is the batch path of `crate::record`; claims
 //! lease pending rows with `FOR UPDATE SKIP LOCKED`, so any number of
 //! reprocessors take disjoint sets without waiting for each other; marks and
-//! releases are single `UPDATE ... WHERE id = ANY($1)` statements.
+//! releases are single `UPDATE ... WHERE id = ANY($1)` statements. The
+//! statements of the hot path (record, claim, mark) are prepared once per
+//! connection (`crate::prepared`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
-use diesel::sql_types::{BigInt, Int4, Int8, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Int4, Int8, Nullable, Text};
 use election_core::{
     BallotBoxId, CityId, Claim, Counter, Counting, Difference, ElectionId, LogAudit, PartyId,
     PendingStats, Recorded, Report, ReportId, ReportLog, Revision, StoreError, StuckReport, Totals,
@@ -19,6 +21,7 @@ use election_core::{
 
 use crate::error::{PgError, TxError, is_retryable};
 use crate::pool::PgPool;
+use crate::prepared::prepared;
 use crate::record::record_batch;
 use crate::schema::reports;
 
@@ -110,6 +113,13 @@ SELECT c.id, c.election_id, c.ballot_box_id, c.city, c.revision, v.party, v.diff
 FROM claimed c
 LEFT JOIN vote_log v ON v.report_id = c.id
 ORDER BY c.id, v.party";
+
+/// Marks the revisions `$1` counted. Rows already completed are left alone:
+/// idempotent, and the first `counted_at` stays.
+const MARK_COUNTED: &str = "\
+UPDATE reports
+SET completed = true, counted_at = now(), leased_until = NULL
+WHERE id = ANY($1::bigint[]) AND NOT completed";
 
 /// One row of the counted totals: a city's total change for a party.
 #[derive(QueryableByName)]
@@ -339,7 +349,7 @@ impl PgLog {
             return Ok(Vec::new());
         }
         let mut conn = self.connection(|| DOING.to_owned())?;
-        let rows: Vec<ClaimedRow> = diesel::sql_query(CLAIM)
+        let rows: Vec<ClaimedRow> = prepared(CLAIM)
             .bind::<BigInt, _>(i64::try_from(claim.limit).unwrap_or(i64::MAX))
             .bind::<BigInt, _>(micros(claim.pending_for))
             .bind::<BigInt, _>(micros(claim.lease))
@@ -360,21 +370,13 @@ impl PgLog {
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         // Rows already completed are left alone: idempotent, and the first
         // `counted_at` stays.
-        diesel::update(
-            reports::table
-                .filter(reports::id.eq_any(ids))
-                .filter(reports::completed.eq(false)),
-        )
-        .set((
-            reports::completed.eq(true),
-            reports::counted_at.eq(diesel::dsl::now),
-            reports::leased_until.eq(None::<chrono::DateTime<chrono::Utc>>),
-        ))
-        .execute(&mut conn)
-        .map_err(|source| PgError::Query {
-            doing: doing(),
-            source,
-        })?;
+        prepared(MARK_COUNTED)
+            .bind::<Array<Int8>, _>(ids)
+            .execute(&mut conn)
+            .map_err(|source| PgError::Query {
+                doing: doing(),
+                source,
+            })?;
         Ok(())
     }
 

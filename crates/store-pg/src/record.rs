@@ -25,7 +25,12 @@
 //! `unnest(...)`, so it has a constant number of bind parameters (3, 5 and 16)
 //! whatever the batch size: a statement with one parameter per value would hit
 //! PostgreSQL's limit of 65,535 bind parameters at a few thousand reports, and
-//! would be a different prepared statement for every batch size.
+//! would be a different prepared statement for every batch size. Constant
+//! texts are what lets each statement be prepared once per connection
+//! ([`crate::prepared`]) instead of parsed and planned for every batch; the
+//! generic plans PostgreSQL then settles on (nested loops over the key
+//! indexes, hash joins on the CTE's new rows) were measured as fast as custom
+//! ones from 32 to 1,000 reports.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -37,6 +42,7 @@ use election_core::{
 };
 
 use crate::error::TxError;
+use crate::prepared::prepared;
 
 /// Locks every ballot box of the batch, creating those never seen.
 ///
@@ -325,7 +331,7 @@ fn lock_boxes(conn: &mut PgConnection, boxes: &BTreeMap<BoxKey, &CityId>) -> Res
     let elections: Vec<&str> = boxes.keys().map(|(e, _)| e.as_str()).collect();
     let ballot_boxes: Vec<&str> = boxes.keys().map(|(_, b)| b.as_str()).collect();
     let cities: Vec<&str> = boxes.values().map(|c| c.as_str()).collect();
-    diesel::sql_query(LOCK_BOXES)
+    prepared(LOCK_BOXES)
         .bind::<Array<Text>, _>(elections)
         .bind::<Array<Text>, _>(ballot_boxes)
         .bind::<Array<Text>, _>(cities)
@@ -361,7 +367,7 @@ fn read_known(
     let revision_elections: Vec<&str> = revisions.iter().map(|(e, _, _)| e.as_str()).collect();
     let revision_boxes: Vec<&str> = revisions.iter().map(|(_, b, _)| b.as_str()).collect();
     let revision_numbers: Vec<i32> = revisions.iter().map(|&(_, _, r)| r).collect();
-    let rows: Vec<KnownRow> = diesel::sql_query(READ_KNOWN)
+    let rows: Vec<KnownRow> = prepared(READ_KNOWN)
         .bind::<Array<Text>, _>(box_elections)
         .bind::<Array<Text>, _>(box_ids)
         .bind::<Array<Text>, _>(revision_elections)
@@ -530,7 +536,7 @@ fn write_fresh(conn: &mut PgConnection, fresh: &[Fresh<'_>]) -> Result<Vec<Repor
         latest.insert((election, ballot_box), revision);
     }
 
-    let rows: Vec<WrittenRow> = diesel::sql_query(WRITE_FRESH)
+    let rows: Vec<WrittenRow> = prepared(WRITE_FRESH)
         .bind::<Array<Text>, _>(elections)
         .bind::<Array<Text>, _>(ballot_boxes)
         .bind::<Array<Text>, _>(cities)

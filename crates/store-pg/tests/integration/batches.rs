@@ -418,3 +418,46 @@ fn releases_keep_the_error_and_claims_count_attempts() {
         ["true redis is unavailable true true"]
     );
 }
+
+#[test]
+fn statements_stay_prepared_and_a_new_connection_prepares_them_again() {
+    // One connection, so the assertions below run on the log's connection.
+    let db = Migrated::new(1);
+    let log = PgLog::new(db.pool.clone());
+    let e = unique_election("prepared");
+    let prepared = "SELECT count(*) AS n FROM pg_prepared_statements \
+                    WHERE statement LIKE '%unnest%' OR statement LIKE '%completed = true%'";
+    let mut counted = Vec::new();
+    for i in 0..3 {
+        let answers = log
+            .record(&[report(&e, &format!("B{i}"), "c", 1, &votes_for(i, 1))])
+            .unwrap();
+        counted.push(fresh(&answers[0]).report_id);
+        log.mark_counted(&counted).unwrap();
+    }
+    // Lock, read, write and mark: prepared once, executed by name since.
+    assert_eq!(number(&db.pool, prepared), 4);
+
+    // The server drops the connection (a restart, a failover): the next call
+    // may fail as unavailable, then a new connection prepares again.
+    {
+        let mut conn = db.pool.get().unwrap();
+        let _ = diesel::RunQueryDsl::execute(
+            diesel::sql_query("SELECT pg_terminate_backend(pg_backend_pid())"),
+            &mut conn,
+        );
+    }
+    let again = report(&e, "B9", "c", 1, &votes_for(9, 1));
+    let answers = (0..3)
+        .find_map(|_| log.record(std::slice::from_ref(&again)).ok())
+        .expect("recording on a new connection");
+    log.mark_counted(&[fresh(&answers[0]).report_id]).unwrap();
+    assert_eq!(number(&db.pool, prepared), 4);
+    assert_eq!(
+        number(
+            &db.pool,
+            "SELECT count(*) AS n FROM reports WHERE completed"
+        ),
+        4
+    );
+}
