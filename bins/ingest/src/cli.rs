@@ -59,6 +59,37 @@ pub enum Command {
     /// Manage reporting-client tokens.
     #[command(subcommand)]
     Token(Token),
+    /// Define elections (parties, cities, expected and registered ballot boxes).
+    #[command(subcommand)]
+    Election(Election),
+}
+
+/// `election` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Election {
+    /// Validate a definition file (TOML) and store it: every problem is
+    /// reported with its line and nothing is stored unless the whole file is
+    /// valid. Loading an updated file adds parties, cities and ballot boxes
+    /// and updates names, colours and expected counts; it may not remove or
+    /// move anything already defined.
+    Load {
+        /// PostgreSQL.
+        #[command(flatten)]
+        database: Database,
+        /// Only validate the file; store nothing.
+        #[arg(long)]
+        check: bool,
+        /// The definition file.
+        file: std::path::PathBuf,
+    },
+    /// Print an election's stored definition.
+    Show {
+        /// PostgreSQL.
+        #[command(flatten)]
+        database: Database,
+        /// The election.
+        election: String,
+    },
 }
 
 /// Where PostgreSQL is.

@@ -235,3 +235,72 @@ fn send_signal(pid: u32, signal: &str) {
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
+
+#[test]
+fn election_load_and_show() {
+    let schema = PgSchema::new();
+    assert!(ingest(&schema, &["migrate"]).status.success());
+    let dir = std::env::temp_dir().join(format!("election-def-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "id = \"cli-e\"\nname = \"CLI election\"\n\n[[parties]]\nid = \"labour\"\nname = \"Labour\"\ncolour = \"#e4003b\"\n\n[[cities]]\nid = \"london\"\nname = \"London\"\nexpected_ballot_boxes = 2\n\n[ballot_boxes]\nlondon = [\"BB1\"]\n",
+    )
+    .unwrap();
+    let broken = dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        "id = \"cli-e\"\nname = \"CLI election\"\nnmae = \"typo\"\n\n[[parties]]\nid = \"labour\"\nname = \"Labour\"\ncolour = \"#e4003\"\n\n[[cities]]\nid = \"london\"\nname = \"London\"\nexpected_ballot_boxes = 2\n",
+    )
+    .unwrap();
+
+    let output = ingest(&schema, &["election", "load", broken.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("line 3: unknown key \"nmae\""), "{stderr}");
+    assert!(stderr.contains("line 8: colour of party #1"), "{stderr}");
+    let output = ingest(&schema, &["election", "show", "cli-e"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("election cli-e is not defined"));
+
+    let output = ingest(&schema, &["election", "load", good.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).starts_with(
+        "defined election cli-e: 1 parties, 1 cities, 2 ballot boxes expected, 1 registered"
+    ));
+    let output = ingest(&schema, &["election", "show", "cli-e"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let shown = text(&output.stdout);
+    assert!(
+        shown.starts_with("election cli-e: CLI election\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("labour               #e4003b  Labour"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("london               expected       2  registered       1  London"),
+        "{shown}"
+    );
+
+    // Removing the registered box is refused, whole.
+    let shrunk = dir.join("shrunk.toml");
+    std::fs::write(
+        &shrunk,
+        std::fs::read_to_string(&good)
+            .unwrap()
+            .replace("[\"BB1\"]", "[]"),
+    )
+    .unwrap();
+    let output = ingest(&schema, &["election", "load", shrunk.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("ballot box \"BB1\" is registered and may not be removed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was stored"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
