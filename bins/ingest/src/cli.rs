@@ -15,6 +15,7 @@
 //! | `BATCH_LINGER_MS` | `--batch-linger-ms` | 2 |
 //! | `MAX_IN_FLIGHT` | `--max-in-flight` | 4 |
 //! | `TOKEN_CACHE_SECS` | `--token-cache-secs` | 5 |
+//! | `DEFINITION_CACHE_SECS` | `--definition-cache-secs` | 5 |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
 //!
@@ -133,6 +134,9 @@ pub struct Serve {
     /// How long token lookups are cached (a revoked token works at most this long).
     #[arg(long, env = "TOKEN_CACHE_SECS", default_value_t = 5)]
     pub token_cache_secs: u64,
+    /// How long election definitions are cached (a definition loaded while serving applies within this time).
+    #[arg(long, env = "DEFINITION_CACHE_SECS", default_value_t = 5)]
+    pub definition_cache_secs: u64,
 }
 
 /// `token` subcommands.

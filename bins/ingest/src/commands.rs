@@ -75,6 +75,15 @@ impl TokenLookup for PgTokens {
     }
 }
 
+/// Looks election definitions up in PostgreSQL.
+pub struct PgDefinitions(pub PgPool);
+
+impl crate::definitions::DefinitionLookup for PgDefinitions {
+    fn find(&self, election: &ElectionId) -> Result<Option<election_core::Definition>, StoreError> {
+        Ok(store_pg::definitions::find(&self.0, election)?)
+    }
+}
+
 /// What `/readyz` checks: PostgreSQL and Redis both answer.
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
     Arc::new(move || {
@@ -127,7 +136,8 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     let services = Services {
         log,
         tally,
-        tokens: Arc::new(PgTokens(pg)),
+        tokens: Arc::new(PgTokens(pg.clone())),
+        definitions: Arc::new(PgDefinitions(pg)),
         ready,
     };
     let settings = Settings {
@@ -138,6 +148,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
             queue: args.batch_size * args.max_in_flight * 4,
         },
         token_cache_ttl: Duration::from_secs(args.token_cache_secs),
+        definition_cache_ttl: Duration::from_secs(args.definition_cache_secs),
     };
     crate::run(
         listener,
