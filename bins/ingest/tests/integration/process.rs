@@ -304,3 +304,34 @@ fn election_load_and_show() {
     assert!(stderr.contains("nothing was stored"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_demo_definition_is_generated_and_loads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let checked_in = std::fs::read_to_string(root.join("demo/demo-night.toml")).unwrap();
+    let generated = Command::new(root.join("scripts/demo-definition.sh"))
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    assert_eq!(
+        text(&generated.stdout),
+        checked_in,
+        "demo/demo-night.toml differs from scripts/demo-definition.sh's output: regenerate it"
+    );
+    let schema = PgSchema::new();
+    assert!(ingest(&schema, &["migrate"]).status.success());
+    let file = root.join("demo/demo-night.toml");
+    let output = ingest(&schema, &["election", "load", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout),
+        "defined election demo-night: 6 parties, 300 cities, 20000 ballot boxes expected, 0 registered\n"
+    );
+    // Loading it again (a second `just demo` on the same database) adds nothing.
+    let output = ingest(&schema, &["election", "load", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout)
+            .starts_with("updated election demo-night: added 0 parties, 0 cities, 0 ballot boxes")
+    );
+}
