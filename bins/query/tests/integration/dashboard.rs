@@ -27,10 +27,13 @@ struct Browser {
 
 impl Browser {
     fn launch(url: &str, width: u32, height: u32) -> Browser {
+        // One profile per browser: two Chromiums sharing a profile hand
+        // their pages to one process, and the other never shows its page.
+        static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let profile = std::env::temp_dir().join(format!(
             "election-query-chromium-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&profile).unwrap();
         let child = Command::new(CHROMIUM)
