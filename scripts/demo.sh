@@ -103,9 +103,15 @@ BIN=target/release
 $BIN/election-ingest migrate >/dev/null
 SEED_TOKEN=$($BIN/election-ingest token issue --election 2025 --label "demo: seed" 2>/dev/null)
 NIGHT_TOKEN=$($BIN/election-ingest token issue --election demo-night --label "demo: night" 2>/dev/null)
-if [[ -f demo/demo-night.toml ]] && $BIN/election-ingest election --help >/dev/null 2>&1; then
-    $BIN/election-ingest election load demo/demo-night.toml >/dev/null
+# Define demo-night (parties, cities, expected ballot boxes) so the dashboard
+# shows reporting progress. The checked-in file matches the default sizes;
+# other sizes get a definition generated to match loadgen's.
+DEFINITION=demo/demo-night.toml
+if [[ "$BOXES" != 20000 || "$CITIES" != 300 ]]; then
+    DEFINITION=$LOGS/demo-night.toml
+    scripts/demo-definition.sh "$BOXES" "$CITIES" 6 >"$DEFINITION"
 fi
+$BIN/election-ingest election load "$DEFINITION" >/dev/null
 
 # --- Services ------------------------------------------------------------------
 LISTEN_ADDR=$INGEST $BIN/election-ingest serve >"$LOGS/ingest.log" 2>&1 & pids+=($!)

@@ -15,6 +15,7 @@
 //! | `BATCH_LINGER_MS` | `--batch-linger-ms` | 2 |
 //! | `MAX_IN_FLIGHT` | `--max-in-flight` | 4 |
 //! | `TOKEN_CACHE_SECS` | `--token-cache-secs` | 5 |
+//! | `DEFINITION_CACHE_SECS` | `--definition-cache-secs` | 5 |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
 //!
@@ -59,6 +60,37 @@ pub enum Command {
     /// Manage reporting-client tokens.
     #[command(subcommand)]
     Token(Token),
+    /// Define elections (parties, cities, expected and registered ballot boxes).
+    #[command(subcommand)]
+    Election(Election),
+}
+
+/// `election` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Election {
+    /// Validate a definition file (TOML) and store it: every problem is
+    /// reported with its line and nothing is stored unless the whole file is
+    /// valid. Loading an updated file adds parties, cities and ballot boxes
+    /// and updates names, colours and expected counts; it may not remove or
+    /// move anything already defined.
+    Load {
+        /// PostgreSQL.
+        #[command(flatten)]
+        database: Database,
+        /// Only validate the file; store nothing.
+        #[arg(long)]
+        check: bool,
+        /// The definition file.
+        file: std::path::PathBuf,
+    },
+    /// Print an election's stored definition.
+    Show {
+        /// PostgreSQL.
+        #[command(flatten)]
+        database: Database,
+        /// The election.
+        election: String,
+    },
 }
 
 /// Where PostgreSQL is.
@@ -102,6 +134,9 @@ pub struct Serve {
     /// How long token lookups are cached (a revoked token works at most this long).
     #[arg(long, env = "TOKEN_CACHE_SECS", default_value_t = 5)]
     pub token_cache_secs: u64,
+    /// How long election definitions are cached (a definition loaded while serving applies within this time).
+    #[arg(long, env = "DEFINITION_CACHE_SECS", default_value_t = 5)]
+    pub definition_cache_secs: u64,
 }
 
 /// `token` subcommands.

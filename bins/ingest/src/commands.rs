@@ -1,4 +1,5 @@
-//! The subcommands: `migrate`, `serve`, `token issue|revoke|list`.
+//! The subcommands: `migrate`, `serve`, `token issue|revoke|list`,
+//! `election load|show`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use store_redis::{RedisOptions, RedisTally};
 
 use crate::auth::{self, Scope, TokenLookup};
 use crate::batcher::BatchConfig;
-use crate::cli::{Database, Serve, Token, redact};
+use crate::cli::{Database, Election, Serve, Token, redact};
 use crate::{Services, Settings};
 
 /// How long to wait for a PostgreSQL connection before giving up.
@@ -74,6 +75,15 @@ impl TokenLookup for PgTokens {
     }
 }
 
+/// Looks election definitions up in PostgreSQL.
+pub struct PgDefinitions(pub PgPool);
+
+impl crate::definitions::DefinitionLookup for PgDefinitions {
+    fn find(&self, election: &ElectionId) -> Result<Option<election_core::Definition>, StoreError> {
+        Ok(store_pg::definitions::find(&self.0, election)?)
+    }
+}
+
 /// What `/readyz` checks: PostgreSQL and Redis both answer.
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
     Arc::new(move || {
@@ -126,7 +136,8 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     let services = Services {
         log,
         tally,
-        tokens: Arc::new(PgTokens(pg)),
+        tokens: Arc::new(PgTokens(pg.clone())),
+        definitions: Arc::new(PgDefinitions(pg)),
         ready,
     };
     let settings = Settings {
@@ -137,6 +148,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
             queue: args.batch_size * args.max_in_flight * 4,
         },
         token_cache_ttl: Duration::from_secs(args.token_cache_secs),
+        definition_cache_ttl: Duration::from_secs(args.definition_cache_secs),
     };
     crate::run(
         listener,
@@ -217,4 +229,119 @@ pub fn token(command: Token) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `election-ingest election ...`.
+pub fn election(command: Election) -> anyhow::Result<()> {
+    match command {
+        Election::Load {
+            database,
+            check,
+            file,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let definition = election_core::Definition::from_toml(&text)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
+            if check {
+                println!(
+                    "{}: election {} is valid ({} parties, {} cities, {} ballot boxes expected, {} registered)",
+                    file.display(),
+                    definition.election(),
+                    definition.parties().len(),
+                    definition.cities().len(),
+                    definition.expected_ballot_boxes(),
+                    definition.ballot_boxes().len()
+                );
+                return Ok(());
+            }
+            let pool = pool(&database, 1)?;
+            check_schema(&pool)?;
+            let loaded = store_pg::definitions::load(&pool, &definition).map_err(|error| match error {
+                store_pg::definitions::LoadError::Refused(refused) => anyhow::anyhow!(
+                    "{}: {refused}\nnothing was stored; a definition may add and rename, never remove or move",
+                    file.display()
+                ),
+                other => anyhow::Error::new(other).context("storing the definition"),
+            })?;
+            match loaded {
+                store_pg::definitions::Loaded::Created => println!(
+                    "defined election {}: {} parties, {} cities, {} ballot boxes expected, {} registered",
+                    definition.election(),
+                    definition.parties().len(),
+                    definition.cities().len(),
+                    definition.expected_ballot_boxes(),
+                    definition.ballot_boxes().len()
+                ),
+                store_pg::definitions::Loaded::Updated(added) => println!(
+                    "updated election {}: added {} parties, {} cities, {} ballot boxes; {} ballot boxes expected",
+                    definition.election(),
+                    added.parties,
+                    added.cities,
+                    added.ballot_boxes,
+                    definition.expected_ballot_boxes()
+                ),
+            }
+            Ok(())
+        }
+        Election::Show { database, election } => {
+            let election = ElectionId::parse(&election).context("election")?;
+            let pool = pool(&database, 1)?;
+            check_schema(&pool)?;
+            let Some(definition) =
+                store_pg::definitions::find(&pool, &election).context("reading the definition")?
+            else {
+                bail!(
+                    "election {election} is not defined (it accepts any valid party, city and ballot box)"
+                )
+            };
+            print!("{}", show(&definition));
+            Ok(())
+        }
+    }
+}
+
+/// The text `election show` prints.
+pub fn show(definition: &election_core::Definition) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "election {}: {}",
+        definition.election(),
+        definition.name()
+    );
+    let _ = writeln!(out, "parties ({}):", definition.parties().len());
+    for party in definition.parties() {
+        let _ = writeln!(
+            out,
+            "  {:<20} {}  {}",
+            party.id.as_str(),
+            party.colour,
+            party.name
+        );
+    }
+    let mut registered: std::collections::HashMap<&election_core::CityId, usize> =
+        std::collections::HashMap::new();
+    for city in definition.ballot_boxes().values() {
+        *registered.entry(city).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "cities ({}), {} ballot boxes expected, {} registered:",
+        definition.cities().len(),
+        definition.expected_ballot_boxes(),
+        definition.ballot_boxes().len()
+    );
+    for city in definition.cities() {
+        let _ = writeln!(
+            out,
+            "  {:<20} expected {:>7}  registered {:>7}  {}",
+            city.id.as_str(),
+            city.expected_ballot_boxes,
+            registered.get(&city.id).copied().unwrap_or(0),
+            city.name
+        );
+    }
+    out
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod batcher;
 pub mod cli;
 pub mod commands;
+pub mod definitions;
 pub mod service;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use election_http::metrics::Registry;
 
 use crate::auth::{TokenCache, TokenLookup};
 use crate::batcher::{BatchConfig, Batcher};
+use crate::definitions::{DefinitionCache, DefinitionLookup};
 use crate::service::{AppState, router};
 
 /// The stores the service runs on.
@@ -31,6 +33,8 @@ pub struct Services {
     pub tally: Arc<dyn Tally>,
     /// Token lookups.
     pub tokens: Arc<dyn TokenLookup>,
+    /// Election definitions (SPEC §7).
+    pub definitions: Arc<dyn DefinitionLookup>,
     /// What `/readyz` checks.
     pub ready: ReadyCheck,
 }
@@ -42,6 +46,8 @@ pub struct Settings {
     pub batch: BatchConfig,
     /// How long token answers are cached.
     pub token_cache_ttl: Duration,
+    /// How long election definitions are cached.
+    pub definition_cache_ttl: Duration,
 }
 
 /// Serves the reporting API on `listener` until `shutdown` resolves, then
@@ -59,6 +65,10 @@ pub async fn run(
     let state = AppState {
         batcher,
         tokens: Arc::new(TokenCache::new(services.tokens, settings.token_cache_ttl)),
+        definitions: Arc::new(DefinitionCache::new(
+            services.definitions,
+            settings.definition_cache_ttl,
+        )),
         metrics,
     };
     let app = router(state, services.ready);

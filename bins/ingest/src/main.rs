@@ -10,6 +10,7 @@ fn main() {
     let result = match cli.command {
         Command::Migrate(database) => commands::migrate(&database),
         Command::Token(token) => commands::token(token),
+        Command::Election(election) => commands::election(election),
         Command::Serve(serve) => commands::serve_blocking(*serve),
     };
     if let Err(error) = result {

@@ -4,7 +4,9 @@
 //! The handler checks, in this order, and answers the first problem found:
 //! the token (401), the election id (422), the token's election (403), the
 //! content type (415), the body size (413), the JSON shape (400), the domain
-//! rules (422), the token's ballot box (403). Only then is the report queued
+//! rules (422), the election's definition where it has one (422: unknown
+//! party, city or ballot box, a box under another city), the token's ballot
+//! box (403). Only then is the report queued
 //! for the [`Batcher`], whose answer becomes 201, 202, 200, 409 or 503. Every
 //! refusal happens before anything is written (I4).
 
@@ -26,6 +28,7 @@ use serde::Serialize;
 
 use crate::auth::{self, TokenCache};
 use crate::batcher::Batcher;
+use crate::definitions::{Cached, DefinitionCache};
 
 /// Largest report body accepted (SPEC §5).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -37,6 +40,8 @@ pub struct AppState {
     pub batcher: Batcher,
     /// Token checks.
     pub tokens: Arc<TokenCache>,
+    /// Election definitions.
+    pub definitions: Arc<DefinitionCache>,
     /// The service's metrics.
     pub metrics: Arc<Registry>,
 }
@@ -190,6 +195,35 @@ async fn handle(
         ),
         other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.to_string()),
     })?;
+    let definition = match state.definitions.cached(&election) {
+        Cached::Hit(definition) => definition,
+        Cached::Miss => {
+            let definitions = Arc::clone(&state.definitions);
+            let election = election.clone();
+            election_http::blocking(move || definitions.refresh(&election))
+                .await?
+                .map_err(|error| {
+                    tracing::warn!(%error, "definition lookup failed");
+                    ApiError::unavailable(
+                        "unavailable",
+                        "the report store is unavailable; nothing was recorded, retry later",
+                    )
+                })?
+        }
+    };
+    if let Some(definition) = definition {
+        definition.check_report(&report).map_err(|problems| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_report",
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+    }
     if let Some(bound) = &scope.ballot_box
         && bound != report.ballot_box()
     {

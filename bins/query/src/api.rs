@@ -61,6 +61,7 @@ where
 fn table() -> Vec<Route> {
     vec![
         get_route("/", dashboard),
+        get_route("/v1/elections/{election}", definition),
         get_route("/v1/elections/{election}/totals", totals),
         get_route("/v1/elections/{election}/cities", cities),
         get_route("/v1/elections/{election}/cities/{city}/totals", city_totals),
@@ -207,6 +208,17 @@ pub fn json_response<T: Serialize>(value: &T) -> Response {
         Ok(body) => bytes_response(Bytes::from(body)),
         Err(error) => ApiError::internal(format!("rendering an answer: {error}")).into_response(),
     }
+}
+
+/// `GET /v1/elections/{e}`: display names, colours and expected ballot boxes
+/// of a defined election, or `"defined": false`.
+async fn definition(
+    State(state): State<AppState>,
+    Path(election): Path<String>,
+) -> Result<Response, ApiError> {
+    let election = parse_election(&election)?;
+    let rendered = state.live.current(&election).await?;
+    Ok(bytes_response(rendered.definition.clone()))
 }
 
 async fn totals(

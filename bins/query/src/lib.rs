@@ -93,8 +93,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Registry::new());
     let (stop, stopping) = watch::channel(false);
+    let pg = services.pg.clone();
     let live = Live::new(
         services.tally,
+        Arc::new(move |election| {
+            store_pg::definitions::find(&pg, election).map_err(|error| format!("{error:#}"))
+        }),
         LiveConfig {
             interval: settings.snapshot_interval,
             idle_after: settings.idle_after,

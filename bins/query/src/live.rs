@@ -24,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use election_core::{ElectionId, Snapshot, Tally};
+use election_core::{Definition, ElectionId, Snapshot, Tally};
 use election_http::ApiError;
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
 use tokio::sync::watch;
@@ -42,6 +42,14 @@ pub enum Current {
     /// The newest snapshot.
     Ready(Arc<Rendered>),
 }
+
+/// Reads an election's definition (`None`: not defined); blocking.
+pub type DefinitionSource =
+    Arc<dyn Fn(&ElectionId) -> Result<Option<Definition>, String> + Send + Sync>;
+
+/// How often a feed reads its election's definition again: a definition
+/// loaded while the service runs shows within this time.
+pub const DEFINITION_REFRESH: Duration = Duration::from_secs(5);
 
 /// How the live feeds run.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +78,7 @@ struct Feed {
 /// Every election being watched.
 pub struct Live {
     tally: Arc<dyn Tally>,
+    definitions: DefinitionSource,
     config: LiveConfig,
     feeds: RwLock<HashMap<ElectionId, Feed>>,
     metrics: Arc<Registry>,
@@ -94,12 +103,14 @@ impl Live {
     /// A registry with no feed yet.
     pub fn new(
         tally: Arc<dyn Tally>,
+        definitions: DefinitionSource,
         config: LiveConfig,
         metrics: Arc<Registry>,
         stop: watch::Receiver<bool>,
     ) -> Arc<Live> {
         Arc::new(Live {
             tally,
+            definitions,
             config,
             feeds: RwLock::new(HashMap::new()),
             metrics,
@@ -264,6 +275,8 @@ impl Live {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut previous: Option<(Snapshot, u64)> = None;
         let mut failing = false;
+        let mut definition: Option<Arc<Definition>> = None;
+        let mut definition_read: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -271,6 +284,27 @@ impl Live {
             }
             if self.retire_if_idle(&election, &sender, &last_read_ms) {
                 return;
+            }
+            let mut definition_changed = false;
+            if definition_read.is_none_or(|at| at.elapsed() >= DEFINITION_REFRESH) {
+                let source = Arc::clone(&self.definitions);
+                let target = election.clone();
+                match tokio::task::spawn_blocking(move || source(&target)).await {
+                    Ok(Ok(found)) => {
+                        definition_read = Some(Instant::now());
+                        if found.as_ref() != definition.as_deref() {
+                            definition = found.map(Arc::new);
+                            definition_changed = true;
+                        }
+                    }
+                    // Keep the definition read last; try again next tick.
+                    Ok(Err(error)) => {
+                        tracing::warn!(election.id = %election, %error, "cannot read the election definition");
+                    }
+                    Err(error) => {
+                        tracing::warn!(election.id = %election, %error, "the definition task failed");
+                    }
+                }
             }
             let started = Instant::now();
             let tally = Arc::clone(&self.tally);
@@ -286,13 +320,20 @@ impl Live {
             let error = match read {
                 Ok(Ok(snapshot)) => {
                     let as_of = Utc::now();
-                    let changed = previous.as_ref().is_none_or(|(seen, _)| *seen != snapshot);
+                    let changed = definition_changed
+                        || previous.as_ref().is_none_or(|(seen, _)| *seen != snapshot);
                     let version = match &previous {
                         Some((_, version)) if !changed => *version,
                         Some((_, version)) => next_version(*version, as_of.timestamp_millis()),
                         None => next_version(0, as_of.timestamp_millis()),
                     };
-                    let rendered = Arc::new(Rendered::new(&election, &snapshot, version, as_of));
+                    let rendered = Arc::new(Rendered::new(
+                        &election,
+                        &snapshot,
+                        definition.as_deref(),
+                        version,
+                        as_of,
+                    ));
                     sender.send_if_modified(|current| {
                         let wake = changed || !matches!(current, Current::Ready(_));
                         *current = Current::Ready(rendered);
@@ -368,7 +409,13 @@ mod tests {
     async fn readers_share_one_feed_that_stops_when_idle() {
         let tally = Arc::new(MemoryTally::new());
         let (_stop_tx, stop) = watch::channel(false);
-        let live = Live::new(tally.clone(), config(), Arc::new(Registry::new()), stop);
+        let live = Live::new(
+            tally.clone(),
+            Arc::new(|_| Ok(None)),
+            config(),
+            Arc::new(Registry::new()),
+            stop,
+        );
         let election = contract::unique_election("live");
         let first = live.current(&election).await.unwrap();
         let second = live.current(&election).await.unwrap();
@@ -409,6 +456,7 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let live = Live::new(
             Arc::new(MemoryTally::new()),
+            Arc::new(|_| Ok(None)),
             config(),
             Arc::new(Registry::new()),
             stop,

@@ -14,13 +14,23 @@
 //! leader: `leader` is `null` and `tied` lists those parties in alphabetical
 //! (byte) order. Otherwise `tied` is empty. So a client never has to guess how
 //! a tie was broken.
+//!
+//! # Reporting progress
+//!
+//! For a defined election (SPEC §7) every scope carries
+//! `ballot_boxes_expected` (the definition's count: a city's, or the sum over
+//! cities) and `percent_reporting` (`100 × reported / expected`, rounded to
+//! one decimal, at most 100), and cities carry their display `name`; every
+//! defined city is listed, also before its first report. For an undefined
+//! election these fields are `null`. `ballot_boxes_reported` counts ballot
+//! boxes, not reports: revisions and replays of a box do not count it twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use election_core::{CityId, Counter, ElectionId, PartyId, Snapshot};
+use election_core::{CityId, Counter, Definition, ElectionId, PartyId, Snapshot};
 use serde::Serialize;
 
 /// The leading party of a scope.
@@ -42,6 +52,8 @@ struct ScopeTotals<'a> {
     leader: Option<Leader<'a>>,
     tied: Vec<&'a PartyId>,
     ballot_boxes_reported: u64,
+    ballot_boxes_expected: Option<u64>,
+    percent_reporting: Option<f64>,
 }
 
 /// `GET /v1/elections/{e}/totals`.
@@ -54,6 +66,8 @@ struct NationalBody<'a> {
     leader: Option<Leader<'a>>,
     tied: Vec<&'a PartyId>,
     ballot_boxes_reported: u64,
+    ballot_boxes_expected: Option<u64>,
+    percent_reporting: Option<f64>,
     as_of: &'a str,
 }
 
@@ -63,11 +77,14 @@ struct CityBody<'a> {
     election: &'a ElectionId,
     scope: &'static str,
     city: &'a CityId,
+    name: Option<&'a str>,
     parties: &'a BTreeMap<PartyId, i64>,
     total_votes: i64,
     leader: Option<Leader<'a>>,
     tied: Vec<&'a PartyId>,
     ballot_boxes_reported: u64,
+    ballot_boxes_expected: Option<u64>,
+    percent_reporting: Option<f64>,
     as_of: &'a str,
 }
 
@@ -75,11 +92,52 @@ struct CityBody<'a> {
 #[derive(Serialize)]
 struct CityItem<'a> {
     city: &'a CityId,
+    name: Option<&'a str>,
     parties: &'a BTreeMap<PartyId, i64>,
     total_votes: i64,
     leader: Option<Leader<'a>>,
     tied: Vec<&'a PartyId>,
     ballot_boxes_reported: u64,
+    ballot_boxes_expected: Option<u64>,
+    percent_reporting: Option<f64>,
+}
+
+/// One party in `GET /v1/elections/{e}`.
+#[derive(Serialize)]
+struct PartyItem<'a> {
+    party: &'a PartyId,
+    name: &'a str,
+    colour: &'a str,
+}
+
+/// One city in `GET /v1/elections/{e}`.
+#[derive(Serialize)]
+struct DefinedCity<'a> {
+    city: &'a CityId,
+    name: &'a str,
+    ballot_boxes_expected: u32,
+}
+
+/// `GET /v1/elections/{e}`: the definition, or `defined: false`.
+#[derive(Serialize)]
+struct DefinitionBody<'a> {
+    election: &'a ElectionId,
+    defined: bool,
+    name: Option<&'a str>,
+    parties: Vec<PartyItem<'a>>,
+    cities: Vec<DefinedCity<'a>>,
+    ballot_boxes_expected: Option<u64>,
+    ballot_boxes_registered: usize,
+}
+
+/// `100 × reported / expected`, one decimal, at most 100 (an election
+/// without a registry may see more boxes than it expects).
+pub fn percent_reporting(reported: u64, expected: u64) -> f64 {
+    if expected == 0 {
+        return 0.0;
+    }
+    let percent = (reported as f64) * 100.0 / (expected as f64);
+    ((percent * 10.0).round() / 10.0).min(100.0)
 }
 
 /// The leader (or the tie) of a scope; see the module docs.
@@ -129,6 +187,8 @@ pub struct Rendered {
     pub national: Bytes,
     /// `GET .../cities`.
     pub cities: Bytes,
+    /// `GET /v1/elections/{e}`.
+    pub definition: Bytes,
     /// `GET .../cities/{city}/totals`, by city.
     city: HashMap<Box<str>, Bytes>,
     /// The data of the stream's `totals` event.
@@ -140,6 +200,7 @@ impl Rendered {
     pub fn new(
         election: &ElectionId,
         snapshot: &Snapshot,
+        definition: Option<&Definition>,
         version: u64,
         as_of: DateTime<Utc>,
     ) -> Rendered {
@@ -157,6 +218,11 @@ impl Rendered {
             .keys()
             .map(|city| (city, BTreeMap::new()))
             .collect();
+        if let Some(definition) = definition {
+            for city in definition.cities() {
+                by_city.entry(&city.id).or_default();
+            }
+        }
         for (counter, n) in snapshot.totals.iter() {
             match counter {
                 Counter::National(party) => {
@@ -168,6 +234,9 @@ impl Rendered {
             }
         }
 
+        let national_expected = definition.map(Definition::expected_ballot_boxes);
+        let national_percent =
+            national_expected.map(|e| percent_reporting(snapshot.ballot_boxes_reported, e));
         let (lead, tied) = leader(&national);
         let national_body = json(&NationalBody {
             election,
@@ -177,6 +246,8 @@ impl Rendered {
             leader: lead.clone(),
             tied: tied.clone(),
             ballot_boxes_reported: snapshot.ballot_boxes_reported,
+            ballot_boxes_expected: national_expected,
+            percent_reporting: national_percent,
             as_of: &as_of_text,
         });
         let national_item = json(&ScopeTotals {
@@ -185,20 +256,29 @@ impl Rendered {
             leader: lead,
             tied,
             ballot_boxes_reported: snapshot.ballot_boxes_reported,
+            ballot_boxes_expected: national_expected,
+            percent_reporting: national_percent,
         });
 
         let mut city_bodies = HashMap::with_capacity(by_city.len());
         let mut items = Vec::with_capacity(by_city.len());
         for (city, parties) in &by_city {
             let boxes = snapshot.cities.get(*city).copied().unwrap_or(0);
+            let defined = definition.and_then(|d| d.city(city));
+            let name = defined.map(|c| c.name.as_str());
+            let expected = defined.map(|c| u64::from(c.expected_ballot_boxes));
+            let percent = expected.map(|e| percent_reporting(boxes, e));
             let (lead, tied) = leader(parties);
             items.push(json(&CityItem {
                 city,
+                name,
                 parties,
                 total_votes: total(parties),
                 leader: lead.clone(),
                 tied: tied.clone(),
                 ballot_boxes_reported: boxes,
+                ballot_boxes_expected: expected,
+                percent_reporting: percent,
             }));
             city_bodies.insert(
                 Box::<str>::from(city.as_str()),
@@ -206,11 +286,14 @@ impl Rendered {
                     election,
                     scope: "city",
                     city,
+                    name,
                     parties,
                     total_votes: total(parties),
                     leader: lead,
                     tied,
                     ballot_boxes_reported: boxes,
+                    ballot_boxes_expected: expected,
+                    percent_reporting: percent,
                     as_of: &as_of_text,
                 })),
             );
@@ -224,11 +307,43 @@ impl Rendered {
             "{{\"election\":{election_json},\"version\":{version},\"as_of\":{as_of_json},\
              \"national\":{national_item},\"cities\":[{items}]}}"
         );
+        let definition_body = json(&DefinitionBody {
+            election,
+            defined: definition.is_some(),
+            name: definition.map(Definition::name),
+            parties: definition
+                .map(|d| {
+                    d.parties()
+                        .iter()
+                        .map(|p| PartyItem {
+                            party: &p.id,
+                            name: &p.name,
+                            colour: p.colour.as_str(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cities: definition
+                .map(|d| {
+                    d.cities()
+                        .iter()
+                        .map(|c| DefinedCity {
+                            city: &c.id,
+                            name: &c.name,
+                            ballot_boxes_expected: c.expected_ballot_boxes,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ballot_boxes_expected: national_expected,
+            ballot_boxes_registered: definition.map_or(0, |d| d.ballot_boxes().len()),
+        });
         Rendered {
             version,
             as_of,
             national: Bytes::from(national_body),
             cities: Bytes::from(cities),
+            definition: Bytes::from(definition_body),
             city: city_bodies,
             event: Arc::from(event),
         }
@@ -313,14 +428,14 @@ mod tests {
         let as_of = DateTime::parse_from_rfc3339("2025-09-15T18:12:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let rendered = Rendered::new(&election, &snapshot, 7, as_of);
+        let rendered = Rendered::new(&election, &snapshot, None, 7, as_of);
         assert_eq!(
             std::str::from_utf8(&rendered.national).unwrap(),
-            r#"{"election":"2025","scope":"national","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"as_of":"2025-09-15T18:12:00.000Z"}"#
+            r#"{"election":"2025","scope":"national","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
         );
         assert_eq!(
             std::str::from_utf8(&rendered.city("london").unwrap()).unwrap(),
-            r#"{"election":"2025","scope":"city","city":"london","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"as_of":"2025-09-15T18:12:00.000Z"}"#
+            r#"{"election":"2025","scope":"city","city":"london","name":null,"parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
         );
         assert!(rendered.city("paris").is_none());
         let cities: serde_json::Value = serde_json::from_slice(&rendered.cities).unwrap();

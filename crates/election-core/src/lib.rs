@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod definition;
 pub mod engine;
 pub mod error;
 pub mod ids;
@@ -14,6 +15,10 @@ pub mod contract;
 #[cfg(feature = "test-support")]
 pub mod memory;
 
+pub use definition::{
+    Additions, CityDefinition, Colour, Definition, DefinitionError, LineProblem, PartyDefinition,
+    UpdateError,
+};
 pub use engine::{CountResult, Drained, Engine, Outcome};
 pub use error::{BoxError, Problem, ReportError, StoreError};
 pub use ids::{BallotBoxId, CityId, ElectionId, PartyId};

@@ -12,11 +12,13 @@
 //! - [`connect`] builds a lazy pool, [`migrate`] / [`schema_status`] manage
 //!   the embedded schema (`migrations/` at the workspace root), and
 //!   [`check_schema`] is what every service calls before it starts;
+//! - [`definitions`] stores election definitions (SPEC §7);
 //! - [`try_lock_repair`] keeps `reconcile --repair` to one per election;
 //! - [`PgLog`] implements [`ReportLog`] (see `record` for the batch path);
 //! - [`PgError`] says what failed and converts into the core's `StoreError`,
 //!   `Unavailable` when retrying later is the remedy.
 
+pub mod definitions;
 mod error;
 pub mod history;
 mod lock;

@@ -71,4 +71,56 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(api_tokens, ballot_boxes, reports, vote_log,);
+diesel::table! {
+    /// Defined elections (SPEC §7).
+    election_definitions (election_id) {
+        election_id -> Text,
+        name -> Text,
+        loaded_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// The parties of defined elections.
+    election_parties (election_id, party) {
+        election_id -> Text,
+        party -> Text,
+        name -> Text,
+        colour -> Text,
+        position -> Int4,
+    }
+}
+
+diesel::table! {
+    /// The cities of defined elections, with their expected ballot boxes.
+    election_cities (election_id, city) {
+        election_id -> Text,
+        city -> Text,
+        name -> Text,
+        expected_ballot_boxes -> Int4,
+        position -> Int4,
+    }
+}
+
+diesel::table! {
+    /// The optional registry of ballot boxes of defined elections.
+    election_ballot_boxes (election_id, ballot_box_id) {
+        election_id -> Text,
+        ballot_box_id -> Text,
+        city -> Text,
+    }
+}
+
+diesel::joinable!(election_parties -> election_definitions (election_id));
+diesel::joinable!(election_cities -> election_definitions (election_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    api_tokens,
+    ballot_boxes,
+    election_ballot_boxes,
+    election_cities,
+    election_definitions,
+    election_parties,
+    reports,
+    vote_log,
+);

@@ -105,6 +105,8 @@ pub fn settings() -> Settings {
         },
         // No caching: revocations take effect at once in tests.
         token_cache_ttl: Duration::ZERO,
+        // No caching: a definition loaded by a test applies at once.
+        definition_cache_ttl: Duration::ZERO,
     }
 }
 
@@ -139,6 +141,7 @@ impl Ingest {
             log,
             tally: tally.clone(),
             tokens,
+            definitions: Arc::new(election_ingest::commands::PgDefinitions(pool.clone())),
             ready,
         };
         let (stop, stopped) = oneshot::channel::<()>();

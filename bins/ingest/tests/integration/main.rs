@@ -4,6 +4,7 @@
 
 mod api;
 mod counting;
+mod defined;
 mod faults;
 mod harness;
 mod process;

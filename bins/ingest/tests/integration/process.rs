@@ -235,3 +235,103 @@ fn send_signal(pid: u32, signal: &str) {
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
+
+#[test]
+fn election_load_and_show() {
+    let schema = PgSchema::new();
+    assert!(ingest(&schema, &["migrate"]).status.success());
+    let dir = std::env::temp_dir().join(format!("election-def-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "id = \"cli-e\"\nname = \"CLI election\"\n\n[[parties]]\nid = \"labour\"\nname = \"Labour\"\ncolour = \"#e4003b\"\n\n[[cities]]\nid = \"london\"\nname = \"London\"\nexpected_ballot_boxes = 2\n\n[ballot_boxes]\nlondon = [\"BB1\"]\n",
+    )
+    .unwrap();
+    let broken = dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        "id = \"cli-e\"\nname = \"CLI election\"\nnmae = \"typo\"\n\n[[parties]]\nid = \"labour\"\nname = \"Labour\"\ncolour = \"#e4003\"\n\n[[cities]]\nid = \"london\"\nname = \"London\"\nexpected_ballot_boxes = 2\n",
+    )
+    .unwrap();
+
+    let output = ingest(&schema, &["election", "load", broken.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("line 3: unknown key \"nmae\""), "{stderr}");
+    assert!(stderr.contains("line 8: colour of party #1"), "{stderr}");
+    let output = ingest(&schema, &["election", "show", "cli-e"]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("election cli-e is not defined"));
+
+    let output = ingest(&schema, &["election", "load", good.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).starts_with(
+        "defined election cli-e: 1 parties, 1 cities, 2 ballot boxes expected, 1 registered"
+    ));
+    let output = ingest(&schema, &["election", "show", "cli-e"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let shown = text(&output.stdout);
+    assert!(
+        shown.starts_with("election cli-e: CLI election\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("labour               #e4003b  Labour"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("london               expected       2  registered       1  London"),
+        "{shown}"
+    );
+
+    // Removing the registered box is refused, whole.
+    let shrunk = dir.join("shrunk.toml");
+    std::fs::write(
+        &shrunk,
+        std::fs::read_to_string(&good)
+            .unwrap()
+            .replace("[\"BB1\"]", "[]"),
+    )
+    .unwrap();
+    let output = ingest(&schema, &["election", "load", shrunk.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("ballot box \"BB1\" is registered and may not be removed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was stored"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_demo_definition_is_generated_and_loads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let checked_in = std::fs::read_to_string(root.join("demo/demo-night.toml")).unwrap();
+    let generated = Command::new(root.join("scripts/demo-definition.sh"))
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    assert_eq!(
+        text(&generated.stdout),
+        checked_in,
+        "demo/demo-night.toml differs from scripts/demo-definition.sh's output: regenerate it"
+    );
+    let schema = PgSchema::new();
+    assert!(ingest(&schema, &["migrate"]).status.success());
+    let file = root.join("demo/demo-night.toml");
+    let output = ingest(&schema, &["election", "load", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout),
+        "defined election demo-night: 6 parties, 300 cities, 20000 ballot boxes expected, 0 registered\n"
+    );
+    // Loading it again (a second `just demo` on the same database) adds nothing.
+    let output = ingest(&schema, &["election", "load", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout)
+            .starts_with("updated election demo-night: added 0 parties, 0 cities, 0 ballot boxes")
+    );
+}

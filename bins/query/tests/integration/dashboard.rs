@@ -27,10 +27,13 @@ struct Browser {
 
 impl Browser {
     fn launch(url: &str, width: u32, height: u32) -> Browser {
+        // One profile per browser: two Chromiums sharing a profile hand
+        // their pages to one process, and the other never shows its page.
+        static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let profile = std::env::temp_dir().join(format!(
             "election-query-chromium-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&profile).unwrap();
         let child = Command::new(CHROMIUM)
@@ -228,7 +231,16 @@ const READ_PAGE: &str = r#"(() => document.getElementById('banner') === null ? '
   cities: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.dataset.total])),
   series: [...document.querySelectorAll('#chart path.series')].map(p => p.dataset.party).sort(),
   points: (() => { const p = document.querySelector('#chart path.series'); return p ? p.getAttribute('d').split(/[ML]/).length - 1 : 0; })(),
-  banner: document.getElementById('banner').textContent
+  banner: document.getElementById('banner').textContent,
+  title: document.getElementById('election-name').textContent,
+  reporting: document.getElementById('reporting').textContent,
+  reported: document.getElementById('reporting').dataset.reported,
+  expected: document.getElementById('reporting').dataset.expected,
+  percent: document.getElementById('reporting').dataset.percent,
+  colours: Object.fromEntries([...document.querySelectorAll('.bar')].map(b => [b.dataset.party, b.dataset.colour])),
+  names: Object.fromEntries([...document.querySelectorAll('.bar')].map(b => [b.dataset.party, b.querySelector('.name').textContent])),
+  cityNames: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelector('td').textContent])),
+  cityReporting: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[1].textContent]))
 }))()"#;
 
 async fn read_page(cdp: &mut Cdp) -> Value {
@@ -623,6 +635,92 @@ async fn the_dashboard_shows_the_seed_and_updates_live_without_reloading() {
     cdp.screenshot(&artifacts().join("dashboard-mobile.png"))
         .await;
     eprintln!("dashboard screenshots in {}", artifacts().display());
+    drop(cdp);
+    drop(browser);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_reporting_progress_and_party_colours() {
+    let stack = Stack::start().await;
+    let definition = election_core::Definition::from_toml(&format!(
+        r##"id = "{}"
+name = "Progress night"
+
+[[parties]]
+id = "labour"
+name = "Labour Party"
+colour = "#e4003b"
+
+[[parties]]
+id = "tories"
+name = "Conservatives"
+colour = "#112233"
+
+[[cities]]
+id = "london"
+name = "Greater London"
+expected_ballot_boxes = 3
+
+[[cities]]
+id = "leeds"
+name = "Leeds"
+expected_ballot_boxes = 1
+"##,
+        stack.election
+    ))
+    .unwrap();
+    store_pg::definitions::load(&stack.pool, &definition).unwrap();
+    let post = |ballot_box: &'static str, city: &'static str, labour: u32| {
+        format!(
+            r#"{{"ballot_box_id": "{ballot_box}", "city": "{city}", "votes": {{"labour": {labour}, "tories": 5}}}}"#
+        )
+    };
+    assert_eq!(stack.post(&post("B1", "london", 10)).await.0, 201);
+    stack.wait_for_total(15, Duration::from_secs(10)).await;
+
+    let url = format!("{}/?election={}", stack.query.base, stack.election);
+    let browser = Browser::launch(&url, 1440, 1000);
+    let mut cdp = Cdp::connect(&browser.page(&url).await).await;
+    let shown = wait_for(&mut cdp, Duration::from_secs(30), |page| {
+        page["total"] == "15" && page["expected"] == "4" && page["colours"]["tories"] == "#112233"
+    })
+    .await;
+    assert_eq!(shown["title"], "Progress night");
+    assert_eq!(shown["reported"], "1");
+    assert_eq!(shown["percent"], "25");
+    assert!(
+        shown["reporting"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of 4 reporting"),
+        "{shown}"
+    );
+    assert_eq!(shown["colours"]["labour"], "#e4003b");
+    assert_eq!(shown["names"]["labour"], "Labour Party");
+    assert_eq!(shown["cityNames"]["london"], "Greater London");
+    assert_eq!(shown["cityReporting"]["london"], "1 / 3 (33.3%)");
+    // A defined city is listed before its first report.
+    assert_eq!(shown["cityReporting"]["leeds"], "0 / 1 (0.0%)");
+
+    // The rest of the night, live: progress climbs to 100%.
+    for (ballot_box, city) in [("B2", "london"), ("B3", "london"), ("B4", "leeds")] {
+        assert_eq!(stack.post(&post(ballot_box, city, 1)).await.0, 201);
+    }
+    let shown = wait_for(&mut cdp, Duration::from_secs(10), |page| {
+        page["percent"] == "100"
+    })
+    .await;
+    assert!(
+        shown["reporting"]
+            .as_str()
+            .unwrap()
+            .starts_with("4 of 4 reporting"),
+        "{shown}"
+    );
+    assert_eq!(shown["cityReporting"]["leeds"], "1 / 1 (100.0%)");
+    cdp.screenshot(&artifacts().join("dashboard-progress.png"))
+        .await;
     drop(cdp);
     drop(browser);
     stack.stop().await;

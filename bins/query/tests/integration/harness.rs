@@ -55,6 +55,7 @@ pub fn ingest_settings() -> election_ingest::Settings {
             queue: 1024,
         },
         token_cache_ttl: Duration::ZERO,
+        definition_cache_ttl: Duration::ZERO,
     }
 }
 
@@ -144,9 +145,10 @@ pub async fn start_ingest(
     let (listener, base) = listener().await;
     let ready: ReadyCheck = election_ingest::commands::ready_check(pool.clone(), tally.clone());
     let services = election_ingest::Services {
-        log: Arc::new(PgLog::new(pool)),
+        log: Arc::new(PgLog::new(pool.clone())),
         tally,
         tokens,
+        definitions: Arc::new(election_ingest::commands::PgDefinitions(pool)),
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();

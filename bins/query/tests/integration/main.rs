@@ -9,3 +9,4 @@ mod history;
 mod live;
 mod openapi;
 mod process;
+mod progress;

@@ -282,6 +282,8 @@ fn matches_pattern(pattern: &str, text: &str) -> bool {
         "^[a-z0-9][a-z0-9-]{0,63}$" => ElectionId::parse(text).is_ok(),
         "^[a-z0-9][a-z0-9_-]{0,63}$" => CityId::parse(text).is_ok(),
         "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$" => BallotBoxId::parse(text).is_ok(),
+        // Colours as the definition stores them (lowercase).
+        "^#[0-9a-f]{6}$" => election_core::Colour::parse(text).is_ok_and(|c| c.as_str() == text),
         other => panic!("the check does not know the pattern {other}"),
     }
 }
@@ -543,6 +545,7 @@ async fn the_openapi_document_is_true_of_both_services() {
 
     let broken = start_query(dead_pg.clone(), Arc::clone(&dead_redis), query_settings()).await;
     for path in [
+        "/v1/elections/{election}",
         "/v1/elections/{election}/totals",
         "/v1/elections/{election}/cities",
         "/v1/elections/{election}/cities/{city}/totals",
@@ -576,6 +579,7 @@ async fn the_openapi_document_is_true_of_both_services() {
     let query = stack.query.base.clone();
     let url = |path: &str| format!("{query}/v1/elections/{e}{path}");
     for (template, path) in [
+        ("/v1/elections/{election}", ""),
         ("/v1/elections/{election}/totals", "/totals"),
         ("/v1/elections/{election}/cities", "/cities"),
         (
@@ -609,6 +613,38 @@ async fn the_openapi_document_is_true_of_both_services() {
             )
             .await;
         assert_eq!(status, 422, "{template}");
+    }
+    // A defined election: expected boxes, percent reporting, names and
+    // colours validate too.
+    let defined = format!("{e}-defined");
+    let definition = election_core::Definition::from_toml(&format!(
+        "id = \"{defined}\"\nname = \"Defined\"\n[[parties]]\nid = \"labour\"\nname = \"Labour\"\ncolour = \"#e4003b\"\n[[cities]]\nid = \"london\"\nname = \"London\"\nexpected_ballot_boxes = 4\n"
+    ))
+    .unwrap();
+    store_pg::definitions::load(&stack.pool, &definition).unwrap();
+    for (template, path) in [
+        ("/v1/elections/{election}", ""),
+        ("/v1/elections/{election}/totals", "/totals"),
+        ("/v1/elections/{election}/cities", "/cities"),
+        (
+            "/v1/elections/{election}/cities/{city}/totals",
+            "/cities/london/totals",
+        ),
+        ("/v1/elections/{election}/stream", "/stream"),
+    ] {
+        let (status, body) = checker
+            .check(
+                "GET",
+                template,
+                client.get(format!("{query}/v1/elections/{defined}{path}")),
+            )
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        if path == "/totals" {
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["ballot_boxes_expected"], 4, "{body}");
+            assert_eq!(body["percent_reporting"], 0.0, "{body}");
+        }
     }
     // The leader's shape, and a tie's, both validate.
     let (status, body) = checker

@@ -265,6 +265,7 @@ impl Ingest {
             log: db.log.clone(),
             tally: tally.clone(),
             tokens: Arc::new(election_ingest::commands::PgTokens(db.pool.clone())),
+            definitions: Arc::new(election_ingest::definitions::NoDefinitions),
             ready: election_ingest::commands::ready_check(db.pool.clone(), tally),
         };
         let settings = election_ingest::Settings {
@@ -275,6 +276,7 @@ impl Ingest {
                 queue: 1024,
             },
             token_cache_ttl: Duration::from_secs(60),
+            definition_cache_ttl: Duration::from_secs(60),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(election_ingest::run(listener, services, settings, async {

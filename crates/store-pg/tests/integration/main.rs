@@ -8,6 +8,7 @@
 //! `DATABASE_URL` in test-support.
 
 mod batches;
+mod definitions;
 mod migrations;
 mod support;
 

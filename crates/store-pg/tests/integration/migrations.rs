@@ -10,6 +10,7 @@ use test_support::pg::PgSchema;
 use crate::support::{execute, lines};
 
 const INITIAL: &str = "20250601000000";
+const DEFINITIONS: &str = "20261101000000";
 
 fn tables(pool: &store_pg::PgPool) -> Vec<String> {
     lines(
@@ -31,13 +32,17 @@ fn migrations_go_up_down_and_up_again() {
     // Checking the status creates nothing (diesel's harness would).
     assert!(tables(&pool).is_empty());
 
-    assert_eq!(store_pg::migrate(&pool).unwrap(), [INITIAL]);
+    assert_eq!(store_pg::migrate(&pool).unwrap(), [INITIAL, DEFINITIONS]);
     assert_eq!(
         tables(&pool),
         [
             "__diesel_schema_migrations",
             "api_tokens",
             "ballot_boxes",
+            "election_ballot_boxes",
+            "election_cities",
+            "election_definitions",
+            "election_parties",
             "reports",
             "vote_log"
         ]
@@ -83,7 +88,7 @@ fn migrations_go_up_down_and_up_again() {
     );
 
     // And up again, empty.
-    assert_eq!(store_pg::migrate(&pool).unwrap(), [INITIAL]);
+    assert_eq!(store_pg::migrate(&pool).unwrap(), [INITIAL, DEFINITIONS]);
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate
@@ -107,7 +112,7 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    assert_eq!(applied, [INITIAL]);
+    assert_eq!(applied, [INITIAL, DEFINITIONS]);
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate

@@ -1,0 +1,927 @@
+//! The definition of an election (SPEC §7): its parties with display names
+//! and colours, its cities with the number of ballot boxes expected in each,
+//! and optionally the registry of ballot boxes and their cities.
+//!
+//! A definition is written as a TOML file:
+//!
+//! ```toml
+//! id = "2025"
+//! name = "General election 2025"
+//!
+//! [[parties]]
+//! id = "labour"
+//! name = "Labour"
+//! colour = "#e4003b"
+//!
+//! [[cities]]
+//! id = "london"
+//! name = "London"
+//! expected_ballot_boxes = 2
+//!
+//! # Optional: the registry, city -> its ballot boxes.
+//! [ballot_boxes]
+//! london = ["BB1", "BB2"]
+//! ```
+//!
+//! [`Definition::from_toml`] checks the whole file and reports **every**
+//! problem with its line ([`DefinitionError`]), never only the first, and
+//! never a partial definition: a file either defines the election entirely or
+//! not at all. The file is walked as a spanned TOML tree rather than through
+//! `#[derive(Deserialize)]`, because serde stops at the first error.
+//!
+//! Once defined, an election refuses reports naming a party or city it does
+//! not define, and, when it has a registry, a ballot box it does not register
+//! or one reported under another city than its own ([`Definition::check_report`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::error::Problem;
+use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
+use crate::report::Report;
+
+/// Most ballot boxes one city may expect (SPEC §1: a million in a whole
+/// election).
+pub const MAX_EXPECTED_BALLOT_BOXES: u32 = 1_000_000;
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// A colour written `#rrggbb` (lowercase once parsed).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Colour(String);
+
+impl Colour {
+    /// Validates `#rrggbb` (hex digits in either case).
+    pub fn parse(value: &str) -> Result<Colour, String> {
+        let bytes = value.as_bytes();
+        if bytes.len() == 7 && bytes[0] == b'#' && bytes[1..].iter().all(u8::is_ascii_hexdigit) {
+            Ok(Colour(value.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "{} is not a colour; write it as \"#rrggbb\" (six hex digits)",
+                crate::ids::describe(value)
+            ))
+        }
+    }
+
+    /// The colour as `#rrggbb`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Colour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Colour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A party of a defined election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartyDefinition {
+    /// Its id, as reports name it.
+    pub id: PartyId,
+    /// Its display name.
+    pub name: String,
+    /// Its colour on dashboards.
+    pub colour: Colour,
+}
+
+/// A city of a defined election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CityDefinition {
+    /// Its id, as reports name it.
+    pub id: CityId,
+    /// Its display name.
+    pub name: String,
+    /// How many ballot boxes will report from it: the denominator of its
+    /// percent reporting. At least the number of boxes registered in it.
+    pub expected_ballot_boxes: u32,
+}
+
+/// A validated election definition. Built only by [`Definition::from_toml`]
+/// or [`Definition::from_parts`], which check every rule, so a value of this
+/// type is always consistent (unique ids, registered boxes in defined cities,
+/// no city expecting fewer boxes than it registers).
+#[derive(Clone, Debug)]
+pub struct Definition {
+    election: ElectionId,
+    name: String,
+    parties: Vec<PartyDefinition>,
+    cities: Vec<CityDefinition>,
+    ballot_boxes: BTreeMap<BallotBoxId, CityId>,
+    // Indexes for `check_report`, which runs for every report posted.
+    party_index: HashSet<PartyId>,
+    city_index: HashMap<CityId, usize>,
+}
+
+impl PartialEq for Definition {
+    fn eq(&self, other: &Definition) -> bool {
+        self.election == other.election
+            && self.name == other.name
+            && self.parties == other.parties
+            && self.cities == other.cities
+            && self.ballot_boxes == other.ballot_boxes
+    }
+}
+
+impl Eq for Definition {}
+
+/// One problem of a definition file, at a line (1-based; 0 when the
+/// definition did not come from a file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineProblem {
+    /// The line of the file at fault.
+    pub line: usize,
+    /// What is wrong there.
+    pub message: String,
+}
+
+impl fmt::Display for LineProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "line {}: {}", self.line, self.message)
+        }
+    }
+}
+
+/// Why a definition was refused: every problem found, in line order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid election definition:\n{}", join_lines(.problems))]
+pub struct DefinitionError {
+    problems: Vec<LineProblem>,
+}
+
+impl DefinitionError {
+    /// Every problem, in line order.
+    pub fn problems(&self) -> &[LineProblem] {
+        &self.problems
+    }
+}
+
+fn join_lines(problems: &[LineProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Why a definition may not replace the stored one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the definition would remove or move what election {election} already defines:\n{}", .problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct UpdateError {
+    election: ElectionId,
+    problems: Vec<String>,
+}
+
+impl UpdateError {
+    /// Every refused change.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
+
+/// What a definition adds to the stored one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Additions {
+    /// New parties.
+    pub parties: usize,
+    /// New cities.
+    pub cities: usize,
+    /// Newly registered ballot boxes.
+    pub ballot_boxes: usize,
+}
+
+/// Collects problems with their lines.
+struct Problems<'s> {
+    source: &'s str,
+    list: Vec<LineProblem>,
+}
+
+impl Problems<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let offset = offset.min(self.source.len());
+        self.source.as_bytes()[..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn at(&mut self, offset: usize, message: impl Into<String>) {
+        let line = self.line(offset);
+        self.list.push(LineProblem {
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+/// Reads the keys of one table, reporting unknown keys and missing required
+/// ones.
+struct Fields<'a, 'i> {
+    found: BTreeMap<&'a str, &'a Spanned<DeValue<'i>>>,
+    start: usize,
+    what: String,
+}
+
+impl<'a, 'i> Fields<'a, 'i> {
+    fn new(
+        table: &'a DeTable<'i>,
+        start: usize,
+        what: &str,
+        known: &[&str],
+        problems: &mut Problems<'_>,
+    ) -> Self {
+        let mut found = BTreeMap::new();
+        for (key, value) in table.iter() {
+            let key_text: &str = key.get_ref();
+            if known.contains(&key_text) {
+                found.insert(key_text, value);
+            } else {
+                problems.at(
+                    key.span().start,
+                    format!(
+                        "unknown key {key_text:?} in {what}; expected one of: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        Fields {
+            found,
+            start,
+            what: what.to_owned(),
+        }
+    }
+
+    fn optional(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.found.get(key).copied()
+    }
+
+    fn required(&self, key: &str, problems: &mut Problems<'_>) -> Option<&'a Spanned<DeValue<'i>>> {
+        let value = self.optional(key);
+        if value.is_none() {
+            problems.at(
+                self.start,
+                format!("{} is missing the key {key:?}", self.what),
+            );
+        }
+        value
+    }
+
+    fn string(&self, key: &str, problems: &mut Problems<'_>) -> Option<(&'a str, usize)> {
+        let value = self.required(key, problems)?;
+        match value.get_ref() {
+            DeValue::String(text) => Some((text.as_ref(), value.span().start)),
+            other => {
+                problems.at(
+                    value.span().start,
+                    format!(
+                        "{key:?} in {} must be a string, not {}",
+                        self.what,
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn check_name(
+    name: &str,
+    offset: usize,
+    what: &str,
+    problems: &mut Problems<'_>,
+) -> Option<String> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() {
+        problems.at(offset, format!("the name of {what} is empty"));
+        None
+    } else if trimmed.chars().count() > MAX_NAME_CHARS {
+        problems.at(
+            offset,
+            format!("the name of {what} is longer than {MAX_NAME_CHARS} characters"),
+        );
+        None
+    } else if trimmed.chars().any(char::is_control) {
+        problems.at(
+            offset,
+            format!("the name of {what} contains control characters"),
+        );
+        None
+    } else {
+        Some(trimmed.to_owned())
+    }
+}
+
+/// An id with where it was written (0: not from a file).
+struct At<T> {
+    value: T,
+    offset: usize,
+}
+
+impl Definition {
+    /// Parses and validates a definition file. Every problem is reported with
+    /// its line; nothing is returned unless the whole file is valid.
+    pub fn from_toml(source: &str) -> Result<Definition, DefinitionError> {
+        let mut problems = Problems {
+            source,
+            list: Vec::new(),
+        };
+        let (root, syntax_errors) = DeTable::parse_recoverable(source);
+        for error in &syntax_errors {
+            let offset = error.span().map_or(0, |span| span.start);
+            problems.at(offset, error.message().trim().to_owned());
+        }
+        let parsed = if syntax_errors.is_empty() {
+            read_document(root.get_ref(), &mut problems)
+        } else {
+            None
+        };
+        let mut list = problems.list;
+        list.sort_by_key(|p| p.line);
+        match parsed {
+            Some(definition) if list.is_empty() => Ok(definition),
+            _ => {
+                if list.is_empty() {
+                    // Unreachable by construction; kept so a bug cannot load
+                    // a half-read file.
+                    list.push(LineProblem {
+                        line: 0,
+                        message: "the definition could not be read".into(),
+                    });
+                }
+                Err(DefinitionError { problems: list })
+            }
+        }
+    }
+
+    /// Builds a definition from typed parts (a store reading one back),
+    /// checking the same consistency rules as [`Self::from_toml`].
+    pub fn from_parts(
+        election: ElectionId,
+        name: String,
+        parties: Vec<PartyDefinition>,
+        cities: Vec<CityDefinition>,
+        ballot_boxes: Vec<(BallotBoxId, CityId)>,
+    ) -> Result<Definition, DefinitionError> {
+        let mut problems = Problems {
+            source: "",
+            list: Vec::new(),
+        };
+        let definition = assemble(
+            election,
+            name,
+            parties
+                .into_iter()
+                .map(|p| At {
+                    value: p,
+                    offset: 0,
+                })
+                .collect(),
+            cities
+                .into_iter()
+                .map(|c| At {
+                    value: c,
+                    offset: 0,
+                })
+                .collect(),
+            ballot_boxes
+                .into_iter()
+                .map(|b| At {
+                    value: b,
+                    offset: 0,
+                })
+                .collect(),
+            &mut problems,
+        );
+        // Offsets are 0 here, so every line reads as 1; say "no line" instead.
+        let list: Vec<LineProblem> = problems
+            .list
+            .into_iter()
+            .map(|p| LineProblem {
+                line: 0,
+                message: p.message,
+            })
+            .collect();
+        if list.is_empty() {
+            Ok(definition)
+        } else {
+            Err(DefinitionError { problems: list })
+        }
+    }
+
+    /// The election defined.
+    pub fn election(&self) -> &ElectionId {
+        &self.election
+    }
+
+    /// Its display name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its parties, in the file's order.
+    pub fn parties(&self) -> &[PartyDefinition] {
+        &self.parties
+    }
+
+    /// Its cities, in the file's order.
+    pub fn cities(&self) -> &[CityDefinition] {
+        &self.cities
+    }
+
+    /// One city, if defined.
+    pub fn city(&self, city: &CityId) -> Option<&CityDefinition> {
+        self.city_index.get(city).map(|&i| &self.cities[i])
+    }
+
+    /// The registered ballot boxes and their cities, by box id (empty when
+    /// the election has no registry).
+    pub fn ballot_boxes(&self) -> &BTreeMap<BallotBoxId, CityId> {
+        &self.ballot_boxes
+    }
+
+    /// Ballot boxes expected in the whole election (the sum over cities).
+    pub fn expected_ballot_boxes(&self) -> u64 {
+        self.cities
+            .iter()
+            .map(|c| u64::from(c.expected_ballot_boxes))
+            .sum()
+    }
+
+    /// Checks a report against the definition: its city and every party must
+    /// be defined and, when the election registers its ballot boxes, the box
+    /// must be registered, in the city reported. Every problem is listed.
+    pub fn check_report(&self, report: &Report) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let election = &self.election;
+        if !self.city_index.contains_key(report.city()) {
+            problems.push(Problem::new(
+                "city",
+                format!(
+                    "{:?} is not a city of election {election}",
+                    report.city().as_str()
+                ),
+            ));
+        }
+        for (party, _) in report.votes().iter() {
+            if !self.party_index.contains(party) {
+                problems.push(Problem::new(
+                    format!("votes.{party}"),
+                    format!("{:?} is not a party of election {election}", party.as_str()),
+                ));
+            }
+        }
+        if !self.ballot_boxes.is_empty() {
+            match self.ballot_boxes.get(report.ballot_box()) {
+                None => problems.push(Problem::new(
+                    "ballot_box_id",
+                    format!(
+                        "{:?} is not a registered ballot box of election {election}",
+                        report.ballot_box().as_str()
+                    ),
+                )),
+                Some(city) if city != report.city() => problems.push(Problem::new(
+                    "city",
+                    format!(
+                        "ballot box {:?} is registered in city {:?}, not {:?}",
+                        report.ballot_box().as_str(),
+                        city.as_str(),
+                        report.city().as_str()
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Checks that this definition may replace `stored`: it may add parties,
+    /// cities and ballot boxes and change names, colours and expected counts,
+    /// but not remove a party, a city or a registered box, nor move a box to
+    /// another city (reports may already have been counted under them).
+    pub fn additions_to(&self, stored: &Definition) -> Result<Additions, UpdateError> {
+        let mut problems = Vec::new();
+        for party in &stored.parties {
+            if !self.party_index.contains(&party.id) {
+                problems.push(format!(
+                    "party {:?} is defined and may not be removed",
+                    party.id.as_str()
+                ));
+            }
+        }
+        for city in &stored.cities {
+            if !self.city_index.contains_key(&city.id) {
+                problems.push(format!(
+                    "city {:?} is defined and may not be removed",
+                    city.id.as_str()
+                ));
+            }
+        }
+        let mut removed_boxes = 0usize;
+        for (ballot_box, city) in &stored.ballot_boxes {
+            match self.ballot_boxes.get(ballot_box) {
+                None => {
+                    removed_boxes += 1;
+                    if removed_boxes <= 20 {
+                        problems.push(format!(
+                            "ballot box {:?} is registered and may not be removed",
+                            ballot_box.as_str()
+                        ));
+                    }
+                }
+                Some(new_city) if new_city != city => problems.push(format!(
+                    "ballot box {:?} is registered in city {:?} and may not move to {:?}",
+                    ballot_box.as_str(),
+                    city.as_str(),
+                    new_city.as_str()
+                )),
+                Some(_) => {}
+            }
+        }
+        if removed_boxes > 20 {
+            problems.push(format!(
+                "… {} registered ballot boxes removed in all",
+                removed_boxes
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(UpdateError {
+                election: self.election.clone(),
+                problems,
+            });
+        }
+        Ok(Additions {
+            parties: self
+                .parties
+                .iter()
+                .filter(|p| !stored.party_index.contains(&p.id))
+                .count(),
+            cities: self
+                .cities
+                .iter()
+                .filter(|c| !stored.city_index.contains_key(&c.id))
+                .count(),
+            ballot_boxes: self
+                .ballot_boxes
+                .keys()
+                .filter(|b| !stored.ballot_boxes.contains_key(*b))
+                .count(),
+        })
+    }
+}
+
+const ROOT_KEYS: &[&str] = &["id", "name", "parties", "cities", "ballot_boxes"];
+const PARTY_KEYS: &[&str] = &["id", "name", "colour"];
+const CITY_KEYS: &[&str] = &["id", "name", "expected_ballot_boxes"];
+
+fn read_document(root: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<Definition> {
+    let fields = Fields::new(root, 0, "the definition", ROOT_KEYS, problems);
+    let election = fields.string("id", problems).and_then(|(text, offset)| {
+        ElectionId::parse(text)
+            .map_err(|p| problems.at(offset, format!("election id {}", p.message())))
+            .ok()
+    });
+    let name = fields
+        .string("name", problems)
+        .and_then(|(text, offset)| check_name(text, offset, "the election", problems));
+    let parties = array_of_tables(&fields, "parties", problems)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(n, (table, offset))| read_party(table, offset, n + 1, problems))
+        .collect::<Vec<_>>();
+    let cities = array_of_tables(&fields, "cities", problems)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(n, (table, offset))| read_city(table, offset, n + 1, problems))
+        .collect::<Vec<_>>();
+    let ballot_boxes = read_registry(&fields, problems);
+    // The rules across entries are checked even when the election's own id
+    // or name is wrong, so that one run reports every problem; the caller
+    // returns nothing when any problem was found.
+    let complete = election.is_some() && name.is_some();
+    let election = election.unwrap_or_else(|| ElectionId::parse("unnamed").expect("valid id"));
+    let definition = assemble(
+        election,
+        name.unwrap_or_default(),
+        parties,
+        cities,
+        ballot_boxes,
+        problems,
+    );
+    complete.then_some(definition)
+}
+
+fn array_of_tables<'a, 'i>(
+    fields: &Fields<'a, 'i>,
+    key: &str,
+    problems: &mut Problems<'_>,
+) -> Vec<(&'a DeTable<'i>, usize)> {
+    let Some(value) = fields.required(key, problems) else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = value.get_ref() else {
+        problems.at(
+            value.span().start,
+            format!("{key:?} must be an array of tables, written [[{key}]]"),
+        );
+        return Vec::new();
+    };
+    if items.is_empty() {
+        problems.at(
+            value.span().start,
+            format!("{key:?} is empty; define at least one"),
+        );
+    }
+    items
+        .iter()
+        .filter_map(|item| match item.get_ref() {
+            DeValue::Table(table) => Some((table, item.span().start)),
+            other => {
+                problems.at(
+                    item.span().start,
+                    format!("each of {key:?} must be a table, not {}", other.type_str()),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn read_party(
+    table: &DeTable<'_>,
+    offset: usize,
+    n: usize,
+    problems: &mut Problems<'_>,
+) -> Option<At<PartyDefinition>> {
+    let what = format!("party #{n}");
+    let fields = Fields::new(table, offset, &what, PARTY_KEYS, problems);
+    let id = fields.string("id", problems).and_then(|(text, offset)| {
+        PartyId::parse(text)
+            .map_err(|p| problems.at(offset, format!("party id {}", p.message())))
+            .ok()
+            .map(|id| (id, offset))
+    });
+    let name = fields
+        .string("name", problems)
+        .and_then(|(text, offset)| check_name(text, offset, &what, problems));
+    let colour = fields
+        .string("colour", problems)
+        .and_then(|(text, offset)| {
+            Colour::parse(text)
+                .map_err(|message| problems.at(offset, format!("colour of {what}: {message}")))
+                .ok()
+        });
+    let ((id, offset), name, colour) = (id?, name?, colour?);
+    Some(At {
+        value: PartyDefinition { id, name, colour },
+        offset,
+    })
+}
+
+fn read_city(
+    table: &DeTable<'_>,
+    offset: usize,
+    n: usize,
+    problems: &mut Problems<'_>,
+) -> Option<At<CityDefinition>> {
+    let what = format!("city #{n}");
+    let fields = Fields::new(table, offset, &what, CITY_KEYS, problems);
+    let id = fields.string("id", problems).and_then(|(text, offset)| {
+        CityId::parse(text)
+            .map_err(|p| problems.at(offset, format!("city id {}", p.message())))
+            .ok()
+            .map(|id| (id, offset))
+    });
+    let name = fields
+        .string("name", problems)
+        .and_then(|(text, offset)| check_name(text, offset, &what, problems));
+    let expected = fields
+        .required("expected_ballot_boxes", problems)
+        .and_then(|value| {
+            let number = match value.get_ref() {
+                DeValue::Integer(integer) => {
+                    i64::from_str_radix(&integer.as_str().replace('_', ""), integer.radix()).ok()
+                }
+                _ => None,
+            };
+            match number {
+                Some(n) if (1..=i64::from(MAX_EXPECTED_BALLOT_BOXES)).contains(&n) => Some(n as u32),
+                _ => {
+                    problems.at(
+                        value.span().start,
+                        format!(
+                            "expected_ballot_boxes of {what} must be an integer from 1 to {MAX_EXPECTED_BALLOT_BOXES}"
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+    let ((id, offset), name, expected_ballot_boxes) = (id?, name?, expected?);
+    Some(At {
+        value: CityDefinition {
+            id,
+            name,
+            expected_ballot_boxes,
+        },
+        offset,
+    })
+}
+
+fn read_registry(
+    fields: &Fields<'_, '_>,
+    problems: &mut Problems<'_>,
+) -> Vec<At<(BallotBoxId, CityId)>> {
+    let Some(value) = fields.optional("ballot_boxes") else {
+        return Vec::new();
+    };
+    let DeValue::Table(table) = value.get_ref() else {
+        problems.at(
+            value.span().start,
+            "\"ballot_boxes\" must be a table of city = [ballot box ids], written [ballot_boxes]",
+        );
+        return Vec::new();
+    };
+    let mut registry = Vec::new();
+    for (key, boxes) in table.iter() {
+        let city = match CityId::parse(key.get_ref()) {
+            Ok(city) => Some(city),
+            Err(p) => {
+                problems.at(
+                    key.span().start,
+                    format!("city id in [ballot_boxes] {}", p.message()),
+                );
+                None
+            }
+        };
+        let DeValue::Array(items) = boxes.get_ref() else {
+            problems.at(
+                boxes.span().start,
+                format!(
+                    "the ballot boxes of city {:?} must be an array of ids",
+                    key.get_ref()
+                ),
+            );
+            continue;
+        };
+        for item in items {
+            let offset = item.span().start;
+            match item.get_ref() {
+                DeValue::String(text) => match BallotBoxId::parse(text) {
+                    Ok(ballot_box) => {
+                        if let Some(city) = &city {
+                            registry.push(At {
+                                value: (ballot_box, city.clone()),
+                                offset,
+                            });
+                        }
+                    }
+                    Err(p) => problems.at(offset, format!("ballot box id {}", p.message())),
+                },
+                other => problems.at(
+                    offset,
+                    format!("a ballot box id must be a string, not {}", other.type_str()),
+                ),
+            }
+        }
+    }
+    // The table's keys come back sorted; check them in the file's order so
+    // "first on line N" names the first one written.
+    registry.sort_by_key(|entry| entry.offset);
+    registry
+}
+
+/// The rules across entries: unique ids, registered boxes in defined cities,
+/// no city expecting fewer boxes than it registers.
+fn assemble(
+    election: ElectionId,
+    name: String,
+    parties: Vec<At<PartyDefinition>>,
+    cities: Vec<At<CityDefinition>>,
+    ballot_boxes: Vec<At<(BallotBoxId, CityId)>>,
+    problems: &mut Problems<'_>,
+) -> Definition {
+    let mut party_seen: HashMap<PartyId, usize> = HashMap::new();
+    let mut kept_parties = Vec::with_capacity(parties.len());
+    for party in parties {
+        if let Some(&first) = party_seen.get(&party.value.id) {
+            let first_line = problems.line(first);
+            problems.at(
+                party.offset,
+                format!(
+                    "party {:?} is defined twice (first on line {first_line})",
+                    party.value.id.as_str()
+                ),
+            );
+        } else {
+            party_seen.insert(party.value.id.clone(), party.offset);
+            kept_parties.push(party.value);
+        }
+    }
+    let mut city_seen: HashMap<CityId, usize> = HashMap::new();
+    let mut kept_cities = Vec::with_capacity(cities.len());
+    for city in cities {
+        if let Some(&first) = city_seen.get(&city.value.id) {
+            let first_line = problems.line(first);
+            problems.at(
+                city.offset,
+                format!(
+                    "city {:?} is defined twice (first on line {first_line})",
+                    city.value.id.as_str()
+                ),
+            );
+        } else {
+            city_seen.insert(city.value.id.clone(), city.offset);
+            kept_cities.push(city.value);
+        }
+    }
+    let city_index: HashMap<CityId, usize> = kept_cities
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.clone(), i))
+        .collect();
+    let mut registry: BTreeMap<BallotBoxId, CityId> = BTreeMap::new();
+    let mut box_seen: HashMap<BallotBoxId, usize> = HashMap::new();
+    let mut registered_per_city: HashMap<CityId, (u32, usize)> = HashMap::new();
+    let mut undefined_cities: HashSet<CityId> = HashSet::new();
+    for entry in ballot_boxes {
+        let (ballot_box, city) = entry.value;
+        if !city_index.contains_key(&city) {
+            if undefined_cities.insert(city.clone()) {
+                problems.at(
+                    entry.offset,
+                    format!(
+                        "ballot box {:?} is registered in city {:?}, which is not defined in [[cities]]",
+                        ballot_box.as_str(),
+                        city.as_str()
+                    ),
+                );
+            }
+            continue;
+        }
+        if let Some(&first) = box_seen.get(&ballot_box) {
+            let first_line = problems.line(first);
+            problems.at(
+                entry.offset,
+                format!(
+                    "ballot box {:?} is registered twice (first on line {first_line})",
+                    ballot_box.as_str()
+                ),
+            );
+            continue;
+        }
+        box_seen.insert(ballot_box.clone(), entry.offset);
+        let count = registered_per_city
+            .entry(city.clone())
+            .or_insert((0, entry.offset));
+        count.0 += 1;
+        registry.insert(ballot_box, city);
+    }
+    for city in &kept_cities {
+        if let Some(&(registered, offset)) = registered_per_city.get(&city.id)
+            && registered > city.expected_ballot_boxes
+        {
+            let line = city_seen.get(&city.id).copied().unwrap_or(offset);
+            problems.at(
+                line,
+                format!(
+                    "city {:?} expects {} ballot boxes but registers {registered}; expected_ballot_boxes must be at least the number registered",
+                    city.id.as_str(),
+                    city.expected_ballot_boxes
+                ),
+            );
+        }
+    }
+    Definition {
+        election,
+        name,
+        party_index: kept_parties.iter().map(|p| p.id.clone()).collect(),
+        parties: kept_parties,
+        cities: kept_cities,
+        city_index,
+        ballot_boxes: registry,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+//! Election definitions (SPEC §7) in `election_definitions`,
+//! `election_parties`, `election_cities` and `election_ballot_boxes`.
+//!
+//! [`load`] stores a validated `Definition` in **one transaction**, under a
+//! transaction-scoped advisory lock per election so two loads of one election
+//! are decided one after the other. A definition only grows: loading a file
+//! that drops a party, a city or a registered box, or moves a box to another
+//! city, is refused as a whole (`Definition::additions_to` decides), because
+//! reports may already be counted under them. Names, colours and expected
+//! counts may change. The report log is never touched.
+//!
+//! Each statement binds arrays (`unnest`), so its bind count does not grow
+//! with the number of cities or boxes.
+
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Int4, Text};
+use election_core::{
+    Additions, BallotBoxId, CityDefinition, CityId, Colour, Definition, ElectionId,
+    PartyDefinition, PartyId, UpdateError,
+};
+
+use crate::error::PgError;
+use crate::pool::PgPool;
+
+/// Why a definition was not stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// It would remove or move what the stored definition has.
+    #[error(transparent)]
+    Refused(#[from] UpdateError),
+    /// PostgreSQL failed; nothing was stored.
+    #[error(transparent)]
+    Store(#[from] PgError),
+}
+
+/// What [`load`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// The election was not defined before.
+    Created,
+    /// It was, and this much was added (names, colours and expected counts
+    /// are updated too).
+    Updated(Additions),
+}
+
+#[derive(QueryableByName)]
+struct HeaderRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+#[derive(QueryableByName)]
+struct PartyRow {
+    #[diesel(sql_type = Text)]
+    party: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    colour: String,
+}
+
+#[derive(QueryableByName)]
+struct CityRow {
+    #[diesel(sql_type = Text)]
+    city: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Int4)]
+    expected_ballot_boxes: i32,
+}
+
+#[derive(QueryableByName)]
+struct BoxRow {
+    #[diesel(sql_type = Text)]
+    ballot_box_id: String,
+    #[diesel(sql_type = Text)]
+    city: String,
+}
+
+#[derive(QueryableByName)]
+struct ElectionRow {
+    #[diesel(sql_type = Text)]
+    election_id: String,
+}
+
+fn query(doing: &str) -> impl Fn(diesel::result::Error) -> PgError + '_ {
+    move |source| PgError::Query {
+        doing: doing.to_owned(),
+        source,
+    }
+}
+
+fn connection(
+    pool: &PgPool,
+    doing: &str,
+) -> Result<r2d2::PooledConnection<diesel::r2d2::ConnectionManager<PgConnection>>, PgError> {
+    pool.get().map_err(|source| PgError::Pool {
+        doing: doing.to_owned(),
+        source,
+    })
+}
+
+fn corrupt(doing: &str, detail: impl std::fmt::Display) -> PgError {
+    PgError::Corrupt {
+        doing: doing.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+fn read(
+    conn: &mut PgConnection,
+    election: &ElectionId,
+    doing: &str,
+) -> Result<Option<Definition>, PgError> {
+    let header: Option<HeaderRow> =
+        diesel::sql_query("SELECT name FROM election_definitions WHERE election_id = $1")
+            .bind::<Text, _>(election.as_str())
+            .get_result(conn)
+            .optional()
+            .map_err(query(doing))?;
+    let Some(header) = header else {
+        return Ok(None);
+    };
+    let parties: Vec<PartyRow> = diesel::sql_query(
+        "SELECT party, name, colour FROM election_parties WHERE election_id = $1 ORDER BY position, party",
+    )
+    .bind::<Text, _>(election.as_str())
+    .load(conn)
+    .map_err(query(doing))?;
+    let cities: Vec<CityRow> = diesel::sql_query(
+        "SELECT city, name, expected_ballot_boxes FROM election_cities WHERE election_id = $1 ORDER BY position, city",
+    )
+    .bind::<Text, _>(election.as_str())
+    .load(conn)
+    .map_err(query(doing))?;
+    let boxes: Vec<BoxRow> = diesel::sql_query(
+        "SELECT ballot_box_id, city FROM election_ballot_boxes WHERE election_id = $1",
+    )
+    .bind::<Text, _>(election.as_str())
+    .load(conn)
+    .map_err(query(doing))?;
+    let parties = parties
+        .into_iter()
+        .map(|row| {
+            Ok(PartyDefinition {
+                id: PartyId::parse(&row.party).map_err(|p| corrupt(doing, p))?,
+                name: row.name,
+                colour: Colour::parse(&row.colour).map_err(|m| corrupt(doing, m))?,
+            })
+        })
+        .collect::<Result<Vec<_>, PgError>>()?;
+    let cities = cities
+        .into_iter()
+        .map(|row| {
+            Ok(CityDefinition {
+                id: CityId::parse(&row.city).map_err(|p| corrupt(doing, p))?,
+                name: row.name,
+                expected_ballot_boxes: u32::try_from(row.expected_ballot_boxes)
+                    .map_err(|e| corrupt(doing, e))?,
+            })
+        })
+        .collect::<Result<Vec<_>, PgError>>()?;
+    let boxes = boxes
+        .into_iter()
+        .map(|row| {
+            Ok((
+                BallotBoxId::parse(&row.ballot_box_id).map_err(|p| corrupt(doing, p))?,
+                CityId::parse(&row.city).map_err(|p| corrupt(doing, p))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, PgError>>()?;
+    Definition::from_parts(election.clone(), header.name, parties, cities, boxes)
+        .map(Some)
+        .map_err(|e| corrupt(doing, e))
+}
+
+/// The stored definition of `election`, if it is defined.
+pub fn find(pool: &PgPool, election: &ElectionId) -> Result<Option<Definition>, PgError> {
+    let doing = "reading an election definition";
+    let mut conn = connection(pool, doing)?;
+    // One snapshot for the four reads, so a concurrent load is seen whole
+    // or not at all.
+    let result: Result<_, LoadError> = conn
+        .build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run(|conn| Ok(read(conn, election, doing)?));
+    result.map_err(|error| match error {
+        LoadError::Store(error) => error,
+        LoadError::Refused(refused) => corrupt(doing, refused),
+    })
+}
+
+/// Every defined election, in id order.
+pub fn defined_elections(pool: &PgPool) -> Result<Vec<ElectionId>, PgError> {
+    let doing = "listing election definitions";
+    let mut conn = connection(pool, doing)?;
+    let rows: Vec<ElectionRow> =
+        diesel::sql_query("SELECT election_id FROM election_definitions ORDER BY election_id")
+            .load(&mut conn)
+            .map_err(query(doing))?;
+    rows.into_iter()
+        .map(|row| ElectionId::parse(&row.election_id).map_err(|p| corrupt(doing, p)))
+        .collect()
+}
+
+/// Stores `definition`, or grows the stored one to it, in one transaction;
+/// see the module docs for what an update may change.
+pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError> {
+    let doing = "storing an election definition";
+    let mut conn = connection(pool, doing)?;
+    let election = definition.election().as_str();
+    conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('election-definition:' || $1))")
+            .bind::<Text, _>(election)
+            .execute(conn)
+            .map_err(query(doing))?;
+        let loaded = match read(conn, definition.election(), doing)? {
+            None => Loaded::Created,
+            Some(stored) => Loaded::Updated(definition.additions_to(&stored)?),
+        };
+        diesel::sql_query(
+            "INSERT INTO election_definitions (election_id, name) VALUES ($1, $2) \
+             ON CONFLICT (election_id) DO UPDATE SET name = EXCLUDED.name, loaded_at = now()",
+        )
+        .bind::<Text, _>(election)
+        .bind::<Text, _>(definition.name())
+        .execute(conn)
+        .map_err(query(doing))?;
+        let parties = definition.parties();
+        diesel::sql_query(
+            "INSERT INTO election_parties (election_id, party, name, colour, position) \
+             SELECT $1, p.party, p.name, p.colour, p.position \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[]) AS p(party, name, colour, position) \
+             ON CONFLICT (election_id, party) DO UPDATE \
+             SET name = EXCLUDED.name, colour = EXCLUDED.colour, position = EXCLUDED.position",
+        )
+        .bind::<Text, _>(election)
+        .bind::<Array<Text>, _>(parties.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(parties.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(parties.iter().map(|p| p.colour.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Int4>, _>((0..parties.len() as i32).collect::<Vec<_>>())
+        .execute(conn)
+        .map_err(query(doing))?;
+        let cities = definition.cities();
+        diesel::sql_query(
+            "INSERT INTO election_cities (election_id, city, name, expected_ballot_boxes, position) \
+             SELECT $1, c.city, c.name, c.expected, c.position \
+             FROM unnest($2::text[], $3::text[], $4::int4[], $5::int4[]) AS c(city, name, expected, position) \
+             ON CONFLICT (election_id, city) DO UPDATE \
+             SET name = EXCLUDED.name, expected_ballot_boxes = EXCLUDED.expected_ballot_boxes, \
+                 position = EXCLUDED.position",
+        )
+        .bind::<Text, _>(election)
+        .bind::<Array<Text>, _>(cities.iter().map(|c| c.id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(cities.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Int4>, _>(
+            cities
+                .iter()
+                .map(|c| c.expected_ballot_boxes as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Int4>, _>((0..cities.len() as i32).collect::<Vec<_>>())
+        .execute(conn)
+        .map_err(query(doing))?;
+        // Boxes never move (checked above), so existing rows stay as they are.
+        let boxes = definition.ballot_boxes();
+        diesel::sql_query(
+            "INSERT INTO election_ballot_boxes (election_id, ballot_box_id, city) \
+             SELECT $1, b.id, b.city FROM unnest($2::text[], $3::text[]) AS b(id, city) \
+             ON CONFLICT (election_id, ballot_box_id) DO NOTHING",
+        )
+        .bind::<Text, _>(election)
+        .bind::<Array<Text>, _>(boxes.keys().map(BallotBoxId::as_str).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(boxes.values().map(CityId::as_str).collect::<Vec<_>>())
+        .execute(conn)
+        .map_err(query(doing))?;
+        Ok(loaded)
+    })
+}
+
+impl From<diesel::result::Error> for LoadError {
+    fn from(source: diesel::result::Error) -> Self {
+        LoadError::Store(PgError::Query {
+            doing: "storing an election definition".into(),
+            source,
+        })
+    }
+}

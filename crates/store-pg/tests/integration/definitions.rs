@@ -1,0 +1,97 @@
+//! Election definitions: stored whole, read back equal, grown by later loads,
+//! never shrunk, and never touching the report log.
+
+use election_core::{Definition, ElectionId, ReportLog, contract};
+use store_pg::PgLog;
+use store_pg::definitions::{self, LoadError, Loaded};
+
+use crate::support::{Migrated, number};
+
+const FIRST: &str = r##"id = "def-e"
+name = "Definition test"
+
+[[parties]]
+id = "labour"
+name = "Labour"
+colour = "#e4003b"
+
+[[cities]]
+id = "london"
+name = "London"
+expected_ballot_boxes = 3
+
+[ballot_boxes]
+london = ["BB1", "BB2"]
+"##;
+
+#[test]
+fn definitions_load_grow_and_refuse_to_shrink() {
+    let db = Migrated::new(2);
+    let election = ElectionId::parse("def-e").unwrap();
+    assert_eq!(definitions::find(&db.pool, &election).unwrap(), None);
+
+    // Counted data that predates the definition is left alone.
+    let log = PgLog::new(db.pool.clone());
+    let seed = contract::unique_election("def");
+    log.record(&contract::seed_reports(&seed)).unwrap();
+    let reports_before = number(&db.pool, "SELECT count(*) AS n FROM reports");
+
+    let first = Definition::from_toml(FIRST).unwrap();
+    assert_eq!(
+        definitions::load(&db.pool, &first).unwrap(),
+        Loaded::Created
+    );
+    assert_eq!(
+        definitions::find(&db.pool, &election).unwrap().as_ref(),
+        Some(&first)
+    );
+    let defined = definitions::defined_elections(&db.pool).unwrap();
+    assert_eq!(defined.len(), 1);
+    assert_eq!(defined[0], election);
+
+    let grown_text = FIRST
+        .replace("name = \"London\"", "name = \"Greater London\"")
+        .replace("#e4003b", "#ff0000")
+        .replace("[ballot_boxes]", "[[cities]]\nid = \"leeds\"\nname = \"Leeds\"\nexpected_ballot_boxes = 1\n\n[[parties]]\nid = \"greens\"\nname = \"Greens\"\ncolour = \"#00aa00\"\n\n[ballot_boxes]")
+        .replace("london = [\"BB1\", \"BB2\"]", "london = [\"BB1\", \"BB2\", \"BB4\"]\nleeds = [\"BB3\"]");
+    let grown = Definition::from_toml(&grown_text).unwrap();
+    match definitions::load(&db.pool, &grown).unwrap() {
+        Loaded::Updated(added) => {
+            assert_eq!((added.parties, added.cities, added.ballot_boxes), (1, 1, 2));
+        }
+        other => panic!("expected an update, got {other:?}"),
+    }
+    let stored = definitions::find(&db.pool, &election).unwrap().unwrap();
+    assert_eq!(stored, grown);
+    assert_eq!(stored.cities()[0].name, "Greater London");
+    assert_eq!(stored.parties()[0].colour.as_str(), "#ff0000");
+
+    // Loading the first file again would remove leeds, greens and two boxes:
+    // refused whole, nothing changes.
+    match definitions::load(&db.pool, &first) {
+        Err(LoadError::Refused(refused)) => {
+            let text = refused.to_string();
+            assert!(
+                text.contains("party \"greens\" is defined and may not be removed"),
+                "{text}"
+            );
+            assert!(
+                text.contains("city \"leeds\" is defined and may not be removed"),
+                "{text}"
+            );
+            assert!(
+                text.contains("ballot box \"BB3\" is registered and may not be removed"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        definitions::find(&db.pool, &election).unwrap().unwrap(),
+        grown
+    );
+    assert_eq!(
+        number(&db.pool, "SELECT count(*) AS n FROM reports"),
+        reports_before
+    );
+}
