@@ -353,6 +353,47 @@ mod tests {
         }
     }
 
+    /// `just demo` defines demo-night with demo/demo-night.toml: every post
+    /// of the demo's night must pass it, and each city must expect exactly
+    /// the boxes the night sends it, so percent reporting ends at 100%.
+    #[test]
+    fn the_demo_definition_fits_the_demo_night() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo/demo-night.toml"),
+        )
+        .unwrap();
+        let definition = election_core::Definition::from_toml(&text).unwrap();
+        let demo = Plan {
+            boxes: 20_000,
+            cities: 300,
+            parties: 6,
+            duplicates: 0.05,
+            revisions: 0.03,
+            seed: 1,
+        };
+        let election = election_core::ElectionId::parse("demo-night").unwrap();
+        let mut boxes_per_city: BTreeMap<String, std::collections::BTreeSet<usize>> =
+            BTreeMap::new();
+        for post in night(&demo) {
+            let report = election_core::Report::from_json(&election, post.body.as_bytes()).unwrap();
+            assert_eq!(definition.check_report(&report), Ok(()), "{}", post.body);
+            boxes_per_city
+                .entry(report.city().to_string())
+                .or_default()
+                .insert(post.ballot_box);
+        }
+        assert_eq!(definition.cities().len(), boxes_per_city.len());
+        for city in definition.cities() {
+            assert_eq!(
+                u64::from(city.expected_ballot_boxes),
+                boxes_per_city[city.id.as_str()].len() as u64,
+                "{}",
+                city.id
+            );
+        }
+        assert_eq!(definition.expected_ballot_boxes(), 20_000);
+    }
+
     #[test]
     fn nights_are_deterministic_and_shaped_as_asked() {
         let a = night(&plan());
