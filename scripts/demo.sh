@@ -166,4 +166,7 @@ $BIN/election-loadgen --ingest-url "http://$INGEST" --election demo-night --toke
     --concurrency 64 --spread-secs "$NIGHT_SECS" --progress --redis-url "$REDIS_URL" || true
 echo
 echo "the night is over; the services keep running. Press Ctrl-C to stop everything."
-while true; do sleep 3600; done
+# `wait` (unlike a foreground sleep) lets the INT/TERM trap run at once; the
+# sleeper is in `pids`, so the cleanup stops it too.
+sleep infinity & pids+=($!)
+wait $!
