@@ -158,17 +158,24 @@ impl Cdp {
 
     /// Evaluates `expression` in the page and returns its value.
     async fn evaluate(&mut self, expression: &str) -> Value {
+        let result = self.try_evaluate(expression).await;
+        result.unwrap_or_else(|details| panic!("{expression}: {details}"))
+    }
+
+    /// Like [`Self::evaluate`], but an exception in the page (a read while
+    /// the page is half rendered, or while its context is being replaced) is
+    /// returned rather than failing the test, for callers that poll.
+    async fn try_evaluate(&mut self, expression: &str) -> Result<Value, Value> {
         let result = self
             .call(
                 "Runtime.evaluate",
                 json!({"expression": expression, "returnByValue": true}),
             )
             .await;
-        assert!(
-            result.get("exceptionDetails").is_none(),
-            "{expression}: {result}"
-        );
-        result["result"]["value"].clone()
+        match result.get("exceptionDetails") {
+            Some(details) => Err(details.clone()),
+            None => Ok(result["result"]["value"].clone()),
+        }
     }
 
     async fn screenshot(&mut self, path: &Path) {
@@ -243,8 +250,9 @@ const READ_PAGE: &str = r#"(() => document.getElementById('banner') === null ? '
   cityReporting: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[1].textContent]))
 }))()"#;
 
+/// What the page shows now; `{}` while it cannot be read (pollers retry).
 async fn read_page(cdp: &mut Cdp) -> Value {
-    let text = cdp.evaluate(READ_PAGE).await;
+    let text = cdp.try_evaluate(READ_PAGE).await.unwrap_or(Value::Null);
     serde_json::from_str(text.as_str().unwrap_or("{}")).unwrap()
 }
 
