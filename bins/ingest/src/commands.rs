@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use election_core::{BallotBoxId, ElectionId, StoreError};
 use election_http::health::ReadyCheck;
 use store_pg::{PgLog, PgPool};
-use store_redis::{RedisOptions, RedisTally};
+use store_redis::RedisTally;
 
 use crate::auth::{self, Scope, TokenLookup};
 use crate::batcher::BatchConfig;
@@ -108,16 +108,9 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         let pg = pg.clone();
         tokio::task::spawn_blocking(move || check_schema(&pg)).await??;
     }
-    let target = store_redis::parse_target(&args.redis_url)
-        .with_context(|| format!("reading REDIS_URL {}", redact(&args.redis_url)))?;
     let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
-    let options = RedisOptions {
-        connect_timeout: redis_timeout,
-        response_timeout: redis_timeout,
-        pool_size: args.redis_pool_size,
-    };
     let tally = Arc::new(
-        RedisTally::connect(&target, &options)
+        store_redis::open(&args.redis_url, redis_timeout, args.redis_pool_size)
             .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?,
     );
     let log = Arc::new(PgLog::new(pg.clone()));

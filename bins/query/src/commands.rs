@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use election_http::health::ReadyCheck;
 use store_pg::PgPool;
-use store_redis::{RedisOptions, RedisTally};
+use store_redis::RedisTally;
 
 use crate::cli::Serve;
 use crate::{Services, Settings};
@@ -55,16 +55,9 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         let pg = pg.clone();
         tokio::task::spawn_blocking(move || check_schema(&pg)).await??;
     }
-    let target = store_redis::parse_target(&args.redis_url)
-        .with_context(|| format!("reading REDIS_URL {}", redact(&args.redis_url)))?;
     let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
-    let options = RedisOptions {
-        connect_timeout: redis_timeout,
-        response_timeout: redis_timeout,
-        pool_size: args.redis_pool_size,
-    };
     let tally = Arc::new(
-        RedisTally::connect(&target, &options)
+        store_redis::open(&args.redis_url, redis_timeout, args.redis_pool_size)
             .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?,
     );
     let ready = ready_check(pg.clone(), Arc::clone(&tally));

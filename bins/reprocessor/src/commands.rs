@@ -10,7 +10,7 @@ use election_core::{Claim, ElectionId, ReportLog, Tally};
 use election_http::health::ReadyCheck;
 use election_http::redact;
 use store_pg::{PgLog, PgPool};
-use store_redis::{RedisOptions, RedisTally};
+use store_redis::RedisTally;
 use tokio::sync::watch;
 
 use crate::cli::{Reconcile, Run, Stores};
@@ -42,16 +42,9 @@ fn connect(stores: &Stores) -> anyhow::Result<Connected> {
         )
     })?;
     store_pg::check_schema(&pg)?;
-    let target = store_redis::parse_target(&stores.redis_url)
-        .with_context(|| format!("reading REDIS_URL {}", redact(&stores.redis_url)))?;
     let timeout = Duration::from_millis(stores.redis_timeout_ms);
-    let options = RedisOptions {
-        connect_timeout: timeout,
-        response_timeout: timeout,
-        pool_size: stores.redis_pool_size,
-    };
     let tally = Arc::new(
-        RedisTally::connect(&target, &options)
+        store_redis::open(&stores.redis_url, timeout, stores.redis_pool_size)
             .with_context(|| format!("connecting to Redis at {}", redact(&stores.redis_url)))?,
     );
     Ok(Connected {

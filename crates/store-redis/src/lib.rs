@@ -91,6 +91,25 @@ use redis::Value;
 pub use error::RedisStoreError;
 pub use target::{RedisOptions, RedisTarget, parse_target};
 
+/// A tally on the Redis or Redis Cluster that `redis_url` names (any form
+/// [`parse_target`] takes), with one `timeout` for connecting and for each
+/// answer: what every service does with its `REDIS_URL` and
+/// `REDIS_TIMEOUT_MS`. Like [`RedisTally::connect`], it does not connect yet.
+pub fn open(
+    redis_url: &str,
+    timeout: std::time::Duration,
+    pool_size: usize,
+) -> Result<RedisTally, StoreError> {
+    let target = parse_target(redis_url)
+        .map_err(|error| error.into_store_error("reading the Redis URL".to_owned()))?;
+    let options = RedisOptions {
+        connect_timeout: timeout,
+        response_timeout: timeout,
+        pool_size,
+    };
+    RedisTally::connect(&target, &options)
+}
+
 use nodes::{Nodes, Replied, Reply, Request};
 
 /// The script that applies one group of counters for one revision.
