@@ -79,8 +79,14 @@ impl TokenLookup for PgTokens {
 pub struct PgDefinitions(pub PgPool);
 
 impl crate::definitions::DefinitionLookup for PgDefinitions {
-    fn find(&self, election: &ElectionId) -> Result<Option<election_core::Definition>, StoreError> {
-        Ok(store_pg::definitions::find(&self.0, election)?)
+    fn find(
+        &self,
+        election: &ElectionId,
+        known: Option<store_pg::definitions::Version>,
+    ) -> Result<store_pg::definitions::Lookup, StoreError> {
+        Ok(store_pg::definitions::find_if_changed(
+            &self.0, election, known,
+        )?)
     }
 }
 

@@ -6,7 +6,9 @@
 //! At thousands of reports per second a PostgreSQL query per report would
 //! cost more than the report itself, so definitions are cached per election
 //! in the process: loaded on first use, and looked up again once the entry
-//! is older than [`DefinitionCache::ttl`] (5 s by default). While one request
+//! is older than [`DefinitionCache::ttl`] (5 s by default); the look-up
+//! reads only the definition's version unless it changed, so a registry of a
+//! million boxes is not read again every interval. While one request
 //! refreshes a stale entry, the others keep using it, so an election costs
 //! one query per interval whatever the load. "Not defined" is cached too. A
 //! definition loaded (or grown) while ingest runs therefore applies within
@@ -18,24 +20,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use election_core::{Definition, ElectionId, StoreError};
+use store_pg::definitions::{Lookup, Version};
 
-/// Finds an election's definition (`None`: the election is not defined).
+/// Finds an election's definition.
 pub trait DefinitionLookup: Send + Sync {
-    /// Looks the election up.
-    fn find(&self, election: &ElectionId) -> Result<Option<Definition>, StoreError>;
+    /// Looks the election up: [`Lookup::Unchanged`] when its stored version
+    /// is still `known`, else the stored definition (`None`: not defined).
+    fn find(&self, election: &ElectionId, known: Option<Version>) -> Result<Lookup, StoreError>;
 }
 
 /// Every election undefined: for embedders and tests without definitions.
 pub struct NoDefinitions;
 
 impl DefinitionLookup for NoDefinitions {
-    fn find(&self, _: &ElectionId) -> Result<Option<Definition>, StoreError> {
-        Ok(None)
+    fn find(&self, _: &ElectionId, _: Option<Version>) -> Result<Lookup, StoreError> {
+        Ok(Lookup::Current(None))
     }
 }
 
 struct Entry {
     definition: Option<Arc<Definition>>,
+    version: Option<Version>,
     fetched: Instant,
     refreshing: bool,
 }
@@ -90,20 +95,38 @@ impl DefinitionCache {
     /// Looks the election up (blocking) and caches the answer. When the
     /// lookup fails, a stale answer is used if there is one.
     pub fn refresh(&self, election: &ElectionId) -> Result<Option<Arc<Definition>>, StoreError> {
-        let found = self.lookup.find(election);
+        let known = {
+            let entries = self.entries.lock().expect("definition cache poisoned");
+            entries.get(election).and_then(|entry| entry.version)
+        };
+        let found = self.lookup.find(election, known);
         let mut entries = self.entries.lock().expect("definition cache poisoned");
         match found {
-            Ok(definition) => {
-                let definition = definition.map(Arc::new);
+            Ok(Lookup::Current(found)) => {
+                let (definition, version) = match found {
+                    Some((definition, version)) => (Some(Arc::new(definition)), Some(version)),
+                    None => (None, None),
+                };
                 entries.insert(
                     election.clone(),
                     Entry {
                         definition: definition.clone(),
+                        version,
                         fetched: Instant::now(),
                         refreshing: false,
                     },
                 );
                 Ok(definition)
+            }
+            Ok(Lookup::Unchanged) => {
+                // `known` came from this election's entry, and entries are
+                // never removed, so the entry is there.
+                let entry = entries
+                    .get_mut(election)
+                    .expect("an unchanged definition has its entry");
+                entry.fetched = Instant::now();
+                entry.refreshing = false;
+                Ok(entry.definition.clone())
             }
             Err(error) => match entries.get_mut(election) {
                 Some(entry) => {
@@ -125,9 +148,9 @@ mod tests {
     struct Counting(AtomicUsize);
 
     impl DefinitionLookup for Counting {
-        fn find(&self, _: &ElectionId) -> Result<Option<Definition>, StoreError> {
+        fn find(&self, _: &ElectionId, _: Option<Version>) -> Result<Lookup, StoreError> {
             self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(None)
+            Ok(Lookup::Current(None))
         }
     }
 

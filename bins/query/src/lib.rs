@@ -96,8 +96,9 @@ pub async fn run(
     let pg = services.pg.clone();
     let live = Live::new(
         services.tally,
-        Arc::new(move |election| {
-            store_pg::definitions::find(&pg, election).map_err(|error| format!("{error:#}"))
+        Arc::new(move |election, known| {
+            store_pg::definitions::find_if_changed(&pg, election, known)
+                .map_err(|error| format!("{error:#}"))
         }),
         LiveConfig {
             interval: settings.snapshot_interval,

@@ -27,6 +27,7 @@ use chrono::Utc;
 use election_core::{Definition, ElectionId, Snapshot, Tally};
 use election_http::ApiError;
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
+use store_pg::definitions::{Lookup, Version};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
@@ -43,9 +44,10 @@ pub enum Current {
     Ready(Arc<Rendered>),
 }
 
-/// Reads an election's definition (`None`: not defined); blocking.
+/// Reads an election's definition unless its stored version is still the
+/// one given (`store_pg::definitions::find_if_changed`); blocking.
 pub type DefinitionSource =
-    Arc<dyn Fn(&ElectionId) -> Result<Option<Definition>, String> + Send + Sync>;
+    Arc<dyn Fn(&ElectionId, Option<Version>) -> Result<Lookup, String> + Send + Sync>;
 
 /// How often a feed reads its election's definition again: a definition
 /// loaded while the service runs shows within this time.
@@ -276,6 +278,7 @@ impl Live {
         let mut previous: Option<(Snapshot, u64)> = None;
         let mut failing = false;
         let mut definition: Option<Arc<Definition>> = None;
+        let mut version: Option<Version> = None;
         let mut definition_read: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -289,9 +292,16 @@ impl Live {
             if definition_read.is_none_or(|at| at.elapsed() >= DEFINITION_REFRESH) {
                 let source = Arc::clone(&self.definitions);
                 let target = election.clone();
-                match tokio::task::spawn_blocking(move || source(&target)).await {
-                    Ok(Ok(found)) => {
+                let known = version;
+                match tokio::task::spawn_blocking(move || source(&target, known)).await {
+                    Ok(Ok(Lookup::Unchanged)) => definition_read = Some(Instant::now()),
+                    Ok(Ok(Lookup::Current(found))) => {
                         definition_read = Some(Instant::now());
+                        let (found, found_version) = match found {
+                            Some((found, found_version)) => (Some(found), Some(found_version)),
+                            None => (None, None),
+                        };
+                        version = found_version;
                         if found.as_ref() != definition.as_deref() {
                             definition = found.map(Arc::new);
                             definition_changed = true;
@@ -411,7 +421,7 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let live = Live::new(
             tally.clone(),
-            Arc::new(|_| Ok(None)),
+            Arc::new(|_, _| Ok(Lookup::Current(None))),
             config(),
             Arc::new(Registry::new()),
             stop,
@@ -456,7 +466,7 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let live = Live::new(
             Arc::new(MemoryTally::new()),
-            Arc::new(|_| Ok(None)),
+            Arc::new(|_, _| Ok(Lookup::Current(None))),
             config(),
             Arc::new(Registry::new()),
             stop,

@@ -11,6 +11,12 @@
 //!
 //! Each statement binds arrays (`unnest`), so its bind count does not grow
 //! with the number of cities or boxes.
+//!
+//! Services keep definitions cached and look again every few seconds. A
+//! registry of a million ballot boxes is a large read, so they ask with
+//! [`find_if_changed`], which compares the stored [`Version`] (the
+//! definition's `loaded_at`, moved by every [`load`]) with the one they hold
+//! and reads the rest only when it differs.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Int4, Text};
@@ -48,6 +54,27 @@ pub enum Loaded {
 struct HeaderRow {
     #[diesel(sql_type = Text)]
     name: String,
+}
+
+/// One stored state of an election's definition: its `loaded_at`, in
+/// microseconds since the epoch. Every [`load`] moves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Version(i64);
+
+/// What [`find_if_changed`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The stored definition still has the version the caller holds.
+    Unchanged,
+    /// The stored definition (`None`: the election is not defined) and its
+    /// version.
+    Current(Option<(Definition, Version)>),
+}
+
+#[derive(QueryableByName)]
+struct VersionRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    version: i64,
 }
 
 #[derive(QueryableByName)]
@@ -186,6 +213,46 @@ pub fn find(pool: &PgPool, election: &ElectionId) -> Result<Option<Definition>, 
         .read_only()
         .repeatable_read()
         .run(|conn| Ok(read(conn, election, doing)?));
+    result.map_err(|error| match error {
+        LoadError::Store(error) => error,
+        LoadError::Refused(refused) => corrupt(doing, refused),
+    })
+}
+
+/// Like [`find`], but reads the definition only when its version differs
+/// from `known`, the one the caller holds (`None`: it holds none).
+pub fn find_if_changed(
+    pool: &PgPool,
+    election: &ElectionId,
+    known: Option<Version>,
+) -> Result<Lookup, PgError> {
+    let doing = "reading an election definition";
+    let mut conn = connection(pool, doing)?;
+    // One snapshot: the version read is the version of what is read after it.
+    let result: Result<_, LoadError> =
+        conn.build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run(|conn| {
+                let version: Option<VersionRow> = diesel::sql_query(
+                    "SELECT (extract(epoch FROM loaded_at) * 1000000)::bigint AS version \
+                 FROM election_definitions WHERE election_id = $1",
+                )
+                .bind::<Text, _>(election.as_str())
+                .get_result(conn)
+                .optional()
+                .map_err(query(doing))?;
+                let version = version.map(|row| Version(row.version));
+                if version.is_some() && version == known {
+                    return Ok(Lookup::Unchanged);
+                }
+                let Some(version) = version else {
+                    return Ok(Lookup::Current(None));
+                };
+                Ok(Lookup::Current(
+                    read(conn, election, doing)?.map(|definition| (definition, version)),
+                ))
+            });
     result.map_err(|error| match error {
         LoadError::Store(error) => error,
         LoadError::Refused(refused) => corrupt(doing, refused),

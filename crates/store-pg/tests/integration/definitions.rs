@@ -95,3 +95,42 @@ fn definitions_load_grow_and_refuse_to_shrink() {
         reports_before
     );
 }
+
+#[test]
+fn a_definition_is_read_again_only_when_a_load_changed_its_version() {
+    use definitions::Lookup;
+    let db = Migrated::new(2);
+    let election = ElectionId::parse("def-e").unwrap();
+    assert!(matches!(
+        definitions::find_if_changed(&db.pool, &election, None).unwrap(),
+        Lookup::Current(None)
+    ));
+
+    let first = Definition::from_toml(FIRST).unwrap();
+    definitions::load(&db.pool, &first).unwrap();
+    let Lookup::Current(Some((read, v1))) =
+        definitions::find_if_changed(&db.pool, &election, None).unwrap()
+    else {
+        panic!("a loaded definition is found");
+    };
+    assert_eq!(read, first);
+    assert!(matches!(
+        definitions::find_if_changed(&db.pool, &election, Some(v1)).unwrap(),
+        Lookup::Unchanged
+    ));
+
+    // Any load moves the version, even one that only adds a box.
+    let grown = Definition::from_toml(&FIRST.replace("\"BB2\"]", "\"BB2\", \"BB9\"]")).unwrap();
+    definitions::load(&db.pool, &grown).unwrap();
+    let Lookup::Current(Some((read, v2))) =
+        definitions::find_if_changed(&db.pool, &election, Some(v1)).unwrap()
+    else {
+        panic!("a grown definition is read again");
+    };
+    assert_ne!(v1, v2);
+    assert_eq!(read, grown);
+    assert!(matches!(
+        definitions::find_if_changed(&db.pool, &election, Some(v2)).unwrap(),
+        Lookup::Unchanged
+    ));
+}
