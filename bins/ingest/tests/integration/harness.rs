@@ -107,6 +107,11 @@ pub fn settings() -> Settings {
         token_cache_ttl: Duration::ZERO,
         // No caching: a definition loaded by a test applies at once.
         definition_cache_ttl: Duration::ZERO,
+        serve: election_http::ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        },
+        body_timeout: Duration::from_secs(10),
+        rate_limit: None,
     }
 }
 

@@ -42,6 +42,9 @@ pub fn query_settings() -> election_query::Settings {
         keep_alive: Duration::from_secs(15),
         timeline_cache: Duration::ZERO,
         timeline_full_refresh: Duration::from_secs(300),
+        serve: election_http::ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        },
     }
 }
 
@@ -56,6 +59,11 @@ pub fn ingest_settings() -> election_ingest::Settings {
         },
         token_cache_ttl: Duration::ZERO,
         definition_cache_ttl: Duration::ZERO,
+        serve: election_http::ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        },
+        body_timeout: Duration::from_secs(10),
+        rate_limit: None,
     }
 }
 
