@@ -11,4 +11,5 @@ mod harness;
 mod hostile;
 mod limits;
 mod process;
+mod secrets;
 mod slow;
