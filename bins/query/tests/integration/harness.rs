@@ -150,6 +150,16 @@ pub async fn start_ingest(
     tally: Arc<RedisTally>,
     tokens: Arc<dyn TokenLookup>,
 ) -> Running {
+    start_ingest_with(pool, tally, tokens, ingest_settings()).await
+}
+
+/// Starts an ingest service with other settings (timeouts, a rate limit).
+pub async fn start_ingest_with(
+    pool: PgPool,
+    tally: Arc<RedisTally>,
+    tokens: Arc<dyn TokenLookup>,
+    settings: election_ingest::Settings,
+) -> Running {
     let (listener, base) = listener().await;
     let ready: ReadyCheck = election_ingest::commands::ready_check(pool.clone(), tally.clone());
     let services = election_ingest::Services {
@@ -160,14 +170,9 @@ pub async fn start_ingest(
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(election_ingest::run(
-        listener,
-        services,
-        ingest_settings(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let task = tokio::spawn(election_ingest::run(listener, services, settings, async {
+        let _ = stopped.await;
+    }));
     Running {
         base,
         stop: Some(stop),
