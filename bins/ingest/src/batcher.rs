@@ -95,6 +95,7 @@ async fn run(
 ) {
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let batch_size = config.batch_size.max(1);
+    let deferrals = Arc::new(DeferralLog::default());
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
@@ -121,6 +122,7 @@ async fn run(
         }
         let engine = engine.clone();
         let metrics = Arc::clone(&metrics);
+        let deferrals = Arc::clone(&deferrals);
         tokio::spawn(async move {
             let started = Instant::now();
             let (reports, replies): (Vec<Report>, Vec<oneshot::Sender<Answer>>) =
@@ -147,6 +149,11 @@ async fn run(
             );
             match result {
                 Ok(Ok(outcomes)) => {
+                    let pending = outcomes
+                        .iter()
+                        .filter(|outcome| matches!(outcome, Outcome::Pending(_)))
+                        .count();
+                    deferrals.note(pending);
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         // A client that went away no longer waits: fine.
                         let _ = reply.send(Ok(outcome));
@@ -171,4 +178,36 @@ async fn run(
     let _ = permits
         .acquire_many(config.max_in_flight.max(1) as u32)
         .await;
+}
+
+/// Logs reports recorded but not counted (Redis unavailable or failing), at
+/// most once per [`DEFERRAL_LOG_EVERY`] with how many there were since the
+/// last line: an operator sees the outage in the log without a line per
+/// batch while it lasts (the metric `ingest_redis_deferred_total` counts
+/// every one).
+#[derive(Default)]
+struct DeferralLog {
+    state: std::sync::Mutex<(Option<Instant>, usize)>,
+}
+
+/// Least time between two deferral warnings.
+const DEFERRAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl DeferralLog {
+    fn note(&self, pending: usize) {
+        if pending == 0 {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, unlogged) = &mut *state;
+        *unlogged += pending;
+        if last.is_none_or(|at| at.elapsed() >= DEFERRAL_LOG_EVERY) {
+            tracing::warn!(
+                reports.pending = *unlogged,
+                "reports recorded but not counted (Redis unavailable); they answer 202 and the reprocessor counts them"
+            );
+            *last = Some(Instant::now());
+            *unlogged = 0;
+        }
+    }
 }

@@ -16,6 +16,10 @@
 //! | `MAX_IN_FLIGHT` | `--max-in-flight` | 4 |
 //! | `TOKEN_CACHE_SECS` | `--token-cache-secs` | 5 |
 //! | `DEFINITION_CACHE_SECS` | `--definition-cache-secs` | 5 |
+//! | `HTTP_HEADER_TIMEOUT_MS` | `--header-timeout-ms` | 10000 (a request's headers must arrive within it, or the connection is closed) |
+//! | `INGEST_BODY_TIMEOUT_MS` | `--body-timeout-ms` | 10000 (a report's body must arrive within it, or 408) |
+//! | `INGEST_TOKEN_RATE` | `--token-rate` | 0 (reports per second per token; 0: no limit) |
+//! | `INGEST_TOKEN_BURST` | `--token-burst` | 0 (reports at once per token; 0: the rate, rounded up) |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
 //!
@@ -31,6 +35,10 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default deadline for a request's headers, in milliseconds.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Default deadline for a report's body, in milliseconds.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 10_000;
 
 /// election-ingest: the reporting API of the election counting system.
 #[derive(Parser, Debug)]
@@ -137,6 +145,24 @@ pub struct Serve {
     /// How long election definitions are cached (a definition loaded while serving applies within this time).
     #[arg(long, env = "DEFINITION_CACHE_SECS", default_value_t = 5)]
     pub definition_cache_secs: u64,
+    /// Longest time, in milliseconds, for a request's headers to arrive (or
+    /// for the next request on an idle kept-alive connection); past it the
+    /// connection is closed. Bounds slow clients (slowloris).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_TIMEOUT_MS)]
+    pub header_timeout_ms: u64,
+    /// Longest time, in milliseconds, for a report's body to arrive once its
+    /// headers have; past it the answer is 408 and nothing is recorded.
+    #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = DEFAULT_BODY_TIMEOUT_MS)]
+    pub body_timeout_ms: u64,
+    /// Reports per second each token may post on average (fractions allowed);
+    /// beyond it, 429 with Retry-After. 0: no limit (the default: one
+    /// election-wide token may serve a whole gateway).
+    #[arg(long, env = "INGEST_TOKEN_RATE", default_value_t = 0.0)]
+    pub token_rate: f64,
+    /// Reports each token may post at once after being idle; 0: the rate,
+    /// rounded up.
+    #[arg(long, env = "INGEST_TOKEN_BURST", default_value_t = 0)]
+    pub token_burst: u32,
 }
 
 /// `token` subcommands.

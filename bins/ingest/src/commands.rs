@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use election_core::{BallotBoxId, ElectionId, StoreError};
+use election_http::ServeConfig;
 use election_http::health::ReadyCheck;
 use store_pg::{PgLog, PgPool};
 use store_redis::RedisTally;
@@ -13,6 +14,7 @@ use store_redis::RedisTally;
 use crate::auth::{self, Scope, TokenLookup};
 use crate::batcher::BatchConfig;
 use crate::cli::{Database, Election, Serve, Token, redact};
+use crate::limit::RateLimit;
 use crate::{Services, Settings};
 
 /// How long to wait for a PostgreSQL connection before giving up.
@@ -109,6 +111,15 @@ pub fn serve_blocking(args: Serve) -> anyhow::Result<()> {
 
 /// `election-ingest serve`.
 pub async fn serve(args: Serve) -> anyhow::Result<()> {
+    if args.header_timeout_ms == 0 {
+        bail!("--header-timeout-ms must be at least 1");
+    }
+    if args.body_timeout_ms == 0 {
+        bail!("--body-timeout-ms must be at least 1");
+    }
+    let rate_limit = RateLimit::from_config(args.token_rate, args.token_burst)
+        .map_err(anyhow::Error::msg)
+        .context("--token-rate")?;
     let pg = pool(&args.database, args.pg_pool_size)?;
     {
         let pg = pg.clone();
@@ -130,6 +141,10 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         redis.url = %redact(&args.redis_url),
         batch.size = args.batch_size,
         batch.linger_ms = args.batch_linger_ms,
+        http.header_timeout_ms = args.header_timeout_ms,
+        http.body_timeout_ms = args.body_timeout_ms,
+        rate_limit.per_second = rate_limit.map_or(0.0, |limit| limit.per_second),
+        rate_limit.burst = rate_limit.map_or(0, |limit| limit.burst),
         "election-ingest serving"
     );
     let services = Services {
@@ -148,6 +163,11 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         },
         token_cache_ttl: Duration::from_secs(args.token_cache_secs),
         definition_cache_ttl: Duration::from_secs(args.definition_cache_secs),
+        serve: ServeConfig {
+            header_read_timeout: Duration::from_millis(args.header_timeout_ms),
+        },
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
+        rate_limit,
     };
     crate::run(
         listener,

@@ -10,6 +10,7 @@ pub mod batcher;
 pub mod cli;
 pub mod commands;
 pub mod definitions;
+pub mod limit;
 pub mod service;
 
 use std::future::Future;
@@ -17,12 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use election_core::{Engine, ReportLog, Tally};
+use election_http::ServeConfig;
 use election_http::health::ReadyCheck;
 use election_http::metrics::Registry;
 
 use crate::auth::{TokenCache, TokenLookup};
 use crate::batcher::{BatchConfig, Batcher};
 use crate::definitions::{DefinitionCache, DefinitionLookup};
+use crate::limit::{RateLimit, RateLimiter};
 use crate::service::{AppState, router};
 
 /// The stores the service runs on.
@@ -48,6 +51,13 @@ pub struct Settings {
     pub token_cache_ttl: Duration,
     /// How long election definitions are cached.
     pub definition_cache_ttl: Duration,
+    /// Connection handling: the header-read deadline (slowloris).
+    pub serve: ServeConfig,
+    /// Longest time a report's body may take to arrive once its headers
+    /// have; past it the answer is 408 and nothing is recorded.
+    pub body_timeout: Duration,
+    /// The per-token rate limit (`None`: no limit).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Serves the reporting API on `listener` until `shutdown` resolves, then
@@ -70,11 +80,13 @@ pub async fn run(
             settings.definition_cache_ttl,
         )),
         metrics,
+        body_timeout: settings.body_timeout,
+        limiter: settings
+            .rate_limit
+            .map(|limit| Arc::new(RateLimiter::new(limit))),
     };
     let app = router(state, services.ready);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    election_http::serve(listener, app, settings.serve, shutdown).await?;
     // The router (and with it every handle on the batcher) is gone: wait for
     // the batches still being recorded.
     task.finish().await;

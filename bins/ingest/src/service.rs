@@ -2,20 +2,22 @@
 //! health and metrics.
 //!
 //! The handler checks, in this order, and answers the first problem found:
-//! the token (401), the election id (422), the token's election (403), the
-//! content type (415), the body size (413), the JSON shape (400), the domain
-//! rules (422), the election's definition where it has one (422: unknown
-//! party, city or ballot box, a box under another city), the token's ballot
-//! box (403). Only then is the report queued
-//! for the [`Batcher`], whose answer becomes 201, 202, 200, 409 or 503. Every
-//! refusal happens before anything is written (I4).
+//! the token (401), the token's rate limit (429, with `Retry-After`; see
+//! [`crate::limit`]), the election id (422), the token's election (403), the
+//! content type (415), the body size (413) and the time the body takes to
+//! arrive (408), the JSON shape (400), the domain rules (422), the
+//! election's definition where it has one (422: unknown party, city or
+//! ballot box, a box under another city), the token's ballot box (403).
+//! Only then is the report queued for the [`Batcher`], whose answer becomes
+//! 201, 202, 200, 409 or 503. Every refusal happens before anything is
+//! written (I4).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -29,6 +31,7 @@ use serde::Serialize;
 use crate::auth::{self, TokenCache};
 use crate::batcher::Batcher;
 use crate::definitions::{Cached, DefinitionCache};
+use crate::limit::RateLimiter;
 
 /// Largest report body accepted (SPEC §5).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -44,6 +47,10 @@ pub struct AppState {
     pub definitions: Arc<DefinitionCache>,
     /// The service's metrics.
     pub metrics: Arc<Registry>,
+    /// Longest time a body may take to arrive (408 past it).
+    pub body_timeout: Duration,
+    /// The per-token rate limit, if one is configured.
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 /// Every `(method, path)` [`router`] serves, in axum's path syntax. Keep it
@@ -117,7 +124,17 @@ async fn post_report(
     );
     match answer {
         Ok((status, accepted)) => (status, Json(accepted)).into_response(),
-        Err(error) => error.into_response(),
+        Err(error) => {
+            let mut response = error.into_response();
+            if status == StatusCode::REQUEST_TIMEOUT {
+                // The rest of the body may still be on its way: this
+                // connection cannot carry another request.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
     }
 }
 
@@ -139,6 +156,7 @@ async fn handle(
             )
         })?
         .to_owned();
+    let token_hash = auth::hash(&token);
     let scope = match state.tokens.cached(&token) {
         Some(scope) => scope,
         None => {
@@ -161,6 +179,20 @@ async fn handle(
             "unknown or revoked token",
         )
     })?;
+    if let Some(limiter) = &state.limiter {
+        limiter.check(&token_hash).map_err(|limited| {
+            let limit = limiter.limit();
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this token may post {} reports per second (bursts of {}); nothing was recorded, retry in {} s",
+                    limit.per_second, limit.burst, limited.retry_after_secs
+                ),
+            )
+            .with_retry_after(limited.retry_after_secs)
+        })?;
+    }
     let election = ElectionId::parse(election).map_err(|p| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -179,7 +211,7 @@ async fn handle(
         ));
     }
     check_content_type(headers)?;
-    let body = read_body(headers, body).await?;
+    let body = read_body(headers, body, state.body_timeout).await?;
     let report = Report::from_json(&election, &body).map_err(|error| match error {
         ReportError::Malformed(message) => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -305,9 +337,13 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 /// read the 413. Beyond this, the connection is simply closed.
 const DRAIN_BYTES: usize = 1024 * 1024;
 /// How long draining may take.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// Reads a whole body of at most [`MAX_BODY_BYTES`] that must arrive within
+/// `timeout` (408 otherwise: a client that sends headers and then stalls or
+/// trickles holds a connection and a task; `election_http::serve` bounds
+/// only the headers).
+async fn read_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -325,7 +361,23 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
         return Err(too_large());
     }
     let mut collected = Vec::with_capacity(declared.map_or(1024, |n| n as usize));
-    while let Some(chunk) = stream.next().await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the body did not arrive within {} ms ({} bytes received); nothing was recorded, send it again",
+                        timeout.as_millis(),
+                        collected.len()
+                    ),
+                ));
+            }
+        };
         let chunk = chunk.map_err(|error| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

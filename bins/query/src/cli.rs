@@ -17,6 +17,7 @@
 //! | `KEEP_ALIVE_SECS` | `--keep-alive-secs` | 15 |
 //! | `TIMELINE_CACHE_MS` | `--timeline-cache-ms` | 2000 |
 //! | `TIMELINE_FULL_REFRESH_SECS` | `--timeline-full-refresh-secs` | 300 |
+//! | `HTTP_HEADER_TIMEOUT_MS` | `--header-timeout-ms` | 10000 (a request's headers must arrive within it, or the connection is closed; streams are not affected) |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
 //!
@@ -44,6 +45,8 @@ pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 15;
 pub const DEFAULT_TIMELINE_CACHE_MS: u64 = 2000;
 /// Default interval between whole reads of a timeline.
 pub const DEFAULT_TIMELINE_FULL_REFRESH_SECS: u64 = 300;
+/// Default deadline for a request's headers, in milliseconds.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 
 /// election-query: live totals, history and the dashboard of the election
 /// counting system.
@@ -110,6 +113,12 @@ pub struct Serve {
     /// Seconds between whole reads of a timeline (in between, only its last minutes are read again).
     #[arg(long, env = "TIMELINE_FULL_REFRESH_SECS", default_value_t = DEFAULT_TIMELINE_FULL_REFRESH_SECS)]
     pub timeline_full_refresh_secs: u64,
+    /// Longest time, in milliseconds, for a request's headers to arrive (or
+    /// for the next request on an idle kept-alive connection); past it the
+    /// connection is closed. Bounds slow clients (slowloris); an open
+    /// stream is a response being written and is never cut by it.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_TIMEOUT_MS)]
+    pub header_timeout_ms: u64,
 }
 
 /// A URL with its password replaced by `***`, for logs (shared by every

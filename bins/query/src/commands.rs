@@ -49,6 +49,9 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     if args.keep_alive_secs == 0 {
         bail!("--keep-alive-secs must be at least 1");
     }
+    if args.header_timeout_ms == 0 {
+        bail!("--header-timeout-ms must be at least 1");
+    }
     let pg = store_pg::connect(&args.database_url, args.pg_pool_size, PG_CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to PostgreSQL at {}", redact(&args.database_url)))?;
     {
@@ -81,6 +84,9 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         keep_alive: Duration::from_secs(args.keep_alive_secs),
         timeline_cache: Duration::from_millis(args.timeline_cache_ms),
         timeline_full_refresh: Duration::from_secs(args.timeline_full_refresh_secs),
+        serve: election_http::ServeConfig {
+            header_read_timeout: Duration::from_millis(args.header_timeout_ms),
+        },
     };
     crate::run(
         listener,

@@ -63,6 +63,9 @@ pub struct Settings {
     pub timeline_cache: Duration,
     /// How often a timeline is read whole rather than from its last minutes.
     pub timeline_full_refresh: Duration,
+    /// Connection handling: the header-read deadline (slowloris). Streams
+    /// are responses being written, which it never cuts.
+    pub serve: election_http::ServeConfig,
 }
 
 /// What every request handler shares.
@@ -121,15 +124,13 @@ pub async fn run(
         keep_alive: settings.keep_alive,
     };
     let app = api::router(state, services.ready);
-    // Streams never end by themselves: axum's graceful shutdown would wait
+    // Streams never end by themselves: the server's graceful shutdown would wait
     // for them forever. The signal first tells every stream and refresh task
-    // to stop, then lets axum drain what is left.
+    // to stop, then lets the server drain what is left.
     let signal = async move {
         shutdown.await;
         stop.send_replace(true);
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await?;
+    election_http::serve(listener, app, settings.serve, signal).await?;
     Ok(())
 }

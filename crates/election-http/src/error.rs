@@ -4,7 +4,7 @@
 //! request; 5xx answers stay short and the cause is logged here, once.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -14,6 +14,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    retry_after_secs: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -29,7 +31,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    /// The same error, answered with `Retry-After: <seconds>`.
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_secs = Some(seconds);
+        self
     }
 
     /// 500; `detail` is logged, not sent.
@@ -62,6 +71,11 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// The `Retry-After` seconds, if any.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_secs
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -85,6 +99,12 @@ impl IntoResponse for ApiError {
             error: self.code,
             message: &self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

@@ -7,6 +7,8 @@
 //!   text for `GET /metrics`.
 //! - [`health`]: `GET /healthz` and `GET /readyz`.
 //! - [`telemetry::init`]: `tracing` output, human or JSON.
+//! - [`serve::serve`]: the HTTP server, with a header-read deadline (no
+//!   slowloris) and graceful shutdown.
 //! - [`shutdown::signal`]: resolves on SIGTERM or SIGINT.
 //! - [`blocking`]: runs blocking store calls off the async workers, keeping
 //!   the caller's tracing span.
@@ -15,10 +17,12 @@
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use error::ApiError;
+pub use serve::{ServeConfig, serve};
 
 /// Runs a blocking closure (diesel, the synchronous Redis client) on tokio's
 /// blocking pool, inside the caller's tracing span.

@@ -109,6 +109,25 @@ fn unique_name() -> String {
     format!("t_{}_{nanos}_{counter}", std::process::id())
 }
 
+/// `url` with `password` as its password (replacing any): for tests that
+/// check a password never reaches logs or metrics. The test server trusts
+/// local connections, so it ignores the password.
+///
+/// # Panics
+/// When `url` has no `scheme://user@` to put the password in.
+pub fn with_password(url: &str, password: &str) -> String {
+    let (scheme, rest) = url
+        .split_once("://")
+        .unwrap_or_else(|| panic!("{url} is not a scheme://user@host URL"));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let (user_info, host) = authority
+        .rsplit_once('@')
+        .unwrap_or_else(|| panic!("{url} names no user to give a password to"));
+    let user = user_info.split(':').next().unwrap_or(user_info);
+    format!("{scheme}://{user}:{password}@{host}{path}")
+}
+
 /// Adds `options=-c search_path=<schema>` to a libpq URL, percent-encoded,
 /// after a `?` or a `&` as the URL needs.
 fn with_search_path(url: &str, schema: &str) -> String {
@@ -129,6 +148,18 @@ mod tests {
         assert_eq!(
             with_search_path("postgres://u@h/db?sslmode=disable", "t_1"),
             "postgres://u@h/db?sslmode=disable&options=-c%20search_path%3Dt_1"
+        );
+    }
+
+    #[test]
+    fn a_password_is_put_in_or_replaced() {
+        assert_eq!(
+            with_password("postgres://postgres@127.0.0.1:5432/db?options=x", "pw"),
+            "postgres://postgres:pw@127.0.0.1:5432/db?options=x"
+        );
+        assert_eq!(
+            with_password("postgres://u:old@h/db", "new"),
+            "postgres://u:new@h/db"
         );
     }
 

@@ -87,6 +87,11 @@ pub struct RedisServer {
     /// The watchdog shell; its standard input stays open while the server
     /// should live.
     watchdog: Mutex<Child>,
+    /// The extra arguments it was started with, so [`Self::restart`]
+    /// starts the same kind of server.
+    extra_args: Vec<String>,
+    /// Its `--requirepass`, if it was given one: [`Self::url`] carries it.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -98,7 +103,14 @@ impl RedisServer {
         RedisServer::start_with(&[])
     }
 
-    fn start_with(extra_args: &[&str]) -> RedisServer {
+    /// Starts a standalone `redis-server` on a free port with extra
+    /// arguments (`{dir}` and `{port}` in them stand for this server's).
+    /// With `--requirepass PASSWORD`, [`Self::url`] carries the password, so
+    /// every helper here still reaches the server.
+    ///
+    /// # Panics
+    /// When no server could be started (with its log).
+    pub fn start_with(extra_args: &[&str]) -> RedisServer {
         let mut last_failure = String::new();
         for _ in 0..20 {
             let port = free_port_pair();
@@ -151,10 +163,17 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot run sh to start redis-server: {e}"))?;
+        let password = extra_args
+            .iter()
+            .position(|arg| *arg == "--requirepass")
+            .and_then(|at| extra_args.get(at + 1))
+            .map(|password| (*password).to_owned());
         let server = RedisServer {
             port,
             dir,
             watchdog: Mutex::new(watchdog),
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+            password,
         };
         server.wait_ready(&log)?;
         Ok(server)
@@ -195,9 +214,13 @@ impl RedisServer {
         self.port
     }
 
-    /// Its URL, `redis://127.0.0.1:<port>`.
+    /// Its URL, `redis://127.0.0.1:<port>`, or `redis://:<password>@…`
+    /// when it requires a password.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// The server's process id (from `INFO server`).
@@ -237,13 +260,15 @@ impl RedisServer {
         }
     }
 
-    /// Starts an empty server on the same port again (after [`Self::kill`]).
+    /// Starts an empty server on the same port again (after [`Self::kill`]),
+    /// with the same extra arguments.
     ///
     /// # Panics
     /// When the port was taken in the meantime or the server does not start.
     pub fn restart(&mut self) {
         let port = self.port;
-        let fresh = RedisServer::try_start(port, &[])
+        let extra_args: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+        let fresh = RedisServer::try_start(port, &extra_args)
             .unwrap_or_else(|failure| panic!("cannot restart redis-server on {port}: {failure}"));
         // Dropping the old value closes its watchdog (the server is dead).
         *self = fresh;

@@ -108,7 +108,18 @@ async fn postgres_unreachable_answers_503_and_counts_nothing() {
         )
         .unwrap(),
     );
-    let ingest = Ingest::serve(schema, pool, tally, redis_url, election, token, log, tokens).await;
+    let ingest = Ingest::serve(
+        schema,
+        pool,
+        tally,
+        redis_url,
+        election,
+        token,
+        log,
+        tokens,
+        crate::harness::settings(),
+    )
+    .await;
     let started = Instant::now();
     let (status, answer) = ingest
         .post(r#"{"ballot_box_id":"B1","city":"york","votes":{"a":10}}"#)

@@ -107,11 +107,21 @@ pub fn settings() -> Settings {
         token_cache_ttl: Duration::ZERO,
         // No caching: a definition loaded by a test applies at once.
         definition_cache_ttl: Duration::ZERO,
+        serve: election_http::ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        },
+        body_timeout: Duration::from_secs(10),
+        rate_limit: None,
     }
 }
 
 impl Ingest {
     pub async fn start(redis: RedisChoice) -> Ingest {
+        Ingest::start_with(redis, settings()).await
+    }
+
+    /// [`Ingest::start`] with other settings (timeouts, a rate limit).
+    pub async fn start_with(redis: RedisChoice, settings: Settings) -> Ingest {
         let (schema, pool) = migrated_schema();
         let redis_url = redis.url();
         let target = store_redis::parse_target(&redis_url).unwrap();
@@ -120,10 +130,13 @@ impl Ingest {
         let (_, token) = issue_token(&pool, election.as_str(), None);
         let log = Arc::new(PgLog::new(pool.clone()));
         let tokens = Arc::new(election_ingest::commands::PgTokens(pool.clone()));
-        Ingest::serve(schema, pool, tally, redis_url, election, token, log, tokens).await
+        Ingest::serve(
+            schema, pool, tally, redis_url, election, token, log, tokens, settings,
+        )
+        .await
     }
 
-    #[allow(clippy::too_many_arguments)] // One private constructor, called twice.
+    #[allow(clippy::too_many_arguments)] // One constructor, called twice.
     pub async fn serve(
         schema: PgSchema,
         pool: PgPool,
@@ -133,6 +146,7 @@ impl Ingest {
         token: String,
         log: Arc<dyn election_core::ReportLog>,
         tokens: Arc<dyn TokenLookup>,
+        settings: Settings,
     ) -> Ingest {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -145,14 +159,9 @@ impl Ingest {
             ready,
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(election_ingest::run(
-            listener,
-            services,
-            settings(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let task = tokio::spawn(election_ingest::run(listener, services, settings, async {
+            let _ = stopped.await;
+        }));
         Ingest {
             base,
             election,

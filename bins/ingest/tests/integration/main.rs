@@ -2,9 +2,14 @@
 //! (a fresh schema per test) and real Redis (standalone and Cluster), and of
 //! the real binary.
 
+mod access;
 mod api;
 mod counting;
 mod defined;
 mod faults;
 mod harness;
+mod hostile;
+mod limits;
 mod process;
+mod secrets;
+mod slow;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use test_support::pg::PgSchema;
 
-const BIN: &str = env!("CARGO_BIN_EXE_election-ingest");
+pub const BIN: &str = env!("CARGO_BIN_EXE_election-ingest");
 
 fn ingest(schema: &PgSchema, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -19,7 +19,7 @@ fn ingest(schema: &PgSchema, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -99,7 +99,7 @@ fn token_issue_list_revoke() {
     );
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -107,7 +107,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_ready(base: &str, child: &mut Child) {
+pub fn wait_ready(base: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
@@ -227,7 +227,7 @@ async fn sigterm_during_a_burst_loses_no_acknowledged_report() {
 
 /// Sends a signal with kill(1) (the workspace forbids unsafe code, so no
 /// direct libc call).
-fn send_signal(pid: u32, signal: &str) {
+pub fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())

@@ -42,6 +42,9 @@ pub fn query_settings() -> election_query::Settings {
         keep_alive: Duration::from_secs(15),
         timeline_cache: Duration::ZERO,
         timeline_full_refresh: Duration::from_secs(300),
+        serve: election_http::ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        },
     }
 }
 
@@ -56,6 +59,11 @@ pub fn ingest_settings() -> election_ingest::Settings {
         },
         token_cache_ttl: Duration::ZERO,
         definition_cache_ttl: Duration::ZERO,
+        serve: election_http::ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        },
+        body_timeout: Duration::from_secs(10),
+        rate_limit: None,
     }
 }
 
@@ -142,6 +150,16 @@ pub async fn start_ingest(
     tally: Arc<RedisTally>,
     tokens: Arc<dyn TokenLookup>,
 ) -> Running {
+    start_ingest_with(pool, tally, tokens, ingest_settings()).await
+}
+
+/// Starts an ingest service with other settings (timeouts, a rate limit).
+pub async fn start_ingest_with(
+    pool: PgPool,
+    tally: Arc<RedisTally>,
+    tokens: Arc<dyn TokenLookup>,
+    settings: election_ingest::Settings,
+) -> Running {
     let (listener, base) = listener().await;
     let ready: ReadyCheck = election_ingest::commands::ready_check(pool.clone(), tally.clone());
     let services = election_ingest::Services {
@@ -152,14 +170,9 @@ pub async fn start_ingest(
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(election_ingest::run(
-        listener,
-        services,
-        ingest_settings(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let task = tokio::spawn(election_ingest::run(listener, services, settings, async {
+        let _ = stopped.await;
+    }));
     Running {
         base,
         stop: Some(stop),

@@ -4,6 +4,7 @@
 //! real binary.
 
 mod dashboard;
+mod hardening;
 mod harness;
 mod history;
 mod live;

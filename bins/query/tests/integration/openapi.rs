@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use election_core::{BallotBoxId, CityId, ElectionId};
 use election_ingest::auth::Scope;
+use futures_util::StreamExt;
 use serde_json::Value;
 use store_redis::RedisTally;
 
 use crate::harness::{
-    Events, FixedTokens, SEED, Stack, issue_token, query_settings, redis_options, start_ingest,
-    start_query,
+    Events, FixedTokens, SEED, Stack, ingest_settings, issue_token, query_settings, redis_options,
+    start_ingest, start_ingest_with, start_query,
 };
 
 /// The document, parsed.
@@ -491,6 +492,53 @@ async fn the_openapi_document_is_true_of_both_services() {
         )
         .await;
     assert_eq!(status, 422);
+
+    // 408 and 429: an ingest with a short body deadline and a rate limit of
+    // one report per token: a body that stalls, then a second post.
+    let strict = start_ingest_with(
+        stack.pool.clone(),
+        Arc::clone(&stack.query_tally),
+        Arc::new(election_ingest::commands::PgTokens(stack.pool.clone())),
+        election_ingest::Settings {
+            body_timeout: Duration::from_millis(300),
+            rate_limit: Some(election_ingest::limit::RateLimit {
+                per_second: 0.01,
+                burst: 2,
+            }),
+            ..ingest_settings()
+        },
+    )
+    .await;
+    let limited_token = issue_token(&stack.pool, &e);
+    let stalled = futures_util::stream::iter([Ok::<_, std::io::Error>(
+        r#"{"ballot_box_id": "BB-SLOW""#.to_owned(),
+    )])
+    .chain(futures_util::stream::pending());
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(&strict.base, &e, &limited_token, "").body(reqwest::Body::wrap_stream(stalled)),
+        )
+        .await;
+    assert_eq!(status, 408);
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(&strict.base, &e, &limited_token, SEED[2]),
+        )
+        .await;
+    assert_eq!(status, 200, "the third seed report again: a replay");
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(&strict.base, &e, &limited_token, SEED[2]),
+        )
+        .await;
+    assert_eq!(status, 429);
+    strict.stop().await;
 
     // 202: an ingest whose Redis is down records and defers.
     let dead_redis = Arc::new(

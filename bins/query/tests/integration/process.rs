@@ -1,6 +1,7 @@
-//! The real `election-query` binary: it refuses an unmigrated database, and
+//! The real `election-query` binary: it refuses an unmigrated database,
 //! SIGTERM ends it promptly with exit status 0 even while a live stream is
-//! open (streams never end by themselves).
+//! open (streams never end by themselves), and no password reaches its logs
+//! or metrics.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -124,4 +125,94 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
     assert!(stderr.contains("election-query stopped"), "{stderr}");
     eprintln!("stopped {:?} after SIGTERM", signalled.elapsed());
+}
+
+const DB_PASSWORD: &str = "S3cretDbPw";
+const REDIS_PASSWORD: &str = "S3cretRedisPw";
+
+/// Secrets never reach logs or metrics (issue #7): the real binary with
+/// passwords in its PostgreSQL and Redis URLs, at `RUST_LOG=debug` in both
+/// log formats, through a Redis stall (so the error paths log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_reaches_logs_or_metrics() {
+    let (schema, _pool) = migrated_schema();
+    let database_url = test_support::pg::with_password(schema.url(), DB_PASSWORD);
+    let redis = test_support::redis::RedisServer::start_with(&["--requirepass", REDIS_PASSWORD]);
+    let client = reqwest::Client::new();
+    for format in ["human", "json"] {
+        let dir = std::env::temp_dir().join(format!(
+            "election-query-secrets-{}-{format}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", &address])
+            .env("DATABASE_URL", &database_url)
+            .env("REDIS_URL", redis.url())
+            .env("RUST_LOG", "debug")
+            .env("LOG_FORMAT", format)
+            .env("REDIS_TIMEOUT_MS", "300")
+            .env("SNAPSHOT_INTERVAL_MS", "50")
+            .env_remove("LISTEN_ADDR")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        wait_listening(&address, &mut child);
+        let base = format!("http://{address}");
+        let (status, totals) =
+            crate::harness::get(&client, &format!("{base}/v1/elections/secrets/totals")).await;
+        assert_eq!(status, 200, "{totals}");
+        let (status, _) =
+            crate::harness::get(&client, &format!("{base}/v1/elections/secrets/timeline")).await;
+        assert_eq!(status, 200);
+
+        // Redis stalls for a while: snapshots fail and are logged.
+        let paused = redis.pause();
+        let (ready_status, ready) = crate::harness::get(&client, &format!("{base}/readyz")).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        redis.resume(paused);
+        assert_eq!(ready_status, 503, "{ready}");
+        let (_, metrics) = crate::harness::get(&client, &format!("{base}/metrics")).await;
+        let metrics = metrics.as_str().unwrap_or_default().to_owned();
+        assert!(metrics.contains("query_requests_total"), "{metrics}");
+
+        send_signal(child.id(), "TERM");
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "exit {status:?}");
+        let stdout = std::fs::read_to_string(dir.join("stdout")).unwrap();
+        let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        assert!(stderr.contains("election-query serving"), "{stderr}");
+        assert!(stderr.contains(":***@127.0.0.1"), "{stderr}");
+        assert!(
+            stderr.contains("DEBUG"),
+            "{format}: no debug lines: {stderr}"
+        );
+        assert!(
+            stderr.contains("cannot read the live totals"),
+            "{format}: the Redis failure was not logged: {stderr}"
+        );
+        let ready = ready.to_string();
+        for secret in [DB_PASSWORD, REDIS_PASSWORD] {
+            for (what, output) in [
+                ("stdout", &stdout),
+                ("stderr", &stderr),
+                ("metrics", &metrics),
+                ("readyz", &ready),
+            ] {
+                assert!(
+                    !output.contains(secret),
+                    "{format}: {secret:?} appears in {what}:\n{output}"
+                );
+            }
+        }
+    }
 }

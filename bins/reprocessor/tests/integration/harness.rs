@@ -277,6 +277,11 @@ impl Ingest {
             },
             token_cache_ttl: Duration::from_secs(60),
             definition_cache_ttl: Duration::from_secs(60),
+            serve: election_http::ServeConfig {
+                header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+            },
+            body_timeout: Duration::from_secs(10),
+            rate_limit: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(election_ingest::run(listener, services, settings, async {
