@@ -76,6 +76,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Answers are small and written whole: send them at once rather
+        // than wait for Nagle's algorithm to gather more.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(client.addr = %remote, %error, "cannot set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(app.clone());
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
