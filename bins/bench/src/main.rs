@@ -202,6 +202,23 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         ),
         ratio: String::new(),
     });
+    // The same with the machine to itself: what the query service does when
+    // reading is all that happens (the target's own condition).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alone = query::hammer_totals(query_service.base(), "bench-query", 64, seconds).await?;
+    lines.push(Line {
+        what: "query: GET /totals, 64 concurrent clients, nothing else running".into(),
+        result: format!(
+            "{:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms",
+            alone.per_second,
+            ms(alone.p50),
+            ms(alone.p99)
+        ),
+        ratio: format!(
+            "{:.2}× the rate while ingest runs",
+            alone.per_second / totals.per_second
+        ),
+    });
     let subscribers = if cli.quick { 1_000 } else { 5_000 };
     let stream = query::stream_fanout(
         &pool,
