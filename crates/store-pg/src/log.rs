@@ -368,22 +368,16 @@ impl PgLog {
         let doing = || format!("marking {} reports counted", ids.len());
         let mut conn = self.connection(doing)?;
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        // The mark is bookkeeping, not a promise to a client: if a crash
-        // loses it, the revision is claimed again and re-applying it is a
-        // no-op (the markers). So its commit does not wait for the WAL flush
-        // (~2.5 ms of fdatasync here, on every batch's path); it is visible
-        // to other sessions at once all the same. The report itself keeps
-        // synchronous commit (I1, `record`).
-        conn.transaction(|conn| -> Result<(), TxError> {
-            diesel::sql_query("SET LOCAL synchronous_commit TO OFF").execute(conn)?;
-            // Rows already completed are left alone: idempotent, and the
-            // first `counted_at` stays.
-            prepared(MARK_COUNTED)
-                .bind::<Array<Int8>, _>(ids)
-                .execute(conn)?;
-            Ok(())
-        })
-        .map_err(|error| error.context(doing()))
+        // Rows already completed are left alone: idempotent, and the first
+        // `counted_at` stays.
+        prepared(MARK_COUNTED)
+            .bind::<Array<Int8>, _>(ids)
+            .execute(&mut conn)
+            .map_err(|source| PgError::Query {
+                doing: doing(),
+                source,
+            })?;
+        Ok(())
     }
 
     fn release_inner(&self, ids: &[ReportId], error: &str) -> Result<(), PgError> {
