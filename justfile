@@ -40,6 +40,10 @@ arch-check:
 test-all:
     cargo test --workspace --all-features
 
+# Fuzz report parsing and validation with 1,000,000 generated inputs in release mode (~1.5 min; `just fuzz 50000` for fewer).
+fuzz cases="1000000":
+    ELECTION_FUZZ_CASES={{cases}} cargo test --release -p election-core --test integration hostile::fuzz_report_parsing_and_validation -- --nocapture
+
 # Build the API docs with warnings as errors.
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
