@@ -44,6 +44,10 @@ test-all:
 fuzz cases="1000000":
     ELECTION_FUZZ_CASES={{cases}} cargo test --release -p election-core --test integration hostile::fuzz_report_parsing_and_validation -- --nocapture
 
+# schemathesis against both services: no 5xx, every answer as docs/openapi.yaml says (~1 min; needs `pip install schemathesis`).
+api-fuzz:
+    scripts/api-fuzz.sh
+
 # Build the API docs with warnings as errors.
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
