@@ -48,6 +48,13 @@ fuzz cases="1000000":
 api-fuzz:
     scripts/api-fuzz.sh
 
+# Dependency policy (deny.toml): licenses, bans and sources, offline (advisories need GitHub; needs `cargo install --locked cargo-deny`).
+deny:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-deny >/dev/null || { echo "cargo-deny is not installed: cargo install --locked cargo-deny" >&2; exit 1; }
+    cargo deny --offline check licenses bans sources
+
 # Build the API docs with warnings as errors.
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
