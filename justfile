@@ -44,6 +44,11 @@ test-all:
 fuzz cases="1000000":
     ELECTION_FUZZ_CASES={{cases}} cargo test --release -p election-core --test integration hostile::fuzz_report_parsing_and_validation -- --nocapture
 
+# libFuzzer on Report::from_json for `secs` seconds (fuzz/, its own workspace; needs `cargo install --locked cargo-fuzz`; RUSTC_BOOTSTRAP=1 lets stable build it).
+fuzz-libfuzzer secs="300":
+    mkdir -p fuzz/corpus/report_from_json
+    RUSTC_BOOTSTRAP=1 cargo fuzz run report_from_json fuzz/corpus/report_from_json fuzz/seeds -- -max_total_time={{secs}} -max_len=4096
+
 # schemathesis against both services: no 5xx, every answer as docs/openapi.yaml says (~1 min; needs `pip install schemathesis`).
 api-fuzz:
     scripts/api-fuzz.sh
