@@ -40,6 +40,26 @@ arch-check:
 test-all:
     cargo test --workspace --all-features
 
+# Fuzz report parsing and validation with 1,000,000 generated inputs in release mode (~1.5 min; `just fuzz 50000` for fewer).
+fuzz cases="1000000":
+    ELECTION_FUZZ_CASES={{cases}} cargo test --release -p election-core --test integration hostile::fuzz_report_parsing_and_validation -- --nocapture
+
+# libFuzzer on Report::from_json for `secs` seconds (fuzz/, its own workspace; needs `cargo install --locked cargo-fuzz`; RUSTC_BOOTSTRAP=1 lets stable build it).
+fuzz-libfuzzer secs="300":
+    mkdir -p fuzz/corpus/report_from_json
+    RUSTC_BOOTSTRAP=1 cargo fuzz run report_from_json fuzz/corpus/report_from_json fuzz/seeds -- -max_total_time={{secs}} -max_len=4096
+
+# schemathesis against both services: no 5xx, every answer as docs/openapi.yaml says (~1 min; needs `pip install schemathesis`).
+api-fuzz:
+    scripts/api-fuzz.sh
+
+# Dependency policy (deny.toml): licenses, bans and sources, offline (advisories need GitHub; needs `cargo install --locked cargo-deny`).
+deny:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-deny >/dev/null || { echo "cargo-deny is not installed: cargo install --locked cargo-deny" >&2; exit 1; }
+    cargo deny --offline check licenses bans sources
+
 # Build the API docs with warnings as errors.
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
