@@ -10,8 +10,8 @@ default:
 demo:
     scripts/demo.sh
 
-# Everything CI checks: format, lints, the architecture invariant, all tests.
-test: fmt-check lint arch-check test-all
+# Everything CI checks: format, lints, the architecture invariant, all tests, schemathesis against both services (a fixed seed, so CI is repeatable; `just api-fuzz` alone draws a new one).
+test: fmt-check lint arch-check test-all (api-fuzz "20261128")
 
 # What CI runs (`.ci/run` calls `just test`).
 ci: test
@@ -50,8 +50,8 @@ fuzz-libfuzzer secs="300":
     RUSTC_BOOTSTRAP=1 cargo fuzz run report_from_json fuzz/corpus/report_from_json fuzz/seeds -- -max_total_time={{secs}} -max_len=4096
 
 # schemathesis against both services: no 5xx, every answer as docs/openapi.yaml says (~1 min; needs `pip install schemathesis`).
-api-fuzz:
-    scripts/api-fuzz.sh
+api-fuzz seed="":
+    API_FUZZ_SEED={{seed}} scripts/api-fuzz.sh
 
 # Dependency policy (deny.toml): licenses, bans and sources, offline (advisories need GitHub; needs `cargo install --locked cargo-deny`).
 deny:

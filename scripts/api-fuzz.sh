@@ -84,7 +84,9 @@ trap 'exit 130' INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "api-fuzz: building election-ingest and election-query (debug)"
-cargo build -q -p election-ingest -p election-query
+# The same feature set as `cargo test --workspace --all-features`, so after
+# `just test-all` this reuses the binaries the tests built.
+cargo build -q --workspace --all-features --bin election-ingest --bin election-query
 BIN=${CARGO_TARGET_DIR:-target}/debug
 
 psql "$BASE_URL" -qc "CREATE DATABASE $DB" >/dev/null
