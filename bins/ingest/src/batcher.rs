@@ -160,7 +160,7 @@ async fn run(
                     }
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, batch.size = size, "batch not recorded");
+                    tracing::warn!(error = %election_core::engine::explain(&error), batch.size = size, "batch not recorded");
                     let error = Arc::new(error);
                     for reply in replies {
                         let _ = reply.send(Err(Arc::clone(&error)));
