@@ -104,7 +104,7 @@ impl DefinitionCache {
         match found {
             Ok(Lookup::Current(found)) => {
                 let (definition, version) = match found {
-                    Some((definition, version)) => (Some(Arc::new(definition)), Some(version)),
+                    Some((definition, version)) => (Some(Arc::from(definition)), Some(version)),
                     None => (None, None),
                 };
                 entries.insert(

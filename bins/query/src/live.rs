@@ -302,8 +302,8 @@ impl Live {
                             None => (None, None),
                         };
                         version = found_version;
-                        if found.as_ref() != definition.as_deref() {
-                            definition = found.map(Arc::new);
+                        if found.as_deref() != definition.as_deref() {
+                            definition = found.map(Arc::from);
                             definition_changed = true;
                         }
                     }

@@ -68,7 +68,7 @@ pub enum Lookup {
     Unchanged,
     /// The stored definition (`None`: the election is not defined) and its
     /// version.
-    Current(Option<(Definition, Version)>),
+    Current(Option<(Box<Definition>, Version)>),
 }
 
 #[derive(QueryableByName)]
@@ -250,7 +250,7 @@ pub fn find_if_changed(
                     return Ok(Lookup::Current(None));
                 };
                 Ok(Lookup::Current(
-                    read(conn, election, doing)?.map(|definition| (definition, version)),
+                    read(conn, election, doing)?.map(|definition| (Box::new(definition), version)),
                 ))
             });
     result.map_err(|error| match error {

@@ -113,7 +113,7 @@ fn a_definition_is_read_again_only_when_a_load_changed_its_version() {
     else {
         panic!("a loaded definition is found");
     };
-    assert_eq!(read, first);
+    assert_eq!(*read, first);
     assert!(matches!(
         definitions::find_if_changed(&db.pool, &election, Some(v1)).unwrap(),
         Lookup::Unchanged
@@ -128,7 +128,7 @@ fn a_definition_is_read_again_only_when_a_load_changed_its_version() {
         panic!("a grown definition is read again");
     };
     assert_ne!(v1, v2);
-    assert_eq!(read, grown);
+    assert_eq!(*read, grown);
     assert!(matches!(
         definitions::find_if_changed(&db.pool, &election, Some(v2)).unwrap(),
         Lookup::Unchanged
