@@ -226,6 +226,14 @@ pub fn measure(world: &World, redis_url: &str, load: &LoadResult) -> Drift {
     drift
 }
 
+/// Runs a query returning one `bigint` column `n`, with the election as
+/// `$1` (for scenarios watching the log while they inject faults).
+pub fn count(world: &World, sql: &str) -> i64 {
+    let mut conn = PgConnection::establish(world.database_url())
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", world.database_url()));
+    rows::<Count>(&mut conn, sql, &world.election)[0].n
+}
+
 /// Nothing pending, nothing half-recorded.
 #[track_caller]
 fn assert_integrity(conn: &mut PgConnection, election: &str) {

@@ -4,3 +4,4 @@
 //! (`just chaos`).
 
 mod ingest_killed;
+mod redis_restarted;
