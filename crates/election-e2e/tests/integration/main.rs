@@ -5,3 +5,4 @@
 
 mod ingest_killed;
 mod redis_restarted;
+mod reprocessors;
