@@ -4,5 +4,6 @@
 //! (`just chaos`).
 
 mod ingest_killed;
+mod postgres_restarted;
 mod redis_restarted;
 mod reprocessors;
