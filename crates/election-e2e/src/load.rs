@@ -39,6 +39,10 @@ pub struct LoadSpec {
     pub concurrency: usize,
     /// The load fails when a post is still unanswered after this long.
     pub give_up_after: Duration,
+    /// Posts started per second overall (`None`: as fast as answers come),
+    /// so a night lasts long enough for a slow fault (a failover) to land
+    /// in its middle.
+    pub rate: Option<f64>,
 }
 
 /// One attempt to post.
@@ -161,7 +165,8 @@ async fn drive(spec: LoadSpec, posts: Arc<Vec<Post>>, shared: Arc<Shared>) -> Re
         .map_err(|e| format!("building the HTTP client: {e}"))?;
     let spec = Arc::new(spec);
     let next = Arc::new(AtomicUsize::new(0));
-    let give_up = Instant::now() + spec.give_up_after;
+    let started = Instant::now();
+    let give_up = started + spec.give_up_after;
     let mut clients = Vec::new();
     for client_index in 0..spec.concurrency.max(1) {
         let (client, spec, posts, shared, next) = (
@@ -178,6 +183,10 @@ async fn drive(spec: LoadSpec, posts: Arc<Vec<Post>>, shared: Arc<Shared>) -> Re
                 let Some(post) = posts.get(index) else {
                     return Ok(());
                 };
+                if let Some(rate) = spec.rate {
+                    let due = started + Duration::from_secs_f64(index as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let mut backoff = Duration::from_millis(20);
                 loop {
                     let url = format!(

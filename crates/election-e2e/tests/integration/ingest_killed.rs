@@ -27,6 +27,7 @@ fn ingest_killed_repeatedly_under_load_loses_and_doubles_nothing() {
             token: world.token.clone(),
             concurrency: 16,
             give_up_after: Duration::from_secs(sized(120, 900)),
+            rate: None,
         },
     );
     for cycle in 1..=cycles {

@@ -3,6 +3,7 @@
 //! parallel and twice in a row. `ELECTION_CHAOS=full` runs them at full size
 //! (`just chaos`).
 
+mod cluster_failover;
 mod ingest_killed;
 mod postgres_restarted;
 mod redis_restarted;

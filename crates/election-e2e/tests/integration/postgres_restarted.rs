@@ -29,6 +29,7 @@ fn postgres_stopped_under_load_answers_503_then_resumes_by_itself() {
             token: world.token.clone(),
             concurrency: 16,
             give_up_after: Duration::from_secs(sized(120, 900)),
+            rate: None,
         },
     );
     let cycles = sized(1, 3);

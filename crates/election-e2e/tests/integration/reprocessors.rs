@@ -37,6 +37,7 @@ fn a_reprocessor_killed_mid_batch_then_two_of_each_at_once_count_exactly() {
             token: world.token.clone(),
             concurrency: 16,
             give_up_after: Duration::from_secs(sized(120, 900)),
+            rate: None,
         },
     );
     let wait = Duration::from_secs(sized(60, 600));
