@@ -40,6 +40,11 @@ arch-check:
 test-all:
     cargo test --workspace --all-features
 
+# The end-to-end fault scenarios at full size (docs/reliability.md): ingest, Redis, a Redis Cluster master, PostgreSQL and the reprocessor killed under load.
+chaos:
+    ELECTION_CHAOS=full cargo test --release -p election-e2e -- --test-threads=1 --nocapture
+    @# The fuzz part of `just chaos` goes below this line.
+
 # Build the API docs with warnings as errors.
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
