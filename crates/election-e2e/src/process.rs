@@ -1,15 +1,14 @@
 //! The binaries as child processes that never outlive the test.
 //!
-//! Each long-running process is started by a watchdog shell,
-//! `sh -c '"$@" >>LOG 2>&1 & echo $!; read _; kill -9 $!'`, whose standard
-//! input is a pipe only this process writes to (the pattern of
-//! `test_support::redis::RedisServer`): when the test process ends, however
-//! it ends, the pipe closes and the watchdog kills its child. The shell
-//! prints the child's pid, so the scenario can SIGKILL the binary itself,
-//! as a crash would.
-//!
-//! A killed child stays a zombie until its watchdog ends (the shell is busy
-//! in `read`), so "dead" means: gone from `/proc`, or in state `Z`.
+//! Each long-running process is started by a watchdog shell (the pattern of
+//! `test_support::redis::RedisServer`, see [`WATCHDOG`]) whose standard input
+//! is a pipe only this process writes to: when the test process ends,
+//! however it ends, the pipe closes and the watchdog kills its child with
+//! SIGKILL. The shell prints the child's pid, so a scenario can SIGKILL the
+//! binary itself, as a crash would; and it waits for the child, so the
+//! child's exit status ends up in its log (`[watchdog] ... exited with
+//! status N`: 137 for SIGKILL, 143 for SIGTERM), which tells a death the
+//! scenario caused from one it did not.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -51,7 +50,7 @@ pub fn send_signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
-/// Whether `pid` still runs (not gone, not a zombie).
+/// Whether `pid` still runs (not gone, not a zombie awaiting its watchdog).
 pub fn is_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // `pid (comm) S ...`: the state follows the last `)`.
@@ -62,6 +61,21 @@ pub fn is_running(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// The watchdog: `$0` is the log, `"$@"` the command. The pipe is kept on
+/// fd 3 because an asynchronous list's standard input is `/dev/null`. When
+/// the child exits, the reader is stopped, so it can never signal a process
+/// that reused the child's pid.
+const WATCHDOG: &str = r#"exec 3<&0
+"$@" >>"$0" 2>&1 &
+pid=$!
+echo $pid
+( read _ <&3; kill -9 $pid 2>/dev/null ) &
+reader=$!
+wait $pid
+status=$?
+kill $reader 2>/dev/null
+echo "[watchdog] $1 exited with status $status" >>"$0""#;
 
 /// A binary running under a watchdog (see the module docs).
 #[derive(Debug)]
@@ -77,7 +91,7 @@ impl Supervised {
         let mut command = Command::new("sh");
         command
             .arg("-c")
-            .arg(r#""$@" >>"$0" 2>&1 & pid=$!; echo $pid; read _; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null"#)
+            .arg(WATCHDOG)
             .arg(log)
             .arg(program)
             .args(args)
@@ -245,11 +259,20 @@ impl Ingest {
 
 impl Drop for Ingest {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Before stopping it: a `[watchdog]` line here is a death the
+            // scenario did not cause, or one of its kills.
+            eprintln!(
+                "election-ingest on port {} (running: {}), logs kept in {}:\n{}",
+                self.port,
+                self.is_running(),
+                self.log_dir.display(),
+                self.logs()
+            );
+        }
         drop(self.process.take());
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.log_dir);
-        } else {
-            eprintln!("election-ingest logs kept in {}", self.log_dir.display());
         }
     }
 }
