@@ -1,7 +1,7 @@
 //! The binaries as child processes that never outlive the test.
 //!
 //! Each long-running process is started by a watchdog shell (the pattern of
-//! `test_support::redis::RedisServer`, see [`WATCHDOG`]) whose standard input
+//! `test_support::redis::RedisServer`, see `WATCHDOG`) whose standard input
 //! is a pipe only this process writes to: when the test process ends,
 //! however it ends, the pipe closes and the watchdog kills its child with
 //! SIGKILL. The shell prints the child's pid, so a scenario can SIGKILL the
