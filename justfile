@@ -40,6 +40,12 @@ arch-check:
 test-all:
     cargo test --workspace --all-features
 
+# Everything at full size (docs/reliability.md): the end-to-end fault scenarios (ingest, Redis, a Redis Cluster master, PostgreSQL and the reprocessor killed under load), 1,000,000 fuzzed reports, and schemathesis with a new seed.
+chaos:
+    ELECTION_CHAOS=full cargo test --release -p election-e2e -- --test-threads=1 --nocapture
+    {{just_executable()}} fuzz 1000000
+    {{just_executable()}} api-fuzz
+
 # Fuzz report parsing and validation with 1,000,000 generated inputs in release mode (~1.5 min; `just fuzz 50000` for fewer).
 fuzz cases="1000000":
     ELECTION_FUZZ_CASES={{cases}} cargo test --release -p election-core --test integration hostile::fuzz_report_parsing_and_validation -- --nocapture

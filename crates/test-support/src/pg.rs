@@ -9,12 +9,18 @@
 //! migration bookkeeping included. Dropping the [`PgSchema`] drops the schema
 //! and everything in it.
 //!
+//! [`PgServer`] is a private PostgreSQL server (initdb + pg_ctl on a free
+//! port), for tests that stop and restart PostgreSQL under load.
+//!
 //! This crate cannot run the migrations itself (it must not depend on
 //! `store-pg`, which depends on it for tests); store tests migrate the schema
 //! with `store_pg::migrate`.
 
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
 
@@ -135,6 +141,254 @@ fn with_search_path(url: &str, schema: &str) -> String {
     format!("{url}{separator}options=-c%20search_path%3D{schema}")
 }
 
+/// A private PostgreSQL server on a free port, for tests that must stop and
+/// restart PostgreSQL under load (never the shared server, which other tests
+/// use).
+///
+/// It runs `initdb` and `pg_ctl` from the newest `/usr/lib/postgresql/*/bin`
+/// with its data in a temporary directory. PostgreSQL refuses to run as
+/// root, and the tests here do, so every command runs as the `postgres` user
+/// (`runuser -u postgres --`) in a directory owned by it. Authentication is
+/// `trust` on 127.0.0.1 only.
+///
+/// Like `RedisServer`, it is tied to this process by a watchdog shell,
+/// `sh -c 'read _; pg_ctl stop -m immediate; rm -rf DIR'`, whose standard
+/// input is a pipe only this process writes to: when this process ends,
+/// however it ends, the pipe closes and the watchdog stops the server and
+/// removes its data. Dropping the value does the same.
+#[derive(Debug)]
+pub struct PgServer {
+    port: u16,
+    /// The temporary directory: `data/` (the cluster), the socket, `log`.
+    dir: PathBuf,
+    /// Where `pg_ctl` and friends are.
+    bin: PathBuf,
+    /// The watchdog shell; its standard input stays open while the server
+    /// should live.
+    watchdog: Mutex<Child>,
+}
+
+impl PgServer {
+    /// Creates a cluster with `initdb` and starts it on a free port.
+    ///
+    /// # Panics
+    /// When PostgreSQL's programs are missing or the server does not start
+    /// (with its log).
+    pub fn start() -> PgServer {
+        let bin = postgres_bin_dir();
+        let dir = std::env::temp_dir().join(format!(
+            "election-pg-{}-{}",
+            std::process::id(),
+            unique_name()
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        as_postgres_owner(&dir);
+        // The watchdog first, so a failure below still cleans up.
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(
+                r#"read _; runuser -u postgres -- "$1/pg_ctl" -D "$0/data" stop -m immediate >/dev/null 2>&1; rm -rf "$0""#,
+            )
+            .arg(&dir)
+            .arg(&bin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run sh for the PostgreSQL watchdog");
+        let mut server = PgServer {
+            port: 0,
+            dir,
+            bin,
+            watchdog: Mutex::new(watchdog),
+        };
+        server.run_as_postgres(
+            "initdb",
+            &[
+                "-D",
+                &server.data_dir(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+        );
+        let mut last_failure = String::new();
+        for _ in 0..10 {
+            server.port = free_port();
+            match server.try_start() {
+                Ok(()) => return server,
+                // Another process took the port first: try another.
+                Err(failure) => last_failure = failure,
+            }
+        }
+        panic!("could not start a private PostgreSQL: {last_failure}");
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: every backend
+    /// quits without a checkpoint, as in a crash; the next start recovers
+    /// from the WAL). Returns when the port refuses connections.
+    pub fn stop(&self) {
+        self.run_as_postgres(
+            "pg_ctl",
+            &["-D", &self.data_dir(), "stop", "-m", "immediate", "-w"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL on {} did not stop",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the stopped server again on the same port and waits until it
+    /// accepts connections (after crash recovery).
+    ///
+    /// # Panics
+    /// When it does not start (the port was taken, for instance), with its log.
+    pub fn restart(&self) {
+        if let Err(failure) = self.try_start() {
+            panic!("cannot restart PostgreSQL on {}: {failure}", self.port);
+        }
+    }
+
+    fn try_start(&self) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
+        let output = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data_dir(), "-l"])
+            .arg(&log)
+            .args(["-o", &options, "-w", "-t", "60", "start"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run runuser: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "pg_ctl start on port {} failed ({}):\n{}{}\n--- log\n{}",
+                self.port,
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match PgConnection::establish(&self.url()) {
+                Ok(_) => return Ok(()),
+                Err(error) if Instant::now() > deadline => {
+                    return Err(format!(
+                        "PostgreSQL on {} does not answer: {error}",
+                        self.port
+                    ));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// Runs one of PostgreSQL's programs as the `postgres` user.
+    ///
+    /// # Panics
+    /// When it fails, with its output.
+    fn run_as_postgres(&self, program: &str, args: &[&str]) {
+        let output = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(program))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run runuser -u postgres -- {program}: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let mut watchdog = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Closing the pipe tells the watchdog to stop the server and remove
+        // its directory.
+        drop(watchdog.stdin.take());
+        let _ = watchdog.wait();
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` with `initdb` in it.
+fn postgres_bin_dir() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+        panic!(
+            "no /usr/lib/postgresql/*/bin/initdb: install PostgreSQL's server package \
+             (apt-get install postgresql) to run the PostgreSQL restart tests"
+        )
+    })
+}
+
+/// Hands `dir` to the `postgres` user (initdb refuses to run as root).
+fn as_postgres_owner(dir: &std::path::Path) {
+    let status = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(dir)
+        .status()
+        .expect("run chown");
+    assert!(
+        status.success(),
+        "chown postgres {} failed: is there a `postgres` user?",
+        dir.display()
+    );
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("binding 127.0.0.1:0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +454,33 @@ mod tests {
         .load(&mut conn)
         .unwrap();
         assert!(left.is_empty(), "schema {name} was not dropped");
+    }
+
+    #[test]
+    fn a_private_server_stops_and_restarts_with_its_data() {
+        use diesel::connection::SimpleConnection;
+        let server = PgServer::start();
+        let mut conn = PgConnection::establish(&server.url()).unwrap();
+        conn.batch_execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
+            .unwrap();
+        server.stop();
+        assert!(PgConnection::establish(&server.url()).is_err());
+        assert!(
+            diesel::sql_query("SELECT 1").execute(&mut conn).is_err(),
+            "an open connection fails once the server is stopped"
+        );
+        server.restart();
+        #[derive(diesel::QueryableByName)]
+        struct Kept {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            n: i32,
+        }
+        let rows: Vec<Kept> = diesel::sql_query("SELECT n FROM kept")
+            .load(&mut PgConnection::establish(&server.url()).unwrap())
+            .unwrap();
+        assert_eq!(rows.iter().map(|row| row.n).collect::<Vec<_>>(), [7]);
+        let dir = server.dir.clone();
+        drop(server);
+        assert!(!dir.exists(), "the watchdog removes the data");
     }
 }

@@ -9,6 +9,9 @@
 //! - [`cluster`]: one Redis Cluster (3 masters, 3 replicas) per test process,
 //!   started from `redis-server` and `redis-cli --cluster create` on free
 //!   ports, shared by every test of the process.
+//! - [`RedisCluster::start_private`]: a cluster of one test's own, with a
+//!   short node timeout, for tests that kill a master and watch its replica
+//!   take over (`kill_node`, `takeover`, `wait_promoted`).
 //!
 //! Every server started here runs under a small shell watchdog,
 //! `sh -c 'redis-server ARGS & pid=$!; read _; kill -9 $pid; rm -rf DIR'`,
@@ -312,11 +315,46 @@ pub struct RedisCluster {
 /// When the cluster cannot be started (with the reason and logs).
 pub fn cluster() -> &'static RedisCluster {
     static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
-    CLUSTER.get_or_init(RedisCluster::start)
+    CLUSTER.get_or_init(|| RedisCluster::start(5000))
 }
 
 impl RedisCluster {
-    fn start() -> RedisCluster {
+    /// A Redis Cluster of this test's own (3 masters, 3 replicas), for tests
+    /// that kill masters: never kill nodes of the shared [`cluster`].
+    /// `node_timeout_ms` is `cluster-node-timeout`: how long a node may be
+    /// unreachable before it is failed and its replica takes over (the
+    /// shared cluster uses 5000; 1000-2000 makes a failover quick).
+    ///
+    /// # Panics
+    /// When the cluster cannot be started (with the reason and logs).
+    pub fn start_private(node_timeout_ms: u32) -> RedisCluster {
+        let cluster = RedisCluster::start(node_timeout_ms);
+        // A replica that never synchronised refuses to take over, and the
+        // first full synchronisation waits `repl-diskless-sync-delay`
+        // (5 s by default; 0 on these nodes): wait for every link.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for server in &cluster.servers {
+            loop {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut connection(&server.url()))
+                    .expect("INFO replication");
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} did not synchronise with its master: {info}",
+                    server.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    fn start(node_timeout_ms: u32) -> RedisCluster {
+        let node_timeout = node_timeout_ms.to_string();
         let servers: Vec<RedisServer> = (0..6)
             .map(|_| {
                 RedisServer::start_with(&[
@@ -325,7 +363,10 @@ impl RedisCluster {
                     "--cluster-config-file",
                     "{dir}/nodes-{port}.conf",
                     "--cluster-node-timeout",
-                    "5000",
+                    &node_timeout,
+                    // Replicas synchronise at once instead of after 5 s.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ])
             })
             .collect();
@@ -488,6 +529,131 @@ impl RedisCluster {
     /// The port of the master serving `slot`, according to the first master.
     pub fn master_of_slot(&self, slot: u16) -> u16 {
         master_of_slot_according_to(&self.urls()[0], slot).expect("slot is served")
+    }
+
+    /// The server on `port` (to pause or resume it).
+    ///
+    /// # Panics
+    /// When no node of this cluster has that port.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.servers
+            .iter()
+            .find(|server| server.port == port)
+            .unwrap_or_else(|| panic!("no node of this cluster listens on {port}"))
+    }
+
+    /// The masters serving slots now, according to the first node that
+    /// answers (after a failover, a promoted replica is among them and the
+    /// dead master is not).
+    pub fn current_masters(&self) -> Vec<u16> {
+        for server in &self.servers {
+            let nodes = try_connection(&server.url()).and_then(|mut connection| {
+                redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query::<String>(&mut connection)
+            });
+            if let Ok(nodes) = nodes {
+                return masters_in(&nodes);
+            }
+        }
+        panic!("no node of the cluster answers CLUSTER NODES");
+    }
+
+    /// The port of the replica of the master on `master`.
+    ///
+    /// # Panics
+    /// When it has none.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let mut conn = connection(&port_url(master));
+        let id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut conn)
+            .expect("CLUSTER MYID");
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut conn)
+            .expect("CLUSTER NODES");
+        nodes
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let is_replica = fields.get(2)?.split(',').any(|flag| flag == "slave");
+                if !is_replica || *fields.get(3)? != id {
+                    return None;
+                }
+                let address = fields.get(1)?.split('@').next()?;
+                address.rsplit_once(':')?.1.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("master {master} has no replica in:\n{nodes}"))
+    }
+
+    /// Kills the node on `port` with SIGKILL (a crash: what it did not
+    /// replicate is gone).
+    pub fn kill_node(&mut self, port: u16) {
+        self.servers
+            .iter_mut()
+            .find(|server| server.port == port)
+            .unwrap_or_else(|| panic!("no node of this cluster listens on {port}"))
+            .kill();
+    }
+
+    /// `CLUSTER FAILOVER TAKEOVER` on the replica on `replica`: it becomes
+    /// the master of its master's slots at once, without the agreement of
+    /// the other masters and whatever it missed of its master's writes.
+    pub fn takeover(&self, replica: u16) {
+        redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .arg("TAKEOVER")
+            .exec(&mut connection(&port_url(replica)))
+            .unwrap_or_else(|e| panic!("CLUSTER FAILOVER TAKEOVER on {replica}: {e}"));
+    }
+
+    /// Waits until `replica` is a master serving slots according to every
+    /// node still alive, and each of them says `cluster_state:ok` with all
+    /// 16384 slots served.
+    ///
+    /// # Panics
+    /// After `timeout`, with what the nodes said last.
+    pub fn wait_promoted(&self, replica: u16, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut last = String::new();
+            let mut alive = 0;
+            let agreed = self.servers.iter().all(|server| {
+                let Ok(mut conn) = try_connection(&server.url()) else {
+                    // A killed node.
+                    return true;
+                };
+                alive += 1;
+                let info = redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut conn);
+                let nodes = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query::<String>(&mut conn);
+                match (info, nodes) {
+                    (Ok(info), Ok(nodes)) => {
+                        let ok = info.contains("cluster_state:ok")
+                            && info.contains("cluster_slots_ok:16384")
+                            && masters_in(&nodes).contains(&replica);
+                        if !ok {
+                            last = format!("port {}: {info}\n{nodes}", server.port);
+                        }
+                        ok
+                    }
+                    (info, nodes) => {
+                        last = format!("port {}: {info:?} {nodes:?}", server.port);
+                        false
+                    }
+                }
+            });
+            if agreed && alive > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{replica} was not promoted within {timeout:?}; last seen: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -1,0 +1,76 @@
+//! Redis killed and restarted empty under load: reports keep being answered
+//! (202 while it is down, never an error), ingest counts again by itself once
+//! it is back, the counters really lost what Redis held, and the reprocessor
+//! plus `reconcile --repair` bring every counter back exactly.
+
+use std::time::{Duration, Instant};
+
+use election_e2e::check::{drain, measure, verify};
+use election_e2e::load::{Load, LoadSpec};
+use election_e2e::process::Ingest;
+use election_e2e::world::World;
+use election_e2e::{plan, sized};
+use test_support::redis::RedisServer;
+
+#[test]
+fn redis_killed_and_restarted_empty_under_load_is_repaired_exactly() {
+    let mut redis = RedisServer::start();
+    let world = World::on_shared_postgres("redis-restarted");
+    let ingest = Ingest::start(world.database_url(), &redis.url());
+    let plan = plan(sized(2_000, 40_000), 2);
+    let load = Load::start(
+        &plan,
+        LoadSpec {
+            targets: vec![ingest.base()],
+            election: world.election.clone(),
+            token: world.token.clone(),
+            concurrency: 16,
+            give_up_after: Duration::from_secs(sized(120, 900)),
+            rate: None,
+        },
+    );
+    let wait = Duration::from_secs(sized(60, 600));
+    load.wait_answered(load.len() / 3, wait);
+    redis.kill();
+    let down = Instant::now();
+    // A third of the night is posted while Redis is down.
+    load.wait_answered(load.len() * 2 / 3, wait);
+    redis.restart();
+    let up = Instant::now();
+    let result = load.finish();
+    result.assert_answers_expected();
+
+    assert!(
+        result.count_between(Some(202), down, up) > 0,
+        "202 while Redis was down: {}",
+        result.describe()
+    );
+    assert_eq!(
+        result.retried(),
+        0,
+        "ingest answered every post, none with an error: {}",
+        result.describe()
+    );
+    assert!(
+        result.count_between(Some(201), up, Instant::now()) > 0,
+        "ingest counts again by itself once Redis is back: {}",
+        result.describe()
+    );
+    assert!(ingest.is_running(), "{}", ingest.logs());
+
+    // Counting what is pending is not enough: what Redis held before it
+    // died is gone with it.
+    let drained = drain(&world, &redis.url());
+    println!("redis restarted: the reprocessor counted {drained} revisions left pending");
+    let lost = measure(&world, &redis.url(), &result);
+    assert!(
+        !lost.differences.is_empty(),
+        "the restart lost counters before the repair"
+    );
+    println!(
+        "redis restarted: before the repair {} of {} counters drift",
+        lost.differences.len(),
+        lost.counters_checked
+    );
+    verify("redis restarted", &world, &redis.url(), &result, true);
+}
