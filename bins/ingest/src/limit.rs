@@ -58,7 +58,10 @@ impl RateLimit {
 
     /// How long an empty bucket takes to fill up.
     fn refill_time(&self) -> Duration {
-        Duration::from_secs_f64(f64::from(self.burst) / self.per_second)
+        // A tiny configured rate would overflow `Duration`: such a bucket
+        // never fills up within any time that matters.
+        Duration::try_from_secs_f64(f64::from(self.burst) / self.per_second)
+            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -277,6 +280,20 @@ mod tests {
         }
         assert_eq!(limiter.buckets(), MAX_BUCKETS);
         limiter.check_at(&[0xffu8; 32], start).unwrap();
+        assert_eq!(limiter.buckets(), 1);
+    }
+
+    #[test]
+    fn a_tiny_rate_limits_without_overflowing() {
+        let limiter = limiter(1e-300, 1);
+        let token = [7; 32];
+        let start = Instant::now();
+        assert!(limiter.check_at(&token, start).is_ok());
+        let limited = limiter.check_at(&token, start).unwrap_err();
+        assert_eq!(limited.retry_after_secs, u64::MAX);
+        // A sweep (every 10 s) keeps the bucket: it never fills up again.
+        let later = start + Duration::from_secs(11);
+        assert!(limiter.check_at(&token, later).is_err());
         assert_eq!(limiter.buckets(), 1);
     }
 }
