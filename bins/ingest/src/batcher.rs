@@ -9,9 +9,18 @@
 //! The batcher takes a permit (at most `max_in_flight` batches run at once,
 //! one per database connection it may use), then gathers what is queued: the
 //! first report it waits for, then anything already waiting, then whatever
-//! arrives within `linger`, up to `batch_size`. While every permit is busy,
+//! arrives within `linger`, up to its share. While every permit is busy,
 //! reports pile up, so batches grow exactly when load does and a lone report
 //! waits at most `linger`.
+//!
+//! The share: what is waiting is split evenly among the batches that may
+//! start now (this one and the free permits), but no batch is made smaller
+//! than [`MIN_SHARE`] (each batch has a fixed cost) or larger than
+//! `batch_size`. Clients that post again as soon as they are answered move
+//! in step: without the split, all of them landed in one batch while the
+//! other permits idled, and each batch waited for the whole previous one.
+//! Measured at 64 such clients: 6,000 reports/s in batches of ~63 one at a
+//! time; 8,300/s when split four ways.
 //!
 //! Each report still gets its own answer: the engine answers per report, and
 //! one conflicting report never fails its neighbours. Only a failure of the
@@ -87,6 +96,21 @@ impl Batcher {
     }
 }
 
+/// The smallest batch the batcher makes when more reports wait: below it the
+/// fixed cost of a transaction outweighs running batches side by side
+/// (measured: batches of 8 cost PostgreSQL ~1.8× the CPU per report of 32).
+pub const MIN_SHARE: usize = 16;
+
+/// How many reports the next batch takes, with `waiting` reports queued
+/// behind the one it already has and `free` other batches able to start.
+fn share(waiting: usize, free: usize, batch_size: usize) -> usize {
+    (waiting + 1)
+        .div_ceil(free + 1)
+        .max(MIN_SHARE)
+        .min(batch_size)
+        .max(1)
+}
+
 async fn run(
     mut queue: mpsc::Receiver<Job>,
     engine: Engine,
@@ -103,17 +127,18 @@ async fn run(
         let Some(first) = queue.recv().await else {
             break;
         };
-        let mut jobs = Vec::with_capacity(batch_size);
+        let share = share(queue.len(), permits.available_permits(), batch_size);
+        let mut jobs = Vec::with_capacity(share);
         jobs.push(first);
-        while jobs.len() < batch_size {
+        while jobs.len() < share {
             match queue.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        if jobs.len() < batch_size && !config.linger.is_zero() {
+        if jobs.len() < share && !config.linger.is_zero() {
             let deadline = tokio::time::Instant::now() + config.linger;
-            while jobs.len() < batch_size {
+            while jobs.len() < share {
                 match tokio::time::timeout_at(deadline, queue.recv()).await {
                     Ok(Some(job)) => jobs.push(job),
                     Ok(None) | Err(_) => break,
@@ -209,5 +234,27 @@ impl DeferralLog {
             *last = Some(Instant::now());
             *unlogged = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_waits_is_split_among_the_batches_that_can_start() {
+        // 64 clients in step, 4 permits: four batches of 16.
+        assert_eq!(share(63, 3, 256), 16);
+        // Heavy load: a fair share, capped by the batch size.
+        assert_eq!(share(511, 3, 256), 128);
+        assert_eq!(share(5_000, 3, 256), 256);
+        // Every permit busy but ours: everything that waits, up to the cap.
+        assert_eq!(share(100, 0, 256), 101);
+        // Light load: never below the minimum, so a lone report still lingers
+        // for company, and a small batch size still rules.
+        assert_eq!(share(0, 3, 256), MIN_SHARE);
+        assert_eq!(share(40, 3, 256), MIN_SHARE);
+        assert_eq!(share(40, 3, 4), 4);
+        assert_eq!(share(0, 0, 0), 1);
     }
 }
