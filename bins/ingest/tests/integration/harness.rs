@@ -281,3 +281,29 @@ pub fn plain_get(redis_url: &str, key: &str) -> Option<i64> {
         }
     }
 }
+
+/// Reads a raw connection, on the blocking pool, until the server closes it
+/// (or `within` passes): what the server sent, and whether it closed.
+pub async fn read_to_close(mut socket: std::net::TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    tokio::task::spawn_blocking(move || {
+        socket.set_read_timeout(Some(within)).unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match socket.read(&mut buffer) {
+                Ok(0) => return (received, true),
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+                Err(error) => {
+                    let timed_out = matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                    return (received, !timed_out);
+                }
+            }
+        }
+    })
+    .await
+    .unwrap()
+}

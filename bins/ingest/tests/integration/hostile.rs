@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
-use crate::harness::{Ingest, RedisChoice, read};
+use crate::harness::{Ingest, RedisChoice, read, read_to_close};
 
 #[track_caller]
 fn check(answer: &(u16, serde_json::Value), status: u16, code: &str, fragment: &str) {
@@ -164,7 +164,7 @@ async fn an_endless_chunked_body_gets_413_and_the_connection_is_closed() {
     let ingest = Ingest::start(RedisChoice::Standalone).await;
     let address = ingest.base.trim_start_matches("http://").to_owned();
     let mut writer = TcpStream::connect(&address).unwrap();
-    let mut reader = writer.try_clone().unwrap();
+    let reader = writer.try_clone().unwrap();
     let head = format!(
         "POST /v1/elections/{}/reports HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -187,28 +187,7 @@ async fn an_endless_chunked_body_gets_413_and_the_connection_is_closed() {
         }
         Ok::<usize, std::io::Error>(sent)
     });
-    let (received, closed) = tokio::task::spawn_blocking(move || {
-        reader
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut received = Vec::new();
-        let mut buffer = [0u8; 4096];
-        loop {
-            match reader.read(&mut buffer) {
-                Ok(0) => return (received, true),
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-                Err(error) => {
-                    let timed_out = matches!(
-                        error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    );
-                    return (received, !timed_out);
-                }
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let (received, closed) = read_to_close(reader, Duration::from_secs(20)).await;
     assert!(closed, "the server kept the connection open");
     let text = String::from_utf8_lossy(&received);
     assert!(

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
-use crate::harness::{Ingest, RedisChoice, settings};
+use crate::harness::{Ingest, RedisChoice, read_to_close, settings};
 
 const HEADER_TIMEOUT: Duration = Duration::from_millis(400);
 const BODY_TIMEOUT: Duration = Duration::from_millis(600);
@@ -18,33 +18,6 @@ async fn start() -> Ingest {
     settings.serve.header_read_timeout = HEADER_TIMEOUT;
     settings.body_timeout = BODY_TIMEOUT;
     Ingest::start_with(RedisChoice::Standalone, settings).await
-}
-
-/// Reads, on the blocking pool, until the server closes the connection (or
-/// 10 s pass); what it sent, and whether it closed.
-async fn read_to_close(mut socket: TcpStream) -> (Vec<u8>, bool) {
-    tokio::task::spawn_blocking(move || {
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut received = Vec::new();
-        let mut buffer = [0u8; 4096];
-        loop {
-            match socket.read(&mut buffer) {
-                Ok(0) => return (received, true),
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-                Err(error) => {
-                    let timed_out = matches!(
-                        error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    );
-                    return (received, !timed_out);
-                }
-            }
-        }
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +41,7 @@ async fn half_a_header_line_is_cut_off_while_others_are_served() {
         .await;
     assert_eq!(served.0, 201, "{served:?}");
 
-    let (received, closed) = read_to_close(slow).await;
+    let (received, closed) = read_to_close(slow, Duration::from_secs(10)).await;
     let waited = connected.elapsed();
     assert!(closed, "the stalled connection was still open after 10 s");
     assert!(
@@ -101,7 +74,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let answered = Instant::now();
-    let (received, closed) = read_to_close(idle).await;
+    let (received, closed) = read_to_close(idle, Duration::from_secs(10)).await;
     assert!(closed, "the idle connection was still open after 10 s");
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
@@ -136,7 +109,7 @@ async fn a_body_that_stalls_gets_408_and_records_nothing() {
         };
         let sent = Instant::now();
         slow.write_all(request.as_bytes()).unwrap();
-        let (received, closed) = read_to_close(slow).await;
+        let (received, closed) = read_to_close(slow, Duration::from_secs(10)).await;
         let waited = sent.elapsed();
         assert!(closed, "{framing}: the connection stayed open");
         let text = String::from_utf8_lossy(&received);
