@@ -60,11 +60,15 @@ pub async fn run(
     let app = router(Arc::clone(&metrics), services.ready.clone());
     let mut server_stopping = stopping.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stopping.wait_for(|stop| *stop).await;
-            })
-            .await
+        // The same server as ingest and query: a client that stalls in its
+        // headers is cut off after the default header timeout.
+        let config = election_http::serve::ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        };
+        election_http::serve::serve(listener, app, config, async move {
+            let _ = server_stopping.wait_for(|stop| *stop).await;
+        })
+        .await
     });
     let worker = worker::Worker::new(services.log, services.tally, settings, metrics);
     worker.run(stopping).await;
