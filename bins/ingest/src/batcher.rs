@@ -154,9 +154,10 @@ async fn run(
                 jobs.into_iter().map(|job| (job.report, job.reply)).unzip();
             let size = reports.len();
             let span = tracing::info_span!("batch", batch.size = size);
-            let result =
-                tokio::task::spawn_blocking(move || span.in_scope(|| engine.submit(&reports)))
-                    .await;
+            let result = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| engine.submit_explained(&reports))
+            })
+            .await;
             drop(permit);
             metrics.observe(
                 "ingest_batch_size",
@@ -173,12 +174,12 @@ async fn run(
                 started.elapsed().as_secs_f64(),
             );
             match result {
-                Ok(Ok(outcomes)) => {
+                Ok(Ok((outcomes, why))) => {
                     let pending = outcomes
                         .iter()
                         .filter(|outcome| matches!(outcome, Outcome::Pending(_)))
                         .count();
-                    deferrals.note(pending);
+                    deferrals.note(pending, why.as_deref());
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         // A client that went away no longer waits: fine.
                         let _ = reply.send(Ok(outcome));
@@ -219,7 +220,7 @@ struct DeferralLog {
 const DEFERRAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl DeferralLog {
-    fn note(&self, pending: usize) {
+    fn note(&self, pending: usize, why: Option<&str>) {
         if pending == 0 {
             return;
         }
@@ -229,7 +230,8 @@ impl DeferralLog {
         if last.is_none_or(|at| at.elapsed() >= DEFERRAL_LOG_EVERY) {
             tracing::warn!(
                 reports.pending = *unlogged,
-                "reports recorded but not counted (Redis unavailable); they answer 202 and the reprocessor counts them"
+                error = why.unwrap_or("unknown"),
+                "reports recorded but not counted (Redis unavailable or failing); they answer 202 and the reprocessor counts them"
             );
             *last = Some(Instant::now());
             *unlogged = 0;

@@ -111,6 +111,17 @@ impl Engine {
     /// failures do not fail the call: those reports answer
     /// [`Outcome::Pending`].
     pub fn submit(&self, reports: &[Report]) -> Result<Vec<Outcome>, StoreError> {
+        self.submit_explained(reports).map(|(outcomes, _)| outcomes)
+    }
+
+    /// [`Engine::submit`], plus why counting failed when some reports answer
+    /// [`Outcome::Pending`]: the first tally (or mark) error with its causes,
+    /// for the operator's log (an out-of-memory or refused Redis looks like
+    /// an unreachable one from the outcomes alone).
+    pub fn submit_explained(
+        &self,
+        reports: &[Report],
+    ) -> Result<(Vec<Outcome>, Option<String>), StoreError> {
         let recorded = self.log.record(reports)?;
         let fresh: Vec<Counting> = recorded
             .iter()
@@ -120,13 +131,18 @@ impl Engine {
             })
             .collect();
         let result = self.count(&fresh);
+        let why = result
+            .failed
+            .first()
+            .map(|(_, error)| explain(error))
+            .or_else(|| result.mark_error.as_ref().map(|error| explain(error)));
         let counted: std::collections::HashSet<ReportId> = result
             .counted
             .iter()
             .chain(&result.unmarked)
             .copied()
             .collect();
-        Ok(recorded
+        let outcomes = recorded
             .into_iter()
             .map(|r| match r {
                 Recorded::Fresh(counting) if counted.contains(&counting.report_id) => {
@@ -136,7 +152,8 @@ impl Engine {
                 Recorded::Replay { report_id, counted } => Outcome::Replay { report_id, counted },
                 Recorded::Conflict(conflict) => Outcome::Conflict(conflict),
             })
-            .collect())
+            .collect();
+        Ok((outcomes, why))
     }
 
     /// Applies recorded revisions to the tally and marks the applied ones

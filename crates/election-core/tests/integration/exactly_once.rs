@@ -481,3 +481,29 @@ fn a_crash_between_increment_and_marker_does_not_double_count() {
     assert_eq!(snapshot.totals.national().values().sum::<i64>(), 200);
     assert_eq!(tally.marker_count(), 1);
 }
+
+#[test]
+fn reports_left_pending_come_with_why_counting_failed() {
+    let faults = Faults::new();
+    let engine = Engine::new(
+        Arc::new(MemoryLog::new()),
+        Arc::new(MemoryTally::with(Arc::clone(&faults), 4)),
+    );
+    let election = unique_election("why");
+    let reports = election_core::contract::seed_reports(&election);
+
+    faults.arm(Step::Apply, When::Before);
+    let (outcomes, why) = engine.submit_explained(&reports).unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Pending(_))));
+    let why = why.expect("a reason when reports are left pending");
+    assert!(
+        why.contains("injected fault at Apply"),
+        "says what failed: {why}"
+    );
+
+    // Counted: no reason.
+    let more = election_core::contract::seed_reports(&unique_election("why"));
+    let (outcomes, why) = engine.submit_explained(&more).unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Counted(_))));
+    assert_eq!(why, None);
+}
