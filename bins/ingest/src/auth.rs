@@ -86,25 +86,27 @@ impl TokenCache {
         self.ttl
     }
 
-    /// The scope of `token` (blocking: may query the store).
-    pub fn scope(&self, token: &str) -> Result<Option<Scope>, StoreError> {
-        if let Some(scope) = self.cached(token) {
+    /// The scope of the token whose [`hash`] is `key` (blocking: may query
+    /// the store). Callers hash the token once and use the hash for the
+    /// cache, the store and the rate limit.
+    pub fn scope(&self, key: &[u8; 32]) -> Result<Option<Scope>, StoreError> {
+        if let Some(scope) = self.cached(key) {
             return Ok(scope);
         }
-        let key = hash(token);
-        let scope = self.lookup.find(&key)?;
+        let scope = self.lookup.find(key)?;
         let mut entries = self.lock();
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(key, (scope.clone(), Instant::now()));
+        entries.insert(*key, (scope.clone(), Instant::now()));
         Ok(scope)
     }
 
-    /// The cached scope of `token`, if fresh (no store access).
-    pub fn cached(&self, token: &str) -> Option<Option<Scope>> {
+    /// The cached scope of the token whose [`hash`] is `key`, if fresh (no
+    /// store access).
+    pub fn cached(&self, key: &[u8; 32]) -> Option<Option<Scope>> {
         let entries = self.lock();
-        let (scope, at) = entries.get(&hash(token))?;
+        let (scope, at) = entries.get(key)?;
         (at.elapsed() < self.ttl).then(|| scope.clone())
     }
 

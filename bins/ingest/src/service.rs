@@ -154,14 +154,14 @@ async fn handle(
                 "unauthorized",
                 "missing bearer token: send `Authorization: Bearer <token>` with a token from `election-ingest token issue`",
             )
-        })?
-        .to_owned();
-    let token_hash = auth::hash(&token);
-    let scope = match state.tokens.cached(&token) {
+        })?;
+    // Hashed once: the key of the token cache, the store and the rate limit.
+    let token_hash = auth::hash(token);
+    let scope = match state.tokens.cached(&token_hash) {
         Some(scope) => scope,
         None => {
             let tokens = Arc::clone(&state.tokens);
-            election_http::blocking(move || tokens.scope(&token))
+            election_http::blocking(move || tokens.scope(&token_hash))
                 .await?
                 .map_err(|error| {
                     tracing::warn!(%error, "token lookup failed");
