@@ -35,7 +35,8 @@ const EXPORT_PAGE: u32 = 1000;
 const EXPORT_AHEAD: usize = 2;
 
 /// The CSV export's columns, in order.
-pub const CSV_HEADER: &str = "report_id,ballot_box_id,city,revision,reason,party,votes,difference,received_at,counted_at\r\n";
+pub const CSV_HEADER: &str =
+    "report_id,ballot_box_id,city,revision,reason,party,votes,difference,received_at,status\r\n";
 
 /// A PostgreSQL failure as an answer: 503 when retrying later may work, an
 /// opaque (logged) 500 otherwise.
@@ -336,7 +337,6 @@ async fn export(
 /// One CSV line (RFC 4180: CRLF, fields with a comma, quote or line break
 /// quoted, quotes doubled).
 pub fn write_row(out: &mut Vec<u8>, row: &AuditRow) {
-    let counted_at = row.counted_at.map(rfc3339_micros);
     let fields: [&str; 10] = [
         &row.report_id.to_string(),
         row.ballot_box.as_str(),
@@ -347,7 +347,7 @@ pub fn write_row(out: &mut Vec<u8>, row: &AuditRow) {
         &row.votes.to_string(),
         &row.difference.to_string(),
         &rfc3339_micros(row.received_at),
-        counted_at.as_deref().unwrap_or(""),
+        if row.counted { "counted" } else { "pending" },
     ];
     for (index, field) in fields.iter().enumerate() {
         if index > 0 {

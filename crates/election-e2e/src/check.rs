@@ -240,7 +240,7 @@ fn assert_integrity(conn: &mut PgConnection, election: &str) {
     let checks = [
         (
             "revisions still pending",
-            "SELECT count(*) AS n FROM reports WHERE election_id = $1 AND NOT completed",
+            "SELECT count(*) AS n FROM pending_reports WHERE election_id = $1",
         ),
         (
             "payload parties without their vote_log row and votes",

@@ -134,6 +134,20 @@ pub(crate) fn is_retryable(error: &DieselError) -> bool {
     }
 }
 
+/// Whether a recording transaction lost the race to create a ballot box: a
+/// concurrent batch inserted the same new box (or the same first revision)
+/// first. The transaction decided that box without seeing it, so it is
+/// retried whole and then finds the box and locks it (see `crate::record`).
+pub(crate) fn is_new_box_race(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => matches!(
+            info.constraint_name(),
+            Some("ballot_boxes_pkey" | "reports_revision_key")
+        ),
+        _ => false,
+    }
+}
+
 impl From<PgError> for StoreError {
     fn from(error: PgError) -> StoreError {
         let unavailable = error.is_unavailable();

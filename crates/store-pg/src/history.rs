@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
-use diesel::sql_types::{BigInt, Int4, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Bool, Int4, Nullable, Text, Timestamptz};
 use election_core::{BallotBoxId, CityId, ElectionId, PartyId, Problem};
 
 use crate::error::PgError;
@@ -92,15 +92,13 @@ pub struct AuditRow {
     pub difference: i64,
     /// When the revision was recorded.
     pub received_at: DateTime<Utc>,
-    /// When it reached the live counters (absent while pending).
-    pub counted_at: Option<DateTime<Utc>>,
+    /// Whether it has reached the live counters (false while pending).
+    pub counted: bool,
 }
 
 /// Where the next audit page starts: after this revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuditCursor {
-    /// The last revision's `received_at`.
-    pub received_at: DateTime<Utc>,
     /// The last revision's id.
     pub report_id: i64,
 }
@@ -108,7 +106,7 @@ pub struct AuditCursor {
 /// One page of the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditPage {
-    /// Rows in order: by `received_at`, then report id, then party.
+    /// Rows in order: by report id (the order recorded), then party.
     pub rows: Vec<AuditRow>,
     /// Where the next page starts; `None` when this page was the last.
     pub next: Option<AuditCursor>,
@@ -390,42 +388,25 @@ pub fn cumulate(
     points
 }
 
-/// The first page of the audit log: `$2` revisions in the order they were
-/// recorded, each with its log rows. The `(election_id, received_at)` index
-/// gives the order (a batch's revisions share `received_at` and are sorted
-/// by id among themselves); the log rows come by primary key.
-const AUDIT_FIRST: &str = "\
+/// A page of the audit log: up to `$2` revisions of election `$1` with an id
+/// above `$3`, in id order (the order they were recorded), each with its
+/// per-party rows (the report's own arrays). The primary key gives the order
+/// and the cursor. Whether each revision is counted comes from
+/// `pending_batches`, read once per page.
+const AUDIT_PAGE: &str = "\
 WITH page AS (
-    SELECT id, ballot_box_id, city, revision, reason, received_at, counted_at
+    SELECT id, ballot_box_id, city, revision, reason, received_at, parties, votes, differences
     FROM reports
-    WHERE election_id = $1
-    ORDER BY received_at, id
+    WHERE election_id = $1 AND id > $3
+    ORDER BY id
     LIMIT $2
-)
+), pending_ids AS MATERIALIZED (SELECT DISTINCT unnest(report_ids) AS id FROM pending_batches)
 SELECT p.id AS report_id, p.ballot_box_id, p.city, p.revision, p.reason,
-       p.received_at, p.counted_at, v.party, v.votes, v.difference
+       p.received_at, NOT EXISTS (SELECT 1 FROM pending_ids i WHERE i.id = p.id) AS counted,
+       v.party, coalesce(v.votes, 0) AS votes, v.difference
 FROM page p
-JOIN vote_log v ON v.report_id = p.id
-ORDER BY p.received_at, p.id, v.party COLLATE \"C\"";
-
-/// A later page: revisions after the cursor `($3, $4)`. The plain
-/// `received_at >= $3` is what the index can seek to; the row comparison
-/// then skips the cursor's own instant up to its id.
-const AUDIT_AFTER: &str = "\
-WITH page AS (
-    SELECT id, ballot_box_id, city, revision, reason, received_at, counted_at
-    FROM reports
-    WHERE election_id = $1
-      AND received_at >= $3
-      AND (received_at, id) > ($3, $4)
-    ORDER BY received_at, id
-    LIMIT $2
-)
-SELECT p.id AS report_id, p.ballot_box_id, p.city, p.revision, p.reason,
-       p.received_at, p.counted_at, v.party, v.votes, v.difference
-FROM page p
-JOIN vote_log v ON v.report_id = p.id
-ORDER BY p.received_at, p.id, v.party COLLATE \"C\"";
+CROSS JOIN LATERAL unnest(p.parties, p.votes, p.differences) AS v(party, votes, difference)
+ORDER BY p.id, v.party COLLATE \"C\"";
 
 #[derive(QueryableByName)]
 struct AuditSqlRow {
@@ -441,8 +422,8 @@ struct AuditSqlRow {
     reason: Option<String>,
     #[diesel(sql_type = Timestamptz)]
     received_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    counted_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Bool)]
+    counted: bool,
     #[diesel(sql_type = Text)]
     party: String,
     #[diesel(sql_type = Int4)]
@@ -467,19 +448,12 @@ pub fn audit_page(
     let doing = format!("reading the audit log of election {election}");
     let mut conn = connection(pool, &doing)?;
     let limit = i64::from(reports_per_page.max(1));
-    let rows: Vec<AuditSqlRow> = match after {
-        None => diesel::sql_query(AUDIT_FIRST)
-            .bind::<Text, _>(election.as_str())
-            .bind::<BigInt, _>(limit)
-            .load(&mut conn),
-        Some(cursor) => diesel::sql_query(AUDIT_AFTER)
-            .bind::<Text, _>(election.as_str())
-            .bind::<BigInt, _>(limit)
-            .bind::<Timestamptz, _>(cursor.received_at)
-            .bind::<BigInt, _>(cursor.report_id)
-            .load(&mut conn),
-    }
-    .map_err(query_error(&doing))?;
+    let rows: Vec<AuditSqlRow> = diesel::sql_query(AUDIT_PAGE)
+        .bind::<Text, _>(election.as_str())
+        .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(after.map_or(0, |cursor| cursor.report_id))
+        .load(&mut conn)
+        .map_err(query_error(&doing))?;
 
     let mut reports_seen = 0_i64;
     let mut last: Option<AuditCursor> = None;
@@ -488,7 +462,6 @@ pub fn audit_page(
         if last.is_none_or(|cursor| cursor.report_id != row.report_id) {
             reports_seen += 1;
             last = Some(AuditCursor {
-                received_at: row.received_at,
                 report_id: row.report_id,
             });
         }
@@ -503,7 +476,7 @@ pub fn audit_page(
             votes: row.votes,
             difference: row.difference,
             received_at: row.received_at,
-            counted_at: row.counted_at,
+            counted: row.counted,
         });
     }
     // A short page is the last one. (A revision without log rows is never

@@ -24,6 +24,9 @@ pub mod history;
 mod lock;
 mod log;
 mod migrate;
+mod pending;
+#[cfg(test)]
+mod plans;
 mod pool;
 mod prepared;
 mod record;

@@ -1,12 +1,12 @@
 //! [`PgLog`]: the [`ReportLog`] contract on PostgreSQL tables.
 //!
 //! Each method is one transaction of one to a few statements, never one
-//! statement per report: `record` is the batch path of `crate::record`; claims
-//! lease pending rows with `FOR UPDATE SKIP LOCKED`, so any number of
-//! reprocessors take disjoint sets without waiting for each other; marks and
-//! releases are single `UPDATE ... WHERE id = ANY($1)` statements. The
-//! statements of the hot path (record, claim, mark) are prepared once per
-//! connection (`crate::prepared`).
+//! statement per report: `record` is the batch path of `crate::record`;
+//! claims, marks and releases work on the rows of `pending_batches`
+//! (`crate::pending`). The statements of the hot path (record, claim, mark)
+//! are prepared once per connection (`crate::prepared`). "Counted" means
+//! "named by no `pending_batches` row": the sums and pages below exclude the
+//! pending ids with an anti-join over that small table.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,20 +19,16 @@ use election_core::{
     PendingStats, Recorded, Report, ReportId, ReportLog, Revision, StoreError, StuckReport, Totals,
 };
 
-use crate::error::{PgError, TxError, is_retryable};
+use crate::error::{PgError, TxError, is_new_box_race, is_retryable};
+use crate::pending;
 use crate::pool::PgPool;
 use crate::prepared::prepared;
 use crate::record::record_batch;
-use crate::schema::reports;
 
 /// How many times `record` runs its transaction when PostgreSQL reports a
 /// deadlock or a serialization failure. Boxes are locked in a fixed order, so
 /// deadlocks should not happen at all; this is the safety net.
 const RECORD_ATTEMPTS: u32 = 5;
-
-/// Longest interval handed to PostgreSQL for ages and leases (about 100
-/// years): a larger `Duration` would overflow its `interval`.
-const MAX_INTERVAL_MICROS: i64 = 100 * 366 * 24 * 3600 * 1_000_000;
 
 /// The report log on PostgreSQL. Cheap to share: clone the pool, or hold it in
 /// an `Arc<dyn ReportLog>`.
@@ -65,15 +61,10 @@ impl PgLog {
     }
 }
 
-/// A [`Duration`] as PostgreSQL microseconds, capped.
-fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).map_or(MAX_INTERVAL_MICROS, |m| m.min(MAX_INTERVAL_MICROS))
-}
-
-/// One row of the claim query: a claimed revision and one party of its
-/// difference.
+/// A recorded revision with its differences, as the claim and the counted
+/// pages read it.
 #[derive(QueryableByName)]
-struct ClaimedRow {
+struct RevisionRow {
     #[diesel(sql_type = Int8)]
     id: i64,
     #[diesel(sql_type = Text)]
@@ -84,42 +75,11 @@ struct ClaimedRow {
     city: String,
     #[diesel(sql_type = Int4)]
     revision: i32,
-    #[diesel(sql_type = Nullable<Text>)]
-    party: Option<String>,
-    #[diesel(sql_type = Nullable<Int8>)]
-    difference: Option<i64>,
+    #[diesel(sql_type = Array<Text>)]
+    parties: Vec<String>,
+    #[diesel(sql_type = Array<Int8>)]
+    differences: Vec<i64>,
 }
-
-/// Leases up to `$1` pending revisions recorded at least `$2` microseconds
-/// ago whose lease ran out, oldest first, and returns them with their
-/// differences from `vote_log` in the same statement. `SKIP LOCKED` lets
-/// concurrent claimers pass over each other's rows instead of waiting, so
-/// they get disjoint sets.
-const CLAIM: &str = "\
-WITH claimed AS (
-    UPDATE reports
-    SET attempts = attempts + 1, leased_until = now() + $3::bigint * interval '1 microsecond'
-    WHERE id IN (
-        SELECT id FROM reports
-        WHERE NOT completed
-          AND received_at <= now() - $2::bigint * interval '1 microsecond'
-          AND (leased_until IS NULL OR leased_until <= now())
-        ORDER BY id
-        LIMIT $1
-        FOR UPDATE SKIP LOCKED)
-    RETURNING id, election_id, ballot_box_id, city, revision
-)
-SELECT c.id, c.election_id, c.ballot_box_id, c.city, c.revision, v.party, v.difference
-FROM claimed c
-LEFT JOIN vote_log v ON v.report_id = c.id
-ORDER BY c.id, v.party";
-
-/// Marks the revisions `$1` counted. Rows already completed are left alone:
-/// idempotent, and the first `counted_at` stays.
-const MARK_COUNTED: &str = "\
-UPDATE reports
-SET completed = true, counted_at = now(), leased_until = NULL
-WHERE id = ANY($1::bigint[]) AND NOT completed";
 
 /// One row of the counted totals: a city's total change for a party.
 #[derive(QueryableByName)]
@@ -133,29 +93,31 @@ struct TotalRow {
 }
 
 /// The sum of the differences of every counted revision of an election, per
-/// city and party (SPEC I2: what the Redis counters must hold). `vote_log`
-/// has no foreign key to `reports`; the join is explicit.
-const COUNTED_TOTALS: &str = "\
+/// city and party (I2: what the Redis counters must hold).
+const COUNTED_TOTALS: &str = concat!(
+    "WITH ",
+    "pending_ids AS MATERIALIZED (SELECT DISTINCT unnest(report_ids) AS id FROM pending_batches)",
+    "
 SELECT v.city, v.party, sum(v.difference)::bigint AS total
 FROM vote_log v
-JOIN reports r ON r.id = v.report_id
-WHERE v.election_id = $1 AND r.completed
-GROUP BY v.city, v.party";
+LEFT JOIN pending_ids p ON p.id = v.report_id
+WHERE v.election_id = $1 AND p.id IS NULL
+GROUP BY v.city, v.party"
+);
 
 /// Up to `$3` counted revisions of election `$1` with an id above `$2`, in
-/// id order, with their differences; the same row shape as [`CLAIM`].
-const COUNTED_REVISIONS: &str = "\
-WITH page AS (
-    SELECT id, election_id, ballot_box_id, city, revision
-    FROM reports
-    WHERE election_id = $1 AND completed AND id > $2
-    ORDER BY id
-    LIMIT $3
-)
-SELECT p.id, p.election_id, p.ballot_box_id, p.city, p.revision, v.party, v.difference
-FROM page p
-LEFT JOIN vote_log v ON v.report_id = p.id
-ORDER BY p.id, v.party";
+/// id order, with their differences.
+const COUNTED_REVISIONS: &str = concat!(
+    "WITH ",
+    "pending_ids AS MATERIALIZED (SELECT DISTINCT unnest(report_ids) AS id FROM pending_batches)",
+    "
+SELECT r.id, r.election_id, r.ballot_box_id, r.city, r.revision, r.parties, r.differences
+FROM reports r
+LEFT JOIN pending_ids p ON p.id = r.id
+WHERE r.election_id = $1 AND r.id > $2 AND p.id IS NULL
+ORDER BY r.id
+LIMIT $3"
+);
 
 /// One row of the audit: what the log says about one party in one city.
 #[derive(QueryableByName)]
@@ -181,20 +143,23 @@ struct AuditRow {
 /// Per city and party of election `$1`: the counted sum, and how many
 /// revisions (counted, all, pending) touch it. Run with [`AUDIT_PENDING`] in
 /// one REPEATABLE READ transaction, so both see the same snapshot.
-const AUDIT: &str = "\
+const AUDIT: &str = concat!(
+    "WITH ",
+    "pending_ids AS MATERIALIZED (SELECT DISTINCT unnest(report_ids) AS id FROM pending_batches)",
+    "
 SELECT v.city, v.party,
-       coalesce(sum(v.difference) FILTER (WHERE r.completed), 0)::bigint AS counted,
-       count(*) FILTER (WHERE r.completed) AS counted_revisions,
+       coalesce(sum(v.difference) FILTER (WHERE p.id IS NULL), 0)::bigint AS counted,
+       count(*) FILTER (WHERE p.id IS NULL) AS counted_revisions,
        count(*) AS revisions,
-       count(*) FILTER (WHERE NOT r.completed) AS pending_revisions
+       count(*) FILTER (WHERE p.id IS NOT NULL) AS pending_revisions
 FROM vote_log v
-JOIN reports r ON r.id = v.report_id
+LEFT JOIN pending_ids p ON p.id = v.report_id
 WHERE v.election_id = $1
-GROUP BY v.city, v.party";
+GROUP BY v.city, v.party"
+);
 
 /// How many revisions of election `$1` are pending.
-const AUDIT_PENDING: &str = "\
-SELECT count(*) AS n FROM reports WHERE election_id = $1 AND NOT completed";
+const AUDIT_PENDING: &str = "SELECT count(*) AS n FROM pending_reports WHERE election_id = $1";
 
 #[derive(QueryableByName)]
 struct Number {
@@ -204,13 +169,12 @@ struct Number {
 
 /// The pending revisions of every election: how many, the oldest's age in
 /// microseconds (NULL when none), and how many were claimed at least `$1`
-/// times. Reads only pending rows (the partial index `reports_pending_idx`).
+/// times. Reads only `pending_batches`.
 const PENDING_STATS: &str = "\
-SELECT count(*) AS pending,
-       (extract(epoch FROM now() - min(received_at)) * 1000000)::bigint AS oldest_micros,
-       count(*) FILTER (WHERE attempts >= $1) AS stuck
-FROM reports
-WHERE NOT completed";
+SELECT coalesce(sum(cardinality(report_ids)), 0)::bigint AS pending,
+       (extract(epoch FROM now() - min(recorded_at)) * 1000000)::bigint AS oldest_micros,
+       coalesce(sum(cardinality(report_ids)) FILTER (WHERE attempts >= $1), 0)::bigint AS stuck
+FROM pending_batches";
 
 #[derive(QueryableByName)]
 struct PendingRow {
@@ -224,10 +188,10 @@ struct PendingRow {
 
 /// The oldest `$2` pending revisions claimed at least `$1` times.
 const STUCK: &str = "\
-SELECT id, election_id, ballot_box_id, revision, attempts, last_error
-FROM reports
-WHERE NOT completed AND attempts >= $1
-ORDER BY id
+SELECT report_id AS id, election_id, ballot_box_id, revision, attempts, last_error
+FROM pending_reports
+WHERE attempts >= $1
+ORDER BY report_id
 LIMIT $2";
 
 #[derive(QueryableByName)]
@@ -246,45 +210,36 @@ struct StuckRow {
     last_error: Option<String>,
 }
 
-/// Folds rows of [`CLAIM`]'s shape (one per revision and party, ordered by
-/// id) into one [`Counting`] per revision.
-fn countings(rows: Vec<ClaimedRow>, doing: &str) -> Result<Vec<Counting>, PgError> {
-    let mut folded: Vec<(Counting, BTreeMap<PartyId, i64>)> = Vec::new();
-    for row in rows {
-        if folded.last().is_none_or(|(c, _)| c.report_id.0 != row.id) {
+/// Turns revision rows into [`Counting`]s.
+fn countings(rows: Vec<RevisionRow>, doing: &str) -> Result<Vec<Counting>, PgError> {
+    rows.into_iter()
+        .map(|row| {
             let bad = |e: election_core::Problem| corrupt(doing, format!("report {}: {e}", row.id));
-            let counting = Counting {
+            if row.parties.is_empty() || row.parties.len() != row.differences.len() {
+                // Every recorded revision has at least one party; without
+                // them it could only be counted as nothing.
+                return Err(corrupt(
+                    doing,
+                    format!(
+                        "report {} has {} parties and {} differences",
+                        row.id,
+                        row.parties.len(),
+                        row.differences.len()
+                    ),
+                ));
+            }
+            let mut parts = BTreeMap::new();
+            for (party, difference) in row.parties.iter().zip(&row.differences) {
+                parts.insert(PartyId::parse(party).map_err(bad)?, *difference);
+            }
+            Ok(Counting {
                 report_id: ReportId(row.id),
                 election: ElectionId::parse(&row.election_id).map_err(bad)?,
                 ballot_box: BallotBoxId::parse(&row.ballot_box_id).map_err(bad)?,
                 city: CityId::parse(&row.city).map_err(bad)?,
                 revision: Revision::new(i64::from(row.revision)).map_err(bad)?,
-                difference: Difference::default(),
-            };
-            folded.push((counting, BTreeMap::new()));
-        }
-        let Some((_, parts)) = folded.last_mut() else {
-            continue;
-        };
-        if let (Some(party), Some(difference)) = (row.party, row.difference) {
-            let party = PartyId::parse(&party)
-                .map_err(|e| corrupt(doing, format!("log of report {}: {e}", row.id)))?;
-            parts.insert(party, difference);
-        }
-    }
-    folded
-        .into_iter()
-        .map(|(mut counting, parts)| {
-            if parts.is_empty() {
-                // Every recorded revision has at least one party; without
-                // its log rows it could only be counted as nothing.
-                return Err(corrupt(
-                    doing,
-                    format!("report {} has no vote_log rows", counting.report_id),
-                ));
-            }
-            counting.difference = Difference::from_parts(parts);
-            Ok(counting)
+                difference: Difference::from_parts(parts),
+            })
         })
         .collect()
 }
@@ -327,7 +282,8 @@ impl PgLog {
                     return Ok(answers);
                 }
                 Err(TxError::Diesel(error))
-                    if attempt < RECORD_ATTEMPTS && is_retryable(&error) =>
+                    if attempt < RECORD_ATTEMPTS
+                        && (is_retryable(&error) || is_new_box_race(&error)) =>
                 {
                     tracing::warn!(
                         batch.reports = reports.len(),
@@ -349,15 +305,17 @@ impl PgLog {
             return Ok(Vec::new());
         }
         let mut conn = self.connection(|| DOING.to_owned())?;
-        let rows: Vec<ClaimedRow> = prepared(CLAIM)
-            .bind::<BigInt, _>(i64::try_from(claim.limit).unwrap_or(i64::MAX))
-            .bind::<BigInt, _>(micros(claim.pending_for))
-            .bind::<BigInt, _>(micros(claim.lease))
-            .load(&mut conn)
-            .map_err(query_error(DOING))?;
-
-        // Rows come ordered by id, one per party: fold each run into one
-        // revision.
+        let rows = conn
+            .transaction(|conn| -> Result<Vec<RevisionRow>, TxError> {
+                let ids = pending::claim(conn, claim)?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(prepared(pending::CLAIMED_REPORTS)
+                    .bind::<Array<Int8>, _>(ids)
+                    .load(conn)?)
+            })
+            .map_err(|error| error.context(DOING))?;
         countings(rows, DOING)
     }
 
@@ -368,16 +326,7 @@ impl PgLog {
         let doing = || format!("marking {} reports counted", ids.len());
         let mut conn = self.connection(doing)?;
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        // Rows already completed are left alone: idempotent, and the first
-        // `counted_at` stays.
-        prepared(MARK_COUNTED)
-            .bind::<Array<Int8>, _>(ids)
-            .execute(&mut conn)
-            .map_err(|source| PgError::Query {
-                doing: doing(),
-                source,
-            })?;
-        Ok(())
+        pending::mark_counted(&mut conn, &ids).map_err(|error| error.context(doing()))
     }
 
     fn release_inner(&self, ids: &[ReportId], error: &str) -> Result<(), PgError> {
@@ -387,21 +336,7 @@ impl PgLog {
         let doing = || format!("releasing {} claimed reports", ids.len());
         let mut conn = self.connection(doing)?;
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
-        diesel::update(
-            reports::table
-                .filter(reports::id.eq_any(ids))
-                .filter(reports::completed.eq(false)),
-        )
-        .set((
-            reports::leased_until.eq(None::<chrono::DateTime<chrono::Utc>>),
-            reports::last_error.eq(Some(error)),
-        ))
-        .execute(&mut conn)
-        .map_err(|source| PgError::Query {
-            doing: doing(),
-            source,
-        })?;
-        Ok(())
+        pending::release(&mut conn, &ids, error).map_err(|e| e.context(doing()))
     }
 
     fn counted_totals_inner(&self, election: &ElectionId) -> Result<Totals, PgError> {
@@ -423,18 +358,13 @@ impl PgLog {
     }
 
     fn pending_count_inner(&self, election: &ElectionId) -> Result<u64, PgError> {
-        let doing = || format!("counting the pending reports of election {election}");
-        let mut conn = self.connection(doing)?;
-        let pending: i64 = reports::table
-            .filter(reports::election_id.eq(election.as_str()))
-            .filter(reports::completed.eq(false))
-            .count()
-            .get_result(&mut conn)
-            .map_err(|source| PgError::Query {
-                doing: doing(),
-                source,
-            })?;
-        Ok(u64::try_from(pending).unwrap_or(0))
+        let doing = format!("counting the pending reports of election {election}");
+        let mut conn = self.connection(|| doing.clone())?;
+        let rows: Vec<Number> = diesel::sql_query(AUDIT_PENDING)
+            .bind::<Text, _>(election.as_str())
+            .load(&mut conn)
+            .map_err(query_error(&doing))?;
+        Ok(rows.first().map_or(0, |n| u64::try_from(n.n).unwrap_or(0)))
     }
 }
 
@@ -450,7 +380,7 @@ impl PgLog {
             return Ok(Vec::new());
         }
         let mut conn = self.connection(|| doing.clone())?;
-        let rows: Vec<ClaimedRow> = diesel::sql_query(COUNTED_REVISIONS)
+        let rows: Vec<RevisionRow> = diesel::sql_query(COUNTED_REVISIONS)
             .bind::<Text, _>(election.as_str())
             .bind::<BigInt, _>(after.map_or(0, |id| id.0))
             .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))

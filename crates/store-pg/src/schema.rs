@@ -4,8 +4,8 @@
 //! Written by hand to match `migrations/*/up.sql` (the diesel CLI is not part
 //! of the toolchain here); `diesel print-schema` with the workspace's
 //! `diesel.toml` regenerates this file, and its output should not differ.
-//! `vote_log` has no `joinable!` on purpose: it has no foreign key to
-//! `reports` (see the migration for why); join them explicitly.
+//! `vote_log` is a view over `reports` (see the write-path migration); diesel
+//! reads a view like a table. It has no `joinable!`: join it explicitly.
 
 // @generated automatically by Diesel CLI.
 
@@ -29,8 +29,8 @@ diesel::table! {
         election_id -> Text,
         ballot_box_id -> Text,
         city -> Text,
-        latest_revision -> Nullable<Int4>,
-        latest_report_id -> Nullable<Int8>,
+        latest_revision -> Int4,
+        latest_report_id -> Int8,
         first_reported_at -> Timestamptz,
         updated_at -> Timestamptz,
     }
@@ -48,8 +48,18 @@ diesel::table! {
         payload -> Json,
         payload_hash -> Bytea,
         received_at -> Timestamptz,
-        completed -> Bool,
-        counted_at -> Nullable<Timestamptz>,
+        parties -> Array<Text>,
+        votes -> Array<Nullable<Int4>>,
+        differences -> Array<Int8>,
+    }
+}
+
+diesel::table! {
+    /// Recorded batches whose revisions are not all counted yet.
+    pending_batches (first_report_id) {
+        first_report_id -> Int8,
+        report_ids -> Array<Int8>,
+        recorded_at -> Timestamptz,
         attempts -> Int4,
         leased_until -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
@@ -57,7 +67,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// One row per party per recorded revision: the seed article's log.
+    /// A view: one row per party per recorded revision, the seed article's
+    /// log, unnested from `reports`.
     vote_log (report_id, party) {
         report_id -> Int8,
         election_id -> Text,
@@ -121,6 +132,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     election_cities,
     election_definitions,
     election_parties,
+    pending_batches,
     reports,
     vote_log,
 );

@@ -400,9 +400,6 @@ const EVENING: [Posted; 10] = [
 /// reported then (so the timeline has an evening to draw).
 fn backdate(stack: &Stack, report_id: i64, minutes: u32) {
     stack.execute(&format!(
-        "UPDATE vote_log SET reported_at = now() - interval '{minutes} minutes' WHERE report_id = {report_id}"
-    ));
-    stack.execute(&format!(
         "UPDATE reports SET received_at = now() - interval '{minutes} minutes' WHERE id = {report_id}"
     ));
 }

@@ -163,7 +163,7 @@ fn sigterm_stops_run_gracefully_and_an_outage_is_logged_once() {
         ],
     );
     wait_until("several rounds have failed", || {
-        db.number("SELECT min(attempts)::bigint AS n FROM reports") >= 4
+        db.number("SELECT min(attempts)::bigint AS n FROM pending_reports") >= 4
     });
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
@@ -186,7 +186,7 @@ fn sigterm_stops_run_gracefully_and_an_outage_is_logged_once() {
     // Released, not lost: still pending, unleased, with the reason kept.
     assert_eq!(
         db.number(
-            "SELECT count(*) AS n FROM reports WHERE NOT completed AND leased_until IS NULL \
+            "SELECT count(*) AS n FROM pending_reports WHERE leased_until IS NULL \
              AND last_error LIKE 'redis is unavailable%'"
         ),
         3

@@ -14,10 +14,10 @@ use election_e2e::world::World;
 use election_e2e::{plan, sized, wait_until};
 use test_support::redis::RedisServer;
 
-const PENDING: &str = "SELECT count(*) AS n FROM reports WHERE election_id = $1 AND NOT completed";
+const PENDING: &str = "SELECT count(*) AS n FROM pending_reports WHERE election_id = $1";
 /// Claimed by a reprocessor (leased) and not marked counted.
-const CLAIMED: &str = "SELECT count(*) AS n FROM reports WHERE election_id = $1 \
-     AND NOT completed AND leased_until > now()";
+const CLAIMED: &str = "SELECT count(*) AS n FROM pending_reports WHERE election_id = $1 \
+     AND leased_until > now()";
 
 #[test]
 fn a_reprocessor_killed_mid_batch_then_two_of_each_at_once_count_exactly() {

@@ -11,6 +11,7 @@ use crate::support::{execute, lines};
 
 const INITIAL: &str = "20250601000000";
 const DEFINITIONS: &str = "20261101000000";
+const WRITE_PATH: &str = "20261130000000";
 
 fn tables(pool: &store_pg::PgPool) -> Vec<String> {
     lines(
@@ -32,7 +33,10 @@ fn migrations_go_up_down_and_up_again() {
     // Checking the status creates nothing (diesel's harness would).
     assert!(tables(&pool).is_empty());
 
-    assert_eq!(store_pg::migrate(&pool).unwrap(), [INITIAL, DEFINITIONS]);
+    assert_eq!(
+        store_pg::migrate(&pool).unwrap(),
+        [INITIAL, DEFINITIONS, WRITE_PATH]
+    );
     assert_eq!(
         tables(&pool),
         [
@@ -43,6 +47,8 @@ fn migrations_go_up_down_and_up_again() {
             "election_cities",
             "election_definitions",
             "election_parties",
+            "pending_batches",
+            "pending_reports",
             "reports",
             "vote_log"
         ]
@@ -88,7 +94,10 @@ fn migrations_go_up_down_and_up_again() {
     );
 
     // And up again, empty.
-    assert_eq!(store_pg::migrate(&pool).unwrap(), [INITIAL, DEFINITIONS]);
+    assert_eq!(
+        store_pg::migrate(&pool).unwrap(),
+        [INITIAL, DEFINITIONS, WRITE_PATH]
+    );
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate
@@ -112,7 +121,7 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    assert_eq!(applied, [INITIAL, DEFINITIONS]);
+    assert_eq!(applied, [INITIAL, DEFINITIONS, WRITE_PATH]);
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate
@@ -136,5 +145,109 @@ fn connections_commit_synchronously_even_when_configured_not_to() {
     assert_eq!(
         lines(&pool, "SELECT current_setting('search_path') AS line"),
         [schema.name()]
+    );
+}
+
+#[test]
+fn the_write_path_migration_moves_recorded_reports_forward() {
+    use diesel::Connection;
+    use diesel_migrations::MigrationHarness;
+
+    let schema = PgSchema::new();
+    let pool = store_pg::connect(schema.url(), 2, Duration::from_secs(10)).unwrap();
+    {
+        // The schema as the release before the write path left it.
+        let mut conn = diesel::PgConnection::establish(schema.url()).unwrap();
+        for _ in [INITIAL, DEFINITIONS] {
+            conn.run_next_migration(store_pg::MIGRATIONS).unwrap();
+        }
+    }
+    // Box B1: revision 1 counted (a: 4, b: 0 posted), revision 2 pending
+    // (a: 6, b omitted). Box B2: revision 1 pending.
+    execute(
+        &pool,
+        "INSERT INTO reports (id, election_id, ballot_box_id, city, revision, reason, payload, \
+         payload_hash, completed, attempts, last_error) VALUES \
+         (1, 'old', 'B1', 'york', 1, NULL, '{\"ballot_box_id\":\"B1\",\"city\":\"york\",\"votes\":{\"a\":4,\"b\":0}}', \
+          sha256('1'), true, 0, NULL), \
+         (2, 'old', 'B1', 'york', 2, 'recount', '{\"ballot_box_id\":\"B1\",\"city\":\"york\",\"votes\":{\"a\":6}}', \
+          sha256('2'), false, 3, 'redis is unavailable'), \
+         (3, 'old', 'B2', 'york', 1, NULL, '{\"ballot_box_id\":\"B2\",\"city\":\"york\",\"votes\":{\"a\":1}}', \
+          sha256('3'), false, 0, NULL)",
+    );
+    execute(
+        &pool,
+        "INSERT INTO vote_log (report_id, election_id, ballot_box_id, city, party, revision, votes, difference) VALUES \
+         (1, 'old', 'B1', 'york', 'a', 1, 4, 4), (1, 'old', 'B1', 'york', 'b', 1, 0, 0), \
+         (2, 'old', 'B1', 'york', 'a', 2, 6, 2), (2, 'old', 'B1', 'york', 'b', 2, 0, 0), \
+         (3, 'old', 'B2', 'york', 'a', 1, 1, 1)",
+    );
+    execute(
+        &pool,
+        "INSERT INTO ballot_boxes (election_id, ballot_box_id, city, latest_revision, latest_report_id) \
+         VALUES ('old', 'B1', 'york', 2, 2), ('old', 'B2', 'york', 1, 3)",
+    );
+    execute(&pool, "SELECT setval('reports_id_seq', 3)");
+
+    assert_eq!(store_pg::migrate(&pool).unwrap(), [WRITE_PATH]);
+
+    // The per-party rows read as before, through the view.
+    assert_eq!(
+        lines(
+            &pool,
+            "SELECT concat_ws(' ', report_id, party, votes, difference) AS line FROM vote_log \
+             ORDER BY report_id, party"
+        ),
+        ["1 a 4 4", "1 b 0 0", "2 a 6 2", "2 b 0 0", "3 a 1 1"]
+    );
+    // What the old log could not tell apart is kept: b was posted with 0 in
+    // revision 1 and omitted in revision 2.
+    assert_eq!(
+        lines(&pool, "SELECT votes::text AS line FROM reports ORDER BY id"),
+        ["{4,0}", "{6,NULL}", "{1}"]
+    );
+    // The pending revisions are pending still, with their claim history.
+    assert_eq!(
+        lines(
+            &pool,
+            "SELECT concat_ws(' ', report_id, attempts, last_error) AS line FROM pending_reports \
+             ORDER BY report_id"
+        ),
+        ["2 3 redis is unavailable", "3 0"]
+    );
+    let log = PgLog::new(pool.clone());
+    let e = election_core::ElectionId::parse("old").unwrap();
+    assert_eq!(log.pending_count(&e).unwrap(), 2);
+    let claimed = log
+        .claim_pending(&election_core::Claim {
+            limit: 10,
+            pending_for: Duration::ZERO,
+            lease: Duration::from_secs(60),
+        })
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.report_id.0).collect::<Vec<_>>(),
+        [2, 3]
+    );
+
+    // A new revision of B1 moves from the migrated latest votes: a from 6 to
+    // 7, b (omitted before) from nothing to 1.
+    let next = election_core::Report::from_json(
+        &e,
+        br#"{"ballot_box_id":"B1","city":"york","revision":3,"reason":"r","votes":{"a":7,"b":1}}"#,
+    )
+    .unwrap();
+    let recorded = log.record(&[next]).unwrap();
+    let election_core::Recorded::Fresh(counting) = &recorded[0] else {
+        panic!("not fresh: {recorded:?}");
+    };
+    assert_eq!(counting.report_id.0, 4);
+    assert_eq!(
+        counting
+            .difference
+            .iter()
+            .map(|(p, d)| format!("{p} {d}"))
+            .collect::<Vec<_>>(),
+        ["a 1", "b 1"]
     );
 }

@@ -1,0 +1,236 @@
+//! The hot path's plans, checked against every state of the statistics an
+//! election night meets (see `crate::record`, "Plans that do not depend on
+//! statistics").
+//!
+//! Every hot-path statement is prepared and explained the way the write path
+//! runs it (inside a transaction with [`HOT_PATH_SETTINGS`]), both as the
+//! generic plan a connection caches and as a custom plan, on tables that are
+//! empty and never analysed, filled but never analysed, analysed while empty
+//! and filled afterwards, and filled and analysed. A plan fails when it scans
+//! a log table (`reports`, `ballot_boxes`) sequentially or through another
+//! index than a unique key, hash- or merge-joins one, or would be JIT-compiled. The same check run without the settings must find the
+//! bad plan PostgreSQL makes over empty tables, so the check can fail.
+
+use diesel::connection::SimpleConnection;
+use diesel::sql_types::Text;
+use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
+use test_support::pg::PgSchema;
+
+use crate::pending::{CLAIM_ROWS, CLAIMED_REPORTS, LEASE_ROWS, MARK_WHOLE};
+use crate::record::{HOT_PATH_SETTINGS, LOCK_BOXES, READ_KNOWN, WRITE_FRESH};
+
+/// Tables that grow with the election: never scanned whole on the hot path.
+const LOG_TABLES: &[&str] = &["reports", "ballot_boxes"];
+
+/// The indexes the hot path may reach log-table rows through: unique keys,
+/// so one lookup finds at most one row.
+const KEY_INDEXES: &[&str] = &["reports_pkey", "reports_revision_key", "ballot_boxes_pkey"];
+
+/// Every hot-path statement with sample arguments (any values do: the
+/// generic plan ignores them, and custom plans only need the right types).
+const STATEMENTS: &[(&str, &str, &str)] = &[
+    ("record: lock boxes", LOCK_BOXES, "'{e,e}', '{B1,B2}'"),
+    (
+        "record: read back latest votes and same revisions (replays)",
+        READ_KNOWN,
+        "'{1,2}', '{e}', '{B1}', '{1}'",
+    ),
+    (
+        "record: write reports, boxes, pending batch",
+        WRITE_FRESH,
+        "'{e,e}', '{B1,B2}', '{c,c}', '{1,1}', '{NULL,NULL}', '{\"{}\",\"{}\"}', \
+         ARRAY['\\x00'::bytea, '\\x01'::bytea], '{a,a}', '{1,1}', '{1,1}', \
+         '{e}', '{B1}', '{c}', '{1}', '{1}', '{e}', '{B2}', '{2}', '{2}'",
+    ),
+    ("mark counted (whole batches)", MARK_WHOLE, "'{1,2,3}'"),
+    ("claim: pending batches", CLAIM_ROWS, "100, 1000000"),
+    ("claim: lease", LEASE_ROWS, "'{1,2}', 1000000"),
+    ("claim: read claimed reports", CLAIMED_REPORTS, "'{1,2}'"),
+];
+
+/// Rows enough that a sequential scan is far worse than an index lookup.
+const FILL: &str = "\
+INSERT INTO reports (election_id, ballot_box_id, city, revision, payload, payload_hash,
+                     parties, votes, differences)
+SELECT 'e', 'B' || g, 'c' || (g % 200), 1, '{}', sha256(g::text::bytea),
+       '{a,b}', '{1,2}', '{1,2}'
+FROM generate_series(1, 20000) AS g;
+INSERT INTO ballot_boxes (election_id, ballot_box_id, city, latest_revision, latest_report_id)
+SELECT election_id, ballot_box_id, city, revision, id FROM reports;
+INSERT INTO pending_batches (first_report_id, report_ids)
+SELECT g, ARRAY[g] FROM generate_series(19901, 20000) AS g;";
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// One statement's plan, as JSON and as text (for reading).
+struct Plan {
+    json: serde_json::Value,
+    text: String,
+}
+
+fn explain(conn: &mut PgConnection, sql: &str, args: &str, generic: bool, settings: bool) -> Plan {
+    conn.transaction(|conn| {
+        if settings {
+            conn.batch_execute(HOT_PATH_SETTINGS)?;
+        }
+        let mode = if generic {
+            "force_generic_plan"
+        } else {
+            "force_custom_plan"
+        };
+        conn.batch_execute(&format!(
+            "SET LOCAL plan_cache_mode = {mode}; DEALLOCATE ALL; PREPARE hot AS {sql}"
+        ))?;
+        let json: Vec<PlanLine> =
+            diesel::sql_query(format!("EXPLAIN (FORMAT JSON) EXECUTE hot({args})")).load(conn)?;
+        let text: Vec<PlanLine> =
+            diesel::sql_query(format!("EXPLAIN EXECUTE hot({args})")).load(conn)?;
+        conn.batch_execute("DEALLOCATE hot")?;
+        let json = serde_json::from_str(&json[0].line).expect("EXPLAIN's JSON");
+        let text = text.into_iter().map(|l| l.line + "\n").collect();
+        Ok::<_, diesel::result::Error>(Plan { json, text })
+    })
+    .unwrap_or_else(|e| panic!("explaining {sql}: {e}"))
+}
+
+/// The relations a plan node and its children scan.
+fn scanned(node: &serde_json::Value, into: &mut Vec<String>) {
+    if let Some(relation) = node["Relation Name"].as_str() {
+        into.push(relation.to_owned());
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        scanned(child, into);
+    }
+}
+
+/// What is wrong with a plan: sequential scans, scans of other indexes than
+/// the keys, and hash or merge joins over log tables.
+fn problems(node: &serde_json::Value, found: &mut Vec<String>) {
+    let kind = node["Node Type"].as_str().unwrap_or_default();
+    let relation = node["Relation Name"].as_str().unwrap_or_default();
+    if LOG_TABLES.contains(&relation) {
+        if kind == "Seq Scan" {
+            found.push(format!("sequential scan of {relation}"));
+        }
+        if let Some(index) = node["Index Name"].as_str()
+            && !KEY_INDEXES.contains(&index)
+        {
+            found.push(format!("{kind} of {relation} through {index}"));
+        }
+    }
+    if kind.starts_with("Bitmap Index Scan")
+        && let Some(index) = node["Index Name"].as_str()
+        && LOG_TABLES
+            .iter()
+            .any(|table| index.starts_with(&format!("{table}_")))
+        && !KEY_INDEXES.contains(&index)
+    {
+        found.push(format!("{kind} through {index}"));
+    }
+    if kind == "Hash Join" || kind == "Merge Join" {
+        let mut relations = Vec::new();
+        scanned(node, &mut relations);
+        for relation in relations {
+            if LOG_TABLES.contains(&relation.as_str()) {
+                found.push(format!("{kind} over {relation}"));
+            }
+        }
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        problems(child, found);
+    }
+}
+
+fn plan_problems(plan: &Plan) -> Vec<String> {
+    let mut found = Vec::new();
+    problems(&plan.json[0]["Plan"], &mut found);
+    if plan.json[0].get("JIT").is_some() {
+        found.push("JIT compiles it on every execution".to_owned());
+    }
+    found
+}
+
+/// Explains every statement both ways in the state `conn`'s tables are in,
+/// and returns every problem found, with the plan that has it.
+fn check_state(conn: &mut PgConnection, state: &str, report: &mut String) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (name, sql, args) in STATEMENTS {
+        for generic in [true, false] {
+            let plan = explain(conn, sql, args, generic, true);
+            let kind = if generic { "generic" } else { "custom" };
+            let problems = plan_problems(&plan);
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{state}, {kind} plan of \"{name}\": {}\n{}",
+                    problems.join(", "),
+                    plan.text
+                ));
+            }
+            if generic {
+                report.push_str(&format!(
+                    "-- {state}: {name} (generic plan)\n{}\n",
+                    plan.text
+                ));
+            }
+        }
+    }
+    failures
+}
+
+fn migrated() -> (PgSchema, PgConnection) {
+    let schema = PgSchema::new();
+    let pool = crate::connect(schema.url(), 1, std::time::Duration::from_secs(10)).unwrap();
+    crate::migrate(&pool).unwrap();
+    let conn = PgConnection::establish(schema.url()).unwrap();
+    (schema, conn)
+}
+
+#[test]
+fn hot_path_plans_use_indexes_whatever_the_statistics() {
+    let mut report = String::new();
+    let mut failures = Vec::new();
+
+    // Election night: tables created empty, never analysed.
+    let (_never, mut conn) = migrated();
+    failures.extend(check_state(&mut conn, "empty, never analysed", &mut report));
+    conn.batch_execute(FILL).unwrap();
+    failures.extend(check_state(
+        &mut conn,
+        "filled, never analysed",
+        &mut report,
+    ));
+    conn.batch_execute("ANALYZE").unwrap();
+    failures.extend(check_state(&mut conn, "filled and analysed", &mut report));
+
+    // Statistics gone stale: analysed while empty, filled afterwards.
+    let (_stale, mut conn) = migrated();
+    conn.batch_execute("ANALYZE").unwrap();
+    failures.extend(check_state(&mut conn, "analysed empty", &mut report));
+    conn.batch_execute(FILL).unwrap();
+    failures.extend(check_state(
+        &mut conn,
+        "analysed empty, then filled",
+        &mut report,
+    ));
+
+    if let Ok(dir) = std::env::var("HOT_PATH_PLANS_DIR") {
+        std::fs::write(format!("{dir}/hot-path-plans.txt"), &report).unwrap();
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_check_finds_the_plans_an_empty_database_gets_without_the_settings() {
+    let (_schema, mut conn) = migrated();
+    let plan = explain(&mut conn, LOCK_BOXES, "'{e,e}', '{B1,B2}'", true, false);
+    let problems = plan_problems(&plan);
+    assert!(
+        problems.iter().any(|p| p.contains("ballot_boxes")),
+        "expected a bad plan without the settings, got {problems:?}:\n{}",
+        plan.text
+    );
+}
