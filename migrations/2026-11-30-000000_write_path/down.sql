@@ -5,6 +5,8 @@ ALTER TABLE ballot_boxes
 
 DROP VIEW pending_reports;
 DROP INDEX reports_received_brin;
+DROP INDEX ballot_boxes_first_reported_brin;
+CREATE INDEX ballot_boxes_first_reported_idx ON ballot_boxes (election_id, first_reported_at);
 CREATE INDEX reports_election_received_idx ON reports (election_id, received_at);
 DROP VIEW vote_log;
 

@@ -23,7 +23,7 @@ use crate::error::{PgError, TxError, is_new_box_race, is_retryable};
 use crate::pending;
 use crate::pool::PgPool;
 use crate::prepared::prepared;
-use crate::record::record_batch;
+use crate::record::{hot_transaction, record_batch};
 
 /// How many times `record` runs its transaction when PostgreSQL reports a
 /// deadlock or a serialization failure. Boxes are locked in a fixed order, so
@@ -267,7 +267,7 @@ impl PgLog {
         loop {
             // diesel's default transaction: READ COMMITTED, synchronous
             // commit as the connection has it (on; see `crate::pool`).
-            match conn.transaction(|conn| record_batch(conn, reports)) {
+            match hot_transaction(&mut conn, |conn| record_batch(conn, reports)) {
                 Ok(answers) => {
                     tracing::debug!(
                         batch.reports = reports.len(),
@@ -305,17 +305,16 @@ impl PgLog {
             return Ok(Vec::new());
         }
         let mut conn = self.connection(|| DOING.to_owned())?;
-        let rows = conn
-            .transaction(|conn| -> Result<Vec<RevisionRow>, TxError> {
-                let ids = pending::claim(conn, claim)?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                Ok(prepared(pending::CLAIMED_REPORTS)
-                    .bind::<Array<Int8>, _>(ids)
-                    .load(conn)?)
-            })
-            .map_err(|error| error.context(DOING))?;
+        let rows = hot_transaction(&mut conn, |conn| -> Result<Vec<RevisionRow>, TxError> {
+            let ids = pending::claim(conn, claim)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(prepared(pending::CLAIMED_REPORTS)
+                .bind::<Array<Int8>, _>(ids)
+                .load(conn)?)
+        })
+        .map_err(|error| error.context(DOING))?;
         countings(rows, DOING)
     }
 

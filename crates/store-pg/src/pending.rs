@@ -26,14 +26,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Int4, Int8, Nullable, Text, Timestamptz};
 use election_core::Claim;
 
 use crate::error::TxError;
 use crate::prepared::prepared;
-use crate::record::HOT_PATH_SETTINGS;
 use crate::schema::pending_batches;
 
 /// Deletes the rows whose ids all appear in `$1`, found by their key (which
@@ -150,10 +148,9 @@ pub(crate) fn release(conn: &mut PgConnection, ids: &[i64], error: &str) -> Resu
 }
 
 /// Claims up to `claim.limit` pending revisions: see the module docs.
-/// Returns their ids, oldest first; the caller reads them in the same
-/// transaction.
+/// Returns their ids, oldest first; the caller runs this inside a
+/// `hot_transaction` and reads them in the same transaction.
 pub(crate) fn claim(conn: &mut PgConnection, claim: &Claim) -> Result<Vec<i64>, TxError> {
-    conn.batch_execute(HOT_PATH_SETTINGS)?;
     let rows: Vec<BatchRow> = prepared(CLAIM_ROWS)
         .bind::<BigInt, _>(i64::try_from(claim.limit).unwrap_or(i64::MAX))
         .bind::<BigInt, _>(micros(claim.pending_for))

@@ -6,8 +6,9 @@
 //! batching is worth ~4x (docs/benchmarks.md). Inside the transaction,
 //! [`record_batch`] sends:
 //!
-//! 0. **plan settings** ([`HOT_PATH_SETTINGS`]): no sequential scans, hash or
-//!    merge joins for the rest of the transaction (see below);
+//! 0. **begin** with the plan settings ([`hot_transaction`]): no sequential
+//!    scans, hash or merge joins for the rest of the transaction (see
+//!    below), sent with `BEGIN` in one round trip;
 //! 1. **lock**: the batch's existing ballot boxes, `FOR UPDATE`, in sorted
 //!    order, so two batches sharing boxes queue up instead of deadlocking;
 //!    their city and latest revision come back with the lock;
@@ -64,8 +65,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::sql_types::{Array, BigInt, Bool, Bytea, Int4, Int8, Nullable, Text};
-use diesel::{PgConnection, QueryableByName, RunQueryDsl, connection::SimpleConnection};
+use diesel::{PgConnection, QueryableByName, RunQueryDsl};
 use election_core::rules::{self, BoxState, Decision, SameRevision};
 use election_core::{
     CityId, Counting, Difference, PartyId, PayloadHash, Recorded, Report, ReportId, Revision, Votes,
@@ -80,9 +82,39 @@ use crate::prepared::prepared;
 /// its 10^10 penalty when nothing else can do its job (the scan of the tiny
 /// `pending_batches` in a replay's lookup), which would put the statement
 /// over `jit_above_cost` and compile it on every execution.
-pub(crate) const HOT_PATH_SETTINGS: &str = "\
-SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
-SET LOCAL jit = off";
+macro_rules! hot_path_settings {
+    () => {
+        "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+         SET LOCAL enable_mergejoin = off; SET LOCAL jit = off"
+    };
+}
+
+/// The settings alone, for the plan test.
+#[cfg(test)]
+pub(crate) const HOT_PATH_SETTINGS: &str = hot_path_settings!();
+
+/// `BEGIN` and the settings as one message.
+const HOT_BEGIN: &str = concat!("BEGIN; ", hot_path_settings!());
+
+/// Runs `f` in a transaction that plans with the hot-path settings, begun in
+/// one round trip: committed when `f` succeeds, rolled back when it fails
+/// (as diesel's `Connection::transaction` does).
+pub(crate) fn hot_transaction<T>(
+    conn: &mut PgConnection,
+    f: impl FnOnce(&mut PgConnection) -> Result<T, TxError>,
+) -> Result<T, TxError> {
+    AnsiTransactionManager::begin_transaction_sql(conn, HOT_BEGIN)?;
+    match f(conn) {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(error) => match AnsiTransactionManager::rollback_transaction(conn) {
+            Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(error),
+            Err(rollback) => Err(rollback.into()),
+        },
+    }
+}
 
 /// Locks the batch's existing ballot boxes and returns their state.
 ///
@@ -265,13 +297,12 @@ struct Fresh<'a> {
     difference: Difference,
 }
 
-/// Records `reports` on `conn`, which must be inside a transaction. See the
-/// module docs.
+/// Records `reports` on `conn`, which must be inside a [`hot_transaction`].
+/// See the module docs.
 pub(crate) fn record_batch(
     conn: &mut PgConnection,
     reports: &[Report],
 ) -> Result<Vec<Recorded>, TxError> {
-    conn.batch_execute(HOT_PATH_SETTINGS)?;
     // Sorted, so the lock statement's input is deterministic too (its ORDER
     // BY is what fixes the lock order).
     let boxes: BTreeSet<BoxKey> = reports.iter().map(box_key).collect();
