@@ -119,6 +119,10 @@ pub struct Run {
     /// Claims after which a report still not counted is reported as stuck (log and metric).
     #[arg(long, env = "STUCK_ATTEMPTS", default_value_t = 5)]
     pub stuck_attempts: u32,
+    /// Pause between sweeps that check every counted revision's markers in Redis and apply the
+    /// lost ones again (a restart, a flush, a failover); 0s turns healing off.
+    #[arg(long, env = "HEAL_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub heal_interval: Duration,
 }
 
 /// `reconcile` settings.

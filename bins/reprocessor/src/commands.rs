@@ -14,6 +14,7 @@ use store_redis::RedisTally;
 use tokio::sync::watch;
 
 use crate::cli::{Reconcile, Run, Stores};
+use crate::healer::HealSettings;
 use crate::{Services, Settings};
 
 /// How long to wait for a PostgreSQL connection before giving up.
@@ -54,6 +55,25 @@ fn connect(stores: &Stores) -> anyhow::Result<Connected> {
     })
 }
 
+/// Counted revisions read and checked per page by the healing sweep.
+const HEAL_PAGE: usize = 1000;
+
+/// The repair locks of `store_pg` (session advisory locks).
+struct PgRepairLocks(PgPool);
+
+impl crate::healer::RepairLocks for PgRepairLocks {
+    fn try_lock(&self, election: &ElectionId) -> Result<Option<Box<dyn Send>>, String> {
+        store_pg::try_lock_repair(&self.0, election)
+            .map(|lock| lock.map(|lock| Box::new(lock) as Box<dyn Send>))
+            .map_err(|error| format!("{:#}", anyhow::Error::new(error)))
+    }
+}
+
+/// The repair locks of `reconcile --repair`, for the healing loop.
+pub fn repair_locks(pg: PgPool) -> Arc<dyn crate::healer::RepairLocks> {
+    Arc::new(PgRepairLocks(pg))
+}
+
 /// What `/readyz` checks: PostgreSQL and Redis both answer.
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
     Arc::new(move || {
@@ -74,6 +94,10 @@ pub fn run(args: Run) -> anyhow::Result<bool> {
         },
         interval: args.interval,
         stuck_attempts: args.stuck_attempts,
+        heal: (!args.once && !args.heal_interval.is_zero()).then_some(HealSettings {
+            interval: args.heal_interval,
+            page_size: HEAL_PAGE,
+        }),
     };
     tracing::info!(
         database.url = %redact(&args.stores.database_url),
@@ -102,6 +126,7 @@ pub fn run(args: Run) -> anyhow::Result<bool> {
         tracing::info!(listen.addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
         let services = Services {
             ready: ready_check(stores.pg.clone(), Arc::clone(&stores.tally)),
+            locks: repair_locks(stores.pg.clone()),
             log: stores.log,
             tally: stores.tally,
         };
@@ -290,10 +315,32 @@ fn print_comparison(
             plural(pending)
         )
     };
+    let markers = &comparison.markers;
+    if markers.missing > 0 {
+        writeln!(
+            out,
+            "lost: {} of {} counted revision{} have lost markers in Redis, with their counters \
+             (a restart, a flush or a failover): `election-reprocessor run` restores them within \
+             its heal interval, `reconcile --repair` at once; report ids {}",
+            markers.missing,
+            markers.checked,
+            plural(markers.checked),
+            markers
+                .examples
+                .iter()
+                .map(|id| id.0.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
     writeln!(
         out,
-        "election {election}: {verdict}; {} in flight; {pending_note}; {} rounds",
+        "election {election}: {verdict}; {} in flight; {pending_note}; {} of {} counted \
+         revision{} present in Redis; {} rounds",
         in_flight.len(),
+        markers.checked - markers.missing,
+        markers.checked,
+        plural(markers.checked),
         comparison.rounds
     )
 }

@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod healer;
 pub mod worker;
 
 use std::future::Future;
@@ -40,6 +41,8 @@ pub struct Services {
     pub tally: Arc<dyn Tally>,
     /// What `/readyz` checks.
     pub ready: ReadyCheck,
+    /// The repair locks the healing loop takes (see [`healer`]).
+    pub locks: Arc<dyn healer::RepairLocks>,
 }
 
 /// Counts pending reports until `shutdown` resolves, serving health and
@@ -70,8 +73,21 @@ pub async fn run(
         })
         .await
     });
+    let healing = settings.heal.map(|heal| {
+        tokio::spawn(healer::run(
+            Arc::clone(&services.log),
+            Arc::clone(&services.tally),
+            services.locks,
+            heal,
+            Arc::clone(&metrics),
+            stopping.clone(),
+        ))
+    });
     let worker = worker::Worker::new(services.log, services.tally, settings, metrics);
     worker.run(stopping).await;
+    if let Some(healing) = healing {
+        healing.await?;
+    }
     server.await??;
     Ok(())
 }

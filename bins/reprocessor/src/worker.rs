@@ -41,6 +41,8 @@ pub struct Settings {
     pub interval: Duration,
     /// Claims after which a revision still pending is reported stuck.
     pub stuck_attempts: u32,
+    /// The healing loop (`None`: no healing, as with `run --once`).
+    pub heal: Option<crate::healer::HealSettings>,
 }
 
 const PENDING: &str = "reprocessor_pending_reports";
@@ -101,7 +103,7 @@ async fn pending_stats(
 }
 
 /// Sleeps `duration`, or less if `stopping` turns true; true when stopping.
-async fn pause(duration: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
+pub(crate) async fn pause(duration: Duration, stopping: &mut watch::Receiver<bool>) -> bool {
     if *stopping.borrow() {
         return true;
     }

@@ -162,6 +162,24 @@ pub fn report_log(new_log: LogFactory<'_>) {
     log_pages_through_counted_revisions(new_log());
     log_audits_every_counter(new_log());
     log_describes_pending_and_stuck_revisions(new_log());
+    log_lists_its_elections(new_log());
+}
+
+fn log_lists_its_elections(log: Arc<dyn ReportLog>) {
+    let (a, b) = (unique_election("list"), unique_election("list"));
+    log.record(&seed_reports(&b)).unwrap();
+    log.record(&[report(&a, "B1", "york", 1, &[("x", 1)])])
+        .unwrap();
+    let listed = log.elections().unwrap();
+    // Other checks may share the log's database: only ours are asserted.
+    let ours: Vec<&ElectionId> = listed.iter().filter(|e| **e == a || **e == b).collect();
+    let mut expected = vec![&a, &b];
+    expected.sort();
+    assert_eq!(ours, expected);
+    assert!(
+        listed.windows(2).all(|w| w[0] < w[1]),
+        "in id order, once each"
+    );
 }
 
 fn log_records_fresh_replay_and_conflicts(log: Arc<dyn ReportLog>) {
@@ -678,6 +696,36 @@ pub fn tally(new_tally: TallyFactory<'_>) {
     tally_keeps_elections_apart(new_tally());
     tally_handles_large_batches(new_tally());
     tally_adds_only_to_the_value_observed(new_tally());
+    tally_names_revisions_without_their_markers(new_tally());
+}
+
+fn tally_names_revisions_without_their_markers(tally: Arc<dyn Tally>) {
+    let e = unique_election("markers");
+    // Many parties, so a revision spans several slots on a Cluster.
+    let parties: Vec<(String, i64)> = (0..12).map(|i| (format!("p{i}"), i64::from(i))).collect();
+    let diff: Vec<(&str, i64)> = parties.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    let applied: Vec<Counting> = (1..=3)
+        .map(|i| counting(i, &e, &format!("B{i}"), "york", 1, &diff))
+        .collect();
+    let never = counting(4, &e, "B4", "leeds", 1, &diff);
+    assert!(
+        tally.unapplied(&applied).unwrap().len() == 3,
+        "nothing applied yet"
+    );
+    assert!(tally.apply(&applied).iter().all(Result::is_ok));
+    let mut batch = applied.clone();
+    batch.insert(1, never.clone());
+    assert_eq!(tally.unapplied(&batch).unwrap(), [never.report_id]);
+    assert!(tally.unapplied(&[]).unwrap().is_empty());
+    // Reading changed nothing.
+    assert_eq!(
+        tally
+            .apply(&applied)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>(),
+        [Applied::Already; 3]
+    );
 }
 
 fn tally_adds_only_to_the_value_observed(tally: Arc<dyn Tally>) {
@@ -1069,4 +1117,7 @@ fn engine_reconcile_finds_and_repairs_drift((log, tally): (Arc<dyn ReportLog>, A
         tally.snapshot(&e).unwrap().totals,
         engine.expected_totals(&e).unwrap()
     );
+    // Every counted revision has its markers.
+    let swept = crate::heal::sweep(&*log, &*tally, &e, 2, false).unwrap();
+    assert_eq!((swept.checked, swept.missing), (4, 0), "{swept:?}");
 }

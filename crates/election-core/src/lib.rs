@@ -4,6 +4,7 @@
 pub mod definition;
 pub mod engine;
 pub mod error;
+pub mod heal;
 pub mod ids;
 pub mod reconcile;
 pub mod report;

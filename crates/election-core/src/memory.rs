@@ -379,6 +379,16 @@ impl ReportLog for MemoryLog {
             .count() as u64)
     }
 
+    fn elections(&self) -> Result<Vec<ElectionId>, StoreError> {
+        let state = lock(&self.state);
+        let elections: BTreeSet<ElectionId> = state
+            .rows
+            .iter()
+            .map(|row| row.report.election().clone())
+            .collect();
+        Ok(elections.into_iter().collect())
+    }
+
     fn counted_revisions(
         &self,
         election: &ElectionId,
@@ -503,6 +513,29 @@ impl MemoryTally {
         *lock(&self.state) = TallyState::default();
     }
 
+    /// Loses one applied revision, markers and counters together, as a
+    /// failover to a replica that never received it would.
+    pub fn lose(&self, counting: &Counting) {
+        let groups = self.groups(counting);
+        let mut state = lock(&self.state);
+        for group in groups {
+            let marker = (
+                counting.election.clone(),
+                counting.ballot_box.clone(),
+                counting.revision,
+                group[0].0.clone(),
+            );
+            if state.markers.remove(&marker) {
+                for (counter, n) in group {
+                    *state
+                        .counters
+                        .entry((counting.election.clone(), counter))
+                        .or_insert(0) -= n;
+                }
+            }
+        }
+    }
+
     /// Number of markers held (for tests of marker economy).
     pub fn marker_count(&self) -> usize {
         lock(&self.state).markers.len()
@@ -621,6 +654,24 @@ impl Tally for MemoryTally {
             });
         }
         answers
+    }
+
+    fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError> {
+        let state = lock(&self.state);
+        Ok(batch
+            .iter()
+            .filter(|counting| {
+                self.groups(counting).iter().any(|group| {
+                    !state.markers.contains(&(
+                        counting.election.clone(),
+                        counting.ballot_box.clone(),
+                        counting.revision,
+                        group[0].0.clone(),
+                    ))
+                })
+            })
+            .map(|counting| counting.report_id)
+            .collect())
     }
 
     fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError> {

@@ -4,6 +4,10 @@
 //! holds what the counted revisions add up to. [`repair`] makes it so, in two
 //! phases, also while ingest and reprocessors keep recording and counting:
 //!
+//! [`compare`] also checks that every counted revision still has its
+//! markers ([`crate::heal::sweep`]): unlike the counters, that holds at any
+//! load, so a loss is reported even while every counter keeps moving.
+//!
 //! - **Phase A** applies every counted revision again through
 //!   [`Tally::apply`], in id order, a page at a time. The markers make every
 //!   part the tally still has a no-op and restore exactly what it lost *with
@@ -78,6 +82,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::error::StoreError;
+use crate::heal::{self, Sweep};
 use crate::ids::ElectionId;
 use crate::store::{Applied, Counter, LogAudit, ReportId, ReportLog, Tally, Totals};
 
@@ -210,6 +215,10 @@ pub struct Comparison {
     pub pending_revisions: u64,
     /// Rounds of observation made.
     pub rounds: u32,
+    /// The markers of every counted revision, checked after the rounds: a
+    /// counted revision missing one was lost by the tally, whatever the
+    /// counters show while they move (see `crate::heal`).
+    pub markers: Sweep,
 }
 
 impl Comparison {
@@ -231,9 +240,10 @@ impl Comparison {
             .count()
     }
 
-    /// True when no counter drifted (counters in flight are not drift).
+    /// True when no counter drifted (counters in flight are not drift) and
+    /// every counted revision has its markers.
     pub fn is_exact(&self) -> bool {
-        self.drifted().next().is_none()
+        self.drifted().next().is_none() && self.markers.missing == 0
     }
 }
 
@@ -287,10 +297,12 @@ pub fn compare(
         let checks = classify(&first, &second);
         let moving = checks.iter().any(|c| c.verdict == Verdict::Moving);
         if !moving || rounds >= config.max_rounds.max(2) {
+            let markers = heal::sweep(log, tally, election, config.page_size, false)?;
             return Ok(Comparison {
                 checks,
                 pending_revisions: first.audit.pending,
                 rounds,
+                markers,
             });
         }
         first = second;

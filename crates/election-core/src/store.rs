@@ -151,6 +151,10 @@ pub trait ReportLog: Send + Sync {
     /// The pending revisions of every election: how many, the oldest's age,
     /// and those claimed at least `stuck_attempts` times.
     fn pending_stats(&self, stuck_attempts: u32) -> Result<PendingStats, StoreError>;
+
+    /// Every election with at least one recorded revision, in id order (what
+    /// the reprocessor's healing sweep goes through).
+    fn elections(&self) -> Result<Vec<ElectionId>, StoreError>;
 }
 
 /// What the log says about the counters of one election, read from one
@@ -244,9 +248,20 @@ pub enum Applied {
 ///   seen, so totals can be read without knowing them in advance.
 /// - Answers are per revision, in order; an `Err` means some counters of that
 ///   revision may not have moved and it must be applied again later.
+/// - [`unapplied`](Tally::unapplied) names the revisions of a batch that lack
+///   any of their markers (or, where the tally keeps them, their entries in
+///   the sets of parties, cities and ballot boxes seen), reading only. For a revision that `apply` answered
+///   `Ok`, that means the tally lost it (a restart without persistence, a
+///   flush, a failover to a replica that had not received it): its counters
+///   went with its markers, so applying it again restores exactly what was
+///   lost (see `crate::heal`).
 pub trait Tally: Send + Sync {
     /// Applies a batch of revisions; one answer per revision, in order.
     fn apply(&self, batch: &[Counting]) -> Vec<Result<Applied, StoreError>>;
+
+    /// The revisions of `batch` some of whose markers (or index entries) are
+    /// absent, in batch order; reads only.
+    fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError>;
 
     /// Every counter of `election` with the parties, cities and ballot boxes
     /// seen.

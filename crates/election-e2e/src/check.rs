@@ -87,6 +87,31 @@ pub fn reconcile(world: &World, redis_url: &str, repair: bool) -> (Option<i32>, 
     (output.status.code(), describe(&output))
 }
 
+/// Waits until `reconcile --election E` exits 0 (every counter exact, every
+/// counted revision present in Redis) with no repair run, as the running
+/// reprocessor's healing makes it; returns how long that took from `since`.
+///
+/// # Panics
+/// When it does not within `limit` of `since`, with the last output.
+pub fn wait_healed(
+    world: &World,
+    redis_url: &str,
+    since: std::time::Instant,
+    limit: std::time::Duration,
+) -> std::time::Duration {
+    loop {
+        let (status, output) = reconcile(world, redis_url, false);
+        if status == Some(0) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < limit,
+            "not healed within {limit:?} without a repair: {output}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Drains, repairs when `repair` says so, and checks everything (see the
 /// module docs). Prints and returns the summary.
 ///

@@ -158,6 +158,27 @@ WHERE v.election_id = $1
 GROUP BY v.city, v.party"
 );
 
+/// Every election with a ballot box, in id order: a loose index scan of the
+/// primary key of `ballot_boxes` (one index probe per election, however many
+/// boxes each has).
+const ELECTIONS: &str = "\
+WITH RECURSIVE e AS (
+    (SELECT election_id FROM ballot_boxes ORDER BY election_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT b.election_id FROM ballot_boxes b
+            WHERE b.election_id > e.election_id
+            ORDER BY b.election_id LIMIT 1)
+    FROM e
+    WHERE e.election_id IS NOT NULL
+)
+SELECT election_id FROM e WHERE election_id IS NOT NULL";
+
+#[derive(QueryableByName)]
+struct ElectionRow {
+    #[diesel(sql_type = Text)]
+    election_id: String,
+}
+
 /// How many revisions of election `$1` are pending.
 const AUDIT_PENDING: &str = "SELECT count(*) AS n FROM pending_reports WHERE election_id = $1";
 
@@ -356,6 +377,19 @@ impl PgLog {
         Ok(totals)
     }
 
+    fn elections_inner(&self) -> Result<Vec<ElectionId>, PgError> {
+        const DOING: &str = "listing the elections";
+        let mut conn = self.connection(|| DOING.to_owned())?;
+        let rows: Vec<ElectionRow> = diesel::sql_query(ELECTIONS)
+            .load(&mut conn)
+            .map_err(query_error(DOING))?;
+        rows.into_iter()
+            .map(|row| {
+                ElectionId::parse(&row.election_id).map_err(|e| corrupt(DOING, e.to_string()))
+            })
+            .collect()
+    }
+
     fn pending_count_inner(&self, election: &ElectionId) -> Result<u64, PgError> {
         let doing = format!("counting the pending reports of election {election}");
         let mut conn = self.connection(|| doing.clone())?;
@@ -518,5 +552,9 @@ impl ReportLog for PgLog {
 
     fn pending_stats(&self, stuck_attempts: u32) -> Result<PendingStats, StoreError> {
         Ok(self.pending_stats_inner(stuck_attempts)?)
+    }
+
+    fn elections(&self) -> Result<Vec<ElectionId>, StoreError> {
+        Ok(self.elections_inner()?)
     }
 }

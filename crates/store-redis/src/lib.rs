@@ -84,7 +84,8 @@ mod target;
 use std::collections::{BTreeMap, BTreeSet};
 
 use election_core::{
-    Applied, CityId, Counter, Counting, ElectionId, PartyId, Snapshot, StoreError, Tally, Totals,
+    Applied, CityId, Counter, Counting, ElectionId, PartyId, ReportId, Snapshot, StoreError, Tally,
+    Totals,
 };
 use redis::Value;
 
@@ -148,6 +149,9 @@ return 0
 /// small enough to keep each reply modest.
 const MGET_CHUNK: usize = 1000;
 
+/// Markers per `EXISTS` when checking that counted revisions are still there.
+const EXISTS_CHUNK: usize = 1000;
+
 /// The live counters in Redis or Redis Cluster. See the crate docs.
 ///
 /// Cheap to share (`Arc<RedisTally>`): it holds a pool of connections per
@@ -207,6 +211,67 @@ impl RedisTally {
         self.nodes.round_trips()
     }
 
+    /// A revision's counters grouped as its script calls move them (by hash
+    /// slot on a Cluster, all together on a standalone Redis), each group
+    /// with its marker, named after the group's first key in order.
+    fn groups(&self, counting: &Counting) -> Vec<(String, Vec<(String, i64)>)> {
+        let mut groups: BTreeMap<u16, Vec<(String, i64)>> = BTreeMap::new();
+        for (party, n) in counting.difference.iter() {
+            for key in [
+                keys::national(&counting.election, party),
+                keys::city(&counting.election, &counting.city, party),
+            ] {
+                let slot = keys::slot(key.as_bytes());
+                let group = if self.nodes.is_cluster() { slot } else { 0 };
+                groups.entry(group).or_default().push((key, n));
+            }
+        }
+        groups
+            .into_values()
+            .filter_map(|mut counters| {
+                counters.sort();
+                // Groups are never empty; the anchor is the first key in order.
+                let marker = keys::marker(
+                    &counters.first()?.0,
+                    &counting.ballot_box,
+                    counting.revision,
+                );
+                Some((marker, counters))
+            })
+            .collect()
+    }
+
+    /// `EXISTS` requests over `markers` (one slot per request on a Cluster),
+    /// at most [`EXISTS_CHUNK`] keys each, with the marker indexes each reads.
+    fn exists_requests(&self, markers: &[(String, usize)]) -> (Vec<Request>, Vec<Vec<usize>>) {
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (index, (marker, _)) in markers.iter().enumerate() {
+            let group = if self.nodes.is_cluster() {
+                keys::slot(marker.as_bytes())
+            } else {
+                0
+            };
+            by_slot.entry(group).or_default().push(index);
+        }
+        let mut requests = Vec::new();
+        let mut chunks = Vec::new();
+        for indexes in by_slot.values() {
+            for chunk in indexes.chunks(EXISTS_CHUNK) {
+                let mut command = redis::cmd("EXISTS");
+                for &index in chunk {
+                    command.arg(&markers[index].0);
+                }
+                requests.push(Request {
+                    command,
+                    name: "EXISTS",
+                    slot: keys::slot(markers[chunk[0]].0.as_bytes()),
+                });
+                chunks.push(chunk.to_vec());
+            }
+        }
+        (requests, chunks)
+    }
+
     /// Plans one batch: index updates first, then the script calls.
     fn plan_apply(&self, batch: &[Counting]) -> (Vec<Request>, Vec<Owner>) {
         let mut requests = Vec::new();
@@ -250,24 +315,7 @@ impl RedisTally {
         // One script call per group of counters sharing a slot (standalone:
         // one group per revision).
         for (index, counting) in batch.iter().enumerate() {
-            let mut groups: BTreeMap<u16, Vec<(String, i64)>> = BTreeMap::new();
-            for (party, n) in counting.difference.iter() {
-                for key in [
-                    keys::national(&counting.election, party),
-                    keys::city(&counting.election, &counting.city, party),
-                ] {
-                    let slot = keys::slot(key.as_bytes());
-                    let group = if self.nodes.is_cluster() { slot } else { 0 };
-                    groups.entry(group).or_default().push((key, n));
-                }
-            }
-            for mut counters in groups.into_values() {
-                counters.sort();
-                // Groups are never empty; the anchor is the first key in order.
-                let Some((anchor, _)) = counters.first() else {
-                    continue;
-                };
-                let marker = keys::marker(anchor, &counting.ballot_box, counting.revision);
+            for (marker, counters) in self.groups(counting) {
                 let mut command = redis::cmd("EVALSHA");
                 command
                     .arg(&self.script_sha)
@@ -299,6 +347,78 @@ struct Progress {
 }
 
 impl Tally for RedisTally {
+    /// One multi-key `EXISTS` per chunk of markers (per slot on a Cluster),
+    /// pipelined per node, with one `SMISMEMBER` per index set the batch
+    /// names (a failover can lose index entries whose revisions' markers
+    /// live on other nodes); a chunk of markers that counts fewer keys than
+    /// it named is asked again key by key, to find which.
+    fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError> {
+        let doing = || format!("checking the markers of {} revisions", batch.len());
+        let markers: Vec<(String, usize)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(index, counting)| {
+                self.groups(counting)
+                    .into_iter()
+                    .map(move |(marker, _)| (marker, index))
+            })
+            .collect();
+        let (mut requests, chunks) = self.exists_requests(&markers);
+        let exists_count = requests.len();
+        let (index_requests, index_owners) = index_membership_requests(batch);
+        requests.extend(index_requests);
+        let replies = self.nodes.run(&requests);
+        let mut missing = BTreeSet::new();
+        let mut suspects = Vec::new();
+        for (position, reply) in replies.into_iter().enumerate() {
+            let replied = reply.map_err(|e| e.into_store_error(doing()))?;
+            if position < exists_count {
+                let chunk = &chunks[position];
+                match replied.value {
+                    Value::Int(n) if usize::try_from(n).ok() == Some(chunk.len()) => {}
+                    Value::Int(_) => suspects.extend(chunk.iter().copied()),
+                    _ => return Err(replied.unexpected("EXISTS").into_store_error(doing())),
+                }
+                continue;
+            }
+            let owners = &index_owners[position - exists_count];
+            let flags = match &replied.value {
+                Value::Array(flags) if flags.len() == owners.len() => flags,
+                _ => return Err(replied.unexpected("SMISMEMBER").into_store_error(doing())),
+            };
+            for (flag, served) in flags.iter().zip(owners) {
+                if !matches!(flag, Value::Int(1)) {
+                    missing.extend(served.iter().copied());
+                }
+            }
+        }
+        if !suspects.is_empty() {
+            let requests: Vec<Request> = suspects
+                .iter()
+                .map(|&index| {
+                    let mut command = redis::cmd("EXISTS");
+                    command.arg(&markers[index].0);
+                    Request {
+                        command,
+                        name: "EXISTS",
+                        slot: keys::slot(markers[index].0.as_bytes()),
+                    }
+                })
+                .collect();
+            for (reply, index) in self.nodes.run(&requests).into_iter().zip(suspects) {
+                let replied = reply.map_err(|e| e.into_store_error(doing()))?;
+                match replied.value {
+                    Value::Int(1) => {}
+                    Value::Int(0) => {
+                        missing.insert(markers[index].1);
+                    }
+                    _ => return Err(replied.unexpected("EXISTS").into_store_error(doing())),
+                }
+            }
+        }
+        Ok(missing.into_iter().map(|i| batch[i].report_id).collect())
+    }
+
     fn apply(&self, batch: &[Counting]) -> Vec<Result<Applied, StoreError>> {
         if batch.is_empty() {
             return Vec::new();
@@ -498,6 +618,55 @@ impl RedisTally {
         }
         (requests, chunks)
     }
+}
+
+/// `SMISMEMBER` requests asking whether the index sets hold what `batch`
+/// names (its parties, cities and ballot boxes), with, per member asked, the
+/// revisions that named it.
+fn index_membership_requests(batch: &[Counting]) -> (Vec<Request>, Vec<Vec<Vec<usize>>>) {
+    type Members = BTreeMap<String, BTreeMap<String, Vec<usize>>>;
+    let mut sets: Members = BTreeMap::new();
+    let mut add = |key: String, member: &str, revision: usize| {
+        let served = sets
+            .entry(key)
+            .or_default()
+            .entry(member.to_owned())
+            .or_default();
+        if served.last() != Some(&revision) {
+            served.push(revision);
+        }
+    };
+    for (index, counting) in batch.iter().enumerate() {
+        let election = &counting.election;
+        for (party, _) in counting.difference.iter() {
+            add(keys::parties(election), party.as_str(), index);
+        }
+        add(keys::cities(election), counting.city.as_str(), index);
+        add(keys::boxes(election), counting.ballot_box.as_str(), index);
+        add(
+            keys::city_boxes(election, &counting.city),
+            counting.ballot_box.as_str(),
+            index,
+        );
+    }
+    let mut requests = Vec::new();
+    let mut owners = Vec::new();
+    for (key, members) in sets {
+        let mut command = redis::cmd("SMISMEMBER");
+        command.arg(&key);
+        let mut served = Vec::with_capacity(members.len());
+        for (member, revisions) in members {
+            command.arg(member);
+            served.push(revisions);
+        }
+        requests.push(Request {
+            command,
+            name: "SMISMEMBER",
+            slot: keys::slot(key.as_bytes()),
+        });
+        owners.push(served);
+    }
+    (requests, owners)
 }
 
 /// Reads the replies of [`RedisTally::mget_requests`] into `totals` (absent

@@ -56,6 +56,15 @@ fn lost_then_repaired(db: &Db, redis_url: &str, e: &ElectionId, expected: &Total
         )),
         "{stdout}"
     );
+    // The markers say the same, whatever the counters show.
+    assert!(
+        stdout.contains("lost: 500 of 500 counted revisions have lost markers in Redis"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 of 500 counted revisions present in Redis"),
+        "{stdout}"
+    );
 
     let output = reprocessor(
         db,
@@ -74,7 +83,8 @@ fn lost_then_repaired(db: &Db, redis_url: &str, e: &ElectionId, expected: &Total
     assert!(stdout.contains("phase B: rewrote 0 counters"), "{stdout}");
     assert!(
         stdout.contains(&format!(
-            "election {e}: exact: {} counters match PostgreSQL; 0 in flight; no revision pending",
+            "election {e}: exact: {} counters match PostgreSQL; 0 in flight; no revision pending; \
+             500 of 500 counted revisions present in Redis",
             expected.len()
         )),
         "{stdout}"
@@ -328,5 +338,95 @@ async fn flushall_repaired_while_ingest_keeps_posting() {
     assert_eq!(output.status.code(), Some(0), "{}", both(&output));
     let after = assert_exact(&db, &url, &e);
     assert_ne!(after, expected, "the feeds moved the totals");
+    Arc::try_unwrap(ingest).ok().unwrap().stop().await;
+}
+
+/// I5: `run` notices that Redis lost counted revisions and restores them
+/// from PostgreSQL while ingest keeps posting, with no operator command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_heals_a_flush_by_itself_while_ingest_keeps_posting() {
+    let db = Arc::new(Db::new());
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let e = unique_election("heal");
+    let ingest = Arc::new(Ingest::start(&db, &url, &e).await);
+    for chunk in reports(&e, 0, 300).chunks(50) {
+        let posts: Vec<_> = chunk
+            .iter()
+            .cloned()
+            .map(|report| {
+                let ingest = Arc::clone(&ingest);
+                tokio::spawn(async move { ingest.post(&report).await })
+            })
+            .collect();
+        for post in posts {
+            assert_eq!(post.await.unwrap(), 201);
+        }
+    }
+    let child = crate::harness::spawn(
+        &db,
+        &url,
+        &["run", "--listen", "127.0.0.1:0", "--heal-interval", "500ms"],
+    );
+    flushall(&url);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let feed = {
+        let (ingest, stop, e) = (Arc::clone(&ingest), Arc::clone(&stop), e.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let report = reports(&e, 10_000 + i, 1).remove(0);
+                assert_eq!(ingest.post(&report).await, 201);
+                i += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            i
+        })
+    };
+    // Healed within 60 s (here within a few heal intervals), no command run.
+    let started = std::time::Instant::now();
+    let healed = loop {
+        let (db, url, e) = (Arc::clone(&db), url.clone(), e.clone());
+        let output = tokio::task::spawn_blocking(move || {
+            reprocessor(&db, &url, &["reconcile", "--election", e.as_str()])
+        })
+        .await
+        .unwrap();
+        if output.status.code() == Some(0) {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "not healed within 60 s: {}",
+            both(&output)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    stop.store(true, Ordering::SeqCst);
+    let posted = feed.await.unwrap();
+    eprintln!("healed in {healed:?} while {posted} reports were posted");
+    assert!(posted > 0);
+    crate::harness::send_signal(child.id(), "TERM");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    // Without the terminal colours the human log format adds.
+    let stderr: String = text(&output.stderr)
+        .split('\x1b')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once('m').map_or(part, |(_, rest)| rest)
+            }
+        })
+        .collect();
+    assert!(
+        stderr.contains("Redis had lost counted revisions"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("heal.restored=300"), "{stderr}");
+    assert_exact(&db, &url, &e);
     Arc::try_unwrap(ingest).ok().unwrap().stop().await;
 }

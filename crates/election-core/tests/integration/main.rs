@@ -4,5 +4,6 @@
 
 mod contract_memory;
 mod exactly_once;
+mod heal;
 mod hostile;
 mod reconcile;

@@ -237,6 +237,9 @@ impl ReportLog for AfterAudit {
     fn pending_stats(&self, stuck_attempts: u32) -> Result<PendingStats, StoreError> {
         self.inner.pending_stats(stuck_attempts)
     }
+    fn elections(&self) -> Result<Vec<ElectionId>, StoreError> {
+        self.inner.elections()
+    }
 }
 
 /// A revision recorded and counted between the log read and the tally read
@@ -312,6 +315,9 @@ struct BeforeRewrite {
 impl Tally for BeforeRewrite {
     fn apply(&self, batch: &[Counting]) -> Vec<Result<Applied, StoreError>> {
         self.inner.apply(batch)
+    }
+    fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError> {
+        self.inner.unapplied(batch)
     }
     fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError> {
         self.inner.snapshot(election)

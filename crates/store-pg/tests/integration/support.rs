@@ -80,6 +80,9 @@ impl ReportLog for SchemaLog {
     fn pending_stats(&self, stuck_attempts: u32) -> Result<PendingStats, StoreError> {
         self.log.pending_stats(stuck_attempts)
     }
+    fn elections(&self) -> Result<Vec<ElectionId>, StoreError> {
+        self.log.elections()
+    }
 }
 
 #[derive(QueryableByName)]
