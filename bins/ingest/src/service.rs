@@ -300,6 +300,26 @@ async fn handle(
             "conflict",
             format!("{} ({})", conflict, conflict.code()),
         )),
+        Ok(Outcome::Failed { unavailable, error }) => {
+            tracing::warn!(
+                ballot_box.id = %ballot_box_id,
+                report.revision = revision,
+                %error,
+                "report not recorded (its batch-mates were)"
+            );
+            Err(if unavailable {
+                ApiError::unavailable(
+                    "unavailable",
+                    "the report store (PostgreSQL) is unavailable; nothing was recorded, retry later",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "this report could not be recorded; nothing was recorded for it",
+                )
+            })
+        }
         Err(error) => {
             tracing::warn!(error = %error, "report not recorded");
             Err(ApiError::unavailable(

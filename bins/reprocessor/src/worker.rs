@@ -52,6 +52,8 @@ const OLDEST_HELP: &str = "Age of the oldest report recorded but not yet counted
 const STUCK: &str = "reprocessor_stuck_reports";
 const STUCK_HELP: &str =
     "Pending reports claimed at least STUCK_ATTEMPTS times without being counted.";
+const QUARANTINED: &str = "reprocessor_quarantined_reports";
+const QUARANTINED_HELP: &str = "Pending reports set aside because they could not be read back from PostgreSQL (see the log; released by an operator).";
 const COUNTED: &str = "reprocessor_counted_total";
 const COUNTED_HELP: &str = "Reports counted by this reprocessor.";
 const CLAIMED: &str = "reprocessor_claimed_total";
@@ -255,6 +257,7 @@ impl Worker {
             stats.oldest_age.map_or(0.0, |age| age.as_secs_f64()),
         );
         metrics.set(STUCK, STUCK_HELP, &[], stats.stuck as f64);
+        metrics.set(QUARANTINED, QUARANTINED_HELP, &[], stats.quarantined as f64);
         for stuck in &stats.stuck_examples {
             if warned.insert(stuck.report_id) {
                 tracing::warn!(

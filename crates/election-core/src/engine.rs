@@ -40,6 +40,16 @@ pub enum Outcome {
     },
     /// Refused (HTTP 409).
     Conflict(Conflict),
+    /// Not recorded: its batch failed, and so did it when recorded alone
+    /// (a corrupt stored row of its ballot box, a statement error for it).
+    /// Its batch-mates were recorded and answered normally.
+    Failed {
+        /// Whether the store was unreachable (HTTP 503) rather than failing
+        /// on this report (HTTP 500).
+        unavailable: bool,
+        /// Why, with its causes, for the operator's log.
+        error: String,
+    },
 }
 
 /// The result of counting a batch of recorded revisions.
@@ -107,9 +117,11 @@ impl Engine {
 
     /// Records a batch of reports durably, then counts the fresh ones.
     ///
-    /// `Err` means the log failed and nothing was recorded (HTTP 503). Tally
-    /// failures do not fail the call: those reports answer
-    /// [`Outcome::Pending`].
+    /// `Err` means the log was unavailable and nothing was recorded (HTTP
+    /// 503). A batch the log refused otherwise is recorded again report by
+    /// report, so one bad report answers [`Outcome::Failed`] alone and its
+    /// batch-mates are recorded. Tally failures do not fail the call: those
+    /// reports answer [`Outcome::Pending`].
     pub fn submit(&self, reports: &[Report]) -> Result<Vec<Outcome>, StoreError> {
         self.submit_explained(reports).map(|(outcomes, _)| outcomes)
     }
@@ -122,11 +134,19 @@ impl Engine {
         &self,
         reports: &[Report],
     ) -> Result<(Vec<Outcome>, Option<String>), StoreError> {
-        let recorded = self.log.record(reports)?;
+        let recorded: Vec<Result<Recorded, Outcome>> = match self.log.record(reports) {
+            Ok(recorded) => recorded.into_iter().map(Ok).collect(),
+            // One report may be what fails its whole batch: record each alone,
+            // so only that one fails. An unreachable store fails them all.
+            Err(error) if reports.len() > 1 && !error.is_unavailable() => {
+                self.record_one_by_one(reports)
+            }
+            Err(error) => return Err(error),
+        };
         let fresh: Vec<Counting> = recorded
             .iter()
             .filter_map(|r| match r {
-                Recorded::Fresh(counting) => Some(counting.clone()),
+                Ok(Recorded::Fresh(counting)) => Some(counting.clone()),
                 _ => None,
             })
             .collect();
@@ -145,15 +165,39 @@ impl Engine {
         let outcomes = recorded
             .into_iter()
             .map(|r| match r {
-                Recorded::Fresh(counting) if counted.contains(&counting.report_id) => {
+                Ok(Recorded::Fresh(counting)) if counted.contains(&counting.report_id) => {
                     Outcome::Counted(counting.report_id)
                 }
-                Recorded::Fresh(counting) => Outcome::Pending(counting.report_id),
-                Recorded::Replay { report_id, counted } => Outcome::Replay { report_id, counted },
-                Recorded::Conflict(conflict) => Outcome::Conflict(conflict),
+                Ok(Recorded::Fresh(counting)) => Outcome::Pending(counting.report_id),
+                Ok(Recorded::Replay { report_id, counted }) => {
+                    Outcome::Replay { report_id, counted }
+                }
+                Ok(Recorded::Conflict(conflict)) => Outcome::Conflict(conflict),
+                Err(failed) => failed,
             })
             .collect();
         Ok((outcomes, why))
+    }
+
+    /// Records each report of a batch that failed as a whole on its own, in
+    /// order (so revisions of one box keep their order): one answer each.
+    fn record_one_by_one(&self, reports: &[Report]) -> Vec<Result<Recorded, Outcome>> {
+        reports
+            .iter()
+            .map(
+                |report| match self.log.record(std::slice::from_ref(report)) {
+                    Ok(mut answers) if answers.len() == 1 => Ok(answers.remove(0)),
+                    Ok(answers) => Err(Outcome::Failed {
+                        unavailable: false,
+                        error: format!("the log answered {} times for one report", answers.len()),
+                    }),
+                    Err(error) => Err(Outcome::Failed {
+                        unavailable: error.is_unavailable(),
+                        error: explain(&error),
+                    }),
+                },
+            )
+            .collect()
     }
 
     /// Applies recorded revisions to the tally and marks the applied ones

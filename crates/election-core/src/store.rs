@@ -199,6 +199,10 @@ pub struct PendingStats {
     /// The oldest of those (at most [`PendingStats::STUCK_EXAMPLES`]), for
     /// operators to look at.
     pub stuck_examples: Vec<StuckReport>,
+    /// Pending revisions set aside because the log could not read them back
+    /// (a row edited by hand, say): never claimed again until an operator
+    /// releases them. Included in `pending`.
+    pub quarantined: u64,
 }
 
 impl PendingStats {

@@ -194,7 +194,9 @@ struct Number {
 const PENDING_STATS: &str = "\
 SELECT coalesce(sum(cardinality(report_ids)), 0)::bigint AS pending,
        (extract(epoch FROM now() - min(recorded_at)) * 1000000)::bigint AS oldest_micros,
-       coalesce(sum(cardinality(report_ids)) FILTER (WHERE attempts >= $1), 0)::bigint AS stuck
+       coalesce(sum(cardinality(report_ids)) FILTER (WHERE attempts >= $1), 0)::bigint AS stuck,
+       coalesce(sum(cardinality(report_ids)) FILTER (WHERE leased_until >= $2), 0)::bigint
+         AS quarantined
 FROM pending_batches";
 
 #[derive(QueryableByName)]
@@ -205,6 +207,8 @@ struct PendingRow {
     oldest_micros: Option<i64>,
     #[diesel(sql_type = BigInt)]
     stuck: i64,
+    #[diesel(sql_type = BigInt)]
+    quarantined: i64,
 }
 
 /// The oldest `$2` pending revisions claimed at least `$1` times.
@@ -234,35 +238,35 @@ struct StuckRow {
 /// Turns revision rows into [`Counting`]s.
 fn countings(rows: Vec<RevisionRow>, doing: &str) -> Result<Vec<Counting>, PgError> {
     rows.into_iter()
-        .map(|row| {
-            let bad = |e: election_core::Problem| corrupt(doing, format!("report {}: {e}", row.id));
-            if row.parties.is_empty() || row.parties.len() != row.differences.len() {
-                // Every recorded revision has at least one party; without
-                // them it could only be counted as nothing.
-                return Err(corrupt(
-                    doing,
-                    format!(
-                        "report {} has {} parties and {} differences",
-                        row.id,
-                        row.parties.len(),
-                        row.differences.len()
-                    ),
-                ));
-            }
-            let mut parts = BTreeMap::new();
-            for (party, difference) in row.parties.iter().zip(&row.differences) {
-                parts.insert(PartyId::parse(party).map_err(bad)?, *difference);
-            }
-            Ok(Counting {
-                report_id: ReportId(row.id),
-                election: ElectionId::parse(&row.election_id).map_err(bad)?,
-                ballot_box: BallotBoxId::parse(&row.ballot_box_id).map_err(bad)?,
-                city: CityId::parse(&row.city).map_err(bad)?,
-                revision: Revision::new(i64::from(row.revision)).map_err(bad)?,
-                difference: Difference::from_parts(parts),
-            })
-        })
+        .map(|row| counting(row).map_err(|detail| corrupt(doing, detail)))
         .collect()
+}
+
+/// One revision row as a [`Counting`], or what is wrong with it.
+fn counting(row: RevisionRow) -> Result<Counting, String> {
+    let id = row.id;
+    let bad = |e: election_core::Problem| format!("report {id}: {e}");
+    if row.parties.is_empty() || row.parties.len() != row.differences.len() {
+        // Every recorded revision has at least one party; without them it
+        // could only be counted as nothing.
+        return Err(format!(
+            "report {id} has {} parties and {} differences",
+            row.parties.len(),
+            row.differences.len()
+        ));
+    }
+    let mut parts = BTreeMap::new();
+    for (party, difference) in row.parties.iter().zip(&row.differences) {
+        parts.insert(PartyId::parse(party).map_err(bad)?, *difference);
+    }
+    Ok(Counting {
+        report_id: ReportId(id),
+        election: ElectionId::parse(&row.election_id).map_err(bad)?,
+        ballot_box: BallotBoxId::parse(&row.ballot_box_id).map_err(bad)?,
+        city: CityId::parse(&row.city).map_err(bad)?,
+        revision: Revision::new(i64::from(row.revision)).map_err(bad)?,
+        difference: Difference::from_parts(parts),
+    })
 }
 
 fn corrupt(doing: &str, detail: String) -> PgError {
@@ -326,17 +330,36 @@ impl PgLog {
             return Ok(Vec::new());
         }
         let mut conn = self.connection(|| DOING.to_owned())?;
-        let rows = hot_transaction(&mut conn, |conn| -> Result<Vec<RevisionRow>, TxError> {
+        hot_transaction(&mut conn, |conn| -> Result<Vec<Counting>, TxError> {
             let ids = pending::claim(conn, claim)?;
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            Ok(prepared(pending::CLAIMED_REPORTS)
-                .bind::<Array<Int8>, _>(ids)
-                .load(conn)?)
+            let rows: Vec<RevisionRow> = prepared(pending::CLAIMED_REPORTS)
+                .bind::<Array<Int8>, _>(ids.as_slice())
+                .load(conn)?;
+            // A claimed revision that cannot be read back would fail every
+            // claim that takes it, and its batch-mates with it: set it aside.
+            let found: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
+            let mut unreadable: Vec<(i64, String)> = ids
+                .iter()
+                .filter(|id| !found.contains(id))
+                .map(|id| (*id, "its reports row is missing".to_owned()))
+                .collect();
+            let mut read = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id = row.id;
+                match counting(row) {
+                    Ok(counting) => read.push(counting),
+                    Err(problem) => unreadable.push((id, problem)),
+                }
+            }
+            if !unreadable.is_empty() {
+                pending::quarantine(conn, &unreadable)?;
+            }
+            Ok(read)
         })
-        .map_err(|error| error.context(DOING))?;
-        countings(rows, DOING)
+        .map_err(|error| error.context(DOING))
     }
 
     fn mark_counted_inner(&self, ids: &[ReportId]) -> Result<(), PgError> {
@@ -473,6 +496,7 @@ impl PgLog {
         let attempts = i32::try_from(stuck_attempts).unwrap_or(i32::MAX);
         let rows: Vec<PendingRow> = diesel::sql_query(PENDING_STATS)
             .bind::<Int4, _>(attempts)
+            .bind::<diesel::sql_types::Timestamptz, _>(pending::QUARANTINED)
             .load(&mut conn)
             .map_err(query_error(DOING))?;
         let Some(row) = rows.into_iter().next() else {
@@ -485,6 +509,7 @@ impl PgLog {
                 .map(|micros| Duration::from_micros(u64::try_from(micros).unwrap_or(0))),
             stuck: u64::try_from(row.stuck).unwrap_or(0),
             stuck_examples: Vec::new(),
+            quarantined: u64::try_from(row.quarantined).unwrap_or(0),
         };
         if stats.stuck > 0 {
             let rows: Vec<StuckRow> = diesel::sql_query(STUCK)

@@ -190,6 +190,46 @@ pub(crate) fn claim(conn: &mut PgConnection, claim: &Claim) -> Result<Vec<i64>, 
     Ok(taken)
 }
 
+/// The lease of a quarantined revision: the end of year 9999, "never" for
+/// every claim (and `pending_stats` counts what is leased this far out).
+pub(crate) const QUARANTINED: DateTime<Utc> = match DateTime::from_timestamp(253_402_300_799, 0) {
+    Some(at) => at,
+    None => DateTime::<Utc>::MAX_UTC,
+};
+
+/// Sets claimed revisions that cannot be read back aside, each with its
+/// problem: their rows' parts holding them get a lease that never ends
+/// ([`QUARANTINED`]) and the problem as `last_error`. An operator who fixed
+/// the row releases them with
+/// `UPDATE pending_batches SET leased_until = NULL WHERE leased_until = '9999-12-31 23:59:59+00'`.
+pub(crate) fn quarantine(conn: &mut PgConnection, bad: &[(i64, String)]) -> Result<(), TxError> {
+    let ids: Vec<i64> = bad.iter().map(|(id, _)| *id).collect();
+    for (id, problem) in bad {
+        tracing::warn!(
+            report.id = id,
+            problem = %problem,
+            "a pending report cannot be read back; quarantined (never claimed again until released)"
+        );
+    }
+    let set: BTreeSet<i64> = ids.iter().copied().collect();
+    let problems = bad
+        .iter()
+        .map(|(id, problem)| format!("report {id}: {problem}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    for row in overlapping(conn, &ids)? {
+        let (mine, others): (Vec<i64>, Vec<i64>) =
+            row.report_ids.iter().partition(|id| set.contains(id));
+        let set_aside = BatchRow {
+            leased_until: Some(QUARANTINED),
+            last_error: Some(format!("quarantined: {problems}")),
+            ..row.clone()
+        };
+        rewrite(conn, &row, &[(mine, set_aside), (others, row.clone())])?;
+    }
+    Ok(())
+}
+
 /// Locks and returns the rows holding any of `ids`.
 fn overlapping(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<BatchRow>, TxError> {
     Ok(diesel::sql_query(OVERLAPPING)

@@ -280,6 +280,11 @@ fn run_night(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 Outcome::Counted(_) | Outcome::Pending(_) => Expect::Fresh,
                                 Outcome::Replay { .. } => Expect::Replay,
                                 Outcome::Conflict(_) => Expect::Conflict,
+                                Outcome::Failed { error, .. } => {
+                                    return Err(TestCaseError::fail(format!(
+                                        "no report fails alone here: {error}"
+                                    )));
+                                }
                             };
                             prop_assert_eq!(&kind, expect, "{:?}", report);
                             if kind != Expect::Conflict {

@@ -11,7 +11,7 @@ use election_core::{
 };
 use store_pg::PgLog;
 
-use crate::support::{Migrated, fresh, lines, number};
+use crate::support::{Migrated, execute, fresh, lines, number};
 
 fn votes_for(i: u32, revision: u32) -> Vec<(&'static str, u32)> {
     // Later revisions drop party "e" and move the others.
@@ -457,4 +457,121 @@ fn statements_stay_prepared_and_a_new_connection_prepares_them_again() {
         number(&db.pool, "SELECT count(*) AS n FROM pending_batches"),
         0
     );
+}
+
+/// One report whose box's stored state is corrupt fails its batch as a
+/// whole; the engine then records the batch report by report, so only that
+/// one fails and its batch-mates are recorded and counted.
+#[test]
+fn one_bad_report_fails_alone_and_its_batch_mates_are_recorded() {
+    let db = Migrated::new(2);
+    let log = Arc::new(PgLog::new(db.pool.clone()));
+    let tally = Arc::new(election_core::memory::MemoryTally::new());
+    let engine = election_core::Engine::new(log.clone(), tally);
+    let e = unique_election("isolate");
+    let first = engine
+        .submit(&[report(&e, "BAD", "york", 1, &votes_for(1, 1))])
+        .unwrap();
+    assert!(matches!(first[0], election_core::Outcome::Counted(_)));
+    // A hand edit: the box now names a latest report that does not exist.
+    execute(
+        &db.pool,
+        "UPDATE ballot_boxes SET latest_report_id = 999999 WHERE ballot_box_id = 'BAD'",
+    );
+    let batch = [
+        report(&e, "G1", "york", 1, &votes_for(2, 1)),
+        Report::from_json(
+            &e,
+            br#"{"ballot_box_id":"BAD","city":"york","revision":2,"reason":"recount","votes":{"a":5}}"#,
+        )
+        .unwrap(),
+        report(&e, "G2", "leeds", 1, &votes_for(4, 1)),
+    ];
+    assert!(log.record(&batch).is_err(), "the batch fails as a whole");
+    let outcomes = engine.submit(&batch).unwrap();
+    assert!(
+        matches!(outcomes[0], election_core::Outcome::Counted(_)),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[2], election_core::Outcome::Counted(_)),
+        "{outcomes:?}"
+    );
+    match &outcomes[1] {
+        election_core::Outcome::Failed { unavailable, error } => {
+            assert!(!unavailable);
+            assert!(error.contains("BAD"), "the error names the box: {error}");
+        }
+        other => panic!("expected the bad report to fail alone, got {other:?}"),
+    }
+    assert_eq!(
+        number(
+            &db.pool,
+            "SELECT count(*) AS n FROM reports WHERE ballot_box_id IN ('G1', 'G2')"
+        ),
+        2
+    );
+    assert_eq!(
+        number(
+            &db.pool,
+            "SELECT count(*) AS n FROM reports WHERE ballot_box_id = 'BAD'"
+        ),
+        1,
+        "nothing recorded for the bad one"
+    );
+}
+
+/// A pending revision that cannot be read back (edited by hand) is set
+/// aside with its problem instead of failing every claim with its
+/// batch-mates; the others are claimed and counted as usual.
+#[test]
+fn an_unreadable_pending_report_is_quarantined_not_released_forever() {
+    let db = Migrated::new(2);
+    let log = PgLog::new(db.pool.clone());
+    let e = unique_election("quarantine");
+    let answers = log
+        .record(&[
+            report(&e, "Q1", "york", 1, &votes_for(1, 1)),
+            report(&e, "Q2", "york", 1, &votes_for(2, 1)),
+            report(&e, "Q3", "york", 1, &votes_for(3, 1)),
+        ])
+        .unwrap();
+    let ids: Vec<_> = answers.iter().map(|a| fresh(a).report_id).collect();
+    execute(
+        &db.pool,
+        &format!(
+            "UPDATE reports SET city = 'Not A City' WHERE id = {}",
+            ids[1].0
+        ),
+    );
+    let claim = Claim {
+        limit: 10,
+        pending_for: std::time::Duration::ZERO,
+        lease: std::time::Duration::from_millis(1),
+    };
+    let claimed = log.claim_pending(&claim).unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.report_id).collect::<Vec<_>>(),
+        [ids[0], ids[2]]
+    );
+    let stats = log.pending_stats(100).unwrap();
+    assert_eq!((stats.pending, stats.quarantined), (3, 1));
+    let why = lines(
+        &db.pool,
+        &format!(
+            "SELECT last_error AS line FROM pending_reports WHERE report_id = {}",
+            ids[1].0
+        ),
+    );
+    assert!(why[0].contains("quarantined: report"), "{why:?}");
+    // Leases run out; the quarantined one is never handed out again.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let again = log.claim_pending(&claim).unwrap();
+    assert_eq!(
+        again.iter().map(|c| c.report_id).collect::<Vec<_>>(),
+        [ids[0], ids[2]]
+    );
+    log.mark_counted(&[ids[0], ids[2]]).unwrap();
+    assert_eq!(log.pending_count(&e).unwrap(), 1);
+    assert!(log.claim_pending(&claim).unwrap().is_empty());
 }
