@@ -215,6 +215,13 @@ fn rate_text(run: &Throughput) -> String {
         ms(summary.p50),
         ms(summary.p99)
     );
+    let failed = run.posted.summary.socket.failed_connections();
+    if failed > 0 {
+        text += &format!(
+            " ({} connections refused or reset before their request went out)",
+            thousands(failed as f64)
+        );
+    }
     if run.posted.answers.pending > 0 {
         text += &format!(
             " ({} of {} answered 202: left pending)",
