@@ -61,19 +61,19 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Seconds each wrk run of ingest lasts [default: 15; quick: 8].
-    #[arg(long)]
-    ingest_seconds: Option<f64>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    ingest_seconds: Option<u64>,
     /// Seconds each other fixed-duration measurement runs [default: 10;
     /// quick: 5].
-    #[arg(long)]
-    seconds: Option<f64>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: Option<u64>,
     /// Reports the growth curve goes up to [default: 2,000,000; quick:
     /// 200,000].
     #[arg(long)]
     growth_reports: Option<u64>,
     /// Longest time the growth curve may take, in seconds [default: 600;
     /// quick: 180].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..))]
     growth_seconds: Option<u64>,
     /// Ballot boxes counted to measure Redis memory per box.
     #[arg(long, default_value_t = 20_000)]
@@ -95,20 +95,12 @@ struct Sizes {
 
 impl Sizes {
     fn of(cli: &Cli) -> Sizes {
-        let pick = |full: f64, quick: f64| if cli.quick { quick } else { full };
+        let pick = |full: u64, quick: u64| if cli.quick { quick } else { full };
         Sizes {
-            ingest: Duration::from_secs_f64(cli.ingest_seconds.unwrap_or(pick(15.0, 8.0))),
-            fixed: Duration::from_secs_f64(cli.seconds.unwrap_or(pick(10.0, 5.0))),
-            growth_reports: cli.growth_reports.unwrap_or(if cli.quick {
-                200_000
-            } else {
-                2_000_000
-            }),
-            growth_limit: Duration::from_secs(cli.growth_seconds.unwrap_or(if cli.quick {
-                180
-            } else {
-                600
-            })),
+            ingest: Duration::from_secs(cli.ingest_seconds.unwrap_or(pick(15, 8))),
+            fixed: Duration::from_secs(cli.seconds.unwrap_or(pick(10, 5))),
+            growth_reports: cli.growth_reports.unwrap_or(pick(2_000_000, 200_000)),
+            growth_limit: Duration::from_secs(cli.growth_seconds.unwrap_or(pick(600, 180))),
             memory_reports: cli.memory_reports,
             subscribers: if cli.quick { 1_000 } else { 5_000 },
             reconcile_boxes: if cli.quick { 20_000 } else { 100_000 },
