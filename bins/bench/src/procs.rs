@@ -1,8 +1,9 @@
 //! The servers and services a benchmark run owns: a recreated database, a
-//! private `redis-server`, and the release binaries as child processes. Each
-//! is stopped when dropped.
+//! private `redis-server` (or a private 3-master Redis Cluster), and the
+//! release binaries as child processes. Each is stopped when dropped.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,50 +48,56 @@ impl Database {
     }
 }
 
-/// A private `redis-server` without persistence.
+/// A private `redis-server` without persistence, in a directory of its own
+/// (a Cluster node writes its `nodes.conf` there), removed when dropped.
 pub struct RedisProc {
     port: u16,
+    dir: PathBuf,
     child: Child,
 }
 
 impl RedisProc {
     /// Starts one on a free port and waits for it.
     pub fn start() -> anyhow::Result<RedisProc> {
+        RedisProc::start_with(&[])
+    }
+
+    /// Starts one with `extra` arguments on a free port and waits for it.
+    fn start_with(extra: &[String]) -> anyhow::Result<RedisProc> {
         let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!(
+            "election-bench-redis-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server (apt-get install redis-server)")?;
-        let proc = RedisProc { port, child };
+        let proc = RedisProc { port, dir, child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ready = redis::Client::open(proc.url())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if ready {
-                return Ok(proc);
-            }
+        while ping(&proc.url()).is_err() {
             if Instant::now() > deadline {
                 bail!("redis-server on port {port} did not start");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(proc)
     }
 
     /// Its URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -98,7 +105,119 @@ impl Drop for RedisProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn ping(url: &str) -> redis::RedisResult<()> {
+    let mut conn = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(1))?;
+    redis::cmd("PING").query::<String>(&mut conn)?;
+    Ok(())
+}
+
+/// A private Redis Cluster of 3 masters and no replicas: what the services
+/// do against a Cluster, and how much memory its masters hold, without the
+/// copies replicas would add.
+pub struct RedisCluster {
+    masters: Vec<RedisProc>,
+}
+
+impl RedisCluster {
+    /// Starts 3 `redis-server --cluster-enabled yes` on free ports, joins
+    /// them with `redis-cli --cluster create`, and waits until every node
+    /// says the cluster is ok.
+    pub fn start() -> anyhow::Result<RedisCluster> {
+        let masters = (0..3)
+            .map(|_| {
+                RedisProc::start_with(&[
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    // The bus port is explicit: port + 10000 may not exist.
+                    "--cluster-port".into(),
+                    free_port()?.to_string(),
+                ])
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let nodes: Vec<String> = masters
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .context("running redis-cli --cluster create")?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        let cluster = RedisCluster { masters };
+        cluster.wait_ok()?;
+        Ok(cluster)
+    }
+
+    fn wait_ok(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for url in self.node_urls() {
+            loop {
+                let info: redis::RedisResult<String> = redis::Client::open(url.as_str())
+                    .and_then(|client| client.get_connection())
+                    .and_then(|mut conn| redis::cmd("CLUSTER").arg("INFO").query(&mut conn));
+                if info.is_ok_and(|info| info.contains("cluster_state:ok")) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the bench's Redis Cluster did not become ok ({url})");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// `REDIS_URL` for the services: `redis+cluster://h1:p1,h2:p2,h3:p3`.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .masters
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The URL of each master.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.masters.iter().map(RedisProc::url).collect()
+    }
+}
+
+/// Empties every node (`FLUSHALL`): a fresh database goes with empty
+/// counters.
+pub fn flush_redis(node_urls: &[String]) -> anyhow::Result<()> {
+    for url in node_urls {
+        let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+        redis::cmd("FLUSHALL").exec(&mut conn)?;
+    }
+    Ok(())
+}
+
+/// `used_memory` of `INFO memory`, summed over the nodes, in bytes.
+pub fn used_memory(node_urls: &[String]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for url in node_urls {
+        let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+        let info: String = redis::cmd("INFO").arg("memory").query(&mut conn)?;
+        let used = info
+            .lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .with_context(|| format!("no used_memory in INFO memory of {url}"))?;
+        total += used;
+    }
+    Ok(total)
 }
 
 /// One of our services, started from the release binaries.
@@ -154,6 +273,11 @@ impl Service {
     /// `http://host:port`.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

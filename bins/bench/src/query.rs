@@ -10,25 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 
+use crate::wrk;
+
 /// Requests per second and latency of a fixed-duration run.
 pub struct Rate {
     pub per_second: f64,
     pub p50: Duration,
     pub p99: Duration,
-}
-
-fn parse_wrk_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(seconds))
 }
 
 /// `GET /v1/elections/{election}/totals` with `connections` connections for
@@ -58,28 +46,15 @@ pub async fn hammer_totals(
         .await
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let mut per_second = None;
-    let (mut p50, mut p99) = (None, None);
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("Requests/sec:") {
-            per_second = rest.trim().parse().ok();
-        } else if let Some(rest) = line.strip_prefix("50%") {
-            p50 = parse_wrk_duration(rest);
-        } else if let Some(rest) = line.strip_prefix("99%") {
-            p99 = parse_wrk_duration(rest);
-        } else if line.starts_with("Non-2xx") {
-            bail!("wrk saw errors: {line}");
-        }
+    let summary = wrk::Summary::parse(&text)?;
+    if summary.error_statuses > 0 {
+        bail!("wrk saw answers of status 400 or above:\n{text}");
     }
-    match (per_second, p50, p99) {
-        (Some(per_second), Some(p50), Some(p99)) => Ok(Rate {
-            per_second,
-            p50,
-            p99,
-        }),
-        _ => bail!("cannot read wrk's output:\n{text}"),
-    }
+    Ok(Rate {
+        per_second: summary.per_second,
+        p50: summary.p50,
+        p99: summary.p99,
+    })
 }
 
 /// Delivery of one new report to many stream subscribers.
