@@ -124,17 +124,14 @@ impl Stage {
     /// Reports of `election` recorded and not counted yet.
     fn pending(&self, election: &str) -> anyhow::Result<u64> {
         self.count(
-            "SELECT count(*) AS n FROM reports WHERE election_id = $1 AND NOT completed",
+            "SELECT count(*) AS n FROM pending_reports WHERE election_id = $1",
             election,
         )
     }
 
-    /// Reports of `election` recorded and counted.
+    /// Reports of `election` recorded and counted (in no pending batch).
     fn counted(&self, election: &str) -> anyhow::Result<u64> {
-        self.count(
-            "SELECT count(*) AS n FROM reports WHERE election_id = $1 AND completed",
-            election,
-        )
+        Ok(self.rows(election)? - self.pending(election)?)
     }
 
     fn count(&self, sql: &str, election: &str) -> anyhow::Result<u64> {
