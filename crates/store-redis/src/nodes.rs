@@ -16,6 +16,8 @@
 //!   sent to the named node preceded by `ASKING`;
 //! - `NOSCRIPT` (a node restarted, promoted, or `SCRIPT FLUSH`ed) loads the
 //!   script on every master and sends the command again;
+//! - `TRYAGAIN` (a script whose keys a slot migration has split between two
+//!   nodes) is sent again after a short pause, 10 ms times the round;
 //! - these retries are bounded ([`MAX_ATTEMPTS`]); what still fails is
 //!   answered with its error, which the tally turns into `Unavailable`.
 //!
@@ -41,6 +43,10 @@ use crate::target::{RedisOptions, RedisTarget, redact};
 /// How many times one command is sent at most (the first time included),
 /// following redirections and reloading the script in between.
 pub(crate) const MAX_ATTEMPTS: usize = 4;
+
+/// The pause before sending a `TRYAGAIN` command again, times the round
+/// (so at most 10 + 20 + 30 ms within one call).
+const TRY_AGAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// One command to run, with where it must run.
 pub(crate) struct Request {
@@ -238,7 +244,11 @@ impl Nodes {
                     break;
                 }
             };
-            pending = self.run_round(requests, &topology, pending, &mut replies);
+            let mut try_again = false;
+            pending = self.run_round(requests, &topology, pending, &mut replies, &mut try_again);
+            if try_again && round < MAX_ATTEMPTS {
+                std::thread::sleep(TRY_AGAIN_PAUSE * round as u32);
+            }
             if !pending.is_empty() && round == MAX_ATTEMPTS {
                 for attempt in pending.drain(..) {
                     let request = &requests[attempt.index];
@@ -275,6 +285,7 @@ impl Nodes {
         topology: &Topology,
         attempts: Vec<Attempt>,
         replies: &mut [Option<Reply>],
+        try_again: &mut bool,
     ) -> Vec<Attempt> {
         // Group by node, keeping the callers' order within each node.
         let mut by_node: BTreeMap<String, (Node, Vec<Attempt>)> = BTreeMap::new();
@@ -399,6 +410,18 @@ impl Nodes {
                                 }));
                             }
                         }
+                    }
+                    redis::ErrorKind::Server(ServerErrorKind::TryAgain) => {
+                        // A multi-key command whose keys are split by a slot
+                        // migration in progress: it succeeds once the slot's
+                        // keys have moved, so send it again after a pause.
+                        replies[attempt.index] = Some(Err(RedisStoreError::Refused {
+                            node: node.label.clone(),
+                            command: request.name.to_owned(),
+                            source: error,
+                        }));
+                        *try_again = true;
+                        again.push(attempt);
                     }
                     redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
                         load_script = true;

@@ -4,6 +4,7 @@
 //! (`just chaos`).
 
 mod cluster_failover;
+mod cluster_resharding;
 mod ingest_killed;
 mod postgres_restarted;
 mod redis_restarted;
