@@ -424,6 +424,7 @@ mod tests {
             parties: [labour, tories].into_iter().collect(),
             cities: [(london, 1)].into_iter().collect(),
             ballot_boxes_reported: 1,
+            unreadable: Vec::new(),
         };
         let as_of = DateTime::parse_from_rfc3339("2025-09-15T18:12:00Z")
             .unwrap()
