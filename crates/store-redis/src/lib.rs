@@ -38,6 +38,17 @@
 //! [`RedisTally::unreadable_counters`] (for `reconcile`) finds both kinds
 //! with `TYPE` and `GET`.
 //!
+//! # A Redis that may evict keys
+//!
+//! Our keys have no TTL and losing any is wrong (an evicted marker counts its
+//! revision twice on the next re-apply, an evicted counter loses votes), so
+//! the tally writes nothing while the server, or any master of the Cluster,
+//! has an `allkeys-*` `maxmemory-policy`: every revision of the batch gets
+//! [`RedisStoreError::EvictingPolicy`] (`StoreError::Failed`, saying to set
+//! `noeviction` or a `volatile-*` policy), and stays pending. The policy is
+//! read with `INFO memory` on every new connection and cached per node (see
+//! `nodes`), so the hot path adds no round trip. Reads still work.
+//!
 //! # Hash slots and markers
 //!
 //! On a Cluster all keys of one script call must share a hash slot. Counter
@@ -98,13 +109,15 @@
 //! dead or stalled Redis gives `StoreError::Unavailable` in about one timeout.
 //! I/O errors, timeouts, `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `LOADING`,
 //! `READONLY` and unsettled redirections are `Unavailable` (retry later); other
-//! errors, among them a counter that is not an integer, are `Failed` (an
-//! operator must act; the reprocessor keeps retrying either way). `MOVED` refreshes the slot map and `ASK` follows the
+//! errors, among them a counter that is not an integer and an evicting
+//! policy, are `Failed` (an operator must act; the reprocessor keeps retrying
+//! either way). `MOVED` refreshes the slot map and `ASK` follows the
 //! migration, both within the same call (see `nodes`).
 
 mod error;
 pub mod keys;
 mod nodes;
+mod policy;
 mod target;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -285,6 +298,28 @@ impl RedisTally {
             .map_err(|error| error.into_store_error("checking that redis answers".into()))
     }
 
+    /// Fails when the server, or any master of the Cluster, has a
+    /// `maxmemory-policy` that may evict keys (`allkeys-*`): the error names
+    /// the node and the policy and says what to set. Nodes whose verdict is
+    /// missing or stale are asked (`INFO memory`); the others answer from
+    /// the cache. [`Tally::apply`] makes the same check before it writes.
+    pub fn check_policy(&self) -> Result<(), StoreError> {
+        match self.nodes.evicting_master() {
+            Some(error) => Err(error
+                .into_store_error("checking that redis will not evict counters or markers".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this tally refuses to write, from the last checks of the masters
+    /// (no round trip): `redis node <node> has maxmemory-policy <policy> ...`
+    /// for the first master found with an `allkeys-*` policy, or `None`. For
+    /// metrics and readiness details.
+    pub fn evicting_policy(&self) -> Option<String> {
+        let (node, policy) = self.nodes.evicting_nodes().into_iter().next()?;
+        Some(RedisStoreError::EvictingPolicy { node, policy }.to_string())
+    }
+
     /// The counter keys of `election` that hold something that is not an
     /// integer (a value `INCRBY` refuses, or a key of another type): every
     /// counter of the parties and cities the index sets name, plus `also`.
@@ -307,8 +342,9 @@ impl RedisTally {
     /// How many requests this tally has written to Redis nodes so far: one
     /// per pipeline per node, plus the occasional single command (reading
     /// the Cluster's slot map, loading the script, `PING`). Connection
-    /// handshakes are not counted. For metrics and for tests of the cost of
-    /// a batch.
+    /// handshakes, and the `INFO memory` each new connection asks for the
+    /// node's `maxmemory-policy`, are not counted. For metrics and for tests
+    /// of the cost of a batch.
     pub fn round_trips(&self) -> u64 {
         self.nodes.round_trips()
     }
@@ -410,7 +446,9 @@ impl Tally for RedisTally {
             return Vec::new();
         }
         let (requests, owners) = self.plan_apply(batch);
-        let replies = self.nodes.run(&requests);
+        // Nothing is written while a master may evict keys (every revision
+        // then gets that error, and stays pending).
+        let replies = self.nodes.run_writes(&requests);
         let mut progress: Vec<Progress> = batch.iter().map(|_| Progress::default()).collect();
         for ((reply, owner), request) in replies.into_iter().zip(&owners).zip(&requests) {
             match (owner, reply) {
@@ -474,8 +512,13 @@ impl Tally for RedisTally {
             slot: keys::slot(key.as_bytes()),
         };
         let doing = || format!("rewriting counter {key}");
-        let replied = next_reply(&mut self.nodes.run(std::slice::from_ref(&request)).into_iter())
-            .map_err(|error| error.into_store_error(doing()))?;
+        let replied = next_reply(
+            &mut self
+                .nodes
+                .run_writes(std::slice::from_ref(&request))
+                .into_iter(),
+        )
+        .map_err(|error| error.into_store_error(doing()))?;
         match replied.value {
             Value::Int(1) => Ok(true),
             Value::Int(0) => Ok(false),

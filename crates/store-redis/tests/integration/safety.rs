@@ -1,12 +1,15 @@
-//! Keys the tally must not trust: a counter holding something that is not an
-//! integer (the apply script moves nothing of its group, reads skip and name
-//! it).
+//! Keys the tally must not trust or lose: a counter holding something that
+//! is not an integer (the apply script moves nothing of its group, reads skip
+//! and name it), and a Redis whose `maxmemory-policy` may evict keys (nothing
+//! is written at all).
+
+use std::time::Duration;
 
 use election_core::{Applied, CityId, Counter, ElectionId, PartyId, StoreError, Tally};
-use store_redis::keys;
-use test_support::redis::{cluster, connection, redis_url};
+use store_redis::{RedisOptions, RedisTally, RedisTarget, keys};
+use test_support::redis::{RedisServer, cluster, connection, redis_url};
 
-use crate::{cluster_shared, cluster_tally, counting, standalone_tally};
+use crate::{cluster_exclusive, cluster_shared, cluster_tally, counting, standalone_tally};
 
 fn city_key(e: &ElectionId, city: &str, party: &str) -> String {
     keys::city(
@@ -357,4 +360,189 @@ fn a_bad_counter_on_a_cluster_stops_its_slot_group_and_is_named_by_snapshots() {
         assert_eq!(get(&mut redis, &key), Some(n.to_string()), "{key}");
     }
     assert!(tally.snapshot(&e).unwrap().unreadable.is_empty());
+}
+
+fn private_tally(server: &RedisServer) -> RedisTally {
+    RedisTally::connect(
+        &RedisTarget::Standalone(server.url()),
+        &RedisOptions::DEFAULT,
+    )
+    .unwrap()
+}
+
+fn dbsize(url: &str) -> i64 {
+    redis::cmd("DBSIZE").query(&mut connection(url)).unwrap()
+}
+
+fn set_policy(url: &str, policy: &str) {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg(policy)
+        .exec(&mut connection(url))
+        .unwrap();
+}
+
+#[test]
+fn an_evicting_redis_gets_no_counter_and_no_marker() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let tally = private_tally(&server);
+    let e = crate::unique_election("evict");
+    let batch = [
+        counting(&e, "B1", "york", 1, &[("a", 5), ("b", 7)]),
+        counting(&e, "B2", "leeds", 1, &[("a", 1)]),
+    ];
+    for answer in tally.apply(&batch) {
+        let chain = assert_failed_naming(
+            &answer,
+            &[
+                "maxmemory-policy allkeys-lru",
+                "noeviction",
+                "volatile-*",
+                &format!("127.0.0.1:{}", server.port()),
+            ],
+        );
+        assert!(
+            chain.contains("applying revision 1 of ballot box"),
+            "{chain}"
+        );
+    }
+    assert_eq!(dbsize(&server.url()), 0, "no counter, marker or index set");
+    // Repairs refuse to write too.
+    let guarded = tally.guarded_add(&e, &Counter::National(PartyId::parse("a").unwrap()), 0, 5);
+    assert!(
+        matches!(&guarded, Err(StoreError::Failed { .. })),
+        "{guarded:?}"
+    );
+    assert_eq!(dbsize(&server.url()), 0);
+    let why = tally.evicting_policy().expect("the verdict is kept");
+    assert!(why.contains("maxmemory-policy allkeys-lru"), "{why}");
+    let checked = tally.check_policy().unwrap_err();
+    assert!(
+        error_chain(&checked).contains("maxmemory-policy allkeys-lru"),
+        "{checked}"
+    );
+    // Reads still work (query keeps serving what there is).
+    assert_eq!(
+        tally.snapshot(&e).unwrap(),
+        election_core::Snapshot::default()
+    );
+
+    // Fixed at run time, without a reconnect: seen within about a second,
+    // and the same revisions then count once.
+    set_policy(&server.url(), "noeviction");
+    std::thread::sleep(Duration::from_millis(1100));
+    for answer in tally.apply(&batch) {
+        assert_eq!(answer.unwrap(), Applied::Now);
+    }
+    for answer in tally.apply(&batch) {
+        assert_eq!(answer.unwrap(), Applied::Already);
+    }
+    assert_eq!(tally.evicting_policy(), None);
+    tally.check_policy().unwrap();
+    let national = tally.snapshot(&e).unwrap().totals.national();
+    assert_eq!(national.values().copied().collect::<Vec<_>>(), [6, 7]);
+}
+
+#[test]
+fn every_allkeys_policy_is_refused_and_volatile_ones_are_accepted() {
+    let server = RedisServer::start();
+    let e = crate::unique_election("policies");
+    for (i, policy) in [
+        "allkeys-lfu",
+        "allkeys-random",
+        "volatile-lru",
+        "volatile-lfu",
+        "volatile-random",
+        "volatile-ttl",
+        "noeviction",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        set_policy(&server.url(), policy);
+        // A new tally checks at its first use of the node.
+        let tally = private_tally(&server);
+        let answer = tally
+            .apply(&[counting(&e, &format!("B{i}"), "york", 1, &[("a", 1)])])
+            .remove(0);
+        if policy.starts_with("allkeys-") {
+            assert_failed_naming(&answer, &[&format!("maxmemory-policy {policy}")]);
+        } else {
+            assert_eq!(answer.unwrap(), Applied::Now, "{policy}");
+        }
+    }
+}
+
+#[test]
+fn a_reconnect_reads_the_policy_again() {
+    let server = RedisServer::start();
+    let tally = private_tally(&server);
+    let e = crate::unique_election("reconnect");
+    assert_eq!(
+        tally.apply(&[counting(&e, "B1", "york", 1, &[("a", 1)])])[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+    // The policy changes and the connections drop (as when a differently
+    // configured server takes over the address): the next connection checks
+    // before anything is written.
+    set_policy(&server.url(), "allkeys-lru");
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .exec(&mut connection(&server.url()))
+        .unwrap();
+    let before = dbsize(&server.url());
+    let answer = tally
+        .apply(&[counting(&e, "B2", "york", 1, &[("a", 1)])])
+        .remove(0);
+    assert_failed_naming(&answer, &["maxmemory-policy allkeys-lru"]);
+    assert_eq!(dbsize(&server.url()), before, "nothing written");
+}
+
+/// Sets a master's policy back however the test ends.
+struct RestorePolicy(String);
+
+impl Drop for RestorePolicy {
+    fn drop(&mut self) {
+        set_policy(&self.0, "noeviction");
+    }
+}
+
+#[test]
+fn one_evicting_master_stops_every_write_to_the_cluster() {
+    // Exclusive: no other test writes while a master refuses.
+    let _layout = cluster_exclusive();
+    let master = cluster().urls()[0].clone();
+    let _restore = RestorePolicy(master.clone());
+    set_policy(&master, "allkeys-lru");
+    let tally = cluster_tally();
+    let e = crate::unique_election("evict");
+    // Enough revisions that their keys reach every master.
+    let batch: Vec<_> = (0..30)
+        .map(|i| counting(&e, &format!("B{i}"), &format!("c{i}"), 1, &[("a", 1)]))
+        .collect();
+    for answer in tally.apply(&batch) {
+        assert_failed_naming(&answer, &["maxmemory-policy allkeys-lru"]);
+    }
+    for url in cluster().urls() {
+        let mut redis = connection(&url);
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("*election:{e}:*"))
+            .query(&mut redis)
+            .unwrap();
+        assert!(keys.is_empty(), "{url}: {keys:?}");
+    }
+    assert!(tally.evicting_policy().is_some());
+    drop(_restore);
+    // A new tally (a restarted service) finds every master safe.
+    let tally = cluster_tally();
+    for answer in tally.apply(&batch) {
+        assert_eq!(answer.unwrap(), Applied::Now);
+    }
 }
