@@ -54,11 +54,22 @@ fn connect(stores: &Stores) -> anyhow::Result<Connected> {
     })
 }
 
-/// What `/readyz` checks: PostgreSQL and Redis both answer.
+/// What `/readyz` checks: PostgreSQL and Redis both answer. A Redis whose
+/// `maxmemory-policy` may evict keys is named in a note: the service stays
+/// ready (reports are still recorded and answered), but nothing is counted
+/// until the policy is fixed.
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
     Arc::new(move || {
         store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
-        tally.ping().map_err(|e| format!("redis: {e}"))
+        tally.ping().map_err(|e| format!("redis: {e}"))?;
+        // Asks the nodes whose verdict is stale; the others answer from the
+        // cache.
+        let _ = tally.check_policy();
+        Ok(tally
+            .evicting_policy()
+            .map(|why| format!("redis: {why}"))
+            .into_iter()
+            .collect())
     })
 }
 
@@ -103,6 +114,7 @@ pub fn run(args: Run) -> anyhow::Result<bool> {
         let services = Services {
             ready: ready_check(stores.pg.clone(), Arc::clone(&stores.tally)),
             log: stores.log,
+            redis: Some(Arc::clone(&stores.tally)),
             tally: stores.tally,
         };
         crate::run(
