@@ -92,11 +92,22 @@ impl crate::definitions::DefinitionLookup for PgDefinitions {
     }
 }
 
-/// What `/readyz` checks: PostgreSQL and Redis both answer.
+/// What `/readyz` checks: PostgreSQL and Redis both answer. A Redis whose
+/// `maxmemory-policy` may evict keys is named in a note: the service stays
+/// ready (reports are still recorded and answered), but nothing is counted
+/// until the policy is fixed.
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
     Arc::new(move || {
         store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
-        tally.ping().map_err(|e| format!("redis: {e}"))
+        tally.ping().map_err(|e| format!("redis: {e}"))?;
+        // Asks the nodes whose verdict is stale; the others answer from the
+        // cache.
+        let _ = tally.check_policy();
+        Ok(tally
+            .evicting_policy()
+            .map(|why| format!("redis: {why}"))
+            .into_iter()
+            .collect())
     })
 }
 
@@ -149,6 +160,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     );
     let services = Services {
         log,
+        redis: Some(Arc::clone(&tally)),
         tally,
         tokens: Arc::new(PgTokens(pg.clone())),
         definitions: Arc::new(PgDefinitions(pg)),

@@ -24,11 +24,22 @@ pub fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
     Ok(store_pg::check_schema(pool)?)
 }
 
-/// What `/readyz` checks: PostgreSQL and Redis both answer.
+/// What `/readyz` checks: PostgreSQL and Redis both answer. A Redis whose
+/// `maxmemory-policy` may evict keys is named in a note: the service stays
+/// ready (reports are still recorded and answered), but nothing is counted
+/// until the policy is fixed.
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
     Arc::new(move || {
         store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
-        tally.ping().map_err(|e| format!("redis: {e}"))
+        tally.ping().map_err(|e| format!("redis: {e}"))?;
+        // Asks the nodes whose verdict is stale; the others answer from the
+        // cache.
+        let _ = tally.check_policy();
+        Ok(tally
+            .evicting_policy()
+            .map(|why| format!("redis: {why}"))
+            .into_iter()
+            .collect())
     })
 }
 
@@ -75,7 +86,12 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         "election-query serving; dashboard at http://{}/",
         listener.local_addr()?
     );
-    let services = Services { tally, pg, ready };
+    let services = Services {
+        redis: Some(Arc::clone(&tally)),
+        tally,
+        pg,
+        ready,
+    };
     let settings = Settings {
         snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
         idle_after: Duration::from_secs(args.idle_after_secs),

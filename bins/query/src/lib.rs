@@ -42,6 +42,10 @@ pub struct Services {
     pub pg: PgPool,
     /// What `/readyz` checks.
     pub ready: ReadyCheck,
+    /// The Redis behind `tally`, when it is one: `/metrics` shows
+    /// `redis_evicting_policy` from its last checks of the nodes'
+    /// `maxmemory-policy`.
+    pub redis: Option<Arc<store_redis::RedisTally>>,
 }
 
 /// Tunables of a running service. No `Default`: the binary builds it from
@@ -95,6 +99,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Registry::new());
+    if let Some(redis) = services.redis.clone() {
+        metrics.gauge_fn(
+            "redis_evicting_policy",
+            "1 while a Redis node's maxmemory-policy may evict keys (allkeys-*): nothing is \
+             counted until it is noeviction or volatile-*; 0 otherwise (from the last check of \
+             each node, made on every new connection).",
+            move || f64::from(u8::from(redis.evicting_policy().is_some())),
+        );
+    }
     let (stop, stopping) = watch::channel(false);
     let pg = services.pg.clone();
     let live = Live::new(

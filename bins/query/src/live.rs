@@ -15,6 +15,10 @@
 //!
 //! When Redis cannot be read, the last good snapshot keeps being served (its
 //! `as_of` says how old it is); before the first good one, readers get 503.
+//! A counter key holding something that is not an integer does not fail the
+//! snapshot: the other counters are served, the bodies name the key
+//! (`unreadable_counters`), and a warning is logged when the set of such keys
+//! changes (so at most once per refresh, and once for a key that stays bad).
 //! A task stops once nobody has read its election for `idle_after` and no
 //! stream is open on it, and every task stops at shutdown.
 
@@ -329,6 +333,20 @@ impl Live {
             );
             let error = match read {
                 Ok(Ok(snapshot)) => {
+                    let before = previous
+                        .as_ref()
+                        .map_or(&[][..], |(seen, _)| &seen.unreadable[..]);
+                    if snapshot.unreadable[..] != *before {
+                        if snapshot.unreadable.is_empty() {
+                            tracing::info!(election.id = %election, "every counter can be read again");
+                        } else {
+                            tracing::warn!(
+                                election.id = %election,
+                                counters = ?snapshot.unreadable,
+                                "counter keys hold something that is not an integer: the totals leave them out and name them (unreadable_counters); fix or delete them, then run `election-reprocessor reconcile --repair`"
+                            );
+                        }
+                    }
                     let as_of = Utc::now();
                     let changed = definition_changed
                         || previous.as_ref().is_none_or(|(seen, _)| *seen != snapshot);

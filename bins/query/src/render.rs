@@ -24,6 +24,16 @@
 //! defined city is listed, also before its first report. For an undefined
 //! election these fields are `null`. `ballot_boxes_reported` counts ballot
 //! boxes, not reports: revisions and replays of a box do not count it twice.
+//!
+//! # Counters that cannot be read
+//!
+//! A counter key holding something that is not an integer (typed by hand)
+//! is left out of the snapshot rather than failing it
+//! (`Snapshot::unreadable`), so every other total is still served. While
+//! there is such a key, every body (national, each city, the city list and
+//! the stream event) carries `unreadable_counters`, the key names in order;
+//! the totals it would have moved are short by what it should hold. The
+//! field is absent when every counter could be read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -69,6 +79,8 @@ struct NationalBody<'a> {
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
     as_of: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    unreadable_counters: &'a [String],
 }
 
 /// `GET /v1/elections/{e}/cities/{city}/totals`.
@@ -86,6 +98,8 @@ struct CityBody<'a> {
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
     as_of: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    unreadable_counters: &'a [String],
 }
 
 /// One city in `GET /v1/elections/{e}/cities` and in stream events.
@@ -249,6 +263,7 @@ impl Rendered {
             ballot_boxes_expected: national_expected,
             percent_reporting: national_percent,
             as_of: &as_of_text,
+            unreadable_counters: &snapshot.unreadable,
         });
         let national_item = json(&ScopeTotals {
             parties: &national,
@@ -295,17 +310,24 @@ impl Rendered {
                     ballot_boxes_expected: expected,
                     percent_reporting: percent,
                     as_of: &as_of_text,
+                    unreadable_counters: &snapshot.unreadable,
                 })),
             );
         }
         let items = items.join(",");
         let election_json = json(election);
         let as_of_json = json(&as_of_text);
-        let cities =
-            format!("{{\"election\":{election_json},\"as_of\":{as_of_json},\"cities\":[{items}]}}");
+        let unreadable = if snapshot.unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(",\"unreadable_counters\":{}", json(&snapshot.unreadable))
+        };
+        let cities = format!(
+            "{{\"election\":{election_json},\"as_of\":{as_of_json},\"cities\":[{items}]{unreadable}}}"
+        );
         let event = format!(
             "{{\"election\":{election_json},\"version\":{version},\"as_of\":{as_of_json},\
-             \"national\":{national_item},\"cities\":[{items}]}}"
+             \"national\":{national_item},\"cities\":[{items}]{unreadable}}}"
         );
         let definition_body = json(&DefinitionBody {
             election,
@@ -424,6 +446,7 @@ mod tests {
             parties: [labour, tories].into_iter().collect(),
             cities: [(london, 1)].into_iter().collect(),
             ballot_boxes_reported: 1,
+            unreadable: Vec::new(),
         };
         let as_of = DateTime::parse_from_rfc3339("2025-09-15T18:12:00Z")
             .unwrap()
@@ -445,5 +468,25 @@ mod tests {
         assert_eq!(event["version"], 7);
         assert_eq!(event["national"]["total_votes"], 320);
         assert_eq!(event["cities"][0]["leader"]["party"], "labour");
+        assert!(event.get("unreadable_counters").is_none());
+
+        // A key that could not be read is named in every body.
+        let unreadable = vec!["election:2025:city:london:party:greens".to_owned()];
+        let snapshot = Snapshot {
+            unreadable: unreadable.clone(),
+            ..snapshot
+        };
+        let rendered = Rendered::new(&election, &snapshot, None, 8, as_of);
+        for body in [
+            &rendered.national[..],
+            &rendered.cities[..],
+            &rendered.city("london").unwrap()[..],
+            rendered.event.as_bytes(),
+        ] {
+            let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(body["unreadable_counters"], serde_json::json!(unreadable));
+        }
+        let national: serde_json::Value = serde_json::from_slice(&rendered.national).unwrap();
+        assert_eq!(national["total_votes"], 320);
     }
 }

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use election_core::reconcile::{self, Comparison, CounterCheck, Repair, Verdict};
-use election_core::{Claim, ElectionId, ReportLog, Tally};
+use election_core::{Claim, Counter, ElectionId, ReportLog, Tally};
 use election_http::health::ReadyCheck;
 use election_http::redact;
 use store_pg::{PgLog, PgPool};
-use store_redis::RedisTally;
+use store_redis::{RedisTally, UnreadableCounter};
 use tokio::sync::watch;
 
 use crate::cli::{Reconcile, Run, Stores};
@@ -74,11 +74,22 @@ pub fn repair_locks(pg: PgPool) -> Arc<dyn crate::healer::RepairLocks> {
     Arc::new(PgRepairLocks(pg))
 }
 
-/// What `/readyz` checks: PostgreSQL and Redis both answer.
+/// What `/readyz` checks: PostgreSQL and Redis both answer. A Redis whose
+/// `maxmemory-policy` may evict keys is named in a note: the service stays
+/// ready (reports are still recorded and answered), but nothing is counted
+/// until the policy is fixed.
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
     Arc::new(move || {
         store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
-        tally.ping().map_err(|e| format!("redis: {e}"))
+        tally.ping().map_err(|e| format!("redis: {e}"))?;
+        // Asks the nodes whose verdict is stale; the others answer from the
+        // cache.
+        let _ = tally.check_policy();
+        Ok(tally
+            .evicting_policy()
+            .map(|why| format!("redis: {why}"))
+            .into_iter()
+            .collect())
     })
 }
 
@@ -128,6 +139,7 @@ pub fn run(args: Run) -> anyhow::Result<bool> {
             ready: ready_check(stores.pg.clone(), Arc::clone(&stores.tally)),
             locks: repair_locks(stores.pg.clone()),
             log: stores.log,
+            redis: Some(Arc::clone(&stores.tally)),
             tally: stores.tally,
         };
         crate::run(
@@ -153,6 +165,12 @@ pub fn reconcile(args: Reconcile) -> anyhow::Result<bool> {
         max_rounds: args.rounds.max(2),
         round_interval: args.round_interval,
     };
+    // A Redis that may evict keys can lose any counter or marker at any
+    // moment: say so rather than compare or repair.
+    stores
+        .tally
+        .check_policy()
+        .with_context(|| format!("not reconciling election {election}"))?;
     let log: &dyn ReportLog = &*stores.log;
     let tally: &dyn Tally = &*stores.tally;
     let mut out = std::io::stdout().lock();
@@ -176,8 +194,43 @@ pub fn reconcile(args: Reconcile) -> anyhow::Result<bool> {
             .with_context(|| format!("comparing the counters of election {election}"))?
     };
     print_comparison(&mut out, &election, &comparison, args.max_rows)?;
+    // Keys holding something that is not an integer read as absent above
+    // (0); they need a person before anything can count or repair them.
+    let compared: Vec<Counter> = comparison
+        .checks
+        .iter()
+        .map(|check| check.counter.clone())
+        .collect();
+    let unreadable = stores
+        .tally
+        .unreadable_counters(&election, &compared)
+        .with_context(|| format!("reading the counters of election {election}"))?;
+    print_unreadable(&mut out, &unreadable)?;
     out.flush()?;
-    Ok(comparison.is_exact())
+    Ok(comparison.is_exact() && unreadable.is_empty())
+}
+
+/// The counter keys that are not integers, and what to do about them.
+fn print_unreadable(out: &mut impl Write, unreadable: &[UnreadableCounter]) -> std::io::Result<()> {
+    let n = unreadable.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let (keys, hold, they, them, are) = if n == 1 {
+        ("key", "holds", "it reads", "it", "it is")
+    } else {
+        ("keys", "hold", "they read", "them", "they are")
+    };
+    writeln!(
+        out,
+        "unreadable: {n} counter {keys} {hold} something that is not an integer ({they} as 0 \
+         above, the live totals leave {them} out, and no revision touching {them} can be counted \
+         until {are} fixed or deleted; then run `reconcile --repair`):"
+    )?;
+    for counter in unreadable {
+        writeln!(out, "  {counter}")?;
+    }
+    Ok(())
 }
 
 fn print_repair(

@@ -43,6 +43,10 @@ pub struct Services {
     pub ready: ReadyCheck,
     /// The repair locks the healing loop takes (see [`healer`]).
     pub locks: Arc<dyn healer::RepairLocks>,
+    /// The Redis behind `tally`, when it is one: `/metrics` shows
+    /// `redis_evicting_policy` from its last checks of the nodes'
+    /// `maxmemory-policy`.
+    pub redis: Option<Arc<store_redis::RedisTally>>,
 }
 
 /// Counts pending reports until `shutdown` resolves, serving health and
@@ -55,6 +59,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Registry::new());
+    if let Some(redis) = services.redis {
+        metrics.gauge_fn(
+            "redis_evicting_policy",
+            "1 while a Redis node's maxmemory-policy may evict keys (allkeys-*): nothing is \
+             counted until it is noeviction or volatile-*; 0 otherwise (from the last check of \
+             each node, made on every new connection).",
+            move || f64::from(u8::from(redis.evicting_policy().is_some())),
+        );
+    }
     let (stop, stopping) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

@@ -406,6 +406,12 @@ pub struct Snapshot {
     pub cities: BTreeMap<CityId, u64>,
     /// Ballot boxes counted in the whole election.
     pub ballot_boxes_reported: u64,
+    /// The names of counter keys that hold something that is not an
+    /// integer (written by hand or by something else than the tally), in
+    /// order. They are left out of `totals`, so every other counter can still
+    /// be read; the tally refuses to move them. Always empty for a tally that
+    /// cannot hold such values.
+    pub unreadable: Vec<String>,
 }
 
 /// Steps at which the in-memory stores can inject a fault, for crash tests.

@@ -2,7 +2,12 @@
 //! stores answer), shared by every service.
 //!
 //! Readiness runs the service's own check on the blocking pool with a time
-//! limit, so a hung store makes the answer 503 rather than a hung probe.
+//! limit, so a hung store makes the answer 503 rather than a hung probe. A
+//! check may pass with notes (a store that answers but is misconfigured,
+//! such as a Redis whose `maxmemory-policy` may evict keys): the answer is
+//! still 200, `ready` followed by one `note: ...` line each, so an operator
+//! looking at readiness sees the reason without the service being taken out
+//! of rotation.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +18,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-/// A readiness check: `Ok` when every store the service needs answers,
-/// otherwise which one does not.
-pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// A readiness check: `Ok` when every store the service needs answers, with
+/// notes for operators (usually none), otherwise which store does not.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>;
 
 /// How long `/readyz` waits for the stores.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,7 +35,15 @@ pub fn routes<S: Clone + Send + Sync + 'static>(check: ReadyCheck) -> Router<S> 
 async fn ready(State(check): State<ReadyCheck>) -> impl IntoResponse {
     let run = tokio::task::spawn_blocking(move || check());
     match tokio::time::timeout(READY_TIMEOUT, run).await {
-        Ok(Ok(Ok(()))) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(Ok(Ok(notes))) => {
+            let mut body = "ready\n".to_owned();
+            for note in notes {
+                body.push_str("note: ");
+                body.push_str(&note);
+                body.push('\n');
+            }
+            (StatusCode::OK, body)
+        }
         Ok(Ok(Err(why))) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),

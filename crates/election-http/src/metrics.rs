@@ -43,10 +43,26 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Size buckets (batch sizes, counts).
 pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
+/// A gauge whose value is computed when the metrics are rendered.
+type GaugeFn = Box<dyn Fn() -> f64 + Send + Sync>;
+
+/// The gauges computed at render time, by name.
+#[derive(Default)]
+struct GaugeFns(Vec<(&'static str, &'static str, GaugeFn)>);
+
+impl std::fmt::Debug for GaugeFns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _, _)| name))
+            .finish()
+    }
+}
+
 /// The metrics of one service.
 #[derive(Debug, Default)]
 pub struct Registry {
     families: Mutex<BTreeMap<&'static str, Family>>,
+    gauge_fns: Mutex<GaugeFns>,
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -114,6 +130,22 @@ impl Registry {
         );
     }
 
+    /// A gauge without labels whose value `value` computes each time the
+    /// metrics are rendered (it must be cheap: no I/O). For state another
+    /// component keeps, such as a cached verdict about a store.
+    pub fn gauge_fn(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        value: impl Fn() -> f64 + Send + Sync + 'static,
+    ) {
+        self.gauge_fns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .push((name, help, Box::new(value)));
+    }
+
     /// Records one observation in a histogram.
     pub fn observe(
         &self,
@@ -162,6 +194,12 @@ impl Registry {
 
     /// Renders every series in the Prometheus text format.
     pub fn render(&self) -> String {
+        {
+            let gauge_fns = self.gauge_fns.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, help, value) in &gauge_fns.0 {
+                self.set(name, help, &[], value());
+            }
+        }
         let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         for (name, family) in families.iter() {
@@ -264,5 +302,23 @@ mod tests {
             registry.value("reports_total", &[("outcome", "counted")]),
             3.0
         );
+    }
+
+    #[test]
+    fn computed_gauges_are_read_at_each_render() {
+        let registry = Registry::new();
+        let value = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let read = std::sync::Arc::clone(&value);
+        registry.gauge_fn("evicting", "Whether it evicts.", move || {
+            read.load(std::sync::atomic::Ordering::Relaxed) as f64
+        });
+        assert!(
+            registry
+                .render()
+                .contains("# TYPE evicting gauge\nevicting 0\n")
+        );
+        value.store(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(registry.render().contains("evicting 1\n"));
+        assert_eq!(registry.value("evicting", &[]), 1.0);
     }
 }

@@ -96,6 +96,18 @@ pub enum RedisStoreError {
         /// How many times it was sent.
         rounds: usize,
     },
+    /// A node's `maxmemory-policy` may evict keys (an `allkeys-*` policy), so
+    /// nothing was written (see `crate::policy`). Retrying does not help
+    /// until an operator changes the policy, so it is `Failed`, not
+    /// `Unavailable`; the revisions stay pending either way and the
+    /// reprocessor keeps trying them.
+    #[error("redis node {node} has {}", crate::policy::advice(.policy))]
+    EvictingPolicy {
+        /// `host:port`.
+        node: String,
+        /// The policy found, e.g. `allkeys-lru`.
+        policy: String,
+    },
 }
 
 impl RedisStoreError {
@@ -105,7 +117,8 @@ impl RedisStoreError {
         match self {
             RedisStoreError::InvalidUrl { .. }
             | RedisStoreError::InvalidOptions { .. }
-            | RedisStoreError::UnexpectedReply { .. } => false,
+            | RedisStoreError::UnexpectedReply { .. }
+            | RedisStoreError::EvictingPolicy { .. } => false,
             RedisStoreError::Connect { source, .. }
             | RedisStoreError::Io { source, .. }
             | RedisStoreError::Refused { source, .. } => redis_error_is_unavailable(source),
@@ -196,5 +209,21 @@ mod tests {
         let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
         assert!(redis_error_is_unavailable(&timeout));
         assert!(RedisStoreError::SlotUncovered { slot: 1 }.is_unavailable());
+        // An evicting policy needs an operator: Failed, saying what to set.
+        let evicting = RedisStoreError::EvictingPolicy {
+            node: "127.0.0.1:7000".into(),
+            policy: "allkeys-lru".into(),
+        };
+        let message = evicting.to_string();
+        assert!(
+            message.contains("127.0.0.1:7000")
+                && message.contains("maxmemory-policy allkeys-lru")
+                && message.contains("noeviction"),
+            "{message}"
+        );
+        assert!(matches!(
+            evicting.into_store_error("applying".into()),
+            StoreError::Failed { store: "redis", .. }
+        ));
     }
 }

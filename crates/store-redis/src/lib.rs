@@ -5,13 +5,49 @@
 //!
 //! Each counted revision moves the national and city counter of every party in
 //! its difference. A counter and a marker naming the revision move in **one
-//! Lua script call** ([`APPLY_SCRIPT`]): `SET marker 1 NX`, and only if that
-//! set it, `INCRBY` every counter of the call. Redis runs a script atomically,
-//! so a crash, a timeout or a second worker can never leave a counter moved
+//! Lua script call** ([`APPLY_SCRIPT`]): if the marker is set it does nothing;
+//! otherwise it checks every counter it will move, then sets the marker and
+//! `INCRBY`s every counter of the call. Redis runs a script atomically, so a
+//! crash, a timeout or a second worker can never leave a counter moved
 //! without its marker, or moved twice: re-applying is always safe, and the
 //! engine re-applies whatever it is not sure about. (The seed's "EXISTS, then
 //! INCRBY, then SET" in separate commands double counts on a crash between
 //! them, and when two workers race.)
+//!
+//! # All or nothing per script: counters that are not integers
+//!
+//! Redis does not roll back a script whose later command fails: a script that
+//! set its marker and then met a counter holding `oops` would leave the
+//! counters before it moved, the others not, and the marker set, so every
+//! later apply would skip the revision for good. So [`APPLY_SCRIPT`] reads
+//! every counter first (one `GET` each, through `pcall`, so a key of another
+//! type is caught too) and, if one is not an integer `INCRBY` accepts (or
+//! adding to it would leave 64 bits), answers an error naming the key and
+//! what it holds, having written nothing. That revision's answer is then
+//! `StoreError::Failed` (a `Refused` `EVALSHA`; the other revisions of the
+//! pipeline are answered on their own): ingest answers `202` pending, the
+//! reprocessor keeps trying it and records the error, and once the key is
+//! fixed or deleted the next apply counts it exactly once. On a Cluster each
+//! slot group is one script, so the groups without the bad key move (with
+//! their markers) and the re-apply moves exactly the rest.
+//!
+//! Reads do not let one bad key hide the others: `snapshot` and `counters`
+//! leave a counter that is not an integer out (as if absent) and the
+//! snapshot names it (`Snapshot::unreadable`); `MGET` answers nil for a key
+//! of another type, so such a key reads as absent there.
+//! [`RedisTally::unreadable_counters`] (for `reconcile`) finds both kinds
+//! with `TYPE` and `GET`.
+//!
+//! # A Redis that may evict keys
+//!
+//! Our keys have no TTL and losing any is wrong (an evicted marker counts its
+//! revision twice on the next re-apply, an evicted counter loses votes), so
+//! the tally writes nothing while the server, or any master of the Cluster,
+//! has an `allkeys-*` `maxmemory-policy`: every revision of the batch gets
+//! [`RedisStoreError::EvictingPolicy`] (`StoreError::Failed`, saying to set
+//! `noeviction` or a `volatile-*` policy), and stays pending. The policy is
+//! read with `INFO memory` on every new connection and cached per node (see
+//! `nodes`), so the hot path adds no round trip. Reads still work.
 //!
 //! # Hash slots and markers
 //!
@@ -73,12 +109,15 @@
 //! dead or stalled Redis gives `StoreError::Unavailable` in about one timeout.
 //! I/O errors, timeouts, `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `LOADING`,
 //! `READONLY` and unsettled redirections are `Unavailable` (retry later); other
-//! errors are `Failed`. `MOVED` refreshes the slot map and `ASK` follows the
+//! errors, among them a counter that is not an integer and an evicting
+//! policy, are `Failed` (an operator must act; the reprocessor keeps retrying
+//! either way). `MOVED` refreshes the slot map and `ASK` follows the
 //! migration, both within the same call (see `nodes`).
 
 mod error;
 pub mod keys;
 mod nodes;
+mod policy;
 mod target;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,32 +152,93 @@ pub fn open(
 
 use nodes::{Nodes, Replied, Reply, Request};
 
-/// The script that applies one group of counters for one revision.
+/// The script that applies one group of counters for one revision, all or
+/// nothing.
 ///
 /// `KEYS[1]` is the marker, `KEYS[2..]` the counters, `ARGV[i]` the amount for
-/// `KEYS[i + 1]`. Returns 1 when it moved the counters, 0 when the marker was
-/// already set (and then it changes nothing).
-pub const APPLY_SCRIPT: &str = "\
-if redis.call('SET', KEYS[1], '1', 'NX') then
-  for i = 2, #KEYS do
-    redis.call('INCRBY', KEYS[i], ARGV[i - 1])
-  end
-  return 1
+/// `KEYS[i + 1]`. Returns 0 when the marker is already set, changing and
+/// checking nothing else. Otherwise it first reads every counter (one `GET`
+/// each, through `pcall`, so a key of another type is caught too): each must
+/// be absent or hold an integer `INCRBY` accepts (`0` or `-?[1-9][0-9]*`
+/// within 64 bits), and adding its amount must stay within 64 bits. If one
+/// does not, it answers an error naming the key and what it holds (a value
+/// abridged to 40 bytes), e.g.
+/// `ERR counter election:e:city:c:party:a holds "oops", not an integer`,
+/// having written nothing: no marker, no counter. Only then does it set the
+/// marker and `INCRBY` every counter, and return 1.
+///
+/// Redis does not roll back a script whose later command fails, so checking
+/// before the first write is what makes a bad key leave the revision
+/// pending and untouched instead of half applied behind its marker.
+pub const APPLY_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
 end
-return 0
-";
+local function integer(value)
+  if value == '0' then
+    return true
+  end
+  local sign, digits = string.match(value, '^(%-?)([1-9]%d*)$')
+  if not digits or #digits > 19 then
+    return false
+  end
+  if #digits < 19 then
+    return true
+  end
+  if sign == '-' then
+    return digits <= '9223372036854775808'
+  end
+  return digits <= '9223372036854775807'
+end
+local function shown(value)
+  local text = string.gsub(string.sub(value, 1, 40), '[^%w%p ]', '?')
+  if #value > 40 then
+    text = text .. '...'
+  end
+  return '"' .. text .. '"'
+end
+for i = 2, #KEYS do
+  local value = redis.pcall('GET', KEYS[i])
+  local problem = nil
+  if type(value) == 'table' then
+    problem = 'holds a ' .. redis.call('TYPE', KEYS[i])['ok'] .. ', not an integer'
+  elseif value then
+    local amount = ARGV[i - 1]
+    if not integer(value) then
+      problem = 'holds ' .. shown(value) .. ', not an integer'
+    elseif (#value > 15 or #amount > 15)
+        and math.abs(tonumber(value) + tonumber(amount)) >= 9.2e18 then
+      problem = 'holds ' .. value .. ': adding ' .. amount .. ' would overflow 64 bits'
+    end
+  end
+  if problem then
+    return redis.error_reply('ERR counter ' .. KEYS[i] .. ' ' .. problem)
+  end
+end
+redis.call('SET', KEYS[1], '1', 'NX')
+for i = 2, #KEYS do
+  redis.call('INCRBY', KEYS[i], ARGV[i - 1])
+end
+return 1
+"#;
 
 /// The script that rewrites one counter only if it holds what was observed
 /// (`reconcile --repair`, Phase B; see `election_core::reconcile`).
 ///
 /// `KEYS[1]` is the counter, `ARGV[1]` the value observed (an absent counter
 /// holds 0), `ARGV[2]` the amount to add. Returns 1 when it added, 0 when the
-/// counter held something else (and then it changes nothing). One key, so on
-/// a Cluster it runs in that key's slot; it sets no marker. Sent with `EVAL`
-/// (it runs a handful of times per repair, not per report).
+/// counter held something else (and then it changes nothing): another
+/// number, a value that is not an integer, a key of another type. Values are
+/// compared as text (`ARGV[1]` is written the way Redis writes integers), so
+/// the comparison is exact over all 64 bits. One key, so on a Cluster it runs
+/// in that key's slot; it sets no marker. Sent with `EVAL` (it runs a handful
+/// of times per repair, not per report).
 pub const GUARDED_ADD_SCRIPT: &str = "\
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current == tonumber(ARGV[1]) then
+local current = redis.pcall('GET', KEYS[1])
+if type(current) == 'table' then
+  return 0
+end
+if (current or '0') == ARGV[1] then
   redis.call('INCRBY', KEYS[1], ARGV[2])
   return 1
 end
@@ -202,11 +302,53 @@ impl RedisTally {
             .map_err(|error| error.into_store_error("checking that redis answers".into()))
     }
 
+    /// Fails when the server, or any master of the Cluster, has a
+    /// `maxmemory-policy` that may evict keys (`allkeys-*`): the error names
+    /// the node and the policy and says what to set. Nodes whose verdict is
+    /// missing or stale are asked (`INFO memory`); the others answer from
+    /// the cache. [`Tally::apply`] makes the same check before it writes.
+    pub fn check_policy(&self) -> Result<(), StoreError> {
+        match self.nodes.evicting_master() {
+            Some(error) => Err(error
+                .into_store_error("checking that redis will not evict counters or markers".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this tally refuses to write, from the last checks of the masters
+    /// (no round trip): `redis node <node> has maxmemory-policy <policy> ...`
+    /// for the first master found with an `allkeys-*` policy, or `None`. For
+    /// metrics and readiness details.
+    pub fn evicting_policy(&self) -> Option<String> {
+        let (node, policy) = self.nodes.evicting_nodes().into_iter().next()?;
+        Some(RedisStoreError::EvictingPolicy { node, policy }.to_string())
+    }
+
+    /// The counter keys of `election` that hold something that is not an
+    /// integer (a value `INCRBY` refuses, or a key of another type): every
+    /// counter of the parties and cities the index sets name, plus `also`.
+    /// Each is read with `TYPE` and `GET`, one pipelined round after the
+    /// index sets (for `reconcile`, not for the hot path). Such a counter is
+    /// left out of [`Tally::snapshot`] and [`Tally::counters`] (as if
+    /// absent), and the apply script refuses to move it.
+    pub fn unreadable_counters(
+        &self,
+        election: &ElectionId,
+        also: &[Counter],
+    ) -> Result<Vec<UnreadableCounter>, StoreError> {
+        self.read_unreadable(election, also).map_err(|error| {
+            error.into_store_error(format!(
+                "looking for counters of election {election} that are not integers"
+            ))
+        })
+    }
+
     /// How many requests this tally has written to Redis nodes so far: one
     /// per pipeline per node, plus the occasional single command (reading
     /// the Cluster's slot map, loading the script, `PING`). Connection
-    /// handshakes are not counted. For metrics and for tests of the cost of
-    /// a batch.
+    /// handshakes, and the `INFO memory` each new connection asks for the
+    /// node's `maxmemory-policy`, are not counted. For metrics and for tests
+    /// of the cost of a batch.
     pub fn round_trips(&self) -> u64 {
         self.nodes.round_trips()
     }
@@ -424,7 +566,9 @@ impl Tally for RedisTally {
             return Vec::new();
         }
         let (requests, owners) = self.plan_apply(batch);
-        let replies = self.nodes.run(&requests);
+        // Nothing is written while a master may evict keys (every revision
+        // then gets that error, and stays pending).
+        let replies = self.nodes.run_writes(&requests);
         let mut progress: Vec<Progress> = batch.iter().map(|_| Progress::default()).collect();
         for ((reply, owner), request) in replies.into_iter().zip(&owners).zip(&requests) {
             match (owner, reply) {
@@ -488,8 +632,13 @@ impl Tally for RedisTally {
             slot: keys::slot(key.as_bytes()),
         };
         let doing = || format!("rewriting counter {key}");
-        let replied = next_reply(&mut self.nodes.run(std::slice::from_ref(&request)).into_iter())
-            .map_err(|error| error.into_store_error(doing()))?;
+        let replied = next_reply(
+            &mut self
+                .nodes
+                .run_writes(std::slice::from_ref(&request))
+                .into_iter(),
+        )
+        .map_err(|error| error.into_store_error(doing()))?;
         match replied.value {
             Value::Int(1) => Ok(true),
             Value::Int(0) => Ok(false),
@@ -498,7 +647,9 @@ impl Tally for RedisTally {
     }
 
     /// Reads the counters by name (one `MGET` per slot), so it finds them
-    /// even when the index sets were lost.
+    /// even when the index sets were lost. A counter holding something that
+    /// is not an integer is left out, like an absent one;
+    /// [`RedisTally::unreadable_counters`] names such keys.
     fn counters(&self, election: &ElectionId, counters: &[Counter]) -> Result<Totals, StoreError> {
         let named: Vec<(String, Counter)> = counters
             .iter()
@@ -507,7 +658,8 @@ impl Tally for RedisTally {
         let (requests, chunks) = self.mget_requests(&named);
         let mut replies = self.nodes.run(&requests).into_iter();
         let mut totals = Totals::new();
-        read_mget(&mut replies, chunks, &named, &mut totals).map_err(|error| {
+        let mut unreadable = Vec::new();
+        read_mget(&mut replies, chunks, &named, &mut totals, &mut unreadable).map_err(|error| {
             error.into_store_error(format!(
                 "reading {} counters of election {election}",
                 counters.len()
@@ -517,7 +669,104 @@ impl Tally for RedisTally {
     }
 }
 
+/// A counter key that holds something that is not an integer (see
+/// [`RedisTally::unreadable_counters`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadableCounter {
+    /// The key, e.g. `election:e:city:c:party:a`.
+    pub key: String,
+    /// What it holds: `"oops"` (abridged to 40 bytes) or `a list`.
+    pub holds: String,
+}
+
+impl std::fmt::Display for UnreadableCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} holds {}, not an integer", self.key, self.holds)
+    }
+}
+
 impl RedisTally {
+    fn read_unreadable(
+        &self,
+        election: &ElectionId,
+        also: &[Counter],
+    ) -> Result<Vec<UnreadableCounter>, RedisStoreError> {
+        let index_keys = [keys::parties(election), keys::cities(election)];
+        let requests: Vec<Request> = index_keys
+            .iter()
+            .map(|key| {
+                let mut command = redis::cmd("SMEMBERS");
+                command.arg(key);
+                Request {
+                    command,
+                    name: "SMEMBERS",
+                    slot: keys::slot(key.as_bytes()),
+                }
+            })
+            .collect();
+        let mut replies = self.nodes.run(&requests).into_iter();
+        let parties = parse_ids(next_reply(&mut replies)?, "SMEMBERS", PartyId::parse)?;
+        let cities = parse_ids(next_reply(&mut replies)?, "SMEMBERS", CityId::parse)?;
+        let mut names: BTreeSet<String> = also
+            .iter()
+            .map(|counter| keys::counter(election, counter))
+            .collect();
+        for party in &parties {
+            names.insert(keys::national(election, party));
+            for city in &cities {
+                names.insert(keys::city(election, city, party));
+            }
+        }
+        let mut requests = Vec::with_capacity(2 * names.len());
+        for key in &names {
+            for name in ["TYPE", "GET"] {
+                let mut command = redis::cmd(name);
+                command.arg(key);
+                requests.push(Request {
+                    command,
+                    name,
+                    slot: keys::slot(key.as_bytes()),
+                });
+            }
+        }
+        let mut replies = self.nodes.run(&requests).into_iter();
+        let mut unreadable = Vec::new();
+        for key in names {
+            let kind = next_reply(&mut replies)?;
+            // `GET` fails (WRONGTYPE) on a key of another type: `TYPE` says
+            // which.
+            let value = replies.next();
+            let kind = match &kind.value {
+                Value::SimpleString(kind) => kind.clone(),
+                Value::BulkString(kind) => String::from_utf8_lossy(kind).into_owned(),
+                _ => return Err(kind.unexpected("TYPE")),
+            };
+            match kind.as_str() {
+                "none" => {}
+                "string" => {
+                    let replied = value.unwrap_or_else(|| next_reply(&mut std::iter::empty()))?;
+                    match &replied.value {
+                        // Deleted between the two commands.
+                        Value::Nil => {}
+                        Value::BulkString(bytes) if redis_integer(bytes).is_none() => {
+                            unreadable.push(UnreadableCounter {
+                                key,
+                                holds: describe(bytes),
+                            });
+                        }
+                        Value::BulkString(_) | Value::Int(_) => {}
+                        _ => return Err(replied.unexpected("GET")),
+                    }
+                }
+                other => unreadable.push(UnreadableCounter {
+                    key,
+                    holds: format!("a {other}"),
+                }),
+            }
+        }
+        Ok(unreadable)
+    }
+
     fn read_snapshot(&self, election: &ElectionId) -> Result<Snapshot, RedisStoreError> {
         // Round one: what has been seen.
         let index_keys = [
@@ -583,7 +832,13 @@ impl RedisTally {
             let boxes = count(next_reply(&mut replies)?, "SCARD")?;
             snapshot.cities.insert(city, boxes);
         }
-        read_mget(&mut replies, mget_counters, &counters, &mut snapshot.totals)?;
+        read_mget(
+            &mut replies,
+            mget_counters,
+            &counters,
+            &mut snapshot.totals,
+            &mut snapshot.unreadable,
+        )?;
         Ok(snapshot)
     }
 
@@ -670,12 +925,17 @@ fn index_membership_requests(batch: &[Counting]) -> (Vec<Request>, Vec<Vec<Vec<u
 }
 
 /// Reads the replies of [`RedisTally::mget_requests`] into `totals` (absent
-/// keys are left out).
+/// keys are left out). A key holding something that is not an integer is
+/// left out too, and its name added to `unreadable`: one bad key must not
+/// hide every other counter. (`MGET` answers nil for a key of another type,
+/// so such a key reads as absent here; the apply script and
+/// [`RedisTally::unreadable_counters`] tell it apart.)
 fn read_mget(
     replies: &mut impl Iterator<Item = Reply>,
     chunks: Vec<Vec<usize>>,
     counters: &[(String, Counter)],
     totals: &mut Totals,
+    unreadable: &mut Vec<String>,
 ) -> Result<(), RedisStoreError> {
     for chunk in chunks {
         let replied = next_reply(replies)?;
@@ -684,13 +944,14 @@ fn read_mget(
             _ => return Err(replied.unexpected("MGET")),
         };
         for (value, index) in values.iter().zip(chunk) {
-            let n = optional_integer(value)
-                .ok_or_else(|| nodes::unexpected_reply(&replied.node, "MGET", value))?;
-            if let Some(n) = n {
-                totals.add(counters[index].1.clone(), n);
+            match optional_integer(value) {
+                Some(Some(n)) => totals.add(counters[index].1.clone(), n),
+                Some(None) => {}
+                None => unreadable.push(counters[index].0.clone()),
             }
         }
     }
+    unreadable.sort();
     Ok(())
 }
 
@@ -710,10 +971,45 @@ fn optional_integer(value: &Value) -> Option<Option<i64>> {
     match value {
         Value::Nil => Some(None),
         Value::Int(n) => Some(Some(*n)),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok().map(Some),
-        Value::SimpleString(text) => text.parse().ok().map(Some),
+        Value::BulkString(bytes) => redis_integer(bytes).map(Some),
+        Value::SimpleString(text) => redis_integer(text.as_bytes()).map(Some),
         _ => None,
     }
+}
+
+/// `bytes` as the integer `INCRBY` would read, if it is one: `0` or
+/// `-?[1-9][0-9]*` within 64 bits (no sign `+`, no leading zero, no spaces),
+/// the rule [`APPLY_SCRIPT`] checks too.
+fn redis_integer(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = bytes == b"0"
+        || (digits.first().is_some_and(|d| (b'1'..=b'9').contains(d))
+            && digits.iter().all(u8::is_ascii_digit));
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// What a counter key holds that is not an integer, as the apply script
+/// words it: `"oops"` (a value, abridged to 40 bytes) or `a list` (a key of
+/// another type).
+fn describe(value: &[u8]) -> String {
+    let mut shown: String = value
+        .iter()
+        .take(40)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if value.len() > 40 {
+        shown.push_str("...");
+    }
+    format!("\"{shown}\"")
 }
 
 fn count(replied: Replied, command: &str) -> Result<u64, RedisStoreError> {

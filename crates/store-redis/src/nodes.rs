@@ -26,10 +26,26 @@
 //! that failed is closed rather than returned: its stream may be out of step.
 //! Every connection has connect, read and write timeouts, so a dead or stalled
 //! node costs at most about one timeout, never a hang.
+//!
+//! # Nodes that may evict keys
+//!
+//! Every new connection asks its node `INFO memory` before it is used (so at
+//! the first use of a node, and again after every reconnect: a restart, a
+//! failover, a connection that failed) and keeps the node's
+//! `maxmemory-policy` ([`crate::policy`]). [`Nodes::run_writes`] writes
+//! nothing while any master's last check found an `allkeys-*` policy, and a
+//! pipeline of writes is never sent on a connection to such a node (a node
+//! reached anew in the middle of a batch, after a failover, is checked
+//! before anything is written to it). The verdict is cached per node, so the
+//! hot path adds no round trip: it is read again only on a new connection,
+//! when it is older than [`POLICY_RECHECK`] (a `CONFIG SET` at run time), or,
+//! while it refuses writes, when it is older than [`EVICTING_RECHECK`] (so a
+//! fixed policy is seen within about a second).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::{
     Cmd, Connection, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
@@ -38,6 +54,7 @@ use redis::{
 
 use crate::error::RedisStoreError;
 use crate::keys::SLOTS;
+use crate::policy;
 use crate::target::{RedisOptions, RedisTarget, redact};
 
 /// How many times one command is sent at most (the first time included),
@@ -46,7 +63,15 @@ pub(crate) const MAX_ATTEMPTS: usize = 4;
 
 /// The pause before sending a `TRYAGAIN` command again, times the round
 /// (so at most 10 + 20 + 30 ms within one call).
-const TRY_AGAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+const TRY_AGAIN_PAUSE: Duration = Duration::from_millis(10);
+
+/// How long a node's `maxmemory-policy` verdict is trusted without a new
+/// connection: a policy changed at run time (`CONFIG SET`) is seen within it.
+pub(crate) const POLICY_RECHECK: Duration = Duration::from_secs(60);
+
+/// How soon an evicting verdict, which refuses every write, is checked again:
+/// a fixed policy is seen within it.
+pub(crate) const EVICTING_RECHECK: Duration = Duration::from_secs(1);
 
 /// One command to run, with where it must run.
 pub(crate) struct Request {
@@ -124,6 +149,35 @@ pub(crate) struct Nodes {
     /// Requests written to any node (a pipeline counts once), for
     /// [`Nodes::round_trips`].
     round_trips: AtomicU64,
+    /// The last `maxmemory-policy` check of each node, by label.
+    policies: Mutex<HashMap<String, PolicyCheck>>,
+}
+
+/// What the last check of one node's `maxmemory-policy` found.
+#[derive(Clone, Debug)]
+struct PolicyCheck {
+    /// The policy `INFO memory` named; `None` when the node could not be
+    /// asked, refused `INFO`, or named none (then writes are not refused).
+    policy: Option<String>,
+    /// When it was checked (or last tried).
+    at: Instant,
+}
+
+impl PolicyCheck {
+    /// The policy, if it may evict our keys.
+    fn evicting(&self) -> Option<&str> {
+        self.policy.as_deref().filter(|p| policy::is_evicting(p))
+    }
+
+    /// Whether it must be checked again before it is trusted.
+    fn is_stale(&self) -> bool {
+        let trusted_for = if self.evicting().is_some() {
+            EVICTING_RECHECK
+        } else {
+            POLICY_RECHECK
+        };
+        self.at.elapsed() >= trusted_for
+    }
 }
 
 /// A command's answer, or why there is none.
@@ -211,6 +265,7 @@ impl Nodes {
             stale: AtomicBool::new(false),
             idle: Mutex::new(HashMap::new()),
             round_trips: AtomicU64::new(0),
+            policies: Mutex::new(HashMap::new()),
         })
     }
 
@@ -225,8 +280,195 @@ impl Nodes {
         matches!(self.mode, Mode::Cluster { .. })
     }
 
-    /// Runs `requests`, one pipeline per node, and answers each in order.
+    /// Runs `requests` (reads), one pipeline per node, and answers each in
+    /// order.
     pub(crate) fn run(&self, requests: &[Request]) -> Vec<Reply> {
+        self.run_with(requests, false)
+    }
+
+    /// Runs `requests` that write, like [`Nodes::run`], unless a master may
+    /// evict keys: then nothing is sent and every request is answered
+    /// [`RedisStoreError::EvictingPolicy`] (see the module docs).
+    pub(crate) fn run_writes(&self, requests: &[Request]) -> Vec<Reply> {
+        if let Some(error) = self.evicting_master() {
+            return requests.iter().map(|_| Err(error.clone())).collect();
+        }
+        self.run_with(requests, true)
+    }
+
+    /// The error refusing writes when some master's policy may evict keys,
+    /// checking first the masters whose verdict is missing or stale. A master
+    /// that cannot be reached now keeps its last verdict (the commands sent
+    /// to it fail on their own), so a dead node does not stop the others.
+    pub(crate) fn evicting_master(&self) -> Option<RedisStoreError> {
+        // Without a slot map, the commands fail on their own.
+        let topology = self.topology().ok()?;
+        for node in &topology.nodes {
+            let stale = self
+                .policies()
+                .get(&node.label)
+                .is_none_or(PolicyCheck::is_stale);
+            if stale && self.check_policy(node).is_err() {
+                self.touch_policy(node);
+            }
+        }
+        let policies = self.policies();
+        topology.nodes.iter().find_map(|node| {
+            let policy = policies.get(&node.label)?.evicting()?;
+            Some(RedisStoreError::EvictingPolicy {
+                node: node.label.clone(),
+                policy: policy.to_owned(),
+            })
+        })
+    }
+
+    /// The masters known now whose last check found an evicting policy, with
+    /// it: from the cache, without a round trip (for metrics and readiness).
+    pub(crate) fn evicting_nodes(&self) -> Vec<(String, String)> {
+        let masters = match &self.mode {
+            Mode::Standalone(topology) => Arc::clone(topology),
+            Mode::Cluster { .. } => {
+                let current = self
+                    .topology
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                match current {
+                    Some(topology) => topology,
+                    None => return Vec::new(),
+                }
+            }
+        };
+        let policies = self.policies();
+        masters
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                let policy = policies.get(&node.label)?.evicting()?;
+                Some((node.label.clone(), policy.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Reads `node`'s policy now, on a pooled connection or a new one (which
+    /// reads it as it connects).
+    fn check_policy(&self, node: &Node) -> Result<(), RedisStoreError> {
+        loop {
+            let (mut connection, reused) = self.checkout(node)?;
+            if !reused {
+                self.give_back(node, connection);
+                return Ok(());
+            }
+            match self.read_policy(node, &mut connection) {
+                Ok(()) => {
+                    self.give_back(node, connection);
+                    return Ok(());
+                }
+                // An idle connection the server had closed: try a new one.
+                Err(RedisStoreError::Connect { source, .. }) if source.is_connection_dropped() => {
+                    continue;
+                }
+                Err(error) => {
+                    self.node_failed();
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Asks `node` for `INFO memory` on `connection` and keeps its policy.
+    /// Fails only when the connection is broken; a refused `INFO` (an ACL)
+    /// leaves the policy unknown and writes allowed, with a warning.
+    fn read_policy(&self, node: &Node, connection: &mut Connection) -> Result<(), RedisStoreError> {
+        let policy = match redis::cmd("INFO").arg("memory").query::<String>(connection) {
+            Ok(info) => policy::maxmemory_policy(&info).map(str::to_owned),
+            Err(source)
+                if source.is_io_error()
+                    || source.is_timeout()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal() =>
+            {
+                return Err(RedisStoreError::Connect {
+                    node: node.label.clone(),
+                    source,
+                });
+            }
+            Err(error) => {
+                let first = self
+                    .policies()
+                    .get(&node.label)
+                    .is_none_or(|check| check.policy.is_some());
+                if first {
+                    tracing::warn!(
+                        redis.node = %node.label,
+                        %error,
+                        "cannot read the maxmemory-policy of a redis node (INFO memory was refused); \
+                         whether it may evict keys is not checked"
+                    );
+                }
+                None
+            }
+        };
+        self.record_policy(node, policy);
+        Ok(())
+    }
+
+    /// Keeps a node's policy, logging when it changes to or from one that
+    /// may evict keys.
+    fn record_policy(&self, node: &Node, policy: Option<String>) {
+        let previous = self.policies().insert(
+            node.label.clone(),
+            PolicyCheck {
+                policy: policy.clone(),
+                at: Instant::now(),
+            },
+        );
+        let was_evicting = previous.as_ref().and_then(PolicyCheck::evicting).is_some();
+        match policy.as_deref() {
+            Some(found) if policy::is_evicting(found) && !was_evicting => tracing::warn!(
+                redis.node = %node.label,
+                redis.maxmemory_policy = found,
+                "redis node {} has {}",
+                node.label,
+                policy::advice(found)
+            ),
+            Some(found) if !policy::is_evicting(found) && was_evicting => tracing::info!(
+                redis.node = %node.label,
+                redis.maxmemory_policy = found,
+                "redis node {} no longer evicts keys (maxmemory-policy {found}); writing to it again",
+                node.label
+            ),
+            _ => {}
+        }
+    }
+
+    /// Notes a check that could not be made now, so it is not tried again
+    /// before the verdict would be stale again (a dead node would otherwise
+    /// cost a connect timeout per batch).
+    fn touch_policy(&self, node: &Node) {
+        self.policies()
+            .entry(node.label.clone())
+            .and_modify(|check| check.at = Instant::now())
+            .or_insert_with(|| PolicyCheck {
+                policy: None,
+                at: Instant::now(),
+            });
+    }
+
+    /// The evicting policy of `node` found by its last check, if any.
+    fn evicting_policy_of(&self, node: &Node) -> Option<String> {
+        self.policies()
+            .get(&node.label)
+            .and_then(PolicyCheck::evicting)
+            .map(str::to_owned)
+    }
+
+    fn policies(&self) -> MutexGuard<'_, HashMap<String, PolicyCheck>> {
+        // Plain values: consistent even if a holder panicked.
+        self.policies.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run_with(&self, requests: &[Request], writes: bool) -> Vec<Reply> {
         let mut replies: Vec<Option<Reply>> = vec![None; requests.len()];
         let mut pending: Vec<Attempt> = (0..requests.len())
             .map(|index| Attempt { index, ask: None })
@@ -245,7 +487,14 @@ impl Nodes {
                 }
             };
             let mut try_again = false;
-            pending = self.run_round(requests, &topology, pending, &mut replies, &mut try_again);
+            pending = self.run_round(
+                requests,
+                &topology,
+                pending,
+                &mut replies,
+                writes,
+                &mut try_again,
+            );
             if try_again && round < MAX_ATTEMPTS {
                 std::thread::sleep(TRY_AGAIN_PAUSE * round as u32);
             }
@@ -285,6 +534,7 @@ impl Nodes {
         topology: &Topology,
         attempts: Vec<Attempt>,
         replies: &mut [Option<Reply>],
+        writes: bool,
         try_again: &mut bool,
     ) -> Vec<Attempt> {
         // Group by node, keeping the callers' order within each node.
@@ -322,11 +572,13 @@ impl Nodes {
                     .command
                     .write_packed_command(&mut packed);
             }
-            let sent = self.send(&node, &packed, requests[attempts[0].index].name);
+            let sent = self.send(&node, &packed, requests[attempts[0].index].name, writes);
             match sent {
                 Ok((connection, reused)) => in_flight.push((node, connection, reused, attempts)),
                 Err(error) => {
-                    self.node_failed();
+                    if !matches!(error, RedisStoreError::EvictingPolicy { .. }) {
+                        self.node_failed();
+                    }
                     for attempt in attempts {
                         replies[attempt.index] = Some(Err(error.clone()));
                     }
@@ -488,15 +740,25 @@ impl Nodes {
 
     /// Writes a pipeline to `node`, on a pooled connection if one is idle.
     /// An idle connection the server had closed (a restart, an idle timeout)
-    /// is replaced by a fresh one at once: nothing was sent on it.
+    /// is replaced by a fresh one at once: nothing was sent on it. A pipeline
+    /// that `writes` is not sent to a node whose policy may evict keys (a new
+    /// connection has just checked it).
     fn send(
         &self,
         node: &Node,
         packed: &[u8],
         command: &str,
+        writes: bool,
     ) -> Result<(Connection, bool), RedisStoreError> {
         loop {
             let (mut connection, reused) = self.checkout(node)?;
+            if writes && let Some(policy) = self.evicting_policy_of(node) {
+                self.give_back(node, connection);
+                return Err(RedisStoreError::EvictingPolicy {
+                    node: node.label.clone(),
+                    policy,
+                });
+            }
             match connection.send_packed_command(packed) {
                 Ok(()) => {
                     self.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -732,7 +994,9 @@ impl Nodes {
         }
     }
 
-    /// An idle connection to `node`, or a new one; `true` when reused.
+    /// An idle connection to `node`, or a new one; `true` when reused. A new
+    /// connection reads the node's `maxmemory-policy` first (see the module
+    /// docs; not counted in [`Nodes::round_trips`], like the handshake).
     fn checkout(&self, node: &Node) -> Result<(Connection, bool), RedisStoreError> {
         if let Some(connection) = self.idle().get_mut(&node.label).and_then(Vec::pop) {
             return Ok((connection, true));
@@ -742,13 +1006,14 @@ impl Nodes {
             source,
         };
         let client = redis::Client::open(node.info.clone()).map_err(connect_error)?;
-        let connection = client
+        let mut connection = client
             .get_connection_with_timeout(self.options.connect_timeout)
             .map_err(connect_error)?;
         connection
             .set_read_timeout(Some(self.options.response_timeout))
             .and_then(|()| connection.set_write_timeout(Some(self.options.response_timeout)))
             .map_err(connect_error)?;
+        self.read_policy(node, &mut connection)?;
         Ok((connection, false))
     }
 

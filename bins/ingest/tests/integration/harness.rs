@@ -154,6 +154,7 @@ impl Ingest {
         let services = Services {
             log,
             tally: tally.clone(),
+            redis: Some(tally.clone()),
             tokens,
             definitions: Arc::new(election_ingest::commands::PgDefinitions(pool.clone())),
             ready,

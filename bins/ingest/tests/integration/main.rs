@@ -11,5 +11,6 @@ mod harness;
 mod hostile;
 mod limits;
 mod process;
+mod redis_safety;
 mod secrets;
 mod slow;

@@ -131,6 +131,7 @@ pub async fn start_query(
     let (listener, base) = listener().await;
     let ready: ReadyCheck = election_query::commands::ready_check(pool.clone(), tally.clone());
     let services = election_query::Services {
+        redis: Some(tally.clone()),
         tally,
         pg: pool,
         ready,
@@ -166,6 +167,7 @@ pub async fn start_ingest_with(
     let ready: ReadyCheck = election_ingest::commands::ready_check(pool.clone(), tally.clone());
     let services = election_ingest::Services {
         log: Arc::new(PgLog::new(pool.clone())),
+        redis: Some(tally.clone()),
         tally,
         tokens,
         definitions: Arc::new(election_ingest::commands::PgDefinitions(pool)),

@@ -753,3 +753,102 @@ async fn the_openapi_document_is_true_of_both_services() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_that_is_not_an_integer_is_named_and_every_other_total_served() {
+    let stack = Stack::start().await;
+    stack.post_seed().await;
+    stack.wait_for_total(840, Duration::from_secs(10)).await;
+    let e = stack.election.to_string();
+    // Someone overwrites London's counter of reform by hand.
+    let key = format!("election:{e}:city:london:party:reform");
+    let mut redis = test_support::redis::connection(&test_support::redis::redis_url());
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("oops")
+        .exec(&mut redis)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = stack.get("/totals").await;
+        assert_eq!(status, 200, "{body}");
+        if body.get("unreadable_counters").is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never named: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every live answer is 200, names the key, keeps every other counter,
+    // and matches the document.
+    let mut checker = Checker {
+        doc: Doc::load(),
+        seen: BTreeSet::new(),
+        client: stack.client.clone(),
+    };
+    let named = serde_json::json!([key]);
+    let query = stack.query.base.clone();
+    for (template, path) in [
+        ("/v1/elections/{election}/totals", "/totals"),
+        ("/v1/elections/{election}/cities", "/cities"),
+        (
+            "/v1/elections/{election}/cities/{city}/totals",
+            "/cities/london/totals",
+        ),
+        ("/v1/elections/{election}/stream", "/stream"),
+    ] {
+        let (status, body) = checker
+            .check(
+                "GET",
+                template,
+                stack.client.get(format!("{query}/v1/elections/{e}{path}")),
+            )
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["unreadable_counters"], named, "{path}: {body}");
+        let national = match path {
+            "/totals" => Some(&body),
+            "/stream" => Some(&body["national"]),
+            _ => None,
+        };
+        let london = match path {
+            "/cities" | "/stream" => Some(&body["cities"][1]),
+            "/cities/london/totals" => Some(&body),
+            _ => None,
+        };
+        if let Some(national) = national {
+            // The national counter of reform is another key: still read.
+            assert_eq!(national["parties"]["reform"], 35, "{path}: {body}");
+            assert_eq!(national["total_votes"], 840, "{path}: {body}");
+        }
+        if let Some(london) = london {
+            assert_eq!(london["city"], "london", "{path}: {body}");
+            assert_eq!(
+                london["parties"],
+                serde_json::json!({"tories": 120, "labour": 200, "libdems": 45}),
+                "{path}: {body}"
+            );
+        }
+    }
+
+    // Deleted: the field goes away (the counter now reads as absent until
+    // `reconcile --repair` restores it).
+    redis::cmd("DEL").arg(&key).exec(&mut redis).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = stack.get("/totals").await;
+        if body.get("unreadable_counters").is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still named: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.stop().await;
+}

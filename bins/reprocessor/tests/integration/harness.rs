@@ -264,6 +264,7 @@ impl Ingest {
         let services = election_ingest::Services {
             log: db.log.clone(),
             tally: tally.clone(),
+            redis: Some(tally.clone()),
             tokens: Arc::new(election_ingest::commands::PgTokens(db.pool.clone())),
             definitions: Arc::new(election_ingest::definitions::NoDefinitions),
             ready: election_ingest::commands::ready_check(db.pool.clone(), tally),

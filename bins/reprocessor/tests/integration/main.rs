@@ -6,4 +6,5 @@
 mod counting;
 mod harness;
 mod reconcile;
+mod redis_safety;
 mod service;

@@ -67,6 +67,7 @@ async fn run_backs_off_while_redis_is_down_then_resumes_by_itself() {
     let services = Services {
         log: db.log.clone(),
         tally: tally.clone(),
+        redis: Some(tally.clone()),
         ready: election_reprocessor::commands::ready_check(db.pool.clone(), tally),
         locks: election_reprocessor::commands::repair_locks(db.pool.clone()),
     };

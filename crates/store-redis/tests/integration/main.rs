@@ -8,6 +8,7 @@
 
 mod cluster;
 mod failures;
+mod safety;
 mod standalone;
 
 use std::collections::BTreeMap;
