@@ -105,19 +105,54 @@ WHERE v.election_id = $1 AND p.id IS NULL
 GROUP BY v.city, v.party"
 );
 
-/// Up to `$3` counted revisions of election `$1` with an id above `$2`, in
-/// id order, with their differences.
-const COUNTED_REVISIONS: &str = concat!(
-    "WITH ",
-    "pending_ids AS MATERIALIZED (SELECT DISTINCT unnest(report_ids) AS id FROM pending_batches)",
-    "
-SELECT r.id, r.election_id, r.ballot_box_id, r.city, r.revision, r.parties, r.differences
-FROM reports r
-LEFT JOIN pending_ids p ON p.id = r.id
-WHERE r.election_id = $1 AND r.id > $2 AND p.id IS NULL
-ORDER BY r.id
-LIMIT $3"
-);
+/// A page of revisions with an id above `$2`, `$3` of them in id order (a
+/// range of the primary key, whatever their election), then those of other
+/// elections than `$1` and the pending ones left out: `last_id` is the page's
+/// last id before that, where the next page starts. Filtering after the
+/// `LIMIT` keeps every page a short range of the primary key: with the
+/// election in the range's condition, the planner (without statistics) read
+/// the whole election through another index and sorted it, for every page
+/// (measured: 14 s to page through 119,000 revisions; 240 pages of ~50 ms).
+const COUNTED_REVISIONS: &str = "\
+WITH page AS (
+    SELECT id, election_id, ballot_box_id, city, revision, parties, differences
+    FROM reports
+    WHERE id > $2
+    ORDER BY id
+    LIMIT $3
+), pending_ids AS MATERIALIZED (
+    SELECT DISTINCT unnest(report_ids) AS id FROM pending_batches
+)
+SELECT p.id, p.election_id, p.ballot_box_id, p.city, p.revision, p.parties, p.differences,
+       (SELECT max(id) FROM page) AS last_id
+FROM page p
+WHERE p.election_id = $1 AND NOT EXISTS (SELECT 1 FROM pending_ids i WHERE i.id = p.id)
+UNION ALL
+-- A page with nothing counted still says where it ended.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT max(id) FROM page)
+ORDER BY 1 NULLS LAST";
+
+/// A row of [`COUNTED_REVISIONS`]: a counted revision, or (all NULL but
+/// `last_id`) the page's end.
+#[derive(QueryableByName)]
+struct PageRow {
+    #[diesel(sql_type = Nullable<Int8>)]
+    id: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    election_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    ballot_box_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    city: Option<String>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    revision: Option<i32>,
+    #[diesel(sql_type = Nullable<Array<Text>>)]
+    parties: Option<Vec<String>>,
+    #[diesel(sql_type = Nullable<Array<Int8>>)]
+    differences: Option<Vec<i64>>,
+    #[diesel(sql_type = Nullable<Int8>)]
+    last_id: Option<i64>,
+}
 
 /// One row of the audit: what the log says about one party in one city.
 #[derive(QueryableByName)]
@@ -436,13 +471,38 @@ impl PgLog {
             return Ok(Vec::new());
         }
         let mut conn = self.connection(|| doing.clone())?;
-        let rows: Vec<RevisionRow> = diesel::sql_query(COUNTED_REVISIONS)
-            .bind::<Text, _>(election.as_str())
-            .bind::<BigInt, _>(after.map_or(0, |id| id.0))
-            .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
-            .load(&mut conn)
-            .map_err(query_error(&doing))?;
-        countings(rows, &doing)
+        // A page whose revisions are all pending is skipped, not returned
+        // empty: an empty page means the end.
+        let mut after = after.map_or(0, |id| id.0);
+        loop {
+            let rows: Vec<PageRow> = diesel::sql_query(COUNTED_REVISIONS)
+                .bind::<Text, _>(election.as_str())
+                .bind::<BigInt, _>(after)
+                .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+                .load(&mut conn)
+                .map_err(query_error(&doing))?;
+            let Some(last) = rows.iter().find_map(|row| row.last_id) else {
+                return Ok(Vec::new());
+            };
+            let revisions: Vec<RevisionRow> = rows
+                .into_iter()
+                .filter_map(|row| {
+                    Some(RevisionRow {
+                        id: row.id?,
+                        election_id: row.election_id?,
+                        ballot_box_id: row.ballot_box_id?,
+                        city: row.city?,
+                        revision: row.revision?,
+                        parties: row.parties?,
+                        differences: row.differences?,
+                    })
+                })
+                .collect();
+            if !revisions.is_empty() {
+                return countings(revisions, &doing);
+            }
+            after = last;
+        }
     }
 
     fn audit_inner(&self, election: &ElectionId) -> Result<LogAudit, PgError> {

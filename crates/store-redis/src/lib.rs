@@ -157,10 +157,13 @@ use nodes::{Nodes, Replied, Reply, Request};
 ///
 /// `KEYS[1]` is the marker, `KEYS[2..]` the counters, `ARGV[i]` the amount for
 /// `KEYS[i + 1]`. Returns 0 when the marker is already set, changing and
-/// checking nothing else. Otherwise it first reads every counter (one `GET`
-/// each, through `pcall`, so a key of another type is caught too): each must
+/// checking nothing else. Otherwise it first reads every counter: each must
 /// be absent or hold an integer `INCRBY` accepts (`0` or `-?[1-9][0-9]*`
-/// within 64 bits), and adding its amount must stay within 64 bits. If one
+/// within 64 bits), and adding its amount must stay within 64 bits. The
+/// common case costs one `MGET` and one multi-key `EXISTS` (a key of another
+/// type reads as nil in the first and counts in the second); a value that is
+/// long, odd or of another type sends it to a careful check, one `GET` per
+/// counter through `pcall`. If one
 /// does not, it answers an error naming the key and what it holds (a value
 /// abridged to 40 bytes), e.g.
 /// `ERR counter election:e:city:c:party:a holds "oops", not an integer`,
@@ -174,45 +177,67 @@ pub const APPLY_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-local function integer(value)
-  if value == '0' then
-    return true
-  end
-  local sign, digits = string.match(value, '^(%-?)([1-9]%d*)$')
-  if not digits or #digits > 19 then
-    return false
-  end
-  if #digits < 19 then
-    return true
-  end
-  if sign == '-' then
-    return digits <= '9223372036854775808'
-  end
-  return digits <= '9223372036854775807'
-end
-local function shown(value)
-  local text = string.gsub(string.sub(value, 1, 40), '[^%w%p ]', '?')
-  if #value > 40 then
-    text = text .. '...'
-  end
-  return '"' .. text .. '"'
-end
-for i = 2, #KEYS do
-  local value = redis.pcall('GET', KEYS[i])
-  local problem = nil
-  if type(value) == 'table' then
-    problem = 'holds a ' .. redis.call('TYPE', KEYS[i])['ok'] .. ', not an integer'
-  elseif value then
-    local amount = ARGV[i - 1]
-    if not integer(value) then
-      problem = 'holds ' .. shown(value) .. ', not an integer'
-    elseif (#value > 15 or #amount > 15)
-        and math.abs(tonumber(value) + tonumber(amount)) >= 9.2e18 then
-      problem = 'holds ' .. value .. ': adding ' .. amount .. ' would overflow 64 bits'
+-- Fast path: one MGET and one EXISTS for every counter. Plain integers of at
+-- most 15 characters (well within 64 bits whatever is added) pass; a key of
+-- another type reads as nil in MGET but counts in EXISTS; anything else goes
+-- to the careful check below, which names the key.
+local values = redis.call('MGET', unpack(KEYS, 2))
+local present = 0
+local careful = false
+for i = 1, #KEYS - 1 do
+  local value = values[i]
+  if value then
+    present = present + 1
+    if #value > 15 or #ARGV[i] > 15
+        or not (value == '0' or string.find(value, '^%-?[1-9]%d*$')) then
+      careful = true
     end
   end
-  if problem then
-    return redis.error_reply('ERR counter ' .. KEYS[i] .. ' ' .. problem)
+end
+if not careful and redis.call('EXISTS', unpack(KEYS, 2)) ~= present then
+  careful = true
+end
+if careful then
+  local function integer(value)
+    if value == '0' then
+      return true
+    end
+    local sign, digits = string.match(value, '^(%-?)([1-9]%d*)$')
+    if not digits or #digits > 19 then
+      return false
+    end
+    if #digits < 19 then
+      return true
+    end
+    if sign == '-' then
+      return digits <= '9223372036854775808'
+    end
+    return digits <= '9223372036854775807'
+  end
+  local function shown(value)
+    local text = string.gsub(string.sub(value, 1, 40), '[^%w%p ]', '?')
+    if #value > 40 then
+      text = text .. '...'
+    end
+    return '"' .. text .. '"'
+  end
+  for i = 2, #KEYS do
+    local value = redis.pcall('GET', KEYS[i])
+    local problem = nil
+    if type(value) == 'table' then
+      problem = 'holds a ' .. redis.call('TYPE', KEYS[i])['ok'] .. ', not an integer'
+    elseif value then
+      local amount = ARGV[i - 1]
+      if not integer(value) then
+        problem = 'holds ' .. shown(value) .. ', not an integer'
+      elseif (#value > 15 or #amount > 15)
+          and math.abs(tonumber(value) + tonumber(amount)) >= 9.2e18 then
+        problem = 'holds ' .. value .. ': adding ' .. amount .. ' would overflow 64 bits'
+      end
+    end
+    if problem then
+      return redis.error_reply('ERR counter ' .. KEYS[i] .. ' ' .. problem)
+    end
   end
 end
 redis.call('SET', KEYS[1], '1', 'NX')
