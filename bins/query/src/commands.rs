@@ -31,15 +31,7 @@ pub fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
     Arc::new(move || {
         store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
-        tally.ping().map_err(|e| format!("redis: {e}"))?;
-        // Asks the nodes whose verdict is stale; the others answer from the
-        // cache.
-        let _ = tally.check_policy();
-        Ok(tally
-            .evicting_policy()
-            .map(|why| format!("redis: {why}"))
-            .into_iter()
-            .collect())
+        tally.readiness()
     })
 }
 

@@ -61,11 +61,9 @@ pub async fn run(
     let metrics = Arc::new(Registry::new());
     if let Some(redis) = services.redis {
         metrics.gauge_fn(
-            "redis_evicting_policy",
-            "1 while a Redis node's maxmemory-policy may evict keys (allkeys-*): nothing is \
-             counted until it is noeviction or volatile-*; 0 otherwise (from the last check of \
-             each node, made on every new connection).",
-            move || f64::from(u8::from(redis.evicting_policy().is_some())),
+            store_redis::EVICTING_GAUGE,
+            store_redis::EVICTING_GAUGE_HELP,
+            move || redis.evicting_gauge(),
         );
     }
     let (stop, stopping) = watch::channel(false);

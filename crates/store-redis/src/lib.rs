@@ -274,6 +274,14 @@ return 0
 /// small enough to keep each reply modest.
 const MGET_CHUNK: usize = 1000;
 
+/// The name of the gauge every service exports from
+/// [`RedisTally::evicting_gauge`], and its help text.
+pub const EVICTING_GAUGE: &str = "redis_evicting_policy";
+/// See [`EVICTING_GAUGE`].
+pub const EVICTING_GAUGE_HELP: &str = "1 while a Redis node's maxmemory-policy may evict keys \
+     (allkeys-*): nothing is counted until it is noeviction or volatile-*; 0 otherwise (from the \
+     last check of each node, made on every new connection).";
+
 /// Markers per `EXISTS` when checking that counted revisions are still there.
 const EXISTS_CHUNK: usize = 1000;
 
@@ -347,6 +355,27 @@ impl RedisTally {
     pub fn evicting_policy(&self) -> Option<String> {
         let (node, policy) = self.nodes.evicting_nodes().into_iter().next()?;
         Some(RedisStoreError::EvictingPolicy { node, policy }.to_string())
+    }
+
+    /// What a service's `/readyz` says of Redis: `Err` when it does not
+    /// answer; otherwise notes, one when a master's `maxmemory-policy` may
+    /// evict keys (the service stays ready: reports are still recorded and
+    /// answered, but nothing is counted until the policy is fixed). Asks the
+    /// nodes whose policy verdict is stale; the others answer from the cache.
+    pub fn readiness(&self) -> Result<Vec<String>, String> {
+        self.ping().map_err(|e| format!("redis: {e}"))?;
+        let _ = self.check_policy();
+        Ok(self
+            .evicting_policy()
+            .map(|why| format!("redis: {why}"))
+            .into_iter()
+            .collect())
+    }
+
+    /// The value of [`EVICTING_GAUGE`]: 1 while a master's policy may evict
+    /// keys, from the last checks (no round trip).
+    pub fn evicting_gauge(&self) -> f64 {
+        f64::from(u8::from(self.evicting_policy().is_some()))
     }
 
     /// The counter keys of `election` that hold something that is not an
@@ -446,31 +475,14 @@ impl RedisTally {
 
         // Index sets, merged across the batch, each serving the revisions
         // that named something in it.
-        type Members = BTreeMap<String, (BTreeSet<String>, Vec<usize>)>;
-        let mut sets: Members = BTreeMap::new();
-        let mut add = |key: String, member: &str, revision: usize| {
-            let (members, served) = sets.entry(key).or_default();
-            members.insert(member.to_owned());
-            if served.last() != Some(&revision) {
-                served.push(revision);
-            }
-        };
-        for (index, counting) in batch.iter().enumerate() {
-            let election = &counting.election;
-            for (party, _) in counting.difference.iter() {
-                add(keys::parties(election), party.as_str(), index);
-            }
-            add(keys::cities(election), counting.city.as_str(), index);
-            add(keys::boxes(election), counting.ballot_box.as_str(), index);
-            add(
-                keys::city_boxes(election, &counting.city),
-                counting.ballot_box.as_str(),
-                index,
-            );
-        }
-        for (key, (members, served)) in sets {
+        for (key, members) in index_members(batch) {
+            let mut served: Vec<usize> = members.values().flatten().copied().collect();
+            served.sort_unstable();
+            served.dedup();
             let mut command = redis::cmd("SADD");
-            command.arg(&key).arg(members);
+            command
+                .arg(&key)
+                .arg(members.into_keys().collect::<Vec<_>>());
             requests.push(Request {
                 command,
                 name: "SADD",
@@ -900,12 +912,11 @@ impl RedisTally {
     }
 }
 
-/// `SMISMEMBER` requests asking whether the index sets hold what `batch`
-/// names (its parties, cities and ballot boxes), with, per member asked, the
-/// revisions that named it.
-fn index_membership_requests(batch: &[Counting]) -> (Vec<Request>, Vec<Vec<Vec<usize>>>) {
-    type Members = BTreeMap<String, BTreeMap<String, Vec<usize>>>;
-    let mut sets: Members = BTreeMap::new();
+/// The index sets `batch` adds to (its parties, cities and ballot boxes,
+/// per election and per city): per set key, each member with the revisions
+/// (indexes in `batch`) that name it.
+fn index_members(batch: &[Counting]) -> BTreeMap<String, BTreeMap<String, Vec<usize>>> {
+    let mut sets: BTreeMap<String, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
     let mut add = |key: String, member: &str, revision: usize| {
         let served = sets
             .entry(key)
@@ -929,6 +940,14 @@ fn index_membership_requests(batch: &[Counting]) -> (Vec<Request>, Vec<Vec<Vec<u
             index,
         );
     }
+    sets
+}
+
+/// `SMISMEMBER` requests asking whether the index sets hold what `batch`
+/// names (its parties, cities and ballot boxes), with, per member asked, the
+/// revisions that named it.
+fn index_membership_requests(batch: &[Counting]) -> (Vec<Request>, Vec<Vec<Vec<usize>>>) {
+    let sets = index_members(batch);
     let mut requests = Vec::new();
     let mut owners = Vec::new();
     for (key, members) in sets {
