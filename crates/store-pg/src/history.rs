@@ -200,7 +200,7 @@ pub fn cities_by_votes(
 /// boxes. There is deliberately no B-tree that could hand them out in order:
 /// on a table without statistics the planner took one for the write path's
 /// key lookups (see the write-path migration), so this listing reads the
-/// election's boxes (~0.3 s at a million; the query service caches it).
+/// election's boxes: measured 0.22 s at 119,000 boxes, so ~2 s at a million.
 const FIRST_REPORTS: &str = "\
 SELECT ballot_box_id, city, first_reported_at
 FROM ballot_boxes
