@@ -12,7 +12,7 @@
 //! box). So a correction counts as its difference, possibly negative, and the
 //! cumulative sums end exactly at the boxes' latest revisions. PostgreSQL is
 //! the record of everything *recorded*: a revision that Redis has not counted
-//! yet (`reports.completed = false`) already shows here.
+//! yet (named by a `pending_batches` row) already shows here.
 //!
 //! The indexes these statements rely on, and why each is fast on millions of
 //! rows, are noted on each statement.
