@@ -1,6 +1,6 @@
 -- The election-night write path (docs/ARCHITECTURE.md, "The write path").
 --
--- Measured per report before this migration: 7 heap tuples and ~18 index
+-- Written per report before this migration: 7 heap tuples and ~18 index
 -- entries (a reports row, its non-HOT rewrite by the "counted" mark, 4
 -- vote_log rows, a ballot box row inserted then updated). After it: one
 -- reports row (2 B-tree indexes and a BRIN), one ballot box row written once, and one

@@ -119,8 +119,8 @@ impl Engine {
     ///
     /// `Err` means the log was unavailable and nothing was recorded (HTTP
     /// 503). A batch the log refused otherwise is recorded again report by
-    /// report, so one bad report answers [`Outcome::Failed`] alone and its
-    /// batch-mates are recorded. Tally failures do not fail the call: those
+    /// report, so one bad report answers [`Outcome::Failed`] alone (as a
+    /// lone report the log refuses does) and its batch-mates are recorded. Tally failures do not fail the call: those
     /// reports answer [`Outcome::Pending`].
     pub fn submit(&self, reports: &[Report]) -> Result<Vec<Outcome>, StoreError> {
         self.submit_explained(reports).map(|(outcomes, _)| outcomes)
@@ -141,6 +141,10 @@ impl Engine {
             Err(error) if reports.len() > 1 && !error.is_unavailable() => {
                 self.record_one_by_one(reports)
             }
+            Err(error) if !error.is_unavailable() => vec![Err(Outcome::Failed {
+                unavailable: false,
+                error: explain(&error),
+            })],
             Err(error) => return Err(error),
         };
         let fresh: Vec<Counting> = recorded

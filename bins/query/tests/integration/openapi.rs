@@ -740,6 +740,40 @@ async fn the_openapi_document_is_true_of_both_services() {
         assert_eq!(status, 200, "ingest {path}");
     }
 
+    // 500: a report of a box whose stored state was corrupted by hand is
+    // refused alone (its batch-mates would be recorded). Last, as it adds a box to the
+    // election.
+    let (status, _) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(
+                &ingest,
+                &e,
+                &token,
+                r#"{"ballot_box_id": "BB-BROKEN", "city": "york", "votes": {"labour": 1}}"#,
+            ),
+        )
+        .await;
+    assert_eq!(status, 201);
+    stack.execute(&format!(
+        "UPDATE ballot_boxes SET latest_report_id = 999999999 \
+         WHERE election_id = '{e}' AND ballot_box_id = 'BB-BROKEN'"
+    ));
+    let (status, body) = checker
+        .check(
+            "POST",
+            REPORTS,
+            post(
+                &ingest,
+                &e,
+                &token,
+                r#"{"ballot_box_id": "BB-BROKEN", "city": "york", "revision": 2, "reason": "recount", "votes": {"labour": 2}}"#,
+            ),
+        )
+        .await;
+    assert_eq!(status, 500, "{body}");
+
     // Every documented answer of every operation was produced for real.
     let missing: Vec<_> = checker
         .doc
