@@ -741,8 +741,8 @@ async fn the_openapi_document_is_true_of_both_services() {
     }
 
     // 500: a report of a box whose stored state was corrupted by hand is
-    // refused alone (its batch-mates would be recorded). Last, as it adds a box to the
-    // election.
+    // refused alone (its batch-mates would be recorded). Last, as it adds a
+    // box to the election.
     let (status, _) = checker
         .check(
             "POST",
