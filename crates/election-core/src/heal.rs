@@ -29,7 +29,8 @@
 //! order and asks the tally which lack a marker (one `EXISTS` per marker,
 //! pipelined), then applies those again. At a million ballot boxes that is a
 //! million log rows and about a million marker lookups per sweep (~16 s
-//! here, extrapolated from ~1.9 s for 119,000 revisions); the reprocessor
+//! here, extrapolated from ~1.9 s for 119,000 revisions, itself estimated
+//! from a reconcile's timing); the reprocessor
 //! sweeps every `--heal-interval`, so a loss is repaired within one interval
 //! plus one sweep.
 
