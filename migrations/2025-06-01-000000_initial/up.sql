@@ -45,7 +45,7 @@ CREATE INDEX reports_election_received_idx ON reports (election_id, received_at)
 -- There is deliberately NO foreign key to reports. On a freshly created,
 -- freshly analysed database PostgreSQL planned the foreign-key check as a
 -- sequential scan of reports and throughput collapsed from 1,815 to 307
--- transactions/s within 20 s (../shared/LIMITS.md). Integrity holds without
+-- transactions/s within 20 s (measured; docs/benchmarks.md). Integrity holds without
 -- it: a report and its log rows are always written in the same transaction by
 -- the same statement (store-pg's `record`), and neither is ever deleted.
 CREATE TABLE vote_log (

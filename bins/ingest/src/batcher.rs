@@ -3,7 +3,7 @@
 //!
 //! One durable transaction per report caps near 6,000 reports/s on our
 //! machines; a hundred reports per transaction is worth about four times that
-//! (../shared/LIMITS.md). So handlers do not call the engine themselves: they
+//! (docs/benchmarks.md). So handlers do not call the engine themselves: they
 //! queue their validated report here and wait for its own answer.
 //!
 //! The batcher takes a permit (at most `max_in_flight` batches run at once,

@@ -94,7 +94,7 @@
 //!
 //! # Round trips
 //!
-//! Redis time per report is the budget (SPEC §4, LIMITS.md), and round trips
+//! Redis time per report is the budget (docs/benchmarks.md), and round trips
 //! dominate it. A whole batch of revisions is one pipeline per node (standalone:
 //! one pipeline) holding the index `SADD`s, then one `EVALSHA` per group;
 //! pipelines are written to every node before any reply is read. The script
