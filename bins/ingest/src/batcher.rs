@@ -24,8 +24,9 @@
 //!
 //! Each report still gets its own answer: the engine answers per report, and
 //! one conflicting report never fails its neighbours. Only a failure of the
-//! whole transaction (PostgreSQL unavailable) fails the batch, and then
-//! nothing of it was recorded.
+//! whole transaction (PostgreSQL unavailable, or a definition that changed
+//! since the reports were checked) fails the batch, and then nothing of it
+//! was recorded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +50,18 @@ pub struct BatchConfig {
 }
 
 /// What a queued report gets back.
-pub type Answer = Result<Outcome, Arc<StoreError>>;
+pub type Answer = Result<Outcome, NotRecorded>;
+
+/// Why a queued report was not recorded (nor anything of its batch).
+#[derive(Debug)]
+pub enum NotRecorded {
+    /// The log failed the whole batch (PostgreSQL unavailable).
+    Store(Arc<StoreError>),
+    /// Its election's definition (or a batch-mate's) changed since the
+    /// reports were checked: here is the report back, to be checked against
+    /// the new definition and submitted again.
+    DefinitionChanged(Report),
+}
 
 struct Job {
     report: Report,
@@ -155,7 +167,8 @@ async fn run(
             let size = reports.len();
             let span = tracing::info_span!("batch", batch.size = size);
             let result = tokio::task::spawn_blocking(move || {
-                span.in_scope(|| engine.submit_explained(&reports))
+                let result = span.in_scope(|| engine.submit_explained(&reports));
+                (reports, result)
             })
             .await;
             drop(permit);
@@ -174,7 +187,7 @@ async fn run(
                 started.elapsed().as_secs_f64(),
             );
             match result {
-                Ok(Ok((outcomes, why))) => {
+                Ok((_, Ok((outcomes, why)))) => {
                     let pending = outcomes
                         .iter()
                         .filter(|outcome| matches!(outcome, Outcome::Pending(_)))
@@ -185,11 +198,17 @@ async fn run(
                         let _ = reply.send(Ok(outcome));
                     }
                 }
-                Ok(Err(error)) => {
+                Ok((reports, Err(StoreError::DefinitionChanged { election }))) => {
+                    tracing::info!(election.id = %election, batch.size = size, "a definition changed since the batch was checked; checking again");
+                    for (reply, report) in replies.into_iter().zip(reports) {
+                        let _ = reply.send(Err(NotRecorded::DefinitionChanged(report)));
+                    }
+                }
+                Ok((_, Err(error))) => {
                     tracing::warn!(error = %election_core::engine::explain(&error), batch.size = size, "batch not recorded");
                     let error = Arc::new(error);
                     for reply in replies {
-                        let _ = reply.send(Err(Arc::clone(&error)));
+                        let _ = reply.send(Err(NotRecorded::Store(Arc::clone(&error))));
                     }
                 }
                 Err(join_error) => {

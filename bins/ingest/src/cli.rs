@@ -142,7 +142,7 @@ pub struct Serve {
     /// How long token lookups are cached (a revoked token works at most this long).
     #[arg(long, env = "TOKEN_CACHE_SECS", default_value_t = 5)]
     pub token_cache_secs: u64,
-    /// How long election definitions are cached (a definition loaded while serving applies within this time).
+    /// How often an election's definition version is looked up again (a definition loaded while serving applies to the next report regardless: the log checks the version).
     #[arg(long, env = "DEFINITION_CACHE_SECS", default_value_t = 5)]
     pub definition_cache_secs: u64,
     /// Longest time, in milliseconds, for a request's headers to arrive (or

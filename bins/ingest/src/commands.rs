@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use election_core::{BallotBoxId, ElectionId, StoreError};
+use election_core::{
+    BallotBoxId, DefinitionLookup, DefinitionVersion, ElectionId, Lookup, StoreError,
+};
 use election_http::ServeConfig;
 use election_http::health::ReadyCheck;
 use store_pg::{PgLog, PgPool};
@@ -80,12 +82,12 @@ impl TokenLookup for PgTokens {
 /// Looks election definitions up in PostgreSQL.
 pub struct PgDefinitions(pub PgPool);
 
-impl crate::definitions::DefinitionLookup for PgDefinitions {
+impl DefinitionLookup for PgDefinitions {
     fn find(
         &self,
         election: &ElectionId,
-        known: Option<store_pg::definitions::Version>,
-    ) -> Result<store_pg::definitions::Lookup, StoreError> {
+        known: Option<DefinitionVersion>,
+    ) -> Result<Lookup, StoreError> {
         Ok(store_pg::definitions::find_if_changed(
             &self.0, election, known,
         )?)

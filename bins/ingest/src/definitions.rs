@@ -10,39 +10,48 @@
 //! reads only the definition's version unless it changed, so a registry of a
 //! million boxes is not read again every interval. While one request
 //! refreshes a stale entry, the others keep using it, so an election costs
-//! one query per interval whatever the load. "Not defined" is cached too. A
-//! definition loaded (or grown) while ingest runs therefore applies within
-//! the interval; definitions only grow, so a stale copy can only be stricter
-//! than the stored one, never accept something the stored one refuses.
+//! one query per interval whatever the load. "Not defined" is cached too.
+//!
+//! A stale copy never lets a report through that the stored definition
+//! refuses: each report carries the version it was checked against
+//! ([`Current::version`]), the log refuses a batch checked against another
+//! version (`StoreError::DefinitionChanged`, see store-pg's `record`), and
+//! the handler then [`invalidate`](DefinitionCache::invalidate)s the entry,
+//! checks the report against the new definition and submits it again. So a
+//! definition loaded while ingest runs applies to the next report recorded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use election_core::{Definition, ElectionId, StoreError};
-use store_pg::definitions::{Lookup, Version};
-
-/// Finds an election's definition.
-pub trait DefinitionLookup: Send + Sync {
-    /// Looks the election up: [`Lookup::Unchanged`] when its stored version
-    /// is still `known`, else the stored definition (`None`: not defined).
-    fn find(&self, election: &ElectionId, known: Option<Version>) -> Result<Lookup, StoreError>;
-}
+use election_core::{
+    Definition, DefinitionLookup, DefinitionVersion, ElectionId, Lookup, StoreError,
+};
 
 /// Every election undefined: for embedders and tests without definitions.
 pub struct NoDefinitions;
 
 impl DefinitionLookup for NoDefinitions {
-    fn find(&self, _: &ElectionId, _: Option<Version>) -> Result<Lookup, StoreError> {
+    fn find(&self, _: &ElectionId, _: Option<DefinitionVersion>) -> Result<Lookup, StoreError> {
         Ok(Lookup::Current(None))
     }
 }
 
+/// An election's definition as the cache holds it.
+#[derive(Clone, Debug, Default)]
+pub struct Current {
+    /// The definition; `None`: the election is not defined.
+    pub definition: Option<Arc<Definition>>,
+    /// Its stored version, what a report checked against it carries.
+    pub version: Option<DefinitionVersion>,
+}
+
 struct Entry {
-    definition: Option<Arc<Definition>>,
-    version: Option<Version>,
+    current: Current,
     fetched: Instant,
     refreshing: bool,
+    /// The log said the definition changed: look it up on the next request.
+    stale: bool,
 }
 
 /// Cached definitions by election; see the module docs.
@@ -55,7 +64,7 @@ pub struct DefinitionCache {
 /// What the cache can answer without a query.
 pub enum Cached {
     /// A fresh (or being refreshed by another request) answer.
-    Hit(Option<Arc<Definition>>),
+    Hit(Current),
     /// Nothing usable: the caller must call [`DefinitionCache::refresh`] (on
     /// the blocking pool).
     Miss,
@@ -81,8 +90,11 @@ impl DefinitionCache {
     pub fn cached(&self, election: &ElectionId) -> Cached {
         let mut entries = self.entries.lock().expect("definition cache poisoned");
         match entries.get_mut(election) {
-            Some(entry) if entry.fetched.elapsed() < self.ttl || entry.refreshing => {
-                Cached::Hit(entry.definition.clone())
+            // A stale entry is never answered: the log has refused it.
+            Some(entry)
+                if !entry.stale && (entry.refreshing || entry.fetched.elapsed() < self.ttl) =>
+            {
+                Cached::Hit(entry.current.clone())
             }
             Some(entry) => {
                 entry.refreshing = true;
@@ -92,31 +104,45 @@ impl DefinitionCache {
         }
     }
 
+    /// Marks the election's entry stale (the log said its definition
+    /// changed), so the next request looks it up again.
+    pub fn invalidate(&self, election: &ElectionId) {
+        let mut entries = self.entries.lock().expect("definition cache poisoned");
+        if let Some(entry) = entries.get_mut(election) {
+            entry.stale = true;
+        }
+    }
+
     /// Looks the election up (blocking) and caches the answer. When the
     /// lookup fails, a stale answer is used if there is one.
-    pub fn refresh(&self, election: &ElectionId) -> Result<Option<Arc<Definition>>, StoreError> {
+    pub fn refresh(&self, election: &ElectionId) -> Result<Current, StoreError> {
         let known = {
             let entries = self.entries.lock().expect("definition cache poisoned");
-            entries.get(election).and_then(|entry| entry.version)
+            entries
+                .get(election)
+                .and_then(|entry| entry.current.version)
         };
         let found = self.lookup.find(election, known);
         let mut entries = self.entries.lock().expect("definition cache poisoned");
         match found {
             Ok(Lookup::Current(found)) => {
-                let (definition, version) = match found {
-                    Some((definition, version)) => (Some(Arc::from(definition)), Some(version)),
-                    None => (None, None),
+                let current = match found {
+                    Some((definition, version)) => Current {
+                        definition: Some(Arc::from(definition)),
+                        version: Some(version),
+                    },
+                    None => Current::default(),
                 };
                 entries.insert(
                     election.clone(),
                     Entry {
-                        definition: definition.clone(),
-                        version,
+                        current: current.clone(),
                         fetched: Instant::now(),
                         refreshing: false,
+                        stale: false,
                     },
                 );
-                Ok(definition)
+                Ok(current)
             }
             Ok(Lookup::Unchanged) => {
                 // `known` came from this election's entry, and entries are
@@ -126,13 +152,14 @@ impl DefinitionCache {
                     .expect("an unchanged definition has its entry");
                 entry.fetched = Instant::now();
                 entry.refreshing = false;
-                Ok(entry.definition.clone())
+                entry.stale = false;
+                Ok(entry.current.clone())
             }
             Err(error) => match entries.get_mut(election) {
                 Some(entry) => {
                     tracing::warn!(%error, election.id = %election, "definition lookup failed; using the cached one");
                     entry.refreshing = false;
-                    Ok(entry.definition.clone())
+                    Ok(entry.current.clone())
                 }
                 None => Err(error),
             },
@@ -148,7 +175,7 @@ mod tests {
     struct Counting(AtomicUsize);
 
     impl DefinitionLookup for Counting {
-        fn find(&self, _: &ElectionId, _: Option<Version>) -> Result<Lookup, StoreError> {
+        fn find(&self, _: &ElectionId, _: Option<DefinitionVersion>) -> Result<Lookup, StoreError> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(Lookup::Current(None))
         }
@@ -160,9 +187,15 @@ mod tests {
         let cache = DefinitionCache::new(lookup.clone(), Duration::from_millis(50));
         let e = ElectionId::parse("e").unwrap();
         assert!(matches!(cache.cached(&e), Cached::Miss));
-        assert!(cache.refresh(&e).unwrap().is_none());
+        assert!(cache.refresh(&e).unwrap().definition.is_none());
         for _ in 0..100 {
-            assert!(matches!(cache.cached(&e), Cached::Hit(None)));
+            assert!(matches!(
+                cache.cached(&e),
+                Cached::Hit(Current {
+                    definition: None,
+                    ..
+                })
+            ));
         }
         assert_eq!(lookup.0.load(Ordering::SeqCst), 1);
         std::thread::sleep(Duration::from_millis(60));
@@ -171,7 +204,13 @@ mod tests {
             "the first caller refreshes"
         );
         assert!(
-            matches!(cache.cached(&e), Cached::Hit(None)),
+            matches!(
+                cache.cached(&e),
+                Cached::Hit(Current {
+                    definition: None,
+                    ..
+                })
+            ),
             "the others use the stale entry"
         );
         cache.refresh(&e).unwrap();

@@ -24,9 +24,10 @@ use election_http::metrics::Registry;
 
 use crate::auth::{TokenCache, TokenLookup};
 use crate::batcher::{BatchConfig, Batcher};
-use crate::definitions::{DefinitionCache, DefinitionLookup};
+use crate::definitions::DefinitionCache;
 use crate::limit::{RateLimit, RateLimiter};
 use crate::service::{AppState, router};
+use election_core::DefinitionLookup;
 
 /// The stores the service runs on.
 pub struct Services {

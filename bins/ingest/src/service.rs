@@ -21,7 +21,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use election_core::{ElectionId, Outcome, Report, ReportError, ReportId};
+use election_core::{
+    BallotBoxId, ElectionId, Outcome, Problem, Report, ReportError, ReportId, StoreError,
+};
 use election_http::ApiError;
 use election_http::health::{self, ReadyCheck};
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
@@ -29,7 +31,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::auth::{self, TokenCache};
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, NotRecorded};
 use crate::definitions::{Cached, DefinitionCache};
 use crate::limit::RateLimiter;
 
@@ -163,13 +165,7 @@ async fn handle(
             let tokens = Arc::clone(&state.tokens);
             election_http::blocking(move || tokens.scope(&token_hash))
                 .await?
-                .map_err(|error| {
-                    tracing::warn!(%error, "token lookup failed");
-                    ApiError::unavailable(
-                        "unavailable",
-                        "the report store is unavailable; nothing was recorded, retry later",
-                    )
-                })?
+                .map_err(lookup_failed("token"))?
         }
     };
     let scope = scope.ok_or_else(|| {
@@ -216,64 +212,12 @@ async fn handle(
         ReportError::Malformed(message) => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
         }
-        ReportError::Invalid(problems) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_report",
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
+        ReportError::Invalid(problems) => invalid(&problems),
         other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.to_string()),
     })?;
-    let definition = match state.definitions.cached(&election) {
-        Cached::Hit(definition) => definition,
-        Cached::Miss => {
-            let definitions = Arc::clone(&state.definitions);
-            let election = election.clone();
-            election_http::blocking(move || definitions.refresh(&election))
-                .await?
-                .map_err(|error| {
-                    tracing::warn!(%error, "definition lookup failed");
-                    ApiError::unavailable(
-                        "unavailable",
-                        "the report store is unavailable; nothing was recorded, retry later",
-                    )
-                })?
-        }
-    };
-    if let Some(definition) = definition {
-        definition.check_report(&report).map_err(|problems| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_report",
-                problems
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
-    }
-    if let Some(bound) = &scope.ballot_box
-        && bound != report.ballot_box()
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "this token may only report for ballot box {:?}, not {:?}",
-                bound.as_str(),
-                report.ballot_box().as_str()
-            ),
-        ));
-    }
     let ballot_box_id = report.ballot_box().to_string();
     let revision = report.revision().get();
-    let answer = state.batcher.submit(report).await.ok_or_else(|| {
-        ApiError::unavailable("unavailable", "the service is shutting down; retry")
-    })?;
+    let answer = check_and_submit(state, &election, scope.ballot_box.as_ref(), report).await?;
     let accepted = |report_id, status| Accepted {
         report_id,
         ballot_box_id: ballot_box_id.clone(),
@@ -328,6 +272,96 @@ async fn handle(
             ))
         }
     }
+}
+
+/// 503 for a token or definition lookup that PostgreSQL failed.
+fn lookup_failed(what: &'static str) -> impl FnOnce(StoreError) -> ApiError {
+    move |error| {
+        tracing::warn!(%error, "{what} lookup failed");
+        ApiError::unavailable(
+            "unavailable",
+            "the report store is unavailable; nothing was recorded, retry later",
+        )
+    }
+}
+
+/// 422 naming every broken rule.
+fn invalid(problems: &[Problem]) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_report",
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+/// How many times a report is checked and submitted when the log keeps
+/// saying its election's definition changed since it was checked (each time
+/// a load committed in between: more than a couple in a row is a storm of
+/// loads, answered 503).
+const DEFINITION_ATTEMPTS: usize = 3;
+
+/// Checks `report` against its election's definition (422) and the token's
+/// ballot box (403), then queues it; when the log answers that the
+/// definition changed meanwhile, checks it again against the new one.
+async fn check_and_submit(
+    state: &AppState,
+    election: &ElectionId,
+    bound_box: Option<&BallotBoxId>,
+    mut report: Report,
+) -> Result<Result<Outcome, Arc<StoreError>>, ApiError> {
+    for _ in 0..DEFINITION_ATTEMPTS {
+        let current = match state.definitions.cached(election) {
+            Cached::Hit(current) => current,
+            Cached::Miss => {
+                let definitions = Arc::clone(&state.definitions);
+                let election = election.clone();
+                election_http::blocking(move || definitions.refresh(&election))
+                    .await?
+                    .map_err(lookup_failed("definition"))?
+            }
+        };
+        if let Some(definition) = &current.definition {
+            definition
+                .check_report(&report)
+                .map_err(|problems| invalid(&problems))?;
+        }
+        if let Some(bound) = bound_box
+            && bound != report.ballot_box()
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this token may only report for ballot box {:?}, not {:?}",
+                    bound.as_str(),
+                    report.ballot_box().as_str()
+                ),
+            ));
+        }
+        report.set_checked_against(current.version);
+        match state.batcher.submit(report).await {
+            None => {
+                return Err(ApiError::unavailable(
+                    "unavailable",
+                    "the service is shutting down; retry",
+                ));
+            }
+            Some(Err(NotRecorded::DefinitionChanged(back))) => {
+                state.definitions.invalidate(election);
+                report = back;
+            }
+            Some(Err(NotRecorded::Store(error))) => return Ok(Err(error)),
+            Some(Ok(outcome)) => return Ok(Ok(outcome)),
+        }
+    }
+    Err(ApiError::unavailable(
+        "unavailable",
+        "the election's definition kept changing while this report was being recorded; nothing was recorded, retry",
+    ))
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {

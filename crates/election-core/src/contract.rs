@@ -163,6 +163,28 @@ pub fn report_log(new_log: LogFactory<'_>) {
     log_audits_every_counter(new_log());
     log_describes_pending_and_stuck_revisions(new_log());
     log_lists_its_elections(new_log());
+    log_refuses_reports_checked_against_another_definition(new_log());
+}
+
+/// The log holds no definition for a fresh election, so a report checked
+/// against one was checked against something else: the whole batch is
+/// refused, its unchecked batch-mate included, and nothing is recorded.
+fn log_refuses_reports_checked_against_another_definition(log: Arc<dyn ReportLog>) {
+    let e = unique_election("defined");
+    let plain = report(&e, "B1", "york", 1, &[("a", 1)]);
+    let mut checked = report(&e, "B2", "york", 1, &[("a", 2)]);
+    checked.set_checked_against(Some(crate::DefinitionVersion(42)));
+    match log.record(&[plain.clone(), checked]) {
+        Err(crate::StoreError::DefinitionChanged { election }) => assert_eq!(election, e),
+        other => panic!("expected DefinitionChanged, got {other:?}"),
+    }
+    assert_eq!(log.pending_count(&e).unwrap(), 0);
+    assert!(!log.elections().unwrap().contains(&e), "nothing recorded");
+    // Checked against no definition, as the log holds none: recorded.
+    assert!(matches!(
+        log.record(std::slice::from_ref(&plain)).unwrap()[0],
+        Recorded::Fresh(_)
+    ));
 }
 
 fn log_lists_its_elections(log: Arc<dyn ReportLog>) {

@@ -40,7 +40,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::error::Problem;
-use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
+use crate::ids::{BallotBoxId, CityId, DefinitionVersion, ElectionId, PartyId};
 use crate::report::Report;
 
 /// Most ballot boxes one city may expect (SPEC §1: a million in a whole
@@ -106,6 +106,28 @@ pub struct CityDefinition {
     /// How many ballot boxes will report from it: the denominator of its
     /// percent reporting. At least the number of boxes registered in it.
     pub expected_ballot_boxes: u32,
+}
+
+/// What a [`DefinitionLookup`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The stored definition still has the version the caller holds.
+    Unchanged,
+    /// The stored definition (`None`: the election is not defined) and its
+    /// version.
+    Current(Option<(Box<Definition>, DefinitionVersion)>),
+}
+
+/// Finds an election's stored definition (a port: PostgreSQL in the
+/// services, nothing for embedders without definitions).
+pub trait DefinitionLookup: Send + Sync {
+    /// Looks the election up: [`Lookup::Unchanged`] when its stored version
+    /// is still `known`, else the stored definition (`None`: not defined).
+    fn find(
+        &self,
+        election: &ElectionId,
+        known: Option<DefinitionVersion>,
+    ) -> Result<Lookup, crate::StoreError>;
 }
 
 /// A validated election definition. Built only by [`Definition::from_toml`]

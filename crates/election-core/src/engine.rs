@@ -117,8 +117,9 @@ impl Engine {
 
     /// Records a batch of reports durably, then counts the fresh ones.
     ///
-    /// `Err` means the log was unavailable and nothing was recorded (HTTP
-    /// 503). A batch the log refused otherwise is recorded again report by
+    /// `Err` means nothing was recorded: the log was unavailable (HTTP 503),
+    /// or [`StoreError::DefinitionChanged`] (check the reports against the
+    /// election's current definition and submit them again). A batch the log refused otherwise is recorded again report by
     /// report, so one bad report answers [`Outcome::Failed`] alone (as a
     /// lone report the log refuses does) and its batch-mates are recorded. Tally failures do not fail the call: those
     /// reports answer [`Outcome::Pending`].
@@ -138,6 +139,9 @@ impl Engine {
             Ok(recorded) => recorded.into_iter().map(Ok).collect(),
             // One report may be what fails its whole batch: record each alone,
             // so only that one fails. An unreachable store fails them all.
+            // Recording them again one by one would be refused the same way:
+            // the caller checks them against the new definition first.
+            Err(error @ StoreError::DefinitionChanged { .. }) => return Err(error),
             Err(error) if reports.len() > 1 && !error.is_unavailable() => {
                 self.record_one_by_one(reports)
             }

@@ -113,6 +113,18 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// The election's definition is not the one a report was checked
+    /// against (it was loaded or changed since, or the report was checked
+    /// against a definition this log does not hold). Nothing of the batch
+    /// was recorded: check the reports against the current definition and
+    /// record them again.
+    #[error(
+        "the definition of election {election} changed since its reports were checked; nothing was recorded"
+    )]
+    DefinitionChanged {
+        /// The election whose definition changed.
+        election: crate::ElectionId,
+    },
     /// A fault injected by a test at the named step (in-memory stores only):
     /// the process "crashed" there.
     #[error("injected fault at {0:?}")]

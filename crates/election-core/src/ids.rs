@@ -192,6 +192,19 @@ id_type!(
     "ballot_box_id"
 );
 
+/// One stored state of an election's definition, as the store that keeps
+/// definitions numbers them (PostgreSQL: its `loaded_at` in microseconds).
+/// Every load moves it, so two equal versions are the same definition.
+///
+/// A report carries the version it was checked against
+/// ([`Report::checked_against`](crate::Report::checked_against); `None`:
+/// the election was not defined), and the log refuses to record it when the
+/// stored version differs ([`StoreError::DefinitionChanged`](crate::StoreError::DefinitionChanged)):
+/// that is how a definition loaded while ingest runs applies to the very next
+/// report recorded, however long ingest keeps its copy (I4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DefinitionVersion(pub i64);
+
 #[cfg(test)]
 mod tests {
     use super::*;

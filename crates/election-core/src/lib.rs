@@ -17,12 +17,12 @@ pub mod contract;
 pub mod memory;
 
 pub use definition::{
-    Additions, CityDefinition, Colour, Definition, DefinitionError, LineProblem, PartyDefinition,
-    UpdateError,
+    Additions, CityDefinition, Colour, Definition, DefinitionError, DefinitionLookup, LineProblem,
+    Lookup, PartyDefinition, UpdateError,
 };
 pub use engine::{CountResult, Drained, Engine, Outcome};
 pub use error::{BoxError, Problem, ReportError, StoreError};
-pub use ids::{BallotBoxId, CityId, ElectionId, PartyId};
+pub use ids::{BallotBoxId, CityId, DefinitionVersion, ElectionId, PartyId};
 pub use report::{Difference, PayloadHash, Report, Revision, Votes};
 pub use rules::Conflict;
 pub use store::{

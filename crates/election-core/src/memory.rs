@@ -235,6 +235,13 @@ impl ReportLog for MemoryLog {
         if fault == Some(When::Before) {
             return injected(Step::Record);
         }
+        // This log stores no definitions, so a report checked against one
+        // was checked against a definition it does not hold.
+        if let Some(report) = reports.iter().find(|r| r.checked_against().is_some()) {
+            return Err(StoreError::DefinitionChanged {
+                election: report.election().clone(),
+            });
+        }
         let mut state = lock(&self.state);
         let now = self.clock.now();
         let mut answers = Vec::with_capacity(reports.len());

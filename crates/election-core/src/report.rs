@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Problem, ReportError};
-use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId, describe};
+use crate::ids::{BallotBoxId, CityId, DefinitionVersion, ElectionId, PartyId, describe};
 
 /// Most parties one report may carry (SPEC §2).
 pub const MAX_PARTIES: usize = 100;
@@ -189,6 +189,7 @@ pub struct Report {
     reason: Option<String>,
     payload: String,
     payload_hash: PayloadHash,
+    checked_against: Option<DefinitionVersion>,
 }
 
 /// The canonical rendering hashed into [`PayloadHash`].
@@ -262,6 +263,7 @@ impl Report {
             reason,
             payload,
             payload_hash,
+            checked_against: None,
         }
     }
 
@@ -296,6 +298,20 @@ impl Report {
     /// Identity of the report's content; see the module docs.
     pub fn payload_hash(&self) -> PayloadHash {
         self.payload_hash
+    }
+
+    /// The version of its election's definition this report was checked
+    /// against; `None` (the default) when the election was not defined. A
+    /// log refuses the report when its election's stored definition has
+    /// another version (see [`DefinitionVersion`]).
+    pub fn checked_against(&self) -> Option<DefinitionVersion> {
+        self.checked_against
+    }
+
+    /// Notes that the report passed [`Definition::check_report`](crate::Definition::check_report)
+    /// of the definition at `version` (`None`: the election had none).
+    pub fn set_checked_against(&mut self, version: Option<DefinitionVersion>) {
+        self.checked_against = version;
     }
 }
 

@@ -95,6 +95,12 @@ pub struct Claim {
 ///   all, and when the call returns `Ok` every `Fresh` report is durable. When
 ///   it returns `Err`, nothing of the batch was recorded. Two concurrent calls
 ///   for the same ballot box are serialised.
+/// - `record` refuses the whole batch with [`StoreError::DefinitionChanged`]
+///   when a report's [`checked_against`](Report::checked_against) is not the
+///   version of its election's definition as the log stores it (`None` when
+///   it stores none), decided atomically with the write: a definition stored
+///   before the call began is never bypassed by a report checked against an
+///   older one (I4 across a load).
 /// - A fresh revision stays pending until
 ///   [`mark_counted`](ReportLog::mark_counted) names it.
 /// - [`claim_pending`](ReportLog::claim_pending) returns pending revisions

@@ -14,19 +14,25 @@
 //!
 //! Services keep definitions cached and look again every few seconds. A
 //! registry of a million ballot boxes is a large read, so they ask with
-//! [`find_if_changed`], which compares the stored [`Version`] (the
-//! definition's `loaded_at`, moved by every [`load`]) with the one they hold
-//! and reads the rest only when it differs.
+//! [`find_if_changed`], which compares the stored [`DefinitionVersion`] (the
+//! definition's `loaded_at` in microseconds, moved by every [`load`]) with
+//! the one they hold and reads the rest only when it differs. A stale copy is
+//! harmless: the log records a report only if it was checked against the
+//! stored version (the `definitions` step of `crate::record`), and [`load`]
+//! holds the lock that step waits for until it commits.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Int4, Text};
 use election_core::{
-    Additions, BallotBoxId, CityDefinition, CityId, Colour, Definition, ElectionId,
-    PartyDefinition, PartyId, UpdateError,
+    Additions, BallotBoxId, CityDefinition, CityId, Colour, Definition, DefinitionVersion,
+    ElectionId, PartyDefinition, PartyId, UpdateError,
 };
 
 use crate::error::PgError;
 use crate::pool::PgPool;
+
+/// The core's names under the ones callers of [`find_if_changed`] used.
+pub use election_core::{DefinitionVersion as Version, Lookup};
 
 /// Why a definition was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -56,20 +62,10 @@ struct HeaderRow {
     name: String,
 }
 
-/// One stored state of an election's definition: its `loaded_at`, in
-/// microseconds since the epoch. Every [`load`] moves it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Version(i64);
-
-/// What [`find_if_changed`] found.
-#[derive(Debug)]
-pub enum Lookup {
-    /// The stored definition still has the version the caller holds.
-    Unchanged,
-    /// The stored definition (`None`: the election is not defined) and its
-    /// version.
-    Current(Option<(Box<Definition>, Version)>),
-}
+/// The key of an election's definition lock is `hashtext(LOCK_PREFIX ||
+/// election)`: [`load`] takes it exclusively, every recording transaction
+/// shared (`crate::record`).
+pub(crate) const LOCK_PREFIX: &str = "election-definition:";
 
 #[derive(QueryableByName)]
 struct VersionRow {
@@ -224,7 +220,7 @@ pub fn find(pool: &PgPool, election: &ElectionId) -> Result<Option<Definition>, 
 pub fn find_if_changed(
     pool: &PgPool,
     election: &ElectionId,
-    known: Option<Version>,
+    known: Option<DefinitionVersion>,
 ) -> Result<Lookup, PgError> {
     let doing = "reading an election definition";
     let mut conn = connection(pool, doing)?;
@@ -242,7 +238,7 @@ pub fn find_if_changed(
                 .get_result(conn)
                 .optional()
                 .map_err(query(doing))?;
-                let version = version.map(|row| Version(row.version));
+                let version = version.map(|row| DefinitionVersion(row.version));
                 if version.is_some() && version == known {
                     return Ok(Lookup::Unchanged);
                 }
@@ -279,7 +275,8 @@ pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError>
     let mut conn = connection(pool, doing)?;
     let election = definition.election().as_str();
     conn.transaction(|conn| {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('election-definition:' || $1))")
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1 || $2))")
+            .bind::<Text, _>(LOCK_PREFIX)
             .bind::<Text, _>(election)
             .execute(conn)
             .map_err(query(doing))?;

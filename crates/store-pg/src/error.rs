@@ -8,7 +8,7 @@
 //! `postgresql is unavailable while recording 12 reports: <cause>`.
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use election_core::{BoxError, StoreError};
+use election_core::{BoxError, ElectionId, StoreError};
 
 /// The store name carried by every [`StoreError`] of this adapter.
 pub const STORE: &str = "postgresql";
@@ -49,6 +49,13 @@ pub enum PgError {
         #[source]
         source: BoxError,
     },
+    /// A report was checked against another definition of its election
+    /// than the stored one; nothing was recorded (see `crate::record`).
+    #[error("the definition of election {election} changed since its reports were checked")]
+    DefinitionChanged {
+        /// The election.
+        election: ElectionId,
+    },
     /// The database held something this code never writes (an invalid id, a
     /// hash of the wrong length): a bug or a hand edit.
     #[error("unexpected data in postgresql while {doing}: {detail}")]
@@ -68,7 +75,10 @@ impl PgError {
         match self {
             PgError::Pool { .. } => true,
             PgError::Query { source, .. } => is_unavailable(source),
-            PgError::Config(_) | PgError::Migration { .. } | PgError::Corrupt { .. } => false,
+            PgError::Config(_)
+            | PgError::Migration { .. }
+            | PgError::Corrupt { .. }
+            | PgError::DefinitionChanged { .. } => false,
         }
     }
 
@@ -76,6 +86,7 @@ impl PgError {
     pub fn doing(&self) -> &str {
         match self {
             PgError::Config(_) => "configuring the connection pool",
+            PgError::DefinitionChanged { .. } => "recording reports",
             PgError::Pool { doing, .. }
             | PgError::Query { doing, .. }
             | PgError::Migration { doing, .. }
@@ -152,6 +163,9 @@ impl From<PgError> for StoreError {
     fn from(error: PgError) -> StoreError {
         let unavailable = error.is_unavailable();
         let (doing, source): (String, BoxError) = match error {
+            PgError::DefinitionChanged { election } => {
+                return StoreError::DefinitionChanged { election };
+            }
             PgError::Config(detail) => (
                 "configuring the connection pool".to_owned(),
                 Box::<dyn std::error::Error + Send + Sync>::from(detail),
@@ -189,6 +203,7 @@ impl From<PgError> for StoreError {
 pub(crate) enum TxError {
     Diesel(DieselError),
     Corrupt(String),
+    DefinitionChanged(ElectionId),
 }
 
 impl From<DieselError> for TxError {
@@ -209,6 +224,7 @@ impl TxError {
                 doing: doing.into(),
                 detail,
             },
+            TxError::DefinitionChanged(election) => PgError::DefinitionChanged { election },
         }
     }
 }

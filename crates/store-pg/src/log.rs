@@ -23,7 +23,7 @@ use crate::error::{PgError, TxError, is_new_box_race, is_retryable};
 use crate::pending;
 use crate::pool::PgPool;
 use crate::prepared::prepared;
-use crate::record::{hot_transaction, record_batch};
+use crate::record::{hot_transaction, record_batch, recording_transaction};
 
 /// How many times `record` runs its transaction when PostgreSQL reports a
 /// deadlock or a serialization failure. Boxes are locked in a fixed order, so
@@ -327,7 +327,7 @@ impl PgLog {
         loop {
             // diesel's default transaction: READ COMMITTED, synchronous
             // commit as the connection has it (on; see `crate::pool`).
-            match hot_transaction(&mut conn, |conn| record_batch(conn, reports)) {
+            match recording_transaction(&mut conn, reports, |conn| record_batch(conn, reports)) {
                 Ok(answers) => {
                     tracing::debug!(
                         batch.reports = reports.len(),

@@ -17,7 +17,7 @@ use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 use test_support::pg::PgSchema;
 
 use crate::pending::{CLAIM_ROWS, CLAIMED_REPORTS, LEASE_ROWS, MARK_WHOLE};
-use crate::record::{HOT_PATH_SETTINGS, LOCK_BOXES, READ_KNOWN, WRITE_FRESH};
+use crate::record::{HOT_PATH_SETTINGS, LOCK_BOXES, READ_DEFINITIONS, READ_KNOWN, WRITE_FRESH};
 
 /// Tables that grow with the election: never scanned whole on the hot path.
 const LOG_TABLES: &[&str] = &["reports", "ballot_boxes"];
@@ -29,6 +29,7 @@ const KEY_INDEXES: &[&str] = &["reports_pkey", "reports_revision_key", "ballot_b
 /// Every hot-path statement with sample arguments (any values do: the
 /// generic plan ignores them, and custom plans only need the right types).
 const STATEMENTS: &[(&str, &str, &str)] = &[
+    ("record: definition versions", READ_DEFINITIONS, "'{e}'"),
     ("record: lock boxes", LOCK_BOXES, "'{e,e}', '{B1,B2}'"),
     (
         "record: read back latest votes and same revisions (replays)",

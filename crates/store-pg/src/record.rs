@@ -8,14 +8,17 @@
 //!
 //! 0. **begin** with the plan settings ([`hot_transaction`]): no sequential
 //!    scans, hash or merge joins for the rest of the transaction (see
-//!    below), sent with `BEGIN` in one round trip;
-//! 1. **lock**: the batch's existing ballot boxes, `FOR UPDATE`, in sorted
+//!    below), and the shared side of each election's definition lock, sent
+//!    with `BEGIN` in one round trip ([`recording_transaction`]);
+//! 1. **definitions**: the stored version of each election's definition,
+//!    compared with the one each report was checked against (see below);
+//! 2. **lock**: the batch's existing ballot boxes, `FOR UPDATE`, in sorted
 //!    order, so two batches sharing boxes queue up instead of deadlocking;
 //!    their city and latest revision come back with the lock;
-//! 2. **read** (only when a report names a box that exists): the latest
+//! 3. **read** (only when a report names a box that exists): the latest
 //!    votes of those boxes, and every recorded revision with the same (box,
 //!    revision) as an incoming report, for replays and conflicts;
-//! 3. **write**: every fresh report with its per-party arrays, the boxes'
+//! 4. **write**: every fresh report with its per-party arrays, the boxes'
 //!    rows (inserted once for new boxes, updated for the others) and the
 //!    batch's `pending_batches` row, as one statement.
 //!
@@ -24,6 +27,24 @@
 //! batch update, so revisions 1 and 2 of one box in one batch are fresh and
 //! then fresh-with-a-difference, and the same report twice is fresh and then a
 //! replay.
+//!
+//! # Definitions apply at once
+//!
+//! Ingest checks each report against its election's definition from a copy
+//! it keeps for a few seconds (a query per report would cost more than the
+//! report). A copy can be stale: "not defined" just before `election load`,
+//! or a definition without the registry loaded since. So each report carries
+//! the version it was checked against ([`Report::checked_against`]), and the
+//! transaction refuses the whole batch with `DefinitionChanged` when the
+//! stored version differs; ingest then checks those reports against the new
+//! definition and submits them again. The comparison cannot miss a load in
+//! progress: `definitions::load` holds the election's advisory lock
+//! exclusively until it commits, the transaction takes the same lock shared
+//! before it reads the version (in a later statement, so with a later
+//! snapshot), and keeps it until it commits. A load therefore waits for the
+//! batches already past the check, and every batch after it sees its
+//! version. Cost: one small statement per batch, and one lock per election
+//! in the `BEGIN` message.
 //!
 //! # New boxes are not locked before they exist
 //!
@@ -70,7 +91,8 @@ use diesel::sql_types::{Array, BigInt, Bool, Bytea, Int4, Int8, Nullable, Text};
 use diesel::{PgConnection, QueryableByName, RunQueryDsl};
 use election_core::rules::{self, BoxState, Decision, SameRevision};
 use election_core::{
-    CityId, Counting, Difference, PartyId, PayloadHash, Recorded, Report, ReportId, Revision, Votes,
+    CityId, Counting, DefinitionVersion, Difference, PartyId, PayloadHash, Recorded, Report,
+    ReportId, Revision, Votes,
 };
 
 use crate::error::TxError;
@@ -103,7 +125,39 @@ pub(crate) fn hot_transaction<T>(
     conn: &mut PgConnection,
     f: impl FnOnce(&mut PgConnection) -> Result<T, TxError>,
 ) -> Result<T, TxError> {
-    AnsiTransactionManager::begin_transaction_sql(conn, HOT_BEGIN)?;
+    hot_transaction_begun_with(conn, HOT_BEGIN, f)
+}
+
+/// [`hot_transaction`] for recording `reports`: the same message also takes
+/// the shared side of each of their elections' definition locks (see
+/// "Definitions apply at once" in the module docs).
+pub(crate) fn recording_transaction<T>(
+    conn: &mut PgConnection,
+    reports: &[Report],
+    f: impl FnOnce(&mut PgConnection) -> Result<T, TxError>,
+) -> Result<T, TxError> {
+    let elections: BTreeSet<&str> = reports.iter().map(|r| r.election().as_str()).collect();
+    let mut begin = String::with_capacity(HOT_BEGIN.len() + 90 * elections.len());
+    begin.push_str(HOT_BEGIN);
+    for election in elections {
+        // Election ids are `[a-z0-9_-]` (`ElectionId::parse`), so the literal
+        // needs no quoting; doubling quotes keeps it safe regardless.
+        let _ = write!(
+            begin,
+            "; SELECT pg_advisory_xact_lock_shared(hashtext('{}' || '{}'))",
+            crate::definitions::LOCK_PREFIX,
+            election.replace('\'', "''")
+        );
+    }
+    hot_transaction_begun_with(conn, &begin, f)
+}
+
+fn hot_transaction_begun_with<T>(
+    conn: &mut PgConnection,
+    begin: &str,
+    f: impl FnOnce(&mut PgConnection) -> Result<T, TxError>,
+) -> Result<T, TxError> {
+    AnsiTransactionManager::begin_transaction_sql(conn, begin)?;
     match f(conn) {
         Ok(value) => {
             AnsiTransactionManager::commit_transaction(conn)?;
@@ -115,6 +169,16 @@ pub(crate) fn hot_transaction<T>(
         },
     }
 }
+
+/// The stored version of each election's definition (NULL: not defined),
+/// read after [`recording_transaction`] took the definition locks: a
+/// separate statement, so its snapshot includes a load that committed while
+/// the lock was awaited.
+pub(crate) const READ_DEFINITIONS: &str = "\
+SELECT e.id AS election_id,
+       (SELECT (extract(epoch FROM d.loaded_at) * 1000000)::bigint
+        FROM election_definitions d WHERE d.election_id = e.id) AS version
+FROM unnest($1::text[]) AS e(id)";
 
 /// Locks the batch's existing ballot boxes and returns their state.
 ///
@@ -303,6 +367,7 @@ pub(crate) fn record_batch(
     conn: &mut PgConnection,
     reports: &[Report],
 ) -> Result<Vec<Recorded>, TxError> {
+    check_definitions(conn, reports)?;
     // Sorted, so the lock statement's input is deterministic too (its ORDER
     // BY is what fixes the lock order).
     let boxes: BTreeSet<BoxKey> = reports.iter().map(box_key).collect();
@@ -405,7 +470,36 @@ struct Existing {
     latest_report_id: i64,
 }
 
-/// Statement 1: see [`LOCK_BOXES`]. Boxes not returned do not exist yet.
+/// One row of [`READ_DEFINITIONS`].
+#[derive(QueryableByName)]
+struct DefinitionRow {
+    #[diesel(sql_type = Text)]
+    election_id: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    version: Option<i64>,
+}
+
+/// Statement 1: see [`READ_DEFINITIONS`]. Refuses the batch when a report
+/// was checked against another version than the stored one.
+fn check_definitions(conn: &mut PgConnection, reports: &[Report]) -> Result<(), TxError> {
+    let elections: BTreeSet<&str> = reports.iter().map(|r| r.election().as_str()).collect();
+    let rows: Vec<DefinitionRow> = prepared(READ_DEFINITIONS)
+        .bind::<Array<Text>, _>(elections.into_iter().collect::<Vec<_>>())
+        .load(conn)?;
+    let stored: HashMap<String, Option<DefinitionVersion>> = rows
+        .into_iter()
+        .map(|row| (row.election_id, row.version.map(DefinitionVersion)))
+        .collect();
+    for report in reports {
+        let current = stored.get(report.election().as_str()).copied().flatten();
+        if report.checked_against() != current {
+            return Err(TxError::DefinitionChanged(report.election().clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Statement 2: see [`LOCK_BOXES`]. Boxes not returned do not exist yet.
 fn lock_boxes(
     conn: &mut PgConnection,
     boxes: &BTreeSet<BoxKey>,

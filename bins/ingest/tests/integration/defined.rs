@@ -111,3 +111,108 @@ async fn undefined_elections_accept_any_valid_slug() {
     assert_eq!(ok.0, 201, "{ok:?}");
     ingest.stop().await;
 }
+
+/// Ingest keeping its copy of definitions for an hour, so only the log's
+/// check can make a new definition apply at once.
+async fn start_with_a_long_cache() -> Ingest {
+    let mut settings = crate::harness::settings();
+    settings.definition_cache_ttl = std::time::Duration::from_secs(3600);
+    Ingest::start_with(RedisChoice::Standalone, settings).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_loaded_while_ingest_runs_applies_to_the_next_report() {
+    let ingest = start_with_a_long_cache().await;
+    // Not defined yet: anything valid is counted, and ingest caches that.
+    let early = ingest
+        .post(r#"{"ballot_box_id": "BB1", "city": "london", "votes": {"greens": 4}}"#)
+        .await;
+    assert_eq!(early.0, 201, "{early:?}");
+
+    define(&ingest, false);
+    let rows = ingest.rows();
+    check_422(
+        &ingest
+            .post(r#"{"ballot_box_id": "BB2", "city": "london", "votes": {"greens": 2}}"#)
+            .await,
+        "\"greens\" is not a party",
+    );
+    assert_eq!(
+        ingest.rows(),
+        rows,
+        "nothing recorded for the refused report"
+    );
+    assert_eq!(ingest.national("greens"), Some(4), "only the early report");
+    let ok = ingest
+        .post(r#"{"ballot_box_id": "ANY-1", "city": "leeds", "votes": {"tories": 3}}"#)
+        .await;
+    assert_eq!(ok.0, 201, "{ok:?}");
+
+    // Now cached with no registry; a registry loaded later applies at once.
+    define(&ingest, true);
+    check_422(
+        &ingest
+            .post(r#"{"ballot_box_id": "ANY-2", "city": "leeds", "votes": {"tories": 3}}"#)
+            .await,
+        "\"ANY-2\" is not a registered ballot box",
+    );
+    let ok = ingest
+        .post(r#"{"ballot_box_id": "BB3", "city": "leeds", "votes": {"tories": 1}}"#)
+        .await;
+    assert_eq!(ok.0, 201, "{ok:?}");
+    assert_eq!(ingest.national("tories"), Some(4));
+    ingest.stop().await;
+}
+
+/// Posts race a load: every post sent after the load returned is refused,
+/// whatever batch it shares, and every refused post left nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_report_sent_after_a_load_gets_past_it() {
+    let ingest = std::sync::Arc::new(start_with_a_long_cache().await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut posters = Vec::new();
+    for task in 0..8 {
+        let (ingest, stop) = (ingest.clone(), stop.clone());
+        posters.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let sent = std::time::Instant::now();
+                let body = format!(
+                    r#"{{"ballot_box_id": "T{task}-{n}", "city": "london", "votes": {{"greens": 1}}}}"#
+                );
+                answers.push((sent, ingest.post(&body).await.0));
+            }
+            answers
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let loader = ingest.clone();
+    tokio::task::spawn_blocking(move || define(&loader, false))
+        .await
+        .unwrap();
+    let loaded = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut accepted = 0;
+    let mut refused = 0;
+    for poster in posters {
+        for (sent, status) in poster.await.unwrap() {
+            match status {
+                201 | 202 => {
+                    assert!(sent < loaded, "a report sent after the load was accepted");
+                    accepted += 1;
+                }
+                422 => refused += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    assert!(accepted > 0 && refused > 0, "{accepted} {refused}");
+    // Exactly the accepted ones are recorded and counted.
+    assert_eq!(ingest.rows().0, accepted);
+    assert_eq!(ingest.national("greens"), Some(accepted));
+    let ingest = std::sync::Arc::try_unwrap(ingest).unwrap_or_else(|_| panic!("still shared"));
+    ingest.stop().await;
+}

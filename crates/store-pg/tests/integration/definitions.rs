@@ -134,3 +134,67 @@ fn a_definition_is_read_again_only_when_a_load_changed_its_version() {
         Lookup::Unchanged
     ));
 }
+
+/// The log records a report only when it was checked against the stored
+/// version of its election's definition; a load in progress holds back the
+/// batches that would check against it until it commits.
+#[test]
+fn the_log_records_only_reports_checked_against_the_stored_definition() {
+    use election_core::{Lookup, Recorded, StoreError};
+    use std::time::{Duration, Instant};
+    let db = Migrated::new(3);
+    let log = PgLog::new(db.pool.clone());
+    let election = ElectionId::parse("def-e").unwrap();
+    let version = || match definitions::find_if_changed(&db.pool, &election, None).unwrap() {
+        Lookup::Current(Some((_, version))) => version,
+        other => panic!("defined: {other:?}"),
+    };
+    let mut report = contract::report(&election, "BB1", "london", 1, &[("labour", 3)]);
+    definitions::load(&db.pool, &Definition::from_toml(FIRST).unwrap()).unwrap();
+    let refused = |report: &election_core::Report| {
+        matches!(
+            log.record(std::slice::from_ref(report)),
+            Err(StoreError::DefinitionChanged { election: e }) if e == election
+        )
+    };
+    assert!(refused(&report), "checked against no definition");
+    let v1 = version();
+    report.set_checked_against(Some(v1));
+    assert!(matches!(
+        log.record(std::slice::from_ref(&report)).unwrap()[0],
+        Recorded::Fresh(_)
+    ));
+
+    // A load while a recording transaction holds the shared lock waits for
+    // it; once it has committed, the old version is refused.
+    let grown = Definition::from_toml(&FIRST.replace("\"BB2\"]", "\"BB2\", \"BB9\"]")).unwrap();
+    let mut holder = db.pool.get().unwrap();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut *holder,
+        "BEGIN; SELECT pg_advisory_xact_lock_shared(hashtext('election-definition:def-e'))",
+    )
+    .unwrap();
+    let pool = db.pool.clone();
+    let loader = std::thread::spawn(move || {
+        let started = Instant::now();
+        definitions::load(&pool, &grown).unwrap();
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    diesel::connection::SimpleConnection::batch_execute(&mut *holder, "COMMIT").unwrap();
+    assert!(
+        loader.join().unwrap() >= Duration::from_millis(250),
+        "the load waited"
+    );
+    let mut second = contract::report(&election, "BB2", "london", 1, &[("labour", 1)]);
+    second.set_checked_against(Some(v1));
+    assert!(
+        refused(&second),
+        "checked against the version before the load"
+    );
+    second.set_checked_against(Some(version()));
+    assert!(matches!(
+        log.record(std::slice::from_ref(&second)).unwrap()[0],
+        Recorded::Fresh(_)
+    ));
+}
