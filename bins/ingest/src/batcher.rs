@@ -60,12 +60,53 @@ pub enum NotRecorded {
     /// Its election's definition (or a batch-mate's) changed since the
     /// reports were checked: here is the report back, to be checked against
     /// the new definition and submitted again.
-    DefinitionChanged(Report),
+    DefinitionChanged(Box<Report>),
 }
 
-struct Job {
-    report: Report,
-    reply: oneshot::Sender<Answer>,
+/// What handlers queue: one report, or a bulk request's reports, which stay
+/// together and in order in one batch (so revisions 1 and 2 of a box in one
+/// request are decided in that order) and get one answer each.
+enum Job {
+    One {
+        report: Report,
+        reply: oneshot::Sender<Answer>,
+    },
+    Many {
+        reports: Vec<Report>,
+        reply: oneshot::Sender<Vec<Answer>>,
+    },
+}
+
+impl Job {
+    fn len(&self) -> usize {
+        match self {
+            Job::One { .. } => 1,
+            Job::Many { reports, .. } => reports.len(),
+        }
+    }
+}
+
+/// Where a job's answers go once its batch is done.
+enum Reply {
+    One(oneshot::Sender<Answer>),
+    Many(oneshot::Sender<Vec<Answer>>, usize),
+}
+
+impl Reply {
+    /// Takes this job's answers off the front of `answers` and sends them.
+    /// A client that went away no longer waits: fine.
+    fn send(self, answers: &mut impl Iterator<Item = Answer>) {
+        match self {
+            Reply::One(reply) => {
+                if let Some(answer) = answers.next() {
+                    let _ = reply.send(answer);
+                }
+            }
+            Reply::Many(reply, n) => {
+                let _ = reply.send(answers.take(n).collect());
+            }
+        }
+    }
 }
 
 /// The handle handlers queue reports on. Cloning is cheap.
@@ -103,8 +144,20 @@ impl Batcher {
     /// stopped (the service is shutting down).
     pub async fn submit(&self, report: Report) -> Option<Answer> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { report, reply }).await.ok()?;
+        self.jobs.send(Job::One { report, reply }).await.ok()?;
         answer.await.ok()
+    }
+
+    /// Queues reports that must be recorded in one batch, in this order
+    /// (a bulk request's), and waits for their answers, one each, in order.
+    /// `None` when the batcher has stopped.
+    pub async fn submit_all(&self, reports: Vec<Report>) -> Option<Vec<Answer>> {
+        if reports.is_empty() {
+            return Some(Vec::new());
+        }
+        let (reply, answers) = oneshot::channel();
+        self.jobs.send(Job::Many { reports, reply }).await.ok()?;
+        answers.await.ok()
     }
 }
 
@@ -139,20 +192,29 @@ async fn run(
         let Some(first) = queue.recv().await else {
             break;
         };
+        // Counted in reports; a bulk job is never split, so a batch may go
+        // over its share by less than one job.
         let share = share(queue.len(), permits.available_permits(), batch_size);
+        let mut size = first.len();
         let mut jobs = Vec::with_capacity(share);
         jobs.push(first);
-        while jobs.len() < share {
+        while size < share {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => {
+                    size += job.len();
+                    jobs.push(job);
+                }
                 Err(_) => break,
             }
         }
-        if jobs.len() < share && !config.linger.is_zero() {
+        if size < share && !config.linger.is_zero() {
             let deadline = tokio::time::Instant::now() + config.linger;
-            while jobs.len() < share {
+            while size < share {
                 match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(job)) => jobs.push(job),
+                    Ok(Some(job)) => {
+                        size += job.len();
+                        jobs.push(job);
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -162,9 +224,23 @@ async fn run(
         let deferrals = Arc::clone(&deferrals);
         tokio::spawn(async move {
             let started = Instant::now();
-            let (reports, replies): (Vec<Report>, Vec<oneshot::Sender<Answer>>) =
-                jobs.into_iter().map(|job| (job.report, job.reply)).unzip();
-            let size = reports.len();
+            let mut reports = Vec::with_capacity(size);
+            let mut replies = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                match job {
+                    Job::One { report, reply } => {
+                        reports.push(report);
+                        replies.push(Reply::One(reply));
+                    }
+                    Job::Many {
+                        reports: many,
+                        reply,
+                    } => {
+                        replies.push(Reply::Many(reply, many.len()));
+                        reports.extend(many);
+                    }
+                }
+            }
             let span = tracing::info_span!("batch", batch.size = size);
             let result = tokio::task::spawn_blocking(move || {
                 let result = span.in_scope(|| engine.submit_explained(&reports));
@@ -193,22 +269,27 @@ async fn run(
                         .filter(|outcome| matches!(outcome, Outcome::Pending(_)))
                         .count();
                     deferrals.note(pending, why.as_deref());
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        // A client that went away no longer waits: fine.
-                        let _ = reply.send(Ok(outcome));
+                    let mut answers = outcomes.into_iter().map(Ok);
+                    for reply in replies {
+                        reply.send(&mut answers);
                     }
                 }
                 Ok((reports, Err(StoreError::DefinitionChanged { election }))) => {
                     tracing::info!(election.id = %election, batch.size = size, "a definition changed since the batch was checked; checking again");
-                    for (reply, report) in replies.into_iter().zip(reports) {
-                        let _ = reply.send(Err(NotRecorded::DefinitionChanged(report)));
+                    let mut answers = reports
+                        .into_iter()
+                        .map(|report| Err(NotRecorded::DefinitionChanged(Box::new(report))));
+                    for reply in replies {
+                        reply.send(&mut answers);
                     }
                 }
                 Ok((_, Err(error))) => {
                     tracing::warn!(error = %election_core::engine::explain(&error), batch.size = size, "batch not recorded");
                     let error = Arc::new(error);
+                    let mut answers =
+                        std::iter::repeat_with(|| Err(NotRecorded::Store(Arc::clone(&error))));
                     for reply in replies {
-                        let _ = reply.send(Err(NotRecorded::Store(Arc::clone(&error))));
+                        reply.send(&mut answers);
                     }
                 }
                 Err(join_error) => {

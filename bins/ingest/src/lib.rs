@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod batcher;
+pub mod bulk;
 pub mod cli;
 pub mod commands;
 pub mod definitions;

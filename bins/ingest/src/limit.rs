@@ -123,7 +123,17 @@ impl RateLimiter {
     /// # Errors
     /// [`Limited`] when the bucket is empty (nothing is taken).
     pub fn check(&self, token: &[u8; 32]) -> Result<(), Limited> {
-        self.check_at(token, Instant::now())
+        self.check_n_at(token, 1, Instant::now())
+    }
+
+    /// Takes `reports` reports at once (a bulk request's), at most a whole
+    /// burst: a batch larger than the burst costs the burst, so it can pass
+    /// at all.
+    ///
+    /// # Errors
+    /// [`Limited`] when the bucket holds fewer (nothing is taken).
+    pub fn check_n(&self, token: &[u8; 32], reports: u32) -> Result<(), Limited> {
+        self.check_n_at(token, reports, Instant::now())
     }
 
     /// [`Self::check`] at a given time (for tests).
@@ -131,8 +141,13 @@ impl RateLimiter {
     /// # Errors
     /// [`Limited`] when the bucket is empty.
     pub fn check_at(&self, token: &[u8; 32], now: Instant) -> Result<(), Limited> {
+        self.check_n_at(token, 1, now)
+    }
+
+    fn check_n_at(&self, token: &[u8; 32], reports: u32, now: Instant) -> Result<(), Limited> {
         let limit = self.limit;
         let capacity = f64::from(limit.burst);
+        let cost = f64::from(reports.clamp(1, limit.burst.max(1)));
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if now.saturating_duration_since(buckets.last_sweep) >= SWEEP_EVERY {
             buckets.sweep(limit.refill_time(), now);
@@ -150,11 +165,11 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * limit.per_second).min(capacity);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= cost {
+            bucket.tokens -= cost;
             Ok(())
         } else {
-            let wait = (1.0 - bucket.tokens) / limit.per_second;
+            let wait = (cost - bucket.tokens) / limit.per_second;
             Err(Limited {
                 retry_after_secs: (wait.ceil() as u64).max(1),
             })

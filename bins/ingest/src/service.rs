@@ -30,9 +30,9 @@ use election_http::metrics::{LATENCY_BUCKETS, Registry};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::auth::{self, TokenCache};
+use crate::auth::{self, Scope, TokenCache};
 use crate::batcher::{Batcher, NotRecorded};
-use crate::definitions::{Cached, DefinitionCache};
+use crate::definitions::{Cached, Current, DefinitionCache};
 use crate::limit::RateLimiter;
 
 /// Largest report body accepted (SPEC §5).
@@ -60,6 +60,7 @@ pub struct AppState {
 /// is documented in `docs/openapi.yaml` and answers on a running service.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/elections/{election}/reports"),
+    ("POST", "/v1/elections/{election}/report-batches"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -70,6 +71,10 @@ pub fn router(state: AppState, ready: ReadyCheck) -> Router {
     let metrics = Arc::clone(&state.metrics);
     Router::new()
         .route("/v1/elections/{election}/reports", post(post_report))
+        .route(
+            "/v1/elections/{election}/report-batches",
+            post(crate::bulk::post_batch),
+        )
         .with_state(state)
         .route(
             "/metrics",
@@ -106,11 +111,32 @@ async fn post_report(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let answer = handle(&state, &election, &headers, body).await;
-    let (status, code) = match &answer {
-        Ok((status, accepted)) => (*status, accepted.status),
-        Err(error) => (error.status(), error.code()),
-    };
+    match handle(&state, &election, &headers, body).await {
+        Ok((status, accepted)) => {
+            count_request(&state, status, accepted.status, started);
+            (status, Json(accepted)).into_response()
+        }
+        Err(error) => refuse(&state, error, started),
+    }
+}
+
+/// Counts a refused report request (single or bulk) and answers it.
+pub(crate) fn refuse(state: &AppState, error: ApiError, started: Instant) -> Response {
+    let status = error.status();
+    count_request(state, status, error.code(), started);
+    let mut response = error.into_response();
+    if status == StatusCode::REQUEST_TIMEOUT {
+        // The rest of the body may still be on its way: this connection
+        // cannot carry another request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Counts an answered report request (single or bulk) in the metrics.
+pub(crate) fn count_request(state: &AppState, status: StatusCode, code: &str, started: Instant) {
     state.metrics.inc(
         "ingest_responses_total",
         "Report requests answered, by HTTP status and outcome or error code.",
@@ -124,20 +150,6 @@ async fn post_report(
         &[],
         started.elapsed().as_secs_f64(),
     );
-    match answer {
-        Ok((status, accepted)) => (status, Json(accepted)).into_response(),
-        Err(error) => {
-            let mut response = error.into_response();
-            if status == StatusCode::REQUEST_TIMEOUT {
-                // The rest of the body may still be on its way: this
-                // connection cannot carry another request.
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        }
-    }
 }
 
 async fn handle(
@@ -146,78 +158,29 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Accepted), ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(auth::bearer)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing bearer token: send `Authorization: Bearer <token>` with a token from `election-ingest token issue`",
-            )
-        })?;
-    // Hashed once: the key of the token cache, the store and the rate limit.
-    let token_hash = auth::hash(token);
-    let scope = match state.tokens.cached(&token_hash) {
-        Some(scope) => scope,
-        None => {
-            let tokens = Arc::clone(&state.tokens);
-            election_http::blocking(move || tokens.scope(&token_hash))
-                .await?
-                .map_err(lookup_failed("token"))?
-        }
-    };
-    let scope = scope.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown or revoked token",
-        )
-    })?;
-    if let Some(limiter) = &state.limiter {
-        limiter.check(&token_hash).map_err(|limited| {
-            let limit = limiter.limit();
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "this token may post {} reports per second (bursts of {}); nothing was recorded, retry in {} s",
-                    limit.per_second, limit.burst, limited.retry_after_secs
-                ),
-            )
-            .with_retry_after(limited.retry_after_secs)
-        })?;
-    }
-    let election = ElectionId::parse(election).map_err(|p| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_report",
-            p.to_string(),
-        )
-    })?;
-    if scope.election != election {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "this token is not valid for election {:?}",
-                election.as_str()
-            ),
-        ));
-    }
-    check_content_type(headers)?;
-    let body = read_body(headers, body, state.body_timeout).await?;
-    let report = Report::from_json(&election, &body).map_err(|error| match error {
-        ReportError::Malformed(message) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-        }
-        ReportError::Invalid(problems) => invalid(&problems),
-        other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.to_string()),
-    })?;
+    let caller = admit(state, election, headers).await?;
+    let body = read_body(headers, body, state.body_timeout, MAX_BODY_BYTES).await?;
+    let report = parse_report(&caller.election, &body)?;
     let ballot_box_id = report.ballot_box().to_string();
     let revision = report.revision().get();
-    let answer = check_and_submit(state, &election, scope.ballot_box.as_ref(), report).await?;
+    let answer = check_and_submit(
+        state,
+        &caller.election,
+        caller.scope.ballot_box.as_ref(),
+        report,
+    )
+    .await?;
+    answer_for(state, ballot_box_id, revision, answer)
+}
+
+/// The HTTP answer to one report the batcher answered (the single
+/// endpoint's, and each bulk item's).
+pub(crate) fn answer_for(
+    state: &AppState,
+    ballot_box_id: String,
+    revision: u32,
+    answer: Result<Outcome, Arc<StoreError>>,
+) -> Result<(StatusCode, Accepted), ApiError> {
     let accepted = |report_id, status| Accepted {
         report_id,
         ballot_box_id: ballot_box_id.clone(),
@@ -252,10 +215,7 @@ async fn handle(
                 "report not recorded (its batch-mates were)"
             );
             Err(if unavailable {
-                ApiError::unavailable(
-                    "unavailable",
-                    "the report store (PostgreSQL) is unavailable; nothing was recorded, retry later",
-                )
+                store_unavailable()
             } else {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -266,12 +226,126 @@ async fn handle(
         }
         Err(error) => {
             tracing::warn!(error = %error, "report not recorded");
-            Err(ApiError::unavailable(
-                "unavailable",
-                "the report store (PostgreSQL) is unavailable; nothing was recorded, retry later",
-            ))
+            Err(store_unavailable())
         }
     }
+}
+
+/// 503: PostgreSQL failed the report's batch.
+pub(crate) fn store_unavailable() -> ApiError {
+    ApiError::unavailable(
+        "unavailable",
+        "the report store (PostgreSQL) is unavailable; nothing was recorded, retry later",
+    )
+}
+
+/// Who posts, for which election: what [`admit`] established.
+pub(crate) struct Caller {
+    /// The token's scope.
+    pub scope: Scope,
+    /// The election posted to (the token's).
+    pub election: ElectionId,
+    /// The token's hash (the rate limit's key).
+    pub token_hash: [u8; 32],
+}
+
+/// The checks every post starts with, in this order: the token (401), its
+/// rate limit for one report (429), the election id (422), the token's
+/// election (403), the content type (415).
+pub(crate) async fn admit(
+    state: &AppState,
+    election: &str,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing bearer token: send `Authorization: Bearer <token>` with a token from `election-ingest token issue`",
+            )
+        })?;
+    // Hashed once: the key of the token cache, the store and the rate limit.
+    let token_hash = auth::hash(token);
+    let scope = match state.tokens.cached(&token_hash) {
+        Some(scope) => scope,
+        None => {
+            let tokens = Arc::clone(&state.tokens);
+            election_http::blocking(move || tokens.scope(&token_hash))
+                .await?
+                .map_err(lookup_failed("token"))?
+        }
+    };
+    let scope = scope.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown or revoked token",
+        )
+    })?;
+    rate_limit(state, &token_hash, 1)?;
+    let election = ElectionId::parse(election).map_err(|p| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_report",
+            p.to_string(),
+        )
+    })?;
+    if scope.election != election {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token is not valid for election {:?}",
+                election.as_str()
+            ),
+        ));
+    }
+    check_content_type(headers)?;
+    Ok(Caller {
+        scope,
+        election,
+        token_hash,
+    })
+}
+
+/// Takes `reports` reports from the token's allowance, if a rate limit is
+/// configured (429 with `Retry-After` when it cannot).
+pub(crate) fn rate_limit(
+    state: &AppState,
+    token_hash: &[u8; 32],
+    reports: u32,
+) -> Result<(), ApiError> {
+    let Some(limiter) = &state.limiter else {
+        return Ok(());
+    };
+    limiter.check_n(token_hash, reports).map_err(|limited| {
+        let limit = limiter.limit();
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this token may post {} reports per second (bursts of {}); nothing was recorded, retry in {} s",
+                limit.per_second, limit.burst, limited.retry_after_secs
+            ),
+        )
+        .with_retry_after(limited.retry_after_secs)
+    })
+}
+
+/// Parses and validates one report's JSON: 400 for the wrong shape, 422 for
+/// broken domain rules.
+pub(crate) fn parse_report(election: &ElectionId, json: &[u8]) -> Result<Report, ApiError> {
+    Report::from_json(election, json).map_err(|error| match error {
+        ReportError::Malformed(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        }
+        ReportError::Invalid(problems) => invalid(&problems),
+        other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.to_string()),
+    })
 }
 
 /// 503 for a token or definition lookup that PostgreSQL failed.
@@ -302,7 +376,7 @@ fn invalid(problems: &[Problem]) -> ApiError {
 /// saying its election's definition changed since it was checked (each time
 /// a load committed in between: more than a couple in a row is a storm of
 /// loads, answered 503).
-const DEFINITION_ATTEMPTS: usize = 3;
+pub(crate) const DEFINITION_ATTEMPTS: usize = 3;
 
 /// Checks `report` against its election's definition (422) and the token's
 /// ballot box (403), then queues it; when the log answers that the
@@ -314,54 +388,79 @@ async fn check_and_submit(
     mut report: Report,
 ) -> Result<Result<Outcome, Arc<StoreError>>, ApiError> {
     for _ in 0..DEFINITION_ATTEMPTS {
-        let current = match state.definitions.cached(election) {
-            Cached::Hit(current) => current,
-            Cached::Miss => {
-                let definitions = Arc::clone(&state.definitions);
-                let election = election.clone();
-                election_http::blocking(move || definitions.refresh(&election))
-                    .await?
-                    .map_err(lookup_failed("definition"))?
-            }
-        };
-        if let Some(definition) = &current.definition {
-            definition
-                .check_report(&report)
-                .map_err(|problems| invalid(&problems))?;
-        }
-        if let Some(bound) = bound_box
-            && bound != report.ballot_box()
-        {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "this token may only report for ballot box {:?}, not {:?}",
-                    bound.as_str(),
-                    report.ballot_box().as_str()
-                ),
-            ));
-        }
-        report.set_checked_against(current.version);
+        let current = current_definition(state, election).await?;
+        check_item(&current, bound_box, &mut report)?;
         match state.batcher.submit(report).await {
-            None => {
-                return Err(ApiError::unavailable(
-                    "unavailable",
-                    "the service is shutting down; retry",
-                ));
-            }
+            None => return Err(shutting_down()),
             Some(Err(NotRecorded::DefinitionChanged(back))) => {
                 state.definitions.invalidate(election);
-                report = back;
+                report = *back;
             }
             Some(Err(NotRecorded::Store(error))) => return Ok(Err(error)),
             Some(Ok(outcome)) => return Ok(Ok(outcome)),
         }
     }
-    Err(ApiError::unavailable(
+    Err(definition_storm())
+}
+
+/// 503: the batcher has stopped.
+pub(crate) fn shutting_down() -> ApiError {
+    ApiError::unavailable("unavailable", "the service is shutting down; retry")
+}
+
+/// 503: [`DEFINITION_ATTEMPTS`] loads in a row overtook the report.
+pub(crate) fn definition_storm() -> ApiError {
+    ApiError::unavailable(
         "unavailable",
         "the election's definition kept changing while this report was being recorded; nothing was recorded, retry",
-    ))
+    )
+}
+
+/// The election's definition as the cache has it (a lookup when it has
+/// none fresh; 503 when that fails).
+pub(crate) async fn current_definition(
+    state: &AppState,
+    election: &ElectionId,
+) -> Result<Current, ApiError> {
+    match state.definitions.cached(election) {
+        Cached::Hit(current) => Ok(current),
+        Cached::Miss => {
+            let definitions = Arc::clone(&state.definitions);
+            let election = election.clone();
+            election_http::blocking(move || definitions.refresh(&election))
+                .await?
+                .map_err(lookup_failed("definition"))
+        }
+    }
+}
+
+/// Checks `report` against `current` (422) and the token's ballot box
+/// (403), and notes the definition version it passed.
+pub(crate) fn check_item(
+    current: &Current,
+    bound_box: Option<&BallotBoxId>,
+    report: &mut Report,
+) -> Result<(), ApiError> {
+    if let Some(definition) = &current.definition {
+        definition
+            .check_report(report)
+            .map_err(|problems| invalid(&problems))?;
+    }
+    if let Some(bound) = bound_box
+        && bound != report.ballot_box()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token may only report for ballot box {:?}, not {:?}",
+                bound.as_str(),
+                report.ballot_box().as_str()
+            ),
+        ));
+    }
+    report.set_checked_against(current.version);
+    Ok(())
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -393,16 +492,21 @@ const DRAIN_BYTES: usize = 1024 * 1024;
 /// How long draining may take.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-/// Reads a whole body of at most [`MAX_BODY_BYTES`] that must arrive within
+/// Reads a whole body of at most `max` bytes that must arrive within
 /// `timeout` (408 otherwise: a client that sends headers and then stalls or
 /// trickles holds a connection and a task; `election_http::serve` bounds
 /// only the headers).
-async fn read_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    timeout: Duration,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            format!("the body is larger than {max} bytes"),
         )
     };
     let declared = headers
@@ -410,7 +514,7 @@ async fn read_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut stream = body.into_data_stream();
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > max as u64) {
         drain(&mut stream, 0).await;
         return Err(too_large());
     }
@@ -439,7 +543,7 @@ async fn read_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result
                 format!("could not read the body: {error}"),
             )
         })?;
-        if collected.len() + chunk.len() > MAX_BODY_BYTES {
+        if collected.len() + chunk.len() > max {
             drain(&mut stream, collected.len() + chunk.len()).await;
             return Err(too_large());
         }

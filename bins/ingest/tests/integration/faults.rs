@@ -5,14 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use election_core::contract::unique_election;
 use election_core::{Claim, Engine, Tally};
-use election_ingest::auth::Scope;
 use store_pg::PgLog;
 use store_redis::RedisTally;
 use test_support::redis::RedisServer;
 
-use crate::harness::{FixedTokens, Ingest, RedisChoice, migrated_schema, redis_options};
+use crate::harness::{Ingest, RedisChoice, redis_options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_answers_202_and_the_report_is_counted_later() {
@@ -82,44 +80,7 @@ async fn redis_stopped_answers_202_and_the_report_is_counted_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_answers_503_and_counts_nothing() {
-    let (schema, pool) = migrated_schema();
-    let election = unique_election("pgdown");
-    let token = election_ingest::auth::generate();
-    let tokens = Arc::new(FixedTokens(vec![(
-        token.clone(),
-        Scope {
-            election: election.clone(),
-            ballot_box: None,
-        },
-    )]));
-    // The log points at a port where no PostgreSQL listens.
-    let dead = store_pg::connect(
-        "postgres://postgres@127.0.0.1:1/postgres",
-        2,
-        Duration::from_millis(500),
-    )
-    .unwrap();
-    let log = Arc::new(PgLog::new(dead));
-    let redis_url = test_support::redis::redis_url();
-    let tally = Arc::new(
-        RedisTally::connect(
-            &store_redis::parse_target(&redis_url).unwrap(),
-            &redis_options(),
-        )
-        .unwrap(),
-    );
-    let ingest = Ingest::serve(
-        schema,
-        pool,
-        tally,
-        redis_url,
-        election,
-        token,
-        log,
-        tokens,
-        crate::harness::settings(),
-    )
-    .await;
+    let ingest = Ingest::with_dead_postgres("pgdown").await;
     let started = Instant::now();
     let (status, answer) = ingest
         .post(r#"{"ballot_box_id":"B1","city":"york","votes":{"a":10}}"#)

@@ -177,6 +177,47 @@ impl Ingest {
         }
     }
 
+    /// An ingest whose log points at a port where no PostgreSQL listens
+    /// (tokens from memory, a real Redis).
+    pub async fn with_dead_postgres(prefix: &str) -> Ingest {
+        let (schema, pool) = migrated_schema();
+        let election = unique_election(prefix);
+        let token = auth::generate();
+        let tokens = Arc::new(FixedTokens(vec![(
+            token.clone(),
+            Scope {
+                election: election.clone(),
+                ballot_box: None,
+            },
+        )]));
+        let dead = store_pg::connect(
+            "postgres://postgres@127.0.0.1:1/postgres",
+            2,
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let redis_url = test_support::redis::redis_url();
+        let tally = Arc::new(
+            RedisTally::connect(
+                &store_redis::parse_target(&redis_url).unwrap(),
+                &redis_options(),
+            )
+            .unwrap(),
+        );
+        Ingest::serve(
+            schema,
+            pool,
+            tally,
+            redis_url,
+            election,
+            token,
+            Arc::new(PgLog::new(dead)),
+            tokens,
+            settings(),
+        )
+        .await
+    }
+
     pub fn reports_url(&self) -> String {
         format!("{}/v1/elections/{}/reports", self.base, self.election)
     }

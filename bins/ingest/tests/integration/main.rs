@@ -4,6 +4,7 @@
 
 mod access;
 mod api;
+mod bulk;
 mod counting;
 mod defined;
 mod faults;

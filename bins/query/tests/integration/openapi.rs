@@ -368,6 +368,7 @@ impl Checker {
 }
 
 const REPORTS: &str = "/v1/elections/{election}/reports";
+const BATCHES: &str = "/v1/elections/{election}/report-batches";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_is_true_of_both_services() {
@@ -493,6 +494,71 @@ async fn the_openapi_document_is_true_of_both_services() {
         .await;
     assert_eq!(status, 422);
 
+    // The bulk endpoint: items answered one by one, and every whole-request
+    // answer.
+    let batch = |base: &str, election: &str, token: &str, body: &str| {
+        client
+            .post(format!("{base}/v1/elections/{election}/report-batches"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
+    let mixed = format!(
+        r#"{{"reports": [{}, {{"ballot_box_id": "BB9", "city": "London", "votes": {{"labour": 1}}}}]}}"#,
+        SEED[0]
+    );
+    let (status, body) = checker
+        .check("POST", BATCHES, batch(&ingest, &e, &token, &mixed))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let item_statuses: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["http_status"].as_u64().unwrap())
+        .collect();
+    // A replay and an invalid item: nothing new is counted (the query
+    // checks below expect the seed's totals).
+    assert_eq!(item_statuses, [200, 422]);
+    let (status, _) = checker
+        .check(
+            "POST",
+            BATCHES,
+            batch(&ingest, &e, &token, r#"{"reports": []}"#),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = checker
+        .check("POST", BATCHES, batch(&ingest, &e, "unknown", &mixed))
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = checker
+        .check("POST", BATCHES, batch(&ingest, &e, &other_token, &mixed))
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = checker
+        .check("POST", BATCHES, batch(&ingest, "Not-An-Id", &token, &mixed))
+        .await;
+    assert_eq!(status, 422);
+    let too_many = format!(r#"{{"reports": [{}]}}"#, vec![SEED[0]; 1001].join(","));
+    let (status, _) = checker
+        .check("POST", BATCHES, batch(&ingest, &e, &token, &too_many))
+        .await;
+    assert_eq!(status, 413);
+    let (status, _) = checker
+        .check(
+            "POST",
+            BATCHES,
+            client
+                .post(format!("{ingest}/v1/elections/{e}/report-batches"))
+                .bearer_auth(&token)
+                .header("content-type", "text/plain")
+                .body(mixed.clone()),
+        )
+        .await;
+    assert_eq!(status, 415);
+
     // 408 and 429: an ingest with a short body deadline and a rate limit of
     // one report per token: a body that stalls, then a second post.
     let strict = start_ingest_with(
@@ -538,6 +604,26 @@ async fn the_openapi_document_is_true_of_both_services() {
         )
         .await;
     assert_eq!(status, 429);
+    let (status, _) = checker
+        .check(
+            "POST",
+            BATCHES,
+            batch(&strict.base, &e, &limited_token, &mixed),
+        )
+        .await;
+    assert_eq!(status, 429);
+    let slow_token = issue_token(&stack.pool, &e);
+    let stalled =
+        futures_util::stream::iter([Ok::<_, std::io::Error>(r#"{"reports": ["#.to_owned())])
+            .chain(futures_util::stream::pending());
+    let (status, _) = checker
+        .check(
+            "POST",
+            BATCHES,
+            batch(&strict.base, &e, &slow_token, "").body(reqwest::Body::wrap_stream(stalled)),
+        )
+        .await;
+    assert_eq!(status, 408);
     strict.stop().await;
 
     // 202: an ingest whose Redis is down records and defers.
@@ -588,6 +674,10 @@ async fn the_openapi_document_is_true_of_both_services() {
     let refusing = start_ingest(dead_pg.clone(), Arc::clone(&dead_redis), fixed).await;
     let (status, _) = checker
         .check("POST", REPORTS, post(&refusing.base, &e, &token, SEED[1]))
+        .await;
+    assert_eq!(status, 503);
+    let (status, _) = checker
+        .check("POST", BATCHES, batch(&refusing.base, &e, &token, &mixed))
         .await;
     assert_eq!(status, 503);
 

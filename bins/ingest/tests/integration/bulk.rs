@@ -1,0 +1,255 @@
+//! Bulk reporting (`POST /v1/elections/{e}/report-batches`): each item means
+//! what it would alone, one bad item never fails the others, items of one
+//! box are taken in array order, whole-request problems are answered alone,
+//! and the same batch posted twice at once counts once.
+
+use election_core::Definition;
+use serde_json::{Value, json};
+
+use crate::harness::{Ingest, RedisChoice, issue_token, read};
+
+fn batch_url(ingest: &Ingest, election: &str) -> String {
+    format!("{}/v1/elections/{election}/report-batches", ingest.base)
+}
+
+async fn post_batch_with(
+    ingest: &Ingest,
+    election: &str,
+    token: &str,
+    content_type: &str,
+    body: String,
+) -> (u16, Value) {
+    read(
+        ingest
+            .client
+            .post(batch_url(ingest, election))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn post_batch(ingest: &Ingest, body: String) -> (u16, Value) {
+    let election = ingest.election.to_string();
+    post_batch_with(ingest, &election, &ingest.token, "application/json", body).await
+}
+
+/// `(http_status, outcome or error code)` of every item, in order.
+fn items(answer: &(u16, Value)) -> Vec<(u64, String)> {
+    assert_eq!(answer.0, 200, "{answer:?}");
+    answer.1["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            assert_eq!(item["index"], i, "{item}");
+            let code = item["status"]
+                .as_str()
+                .or(item["error"].as_str())
+                .unwrap()
+                .to_owned();
+            (item["http_status"].as_u64().unwrap(), code)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_item_is_answered_as_it_would_be_alone() {
+    let ingest = Ingest::start(RedisChoice::Standalone).await;
+    let first = ingest
+        .post(r#"{"ballot_box_id":"OLD","city":"york","votes":{"a":5}}"#)
+        .await;
+    assert_eq!(first.0, 201, "{first:?}");
+
+    let body = json!({"reports": [
+        {"ballot_box_id": "B1", "city": "york", "votes": {"a": 10, "b": 3}},
+        {"ballot_box_id": "OLD", "city": "york", "votes": {"a": 5}},
+        {"ballot_box_id": "OLD", "city": "york", "votes": {"a": 6}},
+        {"ballot_box_id": "B 2", "city": "york", "votes": {"a": 1}},
+        {"ballot_box_id": "B3", "city": "york", "votes": {"a": 1}, "colour": "red"},
+        "not a report",
+        {"ballot_box_id": "B4", "city": "leeds", "votes": {"a": 4}},
+        {"ballot_box_id": "B4", "city": "leeds", "votes": {"a": 7}, "revision": 2, "reason": "recount"},
+        {"ballot_box_id": "OLD", "city": "leeds", "votes": {"a": 5}, "revision": 2, "reason": "moved"}
+    ]});
+    let answer = post_batch(&ingest, body.to_string()).await;
+    assert_eq!(
+        items(&answer),
+        [
+            (201, "counted".to_owned()),
+            (200, "counted".to_owned()),
+            (409, "conflict".to_owned()),
+            (422, "invalid_report".to_owned()),
+            (400, "bad_request".to_owned()),
+            (400, "bad_request".to_owned()),
+            (201, "counted".to_owned()),
+            (201, "counted".to_owned()),
+            (409, "conflict".to_owned()),
+        ]
+    );
+    let results = answer.1["results"].as_array().unwrap();
+    assert_eq!(results[0]["ballot_box_id"], "B1");
+    assert_eq!(results[1]["report_id"], first.1["report_id"], "a replay");
+    assert!(
+        results[3]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ballot_box_id")
+    );
+    assert_eq!(results[7]["revision"], 2);
+    // Revision 1 then 2 of B4 in one request: 7 for a, not 11.
+    assert_eq!(ingest.national("a"), Some(5 + 10 + 7));
+    assert_eq!(ingest.city("leeds", "a"), Some(7));
+    assert_eq!(ingest.national("b"), Some(3));
+    // The audit payload of an item is the item as posted.
+    let mut conn = ingest.pool.get().unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Payload {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        payload: String,
+    }
+    let payload: Payload = diesel::RunQueryDsl::get_result(
+        diesel::sql_query(
+            "SELECT payload::text AS payload FROM reports \
+             WHERE election_id = $1 AND ballot_box_id = 'B1'",
+        )
+        .bind::<diesel::sql_types::Text, _>(ingest.election.as_str()),
+        &mut conn,
+    )
+    .unwrap();
+    let stored: Value = serde_json::from_str(&payload.payload).unwrap();
+    assert_eq!(stored, body["reports"][0]);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_and_box_tokens_refuse_single_items() {
+    let ingest = Ingest::start(RedisChoice::Standalone).await;
+    let definition = Definition::from_toml(&format!(
+        "id = \"{}\"\nname = \"Bulk\"\n[[parties]]\nid = \"a\"\nname = \"A\"\ncolour = \"#000000\"\n[[cities]]\nid = \"york\"\nname = \"York\"\nexpected_ballot_boxes = 3\n",
+        ingest.election
+    ))
+    .unwrap();
+    store_pg::definitions::load(&ingest.pool, &definition).unwrap();
+    let (_, box_token) = issue_token(&ingest.pool, ingest.election.as_str(), Some("BB1"));
+    let body = json!({"reports": [
+        {"ballot_box_id": "BB1", "city": "york", "votes": {"a": 2}},
+        {"ballot_box_id": "BB1", "city": "york", "votes": {"z": 2}, "revision": 2, "reason": "r"},
+        {"ballot_box_id": "BB2", "city": "york", "votes": {"a": 2}}
+    ]})
+    .to_string();
+    let election = ingest.election.to_string();
+    let answer = post_batch_with(&ingest, &election, &box_token, "application/json", body).await;
+    assert_eq!(
+        items(&answer),
+        [
+            (201, "counted".to_owned()),
+            (422, "invalid_report".to_owned()),
+            (403, "forbidden".to_owned()),
+        ]
+    );
+    assert_eq!(ingest.national("a"), Some(2));
+    assert_eq!(ingest.national("z"), None);
+    assert_eq!(ingest.rows().0, 1);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_request_problems_are_answered_alone_and_record_nothing() {
+    let ingest = Ingest::start(RedisChoice::Standalone).await;
+    let election = ingest.election.to_string();
+    let one = r#"{"ballot_box_id":"B1","city":"york","votes":{"a":1}}"#;
+    let good = format!(r#"{{"reports":[{one}]}}"#);
+    for (body, fragment) in [
+        ("[]".to_owned(), "expected {\"reports\""),
+        (r#"{"reports": {}}"#.to_owned(), "expected {\"reports\""),
+        (r#"{"reports": [], "x": 1}"#.to_owned(), "unknown field"),
+        (r#"{"reports": []}"#.to_owned(), "`reports` is empty"),
+        ("{\"reports\": [".to_owned(), "expected {\"reports\""),
+    ] {
+        let answer = post_batch(&ingest, body.clone()).await;
+        assert_eq!(answer.0, 400, "{body}: {answer:?}");
+        assert_eq!(answer.1["error"], "bad_request");
+        let message = answer.1["message"].as_str().unwrap();
+        assert!(message.contains(fragment), "{body}: {message}");
+    }
+    let many = format!(r#"{{"reports":[{}]}}"#, vec![one; 1001].join(","));
+    let answer = post_batch(&ingest, many).await;
+    assert_eq!(answer.0, 413, "{answer:?}");
+    assert!(
+        answer.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1000")
+    );
+    let huge = format!(
+        r#"{{"reports":[{{"ballot_box_id":"B1","city":"york","votes":{{"a":1}},"reason":"{}"}}]}}"#,
+        "x".repeat(4 * 1024 * 1024)
+    );
+    assert_eq!(post_batch(&ingest, huge).await.0, 413);
+    assert_eq!(
+        post_batch_with(
+            &ingest,
+            &election,
+            &ingest.token,
+            "text/plain",
+            good.clone()
+        )
+        .await
+        .0,
+        415
+    );
+    assert_eq!(
+        post_batch_with(&ingest, &election, "nope", "application/json", good.clone())
+            .await
+            .0,
+        401
+    );
+    let other = format!("{election}-other");
+    assert_eq!(
+        post_batch_with(&ingest, &other, &ingest.token, "application/json", good)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(ingest.rows(), (0, 0));
+    assert_eq!(ingest.national("a"), None);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_batch_posted_twice_at_once_counts_once() {
+    let ingest = Ingest::start(RedisChoice::Standalone).await;
+    let reports: Vec<Value> = (0..200)
+        .map(|i| json!({"ballot_box_id": format!("B{i}"), "city": format!("c{}", i % 7), "votes": {"a": 1, "b": 2}}))
+        .collect();
+    let body = json!({ "reports": reports }).to_string();
+    let (one, two) = tokio::join!(post_batch(&ingest, body.clone()), post_batch(&ingest, body));
+    let mut statuses: Vec<u64> = items(&one).into_iter().map(|(s, _)| s).collect();
+    statuses.extend(items(&two).into_iter().map(|(s, _)| s));
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 200);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 200);
+    assert_eq!(ingest.national("a"), Some(200));
+    assert_eq!(ingest.national("b"), Some(400));
+    assert_eq!(ingest.rows().0, 200);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgresql_fails_the_whole_request_with_503() {
+    let ingest = Ingest::with_dead_postgres("bulkdown").await;
+    let answer = post_batch(
+        &ingest,
+        r#"{"reports":[{"ballot_box_id":"B1","city":"york","votes":{"a":1}},{"ballot_box_id":"B2","city":"york","votes":{"a":1}}]}"#.to_owned(),
+    )
+    .await;
+    assert_eq!(answer.0, 503, "{answer:?}");
+    assert_eq!(answer.1["error"], "unavailable");
+    assert_eq!(ingest.national("a"), None);
+    ingest.stop().await;
+}
