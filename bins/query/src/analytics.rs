@@ -312,9 +312,12 @@ pub async fn reports_csv(
     let filename = format!("election-{election}-reports.csv");
     let cache_control = state.cache.history.clone();
     tokio::spawn(export(state, election, first, sender));
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|chunk| (chunk, receiver))
-    });
+    // Fused: a body may be polled again after its end (the compression
+    // layer does), which a bare `unfold` answers with a panic.
+    let stream = futures_util::StreamExt::fuse(futures_util::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|chunk| (chunk, receiver)) },
+    ));
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
