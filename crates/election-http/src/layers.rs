@@ -275,6 +275,49 @@ pub async fn openapi() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_json_500_with_its_request_id() {
+        let router = Router::new().route(
+            "/boom",
+            get(|| async {
+                if true {
+                    panic!("the handler broke");
+                }
+                "never"
+            }),
+        );
+        let app = Layers {
+            cors_origins: CorsOrigins::None,
+            cors_methods: vec![Method::GET],
+            cors_request_headers: Vec::new(),
+            cors_exposed_headers: Vec::new(),
+        }
+        .apply(router);
+        let response = app
+            .oneshot(
+                Request::builder()
+                    .uri("/boom")
+                    .header("x-request-id", "r-1")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(response.headers()["x-request-id"], "r-1");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"error":"internal","message":"internal error; it has been logged"}"#
+        );
+    }
 
     #[test]
     fn origins_parse() {
