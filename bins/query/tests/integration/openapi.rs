@@ -365,7 +365,11 @@ impl Checker {
             event.data
         } else {
             let text = response.text().await.unwrap();
-            if media == "application/json" {
+            if media == "application/yaml" {
+                let value: Value = serde_yaml::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{what}: not YAML ({e})"));
+                self.doc.check_value(&spec["schema"], &value, &what);
+            } else if media == "application/json" {
                 let value: Value = serde_json::from_str(&text)
                     .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
                 self.doc.check_value(&spec["schema"], &value, &what);
