@@ -160,7 +160,7 @@ run() {
     fi
 }
 
-INGEST_OPS=(--include-operation-id postReport --include-operation-id getHealth
+INGEST_OPS=(--include-operation-id postReport --include-operation-id getHealth --include-operation-id getOpenapi
     --include-operation-id getReadiness --include-operation-id getMetrics)
 run ingest schemathesis --config-file "$(pinned_config)" run "$SPEC" \
     --url "http://$INGEST" "${INGEST_OPS[@]}" -H "Authorization: Bearer $TOKEN" "${COMMON[@]}"

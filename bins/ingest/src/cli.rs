@@ -20,6 +20,7 @@
 //! | `INGEST_BODY_TIMEOUT_MS` | `--body-timeout-ms` | 10000 (a report's body must arrive within it, or 408) |
 //! | `INGEST_TOKEN_RATE` | `--token-rate` | 0 (reports per second per token; 0: no limit) |
 //! | `INGEST_TOKEN_BURST` | `--token-burst` | 0 (reports at once per token; 0: the rate, rounded up) |
+//! | `INGEST_CORS_ALLOWED_ORIGINS` | `--cors-allowed-origins` | `none` (browsers on other origins may not post; or `*`, or a comma-separated list of origins) |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
 //!
@@ -163,6 +164,11 @@ pub struct Serve {
     /// rounded up.
     #[arg(long, env = "INGEST_TOKEN_BURST", default_value_t = 0)]
     pub token_burst: u32,
+    /// Origins whose browser pages may post reports: `none` (the default:
+    /// ballot boxes are programs, not pages), `*`, or a comma-separated
+    /// list such as `https://results.example`.
+    #[arg(long, env = "INGEST_CORS_ALLOWED_ORIGINS", default_value = "none")]
+    pub cors_allowed_origins: String,
 }
 
 /// `token` subcommands.

@@ -10,6 +10,7 @@ use election_core::{
 };
 use election_http::ServeConfig;
 use election_http::health::ReadyCheck;
+use election_http::layers::CorsOrigins;
 use store_pg::{PgLog, PgPool};
 use store_redis::RedisTally;
 
@@ -94,14 +95,20 @@ impl DefinitionLookup for PgDefinitions {
     }
 }
 
-/// What `/readyz` checks: PostgreSQL and Redis both answer. A Redis whose
-/// `maxmemory-policy` may evict keys is named in a note: the service stays
-/// ready (reports are still recorded and answered), but nothing is counted
-/// until the policy is fixed.
+/// What `/readyz` checks: PostgreSQL answers. Ingest is ready without
+/// Redis: it still records every report durably and answers 202, and the
+/// reprocessor counts them later; a load balancer that pulled ingest when
+/// Redis fails would refuse reports exactly when they must be recorded.
+/// Redis's state (down, or a `maxmemory-policy` that may evict keys) is
+/// named in a note, as on `/healthz` and in `ingest_redis_up`.
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
     Arc::new(move || {
         store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
-        tally.readiness()
+        Ok(tally.readiness().unwrap_or_else(|why| {
+            vec![format!(
+                "{why}; reports are recorded and answered 202, counted once it is back"
+            )]
+        }))
     })
 }
 
@@ -174,6 +181,8 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         },
         body_timeout: Duration::from_millis(args.body_timeout_ms),
         rate_limit,
+        cors_origins: CorsOrigins::parse(&args.cors_allowed_origins)
+            .map_err(|why| anyhow::anyhow!("--cors-allowed-origins: {why}"))?,
     };
     crate::run(
         listener,

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod definitions;
 pub mod limit;
+pub mod redis_watch;
 pub mod service;
 
 use std::future::Future;
@@ -21,12 +22,14 @@ use std::time::Duration;
 use election_core::{Engine, ReportLog, Tally};
 use election_http::ServeConfig;
 use election_http::health::ReadyCheck;
+use election_http::layers::CorsOrigins;
 use election_http::metrics::Registry;
 
 use crate::auth::{TokenCache, TokenLookup};
 use crate::batcher::{BatchConfig, Batcher};
 use crate::definitions::DefinitionCache;
 use crate::limit::{RateLimit, RateLimiter};
+use crate::redis_watch::RedisWatch;
 use crate::service::{AppState, router};
 use election_core::DefinitionLookup;
 
@@ -64,6 +67,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// The per-token rate limit (`None`: no limit).
     pub rate_limit: Option<RateLimit>,
+    /// Origins whose browser pages may post (none by default).
+    pub cors_origins: CorsOrigins,
 }
 
 /// Serves the reporting API on `listener` until `shutdown` resolves, then
@@ -76,12 +81,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Registry::new());
+    let (stop_watch, watch_stopping) = tokio::sync::watch::channel(false);
+    let redis_watch = RedisWatch::new();
     if let Some(redis) = services.redis {
+        let evicting = Arc::clone(&redis);
         metrics.gauge_fn(
             store_redis::EVICTING_GAUGE,
             store_redis::EVICTING_GAUGE_HELP,
-            move || redis.evicting_gauge(),
+            move || evicting.evicting_gauge(),
         );
+        let watched = Arc::clone(&redis_watch);
+        metrics.gauge_fn(
+            redis_watch::UP_GAUGE,
+            redis_watch::UP_GAUGE_HELP,
+            move || watched.gauge(),
+        );
+        tokio::spawn(Arc::clone(&redis_watch).run(redis, watch_stopping));
     }
     let engine = Engine::new(services.log, services.tally);
     let (batcher, task) = Batcher::start(engine, settings.batch, Arc::clone(&metrics));
@@ -98,8 +113,14 @@ pub async fn run(
             .rate_limit
             .map(|limit| Arc::new(RateLimiter::new(limit))),
     };
-    let app = router(state, services.ready);
+    let app = router(
+        state,
+        services.ready,
+        redis_watch.details(),
+        settings.cors_origins,
+    );
     election_http::serve(listener, app, settings.serve, shutdown).await?;
+    stop_watch.send_replace(true);
     // The router (and with it every handle on the batcher) is gone: wait for
     // the batches still being recorded.
     task.finish().await;

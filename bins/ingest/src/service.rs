@@ -11,13 +11,18 @@
 //! Only then is the report queued for the [`Batcher`], whose answer becomes
 //! 201, 202, 200, 409 or 503. Every refusal happens before anything is
 //! written (I4).
+//!
+//! Around the routes, the shared layers (`election_http::layers`): request
+//! ids and the access log, JSON 404 and 405 (with `Allow`), caught panics,
+//! compression, and CORS closed unless origins are configured (ballot boxes
+//! are programs; a browser page posting reports is the exception).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,7 +30,8 @@ use election_core::{
     BallotBoxId, ElectionId, Outcome, Problem, Report, ReportError, ReportId, StoreError,
 };
 use election_http::ApiError;
-use election_http::health::{self, ReadyCheck};
+use election_http::health::{self, HealthDetails, ReadyCheck};
+use election_http::layers::{self, CorsOrigins, Layers};
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -61,21 +67,29 @@ pub struct AppState {
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/elections/{election}/reports"),
     ("POST", "/v1/elections/{election}/report-batches"),
+    ("GET", "/openapi.yaml"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ];
 
-/// The router of the ingest service.
-pub fn router(state: AppState, ready: ReadyCheck) -> Router {
+/// The router of the ingest service; `health` adds lines to `/healthz`,
+/// `cors_origins` may post from browsers.
+pub fn router(
+    state: AppState,
+    ready: ReadyCheck,
+    health: HealthDetails,
+    cors_origins: CorsOrigins,
+) -> Router {
     let metrics = Arc::clone(&state.metrics);
-    Router::new()
+    let router = Router::new()
         .route("/v1/elections/{election}/reports", post(post_report))
         .route(
             "/v1/elections/{election}/report-batches",
             post(crate::bulk::post_batch),
         )
         .with_state(state)
+        .route("/openapi.yaml", get(layers::openapi))
         .route(
             "/metrics",
             get(move || {
@@ -88,7 +102,19 @@ pub fn router(state: AppState, ready: ReadyCheck) -> Router {
                 }
             }),
         )
-        .merge(health::routes(ready))
+        .merge(health::routes_with_details(ready, health))
+        .fallback(layers::not_found);
+    Layers {
+        cors_origins,
+        cors_methods: vec![Method::POST],
+        cors_request_headers: vec![
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            layers::REQUEST_ID,
+        ],
+        cors_exposed_headers: vec![header::RETRY_AFTER, layers::REQUEST_ID],
+    }
+    .apply(router)
 }
 
 /// The body of every 2xx answer.

@@ -4,7 +4,22 @@
 //!
 //! Query parameters are checked strictly: an unknown, repeated or malformed
 //! parameter is a 400 naming it, so a typo (`?form=`) is never silently read
-//! as "no window".
+//! as "no window". Then the election must exist (404 `unknown_election`).
+//!
+//! # The CSV export
+//!
+//! Safe to open in a spreadsheet: a text cell that starts with `=`, `+`, `-`,
+//! `@`, a tab or a carriage return would be read as a formula (OWASP "CSV
+//! injection"; a correction's free-text `reason` such as
+//! `=HYPERLINK("http://evil", "recount")`), so it is written with a `'`
+//! before it, which spreadsheets show as text. Only free text is touched:
+//! ids cannot start with those characters, and numbers (a negative
+//! `difference`) stay numbers.
+//!
+//! Incremental: `?after=<report id>` exports only revisions with a larger
+//! report id (the log's primary key, which grows in recording order), so a
+//! newsroom that remembers the last `report_id` it has pulls only what is
+//! new.
 
 use std::collections::HashMap;
 
@@ -154,6 +169,7 @@ pub async fn cities(
             rfc3339(to)
         )));
     }
+    state.elections.check(&election).await?;
     let pool = state.pg.clone();
     let target = election.clone();
     let rows = election_http::blocking(move || {
@@ -161,19 +177,22 @@ pub async fn cities(
     })
     .await?
     .map_err(pg_error)?;
-    Ok(json_response(&CitiesBody {
-        election,
-        from: from.map(rfc3339),
-        to: to.map(rfc3339),
-        cities: rows
-            .into_iter()
-            .map(|row| CityBody {
-                city: row.city,
-                votes: row.votes,
-                reports: row.reports,
-            })
-            .collect(),
-    }))
+    Ok(json_response(
+        &CitiesBody {
+            election,
+            from: from.map(rfc3339),
+            to: to.map(rfc3339),
+            cities: rows
+                .into_iter()
+                .map(|row| CityBody {
+                    city: row.city,
+                    votes: row.votes,
+                    reports: row.reports,
+                })
+                .collect(),
+        },
+        state.cache.history.clone(),
+    ))
 }
 
 #[derive(Serialize)]
@@ -211,25 +230,29 @@ pub async fn first_reports(
                 ))
             })?,
     };
+    state.elections.check(&election).await?;
     let pool = state.pg.clone();
     let target = election.clone();
     let rows = election_http::blocking(move || history::first_reports(&pool, &target, limit))
         .await?
         .map_err(pg_error)?;
-    Ok(json_response(&FirstReportsBody {
-        election,
-        limit,
-        ballot_boxes: rows
-            .into_iter()
-            .enumerate()
-            .map(|(index, row)| FirstReportBody {
-                rank: index + 1,
-                ballot_box_id: row.ballot_box,
-                city: row.city,
-                first_reported_at: rfc3339(row.first_reported_at),
-            })
-            .collect(),
-    }))
+    Ok(json_response(
+        &FirstReportsBody {
+            election,
+            limit,
+            ballot_boxes: rows
+                .into_iter()
+                .enumerate()
+                .map(|(index, row)| FirstReportBody {
+                    rank: index + 1,
+                    ballot_box_id: row.ballot_box,
+                    city: row.city,
+                    first_reported_at: rfc3339(row.first_reported_at),
+                })
+                .collect(),
+        },
+        state.cache.history.clone(),
+    ))
 }
 
 /// `GET /v1/elections/{e}/timeline?bucket=`.
@@ -249,28 +272,52 @@ pub async fn timeline(
             ))
         })?,
     };
+    state.elections.check(&election).await?;
     let body = state.timelines.body(&state.pg, &election, bucket).await?;
-    Ok(crate::api::bytes_response(body))
+    Ok(crate::api::bytes_response(
+        body,
+        state.cache.history.clone(),
+    ))
 }
 
-/// `GET /v1/elections/{e}/reports.csv`: every revision of every report, one
-/// row per party, streamed page by page as the client reads.
+/// `GET /v1/elections/{e}/reports.csv?after=`: every revision of every
+/// report (with a report id above `after`, when given), one row per party,
+/// streamed page by page as the client reads.
 pub async fn reports_csv(
     State(state): State<AppState>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let election = parse_election(&election)?;
-    parameters(query, &[])?;
+    let parameters = parameters(query, &["after"])?;
+    let after = match parameters.get("after") {
+        None => None,
+        Some(text) => Some(AuditCursor {
+            report_id: text
+                .parse::<i64>()
+                .ok()
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| {
+                    bad_parameter(format!(
+                        "after: {text:?} must be a report id (a whole number, 0 or more)"
+                    ))
+                })?,
+        }),
+    };
+    state.elections.check(&election).await?;
     // The first page is read before answering, so an unavailable database
     // is a clean 503 rather than a broken download.
-    let first = read_page(&state, &election, None).await?;
+    let first = read_page(&state, &election, after).await?;
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_AHEAD);
     let filename = format!("election-{election}-reports.csv");
+    let cache_control = state.cache.history.clone();
     tokio::spawn(export(state, election, first, sender));
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|chunk| (chunk, receiver))
-    });
+    // Fused: a body may be polled again after its end (the compression
+    // layer does), which a bare `unfold` answers with a panic.
+    let stream = futures_util::StreamExt::fuse(futures_util::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|chunk| (chunk, receiver)) },
+    ));
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
@@ -278,7 +325,10 @@ pub async fn reports_csv(
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{filename}\""),
             ),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (
+                header::CACHE_CONTROL,
+                cache_control.to_str().unwrap_or("no-store").to_owned(),
+            ),
         ],
         Body::from_stream(stream),
     )
@@ -342,7 +392,7 @@ pub fn write_row(out: &mut Vec<u8>, row: &AuditRow) {
         row.ballot_box.as_str(),
         row.city.as_str(),
         &row.revision.to_string(),
-        row.reason.as_deref().unwrap_or(""),
+        &neutralise(row.reason.as_deref().unwrap_or("")),
         row.party.as_str(),
         &row.votes.to_string(),
         &row.difference.to_string(),
@@ -356,6 +406,16 @@ pub fn write_row(out: &mut Vec<u8>, row: &AuditRow) {
         write_field(out, field);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Free text as a spreadsheet will show it, never run it: a leading `'`
+/// when it starts like a formula (see the module docs).
+pub fn neutralise(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{text}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 fn write_field(out: &mut Vec<u8>, field: &str) {
@@ -395,6 +455,23 @@ mod tests {
         assert_eq!(field("the \"late\" box"), "\"the \"\"late\"\" box\"");
         assert_eq!(field("two\nlines"), "\"two\nlines\"");
         assert_eq!(field("\""), "\"\"\"\"");
+    }
+
+    #[test]
+    fn formula_like_text_is_neutralised() {
+        for formula in [
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(neutralise(formula), format!("'{formula}"));
+        }
+        for text in ["recount", "", "a=b", " =x", "'already"] {
+            assert_eq!(neutralise(text), text);
+        }
     }
 
     #[test]

@@ -5,6 +5,16 @@
 //! Every route is declared once, in `table`, which both builds the router
 //! and lists the routes ([`routes`]) for the test that keeps
 //! `docs/openapi.yaml` true.
+//!
+//! Every endpoint naming an election first asks [`crate::elections`]
+//! whether it exists (404 `unknown_election` otherwise), so made-up ids cost
+//! no live feed. Live JSON answers carry a weak `ETag` from the snapshot's
+//! version, `Last-Modified` and `Cache-Control: public, max-age=<live>`, and
+//! answer 304 to a client that has the version
+//! (`election_http::conditional`); history answers carry the longer
+//! `max-age=<history>`. The shared layers (`election_http::layers`) add
+//! CORS (any origin by default), compression, request ids, the access log,
+//! JSON 404/405 and caught panics.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,14 +24,16 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::handler::Handler;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use election_core::{CityId, ElectionId};
 use election_http::ApiError;
+use election_http::conditional::Validators;
 use election_http::health::{self, ReadyCheck};
+use election_http::layers::{self, CorsOrigins, Layers};
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -37,6 +49,21 @@ pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// Routes served by the shared health plumbing (`election_http::health`).
 const HEALTH_ROUTES: [(&str, &str); 2] = [("GET", "/healthz"), ("GET", "/readyz")];
+
+/// What a cross-origin reader may send: revalidation and stream resumption.
+const CORS_REQUEST_HEADERS: [HeaderName; 3] = [
+    header::IF_NONE_MATCH,
+    HeaderName::from_static("last-event-id"),
+    layers::REQUEST_ID,
+];
+
+/// What a cross-origin reader may read besides the simple headers.
+const CORS_EXPOSED_HEADERS: [HeaderName; 4] = [
+    header::ETAG,
+    header::CONTENT_DISPOSITION,
+    header::RETRY_AFTER,
+    layers::REQUEST_ID,
+];
 
 /// One route: method, path, handler.
 struct Route {
@@ -61,6 +88,8 @@ where
 fn table() -> Vec<Route> {
     vec![
         get_route("/", dashboard),
+        get_route("/openapi.yaml", layers::openapi),
+        get_route("/v1/elections", elections),
         get_route("/v1/elections/{election}", definition),
         get_route("/v1/elections/{election}/totals", totals),
         get_route("/v1/elections/{election}/cities", cities),
@@ -92,29 +121,36 @@ pub fn routes() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
-/// The router of the query service.
-pub fn router(state: AppState, ready: ReadyCheck) -> Router {
+/// The router of the query service; `cors_origins` may read it from
+/// browsers (everything here is public and read-only: any, by default).
+pub fn router(state: AppState, ready: ReadyCheck, cors_origins: CorsOrigins) -> Router {
     let mut router = Router::new();
     for route in table() {
         router = router.route(route.path, route.handler);
     }
     let metrics = Arc::clone(&state.metrics);
-    router
-        .fallback(not_found)
+    let router = router
+        .fallback(layers::not_found)
         .with_state(state)
         .merge(health::routes(ready))
-        .layer(middleware::from_fn_with_state(metrics, track))
+        .layer(middleware::from_fn_with_state(metrics, track));
+    Layers {
+        cors_origins,
+        cors_methods: vec![Method::GET, Method::HEAD],
+        cors_request_headers: CORS_REQUEST_HEADERS.to_vec(),
+        cors_exposed_headers: CORS_EXPOSED_HEADERS.to_vec(),
+    }
+    .apply(router)
 }
 
-/// Counts every answer by route and status, and lets browsers on other
-/// origins read them (everything here is public and read-only).
+/// Counts every answer by route and status.
 async fn track(State(metrics): State<Arc<Registry>>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let started = Instant::now();
-    let mut response = next.run(request).await;
+    let response = next.run(request).await;
     metrics.inc(
         "query_requests_total",
         "Requests answered, by route and HTTP status.",
@@ -128,19 +164,7 @@ async fn track(State(metrics): State<Arc<Registry>>, request: Request, next: Nex
         &[("route", &route)],
         started.elapsed().as_secs_f64(),
     );
-    response.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
     response
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint; see docs/openapi.yaml",
-    )
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -190,24 +214,55 @@ fn parse_city(text: &str) -> Result<CityId, ApiError> {
     })
 }
 
-/// A JSON answer from pre-rendered bytes.
-pub fn bytes_response(body: Bytes) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+/// A JSON answer from pre-rendered bytes, with `cache_control`.
+pub fn bytes_response(body: Bytes, cache_control: HeaderValue) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, cache_control);
+    response
 }
 
-/// A JSON answer rendered now.
-pub fn json_response<T: Serialize>(value: &T) -> Response {
+/// A JSON answer rendered now, with `cache_control`.
+pub fn json_response<T: Serialize>(value: &T, cache_control: HeaderValue) -> Response {
     match serde_json::to_vec(value) {
-        Ok(body) => bytes_response(Bytes::from(body)),
+        Ok(body) => bytes_response(Bytes::from(body), cache_control),
         Err(error) => ApiError::internal(format!("rendering an answer: {error}")).into_response(),
     }
+}
+
+/// A live answer: `body` of the snapshot `rendered`, or a 304 when the
+/// client has its version.
+fn live_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    rendered: &Rendered,
+    body: Bytes,
+) -> Response {
+    let validators = Validators {
+        tag: rendered.version.to_string(),
+        // The version is the time its change was seen, in milliseconds.
+        last_modified: i64::try_from(rendered.version)
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .unwrap_or(rendered.as_of),
+    };
+    validators.answer(headers, state.cache.live.clone(), || {
+        bytes_response(body, state.cache.live.clone())
+    })
+}
+
+/// The election named by a path, once it is known to exist.
+async fn existing(state: &AppState, text: &str) -> Result<ElectionId, ApiError> {
+    let election = parse_election(text)?;
+    state.elections.check(&election).await?;
+    Ok(election)
+}
+
+/// `GET /v1/elections`: every election that is defined or reported to.
+async fn elections(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let body = state.elections.list_body().await?;
+    Ok(bytes_response(body, state.cache.live.clone()))
 }
 
 /// `GET /v1/elections/{e}`: display names, colours and expected ballot boxes
@@ -215,40 +270,60 @@ pub fn json_response<T: Serialize>(value: &T) -> Response {
 async fn definition(
     State(state): State<AppState>,
     Path(election): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let election = parse_election(&election)?;
+    let election = existing(&state, &election).await?;
     let rendered = state.live.current(&election).await?;
-    Ok(bytes_response(rendered.definition.clone()))
+    Ok(live_response(
+        &state,
+        &headers,
+        &rendered,
+        rendered.definition.clone(),
+    ))
 }
 
 async fn totals(
     State(state): State<AppState>,
     Path(election): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let election = parse_election(&election)?;
+    let election = existing(&state, &election).await?;
     let rendered = state.live.current(&election).await?;
-    Ok(bytes_response(rendered.national.clone()))
+    Ok(live_response(
+        &state,
+        &headers,
+        &rendered,
+        rendered.national.clone(),
+    ))
 }
 
 async fn cities(
     State(state): State<AppState>,
     Path(election): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let election = parse_election(&election)?;
+    let election = existing(&state, &election).await?;
     let rendered = state.live.current(&election).await?;
-    Ok(bytes_response(rendered.cities.clone()))
+    Ok(live_response(
+        &state,
+        &headers,
+        &rendered,
+        rendered.cities.clone(),
+    ))
 }
 
 async fn city_totals(
     State(state): State<AppState>,
     Path((election, city)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let election = parse_election(&election)?;
     let city = parse_city(&city)?;
+    state.elections.check(&election).await?;
     let rendered = state.live.current(&election).await?;
     rendered
         .city(city.as_str())
-        .map(bytes_response)
+        .map(|body| live_response(&state, &headers, &rendered, body))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -330,7 +405,7 @@ async fn stream(
     Path(election): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let election = parse_election(&election)?;
+    let election = existing(&state, &election).await?;
     let current = state.live.subscribe_ready(&election).await?;
     let client_has = headers
         .get("last-event-id")

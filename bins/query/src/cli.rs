@@ -18,6 +18,10 @@
 //! | `TIMELINE_CACHE_MS` | `--timeline-cache-ms` | 2000 |
 //! | `TIMELINE_FULL_REFRESH_SECS` | `--timeline-full-refresh-secs` | 300 |
 //! | `HTTP_HEADER_TIMEOUT_MS` | `--header-timeout-ms` | 10000 (a request's headers must arrive within it, or the connection is closed; streams are not affected) |
+//! | `CACHE_MAX_AGE_SECS` | `--cache-max-age-secs` | 1 (`Cache-Control: public, max-age=` of live answers) |
+//! | `HISTORY_CACHE_MAX_AGE_SECS` | `--history-cache-max-age-secs` | 10 (the same for history answers and the CSV export) |
+//! | `ELECTIONS_REFRESH_SECS` | `--elections-refresh-secs` | 5 (how often the list of known elections is read again) |
+//! | `QUERY_CORS_ALLOWED_ORIGINS` | `--cors-allowed-origins` | `*` (any origin; or a comma-separated list of origins, or `none`) |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
 //!
@@ -47,6 +51,13 @@ pub const DEFAULT_TIMELINE_CACHE_MS: u64 = 2000;
 pub const DEFAULT_TIMELINE_FULL_REFRESH_SECS: u64 = 300;
 /// Default deadline for a request's headers, in milliseconds.
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Default `max-age` of live answers: one refresh or so, so a CDN in front
+/// asks the service about once a second per URL, whatever its audience.
+pub const DEFAULT_CACHE_MAX_AGE_SECS: u64 = 1;
+/// Default `max-age` of history answers, which change slowly.
+pub const DEFAULT_HISTORY_CACHE_MAX_AGE_SECS: u64 = 10;
+/// Default interval between two reads of the known elections.
+pub const DEFAULT_ELECTIONS_REFRESH_SECS: u64 = 5;
 
 /// election-query: live totals, history and the dashboard of the election
 /// counting system.
@@ -119,6 +130,20 @@ pub struct Serve {
     /// stream is a response being written and is never cut by it.
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_TIMEOUT_MS)]
     pub header_timeout_ms: u64,
+    /// Seconds a browser or CDN may reuse a live answer (`Cache-Control: public, max-age=`).
+    #[arg(long, env = "CACHE_MAX_AGE_SECS", default_value_t = DEFAULT_CACHE_MAX_AGE_SECS)]
+    pub cache_max_age_secs: u64,
+    /// Seconds a browser or CDN may reuse a history answer or CSV export.
+    #[arg(long, env = "HISTORY_CACHE_MAX_AGE_SECS", default_value_t = DEFAULT_HISTORY_CACHE_MAX_AGE_SECS)]
+    pub history_cache_max_age_secs: u64,
+    /// Seconds between two reads of the list of known elections (a new
+    /// election is also found at its first request).
+    #[arg(long, env = "ELECTIONS_REFRESH_SECS", default_value_t = DEFAULT_ELECTIONS_REFRESH_SECS)]
+    pub elections_refresh_secs: u64,
+    /// Origins browsers may read the API from: `*` (any), `none`, or a
+    /// comma-separated list such as `https://news.example,https://tv.example`.
+    #[arg(long, env = "QUERY_CORS_ALLOWED_ORIGINS", default_value = "*")]
+    pub cors_allowed_origins: String,
 }
 
 /// A URL with its password replaced by `***`, for logs (shared by every

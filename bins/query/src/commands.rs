@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use election_http::health::ReadyCheck;
+use election_http::layers::CorsOrigins;
 use store_pg::PgPool;
 use store_redis::RedisTally;
 
@@ -55,6 +56,11 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     if args.header_timeout_ms == 0 {
         bail!("--header-timeout-ms must be at least 1");
     }
+    if args.elections_refresh_secs == 0 {
+        bail!("--elections-refresh-secs must be at least 1");
+    }
+    let cors_origins = CorsOrigins::parse(&args.cors_allowed_origins)
+        .map_err(|why| anyhow::anyhow!("--cors-allowed-origins: {why}"))?;
     let pg = store_pg::connect(&args.database_url, args.pg_pool_size, PG_CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to PostgreSQL at {}", redact(&args.database_url)))?;
     {
@@ -95,6 +101,10 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         serve: election_http::ServeConfig {
             header_read_timeout: Duration::from_millis(args.header_timeout_ms),
         },
+        live_max_age_secs: args.cache_max_age_secs,
+        history_max_age_secs: args.history_cache_max_age_secs,
+        elections_refresh: Duration::from_secs(args.elections_refresh_secs),
+        cors_origins,
     };
     crate::run(
         listener,

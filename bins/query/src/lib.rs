@@ -6,6 +6,8 @@
 //! [`run`] takes its listener and shutdown signal from the caller, so tests
 //! serve on port 0 and stop it at will.
 //!
+//! - [`elections`]: which elections exist (404 for the others, before any
+//!   live feed is started);
 //! - [`live`]: one refreshed snapshot per watched election, shared by every
 //!   reader and stream;
 //! - [`render`]: the live bodies, rendered once per snapshot;
@@ -16,6 +18,7 @@ pub mod analytics;
 pub mod api;
 pub mod cli;
 pub mod commands;
+pub mod elections;
 pub mod live;
 pub mod render;
 pub mod timeline;
@@ -25,12 +28,16 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use election_core::Tally;
+use election_http::conditional::public_max_age;
 use election_http::health::ReadyCheck;
+use election_http::layers::CorsOrigins;
 use election_http::metrics::Registry;
 use store_pg::PgPool;
 use tokio::sync::watch;
 
+use crate::elections::Elections;
 use crate::live::{Live, LiveConfig};
 use crate::timeline::Timelines;
 
@@ -50,7 +57,7 @@ pub struct Services {
 
 /// Tunables of a running service. No `Default`: the binary builds it from
 /// its configuration (see [`cli`]), tests spell theirs out.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Time between two snapshots of a watched election.
     pub snapshot_interval: Duration,
@@ -70,6 +77,23 @@ pub struct Settings {
     /// Connection handling: the header-read deadline (slowloris). Streams
     /// are responses being written, which it never cuts.
     pub serve: election_http::ServeConfig,
+    /// `Cache-Control: public, max-age=<seconds>` of live answers.
+    pub live_max_age_secs: u64,
+    /// `Cache-Control: public, max-age=<seconds>` of history answers.
+    pub history_max_age_secs: u64,
+    /// How often the list of known elections is read again.
+    pub elections_refresh: Duration,
+    /// Origins browsers may read the API from.
+    pub cors_origins: CorsOrigins,
+}
+
+/// The `Cache-Control` values of the answers.
+#[derive(Clone, Debug)]
+pub struct CachePolicy {
+    /// Live answers (totals, cities, the definition, the election list).
+    pub live: HeaderValue,
+    /// History answers (analytics, the timeline, the CSV export).
+    pub history: HeaderValue,
 }
 
 /// What every request handler shares.
@@ -87,6 +111,10 @@ pub struct AppState {
     pub subscribers: Arc<AtomicI64>,
     /// Interval of stream keep-alives.
     pub keep_alive: Duration,
+    /// Which elections exist.
+    pub elections: Arc<Elections>,
+    /// `Cache-Control` of answers.
+    pub cache: CachePolicy,
 }
 
 /// Serves the read API on `listener` until `shutdown` resolves, then stops
@@ -123,7 +151,14 @@ pub async fn run(
         Arc::clone(&metrics),
         stopping,
     );
+    let elections = Elections::new(services.pg.clone(), settings.elections_refresh);
+    tokio::spawn(Arc::clone(&elections).keep_fresh(stop.subscribe()));
     let state = AppState {
+        elections,
+        cache: CachePolicy {
+            live: public_max_age(settings.live_max_age_secs),
+            history: public_max_age(settings.history_max_age_secs),
+        },
         live,
         pg: services.pg,
         timelines: Arc::new(Timelines::new(
@@ -134,7 +169,7 @@ pub async fn run(
         subscribers: Arc::new(AtomicI64::new(0)),
         keep_alive: settings.keep_alive,
     };
-    let app = api::router(state, services.ready);
+    let app = api::router(state, services.ready, settings.cors_origins);
     // Streams never end by themselves: the server's graceful shutdown would wait
     // for them forever. The signal first tells every stream and refresh task
     // to stop, then lets the server drain what is left.

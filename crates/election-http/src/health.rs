@@ -1,6 +1,11 @@
 //! `GET /healthz` (the process is alive and serving) and `GET /readyz` (its
 //! stores answer), shared by every service.
 //!
+//! `/healthz` never does I/O: it answers `ok`, followed by one `<name>:
+//! <state>` line per detail the service reports from state it keeps (such as
+//! ingest's last verdict on Redis, which does not make ingest unready: it
+//! still records reports and answers 202).
+//!
 //! Readiness runs the service's own check on the blocking pool with a time
 //! limit, so a hung store makes the answer 503 rather than a hung probe. A
 //! check may pass with notes (a store that answers but is misconfigured,
@@ -25,10 +30,35 @@ pub type ReadyCheck = Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>
 /// How long `/readyz` waits for the stores.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Lines for `/healthz` after `ok` (`redis: ok`); computed from state the
+/// service keeps, no I/O.
+pub type HealthDetails = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// The two health routes.
 pub fn routes<S: Clone + Send + Sync + 'static>(check: ReadyCheck) -> Router<S> {
+    routes_with_details(check, Arc::new(Vec::new))
+}
+
+/// The two health routes, `/healthz` with `details`.
+pub fn routes_with_details<S: Clone + Send + Sync + 'static>(
+    check: ReadyCheck,
+    details: HealthDetails,
+) -> Router<S> {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let details = Arc::clone(&details);
+                async move {
+                    let mut body = "ok\n".to_owned();
+                    for line in details() {
+                        body.push_str(&line);
+                        body.push('\n');
+                    }
+                    body
+                }
+            }),
+        )
         .route("/readyz", get(ready).with_state(check))
 }
 

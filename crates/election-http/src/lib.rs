@@ -6,6 +6,10 @@
 //! - [`metrics::Registry`]: counters and histograms rendered as Prometheus
 //!   text for `GET /metrics`.
 //! - [`health`]: `GET /healthz` and `GET /readyz`.
+//! - [`layers::Layers`]: the layers around every router (request ids, the
+//!   access log, CORS, compression, JSON errors, caught panics) and
+//!   `GET /openapi.yaml`.
+//! - [`conditional`]: `ETag`, `Last-Modified` and `304 Not Modified`.
 //! - [`telemetry::init`]: `tracing` output, human or JSON.
 //! - [`serve::serve`]: the HTTP server, with a header-read deadline (no
 //!   slowloris) and graceful shutdown.
@@ -14,8 +18,10 @@
 //!   the caller's tracing span.
 //! - [`redact`]: a URL fit for logs and metrics (passwords replaced).
 
+pub mod conditional;
 pub mod error;
 pub mod health;
+pub mod layers;
 pub mod metrics;
 pub mod serve;
 pub mod shutdown;

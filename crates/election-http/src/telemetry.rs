@@ -1,6 +1,10 @@
 //! Logging through `tracing`: human-readable lines by default, one JSON
 //! object per line with `--log-format json` (for journald or a log shipper).
 //! The level comes from `RUST_LOG` (default `info`).
+//!
+//! Human lines are coloured only when standard error, where they go, is a
+//! terminal: written to a file or the journal, colour codes are noise that
+//! breaks `grep`. `NO_COLOR` (any value) turns colour off on a terminal too.
 
 use tracing_subscriber::EnvFilter;
 
@@ -19,6 +23,7 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Human => builder.try_init(),
@@ -26,4 +31,10 @@ pub fn init(format: LogFormat) {
     };
     // A second call (tests) keeps the first subscriber.
     let _ = result;
+}
+
+/// Whether human lines may carry colour codes.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

@@ -486,3 +486,120 @@ pub fn audit_page(
     let next = if reports_seen < limit { None } else { last };
     Ok(AuditPage { rows: out, next })
 }
+
+/// Every election that exists for the read API: defined (a row in
+/// `election_definitions`) or reported to (a row in `ballot_boxes`), in id
+/// order. The reported ones are found by a skip scan of `ballot_boxes_pkey`
+/// (one index probe per election, not one row per ballot box), so this stays
+/// cheap at a million boxes and can be read every few seconds.
+const KNOWN_ELECTIONS: &str = "\
+WITH RECURSIVE e AS (
+    (SELECT election_id FROM ballot_boxes ORDER BY election_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT b.election_id FROM ballot_boxes b
+            WHERE b.election_id > e.election_id
+            ORDER BY b.election_id LIMIT 1)
+    FROM e
+    WHERE e.election_id IS NOT NULL
+)
+SELECT election_id FROM e WHERE election_id IS NOT NULL
+UNION
+SELECT election_id FROM election_definitions
+ORDER BY 1";
+
+/// Whether one election exists: two primary-key probes.
+const ELECTION_EXISTS: &str = "\
+SELECT EXISTS (SELECT 1 FROM election_definitions WHERE election_id = $1)
+    OR EXISTS (SELECT 1 FROM ballot_boxes WHERE election_id = $1) AS exists";
+
+/// Every known election with its name, boxes and last report. Counts every
+/// `ballot_boxes` row (a scan of the table: callers cache the answer).
+const ELECTIONS_SUMMARY: &str = "\
+WITH boxes AS (
+    SELECT election_id, count(*) AS ballot_boxes, max(updated_at) AS last_report_at
+    FROM ballot_boxes GROUP BY election_id
+)
+SELECT coalesce(b.election_id, d.election_id) AS election_id, d.name,
+       coalesce(b.ballot_boxes, 0) AS ballot_boxes, b.last_report_at
+FROM boxes b FULL OUTER JOIN election_definitions d ON d.election_id = b.election_id
+ORDER BY 1";
+
+#[derive(QueryableByName)]
+struct ElectionIdRow {
+    #[diesel(sql_type = Text)]
+    election_id: String,
+}
+
+#[derive(QueryableByName)]
+struct ExistsRow {
+    #[diesel(sql_type = Bool)]
+    exists: bool,
+}
+
+#[derive(QueryableByName)]
+struct SummarySqlRow {
+    #[diesel(sql_type = Text)]
+    election_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    name: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    ballot_boxes: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    last_report_at: Option<DateTime<Utc>>,
+}
+
+/// One election of [`elections_summary`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElectionSummary {
+    /// The election.
+    pub election: ElectionId,
+    /// Its display name, when it is defined.
+    pub name: Option<String>,
+    /// Ballot boxes that reported (at least once).
+    pub ballot_boxes_reported: u64,
+    /// When a ballot box last reported (a first report or a correction).
+    pub last_report_at: Option<DateTime<Utc>>,
+}
+
+/// Every election that is defined or has been reported to, in id order.
+pub fn known_elections(pool: &PgPool) -> Result<Vec<ElectionId>, PgError> {
+    let doing = "listing the known elections";
+    let mut conn = connection(pool, doing)?;
+    let rows: Vec<ElectionIdRow> = diesel::sql_query(KNOWN_ELECTIONS)
+        .load(&mut conn)
+        .map_err(query_error(doing))?;
+    rows.into_iter()
+        .map(|row| ElectionId::parse(&row.election_id).map_err(corrupt(doing)))
+        .collect()
+}
+
+/// Whether `election` is defined or has been reported to.
+pub fn election_exists(pool: &PgPool, election: &ElectionId) -> Result<bool, PgError> {
+    let doing = format!("checking whether election {election} exists");
+    let mut conn = connection(pool, &doing)?;
+    let row: ExistsRow = diesel::sql_query(ELECTION_EXISTS)
+        .bind::<Text, _>(election.as_str())
+        .get_result(&mut conn)
+        .map_err(query_error(&doing))?;
+    Ok(row.exists)
+}
+
+/// Every election that is defined or has been reported to, with its name,
+/// reported ballot boxes and last report time, in id order.
+pub fn elections_summary(pool: &PgPool) -> Result<Vec<ElectionSummary>, PgError> {
+    let doing = "summarising the known elections";
+    let mut conn = connection(pool, doing)?;
+    let rows: Vec<SummarySqlRow> = diesel::sql_query(ELECTIONS_SUMMARY)
+        .load(&mut conn)
+        .map_err(query_error(doing))?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(ElectionSummary {
+                election: ElectionId::parse(&row.election_id).map_err(corrupt(doing))?,
+                name: row.name,
+                ballot_boxes_reported: u64::try_from(row.ballot_boxes).unwrap_or(0),
+                last_report_at: row.last_report_at,
+            })
+        })
+        .collect()
+}

@@ -10,6 +10,7 @@ mod defined;
 mod faults;
 mod harness;
 mod hostile;
+mod http;
 mod limits;
 mod process;
 mod redis_safety;

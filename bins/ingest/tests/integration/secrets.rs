@@ -110,8 +110,9 @@ async fn no_password_or_token_reaches_logs_or_metrics() {
             post(token.clone(), report(&format!("LATE-{format}"))).await,
             202
         );
+        // Ready without Redis; the note names it (without its password).
         let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
-        assert_eq!(ready.status(), 503);
+        assert_eq!(ready.status(), 200);
         let ready = ready.text().await.unwrap();
         redis.resume(paused);
         let metrics = client
@@ -123,6 +124,17 @@ async fn no_password_or_token_reaches_logs_or_metrics() {
             .await
             .unwrap();
         assert!(metrics.contains("ingest_responses_total"), "{metrics}");
+        // A request with a query string and a request id, for the access log.
+        let traced = client
+            .get(format!("{base}/healthz?api_key=QuerySecret42"))
+            .header("x-request-id", format!("trace-{format}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            traced.headers()["x-request-id"].to_str().unwrap(),
+            format!("trace-{format}")
+        );
         send_signal(child.id(), "TERM");
         let status = tokio::task::spawn_blocking(move || child.wait())
             .await
@@ -145,6 +157,27 @@ async fn no_password_or_token_reaches_logs_or_metrics() {
             stderr.contains("WARN"),
             "{format}: no error path logged: {stderr}"
         );
+        // Written to a file: no colour codes.
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "{format}: colour codes: {stderr}"
+        );
+        // One access line per request: method, path without its query
+        // string, status, duration and request id.
+        assert!(!stderr.contains("QuerySecret42"), "{format}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|line| line.contains(&format!("trace-{format}")) && line.contains("answered"))
+            .unwrap_or_else(|| panic!("{format}: no access line: {stderr}"));
+        for field in ["GET", "/healthz", "200", "duration_ms", "access"] {
+            assert!(line.contains(field), "{format}: {field} missing: {line}");
+        }
+        if format == "json" {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(entry["status"], 200, "{line}");
+            assert_eq!(entry["span"]["http.path"], "/healthz", "{line}");
+            assert_eq!(entry["span"]["request.id"], "trace-json", "{line}");
+        }
         for secret in &secrets {
             for (what, output) in [
                 ("stdout", &stdout),

@@ -18,6 +18,7 @@ async fn a_stream_outlives_the_header_timeout_while_a_stalled_client_is_cut_off(
     settings.serve.header_read_timeout = HEADER_TIMEOUT;
     settings.keep_alive = Duration::from_millis(100);
     let stack = Stack::start_with(settings).await;
+    crate::harness::define_election(&stack.pool, stack.election.as_str());
     let mut events = open_stream(&stack, None).await;
     let first = events.next_within(Duration::from_secs(10)).await;
     assert_eq!(first.event, "totals");

@@ -47,6 +47,10 @@ pub fn query_settings() -> election_query::Settings {
         serve: election_http::ServeConfig {
             header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
         },
+        live_max_age_secs: 1,
+        history_max_age_secs: 10,
+        elections_refresh: Duration::from_millis(500),
+        cors_origins: election_http::layers::CorsOrigins::Any,
     }
 }
 
@@ -66,6 +70,7 @@ pub fn ingest_settings() -> election_ingest::Settings {
         },
         body_timeout: Duration::from_secs(10),
         rate_limit: None,
+        cors_origins: election_http::layers::CorsOrigins::None,
     }
 }
 
@@ -75,6 +80,29 @@ pub fn migrated_schema() -> (PgSchema, PgPool) {
     let pool = store_pg::connect(schema.url(), 8, Duration::from_secs(2)).unwrap();
     store_pg::migrate(&pool).unwrap();
     (schema, pool)
+}
+
+/// Defines `election` with the seed's parties and cities: it then exists
+/// for the read API before any report, and the seed may be posted to it.
+pub fn define_election(pool: &PgPool, election: &str) {
+    let mut toml = format!("id = \"{election}\"\nname = \"Election {election}\"\n");
+    for (party, colour) in [
+        ("tories", "#0087dc"),
+        ("labour", "#e4003b"),
+        ("libdems", "#faa61a"),
+        ("reform", "#12b6cf"),
+    ] {
+        toml.push_str(&format!(
+            "[[parties]]\nid = \"{party}\"\nname = \"{party}\"\ncolour = \"{colour}\"\n"
+        ));
+    }
+    for city in ["london", "manchester", "edinburgh"] {
+        toml.push_str(&format!(
+            "[[cities]]\nid = \"{city}\"\nname = \"{city}\"\nexpected_ballot_boxes = 4\n"
+        ));
+    }
+    let definition = election_core::Definition::from_toml(&toml).unwrap();
+    store_pg::definitions::load(pool, &definition).unwrap();
 }
 
 /// A token for any ballot box of `election`.

@@ -4,6 +4,8 @@
 use election_core::{
     BallotBoxId, CityId, ElectionId, PartyId, Recorded, Report, ReportLog, Revision, Votes,
 };
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use store_pg::PgLog;
 
@@ -349,6 +351,21 @@ async fn the_timeline_is_cumulative_with_revisions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_election_has_empty_history() {
     let stack = Stack::start().await;
+    // Neither defined nor reported to: it does not exist.
+    for path in [
+        "/analytics/cities",
+        "/analytics/first-reports",
+        "/timeline",
+        "/reports.csv",
+    ] {
+        let (status, body) = stack.get(path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["error"], "unknown_election", "{path}: {body}");
+    }
+    // Defined, nothing reported yet: it exists, with an empty history (seen
+    // once the "no such election" just answered has expired).
+    crate::harness::define_election(&stack.pool, stack.election.as_str());
+    tokio::time::sleep(election_query::elections::NEGATIVE_TTL + Duration::from_millis(100)).await;
     let (_, cities) = stack.get("/analytics/cities").await;
     assert_eq!(cities["cities"], json!([]));
     let (_, first) = stack.get("/analytics/first-reports").await;
@@ -407,7 +424,7 @@ async fn bad_parameters_are_400_naming_the_parameter() {
         ("/timeline?bucket=", "bucket: \"\""),
         (
             "/reports.csv?party=labour",
-            "unknown query parameter \"party\"; this endpoint takes no parameters",
+            "unknown query parameter \"party\"; expected one of: after",
         ),
     ] {
         let (status, body) = stack.get(path).await;

@@ -25,13 +25,10 @@ fn seed_national() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_gives_the_seed_numbers_on_every_live_endpoint() {
     let stack = Stack::start().await;
-    // Before anything is reported: zeros, no leader.
-    let (status, empty) = stack.get("/totals").await;
-    assert_eq!(status, 200, "{empty}");
-    assert_eq!(empty["total_votes"], 0);
-    assert_eq!(empty["leader"], Value::Null);
-    assert_eq!(empty["tied"], json!([]));
-    assert_eq!(empty["ballot_boxes_reported"], 0);
+    // Before anything is reported (and undefined): no such election.
+    let (status, unknown) = stack.get("/totals").await;
+    assert_eq!(status, 404, "{unknown}");
+    assert_eq!(unknown["error"], "unknown_election", "{unknown}");
 
     stack.post_seed().await;
     let national = stack.wait_for_total(840, Duration::from_secs(10)).await;

@@ -7,6 +7,7 @@ mod dashboard;
 mod hardening;
 mod harness;
 mod history;
+mod http;
 mod live;
 mod openapi;
 mod process;

@@ -313,6 +313,29 @@ impl Checker {
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
         let documented = self.doc.response(method, path, status).clone();
+        let what = format!("{method} {path} {status}");
+        // Every header documented as required is there.
+        if let Some(headers) = documented["headers"].as_object() {
+            for (name, header) in headers {
+                if self.doc.resolve(header)["required"] == true {
+                    assert!(
+                        response.headers().contains_key(name.as_str()),
+                        "{what}: required header {name} missing"
+                    );
+                }
+            }
+        }
+        if documented.get("content").is_none() {
+            // No body documented (304): none sent.
+            let body = response.text().await.unwrap();
+            assert!(
+                body.is_empty(),
+                "{what}: a body where none is documented: {body}"
+            );
+            self.seen
+                .insert((method.to_owned(), path.to_owned(), status.to_string()));
+            return (status, body);
+        }
         let content = documented["content"]
             .as_object()
             .unwrap_or_else(|| panic!("{method} {path} {status}: no content documented"));
@@ -326,7 +349,6 @@ impl Checker {
                     content.keys().collect::<Vec<_>>()
                 )
             });
-        let what = format!("{method} {path} {status}");
         let body = if media == "text/event-stream" {
             // Read the first event and check its data against its schema.
             let mut events = Events::new(response);
@@ -343,7 +365,11 @@ impl Checker {
             event.data
         } else {
             let text = response.text().await.unwrap();
-            if media == "application/json" {
+            if media == "application/yaml" {
+                let value: Value = serde_yaml::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{what}: not YAML ({e})"));
+                self.doc.check_value(&spec["schema"], &value, &what);
+            } else if media == "application/json" {
                 let value: Value = serde_json::from_str(&text)
                     .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
                 self.doc.check_value(&spec["schema"], &value, &what);
@@ -704,6 +730,14 @@ async fn the_openapi_document_is_true_of_both_services() {
     let (status, body) = checker
         .check(
             "GET",
+            "/v1/elections",
+            client.get(format!("{}/v1/elections", broken.base)),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = checker
+        .check(
+            "GET",
             "/readyz",
             client.get(format!("{}/readyz", broken.base)),
         )
@@ -738,6 +772,16 @@ async fn the_openapi_document_is_true_of_both_services() {
     ] {
         let (status, body) = checker.check("GET", template, client.get(url(path))).await;
         assert_eq!(status, 200, "{path}: {body}");
+        // An election nobody defined or reported to: 404.
+        let unknown = format!(
+            "{query}{}",
+            template
+                .replace("{election}", &format!("{e}-nobody"))
+                .replace("{city}", "london")
+        );
+        let (status, body) = checker.check("GET", template, client.get(unknown)).await;
+        assert_eq!(status, 404, "{template}: {body}");
+        assert!(body.contains("unknown_election"), "{template}: {body}");
         let (status, _) = checker
             .check(
                 "GET",
@@ -751,6 +795,49 @@ async fn the_openapi_document_is_true_of_both_services() {
             )
             .await;
         assert_eq!(status, 422, "{template}");
+    }
+    // Live JSON answers: the ETag sent back is a 304, with its validators.
+    for (template, path) in [
+        ("/v1/elections/{election}", ""),
+        ("/v1/elections/{election}/totals", "/totals"),
+        ("/v1/elections/{election}/cities", "/cities"),
+        (
+            "/v1/elections/{election}/cities/{city}/totals",
+            "/cities/london/totals",
+        ),
+    ] {
+        let first = client.get(url(path)).send().await.unwrap();
+        assert_eq!(first.status(), 200, "{path}");
+        let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+        let (status, _) = checker
+            .check(
+                "GET",
+                template,
+                client.get(url(path)).header("if-none-match", &etag),
+            )
+            .await;
+        assert_eq!(status, 304, "{path} with {etag}");
+    }
+    // The list of elections, and the document itself on both services.
+    let (status, body) = checker
+        .check(
+            "GET",
+            "/v1/elections",
+            client.get(format!("{query}/v1/elections")),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("\"election\":\"{e}\"")), "{body}");
+    for base in [&query, &ingest] {
+        let (status, body) = checker
+            .check(
+                "GET",
+                "/openapi.yaml",
+                client.get(format!("{base}/openapi.yaml")),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(body, election_http::layers::OPENAPI_YAML);
     }
     // A defined election: expected boxes, percent reporting, names and
     // colours validate too.

@@ -76,7 +76,8 @@ fn send_signal(pid: u32, signal: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_open_streams_and_exits_cleanly() {
-    let (schema, _pool) = migrated_schema();
+    let (schema, pool) = migrated_schema();
+    crate::harness::define_election(&pool, "sigterm-test");
     let address = format!("127.0.0.1:{}", free_port());
     let mut child = query(&schema, &["serve", "--listen", &address])
         .stdout(Stdio::null())
@@ -135,7 +136,8 @@ const REDIS_PASSWORD: &str = "S3cretRedisPw";
 /// log formats, through a Redis stall (so the error paths log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_reaches_logs_or_metrics() {
-    let (schema, _pool) = migrated_schema();
+    let (schema, pool) = migrated_schema();
+    crate::harness::define_election(&pool, "secrets");
     let database_url = test_support::pg::with_password(schema.url(), DB_PASSWORD);
     let redis = test_support::redis::RedisServer::start_with(&["--requirepass", REDIS_PASSWORD]);
     let client = reqwest::Client::new();

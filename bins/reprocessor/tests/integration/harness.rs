@@ -283,6 +283,7 @@ impl Ingest {
             },
             body_timeout: Duration::from_secs(10),
             rate_limit: None,
+            cors_origins: election_http::layers::CorsOrigins::None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(election_ingest::run(listener, services, settings, async {

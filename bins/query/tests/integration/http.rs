@@ -1,0 +1,324 @@
+//! HTTP as CDNs, browsers and newsrooms expect it (issue #15), on the real
+//! query service: elections that do not exist are 404 and take no live
+//! capacity, `GET /v1/elections`, validators and 304, `Cache-Control`,
+//! compression, CORS, JSON 404/405, request ids, and the CSV export's
+//! neutralised formulas and `?after=`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Stack, query_settings};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_elections_are_404_and_take_no_capacity_from_real_ones() {
+    let mut settings = query_settings();
+    settings.max_elections = 2;
+    let stack = Stack::start_with(settings).await;
+    stack.post_seed().await;
+    // Many made-up ids, on every kind of endpoint: 404, never 503.
+    for index in 0..40 {
+        let path = ["totals", "cities", "stream", "timeline"][index % 4];
+        let url = format!("{}/v1/elections/made-up-{index}/{path}", stack.query.base);
+        let (status, body) = crate::harness::get(&stack.client, &url).await;
+        assert_eq!(status, 404, "{url}: {body}");
+        assert_eq!(body["error"], "unknown_election", "{url}: {body}");
+    }
+    // The real election is served, and is the only one watched.
+    let totals = stack.wait_for_total(840, Duration::from_secs(10)).await;
+    assert_eq!(totals["ballot_boxes_reported"], 3);
+    let (_, metrics) =
+        crate::harness::get(&stack.client, &format!("{}/metrics", stack.query.base)).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("\nquery_live_elections 1\n"),
+        "made-up ids started feeds: {metrics}"
+    );
+
+    // The list: the election, its boxes and last report; no made-up id.
+    let (status, list) =
+        crate::harness::get(&stack.client, &format!("{}/v1/elections", stack.query.base)).await;
+    assert_eq!(status, 200, "{list}");
+    let elections = list["elections"].as_array().unwrap();
+    let ours = elections
+        .iter()
+        .find(|e| e["election"] == stack.election.as_str())
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(ours["defined"], false);
+    assert_eq!(ours["name"], Value::Null);
+    assert_eq!(ours["ballot_boxes_reported"], 3);
+    chrono::DateTime::parse_from_rfc3339(ours["last_report_at"].as_str().unwrap()).unwrap();
+    assert!(
+        elections
+            .iter()
+            .all(|e| !e["election"].as_str().unwrap().starts_with("made-up")),
+        "{list}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_answers_revalidate_with_their_etag_until_a_number_changes() {
+    let stack = Stack::start().await;
+    stack.post_seed().await;
+    stack.wait_for_total(840, Duration::from_secs(10)).await;
+    let first = stack.client.get(stack.url("/totals")).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let headers = first.headers().clone();
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with("W/\"") && etag.ends_with('"'), "{etag}");
+    assert_eq!(headers["cache-control"], "public, max-age=1");
+    let last_modified = headers["last-modified"].to_str().unwrap();
+    assert!(last_modified.ends_with(" GMT"), "{last_modified}");
+
+    // Refreshes move `as_of` but not the version: still 304, empty.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = stack
+        .client
+        .get(stack.url("/totals"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(again.headers()["cache-control"], "public, max-age=1");
+    assert!(again.text().await.unwrap().is_empty());
+
+    // A new report: a new version, so the old tag gets the new body.
+    let (status, _) = stack
+        .post(r#"{"ballot_box_id": "BB-YORK-1", "city": "york", "votes": {"labour": 10}}"#)
+        .await;
+    assert_eq!(status, 201);
+    stack.wait_for_total(850, Duration::from_secs(10)).await;
+    let changed = stack
+        .client
+        .get(stack.url("/totals"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
+    let body: Value = changed.json().await.unwrap();
+    assert_eq!(body["total_votes"], 850);
+
+    // History answers: the longer max-age, no validators.
+    for path in ["/timeline", "/analytics/cities", "/reports.csv"] {
+        let response = stack.client.get(stack.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            response.headers()["cache-control"],
+            "public, max-age=10",
+            "{path}"
+        );
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_csv_are_compressed_on_request_and_streams_never() {
+    let stack = Stack::start().await;
+    stack.post_seed().await;
+    stack.wait_for_total(840, Duration::from_secs(10)).await;
+    for path in ["/cities", "/reports.csv"] {
+        let plain = stack.client.get(stack.url(path)).send().await.unwrap();
+        assert!(plain.headers().get("content-encoding").is_none(), "{path}");
+        let plain = plain.bytes().await.unwrap();
+        for encoding in ["gzip", "br"] {
+            let response = stack
+                .client
+                .get(stack.url(path))
+                .header("accept-encoding", encoding)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            assert_eq!(response.headers()["content-encoding"], encoding, "{path}");
+            assert!(
+                response.headers()["vary"]
+                    .to_str()
+                    .unwrap()
+                    .to_ascii_lowercase()
+                    .contains("accept-encoding"),
+                "{path}"
+            );
+            let body = response.bytes().await.unwrap();
+            assert_ne!(body, plain, "{path} {encoding}: not compressed");
+            if encoding == "gzip" {
+                assert_eq!(&body[..2], &[0x1f, 0x8b], "{path}: not gzip");
+            }
+        }
+    }
+    let stream = stack
+        .client
+        .get(stack.url("/stream"))
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers().get("content-encoding").is_none());
+    let mut events = crate::harness::Events::new(stream);
+    let first = events.next_within(Duration::from_secs(10)).await;
+    assert_eq!(first.event, "totals");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_errors_and_request_ids() {
+    let stack = Stack::start().await;
+    stack.post_seed().await;
+    stack.wait_for_total(840, Duration::from_secs(10)).await;
+    let client = &stack.client;
+
+    // A preflight for a revalidating GET from a news site.
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, stack.url("/totals"))
+        .header("origin", "https://news.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "if-none-match")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    let headers = preflight.headers();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    assert!(
+        headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("if-none-match"),
+        "{headers:?}"
+    );
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("GET")
+    );
+    // The real request: the ETag may be read by the page.
+    let response = client
+        .get(stack.url("/totals"))
+        .header("origin", "https://news.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    assert!(
+        response.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("etag")
+    );
+
+    // Unknown routes and methods: JSON, 405 with Allow.
+    let (status, body) =
+        crate::harness::get(client, &format!("{}/v2/nothing", stack.query.base)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let response = client.delete(stack.url("/totals")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(
+        response.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .contains("GET")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("DELETE"),
+        "{body}"
+    );
+
+    // Request ids: kept, generated, or replaced when they are not ids.
+    let kept = client
+        .get(stack.url("/totals"))
+        .header("x-request-id", "cdn-1234:abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "cdn-1234:abc");
+    for sent in [None, Some("not an id; {}"), Some(&*"x".repeat(200))] {
+        let mut request = client.get(stack.url("/totals"));
+        if let Some(sent) = sent {
+            request = request.header("x-request-id", sent);
+        }
+        let response = request.send().await.unwrap();
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 36, "{sent:?} gave {id}");
+        assert_eq!(id.matches('-').count(), 4, "{id}");
+    }
+    // Errors carry one too.
+    let missing = client
+        .get(format!("{}/nope", stack.query.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(missing.headers().contains_key("x-request-id"));
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_export_neutralises_formulas_and_resumes_after_a_report_id() {
+    let stack = Stack::start().await;
+    stack.post_seed().await;
+    let formula = "=HYPERLINK(\"http://evil.example\",\"recount\")";
+    let body = serde_json::json!({
+        "ballot_box_id": "BB-LON-1", "city": "london", "revision": 2,
+        "reason": formula,
+        "votes": {"tories": 121, "labour": 200, "libdems": 45, "reform": 20}
+    });
+    let (status, answer) = stack.post(&body.to_string()).await;
+    assert_eq!(status, 201, "{answer}");
+    let correction = answer["report_id"].as_i64().unwrap();
+    let (status, answer) = stack
+        .post(r#"{"ballot_box_id": "BB-MAN-1", "city": "manchester", "revision": 2, "reason": "-1 for a spoilt ballot", "votes": {"tories": 90, "labour": 149, "libdems": 30, "reform": 10}}"#)
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let last = answer["report_id"].as_i64().unwrap();
+
+    let csv = |query: &str| {
+        let url = stack.url(&format!("/reports.csv{query}"));
+        let client = stack.client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, all) = csv("").await;
+    assert_eq!(status, 200);
+    // Quoted (it holds a comma and quotes), with the leading quote inside.
+    assert!(
+        all.contains(",\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"recount\"\")\","),
+        "{all}"
+    );
+    assert!(all.contains(",'-1 for a spoilt ballot,"), "{all}");
+    assert!(!all.contains(",=HYPERLINK"), "{all}");
+    // A negative difference stays a number.
+    assert!(all.contains(",149,-1,"), "{all}");
+
+    // Only what came after the correction: the Manchester revision.
+    let (status, after) = csv(&format!("?after={correction}")).await;
+    assert_eq!(status, 200);
+    let rows: Vec<&str> = after.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{after}");
+    assert!(
+        rows.iter().all(|row| row.starts_with(&format!("{last},"))),
+        "{after}"
+    );
+    assert_eq!(after.lines().next(), all.lines().next());
+    let (_, nothing) = csv(&format!("?after={last}")).await;
+    assert_eq!(nothing, election_query::analytics::CSV_HEADER);
+    for bad in ["?after=-1", "?after=x", "?after=1&after=2"] {
+        let (status, body) = csv(bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("invalid_parameter"), "{bad}: {body}");
+    }
+    stack.stop().await;
+}

@@ -1,0 +1,161 @@
+//! Conditional requests (RFC 9110 §13): validators on answers that change
+//! only when their data does, and `304 Not Modified` when the client already
+//! has the current version.
+//!
+//! Why: a live body carries `as_of`, which moves with every refresh even
+//! when no vote did, so caching by content would never hit. The validator is
+//! the data's *version* instead: a CDN or browser revalidating with
+//! `If-None-Match` gets an empty 304 until a number changes. The `ETag` is
+//! weak (`W/"…"`): bodies of one version differ in `as_of` and in their
+//! compression, but mean the same thing. `Last-Modified` is the time the
+//! version was first seen, for clients that show it. `If-Modified-Since` is
+//! deliberately not honoured: HTTP dates have whole seconds and versions
+//! change several times a second, so a client holding an older version of
+//! the same second would be told, wrongly and for as long as nothing else
+//! changed, that it is current. Every client that got an `ETag` revalidates
+//! with it.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+
+/// The validators of one version of a resource.
+#[derive(Clone, Debug)]
+pub struct Validators {
+    /// The opaque tag, without quotes or `W/`.
+    pub tag: String,
+    /// When this version appeared (whole seconds are what HTTP dates carry).
+    pub last_modified: DateTime<Utc>,
+}
+
+impl Validators {
+    /// The `ETag` header value: `W/"<tag>"`.
+    pub fn etag(&self) -> HeaderValue {
+        HeaderValue::from_str(&format!("W/\"{}\"", self.tag))
+            .unwrap_or_else(|_| HeaderValue::from_static("W/\"0\""))
+    }
+
+    /// The `Last-Modified` header value (an IMF-fixdate).
+    pub fn last_modified(&self) -> HeaderValue {
+        HeaderValue::from_str(&http_date(self.last_modified))
+            .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+    }
+
+    /// Whether the client's conditional headers say it has this version.
+    pub fn not_modified(&self, request: &HeaderMap) -> bool {
+        request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .any(|candidate| {
+                candidate == "*" || {
+                    let opaque = candidate.strip_prefix("W/").unwrap_or(candidate);
+                    opaque.strip_prefix('"').and_then(|o| o.strip_suffix('"'))
+                        == Some(self.tag.as_str())
+                }
+            })
+    }
+
+    /// The answer: `fresh()` with the validators and `cache_control`, or an
+    /// empty 304 with the same headers when the client has this version.
+    pub fn answer(
+        &self,
+        request: &HeaderMap,
+        cache_control: HeaderValue,
+        fresh: impl FnOnce() -> Response,
+    ) -> Response {
+        let mut response = if self.not_modified(request) {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            fresh()
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::ETAG, self.etag());
+        headers.insert(header::LAST_MODIFIED, self.last_modified());
+        headers.insert(header::CACHE_CONTROL, cache_control);
+        response
+    }
+}
+
+/// An HTTP date: `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(instant: DateTime<Utc>) -> String {
+    instant.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+/// `public, max-age=<seconds>`.
+pub fn public_max_age(seconds: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("public, max-age={seconds}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validators() -> Validators {
+        Validators {
+            tag: "1757959920123".to_owned(),
+            last_modified: DateTime::from_timestamp_millis(1_757_959_920_123).unwrap(),
+        }
+    }
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.clone(), HeaderValue::from_str(value).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_takes_lists_and_star() {
+        let v = validators();
+        assert_eq!(v.etag(), "W/\"1757959920123\"");
+        for matching in [
+            "W/\"1757959920123\"",
+            "\"1757959920123\"",
+            "\"1\", W/\"1757959920123\"",
+            "*",
+        ] {
+            assert!(
+                v.not_modified(&headers(&[(header::IF_NONE_MATCH, matching)])),
+                "{matching}"
+            );
+        }
+        for other in ["W/\"1\"", "1757959920123", "", "W/\"17579599201\""] {
+            assert!(
+                !v.not_modified(&headers(&[(header::IF_NONE_MATCH, other)])),
+                "{other}"
+            );
+        }
+        assert!(!v.not_modified(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn if_modified_since_alone_is_not_enough() {
+        let v = validators();
+        assert_eq!(http_date(v.last_modified), "Mon, 15 Sep 2025 18:12:00 GMT");
+        let same = (header::IF_MODIFIED_SINCE, "Mon, 15 Sep 2025 18:12:00 GMT");
+        assert!(!v.not_modified(&headers(&[same])));
+    }
+
+    #[test]
+    fn a_304_carries_the_validators_and_no_body() {
+        let v = validators();
+        let request = headers(&[(header::IF_NONE_MATCH, "W/\"1757959920123\"")]);
+        let response = v.answer(&request, public_max_age(1), || {
+            panic!("no body is rendered for a 304")
+        });
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(response.headers()[header::ETAG], "W/\"1757959920123\"");
+        assert_eq!(
+            response.headers()[header::CACHE_CONTROL],
+            "public, max-age=1"
+        );
+        assert_eq!(
+            response.headers()[header::LAST_MODIFIED],
+            "Mon, 15 Sep 2025 18:12:00 GMT"
+        );
+    }
+}

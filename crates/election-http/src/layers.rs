@@ -1,0 +1,338 @@
+//! The HTTP conventions every service keeps, as one stack of layers around
+//! its router, so a handler only answers its own question.
+//!
+//! What clients, browsers, CDNs and operators rely on, and where it comes
+//! from (maintained `tower-http` layers wherever one exists):
+//!
+//! - **Request ids** (`SetRequestIdLayer`, `PropagateRequestIdLayer`): an
+//!   incoming `x-request-id` is kept when it looks like an id (1–128 visible
+//!   characters of `A-Z a-z 0-9 - _ . : /`); otherwise, or when absent, a
+//!   UUID is generated. The answer carries it back, and the access log and
+//!   every log line written while serving the request name it, so a
+//!   complaint quoting the id finds its log lines. An id that does not look
+//!   like one is replaced rather than logged, so a client cannot write
+//!   arbitrary text into the logs.
+//! - **One access-log line per request** (`TraceLayer`): target `access`,
+//!   with method, path (never the query string: it may carry secrets or
+//!   personal data), status, duration to the response head (a stream's
+//!   head is sent at once) and request id. `RUST_LOG=info,access=off`
+//!   silences it.
+//! - **CORS** (`CorsLayer`): preflights are answered here, before routing;
+//!   which origins may read is configuration ([`CorsOrigins`]); the headers
+//!   a browser may send and read are the service's ([`Layers`]).
+//! - **Compression** (`CompressionLayer`): gzip or brotli when the client
+//!   asks (`Accept-Encoding`), for any answer of 32 bytes or more except
+//!   Server-Sent Events (a compressor buffers, which would hold events back)
+//!   and images; `Vary: Accept-Encoding` is added. Level 4 of both: close to
+//!   the best ratio for JSON and CSV at a fraction of the default brotli
+//!   level's CPU.
+//! - **JSON errors everywhere** ([`json_errors`]): an error answer without a
+//!   body type — axum's 405 for a method a route does not serve (its
+//!   `Allow` header kept), a fallback 404 — becomes the same
+//!   `{"error", "message"}` body as every [`ApiError`].
+//! - **Panics** (`CatchPanicLayer`): a handler that panics answers a JSON
+//!   500 and logs an error line with the panic's message, instead of the
+//!   connection being dropped without an answer.
+
+use std::any::Any;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::CompressionLevel;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::ApiError;
+
+/// The request id header.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest incoming request id kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Which origins browsers may read a service's answers from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// Any origin (`Access-Control-Allow-Origin: *`): the public read API.
+    Any,
+    /// Exactly these origins (`https://news.example`, no path).
+    List(Vec<HeaderValue>),
+    /// None: browsers on other origins cannot read answers.
+    None,
+}
+
+impl CorsOrigins {
+    /// Parses the configuration: `*` (any), an empty string or `none`
+    /// (none), or a comma-separated list of origins such as
+    /// `https://news.example,https://tv.example`.
+    ///
+    /// # Errors
+    /// An origin that is not `scheme://host[:port]`.
+    pub fn parse(text: &str) -> Result<CorsOrigins, String> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(CorsOrigins::Any);
+        }
+        if text.is_empty() || text.eq_ignore_ascii_case("none") {
+            return Ok(CorsOrigins::None);
+        }
+        let mut origins = Vec::new();
+        for origin in text.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let valid = origin.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && !rest.is_empty()
+                    && !rest.contains(['/', '?', '#', ' '])
+            });
+            if !valid {
+                return Err(format!(
+                    "{origin:?} is not an origin: write scheme://host[:port], e.g. https://news.example, \
+                     or * for any origin"
+                ));
+            }
+            origins.push(
+                HeaderValue::from_str(origin)
+                    .map_err(|error| format!("{origin:?} is not an origin: {error}"))?,
+            );
+        }
+        Ok(CorsOrigins::List(origins))
+    }
+}
+
+/// What a service's layers need to know about it.
+#[derive(Clone, Debug)]
+pub struct Layers {
+    /// Origins browsers may read from.
+    pub cors_origins: CorsOrigins,
+    /// Methods a cross-origin request may use (besides preflight's OPTIONS).
+    pub cors_methods: Vec<Method>,
+    /// Request headers a cross-origin request may send.
+    pub cors_request_headers: Vec<HeaderName>,
+    /// Answer headers a cross-origin script may read (besides the simple
+    /// ones: `Cache-Control`, `Content-Type`, `Last-Modified`...).
+    pub cors_exposed_headers: Vec<HeaderName>,
+}
+
+/// How long a browser may reuse a preflight answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
+
+impl Layers {
+    /// Wraps `router` in every layer of the module docs, outermost first:
+    /// request id, access log, request id on the answer, CORS, compression,
+    /// JSON errors, panics.
+    pub fn apply(&self, router: Router) -> Router {
+        let cors = CorsLayer::new()
+            .allow_origin(match &self.cors_origins {
+                CorsOrigins::Any => AllowOrigin::any(),
+                CorsOrigins::List(origins) => AllowOrigin::list(origins.iter().cloned()),
+                CorsOrigins::None => AllowOrigin::list(std::iter::empty()),
+            })
+            .allow_methods(self.cors_methods.clone())
+            .allow_headers(self.cors_request_headers.clone())
+            .expose_headers(self.cors_exposed_headers.clone())
+            .max_age(PREFLIGHT_MAX_AGE);
+        let trace = TraceLayer::new_for_http()
+            .make_span_with(|request: &Request| {
+                let id = request
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!(
+                    "request",
+                    http.method = %request.method(),
+                    http.path = %request.uri().path(),
+                    request.id = %id,
+                )
+            })
+            .on_request(())
+            .on_response(
+                |response: &Response, latency: Duration, _span: &tracing::Span| {
+                    let status = response.status().as_u16();
+                    let duration_ms = latency.as_secs_f64() * 1000.0;
+                    tracing::info!(target: "access", status, duration_ms, "answered");
+                },
+            )
+            // Every answer is logged once, by `on_response`, 5xx included.
+            .on_failure(());
+        router
+            .layer(CatchPanicLayer::custom(panicked))
+            .layer(middleware::from_fn(json_errors))
+            .layer(CompressionLayer::new().quality(CompressionLevel::Precise(4)))
+            .layer(cors)
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(trace)
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(middleware::map_request(drop_odd_request_id))
+    }
+}
+
+/// Removes an incoming `x-request-id` that does not look like an id, so one
+/// is generated instead.
+async fn drop_odd_request_id(mut request: Request) -> Request {
+    let odd = request.headers().get(&REQUEST_ID).is_some_and(|value| {
+        let bytes = value.as_bytes();
+        bytes.is_empty()
+            || bytes.len() > MAX_REQUEST_ID
+            || !bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b))
+    });
+    if odd {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
+/// The fallback of every router: a JSON 404.
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; the API is described at /openapi.yaml",
+    )
+}
+
+/// Gives every error answer that has no body type the JSON error body:
+/// axum's 405 (keeping its `Allow` header) and any other bodiless 4xx/5xx.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let error = if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        ApiError::new(
+            status,
+            "method_not_allowed",
+            format!("{method} is not allowed here; allowed: {allow}"),
+        )
+    } else if status == StatusCode::NOT_FOUND {
+        return not_found().await.into_response();
+    } else {
+        ApiError::new(
+            status,
+            "error",
+            status.canonical_reason().unwrap_or("error").to_owned(),
+        )
+    };
+    let fresh = error.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (fresh_parts, body) = fresh.into_parts();
+    for (name, value) in &fresh_parts.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
+}
+
+/// A panic in a handler: logged with its message, answered as a JSON 500.
+fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic.message = %message, "a request handler panicked; answered 500");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; it has been logged",
+    )
+    .into_response()
+}
+
+/// `GET /openapi.yaml`: the API document both services serve, compiled in.
+pub const OPENAPI_YAML: &str = include_str!("../../../docs/openapi.yaml");
+
+/// The handler of `GET /openapi.yaml`.
+pub async fn openapi() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/yaml"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        OPENAPI_YAML,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_json_500_with_its_request_id() {
+        let router = Router::new().route(
+            "/boom",
+            get(|| async {
+                if true {
+                    panic!("the handler broke");
+                }
+                "never"
+            }),
+        );
+        let app = Layers {
+            cors_origins: CorsOrigins::None,
+            cors_methods: vec![Method::GET],
+            cors_request_headers: Vec::new(),
+            cors_exposed_headers: Vec::new(),
+        }
+        .apply(router);
+        let response = app
+            .oneshot(
+                Request::builder()
+                    .uri("/boom")
+                    .header("x-request-id", "r-1")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(response.headers()["x-request-id"], "r-1");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"error":"internal","message":"internal error; it has been logged"}"#
+        );
+    }
+
+    #[test]
+    fn origins_parse() {
+        assert_eq!(CorsOrigins::parse("*"), Ok(CorsOrigins::Any));
+        assert_eq!(CorsOrigins::parse(""), Ok(CorsOrigins::None));
+        assert_eq!(CorsOrigins::parse(" none "), Ok(CorsOrigins::None));
+        assert_eq!(
+            CorsOrigins::parse("https://a.example, http://b.example:8080"),
+            Ok(CorsOrigins::List(vec![
+                HeaderValue::from_static("https://a.example"),
+                HeaderValue::from_static("http://b.example:8080"),
+            ]))
+        );
+        for bad in ["a.example", "https://a.example/path", "ftp://x", "https://"] {
+            assert!(CorsOrigins::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
