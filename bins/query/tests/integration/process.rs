@@ -102,7 +102,7 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
     assert_eq!(response.status(), 200);
     let mut events = Events::new(response);
     let first = events.next_within(Duration::from_secs(10)).await;
-    assert_eq!(first.event, "totals");
+    assert_eq!(first.event, "snapshot");
 
     let signalled = Instant::now();
     send_signal(child.id(), "TERM");
