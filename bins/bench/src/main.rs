@@ -4,8 +4,9 @@
 //! election grows to millions of reports, the CPU and memory every process
 //! spends, the Redis memory of a ballot box (standalone and Cluster), the
 //! seed article's PostgreSQL-only alternative, the raw ceilings of
-//! PostgreSQL and Redis, the query service and reconcile. It prints one table
-//! with each target and whether it is met.
+//! PostgreSQL and Redis, the query service, the live stream at 10,000 cities
+//! (`stream.rs`; alone with `--stream-only`) and reconcile. It prints one
+//! table with each target and whether it is met.
 //!
 //! Everything runs against a database of its own (`election_bench`,
 //! recreated for every ingest measurement, see `ingest.rs`) on
@@ -22,6 +23,7 @@ mod ceilings;
 mod ingest;
 mod procs;
 mod query;
+mod stream;
 mod table;
 mod usage;
 mod wrk;
@@ -78,6 +80,25 @@ struct Cli {
     /// Ballot boxes counted to measure Redis memory per box.
     #[arg(long, default_value_t = 20_000)]
     memory_reports: u64,
+    /// Measure only the live stream (see `stream.rs`), nothing else.
+    #[arg(long)]
+    stream_only: bool,
+    /// Stream subscribers [default: 5,000; quick: 1,000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    stream_subscribers: Option<u64>,
+    /// Cities of the stream's election.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    stream_cities: u64,
+    /// Parties of the stream's election.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..100))]
+    stream_parties: u64,
+    /// Reports written per second while the stream is measured.
+    #[arg(long, default_value_t = 1000)]
+    stream_reports_per_second: u64,
+    /// Seconds the stream is measured once every subscriber is connected
+    /// [default: 20; quick: 10].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    stream_seconds: Option<u64>,
 }
 
 /// The sizes of one run, from the command line.
@@ -88,6 +109,7 @@ struct Sizes {
     growth_limit: Duration,
     memory_reports: u64,
     subscribers: usize,
+    stream: stream::Plan,
     reconcile_boxes: usize,
     /// Multiplies the loadgen's sizes (query's background load).
     scale: usize,
@@ -103,6 +125,14 @@ impl Sizes {
             growth_limit: Duration::from_secs(cli.growth_seconds.unwrap_or(pick(600, 180))),
             memory_reports: cli.memory_reports,
             subscribers: if cli.quick { 1_000 } else { 5_000 },
+            stream: stream::Plan {
+                cities: usize::try_from(cli.stream_cities).unwrap_or(usize::MAX),
+                parties: usize::try_from(cli.stream_parties).unwrap_or(usize::MAX),
+                reports_per_second: cli.stream_reports_per_second as f64,
+                subscribers: usize::try_from(cli.stream_subscribers.unwrap_or(pick(5_000, 1_000)))
+                    .unwrap_or(usize::MAX),
+                seconds: Duration::from_secs(cli.stream_seconds.unwrap_or(pick(20, 10))),
+            },
             reconcile_boxes: if cli.quick { 20_000 } else { 100_000 },
             scale: if cli.quick { 1 } else { 4 },
         }
@@ -136,7 +166,11 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         redis.url(),
         bench.script.display()
     );
-    let result = measure(&bench, &standalone, &sizes).await;
+    let result = if cli.stream_only {
+        stream_lines(&bench, &standalone, &sizes).await
+    } else {
+        measure(&bench, &standalone, &sizes).await
+    };
     let _ = std::fs::remove_file(&bench.script);
     let lines = result?;
     table::print(&lines);
@@ -179,7 +213,29 @@ async fn measure(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::R
     let stage = Stage::fresh(bench, redis).await?;
     lines.extend(query_lines(bench, &stage, &redis.url, sizes).await?);
     lines.push(reconcile_line(bench, &stage, &redis.url, sizes.reconcile_boxes).await?);
+    drop(stage);
+
+    // --- The live stream at scale (last: it flushes Redis) ----------------------
+    lines.extend(stream_lines(bench, redis, sizes).await?);
     Ok(lines)
+}
+
+/// The live stream: bytes per subscriber, query CPU per refresh, delay to
+/// the last subscriber.
+async fn stream_lines(
+    bench: &Bench,
+    redis: &RedisTarget,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Line>> {
+    let figures = stream::measure(
+        &bench.bin_dir,
+        &bench.admin_url,
+        &redis.url,
+        bench.ticks_per_second,
+        sizes.stream,
+    )
+    .await?;
+    Ok(stream::lines(&sizes.stream, &figures))
 }
 
 fn log_run(start: &str, run: &Throughput) {

@@ -116,7 +116,7 @@ pub async fn stream_fanout(
             let mut counted = false;
             while let Some(Ok(chunk)) = body.next().await {
                 seen.push_str(&String::from_utf8_lossy(&chunk));
-                if !counted && seen.contains("event: totals") {
+                if !counted && seen.contains("event: snapshot") {
                     counted = true;
                     connected.fetch_add(1, Ordering::Relaxed);
                 }

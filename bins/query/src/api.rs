@@ -16,17 +16,18 @@
 //! CORS (any origin by default), compression, request ids, the access log,
 //! JSON 404/405 and caught panics.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use election_core::{CityId, ElectionId};
@@ -42,6 +43,7 @@ use crate::AppState;
 use crate::analytics;
 use crate::live::Current;
 use crate::render::Rendered;
+use crate::stream::{self, Variant};
 
 /// The dashboard page, compiled into the binary: no file to deploy, no
 /// network at run time.
@@ -337,9 +339,12 @@ async fn city_totals(
         })
 }
 
-/// How long a browser waits before reconnecting a dropped stream (sent with
-/// the first event).
-const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Sent before a stream's first event: how long a browser waits before
+/// reconnecting a dropped stream (2 s).
+const RETRY: &[u8] = b"retry: 2000\n";
+
+/// The comment sent on a stream that had nothing to send for a while.
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// Keeps the subscriber gauge right: one per open stream.
 struct Subscriber {
@@ -379,32 +384,61 @@ impl Drop for Subscriber {
 struct Streaming {
     current: watch::Receiver<Current>,
     stop: watch::Receiver<bool>,
-    /// The version the client has: from `Last-Event-ID`, then the last sent.
+    variant: Variant,
+    /// The version the client has: from `Last-Event-ID`, then the last one
+    /// it was brought to (which, on a scoped stream, may be a version whose
+    /// changes it was not sent: they did not touch its scope).
     client_has: Option<u64>,
+    /// Events decided on and not yet handed to the connection.
+    pending: VecDeque<Bytes>,
     first: bool,
+    keep_alive: Duration,
+    /// When something was last handed to the connection.
+    last_sent: tokio::time::Instant,
     _subscriber: Subscriber,
 }
 
-fn totals_event(rendered: &Rendered, first: bool) -> Event {
-    let event = Event::default()
-        .event("totals")
-        .id(rendered.version.to_string())
-        .data(&*rendered.event);
-    if first { event.retry(RETRY) } else { event }
+/// The stream's parameters: `?scope=national` or `?city=C`, or neither.
+fn variant(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Variant, ApiError> {
+    let parameters = analytics::parameters(query, &["scope", "city"])?;
+    let bad =
+        |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message);
+    match (
+        parameters.get("scope").map(String::as_str),
+        parameters.get("city"),
+    ) {
+        (Some(_), Some(_)) => Err(bad(
+            "scope and city cannot be given together: ?scope=national for the national totals, ?city=C for one city, neither for everything".to_owned(),
+        )),
+        (None | Some("all"), None) => Ok(Variant::All),
+        (Some("national"), None) => Ok(Variant::National),
+        (Some(other), None) => Err(bad(format!(
+            "scope: {other:?} is not a scope; expected \"national\" or \"all\" (one city: ?city=C)"
+        ))),
+        (None, Some(city)) => CityId::parse(city)
+            .map(Variant::City)
+            .map_err(|problem| bad(problem.to_string())),
+    }
 }
 
 /// `GET /v1/elections/{e}/stream`: Server-Sent Events.
 ///
-/// On connect the client gets the newest state at once, unless its
-/// `Last-Event-ID` names exactly that version (it has it already); after
-/// that, one `totals` event per change. A client that reads slowly skips
-/// versions: the stream always sends the newest state, never a backlog.
-/// Streams end when the service shuts down.
+/// On connect the client gets a `snapshot` of the newest version, unless
+/// its `Last-Event-ID` names that version (it has it already) or a version
+/// the kept deltas start from (it gets only the deltas after it); then one
+/// `delta` per change touching what it asked for (`?scope=national`,
+/// `?city=C`, or everything). Every event is rendered once and shared (see
+/// [`crate::stream`]). Streams end when the service shuts down.
 async fn stream(
     State(state): State<AppState>,
     Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // The parameters first: checking them costs no lookup.
+    let variant = variant(query)?;
     let election = existing(&state, &election).await?;
     let current = state.live.subscribe_ready(&election).await?;
     let client_has = headers
@@ -414,28 +448,41 @@ async fn stream(
     let streaming = Streaming {
         current,
         stop: state.live.stop_signal(),
+        variant,
         client_has,
+        pending: VecDeque::new(),
         first: true,
+        keep_alive: state.keep_alive,
+        last_sent: tokio::time::Instant::now(),
         _subscriber: Subscriber::new(&state),
     };
-    let events = futures_util::stream::unfold(streaming, next_event);
-    let sse = Sse::new(events).keep_alive(
-        KeepAlive::new()
-            .interval(state.keep_alive)
-            .text("keep-alive"),
-    );
+    let chunks = futures_util::stream::unfold(streaming, next_chunk);
     Ok((
-        [(
-            HeaderName::from_static("x-accel-buffering"),
-            HeaderValue::from_static("no"),
-        )],
-        sse,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(chunks),
     )
         .into_response())
 }
 
-async fn next_event(mut streaming: Streaming) -> Option<(Result<Event, Infallible>, Streaming)> {
+/// The stream's next piece: an event decided on earlier, else what brings
+/// the client to the newest version, else (after waiting for a change) the
+/// same, or a keep-alive comment when nothing was sent for `keep_alive`.
+async fn next_chunk(mut streaming: Streaming) -> Option<(Result<Bytes, Infallible>, Streaming)> {
     loop {
+        if let Some(chunk) = streaming.pending.pop_front() {
+            streaming.last_sent = tokio::time::Instant::now();
+            return Some((Ok(chunk), streaming));
+        }
         let newest = match &*streaming.current.borrow_and_update() {
             Current::Ready(rendered) if Some(rendered.version) != streaming.client_has => {
                 Some(Arc::clone(rendered))
@@ -443,11 +490,18 @@ async fn next_event(mut streaming: Streaming) -> Option<(Result<Event, Infallibl
             _ => None,
         };
         if let Some(rendered) = newest {
-            let event = totals_event(&rendered, streaming.first);
-            streaming.first = false;
+            let events = stream::catch_up(&rendered, streaming.client_has, &streaming.variant);
             streaming.client_has = Some(rendered.version);
-            return Some((Ok(event), streaming));
+            if !events.is_empty() {
+                if streaming.first {
+                    streaming.first = false;
+                    streaming.pending.push_back(Bytes::from_static(RETRY));
+                }
+                streaming.pending.extend(events);
+                continue;
+            }
         }
+        let quiet_until = streaming.last_sent + streaming.keep_alive;
         tokio::select! {
             changed = streaming.current.changed() => {
                 if changed.is_err() {
@@ -456,6 +510,9 @@ async fn next_event(mut streaming: Streaming) -> Option<(Result<Event, Infallibl
                 }
             }
             _ = streaming.stop.wait_for(|stopping| *stopping) => return None,
+            _ = tokio::time::sleep_until(quiet_until) => {
+                streaming.pending.push_back(Bytes::from_static(KEEP_ALIVE));
+            }
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | `IDLE_AFTER_SECS` | `--idle-after-secs` | 300 |
 //! | `MAX_ELECTIONS` | `--max-elections` | 64 |
 //! | `KEEP_ALIVE_SECS` | `--keep-alive-secs` | 15 |
+//! | `STREAM_HISTORY` | `--stream-history` | 300 (stream deltas kept per election: a minute at the default interval; a client further behind gets a snapshot) |
 //! | `TIMELINE_CACHE_MS` | `--timeline-cache-ms` | 2000 |
 //! | `TIMELINE_FULL_REFRESH_SECS` | `--timeline-full-refresh-secs` | 300 |
 //! | `HTTP_HEADER_TIMEOUT_MS` | `--header-timeout-ms` | 10000 (a request's headers must arrive within it, or the connection is closed; streams are not affected) |
@@ -43,6 +44,10 @@ pub const DEFAULT_SNAPSHOT_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_IDLE_AFTER_SECS: u64 = 300;
 /// Default number of elections refreshed at once.
 pub const DEFAULT_MAX_ELECTIONS: usize = 64;
+/// Default number of stream deltas kept per election: a minute of changes at
+/// the default snapshot interval, so a browser that reconnects (2 s) or a
+/// phone that lost its network for a while gets only what it missed.
+pub const DEFAULT_STREAM_HISTORY: usize = 300;
 /// Default interval of stream keep-alive comments.
 pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 15;
 /// Default age at which a cached timeline is read again.
@@ -118,6 +123,10 @@ pub struct Serve {
     /// Seconds between keep-alive comments on idle streams.
     #[arg(long, env = "KEEP_ALIVE_SECS", default_value_t = DEFAULT_KEEP_ALIVE_SECS)]
     pub keep_alive_secs: u64,
+    /// Stream deltas kept per election: a subscriber that reconnects (or
+    /// reads too slowly) further behind than this gets a snapshot.
+    #[arg(long, env = "STREAM_HISTORY", default_value_t = DEFAULT_STREAM_HISTORY)]
+    pub stream_history: usize,
     /// Milliseconds a timeline answer is reused before PostgreSQL is asked again.
     #[arg(long, env = "TIMELINE_CACHE_MS", default_value_t = DEFAULT_TIMELINE_CACHE_MS)]
     pub timeline_cache_ms: u64,

@@ -96,6 +96,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         max_elections: args.max_elections,
         first_snapshot_timeout: FIRST_SNAPSHOT_TIMEOUT,
         keep_alive: Duration::from_secs(args.keep_alive_secs),
+        stream_history: args.stream_history,
         timeline_cache: Duration::from_millis(args.timeline_cache_ms),
         timeline_full_refresh: Duration::from_secs(args.timeline_full_refresh_secs),
         serve: election_http::ServeConfig {

@@ -11,6 +11,8 @@
 //! - [`live`]: one refreshed snapshot per watched election, shared by every
 //!   reader and stream;
 //! - [`render`]: the live bodies, rendered once per snapshot;
+//! - [`stream`]: the stream's snapshot and delta events, rendered once and
+//!   shared by every subscriber;
 //! - [`api`]: the routes, the live handlers and the stream;
 //! - [`analytics`] and [`timeline`]: the history endpoints.
 
@@ -21,6 +23,7 @@ pub mod commands;
 pub mod elections;
 pub mod live;
 pub mod render;
+pub mod stream;
 pub mod timeline;
 
 use std::future::Future;
@@ -70,6 +73,9 @@ pub struct Settings {
     pub first_snapshot_timeout: Duration,
     /// Interval of keep-alive comments on streams.
     pub keep_alive: Duration,
+    /// Stream deltas kept per election, for subscribers that reconnect or
+    /// fall behind (further behind, they get a snapshot).
+    pub stream_history: usize,
     /// How long a timeline answer is reused.
     pub timeline_cache: Duration,
     /// How often a timeline is read whole rather than from its last minutes.
@@ -147,6 +153,7 @@ pub async fn run(
             idle_after: settings.idle_after,
             max_elections: settings.max_elections,
             first_snapshot_timeout: settings.first_snapshot_timeout,
+            stream_history: settings.stream_history,
         },
         Arc::clone(&metrics),
         stopping,

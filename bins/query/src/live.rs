@@ -11,7 +11,11 @@
 //!
 //! Subscribers are woken only when the totals change; a refresh that finds
 //! the same counters still publishes the re-rendered bodies (so `as_of`
-//! advances for plain readers) without waking anyone.
+//! advances for plain readers) without waking anyone. A change also computes
+//! the stream's delta from the previous version, once, and keeps the last
+//! `stream_history` of them with every published snapshot, so a stream
+//! subscriber that is behind (reconnected, or slow) catches up from them
+//! without anything being kept per subscriber (see [`crate::stream`]).
 //!
 //! When Redis cannot be read, the last good snapshot keeps being served (its
 //! `as_of` says how old it is); before the first good one, readers get 503.
@@ -22,7 +26,7 @@
 //! A task stops once nobody has read its election for `idle_after` and no
 //! stream is open on it, and every task stops at shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -36,6 +40,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::render::Rendered;
+use crate::stream::Delta;
 
 /// What an election's channel holds.
 #[derive(Clone, Debug)]
@@ -57,6 +62,10 @@ pub type DefinitionSource =
 /// loaded while the service runs shows within this time.
 pub const DEFINITION_REFRESH: Duration = Duration::from_secs(5);
 
+/// Buckets of `query_stream_delta_bytes`: from a city's change to most of a
+/// 10,000-city election.
+const DELTA_BUCKETS: &[f64] = &[1e2, 1e3, 1e4, 1e5, 1e6, 1e7];
+
 /// How the live feeds run.
 #[derive(Clone, Copy, Debug)]
 pub struct LiveConfig {
@@ -70,6 +79,9 @@ pub struct LiveConfig {
     pub max_elections: usize,
     /// Longest wait of a first request for the first snapshot.
     pub first_snapshot_timeout: Duration,
+    /// Stream deltas kept per election: a subscriber further behind than
+    /// this many versions gets a snapshot. 0 keeps none.
+    pub stream_history: usize,
 }
 
 /// One election's feed, as the registry keeps it.
@@ -280,6 +292,10 @@ impl Live {
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut previous: Option<(Snapshot, u64)> = None;
+        // The last published snapshot and the deltas that led to it.
+        let mut last: Option<Arc<Rendered>> = None;
+        let mut ring: VecDeque<Arc<Delta>> = VecDeque::new();
+        let mut recent: Arc<[Arc<Delta>]> = Arc::from(Vec::new());
         let mut failing = false;
         let mut definition: Option<Arc<Definition>> = None;
         let mut version: Option<Version> = None;
@@ -355,13 +371,29 @@ impl Live {
                         Some((_, version)) => next_version(*version, as_of.timestamp_millis()),
                         None => next_version(0, as_of.timestamp_millis()),
                     };
-                    let rendered = Arc::new(Rendered::new(
-                        &election,
-                        &snapshot,
-                        definition.as_deref(),
-                        version,
-                        as_of,
-                    ));
+                    let mut rendered =
+                        Rendered::new(&election, &snapshot, definition.as_deref(), version, as_of);
+                    if changed
+                        && let Some(before) = &last
+                        && self.config.stream_history > 0
+                    {
+                        let delta = Delta::between(before, &rendered);
+                        self.metrics.observe(
+                            "query_stream_delta_bytes",
+                            "Size of each stream delta (the unscoped event), in bytes.",
+                            DELTA_BUCKETS,
+                            &[],
+                            delta.len() as f64,
+                        );
+                        ring.push_back(Arc::new(delta));
+                        while ring.len() > self.config.stream_history {
+                            ring.pop_front();
+                        }
+                        recent = ring.iter().cloned().collect::<Vec<_>>().into();
+                    }
+                    rendered.recent = Arc::clone(&recent);
+                    let rendered = Arc::new(rendered);
+                    last = Some(Arc::clone(&rendered));
                     sender.send_if_modified(|current| {
                         let wake = changed || !matches!(current, Current::Ready(_));
                         *current = Current::Ready(rendered);
@@ -422,6 +454,7 @@ mod tests {
             idle_after: Duration::from_millis(200),
             max_elections: 2,
             first_snapshot_timeout: Duration::from_secs(5),
+            stream_history: 4,
         }
     }
 
@@ -465,7 +498,11 @@ mod tests {
         let Current::Ready(changed) = changed else {
             unreachable!()
         };
-        assert!(changed.event.contains("\"total_votes\":840"));
+        assert!(
+            std::str::from_utf8(&changed.national)
+                .unwrap()
+                .contains("\"total_votes\":840")
+        );
         assert_eq!(tally.snapshot(&election).unwrap().ballot_boxes_reported, 3);
 
         // A subscriber keeps the feed alive; without it, the feed stops.

@@ -3,7 +3,9 @@
 //! A snapshot is read every refresh interval and shared by every reader, so
 //! its bodies are serialised here once and then handed out as reference-counted
 //! bytes: a request costs a map lookup and a pointer copy, never a
-//! serialisation, however many readers there are.
+//! serialisation, however many readers there are. The stream's snapshot
+//! events are built from the same pieces, the first time a subscriber needs
+//! one of this version, and then shared too (see [`crate::stream`]).
 //!
 //! # Leader, margin and ties
 //!
@@ -36,12 +38,14 @@
 //! field is absent when every counter could be read.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use election_core::{CityId, Counter, Definition, ElectionId, PartyId, Snapshot};
 use serde::Serialize;
+
+use crate::stream::{self, Delta, Variant};
 
 /// The leading party of a scope.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
@@ -205,8 +209,25 @@ pub struct Rendered {
     pub definition: Bytes,
     /// `GET .../cities/{city}/totals`, by city.
     city: HashMap<Box<str>, Bytes>,
-    /// The data of the stream's `totals` event.
-    pub event: Arc<str>,
+    /// Every city's entry of the city list and of stream events, in city
+    /// order: what a delta compares with the previous version's.
+    pub(crate) items: Vec<(Box<str>, Arc<str>)>,
+    /// The national scope of stream events (`ScopeTotals`).
+    pub(crate) national_item: Arc<str>,
+    /// The election id, as JSON.
+    pub(crate) election_json: Arc<str>,
+    /// `as_of`, as JSON.
+    pub(crate) as_of_json: Arc<str>,
+    /// `Snapshot::unreadable`.
+    pub(crate) unreadable: Vec<String>,
+    /// The stream's recent deltas, oldest first, the last one leading to
+    /// this version (empty when none is kept): set by the feed.
+    pub(crate) recent: Arc<[Arc<Delta>]>,
+    /// The stream's snapshot events of this version, rendered when first
+    /// asked for.
+    snapshot_all: OnceLock<Bytes>,
+    snapshot_national: OnceLock<Bytes>,
+    snapshot_city: Mutex<HashMap<Box<str>, Bytes>>,
 }
 
 impl Rendered {
@@ -284,17 +305,20 @@ impl Rendered {
             let expected = defined.map(|c| u64::from(c.expected_ballot_boxes));
             let percent = expected.map(|e| percent_reporting(boxes, e));
             let (lead, tied) = leader(parties);
-            items.push(json(&CityItem {
-                city,
-                name,
-                parties,
-                total_votes: total(parties),
-                leader: lead.clone(),
-                tied: tied.clone(),
-                ballot_boxes_reported: boxes,
-                ballot_boxes_expected: expected,
-                percent_reporting: percent,
-            }));
+            items.push((
+                Box::<str>::from(city.as_str()),
+                Arc::<str>::from(json(&CityItem {
+                    city,
+                    name,
+                    parties,
+                    total_votes: total(parties),
+                    leader: lead.clone(),
+                    tied: tied.clone(),
+                    ballot_boxes_reported: boxes,
+                    ballot_boxes_expected: expected,
+                    percent_reporting: percent,
+                })),
+            ));
             city_bodies.insert(
                 Box::<str>::from(city.as_str()),
                 Bytes::from(json(&CityBody {
@@ -314,20 +338,12 @@ impl Rendered {
                 })),
             );
         }
-        let items = items.join(",");
         let election_json = json(election);
         let as_of_json = json(&as_of_text);
-        let unreadable = if snapshot.unreadable.is_empty() {
-            String::new()
-        } else {
-            format!(",\"unreadable_counters\":{}", json(&snapshot.unreadable))
-        };
         let cities = format!(
-            "{{\"election\":{election_json},\"as_of\":{as_of_json},\"cities\":[{items}]{unreadable}}}"
-        );
-        let event = format!(
-            "{{\"election\":{election_json},\"version\":{version},\"as_of\":{as_of_json},\
-             \"national\":{national_item},\"cities\":[{items}]{unreadable}}}"
+            "{{\"election\":{election_json},\"as_of\":{as_of_json},\"cities\":[{}]{}}}",
+            join(&items),
+            unreadable_field(&snapshot.unreadable)
         );
         let definition_body = json(&DefinitionBody {
             election,
@@ -367,7 +383,15 @@ impl Rendered {
             cities: Bytes::from(cities),
             definition: Bytes::from(definition_body),
             city: city_bodies,
-            event: Arc::from(event),
+            items,
+            national_item: Arc::from(national_item),
+            election_json: Arc::from(election_json),
+            as_of_json: Arc::from(as_of_json),
+            unreadable: snapshot.unreadable.clone(),
+            recent: Arc::from(Vec::new()),
+            snapshot_all: OnceLock::new(),
+            snapshot_national: OnceLock::new(),
+            snapshot_city: Mutex::new(HashMap::new()),
         }
     }
 
@@ -375,9 +399,82 @@ impl Rendered {
     pub fn city(&self, city: &str) -> Option<Bytes> {
         self.city.get(city).cloned()
     }
+
+    /// A city's entry in the city list, if it is listed.
+    pub(crate) fn item(&self, city: &str) -> Option<&Arc<str>> {
+        self.items
+            .binary_search_by(|(listed, _)| (**listed).cmp(city))
+            .ok()
+            .map(|index| &self.items[index].1)
+    }
+
+    /// The stream's `snapshot` event of this version for `variant`, as sent
+    /// (`event:`, `id:`, `data:` lines), rendered once and then shared.
+    pub fn snapshot_event(&self, variant: &Variant) -> Bytes {
+        let head = format!(
+            "{{\"election\":{},\"version\":{},\"as_of\":{}",
+            self.election_json, self.version, self.as_of_json
+        );
+        let unreadable = unreadable_field(&self.unreadable);
+        match variant {
+            Variant::All => self
+                .snapshot_all
+                .get_or_init(|| {
+                    let data = format!(
+                        "{head},\"national\":{},\"cities\":[{}]{unreadable}}}",
+                        self.national_item,
+                        join(&self.items)
+                    );
+                    stream::frame("snapshot", self.version, &data)
+                })
+                .clone(),
+            Variant::National => self
+                .snapshot_national
+                .get_or_init(|| {
+                    let data = format!("{head},\"national\":{}{unreadable}}}", self.national_item);
+                    stream::frame("snapshot", self.version, &data)
+                })
+                .clone(),
+            Variant::City(city) => {
+                let mut cache = self
+                    .snapshot_city
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                cache
+                    .entry(Box::from(city.as_str()))
+                    .or_insert_with(|| {
+                        let item = self.item(city.as_str()).map_or("null", |item| &**item);
+                        let data = format!("{head},\"city\":{item}{unreadable}}}");
+                        stream::frame("snapshot", self.version, &data)
+                    })
+                    .clone()
+            }
+        }
+    }
 }
 
-fn json<T: Serialize + ?Sized>(value: &T) -> String {
+/// The city entries, comma-separated.
+fn join(items: &[(Box<str>, Arc<str>)]) -> String {
+    let mut joined = String::with_capacity(items.iter().map(|(_, item)| item.len() + 1).sum());
+    for (index, (_, item)) in items.iter().enumerate() {
+        if index > 0 {
+            joined.push(',');
+        }
+        joined.push_str(item);
+    }
+    joined
+}
+
+/// `,"unreadable_counters":[...]`, or nothing when every counter was read.
+pub(crate) fn unreadable_field(unreadable: &[String]) -> String {
+    if unreadable.is_empty() {
+        String::new()
+    } else {
+        format!(",\"unreadable_counters\":{}", json(unreadable))
+    }
+}
+
+pub(crate) fn json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).expect("serialising plain data cannot fail")
 }
 
@@ -464,7 +561,14 @@ mod tests {
         let cities: serde_json::Value = serde_json::from_slice(&rendered.cities).unwrap();
         assert_eq!(cities["cities"][0]["city"], "london");
         assert_eq!(cities["cities"][0]["ballot_boxes_reported"], 1);
-        let event: serde_json::Value = serde_json::from_str(&rendered.event).unwrap();
+        let frame = rendered.snapshot_event(&Variant::All);
+        let text = std::str::from_utf8(&frame).unwrap();
+        assert!(
+            text.starts_with("event: snapshot\nid: 7\ndata: {"),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n\n"), "{text}");
+        let event = stream::tests::data(&frame);
         assert_eq!(event["version"], 7);
         assert_eq!(event["national"]["total_votes"], 320);
         assert_eq!(event["cities"][0]["leader"]["party"], "labour");
@@ -481,10 +585,17 @@ mod tests {
             &rendered.national[..],
             &rendered.cities[..],
             &rendered.city("london").unwrap()[..],
-            rendered.event.as_bytes(),
         ] {
             let body: serde_json::Value = serde_json::from_slice(body).unwrap();
             assert_eq!(body["unreadable_counters"], serde_json::json!(unreadable));
+        }
+        for variant in [
+            Variant::All,
+            Variant::National,
+            Variant::City(CityId::parse("london").unwrap()),
+        ] {
+            let event = stream::tests::data(&rendered.snapshot_event(&variant));
+            assert_eq!(event["unreadable_counters"], serde_json::json!(unreadable));
         }
         let national: serde_json::Value = serde_json::from_slice(&rendered.national).unwrap();
         assert_eq!(national["total_votes"], 320);

@@ -1,8 +1,10 @@
 //! The dashboard in a real browser: Debian's headless Chromium, driven over
 //! the Chrome DevTools Protocol (a websocket) so the test can read the live
 //! page as it changes. It shows the seed's totals, updates within two seconds
-//! of a new report without reloading, and leaves screenshots in
-//! `target/artifacts/` (`dashboard.png`, `dashboard-mobile.png`).
+//! of a new report without reloading (from the stream's deltas, on a phone
+//! too), comes back by itself when the service restarts, and leaves
+//! screenshots in `target/artifacts/` (`dashboard.png`,
+//! `dashboard-mobile.png`, `dashboard-phone.png`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -229,6 +231,9 @@ fn decode_base64(text: &str) -> Vec<u8> {
 const READ_PAGE: &str = r#"(() => document.getElementById('banner') === null ? '{}' : JSON.stringify({
   pageId: window.__dashboard && window.__dashboard.pageId,
   updates: window.__dashboard ? window.__dashboard.updates : 0,
+  snapshots: window.__dashboard ? window.__dashboard.snapshots : 0,
+  deltas: window.__dashboard ? window.__dashboard.deltas : 0,
+  connects: window.__dashboard ? window.__dashboard.connects : 0,
   live: document.getElementById('live').dataset.state,
   total: document.getElementById('total-votes').dataset.value,
   leader: document.getElementById('leader').dataset.party,
@@ -535,6 +540,9 @@ async fn the_dashboard_shows_the_seed_and_updates_live_without_reloading() {
     })
     .await;
     assert_eq!(shown["pageId"], page_id, "the page was reloaded");
+    // One snapshot on connect; the evening came as deltas.
+    assert_eq!(shown["snapshots"], 1, "{shown}");
+    assert!(shown["deltas"].as_u64().unwrap() >= 1, "{shown}");
     assert_eq!(shown["bars"], as_strings(&national));
     assert_eq!(shown["cities"], as_strings(&cities));
     assert_eq!(shown["boxes"], "13");
@@ -729,6 +737,111 @@ expected_ballot_boxes = 1
     assert_eq!(shown["cityReporting"]["leeds"], "1 / 1 (100.0%)");
     cdp.screenshot(&artifacts().join("dashboard-progress.png"))
         .await;
+    drop(cdp);
+    drop(browser);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_phone_the_dashboard_applies_deltas_and_comes_back_after_a_restart() {
+    let mut stack = Stack::start().await;
+    stack.post_seed().await;
+    stack.wait_for_total(840, Duration::from_secs(10)).await;
+
+    let url = format!("{}/?election={}", stack.query.base, stack.election);
+    let browser = Browser::launch(&url, 390, 844);
+    let mut cdp = Cdp::connect(&browser.page(&url).await).await;
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}),
+    )
+    .await;
+
+    // The whole state once, from the stream's snapshot.
+    let shown = wait_for(&mut cdp, Duration::from_secs(30), |page| {
+        page["total"] == "840" && page["live"] == "live"
+    })
+    .await;
+    assert_eq!(shown["snapshots"], 1, "{shown}");
+    assert_eq!(shown["deltas"], 0, "{shown}");
+    assert_eq!(
+        shown["cities"],
+        json!({"london": "385", "manchester": "280", "edinburgh": "175"})
+    );
+    let page_id = shown["pageId"].clone();
+
+    // New reports: applied from deltas (cities added and changed, the
+    // others kept), no new snapshot, no reload.
+    for body in [
+        r#"{"ballot_box_id": "BB-LEE-1", "city": "leeds", "votes": {"tories": 20, "labour": 50}}"#,
+        r#"{"ballot_box_id": "BB-LON-2", "city": "london", "votes": {"labour": 5}}"#,
+    ] {
+        let (status, answer) = stack.post(body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let shown = wait_for(&mut cdp, Duration::from_secs(5), |page| {
+        shows_total(page, 915) && page["boxes"] == "5"
+    })
+    .await;
+    assert_eq!(shown["pageId"], page_id, "the page was reloaded");
+    assert_eq!(shown["snapshots"], 1, "{shown}");
+    assert!(shown["deltas"].as_u64().unwrap() >= 1, "{shown}");
+    assert_eq!(
+        shown["cities"],
+        json!({"london": "390", "manchester": "280", "edinburgh": "175", "leeds": "70"})
+    );
+    assert_eq!(shown["leader"], "labour");
+    assert_eq!(shown["margin"], (485 - 280).to_string());
+    assert_eq!(
+        shown["bars"],
+        json!({"labour": "485", "tories": "280", "libdems": "115", "reform": "35"})
+    );
+
+    // The phone layout: no sideways scrolling.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let width = cdp.evaluate("document.documentElement.scrollWidth").await;
+    assert!(
+        width.as_u64().unwrap() <= 390,
+        "the page is {width} px wide on a 390 px phone: it scrolls sideways"
+    );
+    cdp.screenshot(&artifacts().join("dashboard-phone.png"))
+        .await;
+
+    // The service restarts (a deployment): the stream ends, the page says
+    // so and reconnects by itself. A report arrives meanwhile; the new
+    // process never gave the page's last event id, so it sends a snapshot.
+    stack.stop_query().await;
+    wait_for(&mut cdp, Duration::from_secs(10), |page| {
+        page["live"] == "connecting"
+    })
+    .await;
+    let (status, answer) = stack
+        .post(r#"{"ballot_box_id": "BB-YOR-1", "city": "york", "votes": {"green": 9}}"#)
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    stack.restart_query().await;
+    let shown = wait_for(&mut cdp, Duration::from_secs(20), |page| {
+        shows_total(page, 924) && page["live"] == "live"
+    })
+    .await;
+    assert_eq!(shown["pageId"], page_id, "the page was reloaded");
+    assert_eq!(shown["snapshots"], 2, "{shown}");
+    assert_eq!(shown["cities"]["york"], "9");
+    assert_eq!(shown["cities"]["leeds"], "70");
+    let deltas = shown["deltas"].as_u64().unwrap();
+
+    // And deltas flow again on the new stream.
+    let (status, answer) = stack
+        .post(r#"{"ballot_box_id": "BB-YOR-2", "city": "york", "votes": {"green": 1}}"#)
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let shown = wait_for(&mut cdp, Duration::from_secs(5), |page| {
+        shows_total(page, 925) && page["boxes"] == "7"
+    })
+    .await;
+    assert!(shown["deltas"].as_u64().unwrap() > deltas, "{shown}");
+    assert_eq!(shown["snapshots"], 2, "{shown}");
+    assert_eq!(shown["cities"]["york"], "10");
     drop(cdp);
     drop(browser);
     stack.stop().await;

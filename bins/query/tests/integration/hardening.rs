@@ -21,7 +21,7 @@ async fn a_stream_outlives_the_header_timeout_while_a_stalled_client_is_cut_off(
     crate::harness::define_election(&stack.pool, stack.election.as_str());
     let mut events = open_stream(&stack, None).await;
     let first = events.next_within(Duration::from_secs(10)).await;
-    assert_eq!(first.event, "totals");
+    assert_eq!(first.event, "snapshot");
     let opened = Instant::now();
 
     // A client that sends half a header line and stalls.

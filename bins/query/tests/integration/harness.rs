@@ -42,6 +42,7 @@ pub fn query_settings() -> election_query::Settings {
         max_elections: 16,
         first_snapshot_timeout: Duration::from_secs(10),
         keep_alive: Duration::from_secs(15),
+        stream_history: 64,
         timeline_cache: Duration::ZERO,
         timeline_full_refresh: Duration::from_secs(300),
         serve: election_http::ServeConfig {
@@ -157,6 +158,16 @@ pub async fn start_query(
     settings: election_query::Settings,
 ) -> Running {
     let (listener, base) = listener().await;
+    serve_query(listener, base, pool, tally, settings)
+}
+
+fn serve_query(
+    listener: tokio::net::TcpListener,
+    base: String,
+    pool: PgPool,
+    tally: Arc<RedisTally>,
+    settings: election_query::Settings,
+) -> Running {
     let ready: ReadyCheck = election_query::commands::ready_check(pool.clone(), tally.clone());
     let services = election_query::Services {
         redis: Some(tally.clone()),
@@ -221,6 +232,8 @@ pub struct Stack {
     pub pool: PgPool,
     /// The query service's own tally (its round trips are the query's only).
     pub query_tally: Arc<RedisTally>,
+    /// The query service's settings (for a restart).
+    pub query_settings: election_query::Settings,
     pub client: reqwest::Client,
     // Kept for its Drop (drops the schema).
     _schema: PgSchema,
@@ -240,7 +253,7 @@ impl Stack {
         let tokens = Arc::new(election_ingest::commands::PgTokens(pool.clone()));
         let ingest = start_ingest(pool.clone(), tally.clone(), tokens).await;
         let query_tally = Arc::new(RedisTally::connect(&target, &redis_options()).unwrap());
-        let query = start_query(pool.clone(), query_tally.clone(), settings).await;
+        let query = start_query(pool.clone(), query_tally.clone(), settings.clone()).await;
         Stack {
             query,
             ingest,
@@ -248,6 +261,7 @@ impl Stack {
             token,
             pool,
             query_tally,
+            query_settings: settings,
             client: reqwest::Client::new(),
             _schema: schema,
         }
@@ -302,6 +316,47 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stops the query service (its streams end, as in a deployment) and
+    /// waits for it to return.
+    pub async fn stop_query(&mut self) {
+        let base = self.query.base.clone();
+        let stopped = std::mem::replace(
+            &mut self.query,
+            Running {
+                base,
+                stop: None,
+                task: None,
+            },
+        );
+        stopped.stop().await;
+    }
+
+    /// Starts a new query service (a new process, as far as its feeds and
+    /// versions go) at the address of the one [`Stack::stop_query`] stopped.
+    pub async fn restart_query(&mut self) {
+        let address = self.query.base.trim_start_matches("http://").to_owned();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(&address).await {
+                Ok(listener) => break listener,
+                Err(error) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "cannot listen on {address} again: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        self.query = serve_query(
+            listener,
+            self.query.base.clone(),
+            self.pool.clone(),
+            self.query_tally.clone(),
+            self.query_settings.clone(),
+        );
     }
 
     /// Runs SQL on the schema (to move history in time).
@@ -407,7 +462,13 @@ impl Events {
 /// Opens the stream of the stack's election, optionally with a
 /// `Last-Event-ID`.
 pub async fn open_stream(stack: &Stack, last_event_id: Option<&str>) -> Events {
-    let mut request = stack.client.get(stack.url("/stream"));
+    open_stream_at(stack, "/stream", last_event_id).await
+}
+
+/// Opens `rest` (the stream with its query string) of the stack's election,
+/// optionally with a `Last-Event-ID`.
+pub async fn open_stream_at(stack: &Stack, rest: &str, last_event_id: Option<&str>) -> Events {
+    let mut request = stack.client.get(stack.url(rest));
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
     }

@@ -161,7 +161,7 @@ async fn json_and_csv_are_compressed_on_request_and_streams_never() {
     assert!(stream.headers().get("content-encoding").is_none());
     let mut events = crate::harness::Events::new(stream);
     let first = events.next_within(Duration::from_secs(10)).await;
-    assert_eq!(first.event, "totals");
+    assert_eq!(first.event, "snapshot");
     stack.stop().await;
 }
 

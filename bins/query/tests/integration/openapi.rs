@@ -249,6 +249,16 @@ impl Doc {
                         errors.push(format!("{at}: {value} matches {passing} branches of oneOf"));
                     }
                 }
+                "anyOf" => {
+                    let passing = argument.as_array().unwrap().iter().any(|branch| {
+                        let mut branch_errors = Vec::new();
+                        self.validate(branch, value, at, &mut branch_errors);
+                        branch_errors.is_empty()
+                    });
+                    if !passing {
+                        errors.push(format!("{at}: {value} matches no branch of anyOf"));
+                    }
+                }
                 other if ANNOTATIONS.contains(&other) => {}
                 other => panic!("{at}: the validator does not know the keyword {other:?}"),
             }
@@ -899,6 +909,7 @@ async fn the_openapi_document_is_true_of_both_services() {
         ),
         ("/v1/elections/{election}/timeline", "/timeline?bucket=2m"),
         ("/v1/elections/{election}/reports.csv", "/reports.csv?x=1"),
+        ("/v1/elections/{election}/stream", "/stream?scope=cities"),
     ] {
         let (status, body) = checker.check("GET", template, client.get(url(path))).await;
         assert_eq!(status, 400, "{path}: {body}");
@@ -1060,6 +1071,52 @@ async fn a_counter_that_is_not_an_integer_is_named_and_every_other_total_served(
             "still named: {body}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.stop().await;
+}
+
+/// Every kind of stream event (a snapshot and a delta of each variant)
+/// matches its documented schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_event_matches_the_document() {
+    let doc = Doc::load();
+    let stack = Stack::start().await;
+    stack.post_seed().await;
+    stack.wait_for_total(840, Duration::from_secs(10)).await;
+    let documented =
+        doc.response("GET", "/v1/elections/{election}/stream", 200)["content"]["text/event-stream"]
+            ["x-sse-events"]
+            .clone();
+    let mut streams = Vec::new();
+    for rest in [
+        "/stream",
+        "/stream?scope=national",
+        "/stream?scope=all",
+        "/stream?city=london",
+        "/stream?city=paris",
+    ] {
+        let mut events = crate::harness::open_stream_at(&stack, rest, None).await;
+        let event = events.next_within(Duration::from_secs(5)).await;
+        assert_eq!(event.event, "snapshot", "{rest}");
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(event.id, data["version"].to_string());
+        doc.check_value(&documented["snapshot"], &data, &format!("{rest} snapshot"));
+        streams.push((rest, events));
+    }
+    // London reports, and so does Paris for the first time.
+    for body in [
+        r#"{"ballot_box_id": "BB-LON-2", "city": "london", "votes": {"labour": 1}}"#,
+        r#"{"ballot_box_id": "BB-PAR-1", "city": "paris", "votes": {"labour": 2}}"#,
+    ] {
+        let (status, answer) = stack.post(body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    for (rest, events) in &mut streams {
+        let event = events.next_within(Duration::from_secs(5)).await;
+        assert_eq!(event.event, "delta", "{rest}");
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(event.id, data["version"].to_string());
+        doc.check_value(&documented["delta"], &data, &format!("{rest} delta"));
     }
     stack.stop().await;
 }

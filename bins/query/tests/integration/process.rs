@@ -1,7 +1,8 @@
 //! The real `election-query` binary: it refuses an unmigrated database,
 //! SIGTERM ends it promptly with exit status 0 even while a live stream is
-//! open (streams never end by themselves), and no password reaches its logs
-//! or metrics.
+//! open (streams never end by themselves), its stream sends a snapshot and
+//! then deltas (bridging `Last-Event-ID`, scoped, bad parameters refused), and
+//! no password reaches its logs or metrics.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -103,7 +104,7 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
     assert_eq!(response.status(), 200);
     let mut events = Events::new(response);
     let first = events.next_within(Duration::from_secs(10)).await;
-    assert_eq!(first.event, "totals");
+    assert_eq!(first.event, "snapshot");
 
     let signalled = Instant::now();
     send_signal(child.id(), "TERM");
@@ -217,4 +218,139 @@ async fn no_password_reaches_logs_or_metrics() {
             }
         }
     }
+}
+
+/// The stream of the real binary, fed by a real ingest service: a snapshot
+/// on connect, a delta naming only the city that reported, the missed
+/// deltas on reconnection with a `Last-Event-ID` it keeps, a snapshot for
+/// one it never gave, `?scope=national`, and a 400 for a bad city.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binarys_stream_sends_a_snapshot_then_deltas() {
+    use serde_json::Value;
+
+    let (schema, pool) = migrated_schema();
+    let election = election_core::contract::unique_election("binary-stream");
+    let token = crate::harness::issue_token(&pool, election.as_str());
+    let target = store_redis::parse_target(&test_support::redis::redis_url()).unwrap();
+    let tally = std::sync::Arc::new(
+        store_redis::RedisTally::connect(&target, &crate::harness::redis_options()).unwrap(),
+    );
+    let ingest = crate::harness::start_ingest(
+        pool.clone(),
+        tally,
+        std::sync::Arc::new(election_ingest::commands::PgTokens(pool.clone())),
+    )
+    .await;
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut child = query(&schema, &["serve", "--listen", &address])
+        .env("SNAPSHOT_INTERVAL_MS", "50")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&address, &mut child);
+    let client = reqwest::Client::new();
+    let post = |body: &'static str| {
+        client
+            .post(format!("{}/v1/elections/{election}/reports", ingest.base))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for body in crate::harness::SEED {
+        assert_eq!(post(body).await.unwrap().status(), 201);
+    }
+    let stream = format!("http://{address}/v1/elections/{election}/stream");
+    let open = |query: &str, last_event_id: Option<&str>| {
+        let mut request = client.get(format!("{stream}{query}"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            Events::new(response)
+        }
+    };
+    let data =
+        |event: &crate::harness::SseEvent| -> Value { serde_json::from_str(&event.data).unwrap() };
+
+    // A snapshot with the seed (once all three reports are in it).
+    let mut events = open("", None).await;
+    let mut snapshot = events.next_within(Duration::from_secs(10)).await;
+    assert_eq!(snapshot.event, "snapshot");
+    while data(&snapshot)["national"]["ballot_boxes_reported"] != 3 {
+        snapshot = events.next_within(Duration::from_secs(10)).await;
+        assert_eq!(snapshot.event, "delta");
+    }
+    let seeded = snapshot.id.clone();
+
+    // London reports: deltas naming London alone, each after the one before.
+    assert_eq!(
+        post(r#"{"ballot_box_id": "BB-LON-2", "city": "london", "votes": {"labour": 7}}"#)
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let mut previous = seeded.clone();
+    let latest = loop {
+        let delta = events.next_within(Duration::from_secs(5)).await;
+        assert_eq!(delta.event, "delta");
+        let body = data(&delta);
+        assert_eq!(body["previous"].to_string(), previous);
+        for city in body["cities"].as_array().unwrap() {
+            assert_eq!(city["city"], "london", "{body}");
+        }
+        previous = delta.id.clone();
+        if body["national"]["total_votes"] == 847 && body["national"]["ballot_boxes_reported"] == 4
+        {
+            break delta.id;
+        }
+    };
+    drop(events);
+
+    // Back with the seeded id: only the deltas missed.
+    let mut events = open("", Some(&seeded)).await;
+    let first = events.next_within(Duration::from_secs(5)).await;
+    assert_eq!(first.event, "delta");
+    assert_eq!(data(&first)["previous"].to_string(), seeded);
+    let mut last = first;
+    while last.id != latest {
+        last = events.next_within(Duration::from_secs(5)).await;
+        assert_eq!(last.event, "delta");
+    }
+    drop(events);
+
+    // An id this process never gave: a snapshot.
+    let mut events = open("", Some("1")).await;
+    let event = events.next_within(Duration::from_secs(5)).await;
+    assert_eq!(event.event, "snapshot");
+    assert_eq!(data(&event)["national"]["total_votes"], 847);
+    drop(events);
+
+    // The national ticker, and a bad city.
+    let mut events = open("?scope=national", None).await;
+    let event = events.next_within(Duration::from_secs(5)).await;
+    assert_eq!(event.event, "snapshot");
+    let body = data(&event);
+    assert_eq!(body["national"]["total_votes"], 847);
+    assert!(body.get("cities").is_none(), "{body}");
+    drop(events);
+    let (status, body) = crate::harness::get(&client, &format!("{stream}?city=Paris")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_parameter");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("city:"),
+        "{body}"
+    );
+
+    send_signal(child.id(), "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit {status:?}");
+    ingest.stop().await;
 }
