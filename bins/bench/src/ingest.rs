@@ -17,7 +17,6 @@
 //! rate in every 10-second window while an election grows to millions of
 //! reports, and the Redis memory one ballot box takes.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ const DATABASE: &str = "election_bench";
 pub struct Bench {
     pub admin_url: String,
     pub bin_dir: String,
-    pub script: PathBuf,
+    pub scripts: wrk::Scripts,
     pub ticks_per_second: u64,
 }
 
@@ -153,6 +152,7 @@ impl Stage {
             threads: 2,
             connections: 64,
             duration: Duration::from_secs(10),
+            batch: 1,
         }
     }
 
@@ -165,7 +165,7 @@ impl Stage {
         watch: impl FnMut() -> anyhow::Result<Watch>,
     ) -> anyhow::Result<Posted> {
         tokio::task::block_in_place(|| {
-            wrk::post_reports(&bench.script, posting, bench.ticks_per_second, watch)
+            wrk::post_reports(&bench.scripts, posting, bench.ticks_per_second, watch)
         })
     }
 
@@ -249,6 +249,8 @@ pub struct Rss {
 #[derive(Debug, Clone)]
 pub struct Throughput {
     pub connections: usize,
+    /// Reports per request.
+    pub batch: usize,
     pub posted: Posted,
     /// Reports recorded from just before wrk started to just after it ended
     /// (including the ones in flight when it stopped).
@@ -274,6 +276,18 @@ pub async fn throughput(
     connections: usize,
     seconds: Duration,
 ) -> anyhow::Result<Throughput> {
+    throughput_of(bench, redis, start, connections, 1, seconds).await
+}
+
+/// [`throughput`] with `batch` reports per request (`/report-batches`).
+pub async fn throughput_of(
+    bench: &Bench,
+    redis: &RedisTarget,
+    start: Start,
+    connections: usize,
+    batch: usize,
+    seconds: Duration,
+) -> anyhow::Result<Throughput> {
     let stage = Stage::fresh(bench, redis).await?;
     let election = format!("bench-{connections}");
     if start == Start::Analyzed {
@@ -284,6 +298,7 @@ pub async fn throughput(
     let posting = Posting {
         connections,
         duration: seconds,
+        batch,
         ..stage.posting(&election, stage.token(&election)?)
     };
     let watched = Watched {
@@ -304,6 +319,7 @@ pub async fn throughput(
     };
     Ok(Throughput {
         connections,
+        batch,
         recorded,
         spent: Spent::between(before, after, bench.ticks_per_second),
         rss,

@@ -253,3 +253,54 @@ async fn an_unreachable_postgresql_fails_the_whole_request_with_503() {
     assert_eq!(ingest.national("a"), None);
     ingest.stop().await;
 }
+
+/// `election-loadgen --batch 25` against ingest: a night with re-posts and
+/// corrections, sent 25 reports a request; every report acknowledged and the
+/// live totals exactly what was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loadgen_posts_a_night_in_batches_and_the_totals_match() {
+    use election_loadgen::{Load, Plan, Progress, night, run};
+    let ingest = Ingest::start(RedisChoice::Standalone).await;
+    let plan = Plan {
+        boxes: 300,
+        cities: 7,
+        parties: 3,
+        duplicates: 0.1,
+        revisions: 0.1,
+        seed: 7,
+    };
+    let posts = std::sync::Arc::new(night(&plan));
+    let load = Load {
+        ingest_url: ingest.base.clone(),
+        election: ingest.election.to_string(),
+        token: ingest.token.clone(),
+        concurrency: 4,
+        rate: None,
+        duration: None,
+        spread: None,
+        batch: 25,
+    };
+    let outcome = run(
+        &load,
+        posts.clone(),
+        std::sync::Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.sent, posts.len());
+    assert_eq!(outcome.transport_errors, 0);
+    assert_eq!(
+        outcome.acknowledged_posts(),
+        posts.len(),
+        "{:?}",
+        outcome.statuses
+    );
+    assert!(
+        outcome.statuses.get(&200).copied().unwrap_or(0) > 0,
+        "re-posts are replays"
+    );
+    for (party, expected) in outcome.expected_national() {
+        assert_eq!(ingest.national(&party), Some(expected), "{party}");
+    }
+    ingest.stop().await;
+}
