@@ -68,7 +68,7 @@ function response(status, _, body)
       return
    end
    local good, deferred = 0, 0
-   for item_status in string.gmatch(body, '"http_status":(%d+)') do
+   for item_status in string.gmatch(body, '"index":%d+,"status":(%d+)') do
       if item_status == "201" or item_status == "200" then
          good = good + 1
       elseif item_status == "202" then

@@ -342,7 +342,7 @@ pub async fn run(
 }
 
 /// The status of each of the `n` reports a request carried: the answer's
-/// own for a single report; for a batch, each item's `http_status` from a
+/// own for a single report; for a batch, each item's `status` from a
 /// 200, or the whole answer's status for every item otherwise. `None`: no
 /// answer (connection refused, reset, timeout) or an unreadable one.
 async fn statuses_of(
@@ -367,7 +367,7 @@ async fn statuses_of(
         .map(|i| {
             items
                 .get(i)
-                .and_then(|item| item["http_status"].as_u64())
+                .and_then(|item| item["status"].as_u64())
                 .and_then(|s| u16::try_from(s).ok())
         })
         .collect()

@@ -262,7 +262,7 @@ async fn the_binary_records_a_bulk_request_item_by_item() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|item| item["http_status"].as_u64().unwrap())
+        .map(|item| item["status"].as_u64().unwrap())
         .collect();
     assert_eq!(statuses.len(), 60);
     assert_eq!(statuses[30], 422);

@@ -552,7 +552,7 @@ async fn the_openapi_document_is_true_of_both_services() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|item| item["http_status"].as_u64().unwrap())
+        .map(|item| item["status"].as_u64().unwrap())
         .collect();
     // A replay and an invalid item: nothing new is counted (the query
     // checks below expect the seed's totals).
