@@ -18,6 +18,7 @@
 
 pub mod analytics;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod elections;
