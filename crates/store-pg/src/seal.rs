@@ -970,7 +970,8 @@ mod tests {
     #[test]
     fn every_sealed_field_changes_the_leaf() {
         let base = leaf(&row()).unwrap();
-        let changes: Vec<Box<dyn Fn(&mut SealedRow)>> = vec![
+        type Change = Box<dyn Fn(&mut SealedRow)>;
+        let changes: Vec<Change> = vec![
             Box::new(|r| r.id = 8),
             Box::new(|r| r.election_id = "f".to_owned()),
             Box::new(|r| r.ballot_box_id = "B2".to_owned()),
