@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use diesel::RunQueryDsl;
 use futures_util::StreamExt;
 use rand::Rng;
 
@@ -98,6 +99,8 @@ struct Shared {
     connected: AtomicUsize,
     snapshot_bytes: AtomicUsize,
     failed: AtomicUsize,
+    /// Why the first subscriber that failed did.
+    first_failure: Mutex<Option<String>>,
     /// Subscribers count ticks only while this is set.
     measuring: AtomicBool,
 }
@@ -105,6 +108,15 @@ struct Shared {
 impl Shared {
     fn micros(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A subscriber could not open its stream, for `why`.
+    fn fail(&self, why: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.first_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(why);
     }
 
     /// A subscriber got the probe's value `seen` (it had `had`).
@@ -276,14 +288,19 @@ fn probe(line: &[u8]) -> Option<u64> {
 
 /// One subscriber: reads the stream until it ends or the task is aborted.
 async fn subscribe(client: reqwest::Client, url: String, shared: Arc<Shared>) {
-    let Ok(response) = client.get(&url).send().await else {
-        shared.failed.fetch_add(1, Ordering::Relaxed);
-        return;
+    let response = match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => response,
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            shared.fail(format!("answered {status}: {body}"));
+            return;
+        }
+        Err(error) => {
+            shared.fail(format!("{error:#}"));
+            return;
+        }
     };
-    if !response.status().is_success() {
-        shared.failed.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
     let mut body = response.bytes_stream();
     let mut line: Vec<u8> = Vec::with_capacity(PREFIX);
     let mut line_length = 0usize;
@@ -363,6 +380,19 @@ pub async fn measure(
     {
         let pool = store_pg::connect(database.url(), 1, Duration::from_secs(5))?;
         store_pg::migrate(&pool).context("migrating the stream bench's database")?;
+        // The query service serves only elections it knows (defined or
+        // reported to, in PostgreSQL): one ballot box row makes the bench's
+        // election known without a definition, which would change the bodies.
+        // Nothing reads the report it names.
+        let mut conn = pool.get().context("connecting to the stream bench's database")?;
+        diesel::sql_query(
+            "INSERT INTO ballot_boxes (election_id, ballot_box_id, city, latest_revision, latest_report_id) \
+             VALUES ($1, 'bench-box', $2, 1, 0)",
+        )
+        .bind::<diesel::sql_types::Text, _>(ELECTION)
+        .bind::<diesel::sql_types::Text, _>(PROBE)
+        .execute(&mut conn)
+        .context("making the stream bench's election known")?;
     }
     let query = Service::start(
         bin_dir,
@@ -385,6 +415,7 @@ pub async fn measure(
         connected: AtomicUsize::new(0),
         snapshot_bytes: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
+        first_failure: Mutex::new(None),
         measuring: AtomicBool::new(false),
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -429,7 +460,13 @@ pub async fn measure(
     }
     let failed = shared.failed.load(Ordering::Relaxed);
     if failed > 0 {
-        bail!("{failed} subscribers could not open the stream (raise `ulimit -n`?)");
+        let why = shared
+            .first_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        bail!("{failed} subscribers could not open the stream; the first: {why}");
     }
     eprintln!(
         "bench: stream: {} subscribers have their snapshot; measuring {} s",
