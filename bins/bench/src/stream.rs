@@ -384,7 +384,9 @@ pub async fn measure(
         // reported to, in PostgreSQL): one ballot box row makes the bench's
         // election known without a definition, which would change the bodies.
         // Nothing reads the report it names.
-        let mut conn = pool.get().context("connecting to the stream bench's database")?;
+        let mut conn = pool
+            .get()
+            .context("connecting to the stream bench's database")?;
         diesel::sql_query(
             "INSERT INTO ballot_boxes (election_id, ballot_box_id, city, latest_revision, latest_report_id) \
              VALUES ($1, 'bench-box', $2, 1, 0)",
