@@ -310,7 +310,7 @@ async fn cities(
         &state,
         &headers,
         &rendered,
-        rendered.cities.clone(),
+        rendered.cities(),
     ))
 }
 
