@@ -21,7 +21,6 @@
 use election_core::{CityId, ElectionId, Fingerprint, Grid, PartyId};
 use redis::Value;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::nodes::{Reply, Request};
@@ -30,7 +29,8 @@ use crate::{
 };
 
 /// The cell `index` of a grid's read order: the national counters of every
-/// party, then each city's row.
+/// party, then each city's row. Plain appends, not `format!`: this runs for
+/// every counter of every read.
 fn cell_key(
     into: &mut String,
     election: &ElectionId,
@@ -39,19 +39,19 @@ fn cell_key(
     index: usize,
 ) {
     into.clear();
+    into.push_str("election:");
+    into.push_str(election.as_str());
     let width = parties.len();
-    // Writing into a String cannot fail.
-    let _ = if index < width {
-        write!(into, "election:{election}:party:{}", parties[index])
+    let party = if index < width {
+        index
     } else {
         let cell = index - width;
-        write!(
-            into,
-            "election:{election}:city:{}:party:{}",
-            cities[cell / width],
-            parties[cell % width]
-        )
+        into.push_str(":city:");
+        into.push_str(cities[cell / width].as_str());
+        cell % width
     };
+    into.push_str(":party:");
+    into.push_str(parties[party].as_str());
 }
 
 fn simple(name: &'static str, key: &str) -> Request {
@@ -186,16 +186,17 @@ impl RedisTally {
         for group in groups {
             for chunk in group.chunks(MGET_CHUNK) {
                 let mut command = redis::cmd("MGET");
-                let mut slot = 0;
+                let mut slot = None;
                 for &index in chunk {
                     cell_key(&mut key, election, parties, cities, index);
-                    slot = keys::slot(key.as_bytes());
+                    // Every key of a chunk is in the slot of its first.
+                    slot.get_or_insert_with(|| keys::slot(key.as_bytes()));
                     command.arg(key.as_str());
                 }
                 requests.push(Request {
                     command,
                     name: "MGET",
-                    slot,
+                    slot: slot.unwrap_or(0),
                 });
                 chunks.push(chunk.to_vec());
             }
