@@ -76,6 +76,13 @@ pub struct Figures {
     pub cpu_per_refresh: Duration,
     /// Share of one core the query used during the window.
     pub cpu_share: f64,
+    /// Mean wall time of a refresh's read of the counters (from the query's
+    /// `query_snapshot_refresh_seconds`): what bounds refreshes per second
+    /// when the query is not short of CPU.
+    pub read_time: Duration,
+    /// Share of one core Redis used during the window (the writes and the
+    /// query's reads), when the bench started it.
+    pub redis_share: Option<f64>,
     /// Changes (ticks) of the window, and how many reached every subscriber.
     pub changes: usize,
     pub reached_all: usize,
@@ -363,6 +370,7 @@ pub async fn measure(
     bin_dir: &str,
     admin_url: &str,
     redis_url: &str,
+    redis_pid: Option<u32>,
     ticks_per_second: u64,
     plan: Plan,
 ) -> anyhow::Result<Figures> {
@@ -487,7 +495,10 @@ pub async fn measure(
     shared.measuring.store(true, Ordering::Relaxed);
     let bytes_before = shared.bytes.load(Ordering::Relaxed);
     let cpu_before = usage::process_ticks(query.pid());
+    let redis_before = redis_pid.map(usage::process_ticks);
     let refreshes_before = metric(&client, query.base(), refreshes).await?;
+    let read_seconds = "query_snapshot_refresh_seconds_sum";
+    let read_seconds_before = metric(&client, query.base(), read_seconds).await?;
     let delta_sum_before = metric(&client, query.base(), "query_stream_delta_bytes_sum").await?;
     let delta_count_before =
         metric(&client, query.base(), "query_stream_delta_bytes_count").await?;
@@ -496,7 +507,11 @@ pub async fn measure(
     let window = opened.elapsed();
     let bytes = shared.bytes.load(Ordering::Relaxed) - bytes_before;
     let cpu = usage::process_ticks(query.pid()).saturating_sub(cpu_before);
+    let redis_cpu = redis_pid
+        .zip(redis_before)
+        .map(|(pid, before)| usage::process_ticks(pid).saturating_sub(before));
     let refreshed = metric(&client, query.base(), refreshes).await? - refreshes_before;
+    let read_time = metric(&client, query.base(), read_seconds).await? - read_seconds_before;
     let delta_sum =
         metric(&client, query.base(), "query_stream_delta_bytes_sum").await? - delta_sum_before;
     let delta_count =
@@ -543,6 +558,7 @@ pub async fn measure(
             .unwrap_or_default()
     };
     let cpu = usage::ticks_to_duration(cpu, ticks_per_second);
+    let redis_cpu = redis_cpu.map(|ticks| usage::ticks_to_duration(ticks, ticks_per_second));
     let ticks_in_window = (last_tick + 1).saturating_sub(first_tick) as f64;
     Ok(Figures {
         subscribers: plan.subscribers,
@@ -563,6 +579,12 @@ pub async fn measure(
             Duration::ZERO
         },
         cpu_share: cpu.as_secs_f64() / window.as_secs_f64(),
+        redis_share: redis_cpu.map(|cpu| cpu.as_secs_f64() / window.as_secs_f64()),
+        read_time: if refreshed > 0.0 {
+            Duration::from_secs_f64(read_time / refreshed)
+        } else {
+            Duration::ZERO
+        },
         changes,
         reached_all: delays.len(),
         p50: at(0.5),
@@ -585,13 +607,20 @@ pub fn lines(plan: &Plan, figures: &Figures) -> Vec<Line> {
             format!("{what}: bytes and CPU"),
             format!(
                 "{:.1} KiB per subscriber per second (deltas of {:.1} KiB on average; the snapshot on connect {:.1} MiB); \
-                 query CPU {:.1} ms per refresh, {:.1} refreshes/s, {:.0}% of a core; {:.0} reports/s written in the {:.0} s window",
+                 query CPU {:.1} ms per refresh, {:.1} refreshes/s (each reading the counters in {:.0} ms), {:.0}% of a core{}; {:.0} reports/s written in the {:.0} s window",
                 figures.bytes_per_subscriber_second / 1024.0,
                 figures.delta_bytes / 1024.0,
                 figures.snapshot_bytes as f64 / 1024.0 / 1024.0,
                 ms(figures.cpu_per_refresh),
                 figures.refreshes_per_second,
+                ms(figures.read_time),
                 figures.cpu_share * 100.0,
+                figures
+                    .redis_share
+                    .map_or_else(String::new, |share| format!(
+                        " (Redis, writes and reads: {:.0}% of a core)",
+                        share * 100.0
+                    )),
                 figures.reports_per_second,
                 figures.window.as_secs_f64()
             ),
