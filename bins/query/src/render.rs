@@ -1,11 +1,16 @@
-//! The JSON bodies of the live endpoints, rendered once per snapshot.
+//! The JSON bodies of the live endpoints, rendered once per change.
 //!
-//! A snapshot is read every refresh interval and shared by every reader, so
-//! its bodies are serialised here once and then handed out as reference-counted
-//! bytes: a request costs a map lookup and a pointer copy, never a
-//! serialisation, however many readers there are. The stream's snapshot
-//! events are built from the same pieces, the first time a subscriber needs
-//! one of this version, and then shared too (see [`crate::stream`]).
+//! A version is read every refresh interval and shared by every reader, so
+//! its bodies are serialised here once and then handed out as
+//! reference-counted bytes: a request costs a lookup and a copy of at most
+//! one city's entry, never a serialisation of the totals, however many
+//! readers there are. [`Renderer`] keeps each city's entry with the values
+//! it was rendered from and serialises again only the cities that moved; the
+//! bodies that hold every city or `as_of` (the city list, a city's totals)
+//! are put together from the entries when first asked for. The stream's
+//! snapshot events are built from the same pieces, the first time a
+//! subscriber needs one of a version, and then shared too (see
+//! [`crate::stream`]).
 //!
 //! # Leader, margin and ties
 //!
