@@ -227,3 +227,47 @@ fn concurrent_callers_share_one_tally() {
     );
     assert_eq!(snapshot.ballot_boxes_reported, 8 * 20 * 10);
 }
+
+#[test]
+fn a_known_grid_is_brought_up_to_date_by_reading_only_the_cities_with_new_boxes() {
+    let tally = standalone_tally();
+    let e = unique_election("moved");
+    let first: Vec<_> = ["york", "leeds", "bath"]
+        .iter()
+        .enumerate()
+        .map(|(i, city)| counting(&e, &format!("B{i}"), city, 1, &[("a", 2), ("b", 1)]))
+        .collect();
+    assert!(tally.apply(&first).iter().all(Result::is_ok));
+    let known = tally.grid(&e, None).unwrap();
+
+    // A new box in Leeds: one script call, the grid a full read gives.
+    let leeds = counting(&e, "B9", "leeds", 1, &[("a", 5)]);
+    assert!(tally.apply(std::slice::from_ref(&leeds))[0].is_ok());
+    let before = tally.round_trips();
+    let moved = tally.grid(&e, Some(&known)).unwrap();
+    assert_eq!(tally.round_trips() - before, 1, "one round trip");
+    assert_eq!(moved, tally.grid(&e, None).unwrap());
+    assert_eq!(moved.row(1), [Some(7), Some(1)]);
+    assert_eq!(moved.boxes, [1, 2, 1]);
+
+    // A revision of a counted box adds no box: the national move it makes is
+    // unexplained, so every counter is read (a second round trip).
+    let revised = counting(&e, "B0", "york", 2, &[("b", 3)]);
+    assert!(tally.apply(std::slice::from_ref(&revised))[0].is_ok());
+    let before = tally.round_trips();
+    let read = tally.grid(&e, Some(&moved)).unwrap();
+    assert_eq!(tally.round_trips() - before, 2);
+    assert_eq!(read, tally.grid(&e, None).unwrap());
+    assert_eq!(read.row(2), [Some(2), Some(4)]);
+
+    // A counter rewritten by hand without a report is only seen by a full
+    // read: the reason the live feeds make one every few seconds.
+    let mut redis = connection(&redis_url());
+    redis::cmd("SET")
+        .arg(format!("election:{e}:city:bath:party:a"))
+        .arg(40)
+        .exec(&mut redis)
+        .unwrap();
+    assert_eq!(tally.grid(&e, Some(&read)).unwrap(), read);
+    assert_eq!(tally.grid(&e, None).unwrap().row(0), [Some(40), Some(1)]);
+}
