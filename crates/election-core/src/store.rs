@@ -280,12 +280,8 @@ pub trait Tally: Send + Sync {
 
     /// What [`Tally::snapshot`] reads, as a [`Grid`]. `known` is a grid this
     /// caller read before: an adapter may trust its parties and cities while
-    /// the numbers of them seen stay the same, instead of listing them again,
-    /// and may read again only the cities whose number of ballot boxes moved
-    /// when the national counters moved by exactly what those cities did. So
-    /// with `known` it may miss a change that moves neither (a city counter
-    /// rewritten without a report, by healing or by hand): a caller passes
-    /// `None` now and then to have everything read afresh.
+    /// the numbers of them seen stay the same, instead of listing them again
+    /// (a caller passes `None` now and then to have them listed afresh).
     ///
     /// The default converts [`Tally::snapshot`].
     fn grid(&self, election: &ElectionId, known: Option<&Grid>) -> Result<Grid, StoreError> {

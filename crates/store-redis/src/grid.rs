@@ -28,51 +28,6 @@ use crate::{
     MGET_CHUNK, RedisStoreError, RedisTally, count, keys, next_reply, optional_integer, parse_ids,
 };
 
-/// Reads atomically the sizes of the sets of parties, cities and ballot
-/// boxes, the national counters, and the counters of the cities whose
-/// number of ballot boxes is no longer the one given: `election`, the number
-/// of parties, the parties, then each city with its known number of boxes.
-/// Answers `{parties, cities, boxes, {national...}, {{index, boxes,
-/// {counters...}}...}}`, absent counters as nil. Standalone only: it names
-/// keys it was not given (a Cluster would refuse them).
-///
-/// Why: at 1,000 reports/s a refresh sees a few hundred of 10,000 cities
-/// move; reading their rows instead of all 200,000 counters costs Redis a
-/// `SCARD` per city instead of a `GET` per counter. New boxes add to a
-/// city's set, revisions of counted boxes do not: those show as national
-/// moves the moved cities do not explain, and the caller reads everything.
-const MOVED_SCRIPT: &str = r"
-local e = 'election:' .. ARGV[1]
-local width = tonumber(ARGV[2])
-local parties = {}
-for i = 1, width do parties[i] = ARGV[2 + i] end
-local function row(prefix)
-  local values = {}
-  for i = 1, width do
-    local ok, value = pcall(redis.call, 'GET', prefix .. parties[i])
-    -- A key of another type: a status the caller cannot read as a number.
-    if ok then values[i] = value else values[i] = {ok = 'not a string'} end
-  end
-  return values
-end
-local moved = {}
-local first = 3 + width
-for i = first, #ARGV - 1, 2 do
-  local city = ARGV[i]
-  local boxes = redis.call('SCARD', e .. ':meta:city:' .. city .. ':boxes')
-  if boxes ~= tonumber(ARGV[i + 1]) then
-    moved[#moved + 1] = {(i - first) / 2, boxes, row(e .. ':city:' .. city .. ':party:')}
-  end
-end
-return {
-  redis.call('SCARD', e .. ':meta:parties'),
-  redis.call('SCARD', e .. ':meta:cities'),
-  redis.call('SCARD', e .. ':meta:boxes'),
-  row(e .. ':party:'),
-  moved,
-}
-";
-
 /// The cell `index` of a grid's read order: the national counters of every
 /// party, then each city's row. Plain appends, not `format!`: this runs for
 /// every counter of every read.
@@ -117,15 +72,6 @@ impl RedisTally {
         known: Option<&Grid>,
     ) -> Result<Grid, RedisStoreError> {
         if let Some(known) = known {
-            match self.read_moved(election, known) {
-                Ok(Some(grid)) => return Ok(grid),
-                Ok(None) => {}
-                // Whatever failed (a set key of another type, a Redis that
-                // refuses scripts), the full read below answers for itself.
-                Err(error) => {
-                    tracing::debug!(election.id = %election, %error, "reading only the moved cities failed; reading every counter");
-                }
-            }
             let (grid, current) = self.read_cells(election, &known.parties, &known.cities)?;
             if current {
                 return Ok(grid);
@@ -146,106 +92,6 @@ impl RedisTally {
         cities.sort();
         let (grid, _) = self.read_cells(election, &parties.into(), &cities.into())?;
         Ok(grid)
-    }
-
-    /// The cities of `known` that got a ballot box since, read atomically
-    /// by [`MOVED_SCRIPT`] with the national counters, applied to a copy of
-    /// `known`; `None` (read everything) on a Cluster, when the sets of
-    /// parties or cities changed size, when a value is not an integer, or
-    /// when the national counters moved by more or less than those cities
-    /// did: a revision of a box already counted (which adds no box), or
-    /// healing, moved something else.
-    fn read_moved(
-        &self,
-        election: &ElectionId,
-        known: &Grid,
-    ) -> Result<Option<Grid>, RedisStoreError> {
-        if self.nodes.is_cluster() || !known.unreadable.is_empty() || known.parties.is_empty() {
-            return Ok(None);
-        }
-        let mut command = redis::cmd("EVAL");
-        command
-            .arg(MOVED_SCRIPT)
-            .arg(0)
-            .arg(election.as_str())
-            .arg(known.parties.len());
-        for party in known.parties.iter() {
-            command.arg(party.as_str());
-        }
-        for (city, boxes) in known.cities.iter().zip(&known.boxes) {
-            command.arg(city.as_str()).arg(*boxes);
-        }
-        let request = Request {
-            command,
-            name: "EVAL",
-            slot: 0,
-        };
-        let replied = next_reply(&mut self.nodes.run(std::slice::from_ref(&request)).into_iter())?;
-        let Value::Array(parts) = &replied.value else {
-            return Err(replied.unexpected("EVAL"));
-        };
-        let unexpected = || replied.unexpected("EVAL");
-        let number = |value: &Value| match value {
-            Value::Int(n) => u64::try_from(*n).map_err(|_| unexpected()),
-            _ => Err(unexpected()),
-        };
-        let [seen_parties, seen_cities, ballot_boxes, national, moved] = &parts[..] else {
-            return Err(unexpected());
-        };
-        if number(seen_parties)? != known.parties.len() as u64
-            || number(seen_cities)? != known.cities.len() as u64
-        {
-            return Ok(None);
-        }
-        let width = known.parties.len();
-        // `Some(None)`: absent; `None`: not an integer (read everything, so
-        // the full read names the key).
-        let values = |value: &Value| -> Result<Option<Vec<Option<i64>>>, RedisStoreError> {
-            let Value::Array(values) = value else {
-                return Err(unexpected());
-            };
-            if values.len() != width {
-                return Err(unexpected());
-            }
-            Ok(values.iter().map(optional_integer).collect())
-        };
-        let Some(national) = values(national)? else {
-            return Ok(None);
-        };
-        let Value::Array(moved) = moved else {
-            return Err(unexpected());
-        };
-        let mut grid = known.clone();
-        grid.ballot_boxes_reported = number(ballot_boxes)?;
-        // What the moved cities explain of the national counters' moves.
-        let mut explained: Vec<i64> = vec![0; width];
-        for entry in moved {
-            let Value::Array(entry) = entry else {
-                return Err(unexpected());
-            };
-            let [index, boxes, row] = &entry[..] else {
-                return Err(unexpected());
-            };
-            let index = usize::try_from(number(index)?).map_err(|_| unexpected())?;
-            if index >= known.cities.len() {
-                return Err(unexpected());
-            }
-            let Some(row) = values(row)? else {
-                return Ok(None);
-            };
-            for (column, (new, old)) in row.iter().zip(known.row(index)).enumerate() {
-                explained[column] += new.unwrap_or(0) - old.unwrap_or(0);
-            }
-            grid.boxes[index] = number(boxes)?;
-            grid.cells[index * width..(index + 1) * width].copy_from_slice(&row);
-        }
-        for (column, (new, old)) in national.iter().zip(&known.national).enumerate() {
-            if new.unwrap_or(0) - old.unwrap_or(0) != explained[column] {
-                return Ok(None);
-            }
-        }
-        grid.national = national;
-        Ok(Some(grid))
     }
 
     /// One pipelined round reading every counter of `parties` × `cities`,
