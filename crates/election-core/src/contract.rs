@@ -770,6 +770,40 @@ fn tally_reads_grids_and_fingerprints(tally: Arc<dyn Tally>) {
         three,
         crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
     );
+
+    // New boxes in known cities, one with a party it had no counter of.
+    let more = [
+        counting(4, &e, "B3", "leeds", 1, &[("labour", 3), ("tories", 1)]),
+        counting(5, &e, "B4", "york", 1, &[("green", 2)]),
+    ];
+    assert!(tally.apply(&more).iter().all(Result::is_ok));
+    let four = read(Some(&three));
+    assert_eq!(
+        four,
+        crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
+    );
+    // A box and a revision at once: the revision's move is not explained by
+    // the cities that got a box, so everything is read.
+    let both = [
+        counting(6, &e, "B5", "leeds", 1, &[("labour", 1)]),
+        counting(7, &e, "B1", "york", 3, &[("tories", 4)]),
+    ];
+    assert!(tally.apply(&both).iter().all(Result::is_ok));
+    let five = read(Some(&four));
+    assert_eq!(
+        five,
+        crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
+    );
+    // A city counter rewritten without a report: a read without `known`
+    // sees it.
+    let york_green = Counter::City(city("york"), party("green"));
+    assert!(tally.guarded_add(&e, &york_green, 2, 5).unwrap());
+    let healed = read(None);
+    assert_eq!(
+        healed,
+        crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
+    );
+    assert_eq!(healed.row(1)[0], Some(7));
 }
 
 fn tally_names_revisions_without_their_markers(tally: Arc<dyn Tally>) {
