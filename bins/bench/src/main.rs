@@ -242,6 +242,7 @@ async fn stream_lines(
         &bench.bin_dir,
         &bench.admin_url,
         &redis.url,
+        redis.pid,
         bench.ticks_per_second,
         sizes.stream,
     )

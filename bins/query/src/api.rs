@@ -311,7 +311,7 @@ async fn cities(
         &state,
         &headers,
         &rendered,
-        rendered.cities.clone(),
+        rendered.cities(),
     ))
 }
 

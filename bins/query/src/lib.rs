@@ -156,6 +156,7 @@ pub async fn run(
             max_elections: settings.max_elections,
             first_snapshot_timeout: settings.first_snapshot_timeout,
             stream_history: settings.stream_history,
+            full_read_every: live::FULL_READ_EVERY,
         },
         Arc::clone(&metrics),
         stopping,
