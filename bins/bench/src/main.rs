@@ -15,6 +15,9 @@
 //! the real servers. Noise between runs is large on a shared 2-core machine
 //! (docs/benchmarks.md): compare the figures of one run, not across runs.
 //!
+//! `election-bench reshard` is a separate measurement, not part of `just
+//! bench`: moving a national counter's hash slot under load (`reshard.rs`).
+//!
 //! The bench fails on errors (an answer that is not 2xx, drift found by
 //! reconcile), never on a missed target.
 
@@ -22,6 +25,7 @@ mod ceilings;
 mod ingest;
 mod procs;
 mod query;
+mod reshard;
 mod table;
 mod usage;
 mod wrk;
@@ -78,6 +82,19 @@ struct Cli {
     /// Ballot boxes counted to measure Redis memory per box.
     #[arg(long, default_value_t = 20_000)]
     memory_reports: u64,
+    /// A single measurement instead of the whole run.
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+/// Measurements run on their own, outside `just bench`.
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// Moves the hash slot of a national counter of a large election to
+    /// another master of a private Redis Cluster while a writer keeps
+    /// counting: how long it takes and whether counting stalls (see
+    /// `reshard.rs`).
+    Reshard(reshard::ReshardArgs),
 }
 
 /// The sizes of one run, from the command line.
@@ -111,6 +128,9 @@ impl Sizes {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Mode::Reshard(args)) = &cli.mode {
+        return reshard::run(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
