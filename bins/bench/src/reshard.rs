@@ -100,11 +100,12 @@ pub fn run(args: &ReshardArgs) -> anyhow::Result<()> {
         fill(&tally, &election, args)?;
         let after = used_memory(&nodes)?;
         println!(
-            "reshard: standalone: {} boxes counted in {:.1} s; used_memory +{:.1} MiB = {} bytes per box",
+            "reshard: standalone: {} boxes counted in {:.1} s; used_memory +{:.1} MiB = {} bytes per box; {}",
             thousands(args.boxes as f64),
             started.elapsed().as_secs_f64(),
             mib(after.saturating_sub(before)),
             thousands(after.saturating_sub(before) as f64 / args.boxes as f64),
+            script_time(&nodes)?,
         );
     }
 
@@ -120,12 +121,13 @@ pub fn run(args: &ReshardArgs) -> anyhow::Result<()> {
         .map(|url| query::<u64>(url, &mut redis::cmd("DBSIZE")))
         .sum::<anyhow::Result<u64>>()?;
     println!(
-        "reshard: Cluster of 3 masters: {} boxes counted in {:.1} s; used_memory +{:.1} MiB = {} bytes per box (summed over the masters); {} keys",
+        "reshard: Cluster of 3 masters: {} boxes counted in {:.1} s; used_memory +{:.1} MiB = {} bytes per box (summed over the masters); {} keys; {}",
         thousands(args.boxes as f64),
         started.elapsed().as_secs_f64(),
         mib(after.saturating_sub(before)),
         thousands(after.saturating_sub(before) as f64 / args.boxes as f64),
         thousands(keys as f64),
+        script_time(&nodes)?,
     );
 
     let party = PartyId::parse(&election_loadgen::party_name(PARTY))?;
@@ -335,14 +337,11 @@ fn fill(tally: &RedisTally, election: &ElectionId, args: &ReshardArgs) -> anyhow
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|worker| {
-                worker
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a fill thread panicked"))?
-            })
-            .collect::<anyhow::Result<()>>()
+        workers.into_iter().try_for_each(|worker| {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a fill thread panicked"))?
+        })
     })
 }
 
@@ -623,6 +622,34 @@ fn query<T: redis::FromRedisValue>(url: &str, command: &mut redis::Cmd) -> anyho
     command
         .query(&mut conn)
         .with_context(|| format!("a command on {url}"))
+}
+
+/// The server time the apply script took, from `INFO commandstats`
+/// (`cmdstat_evalsha`) summed over `nodes`: a measure of the script's cost
+/// that a busy machine disturbs less than wall time.
+fn script_time(nodes: &[String]) -> anyhow::Result<String> {
+    let (mut calls, mut usec) = (0u64, 0u64);
+    for url in nodes {
+        let info: String = query(url, redis::cmd("INFO").arg("commandstats"))?;
+        let Some(line) = info
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
+        else {
+            continue;
+        };
+        for part in line.split(',') {
+            match part.split_once('=') {
+                Some(("calls", n)) => calls += n.parse::<u64>().unwrap_or(0),
+                Some(("usec", n)) => usec += n.parse::<u64>().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    Ok(format!(
+        "EVALSHA: {} calls, {:.2} µs each in Redis",
+        thousands(calls as f64),
+        usec as f64 / calls.max(1) as f64
+    ))
 }
 
 fn mib(bytes: u64) -> f64 {

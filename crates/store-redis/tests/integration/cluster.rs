@@ -461,3 +461,99 @@ fn a_list_of_urls_works_like_the_cluster_scheme() {
         3
     );
 }
+
+#[test]
+fn revisions_marked_before_buckets_do_not_count_again() {
+    let _layout = cluster_shared();
+    let tally = cluster_tally();
+    let mut redis = cluster_connection();
+    let e = unique_election("legacy");
+    let old = counting(&e, "B1", "york", 1, &[("a", 4), ("b", 6), ("c", 1)]);
+    // What the tally did before buckets: the index entries, then per slot
+    // group a per-key marker and the group's counters.
+    for (key, member) in [
+        (keys::parties(&e), "a"),
+        (keys::parties(&e), "b"),
+        (keys::parties(&e), "c"),
+        (keys::cities(&e), "york"),
+        (keys::boxes(&e), "B1"),
+        (
+            keys::city_boxes(&e, &election_core::CityId::parse("york").unwrap()),
+            "B1",
+        ),
+    ] {
+        redis::cmd("SADD")
+            .arg(key)
+            .arg(member)
+            .exec(&mut redis)
+            .unwrap();
+    }
+    for group in groups(&old) {
+        let marker = keys::legacy_marker(&group[0].0, &old.ballot_box, old.revision);
+        redis::cmd("SET")
+            .arg(&marker)
+            .arg("1")
+            .exec(&mut redis)
+            .unwrap();
+        for (key, n) in &group {
+            redis::cmd("INCRBY")
+                .arg(key)
+                .arg(*n)
+                .exec(&mut redis)
+                .unwrap();
+        }
+    }
+    let new = Counting {
+        report_id: election_core::ReportId(2),
+        ..counting(&e, "B1", "york", 2, &[("a", 1)])
+    };
+    assert_eq!(
+        tally.unapplied(&[old.clone(), new.clone()]).unwrap(),
+        [new.report_id],
+        "the per-key markers are found"
+    );
+    let answers: Vec<Applied> = tally
+        .apply(&[old.clone(), new.clone()])
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers, [Applied::Already, Applied::Now]);
+    assert_eq!(get(&mut redis, &format!("election:{e}:party:a")), Some(5));
+    assert_eq!(get(&mut redis, &format!("election:{e}:party:b")), Some(6));
+    assert!(tally.unapplied(&[old, new]).unwrap().is_empty());
+}
+
+#[test]
+fn every_counter_a_script_creates_is_flagged_in_its_slot() {
+    let _layout = cluster_shared();
+    let tally = cluster_tally();
+    let mut redis = cluster_connection();
+    let e = unique_election("flags");
+    let party = election_core::PartyId::parse("a").unwrap();
+    // A city whose counter of `a` shares a slot with the national one: one
+    // script group of two new counters, the national one not its anchor, so
+    // its flag is written without being declared. (The city varies, not the
+    // party: CRC16 is linear, so two keys differing only in a common suffix
+    // of one length keep the same difference of slots whatever it holds.)
+    let national_slot = keys::slot(keys::national(&e, &party).as_bytes());
+    let city = (0..)
+        .map(|n| election_core::CityId::parse(&format!("c{n}")).unwrap())
+        .find(|city| keys::slot(keys::city(&e, city, &party).as_bytes()) == national_slot)
+        .unwrap();
+    let revision = counting(&e, "B1", city.as_str(), 1, &[("a", 3)]);
+    assert_eq!(groups(&revision).len(), 1);
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&revision))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+    for key in [keys::city(&e, &city, &party), keys::national(&e, &party)] {
+        let flagged: bool = redis::cmd("EXISTS")
+            .arg(keys::layout_flag(&key))
+            .query(&mut redis)
+            .unwrap();
+        assert!(flagged, "{key} has its layout flag");
+        assert_eq!(get(&mut redis, &key), Some(3));
+    }
+}
