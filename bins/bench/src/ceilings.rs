@@ -177,14 +177,22 @@ pub fn redis_scripts(
             let mut pipe = redis::pipe();
             for _ in 0..pipeline {
                 n += 1;
+                // As the tally calls it: a marker bucket (16,384 of them,
+                // as for a national anchor), the anchor's layout flag, the
+                // counters; the marker's field, a per-key marker name
+                // (never set), the amounts.
                 let command = pipe
                     .cmd("EVALSHA")
                     .arg(&sha)
-                    .arg(counters + 1)
-                    .arg(format!("{{ceiling}}:applied:{thread}:{n}"));
+                    .arg(counters + 2)
+                    .arg(format!("{{ceiling}}:applied:{}", n % 16_384))
+                    .arg("{ceiling}:applied:layout");
                 for c in 0..counters {
                     command.arg(format!("ceiling:counter:{c}"));
                 }
+                command
+                    .arg(format!("{thread}:{n}"))
+                    .arg(format!("{{ceiling}}:applied:{thread}:{n}"));
                 for _ in 0..counters {
                     command.arg(1);
                 }

@@ -16,6 +16,9 @@
 //! the real servers. Noise between runs is large on a shared 2-core machine
 //! (docs/benchmarks.md): compare the figures of one run, not across runs.
 //!
+//! `election-bench reshard` is a separate measurement, not part of `just
+//! bench`: moving a national counter's hash slot under load (`reshard.rs`).
+//!
 //! The bench fails on errors (an answer that is not 2xx, drift found by
 //! reconcile), never on a missed target.
 
@@ -23,6 +26,7 @@ mod ceilings;
 mod ingest;
 mod procs;
 mod query;
+mod reshard;
 mod stream;
 mod table;
 mod usage;
@@ -102,6 +106,19 @@ struct Cli {
     /// [default: 20; quick: 10].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stream_seconds: Option<u64>,
+    /// A single measurement instead of the whole run.
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+/// Measurements run on their own, outside `just bench`.
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// Moves the hash slot of a national counter of a large election to
+    /// another master of a private Redis Cluster while a writer keeps
+    /// counting: how long it takes and whether counting stalls (see
+    /// `reshard.rs`).
+    Reshard(reshard::ReshardArgs),
 }
 
 /// The sizes of one run, from the command line.
@@ -144,6 +161,9 @@ impl Sizes {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Mode::Reshard(args)) = &cli.mode {
+        return reshard::run(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

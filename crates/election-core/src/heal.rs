@@ -26,8 +26,8 @@
 //! # Work per sweep
 //!
 //! [`sweep`] reads an election's counted revisions a page at a time in id
-//! order and asks the tally which lack a marker (one `EXISTS` per marker,
-//! pipelined), then applies those again. At a million ballot boxes that is a
+//! order and asks the tally which lack a marker (on Redis, one `HMGET` per
+//! marker bucket, pipelined), then applies those again. At a million ballot boxes that is a
 //! million log rows and about a million marker lookups per sweep (~16 s
 //! here, extrapolated from ~1.9 s for 119,000 revisions, itself estimated
 //! from a reconcile's timing); the reprocessor

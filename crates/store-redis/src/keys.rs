@@ -7,11 +7,24 @@
 //! Cluster each lands in the slot of its whole name.
 //!
 //! The other keys are ours:
-//! - markers `{<counter key>}:applied:<ballot box>:<revision>`: the hash tag
-//!   is a whole counter key, so a marker lands in that counter's slot and one
-//!   script may set it and move the counter atomically;
+//! - marker buckets `{<anchor>}:applied:<bucket>`: hashes whose fields
+//!   `<ballot box>:<revision>` are the markers ([`marker_bucket`],
+//!   [`marker_field`]). The hash tag is a whole counter key (the anchor of a
+//!   group of counters), so a bucket lands in that counter's slot and one
+//!   script may set a field and move the counters atomically. The bucket is
+//!   a stable hash of the ballot box, modulo [`NATIONAL_BUCKETS`] or
+//!   [`CITY_BUCKETS`] (see the crate docs, "Marker buckets", for why);
+//! - the layout flag `{<anchor>}:applied:layout`, set when an anchor is first
+//!   counted under bucket markers, saying no per-key marker names it;
+//! - per-key markers `{<anchor>}:applied:<ballot box>:<revision>`
+//!   ([`legacy_marker`]), the layout before buckets: never written any more,
+//!   only checked so that revisions counted under it do not count again;
 //! - index sets under `election:<e>:meta:`, which cannot collide with counter
 //!   keys because no counter key has `meta` where `party` or `city` stands.
+//!
+//! A bucket's name ends in digits, the flag's in `layout`, a per-key marker's
+//! in `<box>:<revision>` (two more `:`-separated parts), so the three never
+//! collide.
 //!
 //! Ids never contain `:`, `{`, `}` or spaces (the core validates them), so
 //! these names are unambiguous and no hash tag can appear by accident.
@@ -60,14 +73,76 @@ pub fn city_boxes(election: &ElectionId, city: &CityId) -> String {
     format!("election:{election}:meta:city:{city}:boxes")
 }
 
-/// The marker saying that revision `revision` of `ballot_box` has moved the
-/// group of counters whose first key (in sorted order) is `anchor`:
-/// `{<anchor>}:applied:<ballot box>:<revision>`.
+/// Marker buckets per anchor that is a national counter: such an anchor
+/// holds a marker for every ballot box naming its party (about a million in
+/// a national election). Redis keeps a hash of at most
+/// `hash-max-listpack-entries` (128) fields as one compact listpack; 16,384
+/// buckets hold ~61 fields on average at a million boxes, the fullest ~90
+/// (8,192 would average 122 with the fullest at ~160, past the limit), so
+/// every bucket stays a listpack up to about 1.3 M boxes per party.
+pub const NATIONAL_BUCKETS: u32 = 16_384;
+
+/// Marker buckets per anchor that is a city counter: a city's anchor holds a
+/// marker per ballot box of that city naming the party, so 512 buckets stay
+/// listpacks up to 65,536 boxes in one city (6.5 % of a 1 M-box country),
+/// while a small city does not pay for thousands of near-empty buckets.
+pub const CITY_BUCKETS: u32 = 512;
+
+/// How many buckets the markers of `anchor` are spread over:
+/// [`CITY_BUCKETS`] for a city counter, [`NATIONAL_BUCKETS`] otherwise.
+pub fn buckets(anchor: &str) -> u32 {
+    // Ids contain no `:`, so the third part says the counter's kind.
+    if anchor.split(':').nth(2) == Some("city") {
+        CITY_BUCKETS
+    } else {
+        NATIONAL_BUCKETS
+    }
+}
+
+/// The bucket holding the markers of `ballot_box` for the group of counters
+/// whose first key (in sorted order) is `anchor`:
+/// `{<anchor>}:applied:<bucket>`, where bucket is the 32-bit FNV-1a hash of
+/// the ballot box id modulo [`buckets`]. All revisions of a box share a
+/// bucket. The hash and the bucket counts are part of the key names: a
+/// change would hide every marker already set (and count revisions again).
+pub fn marker_bucket(anchor: &str, ballot_box: &BallotBoxId) -> String {
+    let bucket = fnv1a(ballot_box.as_str().as_bytes()) % buckets(anchor);
+    format!("{{{anchor}}}:applied:{bucket}")
+}
+
+/// The field of a marker in its bucket: `<ballot box>:<revision>`.
+pub fn marker_field(ballot_box: &BallotBoxId, revision: Revision) -> String {
+    format!("{ballot_box}:{}", revision.get())
+}
+
+/// The flag `{<anchor>}:applied:layout`: set (to `buckets`) by the first
+/// script that counted a revision anchored on `anchor` whose counter did not
+/// exist yet, so no [`legacy_marker`] can name that anchor and the script
+/// need not look for one.
+pub fn layout_flag(anchor: &str) -> String {
+    format!("{{{anchor}}}:applied:layout")
+}
+
+/// The per-key marker of the layout before buckets, saying that revision
+/// `revision` of `ballot_box` has moved the group of counters whose first
+/// key (in sorted order) is `anchor`:
+/// `{<anchor>}:applied:<ballot box>:<revision>`. Only read now.
 ///
 /// The anchor already names the election, so markers of different elections
 /// never collide, and the hash tag puts the marker in the anchor's slot.
-pub fn marker(anchor: &str, ballot_box: &BallotBoxId, revision: Revision) -> String {
+pub fn legacy_marker(anchor: &str, ballot_box: &BallotBoxId, revision: Revision) -> String {
     format!("{{{anchor}}}:applied:{ballot_box}:{}", revision.get())
+}
+
+/// 32-bit FNV-1a: simple, stable across versions and platforms, and spreads
+/// ids that differ in their last characters (`BX0000001`, `BX0000002`).
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for &byte in bytes {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
 }
 
 /// The Redis Cluster hash slot of `key`: CRC16/XMODEM of the key, or of its
@@ -148,13 +223,56 @@ mod tests {
             national(&election, &party),
             city(&election, &london, &party),
         ] {
-            let marker = marker(&anchor, &ballot_box, revision);
-            assert_eq!(slot(marker.as_bytes()), slot(anchor.as_bytes()), "{marker}");
+            for key in [
+                marker_bucket(&anchor, &ballot_box),
+                layout_flag(&anchor),
+                legacy_marker(&anchor, &ballot_box, revision),
+            ] {
+                assert_eq!(slot(key.as_bytes()), slot(anchor.as_bytes()), "{key}");
+            }
         }
         assert_eq!(
-            marker("election:2025:party:labour", &ballot_box, revision),
+            legacy_marker("election:2025:party:labour", &ballot_box, revision),
             "{election:2025:party:labour}:applied:BB-LON-1:3"
         );
+        assert_eq!(marker_field(&ballot_box, revision), "BB-LON-1:3");
+        assert_eq!(
+            layout_flag("election:2025:party:labour"),
+            "{election:2025:party:labour}:applied:layout"
+        );
+    }
+
+    #[test]
+    fn buckets_are_stable_and_sized_by_the_anchor_s_kind() {
+        // FNV-1a 32 check values: a change of hash would hide every marker
+        // already set, so these must never change.
+        assert_eq!(fnv1a(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a(b"foobar"), 0xbf9c_f968);
+        let ballot_box = BallotBoxId::parse("BB-LON-1").unwrap();
+        let national_anchor = "election:2025:party:labour";
+        let city_anchor = "election:2025:city:london:party:labour";
+        assert_eq!(buckets(national_anchor), NATIONAL_BUCKETS);
+        assert_eq!(buckets(city_anchor), CITY_BUCKETS);
+        let hash = fnv1a(b"BB-LON-1");
+        assert_eq!(
+            marker_bucket(national_anchor, &ballot_box),
+            format!("{{{national_anchor}}}:applied:{}", hash % 16_384)
+        );
+        assert_eq!(
+            marker_bucket(city_anchor, &ballot_box),
+            format!("{{{city_anchor}}}:applied:{}", hash % 512)
+        );
+        // A million boxes named as the load generator names them spread
+        // evenly: no bucket of a national anchor leaves the listpack
+        // encoding (128 fields).
+        let mut fields = vec![0u32; NATIONAL_BUCKETS as usize];
+        for index in 0..1_000_000 {
+            let name = format!("BX{index:07}");
+            fields[(fnv1a(name.as_bytes()) % NATIONAL_BUCKETS) as usize] += 1;
+        }
+        let fullest = fields.iter().copied().max().unwrap();
+        assert!(fullest <= 128, "the fullest bucket holds {fullest} fields");
     }
 
     #[test]

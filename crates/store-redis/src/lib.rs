@@ -54,18 +54,78 @@
 //! On a Cluster all keys of one script call must share a hash slot. Counter
 //! keys are fixed by SPEC §4 (users `GET` them) and carry no hash tag, so each
 //! lands in the slot of its whole name ([`keys::slot`]). The adapter therefore
-//! groups a revision's counters by slot and makes one script call per group,
-//! with the marker `{<first counter key of the group>}:applied:<box>:<revision>`
-//! ([`keys::marker`]), whose hash tag puts it in that counter's slot. The
-//! grouping depends only on key names, never on which node serves a slot, so
-//! resharding and failover do not change it. On standalone Redis a revision is
-//! one group: one script call and one marker for all its counters, named the
-//! same way.
+//! groups a revision's counters by slot and makes one script call per group.
+//! A group's *anchor* is its first counter key in order; its marker is the
+//! field `<box>:<revision>` of the hash `{<anchor>}:applied:<bucket>`
+//! ([`keys::marker_bucket`], [`keys::marker_field`]), whose hash tag puts it
+//! in the anchor's slot. The grouping depends only on key names, never on
+//! which node serves a slot, so resharding and failover do not change it. On
+//! standalone Redis a revision is one group: one script call and one marker
+//! for all its counters, named the same way.
 //!
 //! A revision is answered `Applied::Now` when any of its groups moved now,
 //! `Applied::Already` when every group's marker was already set, and an error
 //! when any group's call failed (then some groups may have moved; re-applying
 //! later moves exactly the others).
+//!
+//! # Marker buckets: why markers are hash fields
+//!
+//! Markers used to be keys of their own, `{<anchor>}:applied:<box>:<revision>`.
+//! A national counter's slot then held a key per ballot box naming that
+//! party, about a million in a national election, and a slot moves between
+//! masters (resharding) key by key. Measured at 1 M boxes with `election-bench
+//! reshard` (docs/reliability.md, "Resharding"): the move took 10.4 s and
+//! 1,005,011 keys, and **every** revision moving that counter failed for its
+//! whole duration. A new revision's marker does not exist yet, and Redis
+//! answers `TRYAGAIN` to a multi-key command naming an absent key in a
+//! migrating slot, on the source and (after `ASKING`) on the importing node
+//! alike: counting of that party stalled for the whole move, its revisions
+//! left pending for the reprocessor.
+//!
+//! Markers are now fields of a few hashes per anchor: the bucket is the
+//! FNV-1a hash of the ballot box modulo [`keys::NATIONAL_BUCKETS`] (16,384)
+//! for a national anchor or [`keys::CITY_BUCKETS`] (512) for a city one. So:
+//! - a slot holds at most ~16 K marker keys however large the election, and
+//!   moves in a fraction of a second (`MIGRATE` of a 60-field hash costs
+//!   about what one key did);
+//! - once an election is large every bucket exists, so a script names only
+//!   keys that exist, and Redis runs it on whichever node holds them all:
+//!   during a move it fails (`TRYAGAIN`, sent again within the call) only
+//!   while its bucket and its counter are on different nodes;
+//! - at a million boxes a national anchor's bucket holds ~61 fields (the
+//!   fullest ~90), within `hash-max-listpack-entries` (128), so every bucket
+//!   stays a compact listpack, where a marker costs a few bytes more than its
+//!   name instead of a whole key's ~120 bytes (figures below).
+//!
+//! What did not change: the marker and the increments are still one script
+//! (split in two, a crash between them counts twice or never), and the
+//! script still checks every counter before it writes anything. All
+//! revisions of a box share its bucket (the hash is of the box alone).
+//!
+//! # Markers of the per-key layout
+//!
+//! A revision counted before buckets has a per-key marker
+//! ([`keys::legacy_marker`]) and no field, and must not count again. The
+//! script therefore also looks for that key, by name, without declaring it
+//! (a declared key that is absent would make every script wait during a
+//! move again), unless the anchor carries its layout flag
+//! `{<anchor>}:applied:layout` ([`keys::layout_flag`]): the script sets it on
+//! every counter it creates, because no per-key marker can be anchored on a
+//! counter created under buckets. Anchors counted before buckets have no
+//! flag and keep looking (one `EXISTS` within the script); while their slot
+//! migrates their scripts wait as before, the flag being a declared key that
+//! is absent. `unapplied` (healing, `reconcile`) reads the fields, then looks
+//! for the per-key markers of the revisions it did not find there.
+//!
+//! Per-key markers can be dropped once none of the revisions they name will
+//! be applied again: with an election's keys when it is archived, or after
+//! turning each into its field (`HSET` the field and `DEL` the key in one
+//! script, then set the anchor's flag), which is not built yet. Upgrading:
+//! stop every writer of the per-key layout before starting one with buckets
+//! (an old script does not read buckets, so the two side by side could
+//! count a revision twice). Deleting a counter by hand while per-key markers
+//! name it would let the next script flag it and count its old revisions
+//! again: delete an election's keys as a whole.
 //!
 //! # Markers have no TTL
 //!
@@ -75,15 +135,18 @@
 //! before that would let the revision count twice, so markers live as long as
 //! the counters (deleting an election's keys deletes both).
 //!
-//! Memory, measured on Redis 7.0 with `used_memory` over 200,000 markers of
-//! about 65 bytes of name: ~120 bytes per marker standalone, ~140 bytes in
-//! cluster mode (which also indexes keys by slot). So:
-//! - standalone: one marker per revision; 1,000,000 ballot boxes with ~1.1
-//!   revisions each ≈ 1.1 M markers ≈ 130 MB;
-//! - Cluster: about one marker per counter a revision moves (2 × parties, as
-//!   two counters rarely share one of 16,384 slots); with 10 parties per box
-//!   ≈ 22 M markers ≈ 3 GB across the masters, and with 100 parties per box
-//!   ≈ 30 GB. Size the Cluster's memory for this.
+//! Memory, measured with `election-bench reshard --boxes 1000000
+//! --standalone-memory` (Redis 7.0, `used_memory` before and after 1 M boxes
+//! of 4 to 10 parties in 200 cities; docs/benchmarks.md): 156 bytes per box
+//! standalone (245 with per-key markers), most of it now the index sets of
+//! boxes; 540 bytes per box on a 3-master Cluster, summed over the masters
+//! (2,007 with per-key markers: 14.0 M keys then, 1.16 M now). A marker
+//! costs its field and a few bytes of listpack, where a key of its own cost
+//! ~120 bytes (~140 in cluster mode, which also indexes keys by slot). The
+//! saving grows with the election: at 100,000 boxes the Cluster held 1,467
+//! bytes per box against 1,937, because a city anchor's ~500 boxes spread
+//! over 512 buckets leave about one field per bucket. The layout flags add
+//! one small key per counter.
 //!
 //! # Indexes
 //!
@@ -156,37 +219,64 @@ use nodes::{Nodes, Replied, Reply, Request};
 /// The script that applies one group of counters for one revision, all or
 /// nothing.
 ///
-/// `KEYS[1]` is the marker, `KEYS[2..]` the counters, `ARGV[i]` the amount for
-/// `KEYS[i + 1]`. Returns 0 when the marker is already set, changing and
-/// checking nothing else. Otherwise it first reads every counter: each must
-/// be absent or hold an integer `INCRBY` accepts (`0` or `-?[1-9][0-9]*`
-/// within 64 bits), and adding its amount must stay within 64 bits. The
-/// common case costs one `MGET` and one multi-key `EXISTS` (a key of another
-/// type reads as nil in the first and counts in the second); a value that is
-/// long, odd or of another type sends it to a careful check, one `GET` per
-/// counter through `pcall`. If one
-/// does not, it answers an error naming the key and what it holds (a value
-/// abridged to 40 bytes), e.g.
+/// `KEYS[1]` is the group's marker bucket, `KEYS[2]` its anchor's layout
+/// flag, `KEYS[3..]` the counters (the anchor first); `ARGV[1]` is the
+/// marker's field in the bucket, `ARGV[2]` the name of the revision's
+/// per-key marker of the layout before buckets, `ARGV[i]` the amount for
+/// `KEYS[i]` (`i >= 3`). All keys share the anchor's slot ([`keys`]).
+///
+/// Returns 0 when the revision is already marked, changing and checking
+/// nothing else: its field is in the bucket, or, for an anchor counted
+/// before buckets (its counter exists and it has no layout flag), its
+/// per-key marker exists. That key is read without being declared, so a
+/// slot migration never waits on it; if it cannot be read here (the slot is
+/// migrating and the key is not on this node), the script answers
+/// `TRYAGAIN` having written nothing, and the call is sent again.
+///
+/// Otherwise it first reads every counter: each must be absent or hold an
+/// integer `INCRBY` accepts (`0` or `-?[1-9][0-9]*` within 64 bits), and
+/// adding its amount must stay within 64 bits. The common case costs one
+/// `MGET` and one multi-key `EXISTS` (a key of another type reads as nil in
+/// the first and counts in the second); a value that is long, odd or of
+/// another type sends it to a careful check, one `GET` per counter through
+/// `pcall`. If one does not, it answers an error naming the key and what it
+/// holds (a value abridged to 40 bytes), e.g.
 /// `ERR counter election:e:city:c:party:a holds "oops", not an integer`,
 /// having written nothing: no marker, no counter. Only then does it set the
-/// marker and `INCRBY` every counter, and return 1.
+/// marker's field and `INCRBY` every counter, and return 1; a counter that
+/// did not exist gets its layout flag `{<counter>}:applied:layout` too (no
+/// per-key marker can be anchored on a counter created under buckets).
 ///
 /// Redis does not roll back a script whose later command fails, so checking
 /// before the first write is what makes a bad key leave the revision
-/// pending and untouched instead of half applied behind its marker.
+/// pending and untouched instead of half applied behind its marker. The
+/// marker and the increments are one script for the same reason: split in
+/// two, a crash between them counts twice or never.
 pub const APPLY_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return 0
+end
+-- An anchor counted before buckets may hold a per-key marker of this
+-- revision; one that carries the flag, or whose counter is new, cannot.
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[3]) == 1 then
+  local legacy = redis.pcall('EXISTS', ARGV[2])
+  if type(legacy) == 'table' then
+    return redis.error_reply('TRYAGAIN per-key marker ' .. ARGV[2]
+      .. ' cannot be checked here while its slot migrates')
+  end
+  if legacy == 1 then
+    return 0
+  end
 end
 -- Fast path: one MGET and one EXISTS for every counter. Plain integers of at
 -- most 15 characters (well within 64 bits whatever is added) pass; a key of
 -- another type reads as nil in MGET but counts in EXISTS; anything else goes
 -- to the careful check below, which names the key.
-local values = redis.call('MGET', unpack(KEYS, 2))
+local values = redis.call('MGET', unpack(KEYS, 3))
 local present = 0
 local careful = false
-for i = 1, #KEYS - 1 do
-  local value = values[i]
+for i = 3, #KEYS do
+  local value = values[i - 2]
   if value then
     present = present + 1
     if #value > 15 or #ARGV[i] > 15
@@ -195,7 +285,7 @@ for i = 1, #KEYS - 1 do
     end
   end
 end
-if not careful and redis.call('EXISTS', unpack(KEYS, 2)) ~= present then
+if not careful and redis.call('EXISTS', unpack(KEYS, 3)) ~= present then
   careful = true
 end
 if careful then
@@ -222,13 +312,13 @@ if careful then
     end
     return '"' .. text .. '"'
   end
-  for i = 2, #KEYS do
+  for i = 3, #KEYS do
     local value = redis.pcall('GET', KEYS[i])
     local problem = nil
     if type(value) == 'table' then
       problem = 'holds a ' .. redis.call('TYPE', KEYS[i])['ok'] .. ', not an integer'
     elseif value then
-      local amount = ARGV[i - 1]
+      local amount = ARGV[i]
       if not integer(value) then
         problem = 'holds ' .. shown(value) .. ', not an integer'
       elseif (#value > 15 or #amount > 15)
@@ -241,9 +331,20 @@ if careful then
     end
   end
 end
-redis.call('SET', KEYS[1], '1', 'NX')
-for i = 2, #KEYS do
-  redis.call('INCRBY', KEYS[i], ARGV[i - 1])
+redis.call('HSET', KEYS[1], ARGV[1], '1')
+for i = 3, #KEYS do
+  if not values[i - 2] then
+    -- A new counter: no per-key marker can be anchored on it. (Its flag is
+    -- in its own slot, the group's; only the anchor's is declared, and the
+    -- others are written only when a key was absent, which a slot
+    -- migration never lets a multi-key script see.)
+    local flag = KEYS[2]
+    if i > 3 then
+      flag = '{' .. KEYS[i] .. '}:applied:layout'
+    end
+    redis.call('SET', flag, 'buckets')
+  end
+  redis.call('INCRBY', KEYS[i], ARGV[i])
 end
 return 1
 "#;
@@ -283,9 +384,6 @@ pub const EVICTING_GAUGE_HELP: &str = "1 while a Redis node's maxmemory-policy m
      (allkeys-*): nothing is counted until it is noeviction or volatile-*; 0 otherwise (from the \
      last check of each node, made on every new connection).";
 
-/// Markers per `EXISTS` when checking that counted revisions are still there.
-const EXISTS_CHUNK: usize = 1000;
-
 /// The live counters in Redis or Redis Cluster. See the crate docs.
 ///
 /// Cheap to share (`Arc<RedisTally>`): it holds a pool of connections per
@@ -302,6 +400,21 @@ impl std::fmt::Debug for RedisTally {
             .field("cluster", &self.nodes.is_cluster())
             .finish_non_exhaustive()
     }
+}
+
+/// One script call of a revision: a group of counters sharing a slot, with
+/// the names its marker needs (see [`keys`]).
+struct Group {
+    /// The marker bucket, `{<anchor>}:applied:<bucket>`.
+    bucket: String,
+    /// The marker's field in it, `<box>:<revision>`.
+    field: String,
+    /// The anchor's layout flag.
+    flag: String,
+    /// The per-key marker of the layout before buckets.
+    legacy: String,
+    /// The counters, the anchor first, with their amounts.
+    counters: Vec<(String, i64)>,
 }
 
 /// Who is answered by one request of an apply pipeline.
@@ -410,8 +523,8 @@ impl RedisTally {
 
     /// A revision's counters grouped as its script calls move them (by hash
     /// slot on a Cluster, all together on a standalone Redis), each group
-    /// with its marker, named after the group's first key in order.
-    fn groups(&self, counting: &Counting) -> Vec<(String, Vec<(String, i64)>)> {
+    /// anchored on its first key in order.
+    fn groups(&self, counting: &Counting) -> Vec<Group> {
         let mut groups: BTreeMap<u16, Vec<(String, i64)>> = BTreeMap::new();
         for (party, n) in counting.difference.iter() {
             for key in [
@@ -428,45 +541,16 @@ impl RedisTally {
             .filter_map(|mut counters| {
                 counters.sort();
                 // Groups are never empty; the anchor is the first key in order.
-                let marker = keys::marker(
-                    &counters.first()?.0,
-                    &counting.ballot_box,
-                    counting.revision,
-                );
-                Some((marker, counters))
+                let anchor = &counters.first()?.0;
+                Some(Group {
+                    bucket: keys::marker_bucket(anchor, &counting.ballot_box),
+                    field: keys::marker_field(&counting.ballot_box, counting.revision),
+                    flag: keys::layout_flag(anchor),
+                    legacy: keys::legacy_marker(anchor, &counting.ballot_box, counting.revision),
+                    counters,
+                })
             })
             .collect()
-    }
-
-    /// `EXISTS` requests over `markers` (one slot per request on a Cluster),
-    /// at most [`EXISTS_CHUNK`] keys each, with the marker indexes each reads.
-    fn exists_requests(&self, markers: &[(String, usize)]) -> (Vec<Request>, Vec<Vec<usize>>) {
-        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-        for (index, (marker, _)) in markers.iter().enumerate() {
-            let group = if self.nodes.is_cluster() {
-                keys::slot(marker.as_bytes())
-            } else {
-                0
-            };
-            by_slot.entry(group).or_default().push(index);
-        }
-        let mut requests = Vec::new();
-        let mut chunks = Vec::new();
-        for indexes in by_slot.values() {
-            for chunk in indexes.chunks(EXISTS_CHUNK) {
-                let mut command = redis::cmd("EXISTS");
-                for &index in chunk {
-                    command.arg(&markers[index].0);
-                }
-                requests.push(Request {
-                    command,
-                    name: "EXISTS",
-                    slot: keys::slot(markers[chunk[0]].0.as_bytes()),
-                });
-                chunks.push(chunk.to_vec());
-            }
-        }
-        (requests, chunks)
     }
 
     /// Plans one batch: index updates first, then the script calls.
@@ -495,22 +579,24 @@ impl RedisTally {
         // One script call per group of counters sharing a slot (standalone:
         // one group per revision).
         for (index, counting) in batch.iter().enumerate() {
-            for (marker, counters) in self.groups(counting) {
+            for group in self.groups(counting) {
                 let mut command = redis::cmd("EVALSHA");
                 command
                     .arg(&self.script_sha)
-                    .arg(counters.len() + 1)
-                    .arg(&marker);
-                for (key, _) in &counters {
+                    .arg(group.counters.len() + 2)
+                    .arg(&group.bucket)
+                    .arg(&group.flag);
+                for (key, _) in &group.counters {
                     command.arg(key);
                 }
-                for (_, n) in &counters {
+                command.arg(&group.field).arg(&group.legacy);
+                for (_, n) in &group.counters {
                     command.arg(*n);
                 }
                 requests.push(Request {
                     command,
                     name: "EVALSHA",
-                    slot: keys::slot(marker.as_bytes()),
+                    slot: keys::slot(group.bucket.as_bytes()),
                 });
                 owners.push(Owner::Script(index));
             }
@@ -527,41 +613,64 @@ struct Progress {
 }
 
 impl Tally for RedisTally {
-    /// One multi-key `EXISTS` per chunk of markers (per slot on a Cluster),
-    /// pipelined per node, with one `SMISMEMBER` per index set the batch
-    /// names (a failover can lose index entries whose revisions' markers
-    /// live on other nodes); a chunk of markers that counts fewer keys than
-    /// it named is asked again key by key, to find which.
+    /// One `HMGET` per marker bucket the batch names (its fields being the
+    /// batch's markers in it), pipelined per node, with one `SMISMEMBER`
+    /// per index set the batch names (a failover can lose index entries
+    /// whose revisions' markers live on other nodes). A marker missing from
+    /// its bucket is looked for as a per-key marker of the layout before
+    /// buckets (`EXISTS`, a second round only for those), so revisions
+    /// counted under it still read as applied.
     fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError> {
         let doing = || format!("checking the markers of {} revisions", batch.len());
-        let markers: Vec<(String, usize)> = batch
+        // Per bucket, the fields asked and, for each, the revision's index
+        // and its per-key marker.
+        let mut buckets: BTreeMap<String, Vec<(String, usize, String)>> = BTreeMap::new();
+        for (index, counting) in batch.iter().enumerate() {
+            for group in self.groups(counting) {
+                buckets
+                    .entry(group.bucket)
+                    .or_default()
+                    .push((group.field, index, group.legacy));
+            }
+        }
+        let mut requests: Vec<Request> = buckets
             .iter()
-            .enumerate()
-            .flat_map(|(index, counting)| {
-                self.groups(counting)
-                    .into_iter()
-                    .map(move |(marker, _)| (marker, index))
+            .map(|(bucket, fields)| {
+                let mut command = redis::cmd("HMGET");
+                command.arg(bucket);
+                for (field, _, _) in fields {
+                    command.arg(field);
+                }
+                Request {
+                    command,
+                    name: "HMGET",
+                    slot: keys::slot(bucket.as_bytes()),
+                }
             })
             .collect();
-        let (mut requests, chunks) = self.exists_requests(&markers);
-        let exists_count = requests.len();
+        let hmget_count = requests.len();
         let (index_requests, index_owners) = index_membership_requests(batch);
         requests.extend(index_requests);
         let replies = self.nodes.run(&requests);
         let mut missing = BTreeSet::new();
-        let mut suspects = Vec::new();
+        let mut suspects: Vec<(usize, &str)> = Vec::new();
+        let mut asked = buckets.values();
         for (position, reply) in replies.into_iter().enumerate() {
             let replied = reply.map_err(|e| e.into_store_error(doing()))?;
-            if position < exists_count {
-                let chunk = &chunks[position];
-                match replied.value {
-                    Value::Int(n) if usize::try_from(n).ok() == Some(chunk.len()) => {}
-                    Value::Int(_) => suspects.extend(chunk.iter().copied()),
-                    _ => return Err(replied.unexpected("EXISTS").into_store_error(doing())),
+            if position < hmget_count {
+                let fields = asked.next().map_or(&[][..], Vec::as_slice);
+                let values = match &replied.value {
+                    Value::Array(values) if values.len() == fields.len() => values,
+                    _ => return Err(replied.unexpected("HMGET").into_store_error(doing())),
+                };
+                for (value, (_, index, legacy)) in values.iter().zip(fields) {
+                    if matches!(value, Value::Nil) {
+                        suspects.push((*index, legacy));
+                    }
                 }
                 continue;
             }
-            let owners = &index_owners[position - exists_count];
+            let owners = &index_owners[position - hmget_count];
             let flags = match &replied.value {
                 Value::Array(flags) if flags.len() == owners.len() => flags,
                 _ => return Err(replied.unexpected("SMISMEMBER").into_store_error(doing())),
@@ -575,22 +684,22 @@ impl Tally for RedisTally {
         if !suspects.is_empty() {
             let requests: Vec<Request> = suspects
                 .iter()
-                .map(|&index| {
+                .map(|&(_, legacy)| {
                     let mut command = redis::cmd("EXISTS");
-                    command.arg(&markers[index].0);
+                    command.arg(legacy);
                     Request {
                         command,
                         name: "EXISTS",
-                        slot: keys::slot(markers[index].0.as_bytes()),
+                        slot: keys::slot(legacy.as_bytes()),
                     }
                 })
                 .collect();
-            for (reply, index) in self.nodes.run(&requests).into_iter().zip(suspects) {
+            for (reply, (index, _)) in self.nodes.run(&requests).into_iter().zip(suspects) {
                 let replied = reply.map_err(|e| e.into_store_error(doing()))?;
                 match replied.value {
                     Value::Int(1) => {}
                     Value::Int(0) => {
-                        missing.insert(markers[index].1);
+                        missing.insert(index);
                     }
                     _ => return Err(replied.unexpected("EXISTS").into_store_error(doing())),
                 }

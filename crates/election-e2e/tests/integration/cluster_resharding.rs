@@ -1,10 +1,13 @@
 //! Resharding under load: while ingest counts, the slots of every national
-//! counter — the busiest slots, each holding a marker per ballot box — move
-//! to another master key by key (`SETSLOT IMPORTING/MIGRATING`, `MIGRATE` in
-//! chunks, `SETSLOT NODE`), as `redis-cli --cluster reshard` does. Scripts
-//! that meet the move get `ASK` (their keys left) or `TRYAGAIN` (the move
-//! split their keys) and are sent again within the call; nothing is lost or
-//! doubled, and every counter is exact with no repair.
+//! counter — the busiest slots, each holding the marker buckets of every
+//! ballot box naming its party — move to another master key by key
+//! (`SETSLOT IMPORTING/MIGRATING`, `MIGRATE` in chunks, `SETSLOT NODE`), as
+//! `redis-cli --cluster reshard` does. Scripts that meet the move get `ASK`
+//! (their keys left) or `TRYAGAIN` (the move split their keys, or they name
+//! a marker bucket that does not exist yet) and are sent again within the
+//! call; nothing is lost or doubled, and every counter is exact with no
+//! repair. (How long such a move takes at a million boxes, and whether
+//! counting waits meanwhile: `election-bench reshard`, docs/reliability.md.)
 
 use std::time::{Duration, Instant};
 

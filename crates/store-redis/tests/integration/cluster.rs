@@ -4,14 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use election_core::contract::{self, SEED_NATIONAL, seed_reports};
-use election_core::{Applied, Counting, Engine, Outcome, Tally};
+use election_core::{Applied, BallotBoxId, Counting, Engine, Outcome, Tally};
 use redis::cluster::{ClusterClient, ClusterConnection};
 use store_redis::{APPLY_SCRIPT, keys};
 use test_support::redis::{cluster, connection};
 
 use crate::{
-    cluster_exclusive, cluster_shared, cluster_tally, counter_keys, counting, memory_log,
-    tally_dyn, unique_election,
+    cluster_exclusive, cluster_shared, cluster_tally, counter_keys, counting, marker_of,
+    markers_on, memory_log, tally_dyn, unique_election,
 };
 
 /// A cluster-aware connection, as a user reading counters would have.
@@ -52,12 +52,21 @@ fn apply_group_by_hand(
     counting: &Counting,
     group: &[(String, i64)],
 ) -> i64 {
-    let marker = keys::marker(&group[0].0, &counting.ballot_box, counting.revision);
+    let anchor = &group[0].0;
     let mut eval = redis::cmd("EVAL");
-    eval.arg(APPLY_SCRIPT).arg(group.len() + 1).arg(&marker);
+    eval.arg(APPLY_SCRIPT)
+        .arg(group.len() + 2)
+        .arg(keys::marker_bucket(anchor, &counting.ballot_box))
+        .arg(keys::layout_flag(anchor));
     for (key, _) in group {
         eval.arg(key);
     }
+    eval.arg(keys::marker_field(&counting.ballot_box, counting.revision))
+        .arg(keys::legacy_marker(
+            anchor,
+            &counting.ballot_box,
+            counting.revision,
+        ));
     for (_, n) in group {
         eval.arg(*n);
     }
@@ -183,25 +192,18 @@ fn one_marker_per_slot_group() {
     let mut expected = BTreeSet::new();
     for counting in &batch {
         for group in groups(counting) {
-            let marker = keys::marker(&group[0].0, &counting.ballot_box, counting.revision);
-            // The marker shares its group's slot.
+            let anchor = &group[0].0;
+            let bucket = keys::marker_bucket(anchor, &counting.ballot_box);
+            // The marker's bucket shares its group's slot.
             assert!(
                 group
                     .iter()
-                    .all(|(key, _)| keys::slot(key.as_bytes()) == keys::slot(marker.as_bytes()))
+                    .all(|(key, _)| keys::slot(key.as_bytes()) == keys::slot(bucket.as_bytes()))
             );
-            expected.insert(marker);
+            expected.insert(marker_of(anchor, counting));
         }
     }
-    let mut found = BTreeSet::new();
-    for url in cluster().urls() {
-        let markers: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{{election:{e}:*}}:applied:*"))
-            .query(&mut connection(&url))
-            .unwrap();
-        found.extend(markers);
-    }
-    assert_eq!(found, expected);
+    assert_eq!(markers_on(&cluster().urls(), &e), expected);
 }
 
 #[test]
@@ -328,13 +330,28 @@ fn follows_ask_while_a_slot_is_migrating() {
     // master (through ASK): a no-op. Reading follows ASK too.
     let again = tally.apply(std::slice::from_ref(&first));
     let snapshot = tally.snapshot(&e);
-    // A new revision's script creates a marker, and Redis refuses multi-key
-    // commands naming absent keys in a migrating slot (TRYAGAIN): it is
-    // Unavailable until the move ends, and nothing moved.
+    // A new revision whose marker bucket does not exist yet names an absent
+    // key, and Redis refuses multi-key commands naming absent keys in a
+    // migrating slot (TRYAGAIN): it is Unavailable until the move ends, and
+    // nothing moved.
     let second = counting(&e, "B2", "york", 1, &[("a", 5)]);
     let during = tally.apply(std::slice::from_ref(&second));
+    // A box whose marker bucket already exists (here: shared with B1's, as
+    // nearly every bucket is once an election is large) names only keys
+    // that have moved together: its script runs on the importing master and
+    // counts during the move.
+    let twin = (0..)
+        .map(|n| format!("B1-{n}"))
+        .find(|name| {
+            keys::marker_bucket(&national, &BallotBoxId::parse(name).unwrap())
+                == keys::marker_bucket(&national, &first.ballot_box)
+        })
+        .unwrap();
+    let third = counting(&e, &twin, "york", 1, &[("a", 7)]);
+    let counted_during = tally.apply(std::slice::from_ref(&third));
     // Finish before asserting, so a failure leaves the cluster whole.
     slot_move.finish();
+    assert_eq!(counted_during[0].as_ref().unwrap(), &Applied::Now);
     assert_eq!(again[0].as_ref().unwrap(), &Applied::Already);
     assert_eq!(
         snapshot.unwrap().totals.national().values().sum::<i64>(),
@@ -344,7 +361,7 @@ fn follows_ask_while_a_slot_is_migrating() {
         Err(error) => assert!(error.is_unavailable(), "{error:?}"),
         Ok(applied) => panic!("expected TRYAGAIN, got {applied:?}"),
     }
-    assert_eq!(get(&mut cluster_connection(), &national), Some(10));
+    assert_eq!(get(&mut cluster_connection(), &national), Some(10 + 7));
 
     // After the move (MOVED from here on), it applies exactly once.
     assert_eq!(
@@ -353,7 +370,13 @@ fn follows_ask_while_a_slot_is_migrating() {
             .unwrap(),
         &Applied::Now
     );
-    assert_eq!(get(&mut cluster_connection(), &national), Some(15));
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&third))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Already
+    );
+    assert_eq!(get(&mut cluster_connection(), &national), Some(10 + 7 + 5));
 }
 
 #[test]
@@ -437,4 +460,100 @@ fn a_list_of_urls_works_like_the_cluster_scheme() {
             .sum::<i64>(),
         3
     );
+}
+
+#[test]
+fn revisions_marked_before_buckets_do_not_count_again() {
+    let _layout = cluster_shared();
+    let tally = cluster_tally();
+    let mut redis = cluster_connection();
+    let e = unique_election("legacy");
+    let old = counting(&e, "B1", "york", 1, &[("a", 4), ("b", 6), ("c", 1)]);
+    // What the tally did before buckets: the index entries, then per slot
+    // group a per-key marker and the group's counters.
+    for (key, member) in [
+        (keys::parties(&e), "a"),
+        (keys::parties(&e), "b"),
+        (keys::parties(&e), "c"),
+        (keys::cities(&e), "york"),
+        (keys::boxes(&e), "B1"),
+        (
+            keys::city_boxes(&e, &election_core::CityId::parse("york").unwrap()),
+            "B1",
+        ),
+    ] {
+        redis::cmd("SADD")
+            .arg(key)
+            .arg(member)
+            .exec(&mut redis)
+            .unwrap();
+    }
+    for group in groups(&old) {
+        let marker = keys::legacy_marker(&group[0].0, &old.ballot_box, old.revision);
+        redis::cmd("SET")
+            .arg(&marker)
+            .arg("1")
+            .exec(&mut redis)
+            .unwrap();
+        for (key, n) in &group {
+            redis::cmd("INCRBY")
+                .arg(key)
+                .arg(*n)
+                .exec(&mut redis)
+                .unwrap();
+        }
+    }
+    let new = Counting {
+        report_id: election_core::ReportId(2),
+        ..counting(&e, "B1", "york", 2, &[("a", 1)])
+    };
+    assert_eq!(
+        tally.unapplied(&[old.clone(), new.clone()]).unwrap(),
+        [new.report_id],
+        "the per-key markers are found"
+    );
+    let answers: Vec<Applied> = tally
+        .apply(&[old.clone(), new.clone()])
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers, [Applied::Already, Applied::Now]);
+    assert_eq!(get(&mut redis, &format!("election:{e}:party:a")), Some(5));
+    assert_eq!(get(&mut redis, &format!("election:{e}:party:b")), Some(6));
+    assert!(tally.unapplied(&[old, new]).unwrap().is_empty());
+}
+
+#[test]
+fn every_counter_a_script_creates_is_flagged_in_its_slot() {
+    let _layout = cluster_shared();
+    let tally = cluster_tally();
+    let mut redis = cluster_connection();
+    let e = unique_election("flags");
+    let party = election_core::PartyId::parse("a").unwrap();
+    // A city whose counter of `a` shares a slot with the national one: one
+    // script group of two new counters, the national one not its anchor, so
+    // its flag is written without being declared. (The city varies, not the
+    // party: CRC16 is linear, so two keys differing only in a common suffix
+    // of one length keep the same difference of slots whatever it holds.)
+    let national_slot = keys::slot(keys::national(&e, &party).as_bytes());
+    let city = (0..)
+        .map(|n| election_core::CityId::parse(&format!("c{n}")).unwrap())
+        .find(|city| keys::slot(keys::city(&e, city, &party).as_bytes()) == national_slot)
+        .unwrap();
+    let revision = counting(&e, "B1", city.as_str(), 1, &[("a", 3)]);
+    assert_eq!(groups(&revision).len(), 1);
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&revision))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+    for key in [keys::city(&e, &city, &party), keys::national(&e, &party)] {
+        let flagged: bool = redis::cmd("EXISTS")
+            .arg(keys::layout_flag(&key))
+            .query(&mut redis)
+            .unwrap();
+        assert!(flagged, "{key} has its layout flag");
+        assert_eq!(get(&mut redis, &key), Some(3));
+    }
 }

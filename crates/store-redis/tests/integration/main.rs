@@ -98,3 +98,43 @@ fn tally_dyn(tally: Arc<RedisTally>) -> Arc<dyn Tally> {
 fn unique_election(prefix: &str) -> ElectionId {
     contract::unique_election(prefix)
 }
+
+/// The markers of election `e` on the servers at `urls`, as
+/// `<bucket key> <field>`: every field of every marker bucket
+/// (`{election:<e>:...}:applied:<n>`), and every per-key marker of the
+/// layout before buckets as its key alone. Layout flags are left out.
+fn markers_on(urls: &[String], e: &ElectionId) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    for url in urls {
+        let mut redis = test_support::redis::connection(url);
+        let names: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{election:{e}:*}}:applied:*"))
+            .query(&mut redis)
+            .unwrap();
+        for name in names {
+            let kind: String = redis::cmd("TYPE").arg(&name).query(&mut redis).unwrap();
+            match kind.as_str() {
+                "hash" => {
+                    let fields: Vec<String> =
+                        redis::cmd("HKEYS").arg(&name).query(&mut redis).unwrap();
+                    found.extend(fields.into_iter().map(|field| format!("{name} {field}")));
+                }
+                _ if name.ends_with(":applied:layout") => {}
+                _ => {
+                    found.insert(name);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The marker of `counting`'s group anchored on `anchor`, as
+/// [`markers_on`] lists it.
+fn marker_of(anchor: &str, counting: &Counting) -> String {
+    format!(
+        "{} {}",
+        store_redis::keys::marker_bucket(anchor, &counting.ballot_box),
+        store_redis::keys::marker_field(&counting.ballot_box, counting.revision)
+    )
+}

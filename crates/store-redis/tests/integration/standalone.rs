@@ -3,11 +3,13 @@
 use std::sync::Arc;
 
 use election_core::contract::{self, SEED_NATIONAL, seed_reports};
-use election_core::{Applied, Engine, Outcome, Tally};
+use election_core::{Applied, BallotBoxId, Engine, Outcome, Tally};
 use store_redis::keys;
 use test_support::redis::{connection, redis_url};
 
-use crate::{counting, memory_log, standalone_tally, tally_dyn, unique_election};
+use crate::{
+    counter_keys, counting, markers_on, memory_log, standalone_tally, tally_dyn, unique_election,
+};
 
 #[test]
 fn passes_the_tally_contract() {
@@ -86,15 +88,6 @@ fn applying_again_changes_nothing() {
     );
 }
 
-fn markers_of(redis: &mut redis::Connection, election: &election_core::ElectionId) -> Vec<String> {
-    let mut markers: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{election:{election}:*}}:applied:*"))
-        .query(redis)
-        .unwrap();
-    markers.sort();
-    markers
-}
-
 #[test]
 fn one_marker_per_revision() {
     let tally = standalone_tally();
@@ -102,22 +95,106 @@ fn one_marker_per_revision() {
     let engine = Engine::new(memory_log(), tally);
     engine.submit(&seed_reports(&e)).unwrap();
     let mut redis = connection(&redis_url());
-    let markers = markers_of(&mut redis, &e);
+    let markers = markers_on(&[redis_url()], &e);
     // Three revisions of 4 parties (8 counters each): three markers, each
-    // anchored on the revision's first counter key in sorted order.
+    // a field of a bucket anchored on the revision's first counter key in
+    // sorted order.
+    let bucket = |city: &str, ballot_box: &str| {
+        keys::marker_bucket(
+            &format!("election:{e}:city:{city}:party:labour"),
+            &BallotBoxId::parse(ballot_box).unwrap(),
+        )
+    };
     assert_eq!(
-        markers,
+        markers.into_iter().collect::<Vec<_>>(),
         [
-            format!("{{election:{e}:city:edinburgh:party:labour}}:applied:BB-EDI-1:1"),
-            format!("{{election:{e}:city:london:party:labour}}:applied:BB-LON-1:1"),
-            format!("{{election:{e}:city:manchester:party:labour}}:applied:BB-MAN-1:1"),
+            format!("{} BB-EDI-1:1", bucket("edinburgh", "BB-EDI-1")),
+            format!("{} BB-LON-1:1", bucket("london", "BB-LON-1")),
+            format!("{} BB-MAN-1:1", bucket("manchester", "BB-MAN-1")),
         ]
     );
-    // Markers never expire: a revision re-applied much later is still a no-op.
-    for marker in &markers {
-        let ttl: i64 = redis::cmd("TTL").arg(marker).query(&mut redis).unwrap();
-        assert_eq!(ttl, -1, "{marker} has no TTL");
+    // Markers never expire: a revision re-applied much later is still a
+    // no-op. Neither do the anchors' layout flags.
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{election:{e}:*}}:applied:*"))
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(names.len(), 3 + 4 + 12, "3 buckets, a flag per counter");
+    for name in &names {
+        let ttl: i64 = redis::cmd("TTL").arg(name).query(&mut redis).unwrap();
+        assert_eq!(ttl, -1, "{name} has no TTL");
     }
+}
+
+/// What the tally did for one revision before buckets: its index entries,
+/// then its per-key marker and its counters in one step.
+fn apply_as_before_buckets(redis: &mut redis::Connection, counting: &election_core::Counting) {
+    let e = &counting.election;
+    let mut counters = counter_keys(counting);
+    counters.sort();
+    let marker = keys::legacy_marker(&counters[0].0, &counting.ballot_box, counting.revision);
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for (party, _) in counting.difference.iter() {
+        pipe.cmd("SADD").arg(keys::parties(e)).arg(party.as_str());
+    }
+    pipe.cmd("SADD")
+        .arg(keys::cities(e))
+        .arg(counting.city.as_str());
+    pipe.cmd("SADD")
+        .arg(keys::boxes(e))
+        .arg(counting.ballot_box.as_str());
+    pipe.cmd("SADD")
+        .arg(keys::city_boxes(e, &counting.city))
+        .arg(counting.ballot_box.as_str());
+    pipe.cmd("SET").arg(&marker).arg("1");
+    for (key, n) in &counters {
+        pipe.cmd("INCRBY").arg(key).arg(*n);
+    }
+    pipe.exec(redis).unwrap();
+}
+
+#[test]
+fn revisions_marked_before_buckets_do_not_count_again() {
+    let tally = standalone_tally();
+    let mut redis = connection(&redis_url());
+    let e = unique_election("legacy");
+    // Counted by the layout before buckets: a per-key marker each.
+    let old = counting(&e, "B1", "york", 1, &[("a", 7), ("b", 2)]);
+    let old_two = counting(&e, "B2", "york", 1, &[("a", 1)]);
+    apply_as_before_buckets(&mut redis, &old);
+    apply_as_before_buckets(&mut redis, &old_two);
+    let national_a = format!("election:{e}:party:a");
+    let national_b = format!("election:{e}:party:b");
+    // Revision 2 of B1 is new; revision 1 of both boxes is already counted,
+    // and checking the markers says so.
+    let new = election_core::Counting {
+        report_id: election_core::ReportId(2),
+        ..counting(&e, "B1", "york", 2, &[("a", 3), ("b", -2)])
+    };
+    let batch = [old.clone(), new.clone(), old_two.clone()];
+    assert_eq!(
+        tally.unapplied(&batch).unwrap(),
+        [new.report_id],
+        "only the new revision lacks a marker"
+    );
+    let answers: Vec<Applied> = tally
+        .apply(&batch)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers, [Applied::Already, Applied::Now, Applied::Already]);
+    assert_eq!(get(&mut redis, &national_a), Some(7 + 1 + 3));
+    assert_eq!(get(&mut redis, &national_b), Some(0));
+    assert!(tally.unapplied(&batch).unwrap().is_empty());
+    // The anchor was counted before buckets, so it carries no layout flag
+    // and keeps checking per-key markers.
+    let anchor = format!("election:{e}:city:york:party:a");
+    let flagged: bool = redis::cmd("EXISTS")
+        .arg(keys::layout_flag(&anchor))
+        .query(&mut redis)
+        .unwrap();
+    assert!(!flagged, "{anchor} may be named by per-key markers");
 }
 
 #[test]
