@@ -108,6 +108,17 @@ pub struct CityDefinition {
     pub expected_ballot_boxes: u32,
 }
 
+/// Who certified a city, and when (SPEC §9): its results are final from
+/// then on. Kept with the definition because it changes what the election
+/// accepts, as the definition does, and travels with it to every cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certification {
+    /// Who certified it, as given to `election certify --by`.
+    pub by: String,
+    /// When, as RFC 3339 text (UTC).
+    pub at: String,
+}
+
 /// What a [`DefinitionLookup`] found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -141,6 +152,8 @@ pub struct Definition {
     parties: Vec<PartyDefinition>,
     cities: Vec<CityDefinition>,
     ballot_boxes: BTreeMap<BallotBoxId, CityId>,
+    /// Certified cities (stored apart from the file; see [`Certification`]).
+    certified: BTreeMap<CityId, Certification>,
     // Indexes for `check_report`, which runs for every report posted.
     party_index: HashSet<PartyId>,
     city_index: HashMap<CityId, usize>,
@@ -153,6 +166,7 @@ impl PartialEq for Definition {
             && self.parties == other.parties
             && self.cities == other.cities
             && self.ballot_boxes == other.ballot_boxes
+            && self.certified == other.certified
     }
 }
 
@@ -476,6 +490,30 @@ impl Definition {
     /// the election has no registry).
     pub fn ballot_boxes(&self) -> &BTreeMap<BallotBoxId, CityId> {
         &self.ballot_boxes
+    }
+
+    /// The certified cities, by city.
+    pub fn certifications(&self) -> &BTreeMap<CityId, Certification> {
+        &self.certified
+    }
+
+    /// Whether (and by whom) `city` is certified.
+    pub fn certification(&self, city: &CityId) -> Option<&Certification> {
+        self.certified.get(city)
+    }
+
+    /// The definition with these certifications (a store reading them back).
+    /// Certifications of cities the definition does not define are dropped:
+    /// a city is never removed from a definition, so there are none.
+    pub fn with_certifications(
+        mut self,
+        certified: impl IntoIterator<Item = (CityId, Certification)>,
+    ) -> Definition {
+        self.certified = certified
+            .into_iter()
+            .filter(|(city, _)| self.city_index.contains_key(city))
+            .collect();
+        self
     }
 
     /// Ballot boxes expected in the whole election (the sum over cities).
@@ -942,6 +980,7 @@ fn assemble(
         cities: kept_cities,
         city_index,
         ballot_boxes: registry,
+        certified: BTreeMap::new(),
     }
 }
 

@@ -122,12 +122,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Certified cities: who certified each, and when (SPEC §9).
+    certified_cities (election_id, city) {
+        election_id -> Text,
+        city -> Text,
+        certified_by -> Text,
+        certified_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(election_parties -> election_definitions (election_id));
 diesel::joinable!(election_cities -> election_definitions (election_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_tokens,
     ballot_boxes,
+    certified_cities,
     election_ballot_boxes,
     election_cities,
     election_definitions,

@@ -12,6 +12,7 @@ use crate::support::{execute, lines};
 const INITIAL: &str = "20250601000000";
 const DEFINITIONS: &str = "20261101000000";
 const WRITE_PATH: &str = "20261130000000";
+const CERTIFICATIONS: &str = "20261201000100";
 
 fn tables(pool: &store_pg::PgPool) -> Vec<String> {
     lines(
@@ -35,7 +36,7 @@ fn migrations_go_up_down_and_up_again() {
 
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH]
+        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS]
     );
     assert_eq!(
         tables(&pool),
@@ -43,6 +44,7 @@ fn migrations_go_up_down_and_up_again() {
             "__diesel_schema_migrations",
             "api_tokens",
             "ballot_boxes",
+            "certified_cities",
             "election_ballot_boxes",
             "election_cities",
             "election_definitions",
@@ -96,7 +98,7 @@ fn migrations_go_up_down_and_up_again() {
     // And up again, empty.
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH]
+        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS]
     );
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
@@ -121,7 +123,7 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    assert_eq!(applied, [INITIAL, DEFINITIONS, WRITE_PATH]);
+    assert_eq!(applied, [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS]);
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate
@@ -189,7 +191,10 @@ fn the_write_path_migration_moves_recorded_reports_forward() {
     );
     execute(&pool, "SELECT setval('reports_id_seq', 3)");
 
-    assert_eq!(store_pg::migrate(&pool).unwrap(), [WRITE_PATH]);
+    assert_eq!(
+        store_pg::migrate(&pool).unwrap(),
+        [WRITE_PATH, CERTIFICATIONS]
+    );
 
     // The per-party rows read as before, through the view.
     assert_eq!(
