@@ -110,7 +110,7 @@ pub fn parameters(
 
 /// An RFC 3339 instant. A `+` of an offset written unencoded in a URL
 /// arrives as a space; it is read as the `+` it was.
-fn instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
     let parse = |text: &str| DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc));
     parse(value)
         .or_else(|error| {

@@ -13,11 +13,15 @@
 //! - [`render`]: the live bodies, rendered once per snapshot;
 //! - [`stream`]: the stream's snapshot and delta events, rendered once and
 //!   shared by every subscriber;
+//! - [`asof`]: the totals as they stood at an instant, from the log;
+//! - [`cdf`]: the NIST SP 1500-100 export of the live totals;
 //! - [`api`]: the routes, the live handlers and the stream;
 //! - [`analytics`] and [`timeline`]: the history endpoints.
 
 pub mod analytics;
 pub mod api;
+pub mod asof;
+pub mod cdf;
 pub mod cli;
 pub mod commands;
 pub mod elections;

@@ -392,6 +392,7 @@ impl Live {
                         recent = ring.iter().cloned().collect::<Vec<_>>().into();
                     }
                     rendered.recent = Arc::clone(&recent);
+                    rendered.source = definition.clone();
                     let rendered = Arc::new(rendered);
                     last = Some(Arc::clone(&rendered));
                     sender.send_if_modified(|current| {

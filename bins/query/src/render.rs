@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use election_core::{CityId, Counter, Definition, ElectionId, PartyId, Snapshot};
+use election_core::{CityId, Counter, Definition, ElectionId, PartyId, Snapshot, Status};
 use serde::Serialize;
 
 use crate::stream::{self, Delta, Variant};
@@ -68,6 +68,7 @@ struct ScopeTotals<'a> {
     ballot_boxes_reported: u64,
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
+    status: Status,
 }
 
 /// `GET /v1/elections/{e}/totals`.
@@ -82,6 +83,7 @@ struct NationalBody<'a> {
     ballot_boxes_reported: u64,
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
+    status: Status,
     as_of: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     unreadable_counters: &'a [String],
@@ -101,9 +103,18 @@ struct CityBody<'a> {
     ballot_boxes_reported: u64,
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
+    status: Status,
+    certified: Option<Certified<'a>>,
     as_of: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     unreadable_counters: &'a [String],
+}
+
+/// Who certified a city, and when.
+#[derive(Serialize, Clone, Copy)]
+struct Certified<'a> {
+    by: &'a str,
+    at: &'a str,
 }
 
 /// One city in `GET /v1/elections/{e}/cities` and in stream events.
@@ -118,6 +129,8 @@ struct CityItem<'a> {
     ballot_boxes_reported: u64,
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
+    status: Status,
+    certified: Option<Certified<'a>>,
 }
 
 /// One party in `GET /v1/elections/{e}`.
@@ -192,6 +205,40 @@ fn total(parties: &BTreeMap<PartyId, i64>) -> i64 {
     parties.values().sum()
 }
 
+/// One scope's figures, kept structured for the exports that are not
+/// pre-rendered (the NIST document, [`crate::cdf`]).
+#[derive(Debug, Clone)]
+pub struct ScopeRow {
+    /// The city (`None`: the nation).
+    pub id: Option<CityId>,
+    /// Its display name, when defined.
+    pub name: Option<String>,
+    /// Votes by party.
+    pub parties: BTreeMap<PartyId, i64>,
+    /// Ballot boxes reported.
+    pub reported: u64,
+    /// Ballot boxes expected, when defined.
+    pub expected: Option<u64>,
+    /// Its status.
+    pub status: Status,
+}
+
+/// The figures of a snapshot, structured.
+#[derive(Debug, Clone)]
+pub struct Counts {
+    /// The election.
+    pub election: ElectionId,
+    /// Its display name, when defined.
+    pub name: Option<String>,
+    /// Every party, in the definition's order (then any counted but not
+    /// defined), with its name and colour when defined.
+    pub parties: Vec<(PartyId, Option<(String, election_core::Colour)>)>,
+    /// The national scope.
+    pub national: ScopeRow,
+    /// Every city, in id order.
+    pub cities: Vec<ScopeRow>,
+}
+
 /// A snapshot with every body rendered.
 #[derive(Debug)]
 pub struct Rendered {
@@ -201,6 +248,13 @@ pub struct Rendered {
     pub version: u64,
     /// When the counters were read.
     pub as_of: DateTime<Utc>,
+    /// The figures, structured.
+    pub counts: Counts,
+    /// The definition the bodies were rendered with (set by the feed; as-of
+    /// answers render with it too).
+    pub(crate) source: Option<Arc<Definition>>,
+    /// The NIST document of this version, rendered when first asked for.
+    cdf: OnceLock<Bytes>,
     /// `GET .../totals`.
     pub national: Bytes,
     /// `GET .../cities`.
@@ -269,41 +323,22 @@ impl Rendered {
             }
         }
 
-        let national_expected = definition.map(Definition::expected_ballot_boxes);
-        let national_percent =
-            national_expected.map(|e| percent_reporting(snapshot.ballot_boxes_reported, e));
-        let (lead, tied) = leader(&national);
-        let national_body = json(&NationalBody {
-            election,
-            scope: "national",
-            parties: &national,
-            total_votes: total(&national),
-            leader: lead.clone(),
-            tied: tied.clone(),
-            ballot_boxes_reported: snapshot.ballot_boxes_reported,
-            ballot_boxes_expected: national_expected,
-            percent_reporting: national_percent,
-            as_of: &as_of_text,
-            unreadable_counters: &snapshot.unreadable,
-        });
-        let national_item = json(&ScopeTotals {
-            parties: &national,
-            total_votes: total(&national),
-            leader: lead,
-            tied,
-            ballot_boxes_reported: snapshot.ballot_boxes_reported,
-            ballot_boxes_expected: national_expected,
-            percent_reporting: national_percent,
-        });
-
+        // The cities first: the national status is derived from theirs.
         let mut city_bodies = HashMap::with_capacity(by_city.len());
         let mut items = Vec::with_capacity(by_city.len());
+        let mut city_rows = Vec::with_capacity(by_city.len());
         for (city, parties) in &by_city {
             let boxes = snapshot.cities.get(*city).copied().unwrap_or(0);
             let defined = definition.and_then(|d| d.city(city));
             let name = defined.map(|c| c.name.as_str());
             let expected = defined.map(|c| u64::from(c.expected_ballot_boxes));
             let percent = expected.map(|e| percent_reporting(boxes, e));
+            let certification = definition.and_then(|d| d.certification(city));
+            let certified = certification.map(|c| Certified {
+                by: &c.by,
+                at: &c.at,
+            });
+            let status = Status::of(boxes, expected, certification.is_some());
             let (lead, tied) = leader(parties);
             items.push((
                 Box::<str>::from(city.as_str()),
@@ -317,6 +352,8 @@ impl Rendered {
                     ballot_boxes_reported: boxes,
                     ballot_boxes_expected: expected,
                     percent_reporting: percent,
+                    status,
+                    certified,
                 })),
             ));
             city_bodies.insert(
@@ -333,11 +370,86 @@ impl Rendered {
                     ballot_boxes_reported: boxes,
                     ballot_boxes_expected: expected,
                     percent_reporting: percent,
+                    status,
+                    certified,
                     as_of: &as_of_text,
                     unreadable_counters: &snapshot.unreadable,
                 })),
             );
+            city_rows.push(ScopeRow {
+                id: Some((*city).clone()),
+                name: name.map(str::to_owned),
+                parties: parties.clone(),
+                reported: boxes,
+                expected,
+                status,
+            });
         }
+
+        let national_expected = definition.map(Definition::expected_ballot_boxes);
+        let national_percent =
+            national_expected.map(|e| percent_reporting(snapshot.ballot_boxes_reported, e));
+        // A defined election's status follows its cities; an undefined one
+        // only knows whether anything reported.
+        let national_status = match definition {
+            Some(_) => Status::national(city_rows.iter().map(|row| row.status)),
+            None => Status::of(snapshot.ballot_boxes_reported, None, false),
+        };
+        let (lead, tied) = leader(&national);
+        let national_body = json(&NationalBody {
+            election,
+            scope: "national",
+            parties: &national,
+            total_votes: total(&national),
+            leader: lead.clone(),
+            tied: tied.clone(),
+            ballot_boxes_reported: snapshot.ballot_boxes_reported,
+            ballot_boxes_expected: national_expected,
+            percent_reporting: national_percent,
+            status: national_status,
+            as_of: &as_of_text,
+            unreadable_counters: &snapshot.unreadable,
+        });
+        let national_item = json(&ScopeTotals {
+            parties: &national,
+            total_votes: total(&national),
+            leader: lead,
+            tied,
+            ballot_boxes_reported: snapshot.ballot_boxes_reported,
+            ballot_boxes_expected: national_expected,
+            percent_reporting: national_percent,
+            status: national_status,
+        });
+        let counts = Counts {
+            election: election.clone(),
+            name: definition.map(|d| d.name().to_owned()),
+            parties: match definition {
+                Some(d) => d
+                    .parties()
+                    .iter()
+                    .map(|p| (p.id.clone(), Some((p.name.clone(), p.colour.clone()))))
+                    // A party counted but no longer defined cannot happen
+                    // (definitions only grow); listed anyway if it does.
+                    .chain(
+                        national
+                            .keys()
+                            .filter(|p| !d.parties().iter().any(|defined| &defined.id == *p))
+                            .map(|p| (p.clone(), None)),
+                    )
+                    .collect(),
+                None => national.keys().map(|p| (p.clone(), None)).collect(),
+            },
+            national: ScopeRow {
+                id: None,
+                name: definition.map(|d| d.name().to_owned()),
+                parties: national.clone(),
+                reported: snapshot.ballot_boxes_reported,
+                expected: national_expected,
+                status: national_status,
+            },
+            cities: city_rows,
+        };
+
         let election_json = json(election);
         let as_of_json = json(&as_of_text);
         let cities = format!(
@@ -379,6 +491,9 @@ impl Rendered {
         Rendered {
             version,
             as_of,
+            counts,
+            source: None,
+            cdf: OnceLock::new(),
             national: Bytes::from(national_body),
             cities: Bytes::from(cities),
             definition: Bytes::from(definition_body),
@@ -393,6 +508,14 @@ impl Rendered {
             snapshot_national: OnceLock::new(),
             snapshot_city: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The NIST SP 1500-100 document of this version ([`crate::cdf`]),
+    /// rendered once and then shared.
+    pub fn cdf(&self) -> Bytes {
+        self.cdf
+            .get_or_init(|| Bytes::from(crate::cdf::render(&self.counts, self.as_of)))
+            .clone()
     }
 
     /// The body of one city's totals, if the city has reported.
@@ -551,11 +674,11 @@ mod tests {
         let rendered = Rendered::new(&election, &snapshot, None, 7, as_of);
         assert_eq!(
             std::str::from_utf8(&rendered.national).unwrap(),
-            r#"{"election":"2025","scope":"national","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
+            r#"{"election":"2025","scope":"national","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"status":"partial","as_of":"2025-09-15T18:12:00.000Z"}"#
         );
         assert_eq!(
             std::str::from_utf8(&rendered.city("london").unwrap()).unwrap(),
-            r#"{"election":"2025","scope":"city","city":"london","name":null,"parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
+            r#"{"election":"2025","scope":"city","city":"london","name":null,"parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"status":"partial","certified":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
         );
         assert!(rendered.city("paris").is_none());
         let cities: serde_json::Value = serde_json::from_slice(&rendered.cities).unwrap();

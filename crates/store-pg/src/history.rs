@@ -603,3 +603,79 @@ pub fn elections_summary(pool: &PgPool) -> Result<Vec<ElectionSummary>, PgError>
         })
         .collect()
 }
+
+/// What stood at an instant: every ballot box's latest revision received by
+/// then, summed (`GET .../totals?as_of=`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoodAt {
+    /// Votes per city and party.
+    pub votes: BTreeMap<(CityId, PartyId), i64>,
+    /// Ballot boxes that had reported, per city.
+    pub boxes: BTreeMap<CityId, u64>,
+}
+
+/// The totals as they stood at an instant, from the log.
+///
+/// `DISTINCT ON` walks the election's revisions in the order of the unique
+/// `(election_id, ballot_box_id, revision)` key, newest revision of each box
+/// first, skipping revisions received after the instant, so each box
+/// contributes its latest revision received by then: corrections that
+/// arrived later do not show. The per-party arrays of that revision are
+/// unnested and summed (a party it omitted has a NULL vote: 0). The first
+/// branch counts the boxes per city. The whole election's revisions are read
+/// once: measured 1 to 1.5 s for 100,000 boxes on a busy 2-core machine
+/// (docs/benchmarks.md).
+const STOOD_AT: &str = "\
+WITH latest AS (
+    SELECT DISTINCT ON (ballot_box_id) ballot_box_id, city, parties, votes
+    FROM reports
+    WHERE election_id = $1 AND received_at <= $2
+    ORDER BY ballot_box_id, revision DESC
+)
+SELECT city, NULL::text AS party, count(*)::bigint AS n FROM latest GROUP BY city
+UNION ALL
+SELECT l.city, u.party, sum(coalesce(u.votes, 0))::bigint
+FROM latest l, unnest(l.parties, l.votes) AS u(party, votes)
+GROUP BY l.city, u.party";
+
+#[derive(QueryableByName)]
+struct StoodRow {
+    #[diesel(sql_type = Text)]
+    city: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    party: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// What stood at `at` in `election`: each ballot box's latest revision
+/// received by that instant (see [`STOOD_AT`]).
+pub fn stood_at(
+    pool: &PgPool,
+    election: &ElectionId,
+    at: DateTime<Utc>,
+) -> Result<StoodAt, PgError> {
+    let doing = format!("reading the totals of election {election} as they stood at {at}");
+    let mut conn = connection(pool, &doing)?;
+    let rows: Vec<StoodRow> = diesel::sql_query(STOOD_AT)
+        .bind::<Text, _>(election.as_str())
+        .bind::<Timestamptz, _>(at)
+        .load(&mut conn)
+        .map_err(query_error(&doing))?;
+    let mut stood = StoodAt::default();
+    for row in rows {
+        let city = CityId::parse(&row.city).map_err(corrupt(&doing))?;
+        match row.party {
+            None => {
+                stood
+                    .boxes
+                    .insert(city, u64::try_from(row.n).unwrap_or_default());
+            }
+            Some(party) => {
+                let party = PartyId::parse(&party).map_err(corrupt(&doing))?;
+                stood.votes.insert((city, party), row.n);
+            }
+        }
+    }
+    Ok(stood)
+}

@@ -12,3 +12,4 @@ mod live;
 mod openapi;
 mod process;
 mod progress;
+mod results;
