@@ -108,6 +108,7 @@ fn table() -> Vec<Route> {
             analytics::first_reports,
         ),
         get_route("/v1/elections/{election}/timeline", analytics::timeline),
+        get_route("/v1/elections/{election}/flags", analytics::flags),
         get_route(
             "/v1/elections/{election}/reports.csv",
             analytics::reports_csv,

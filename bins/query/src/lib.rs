@@ -84,6 +84,9 @@ pub struct Settings {
     pub timeline_cache: Duration,
     /// How often a timeline is read whole rather than from its last minutes.
     pub timeline_full_refresh: Duration,
+    /// A correction moving its box's total by more than this share of the
+    /// previous total is flagged.
+    pub flag_correction_share: f64,
     /// Connection handling: the header-read deadline (slowloris). Streams
     /// are responses being written, which it never cuts.
     pub serve: election_http::ServeConfig,
@@ -125,6 +128,8 @@ pub struct AppState {
     pub elections: Arc<Elections>,
     /// `Cache-Control` of answers.
     pub cache: CachePolicy,
+    /// See [`Settings::flag_correction_share`].
+    pub flag_correction_share: f64,
 }
 
 /// Serves the read API on `listener` until `shutdown` resolves, then stops
@@ -179,6 +184,7 @@ pub async fn run(
         metrics,
         subscribers: Arc::new(AtomicI64::new(0)),
         keep_alive: settings.keep_alive,
+        flag_correction_share: settings.flag_correction_share,
     };
     let app = api::router(state, services.ready, settings.cors_origins);
     // Streams never end by themselves: the server's graceful shutdown would wait

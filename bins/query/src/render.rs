@@ -27,6 +27,15 @@
 //! election these fields are `null`. `ballot_boxes_reported` counts ballot
 //! boxes, not reports: revisions and replays of a box do not count it twice.
 //!
+//! # Status and turnout
+//!
+//! Every scope carries its `status` (`election_core::Status`) and, where the
+//! definition gives the electorate (a city's `electorate = N`; the nation's
+//! when every city has one), `electorate` and `turnout` (`100 × votes /
+//! electorate`, one decimal, not capped: more votes than voters shows);
+//! otherwise both are `null`. Cities carry `certified` (who and when, or
+//! `null`).
+//!
 //! # Counters that cannot be read
 //!
 //! A counter key holding something that is not an integer (typed by hand)
@@ -69,6 +78,8 @@ struct ScopeTotals<'a> {
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
     status: Status,
+    electorate: Option<u64>,
+    turnout: Option<f64>,
 }
 
 /// `GET /v1/elections/{e}/totals`.
@@ -84,6 +95,8 @@ struct NationalBody<'a> {
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
     status: Status,
+    electorate: Option<u64>,
+    turnout: Option<f64>,
     as_of: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     unreadable_counters: &'a [String],
@@ -105,6 +118,8 @@ struct CityBody<'a> {
     percent_reporting: Option<f64>,
     status: Status,
     certified: Option<Certified<'a>>,
+    electorate: Option<u64>,
+    turnout: Option<f64>,
     as_of: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     unreadable_counters: &'a [String],
@@ -131,6 +146,8 @@ struct CityItem<'a> {
     percent_reporting: Option<f64>,
     status: Status,
     certified: Option<Certified<'a>>,
+    electorate: Option<u64>,
+    turnout: Option<f64>,
 }
 
 /// One party in `GET /v1/elections/{e}`.
@@ -169,6 +186,16 @@ pub fn percent_reporting(reported: u64, expected: u64) -> f64 {
     }
     let percent = (reported as f64) * 100.0 / (expected as f64);
     ((percent * 10.0).round() / 10.0).min(100.0)
+}
+
+/// `100 × votes / electorate`, one decimal; not capped, so a scope that
+/// reports more votes than voters shows it.
+pub fn turnout(votes: i64, electorate: u64) -> Option<f64> {
+    if electorate == 0 {
+        return None;
+    }
+    let percent = (votes as f64) * 100.0 / (electorate as f64);
+    Some((percent * 10.0).round() / 10.0)
 }
 
 /// The leader (or the tie) of a scope; see the module docs.
@@ -339,6 +366,8 @@ impl Rendered {
                 at: &c.at,
             });
             let status = Status::of(boxes, expected, certification.is_some());
+            let electorate = defined.and_then(|c| c.electorate).map(u64::from);
+            let turnout = electorate.and_then(|e| turnout(total(parties), e));
             let (lead, tied) = leader(parties);
             items.push((
                 Box::<str>::from(city.as_str()),
@@ -354,6 +383,8 @@ impl Rendered {
                     percent_reporting: percent,
                     status,
                     certified,
+                    electorate,
+                    turnout,
                 })),
             ));
             city_bodies.insert(
@@ -372,6 +403,8 @@ impl Rendered {
                     percent_reporting: percent,
                     status,
                     certified,
+                    electorate,
+                    turnout,
                     as_of: &as_of_text,
                     unreadable_counters: &snapshot.unreadable,
                 })),
@@ -395,6 +428,8 @@ impl Rendered {
             Some(_) => Status::national(city_rows.iter().map(|row| row.status)),
             None => Status::of(snapshot.ballot_boxes_reported, None, false),
         };
+        let national_electorate = definition.and_then(Definition::electorate);
+        let national_turnout = national_electorate.and_then(|e| turnout(total(&national), e));
         let (lead, tied) = leader(&national);
         let national_body = json(&NationalBody {
             election,
@@ -407,6 +442,8 @@ impl Rendered {
             ballot_boxes_expected: national_expected,
             percent_reporting: national_percent,
             status: national_status,
+            electorate: national_electorate,
+            turnout: national_turnout,
             as_of: &as_of_text,
             unreadable_counters: &snapshot.unreadable,
         });
@@ -419,6 +456,8 @@ impl Rendered {
             ballot_boxes_expected: national_expected,
             percent_reporting: national_percent,
             status: national_status,
+            electorate: national_electorate,
+            turnout: national_turnout,
         });
         let counts = Counts {
             election: election.clone(),
@@ -674,11 +713,11 @@ mod tests {
         let rendered = Rendered::new(&election, &snapshot, None, 7, as_of);
         assert_eq!(
             std::str::from_utf8(&rendered.national).unwrap(),
-            r#"{"election":"2025","scope":"national","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"status":"partial","as_of":"2025-09-15T18:12:00.000Z"}"#
+            r#"{"election":"2025","scope":"national","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"status":"partial","electorate":null,"turnout":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
         );
         assert_eq!(
             std::str::from_utf8(&rendered.city("london").unwrap()).unwrap(),
-            r#"{"election":"2025","scope":"city","city":"london","name":null,"parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"status":"partial","certified":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
+            r#"{"election":"2025","scope":"city","city":"london","name":null,"parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"status":"partial","certified":null,"electorate":null,"turnout":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
         );
         assert!(rendered.city("paris").is_none());
         let cities: serde_json::Value = serde_json::from_slice(&rendered.cities).unwrap();

@@ -91,6 +91,16 @@ struct CityRow {
     name: String,
     #[diesel(sql_type = Int4)]
     expected_ballot_boxes: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Int4>)]
+    electorate: Option<i32>,
+}
+
+#[derive(QueryableByName)]
+struct ElectorateRow {
+    #[diesel(sql_type = Text)]
+    ballot_box_id: String,
+    #[diesel(sql_type = Int4)]
+    electorate: i32,
 }
 
 #[derive(QueryableByName)]
@@ -169,7 +179,7 @@ fn read(
     .load(conn)
     .map_err(query(doing))?;
     let cities: Vec<CityRow> = diesel::sql_query(
-        "SELECT city, name, expected_ballot_boxes FROM election_cities WHERE election_id = $1 ORDER BY position, city",
+        "SELECT city, name, expected_ballot_boxes, electorate FROM election_cities WHERE election_id = $1 ORDER BY position, city",
     )
     .bind::<Text, _>(election.as_str())
     .load(conn)
@@ -198,6 +208,11 @@ fn read(
                 name: row.name,
                 expected_ballot_boxes: u32::try_from(row.expected_ballot_boxes)
                     .map_err(|e| corrupt(doing, e))?,
+                electorate: row
+                    .electorate
+                    .map(u32::try_from)
+                    .transpose()
+                    .map_err(|e| corrupt(doing, e))?,
             })
         })
         .collect::<Result<Vec<_>, PgError>>()?;
@@ -211,8 +226,29 @@ fn read(
         })
         .collect::<Result<Vec<_>, PgError>>()?;
     let certified = read_certified(conn, election, doing)?;
+    let electorates: Vec<ElectorateRow> = diesel::sql_query(
+        "SELECT ballot_box_id, electorate FROM election_box_electorates WHERE election_id = $1",
+    )
+    .bind::<Text, _>(election.as_str())
+    .load(conn)
+    .map_err(query(doing))?;
+    let electorates = electorates
+        .into_iter()
+        .map(|row| {
+            Ok((
+                BallotBoxId::parse(&row.ballot_box_id).map_err(|p| corrupt(doing, p))?,
+                u32::try_from(row.electorate).map_err(|e| corrupt(doing, e))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, PgError>>()?;
     Definition::from_parts(election.clone(), header.name, parties, cities, boxes)
-        .map(|definition| Some(definition.with_certifications(certified)))
+        .map(|definition| {
+            Some(
+                definition
+                    .with_certifications(certified)
+                    .with_box_electorates(electorates),
+            )
+        })
         .map_err(|e| corrupt(doing, e))
 }
 
@@ -462,12 +498,13 @@ pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError>
         .map_err(query(doing))?;
         let cities = definition.cities();
         diesel::sql_query(
-            "INSERT INTO election_cities (election_id, city, name, expected_ballot_boxes, position) \
-             SELECT $1, c.city, c.name, c.expected, c.position \
-             FROM unnest($2::text[], $3::text[], $4::int4[], $5::int4[]) AS c(city, name, expected, position) \
+            "INSERT INTO election_cities (election_id, city, name, expected_ballot_boxes, position, electorate) \
+             SELECT $1, c.city, c.name, c.expected, c.position, c.electorate \
+             FROM unnest($2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[]) \
+                  AS c(city, name, expected, position, electorate) \
              ON CONFLICT (election_id, city) DO UPDATE \
              SET name = EXCLUDED.name, expected_ballot_boxes = EXCLUDED.expected_ballot_boxes, \
-                 position = EXCLUDED.position",
+                 position = EXCLUDED.position, electorate = EXCLUDED.electorate",
         )
         .bind::<Text, _>(election)
         .bind::<Array<Text>, _>(cities.iter().map(|c| c.id.as_str()).collect::<Vec<_>>())
@@ -479,6 +516,32 @@ pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError>
                 .collect::<Vec<_>>(),
         )
         .bind::<Array<Int4>, _>((0..cities.len() as i32).collect::<Vec<_>>())
+        .bind::<Array<diesel::sql_types::Nullable<Int4>>, _>(
+            cities
+                .iter()
+                .map(|c| c.electorate.and_then(|n| i32::try_from(n).ok()))
+                .collect::<Vec<_>>(),
+        )
+        .execute(conn)
+        .map_err(query(doing))?;
+        // Box electorates are the file's: replaced whole.
+        diesel::sql_query("DELETE FROM election_box_electorates WHERE election_id = $1")
+            .bind::<Text, _>(election)
+            .execute(conn)
+            .map_err(query(doing))?;
+        let electorates = definition.box_electorates();
+        diesel::sql_query(
+            "INSERT INTO election_box_electorates (election_id, ballot_box_id, electorate) \
+             SELECT $1, e.b, e.n FROM unnest($2::text[], $3::int4[]) AS e(b, n)",
+        )
+        .bind::<Text, _>(election)
+        .bind::<Array<Text>, _>(electorates.keys().map(BallotBoxId::as_str).collect::<Vec<_>>())
+        .bind::<Array<Int4>, _>(
+            electorates
+                .values()
+                .map(|n| i32::try_from(*n).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
         .execute(conn)
         .map_err(query(doing))?;
         // Boxes never move (checked above), so existing rows stay as they are.

@@ -110,6 +110,16 @@ diesel::table! {
         name -> Text,
         expected_ballot_boxes -> Int4,
         position -> Int4,
+        electorate -> Nullable<Int4>,
+    }
+}
+
+diesel::table! {
+    /// Voters registered per ballot box of defined elections.
+    election_box_electorates (election_id, ballot_box_id) {
+        election_id -> Text,
+        ballot_box_id -> Text,
+        electorate -> Int4,
     }
 }
 
@@ -140,6 +150,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     ballot_boxes,
     certified_cities,
     election_ballot_boxes,
+    election_box_electorates,
     election_cities,
     election_definitions,
     election_parties,

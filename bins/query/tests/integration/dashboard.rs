@@ -254,7 +254,8 @@ const READ_PAGE: &str = r#"(() => document.getElementById('banner') === null ? '
   cityNames: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelector('td').textContent])),
   cityReporting: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[1].textContent])),
   status: document.getElementById('status').dataset.status,
-  cityStatus: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[2].textContent]))
+  cityStatus: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[2].textContent])),
+  cityFlags: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[3].dataset.flags]))
 }))()"#;
 
 /// What the page shows now; `{}` while it cannot be read (pollers retry).
@@ -684,6 +685,10 @@ expected_ballot_boxes = 3
 id = "leeds"
 name = "Leeds"
 expected_ballot_boxes = 1
+
+# B1 reports 15 votes: more than its electorate, so it is flagged.
+[electorate]
+B1 = 10
 "##,
         stack.election
     ))
@@ -722,6 +727,11 @@ expected_ballot_boxes = 1
     assert_eq!(shown["cityReporting"]["leeds"], "0 / 1 (0.0%)");
     assert_eq!(shown["status"], "partial");
     assert_eq!(shown["cityStatus"]["london"], "partial");
+    let shown = wait_for(&mut cdp, Duration::from_secs(20), |page| {
+        page["cityFlags"]["london"] == "1"
+    })
+    .await;
+    assert_eq!(shown["cityFlags"]["leeds"], "0");
     assert_eq!(shown["cityStatus"]["leeds"], "not reporting");
 
     // The rest of the night, live: progress climbs to 100%.

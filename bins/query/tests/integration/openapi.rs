@@ -728,6 +728,7 @@ async fn the_openapi_document_is_true_of_both_services() {
         "/v1/elections/{election}/analytics/cities",
         "/v1/elections/{election}/analytics/first-reports",
         "/v1/elections/{election}/timeline",
+        "/v1/elections/{election}/flags",
         "/v1/elections/{election}/reports.csv",
     ] {
         let url = format!(
@@ -783,6 +784,7 @@ async fn the_openapi_document_is_true_of_both_services() {
             "/analytics/first-reports?limit=2",
         ),
         ("/v1/elections/{election}/timeline", "/timeline?bucket=1m"),
+        ("/v1/elections/{election}/flags", "/flags"),
         ("/v1/elections/{election}/reports.csv", "/reports.csv"),
     ] {
         let (status, body) = checker.check("GET", template, client.get(url(path))).await;
@@ -918,6 +920,7 @@ async fn the_openapi_document_is_true_of_both_services() {
         ),
         ("/v1/elections/{election}/timeline", "/timeline?bucket=2m"),
         ("/v1/elections/{election}/reports.csv", "/reports.csv?x=1"),
+        ("/v1/elections/{election}/flags", "/flags?x=1"),
         ("/v1/elections/{election}/stream", "/stream?scope=cities"),
         ("/v1/elections/{election}/totals", "/totals?as_of=yesterday"),
         (

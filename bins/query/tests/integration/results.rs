@@ -462,3 +462,84 @@ async fn as_of_answers_what_stood_then_whatever_came_after() {
     assert_eq!(refused["error"], "invalid_parameter");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turnout_where_the_electorate_is_known_and_flags_with_their_reasons() {
+    let stack = Stack::start().await;
+    let e = stack.election.as_str();
+    let mut toml = format!("id = \"{e}\"\nname = \"Flag election\"\n");
+    for party in ["tories", "labour", "libdems", "reform"] {
+        toml.push_str(&format!(
+            "[[parties]]\nid = \"{party}\"\nname = \"{party}\"\ncolour = \"#123456\"\n"
+        ));
+    }
+    for (city, electorate) in [
+        ("london", "electorate = 1000\n"),
+        ("manchester", "electorate = 500\n"),
+        ("edinburgh", ""),
+    ] {
+        toml.push_str(&format!(
+            "[[cities]]\nid = \"{city}\"\nname = \"{city}\"\nexpected_ballot_boxes = 2\n{electorate}"
+        ));
+    }
+    // London's box reports 385 votes for 300 voters.
+    toml.push_str("[electorate]\nBB-LON-1 = 300\nBB-MAN-1 = 1000\n");
+    let definition = election_core::Definition::from_toml(&toml).unwrap();
+    assert_eq!(definition.box_electorates().len(), 2);
+    store_pg::definitions::load(&stack.pool, &definition).unwrap();
+    assert_eq!(
+        store_pg::definitions::find(&stack.pool, &stack.election).unwrap(),
+        Some(definition),
+        "electorates are stored and read back"
+    );
+    stack.post_seed().await;
+    // Manchester: 280 -> 400, a 43% correction; Edinburgh: 175 -> 180, 3%.
+    for body in [
+        r#"{"ballot_box_id": "BB-MAN-1", "city": "manchester", "revision": 2, "reason": "recount", "votes": {"tories": 90, "labour": 270, "libdems": 30, "reform": 10}}"#,
+        r#"{"ballot_box_id": "BB-EDI-1", "city": "edinburgh", "revision": 2, "reason": "recount", "votes": {"tories": 55, "labour": 80, "libdems": 40, "reform": 5}}"#,
+    ] {
+        let (status, answer) = stack.post(body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    stack.wait_for_total(965, Duration::from_secs(10)).await;
+
+    // Turnout where the electorate is known; flagged reports are counted.
+    let (_, london) = stack.get("/cities/london/totals").await;
+    assert_eq!(london["electorate"], 1000, "{london}");
+    assert_eq!(london["turnout"], 38.5, "{london}");
+    assert_eq!(london["total_votes"], 385, "counted all the same");
+    let (_, manchester) = stack.get("/cities/manchester/totals").await;
+    assert_eq!(manchester["turnout"], 80.0, "{manchester}");
+    let (_, edinburgh) = stack.get("/cities/edinburgh/totals").await;
+    assert_eq!(edinburgh["electorate"], Value::Null);
+    assert_eq!(edinburgh["turnout"], Value::Null);
+    let (_, totals) = stack.get("/totals").await;
+    assert_eq!(totals["electorate"], Value::Null, "Edinburgh's is unknown");
+
+    let (status, flags) = stack.get("/flags").await;
+    assert_eq!(status, 200, "{flags}");
+    assert_eq!(flags["correction_share"], 0.2);
+    let listed: Vec<(String, String, i64)> = flags["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["ballot_box_id"].as_str().unwrap().to_owned(),
+                f["reason"].as_str().unwrap().to_owned(),
+                f["total_votes"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("BB-LON-1".to_owned(), "over_electorate".to_owned(), 385),
+            ("BB-MAN-1".to_owned(), "large_correction".to_owned(), 400),
+        ],
+        "{flags}"
+    );
+    assert_eq!(flags["flags"][0]["electorate"], 300);
+    assert_eq!(flags["flags"][1]["previous_total"], 280);
+    stack.stop().await;
+}

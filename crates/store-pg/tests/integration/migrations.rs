@@ -13,6 +13,7 @@ const INITIAL: &str = "20250601000000";
 const DEFINITIONS: &str = "20261101000000";
 const WRITE_PATH: &str = "20261130000000";
 const CERTIFICATIONS: &str = "20261201000100";
+const ELECTORATE: &str = "20261201000200";
 
 fn tables(pool: &store_pg::PgPool) -> Vec<String> {
     lines(
@@ -36,7 +37,7 @@ fn migrations_go_up_down_and_up_again() {
 
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS]
+        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS, ELECTORATE]
     );
     assert_eq!(
         tables(&pool),
@@ -46,6 +47,7 @@ fn migrations_go_up_down_and_up_again() {
             "ballot_boxes",
             "certified_cities",
             "election_ballot_boxes",
+            "election_box_electorates",
             "election_cities",
             "election_definitions",
             "election_parties",
@@ -98,7 +100,7 @@ fn migrations_go_up_down_and_up_again() {
     // And up again, empty.
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS]
+        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS, ELECTORATE]
     );
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
@@ -123,7 +125,10 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    assert_eq!(applied, [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS]);
+    assert_eq!(
+        applied,
+        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS, ELECTORATE]
+    );
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate
@@ -193,7 +198,7 @@ fn the_write_path_migration_moves_recorded_reports_forward() {
 
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [WRITE_PATH, CERTIFICATIONS]
+        [WRITE_PATH, CERTIFICATIONS, ELECTORATE]
     );
 
     // The per-party rows read as before, through the view.
