@@ -134,7 +134,11 @@ post '{"ballot_box_id":"BB-LON-1","city":"london","revision":2,"reason":"recount
 # `from` after `to` is a 400 though each bound is valid on its own.
 CHECKS=${API_FUZZ_CHECKS:-all}
 EXCLUDE=${API_FUZZ_EXCLUDE_CHECKS:-positive_data_acceptance}
-COMMON=(--checks "$CHECKS" --exclude-checks "$EXCLUDE" --max-examples "$EXAMPLES" --seed "$SEED" --workers 2
+# One worker: with two, Python 3.11's `ast` (hypothesis describes strategies
+# by parsing their source) fails now and then with "AST constructor
+# recursion depth mismatch", a CPython bug of parsing in two threads at once,
+# which schemathesis reports as an error of whichever operation hit it.
+COMMON=(--checks "$CHECKS" --exclude-checks "$EXCLUDE" --max-examples "$EXAMPLES" --seed "$SEED" --workers 1
     --request-timeout 10 --generation-database none --no-color --suppress-health-check all)
 echo "api-fuzz: election $ELECTION, database $DB, seed $SEED, $EXAMPLES examples per operation"
 
@@ -160,12 +164,13 @@ run() {
     fi
 }
 
-INGEST_OPS=(--include-operation-id postReport --include-operation-id getHealth --include-operation-id getOpenapi
+INGEST_OPS=(--include-operation-id postReport --include-operation-id postReportBatch --include-operation-id getHealth --include-operation-id getOpenapi
     --include-operation-id getReadiness --include-operation-id getMetrics)
 run ingest schemathesis --config-file "$(pinned_config)" run "$SPEC" \
     --url "http://$INGEST" "${INGEST_OPS[@]}" -H "Authorization: Bearer $TOKEN" "${COMMON[@]}"
 
-QUERY_OPS=(--exclude-operation-id postReport --exclude-operation-id streamTotals)
+# postReportBatch is ingest's too: the query service answers it 404.
+QUERY_OPS=(--exclude-operation-id postReport --exclude-operation-id postReportBatch --exclude-operation-id streamTotals)
 run query-pinned schemathesis --config-file "$(pinned_config)" run "$SPEC" \
     --url "http://$QUERY" "${QUERY_OPS[@]}" "${COMMON[@]}"
 run query schemathesis run "$SPEC" \

@@ -257,6 +257,9 @@ pub struct Throughput {
     pub recorded: u64,
     pub spent: Spent,
     pub rss: Rss,
+    /// With a sealing reprocessor beside ingest: the reports of the
+    /// election it had sealed when the run ended (see [`throughput_sealing`]).
+    pub sealed: Option<u64>,
 }
 
 impl Throughput {
@@ -276,7 +279,7 @@ pub async fn throughput(
     connections: usize,
     seconds: Duration,
 ) -> anyhow::Result<Throughput> {
-    throughput_of(bench, redis, start, connections, 1, seconds).await
+    throughput_with(bench, redis, start, connections, 1, seconds, false).await
 }
 
 /// [`throughput`] with `batch` reports per request (`/report-batches`).
@@ -288,7 +291,46 @@ pub async fn throughput_of(
     batch: usize,
     seconds: Duration,
 ) -> anyhow::Result<Throughput> {
+    throughput_with(bench, redis, start, connections, batch, seconds, false).await
+}
+
+/// [`throughput`] with `election-reprocessor run` sealing beside ingest
+/// (`--seal-interval 1s`, the default; healing off, so the difference from
+/// [`throughput`] is the sealing alone): what the sealed log costs ingest
+/// (docs/audit.md; the target is at most 5% fewer reports per second).
+pub async fn throughput_sealing(
+    bench: &Bench,
+    redis: &RedisTarget,
+    connections: usize,
+    seconds: Duration,
+) -> anyhow::Result<Throughput> {
+    throughput_with(bench, redis, Start::Fresh, connections, 1, seconds, true).await
+}
+
+async fn throughput_with(
+    bench: &Bench,
+    redis: &RedisTarget,
+    start: Start,
+    connections: usize,
+    batch: usize,
+    seconds: Duration,
+    sealing: bool,
+) -> anyhow::Result<Throughput> {
     let stage = Stage::fresh(bench, redis).await?;
+    let sealer = if sealing {
+        Some(
+            Service::start(
+                &bench.bin_dir,
+                "election-reprocessor",
+                &["run", "--heal-interval", "0", "--seal-interval", "1s"],
+                stage.database.url(),
+                &redis.url,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let election = format!("bench-{connections}");
     if start == Start::Analyzed {
         let warm_up = format!("{election}-warm-up");
@@ -317,10 +359,22 @@ pub async fn throughput_of(
         redis: redis.pid.and_then(usage::rss_kib),
         wrk: posted.rss_kib,
     };
+    let sealed = match sealer {
+        Some(sealer) => {
+            let sealed = stage.count(
+                "SELECT coalesce(max(sealed_count), 0) AS n FROM seals WHERE election_id = $1",
+                &election,
+            )?;
+            drop(sealer);
+            Some(sealed)
+        }
+        None => None,
+    };
     Ok(Throughput {
         connections,
         batch,
         recorded,
+        sealed,
         spent: Spent::between(before, after, bench.ticks_per_second),
         rss,
         posted,

@@ -192,6 +192,9 @@ async fn measure(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::R
     log_run("fresh", &at512);
     lines.push(throughput_line(&at64, None));
     lines.push(throughput_line(&at512, Some((15_000.0, 50.0))));
+    let sealing = ingest::throughput_sealing(bench, redis, 512, sizes.ingest).await?;
+    log_run("fresh, sealing", &sealing);
+    lines.push(sealing_line(&at512, &sealing));
     for connections in [64, 512] {
         let analyzed =
             ingest::throughput(bench, redis, Start::Analyzed, connections, sizes.ingest).await?;
@@ -239,6 +242,7 @@ async fn stream_lines(
         &bench.bin_dir,
         &bench.admin_url,
         &redis.url,
+        redis.pid,
         bench.ticks_per_second,
         sizes.stream,
     )
@@ -362,6 +366,27 @@ fn throughput_line(run: &Throughput, target: Option<(f64, f64)>) -> Line {
         ),
         None => Line::info(what, rate_text(run)),
     }
+}
+
+/// What sealing costs ingest: the same fresh run with a sealing
+/// reprocessor beside it, against the run without.
+fn sealing_line(without: &Throughput, with: &Throughput) -> Line {
+    let cost = 1.0 - with.posted.summary.per_second / without.posted.summary.per_second.max(1.0);
+    Line::judged(
+        format!(
+            "ingest with the reprocessor sealing (--seal-interval 1s), fresh database, wrk {} connections",
+            with.connections
+        ),
+        format!(
+            "{}; {:+.1}% vs without; {} of {} reports sealed when wrk stopped",
+            rate_text(with),
+            -100.0 * cost,
+            thousands(with.sealed.unwrap_or(0) as f64),
+            thousands(with.recorded as f64)
+        ),
+        "≤ 5% fewer reports/s than without sealing",
+        cost <= 0.05,
+    )
 }
 
 fn analyzed_line(run: &Throughput) -> Line {

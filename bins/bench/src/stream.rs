@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use diesel::RunQueryDsl;
 use futures_util::StreamExt;
 use rand::Rng;
 
@@ -75,6 +76,13 @@ pub struct Figures {
     pub cpu_per_refresh: Duration,
     /// Share of one core the query used during the window.
     pub cpu_share: f64,
+    /// Mean wall time of a refresh's read of the counters (from the query's
+    /// `query_snapshot_refresh_seconds`): what bounds refreshes per second
+    /// when the query is not short of CPU.
+    pub read_time: Duration,
+    /// Share of one core Redis used during the window (the writes and the
+    /// query's reads), when the bench started it.
+    pub redis_share: Option<f64>,
     /// Changes (ticks) of the window, and how many reached every subscriber.
     pub changes: usize,
     pub reached_all: usize,
@@ -98,6 +106,8 @@ struct Shared {
     connected: AtomicUsize,
     snapshot_bytes: AtomicUsize,
     failed: AtomicUsize,
+    /// Why the first subscriber that failed did.
+    first_failure: Mutex<Option<String>>,
     /// Subscribers count ticks only while this is set.
     measuring: AtomicBool,
 }
@@ -105,6 +115,15 @@ struct Shared {
 impl Shared {
     fn micros(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A subscriber could not open its stream, for `why`.
+    fn fail(&self, why: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.first_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(why);
     }
 
     /// A subscriber got the probe's value `seen` (it had `had`).
@@ -276,14 +295,19 @@ fn probe(line: &[u8]) -> Option<u64> {
 
 /// One subscriber: reads the stream until it ends or the task is aborted.
 async fn subscribe(client: reqwest::Client, url: String, shared: Arc<Shared>) {
-    let Ok(response) = client.get(&url).send().await else {
-        shared.failed.fetch_add(1, Ordering::Relaxed);
-        return;
+    let response = match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => response,
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            shared.fail(format!("answered {status}: {body}"));
+            return;
+        }
+        Err(error) => {
+            shared.fail(format!("{error:#}"));
+            return;
+        }
     };
-    if !response.status().is_success() {
-        shared.failed.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
     let mut body = response.bytes_stream();
     let mut line: Vec<u8> = Vec::with_capacity(PREFIX);
     let mut line_length = 0usize;
@@ -346,6 +370,7 @@ pub async fn measure(
     bin_dir: &str,
     admin_url: &str,
     redis_url: &str,
+    redis_pid: Option<u32>,
     ticks_per_second: u64,
     plan: Plan,
 ) -> anyhow::Result<Figures> {
@@ -363,6 +388,21 @@ pub async fn measure(
     {
         let pool = store_pg::connect(database.url(), 1, Duration::from_secs(5))?;
         store_pg::migrate(&pool).context("migrating the stream bench's database")?;
+        // The query service serves only elections it knows (defined or
+        // reported to, in PostgreSQL): one ballot box row makes the bench's
+        // election known without a definition, which would change the bodies.
+        // Nothing reads the report it names.
+        let mut conn = pool
+            .get()
+            .context("connecting to the stream bench's database")?;
+        diesel::sql_query(
+            "INSERT INTO ballot_boxes (election_id, ballot_box_id, city, latest_revision, latest_report_id) \
+             VALUES ($1, 'bench-box', $2, 1, 0)",
+        )
+        .bind::<diesel::sql_types::Text, _>(ELECTION)
+        .bind::<diesel::sql_types::Text, _>(PROBE)
+        .execute(&mut conn)
+        .context("making the stream bench's election known")?;
     }
     let query = Service::start(
         bin_dir,
@@ -385,6 +425,7 @@ pub async fn measure(
         connected: AtomicUsize::new(0),
         snapshot_bytes: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
+        first_failure: Mutex::new(None),
         measuring: AtomicBool::new(false),
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -429,7 +470,13 @@ pub async fn measure(
     }
     let failed = shared.failed.load(Ordering::Relaxed);
     if failed > 0 {
-        bail!("{failed} subscribers could not open the stream (raise `ulimit -n`?)");
+        let why = shared
+            .first_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        bail!("{failed} subscribers could not open the stream; the first: {why}");
     }
     eprintln!(
         "bench: stream: {} subscribers have their snapshot; measuring {} s",
@@ -448,7 +495,10 @@ pub async fn measure(
     shared.measuring.store(true, Ordering::Relaxed);
     let bytes_before = shared.bytes.load(Ordering::Relaxed);
     let cpu_before = usage::process_ticks(query.pid());
+    let redis_before = redis_pid.map(usage::process_ticks);
     let refreshes_before = metric(&client, query.base(), refreshes).await?;
+    let read_seconds = "query_snapshot_refresh_seconds_sum";
+    let read_seconds_before = metric(&client, query.base(), read_seconds).await?;
     let delta_sum_before = metric(&client, query.base(), "query_stream_delta_bytes_sum").await?;
     let delta_count_before =
         metric(&client, query.base(), "query_stream_delta_bytes_count").await?;
@@ -457,7 +507,11 @@ pub async fn measure(
     let window = opened.elapsed();
     let bytes = shared.bytes.load(Ordering::Relaxed) - bytes_before;
     let cpu = usage::process_ticks(query.pid()).saturating_sub(cpu_before);
+    let redis_cpu = redis_pid
+        .zip(redis_before)
+        .map(|(pid, before)| usage::process_ticks(pid).saturating_sub(before));
     let refreshed = metric(&client, query.base(), refreshes).await? - refreshes_before;
+    let read_time = metric(&client, query.base(), read_seconds).await? - read_seconds_before;
     let delta_sum =
         metric(&client, query.base(), "query_stream_delta_bytes_sum").await? - delta_sum_before;
     let delta_count =
@@ -504,6 +558,7 @@ pub async fn measure(
             .unwrap_or_default()
     };
     let cpu = usage::ticks_to_duration(cpu, ticks_per_second);
+    let redis_cpu = redis_cpu.map(|ticks| usage::ticks_to_duration(ticks, ticks_per_second));
     let ticks_in_window = (last_tick + 1).saturating_sub(first_tick) as f64;
     Ok(Figures {
         subscribers: plan.subscribers,
@@ -524,6 +579,12 @@ pub async fn measure(
             Duration::ZERO
         },
         cpu_share: cpu.as_secs_f64() / window.as_secs_f64(),
+        redis_share: redis_cpu.map(|cpu| cpu.as_secs_f64() / window.as_secs_f64()),
+        read_time: if refreshed > 0.0 {
+            Duration::from_secs_f64(read_time / refreshed)
+        } else {
+            Duration::ZERO
+        },
         changes,
         reached_all: delays.len(),
         p50: at(0.5),
@@ -546,13 +607,20 @@ pub fn lines(plan: &Plan, figures: &Figures) -> Vec<Line> {
             format!("{what}: bytes and CPU"),
             format!(
                 "{:.1} KiB per subscriber per second (deltas of {:.1} KiB on average; the snapshot on connect {:.1} MiB); \
-                 query CPU {:.1} ms per refresh, {:.1} refreshes/s, {:.0}% of a core; {:.0} reports/s written in the {:.0} s window",
+                 query CPU {:.1} ms per refresh, {:.1} refreshes/s (each reading the counters in {:.0} ms), {:.0}% of a core{}; {:.0} reports/s written in the {:.0} s window",
                 figures.bytes_per_subscriber_second / 1024.0,
                 figures.delta_bytes / 1024.0,
                 figures.snapshot_bytes as f64 / 1024.0 / 1024.0,
                 ms(figures.cpu_per_refresh),
                 figures.refreshes_per_second,
+                ms(figures.read_time),
                 figures.cpu_share * 100.0,
+                figures
+                    .redis_share
+                    .map_or_else(String::new, |share| format!(
+                        " (Redis, writes and reads: {:.0}% of a core)",
+                        share * 100.0
+                    )),
                 figures.reports_per_second,
                 figures.window.as_secs_f64()
             ),

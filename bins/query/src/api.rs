@@ -113,6 +113,7 @@ fn table() -> Vec<Route> {
             "/v1/elections/{election}/reports.csv",
             analytics::reports_csv,
         ),
+        get_route("/v1/elections/{election}/audit", crate::audit::audit),
         get_route("/metrics", metrics),
     ]
 }
@@ -359,19 +360,14 @@ async fn cities(
     let election = existing(&state, &election).await?;
     if let Some(at) = as_of {
         let rendered = asof::rendered(&state, &election, at).await?;
-        return Ok(as_of_response(
-            &state,
-            &headers,
-            at,
-            rendered.cities.clone(),
-        ));
+        return Ok(as_of_response(&state, &headers, at, rendered.cities()));
     }
     let rendered = state.live.current(&election).await?;
     Ok(live_response(
         &state,
         &headers,
         &rendered,
-        rendered.cities.clone(),
+        rendered.cities(),
     ))
 }
 

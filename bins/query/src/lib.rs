@@ -16,11 +16,13 @@
 //! - [`asof`]: the totals as they stood at an instant, from the log;
 //! - [`cdf`]: the NIST SP 1500-100 export of the live totals;
 //! - [`api`]: the routes, the live handlers and the stream;
-//! - [`analytics`] and [`timeline`]: the history endpoints.
+//! - [`analytics`] and [`timeline`]: the history endpoints;
+//! - [`audit`]: the sealed log's published heads.
 
 pub mod analytics;
 pub mod api;
 pub mod asof;
+pub mod audit;
 pub mod cdf;
 pub mod cli;
 pub mod commands;
@@ -163,6 +165,7 @@ pub async fn run(
             max_elections: settings.max_elections,
             first_snapshot_timeout: settings.first_snapshot_timeout,
             stream_history: settings.stream_history,
+            full_read_every: live::FULL_READ_EVERY,
         },
         Arc::clone(&metrics),
         stopping,

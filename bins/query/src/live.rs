@@ -1,21 +1,30 @@
 //! One shared, periodically refreshed snapshot per election being watched.
 //!
 //! The first request for an election starts a refresh task for it. Every
-//! interval the task reads the election's counters from Redis
-//! (`Tally::snapshot`: two pipelined round trips, on the blocking pool),
-//! renders every body once ([`Rendered`]), and publishes it on a
-//! `tokio::sync::watch` channel. Every reader and every stream subscriber of
-//! that election borrows the newest value of the same channel, so 10,000
-//! readers cost Redis exactly what one does, and a slow stream subscriber
-//! never queues anything: it simply sees the newest value when it is ready.
+//! interval the task reads the election's counters from Redis on the
+//! blocking pool, renders them ([`Renderer`]: only the cities whose counters
+//! moved), and publishes the version on a `tokio::sync::watch` channel.
+//! Every reader and every stream subscriber of that election borrows the
+//! newest value of the same channel, so 10,000 readers cost Redis exactly
+//! what one does, and a slow stream subscriber never queues anything: it
+//! simply sees the newest value when it is ready.
 //!
-//! Subscribers are woken only when the totals change; a refresh that finds
-//! the same counters still publishes the re-rendered bodies (so `as_of`
-//! advances for plain readers) without waking anyone. A change also computes
-//! the stream's delta from the previous version, once, and keeps the last
-//! `stream_history` of them with every published snapshot, so a stream
-//! subscriber that is behind (reconnected, or slow) catches up from them
-//! without anything being kept per subscriber (see [`crate::stream`]).
+//! A refresh costs what changed rather than what the election holds (at
+//! 10,000 cities × 20 parties, reading into maps and re-rendering everything
+//! took ~430 ms of CPU per refresh): it reads a `Grid` (`Tally::grid`), and
+//! first a `Fingerprint` (`Tally::fingerprint`, one small pipeline) that,
+//! when it did not move, lets it read nothing else. The fingerprint misses a
+//! few changes (see `read_if_moved`), so a full read, listing parties and
+//! cities afresh, is made at least every [`LiveConfig::full_read_every`].
+//!
+//! Subscribers are woken only when the totals change; a full read that finds
+//! the same counters still publishes the bodies with a new `as_of` without
+//! waking anyone. A refresh that read only an unchanged fingerprint
+//! publishes nothing: `as_of` is the time of the last full read. A change
+//! also computes the stream's delta from the previous version, once, and
+//! keeps the last `stream_history` of them with every published snapshot, so
+//! a stream subscriber that is behind (reconnected, or slow) catches up from
+//! them without anything being kept per subscriber (see [`crate::stream`]).
 //!
 //! When Redis cannot be read, the last good snapshot keeps being served (its
 //! `as_of` says how old it is); before the first good one, readers get 503.
@@ -32,14 +41,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use election_core::{Definition, ElectionId, Snapshot, Tally};
+use election_core::{Definition, ElectionId, Fingerprint, Grid, Tally};
 use election_http::ApiError;
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
 use store_pg::definitions::{Lookup, Version};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use crate::render::Rendered;
+use crate::render::{Rendered, Renderer};
 use crate::stream::Delta;
 
 /// What an election's channel holds.
@@ -82,7 +91,15 @@ pub struct LiveConfig {
     /// Stream deltas kept per election: a subscriber further behind than
     /// this many versions gets a snapshot. 0 keeps none.
     pub stream_history: usize,
+    /// Longest time between two full reads of an election's counters: a
+    /// refresh whose fingerprint did not move reads nothing else, and a
+    /// change the fingerprint misses shows within this time (see
+    /// `read_if_moved`).
+    pub full_read_every: Duration,
 }
+
+/// [`LiveConfig::full_read_every`] of the service.
+pub const FULL_READ_EVERY: Duration = Duration::from_secs(2);
 
 /// One election's feed, as the registry keeps it.
 struct Feed {
@@ -291,7 +308,13 @@ impl Live {
         let mut stop = self.stop.clone();
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut previous: Option<(Snapshot, u64)> = None;
+        // The last grid read, with its version.
+        let mut previous: Option<(Arc<Grid>, u64)> = None;
+        let mut renderer = Renderer::new(election.clone());
+        // The fingerprint read just before the last full read, and when that
+        // full read was: see `read_if_moved`.
+        let mut fingerprint: Option<Fingerprint> = None;
+        let mut full_read_at: Option<Instant> = None;
         // The last published snapshot and the deltas that led to it.
         let mut last: Option<Arc<Rendered>> = None;
         let mut ring: VecDeque<Arc<Delta>> = VecDeque::new();
@@ -324,6 +347,7 @@ impl Live {
                         version = found_version;
                         if found.as_deref() != definition.as_deref() {
                             definition = found.map(Arc::from);
+                            renderer.set_definition(definition.clone());
                             definition_changed = true;
                         }
                     }
@@ -339,40 +363,64 @@ impl Live {
             let started = Instant::now();
             let tally = Arc::clone(&self.tally);
             let target = election.clone();
-            let read = tokio::task::spawn_blocking(move || tally.snapshot(&target)).await;
-            self.metrics.observe(
-                "query_snapshot_refresh_seconds",
-                "Time to read one election's counters from Redis.",
-                LATENCY_BUCKETS,
-                &[],
-                started.elapsed().as_secs_f64(),
-            );
+            let known = previous.as_ref().map(|(grid, _)| Arc::clone(grid));
+            let full_read_due = definition_changed
+                || full_read_at.is_none_or(|at| at.elapsed() >= self.config.full_read_every);
+            let seen = fingerprint.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                read_if_moved(&*tally, &target, known.as_deref(), seen, full_read_due)
+            })
+            .await;
             let error = match read {
-                Ok(Ok(snapshot)) => {
+                Ok(Ok(Read::Unmoved)) => {
+                    self.metrics.inc(
+                        "query_refresh_skipped_total",
+                        "Refreshes that read only the fingerprint of an election (unchanged since the last full read), not its counters.",
+                        &[],
+                        1,
+                    );
+                    continue;
+                }
+                Ok(Ok(Read::Full(grid, read_fingerprint))) => {
+                    self.metrics.observe(
+                        "query_snapshot_refresh_seconds",
+                        "Time to read one election's counters from Redis (full reads only).",
+                        LATENCY_BUCKETS,
+                        &[],
+                        started.elapsed().as_secs_f64(),
+                    );
+                    fingerprint = read_fingerprint;
+                    full_read_at = Some(started);
                     let before = previous
                         .as_ref()
                         .map_or(&[][..], |(seen, _)| &seen.unreadable[..]);
-                    if snapshot.unreadable[..] != *before {
-                        if snapshot.unreadable.is_empty() {
+                    if grid.unreadable[..] != *before {
+                        if grid.unreadable.is_empty() {
                             tracing::info!(election.id = %election, "every counter can be read again");
                         } else {
                             tracing::warn!(
                                 election.id = %election,
-                                counters = ?snapshot.unreadable,
+                                counters = ?grid.unreadable,
                                 "counter keys hold something that is not an integer: the totals leave them out and name them (unreadable_counters); fix or delete them, then run `election-reprocessor reconcile --repair`"
                             );
                         }
                     }
                     let as_of = Utc::now();
                     let changed = definition_changed
-                        || previous.as_ref().is_none_or(|(seen, _)| *seen != snapshot);
+                        || previous.as_ref().is_none_or(|(seen, _)| **seen != grid);
                     let version = match &previous {
                         Some((_, version)) if !changed => *version,
                         Some((_, version)) => next_version(*version, as_of.timestamp_millis()),
                         None => next_version(0, as_of.timestamp_millis()),
                     };
-                    let mut rendered =
-                        Rendered::new(&election, &snapshot, definition.as_deref(), version, as_of);
+                    let grid = Arc::new(grid);
+                    let mut rendered = renderer.render(Arc::clone(&grid), version, as_of);
+                    self.metrics.inc(
+                        "query_rendered_cities_total",
+                        "City entries serialised by refreshes (only those whose counters moved).",
+                        &[],
+                        renderer.last_rendered() as u64,
+                    );
                     if changed
                         && let Some(before) = &last
                         && self.config.stream_history > 0
@@ -392,7 +440,6 @@ impl Live {
                         recent = ring.iter().cloned().collect::<Vec<_>>().into();
                     }
                     rendered.recent = Arc::clone(&recent);
-                    rendered.source = definition.clone();
                     let rendered = Arc::new(rendered);
                     last = Some(Arc::clone(&rendered));
                     sender.send_if_modified(|current| {
@@ -404,7 +451,7 @@ impl Live {
                         tracing::info!(election.id = %election, "reading the live totals works again");
                         failing = false;
                     }
-                    previous = Some((snapshot, version));
+                    previous = Some((grid, version));
                     continue;
                 }
                 Ok(Err(error)) => error.to_string(),
@@ -435,6 +482,49 @@ impl Live {
     }
 }
 
+/// What one refresh read.
+#[derive(Debug)]
+enum Read {
+    /// The fingerprint is the one read before the last full read: nothing
+    /// was read again.
+    Unmoved,
+    /// Every counter, with the fingerprint read just before them (if the
+    /// tally has one).
+    Full(Grid, Option<Fingerprint>),
+}
+
+/// One refresh's read, on the blocking pool.
+///
+/// Unless a full read is `due`, the fingerprint is read first and, when it
+/// is still `seen`, nothing else: an election nobody reports to costs one
+/// small pipeline per refresh. Otherwise every counter is read. The
+/// fingerprint is read *before* the counters, so a change landing between
+/// the two moves the next fingerprint and is read by the next refresh.
+///
+/// A fingerprint misses a change that leaves it as it was (revisions
+/// cancelling out nationally within one interval, a city counter restored by
+/// healing without a report), so the feed makes a full read `due` at least
+/// every [`LiveConfig::full_read_every`]: such a change shows within that
+/// time. A due read also lists the parties and cities afresh (`known` is not
+/// passed), which catches sets that lost as many members as they gained.
+fn read_if_moved(
+    tally: &dyn Tally,
+    election: &ElectionId,
+    known: Option<&Grid>,
+    seen: Option<Fingerprint>,
+    due: bool,
+) -> Result<Read, election_core::StoreError> {
+    let fingerprint = match known {
+        Some(known) => tally.fingerprint(election, known)?,
+        None => None,
+    };
+    if !due && fingerprint.is_some() && fingerprint == seen {
+        return Ok(Read::Unmoved);
+    }
+    let grid = tally.grid(election, if due { None } else { known })?;
+    Ok(Read::Full(grid, fingerprint))
+}
+
 /// The version after `previous` for a change seen at `now_ms`: the time in
 /// milliseconds, so versions keep increasing across restarts of a feed and of
 /// the service, but always at least one more than the previous one.
@@ -445,9 +535,10 @@ fn next_version(previous: u64, now_ms: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream;
     use axum::http::StatusCode;
-    use election_core::contract;
     use election_core::memory::MemoryTally;
+    use election_core::{Counter, contract};
 
     fn config() -> LiveConfig {
         LiveConfig {
@@ -456,6 +547,7 @@ mod tests {
             max_elections: 2,
             first_snapshot_timeout: Duration::from_secs(5),
             stream_history: 4,
+            full_read_every: Duration::from_millis(200),
         }
     }
 
@@ -538,5 +630,203 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(error.message().contains("elections are being watched"));
+    }
+
+    /// A memory tally with a fingerprint (the sizes and the national
+    /// counters, like Redis's), counting its full reads.
+    struct Fingerprinted {
+        inner: MemoryTally,
+        grids: AtomicU64,
+    }
+
+    impl Tally for Fingerprinted {
+        fn apply(
+            &self,
+            batch: &[election_core::Counting],
+        ) -> Vec<Result<election_core::Applied, election_core::StoreError>> {
+            self.inner.apply(batch)
+        }
+        fn unapplied(
+            &self,
+            batch: &[election_core::Counting],
+        ) -> Result<Vec<election_core::ReportId>, election_core::StoreError> {
+            self.inner.unapplied(batch)
+        }
+        fn snapshot(
+            &self,
+            election: &ElectionId,
+        ) -> Result<election_core::Snapshot, election_core::StoreError> {
+            self.inner.snapshot(election)
+        }
+        fn guarded_add(
+            &self,
+            election: &ElectionId,
+            counter: &Counter,
+            observed: i64,
+            delta: i64,
+        ) -> Result<bool, election_core::StoreError> {
+            self.inner.guarded_add(election, counter, observed, delta)
+        }
+        fn grid(
+            &self,
+            election: &ElectionId,
+            known: Option<&Grid>,
+        ) -> Result<Grid, election_core::StoreError> {
+            self.grids.fetch_add(1, Ordering::Relaxed);
+            self.inner.grid(election, known)
+        }
+        fn fingerprint(
+            &self,
+            election: &ElectionId,
+            known: &Grid,
+        ) -> Result<Option<Fingerprint>, election_core::StoreError> {
+            let snapshot = self.inner.snapshot(election)?;
+            let mut numbers = vec![
+                Some(snapshot.parties.len() as i64),
+                Some(snapshot.cities.len() as i64),
+                Some(snapshot.ballot_boxes_reported as i64),
+            ];
+            numbers.extend(
+                known
+                    .parties
+                    .iter()
+                    .map(|party| Some(snapshot.totals.get(&Counter::National(party.clone())))),
+            );
+            Ok(Some(Fingerprint::new(numbers)))
+        }
+    }
+
+    fn london_labour() -> Counter {
+        Counter::City(
+            election_core::CityId::parse("london").unwrap(),
+            election_core::PartyId::parse("labour").unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_unmoved_fingerprint_skips_the_read_until_one_is_due() {
+        let tally = Fingerprinted {
+            inner: MemoryTally::new(),
+            grids: AtomicU64::new(0),
+        };
+        let election = contract::unique_election("fingerprint");
+        let labour = Counter::National(election_core::PartyId::parse("labour").unwrap());
+        assert!(tally.guarded_add(&election, &labour, 0, 200).unwrap());
+        assert!(
+            tally
+                .guarded_add(&election, &london_labour(), 0, 200)
+                .unwrap()
+        );
+        let Read::Full(grid, seen) = read_if_moved(&tally, &election, None, None, true).unwrap()
+        else {
+            panic!("a first read is a full one")
+        };
+        assert!(
+            seen.is_none(),
+            "no fingerprint without a grid to take it from"
+        );
+        let Read::Full(grid, seen) =
+            read_if_moved(&tally, &election, Some(&grid), None, false).unwrap()
+        else {
+            panic!("no fingerprint seen yet: a full read")
+        };
+        assert!(seen.is_some());
+        assert!(matches!(
+            read_if_moved(&tally, &election, Some(&grid), seen.clone(), false).unwrap(),
+            Read::Unmoved
+        ));
+        // Healing rewrites a city counter without a report: the fingerprint
+        // cannot see it, the due full read does.
+        assert!(
+            tally
+                .inner
+                .guarded_add(&election, &london_labour(), 200, 5)
+                .unwrap()
+        );
+        assert!(matches!(
+            read_if_moved(&tally, &election, Some(&grid), seen.clone(), false).unwrap(),
+            Read::Unmoved
+        ));
+        let Read::Full(healed, _) =
+            read_if_moved(&tally, &election, Some(&grid), seen, true).unwrap()
+        else {
+            panic!("a due read is a full one")
+        };
+        assert_eq!(healed.row(0), [Some(205)]);
+    }
+
+    #[tokio::test]
+    async fn a_change_without_a_report_shows_by_the_next_full_read() {
+        let tally = Arc::new(Fingerprinted {
+            inner: MemoryTally::new(),
+            grids: AtomicU64::new(0),
+        });
+        let (_stop_tx, stop) = watch::channel(false);
+        let metrics = Arc::new(Registry::new());
+        let live = Live::new(
+            tally.clone(),
+            Arc::new(|_, _| Ok(Lookup::Current(None))),
+            LiveConfig {
+                full_read_every: Duration::from_millis(400),
+                ..config()
+            },
+            Arc::clone(&metrics),
+            stop,
+        );
+        let election = contract::unique_election("backstop");
+        let engine = election_core::Engine::new(
+            Arc::new(election_core::memory::MemoryLog::new()),
+            tally.clone() as Arc<dyn Tally>,
+        );
+        engine.submit(&contract::seed_reports(&election)).unwrap();
+        let mut receiver = live.subscribe_ready(&election).await.unwrap();
+        let counted = |c: &Current| {
+            matches!(c, Current::Ready(r) if r.city("london").is_some_and(|b| {
+                std::str::from_utf8(&b).unwrap().contains("\"labour\":200")
+            }))
+        };
+        receiver.wait_for(counted).await.unwrap();
+        let version = match &*receiver.borrow() {
+            Current::Ready(rendered) => rendered.version,
+            _ => unreachable!(),
+        };
+
+        // Nothing moves for a while: refreshes read only the fingerprint.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reads = tally.grids.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let skipped = metrics.value("query_refresh_skipped_total", &[]);
+        assert!(skipped >= 5.0, "{skipped} refreshes skipped");
+        assert!(
+            tally.grids.load(Ordering::Relaxed) - reads <= 2,
+            "an idle election is read in full only when a full read is due"
+        );
+
+        // Healing moves London's counter, not the national one.
+        assert!(
+            tally
+                .guarded_add(&election, &london_labour(), 200, 5)
+                .unwrap()
+        );
+        let healed = tokio::time::timeout(
+            Duration::from_secs(5),
+            receiver.wait_for(|c| {
+                matches!(c, Current::Ready(r) if r.city("london").is_some_and(|b| {
+                    std::str::from_utf8(&b).unwrap().contains("\"labour\":205")
+                }))
+            }),
+        )
+        .await
+        .expect("the full read due picks up the healed counter")
+        .unwrap()
+        .clone();
+        let Current::Ready(healed) = healed else {
+            unreachable!()
+        };
+        assert!(healed.version > version);
+        let delta = healed.recent.last().expect("a delta leads to it");
+        let event = stream::tests::data(&delta.event(&stream::Variant::All).unwrap());
+        assert_eq!(event["cities"][0]["city"], "london");
+        assert!(event.get("national").is_none());
     }
 }

@@ -1,11 +1,16 @@
-//! The JSON bodies of the live endpoints, rendered once per snapshot.
+//! The JSON bodies of the live endpoints, rendered once per change.
 //!
-//! A snapshot is read every refresh interval and shared by every reader, so
-//! its bodies are serialised here once and then handed out as reference-counted
-//! bytes: a request costs a map lookup and a pointer copy, never a
-//! serialisation, however many readers there are. The stream's snapshot
-//! events are built from the same pieces, the first time a subscriber needs
-//! one of this version, and then shared too (see [`crate::stream`]).
+//! A version is read every refresh interval and shared by every reader, so
+//! its bodies are serialised here once and then handed out as
+//! reference-counted bytes: a request costs a lookup and a copy of at most
+//! one city's entry, never a serialisation of the totals, however many
+//! readers there are. [`Renderer`] keeps each city's entry with the values
+//! it was rendered from and serialises again only the cities that moved; the
+//! bodies that hold every city or `as_of` (the city list, a city's totals)
+//! are put together from the entries when first asked for. The stream's
+//! snapshot events are built from the same pieces, the first time a
+//! subscriber needs one of a version, and then shared too (see
+//! [`crate::stream`]).
 //!
 //! # Leader, margin and ties
 //!
@@ -34,7 +39,10 @@
 //! when every city has one), `electorate` and `turnout` (`100 × votes /
 //! electorate`, one decimal, not capped: more votes than voters shows);
 //! otherwise both are `null`. Cities carry `certified` (who and when, or
-//! `null`).
+//! `null`). A city's status and certification come from its ballot boxes and
+//! the definition (certifications are part of it and move its version): a
+//! new definition renders every city again, so a certified city's cached
+//! entry is never served stale.
 //!
 //! # Counters that cannot be read
 //!
@@ -51,7 +59,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use election_core::{CityId, Counter, Definition, ElectionId, PartyId, Snapshot, Status};
+use election_core::{CityId, Definition, ElectionId, Grid, PartyId, Status};
 use serde::Serialize;
 
 use crate::stream::{self, Delta, Variant};
@@ -102,36 +110,6 @@ struct NationalBody<'a> {
     unreadable_counters: &'a [String],
 }
 
-/// `GET /v1/elections/{e}/cities/{city}/totals`.
-#[derive(Serialize)]
-struct CityBody<'a> {
-    election: &'a ElectionId,
-    scope: &'static str,
-    city: &'a CityId,
-    name: Option<&'a str>,
-    parties: &'a BTreeMap<PartyId, i64>,
-    total_votes: i64,
-    leader: Option<Leader<'a>>,
-    tied: Vec<&'a PartyId>,
-    ballot_boxes_reported: u64,
-    ballot_boxes_expected: Option<u64>,
-    percent_reporting: Option<f64>,
-    status: Status,
-    certified: Option<Certified<'a>>,
-    electorate: Option<u64>,
-    turnout: Option<f64>,
-    as_of: &'a str,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    unreadable_counters: &'a [String],
-}
-
-/// Who certified a city, and when.
-#[derive(Serialize, Clone, Copy)]
-struct Certified<'a> {
-    by: &'a str,
-    at: &'a str,
-}
-
 /// One city in `GET /v1/elections/{e}/cities` and in stream events.
 #[derive(Serialize)]
 struct CityItem<'a> {
@@ -148,6 +126,13 @@ struct CityItem<'a> {
     certified: Option<Certified<'a>>,
     electorate: Option<u64>,
     turnout: Option<f64>,
+}
+
+/// Who certified a city, and when.
+#[derive(Serialize, Clone, Copy)]
+struct Certified<'a> {
+    by: &'a str,
+    at: &'a str,
 }
 
 /// One party in `GET /v1/elections/{e}`.
@@ -250,7 +235,7 @@ pub struct ScopeRow {
     pub status: Status,
 }
 
-/// The figures of a snapshot, structured.
+/// The figures of a version, structured.
 #[derive(Debug, Clone)]
 pub struct Counts {
     /// The election.
@@ -266,7 +251,12 @@ pub struct Counts {
     pub cities: Vec<ScopeRow>,
 }
 
-/// A snapshot with every body rendered.
+/// One version of an election with its bodies: rendered by a [`Renderer`],
+/// shared by every reader and stream subscriber of that version.
+///
+/// The bodies that carry every city and `as_of` (the city list, each city's
+/// totals) are put together when first asked for, from the cities' entries:
+/// a refresh renders only what moved, however many cities there are.
 #[derive(Debug)]
 pub struct Rendered {
     /// Increases whenever the totals change (milliseconds since the Unix
@@ -275,31 +265,35 @@ pub struct Rendered {
     pub version: u64,
     /// When the counters were read.
     pub as_of: DateTime<Utc>,
-    /// The figures, structured.
-    pub counts: Counts,
-    /// The definition the bodies were rendered with (set by the feed; as-of
-    /// answers render with it too).
-    pub(crate) source: Option<Arc<Definition>>,
-    /// The NIST document of this version, rendered when first asked for.
-    cdf: OnceLock<Bytes>,
     /// `GET .../totals`.
     pub national: Bytes,
-    /// `GET .../cities`.
-    pub cities: Bytes,
-    /// `GET /v1/elections/{e}`.
+    /// `GET /v1/elections/{e}`: shared by every version of one definition.
     pub definition: Bytes,
-    /// `GET .../cities/{city}/totals`, by city.
-    city: HashMap<Box<str>, Bytes>,
+    /// The definition the bodies were rendered with (as-of answers render
+    /// with it too).
+    pub(crate) source: Option<Arc<Definition>>,
+    /// The election.
+    pub(crate) election: ElectionId,
+    /// The counters the bodies were rendered from: what the NIST document
+    /// is built from, when first asked for.
+    grid: Arc<Grid>,
+    /// The national status.
+    national_status: Status,
+    /// The NIST document of this version, rendered when first asked for.
+    cdf: OnceLock<Bytes>,
+    /// `GET .../cities`, put together when first asked for.
+    cities: OnceLock<Bytes>,
     /// Every city's entry of the city list and of stream events, in city
-    /// order: what a delta compares with the previous version's.
-    pub(crate) items: Vec<(Box<str>, Arc<str>)>,
+    /// order: what a delta compares with the previous version's. An entry
+    /// that did not move is the same `Arc` as in the previous version.
+    pub(crate) items: Vec<(Arc<str>, Arc<str>)>,
     /// The national scope of stream events (`ScopeTotals`).
     pub(crate) national_item: Arc<str>,
     /// The election id, as JSON.
     pub(crate) election_json: Arc<str>,
     /// `as_of`, as JSON.
     pub(crate) as_of_json: Arc<str>,
-    /// `Snapshot::unreadable`.
+    /// `Grid::unreadable`.
     pub(crate) unreadable: Vec<String>,
     /// The stream's recent deltas, oldest first, the last one leading to
     /// this version (empty when none is kept): set by the feed.
@@ -311,193 +305,238 @@ pub struct Rendered {
     snapshot_city: Mutex<HashMap<Box<str>, Bytes>>,
 }
 
-impl Rendered {
-    /// Renders every body of `snapshot`.
-    pub fn new(
-        election: &ElectionId,
-        snapshot: &Snapshot,
-        definition: Option<&Definition>,
+/// A city's entry as last rendered, with what it was rendered from.
+#[derive(Debug)]
+struct CityEntry {
+    city: Arc<str>,
+    /// Its counters in the renderer's party order (`None`: absent).
+    values: Box<[Option<i64>]>,
+    boxes: u64,
+    /// Its status when rendered (it follows `boxes` and the definition,
+    /// whose changes render every city again).
+    status: Status,
+    item: Arc<str>,
+}
+
+/// Renders the versions of one election, keeping each city's entry with the
+/// values it was rendered from so that the next version renders again only
+/// the cities whose values moved (and every city when the parties or the
+/// definition change, which is rare).
+///
+/// Why: at 10,000 cities × 20 parties, serialising every city on every
+/// refresh was most of a refresh's cost, while a refresh at 1,000 reports/s
+/// finds at most a few hundred cities moved.
+#[derive(Debug)]
+pub struct Renderer {
+    election: ElectionId,
+    election_json: Arc<str>,
+    definition: Option<Arc<Definition>>,
+    /// The defined cities' ids, in order.
+    defined: Vec<CityId>,
+    definition_body: Bytes,
+    /// The parties the cached entries' values are in the order of.
+    parties: Arc<[PartyId]>,
+    /// The entries of the last version, in city order.
+    entries: Vec<CityEntry>,
+    /// How many entries the last [`Renderer::render`] serialised.
+    last_rendered: usize,
+}
+
+impl Renderer {
+    /// A renderer of `election`, without a definition.
+    pub fn new(election: ElectionId) -> Renderer {
+        let mut renderer = Renderer {
+            election_json: Arc::from(json(&election)),
+            election,
+            definition: None,
+            defined: Vec::new(),
+            definition_body: Bytes::new(),
+            parties: Arc::from(Vec::new()),
+            entries: Vec::new(),
+            last_rendered: 0,
+        };
+        renderer.definition_body = renderer.render_definition();
+        renderer
+    }
+
+    /// Uses `definition` from the next version on; every city is rendered
+    /// again (names, expected ballot boxes, electorates and certifications
+    /// may have changed: certifying a city moves the definition).
+    pub fn set_definition(&mut self, definition: Option<Arc<Definition>>) {
+        let mut defined: Vec<CityId> = definition
+            .as_deref()
+            .map(|d| d.cities().iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default();
+        defined.sort();
+        self.definition = definition;
+        self.defined = defined;
+        self.definition_body = self.render_definition();
+        self.entries.clear();
+    }
+
+    /// How many city entries the last [`Renderer::render`] serialised.
+    pub fn last_rendered(&self) -> usize {
+        self.last_rendered
+    }
+
+    /// The version `version` of `grid`, read at `as_of`.
+    pub fn render(
+        &mut self,
+        grid: impl Into<Arc<Grid>>,
         version: u64,
         as_of: DateTime<Utc>,
     ) -> Rendered {
+        let grid: Arc<Grid> = grid.into();
         let as_of_text = as_of.to_rfc3339_opts(SecondsFormat::Millis, true);
-
-        // One pass over the counters: a city's totals are not looked up per
-        // city, which would be quadratic with 10,000 cities.
-        let mut national: BTreeMap<PartyId, i64> = snapshot
-            .parties
-            .iter()
-            .map(|party| (party.clone(), 0))
-            .collect();
-        let mut by_city: BTreeMap<&CityId, BTreeMap<PartyId, i64>> = snapshot
-            .cities
-            .keys()
-            .map(|city| (city, BTreeMap::new()))
-            .collect();
-        if let Some(definition) = definition {
-            for city in definition.cities() {
-                by_city.entry(&city.id).or_default();
-            }
+        if !(Arc::ptr_eq(&self.parties, &grid.parties) || self.parties == grid.parties) {
+            self.parties = Arc::clone(&grid.parties);
+            self.entries.clear();
         }
-        for (counter, n) in snapshot.totals.iter() {
-            match counter {
-                Counter::National(party) => {
-                    national.insert(party.clone(), n);
-                }
-                Counter::City(city, party) => {
-                    by_city.entry(city).or_default().insert(party.clone(), n);
-                }
-            }
-        }
+        let definition = self.definition.clone();
+        let definition = definition.as_deref();
 
         // The cities first: the national status is derived from theirs.
-        let mut city_bodies = HashMap::with_capacity(by_city.len());
-        let mut items = Vec::with_capacity(by_city.len());
-        let mut city_rows = Vec::with_capacity(by_city.len());
-        for (city, parties) in &by_city {
-            let boxes = snapshot.cities.get(*city).copied().unwrap_or(0);
-            let defined = definition.and_then(|d| d.city(city));
-            let name = defined.map(|c| c.name.as_str());
-            let expected = defined.map(|c| u64::from(c.expected_ballot_boxes));
-            let percent = expected.map(|e| percent_reporting(boxes, e));
-            let certification = definition.and_then(|d| d.certification(city));
-            let certified = certification.map(|c| Certified {
-                by: &c.by,
-                at: &c.at,
-            });
-            let status = Status::of(boxes, expected, certification.is_some());
-            let electorate = defined.and_then(|c| c.electorate).map(u64::from);
-            let turnout = electorate.and_then(|e| turnout(total(parties), e));
-            let (lead, tied) = leader(parties);
-            items.push((
-                Box::<str>::from(city.as_str()),
-                Arc::<str>::from(json(&CityItem {
-                    city,
-                    name,
-                    parties,
-                    total_votes: total(parties),
-                    leader: lead.clone(),
-                    tied: tied.clone(),
-                    ballot_boxes_reported: boxes,
-                    ballot_boxes_expected: expected,
-                    percent_reporting: percent,
-                    status,
-                    certified,
-                    electorate,
-                    turnout,
-                })),
-            ));
-            city_bodies.insert(
-                Box::<str>::from(city.as_str()),
-                Bytes::from(json(&CityBody {
-                    election,
-                    scope: "city",
-                    city,
-                    name,
-                    parties,
-                    total_votes: total(parties),
-                    leader: lead,
-                    tied,
-                    ballot_boxes_reported: boxes,
-                    ballot_boxes_expected: expected,
-                    percent_reporting: percent,
-                    status,
-                    certified,
-                    electorate,
-                    turnout,
-                    as_of: &as_of_text,
-                    unreadable_counters: &snapshot.unreadable,
-                })),
-            );
-            city_rows.push(ScopeRow {
-                id: Some((*city).clone()),
-                name: name.map(str::to_owned),
-                parties: parties.clone(),
-                reported: boxes,
-                expected,
-                status,
-            });
+        // The cities read merged with the defined ones, both in order; the
+        // previous entries walked alongside, in order too: no lookups.
+        let width = grid.parties.len();
+        let nothing: Vec<Option<i64>> = vec![None; width];
+        let mut old = std::mem::take(&mut self.entries).into_iter().peekable();
+        let mut entries = Vec::with_capacity(grid.cities.len().max(self.defined.len()));
+        let mut rendered = 0;
+        let mut read = grid.cities.iter().enumerate().peekable();
+        let mut defined = self.defined.iter().peekable();
+        loop {
+            let (city, row) = match (read.peek(), defined.peek()) {
+                (None, None) => break,
+                (Some(&(index, city)), None) => {
+                    read.next();
+                    (city, Some(index))
+                }
+                (None, Some(&city)) => {
+                    defined.next();
+                    (city, None)
+                }
+                (Some(&(index, seen)), Some(&city)) => match seen.cmp(city) {
+                    std::cmp::Ordering::Less => {
+                        read.next();
+                        (seen, Some(index))
+                    }
+                    std::cmp::Ordering::Greater => {
+                        defined.next();
+                        (city, None)
+                    }
+                    std::cmp::Ordering::Equal => {
+                        read.next();
+                        defined.next();
+                        (seen, Some(index))
+                    }
+                },
+            };
+            let values = row.map_or(&nothing[..], |index| grid.row(index));
+            let boxes = row
+                .and_then(|index| grid.boxes.get(index))
+                .copied()
+                .unwrap_or(0);
+            while old.next_if(|entry| *entry.city < *city.as_str()).is_some() {}
+            match old.next_if(|entry| *entry.city == *city.as_str()) {
+                Some(entry) if entry.boxes == boxes && *entry.values == *values => {
+                    entries.push(entry);
+                }
+                was => {
+                    rendered += 1;
+                    let (item, status) =
+                        render_item(city, &grid.parties, values, boxes, definition);
+                    entries.push(CityEntry {
+                        city: was.map_or_else(|| Arc::from(city.as_str()), |entry| entry.city),
+                        values: values.into(),
+                        boxes,
+                        status,
+                        item: Arc::from(item),
+                    });
+                }
+            }
         }
+        self.entries = entries;
+        self.last_rendered = rendered;
 
+        let national: BTreeMap<PartyId, i64> = grid
+            .parties
+            .iter()
+            .zip(&grid.national)
+            .map(|(party, n)| (party.clone(), n.unwrap_or(0)))
+            .collect();
         let national_expected = definition.map(Definition::expected_ballot_boxes);
         let national_percent =
-            national_expected.map(|e| percent_reporting(snapshot.ballot_boxes_reported, e));
-        // A defined election's status follows its cities; an undefined one
-        // only knows whether anything reported.
-        let national_status = match definition {
-            Some(_) => Status::national(city_rows.iter().map(|row| row.status)),
-            None => Status::of(snapshot.ballot_boxes_reported, None, false),
-        };
+            national_expected.map(|e| percent_reporting(grid.ballot_boxes_reported, e));
+        let national_status = national_status(
+            definition,
+            grid.ballot_boxes_reported,
+            self.entries.iter().map(|entry| entry.status),
+        );
         let national_electorate = definition.and_then(Definition::electorate);
         let national_turnout = national_electorate.and_then(|e| turnout(total(&national), e));
         let (lead, tied) = leader(&national);
         let national_body = json(&NationalBody {
-            election,
+            election: &self.election,
             scope: "national",
             parties: &national,
             total_votes: total(&national),
             leader: lead.clone(),
             tied: tied.clone(),
-            ballot_boxes_reported: snapshot.ballot_boxes_reported,
+            ballot_boxes_reported: grid.ballot_boxes_reported,
             ballot_boxes_expected: national_expected,
             percent_reporting: national_percent,
             status: national_status,
             electorate: national_electorate,
             turnout: national_turnout,
             as_of: &as_of_text,
-            unreadable_counters: &snapshot.unreadable,
+            unreadable_counters: &grid.unreadable,
         });
         let national_item = json(&ScopeTotals {
             parties: &national,
             total_votes: total(&national),
             leader: lead,
             tied,
-            ballot_boxes_reported: snapshot.ballot_boxes_reported,
+            ballot_boxes_reported: grid.ballot_boxes_reported,
             ballot_boxes_expected: national_expected,
             percent_reporting: national_percent,
             status: national_status,
             electorate: national_electorate,
             turnout: national_turnout,
         });
-        let counts = Counts {
-            election: election.clone(),
-            name: definition.map(|d| d.name().to_owned()),
-            parties: match definition {
-                Some(d) => d
-                    .parties()
-                    .iter()
-                    .map(|p| (p.id.clone(), Some((p.name.clone(), p.colour.clone()))))
-                    // A party counted but no longer defined cannot happen
-                    // (definitions only grow); listed anyway if it does.
-                    .chain(
-                        national
-                            .keys()
-                            .filter(|p| !d.parties().iter().any(|defined| &defined.id == *p))
-                            .map(|p| (p.clone(), None)),
-                    )
-                    .collect(),
-                None => national.keys().map(|p| (p.clone(), None)).collect(),
-            },
-            national: ScopeRow {
-                id: None,
-                name: definition.map(|d| d.name().to_owned()),
-                parties: national.clone(),
-                reported: snapshot.ballot_boxes_reported,
-                expected: national_expected,
-                status: national_status,
-            },
-            cities: city_rows,
-        };
 
-        let election_json = json(election);
-        let as_of_json = json(&as_of_text);
-        let cities = format!(
-            "{{\"election\":{election_json},\"as_of\":{as_of_json},\"cities\":[{}]{}}}",
-            join(&items),
-            unreadable_field(&snapshot.unreadable)
-        );
-        let definition_body = json(&DefinitionBody {
-            election,
+        let items = self
+            .entries
+            .iter()
+            .map(|entry| (Arc::clone(&entry.city), Arc::clone(&entry.item)))
+            .collect();
+        Rendered {
+            version,
+            as_of,
+            national: Bytes::from(national_body),
+            definition: self.definition_body.clone(),
+            source: self.definition.clone(),
+            election: self.election.clone(),
+            unreadable: grid.unreadable.clone(),
+            grid,
+            national_status,
+            cdf: OnceLock::new(),
+            cities: OnceLock::new(),
+            as_of_json: Arc::from(json(&as_of_text)),
+            items,
+            national_item: Arc::from(national_item),
+            election_json: Arc::clone(&self.election_json),
+            recent: Arc::from(Vec::new()),
+            snapshot_all: OnceLock::new(),
+            snapshot_national: OnceLock::new(),
+            snapshot_city: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn render_definition(&self) -> Bytes {
+        let definition = self.definition.as_deref();
+        Bytes::from(json(&DefinitionBody {
+            election: &self.election,
             defined: definition.is_some(),
             name: definition.map(Definition::name),
             parties: definition
@@ -524,42 +563,200 @@ impl Rendered {
                         .collect()
                 })
                 .unwrap_or_default(),
-            ballot_boxes_expected: national_expected,
+            ballot_boxes_expected: definition.map(Definition::expected_ballot_boxes),
             ballot_boxes_registered: definition.map_or(0, |d| d.ballot_boxes().len()),
+        }))
+    }
+}
+
+/// A defined election's status follows its cities; an undefined one only
+/// knows whether anything reported.
+fn national_status(
+    definition: Option<&Definition>,
+    reported: u64,
+    cities: impl IntoIterator<Item = Status>,
+) -> Status {
+    match definition {
+        Some(_) => Status::national(cities),
+        None => Status::of(reported, None, false),
+    }
+}
+
+/// A city's status from its ballot boxes and the definition.
+fn city_status(city: &CityId, boxes: u64, definition: Option<&Definition>) -> Status {
+    let expected = definition
+        .and_then(|d| d.city(city))
+        .map(|c| u64::from(c.expected_ballot_boxes));
+    let certified = definition.and_then(|d| d.certification(city)).is_some();
+    Status::of(boxes, expected, certified)
+}
+
+/// A city's entry (`CityItem`) from its counters in `parties` order, with
+/// its status.
+fn render_item(
+    city: &CityId,
+    parties: &[PartyId],
+    values: &[Option<i64>],
+    boxes: u64,
+    definition: Option<&Definition>,
+) -> (String, Status) {
+    let counts = city_counts(parties, values);
+    let defined = definition.and_then(|d| d.city(city));
+    let expected = defined.map(|c| u64::from(c.expected_ballot_boxes));
+    let certified = definition
+        .and_then(|d| d.certification(city))
+        .map(|c| Certified {
+            by: &c.by,
+            at: &c.at,
         });
-        Rendered {
-            version,
-            as_of,
-            counts,
-            source: None,
-            cdf: OnceLock::new(),
-            national: Bytes::from(national_body),
-            cities: Bytes::from(cities),
-            definition: Bytes::from(definition_body),
-            city: city_bodies,
-            items,
-            national_item: Arc::from(national_item),
-            election_json: Arc::from(election_json),
-            as_of_json: Arc::from(as_of_json),
-            unreadable: snapshot.unreadable.clone(),
-            recent: Arc::from(Vec::new()),
-            snapshot_all: OnceLock::new(),
-            snapshot_national: OnceLock::new(),
-            snapshot_city: Mutex::new(HashMap::new()),
-        }
+    let status = city_status(city, boxes, definition);
+    let electorate = defined.and_then(|c| c.electorate).map(u64::from);
+    let (lead, tied) = leader(&counts);
+    let item = json(&CityItem {
+        city,
+        name: defined.map(|c| c.name.as_str()),
+        parties: &counts,
+        total_votes: total(&counts),
+        leader: lead,
+        tied,
+        ballot_boxes_reported: boxes,
+        ballot_boxes_expected: expected,
+        percent_reporting: expected.map(|e| percent_reporting(boxes, e)),
+        status,
+        certified,
+        electorate,
+        turnout: electorate.and_then(|e| turnout(total(&counts), e)),
+    });
+    (item, status)
+}
+
+/// A city's counters by party (absent counters left out).
+fn city_counts(parties: &[PartyId], values: &[Option<i64>]) -> BTreeMap<PartyId, i64> {
+    parties
+        .iter()
+        .zip(values)
+        .filter_map(|(party, n)| n.map(|n| (party.clone(), n)))
+        .collect()
+}
+
+impl Rendered {
+    /// Renders every body of `snapshot` from scratch (as-of answers and
+    /// tests build versions this way; the feeds keep a [`Renderer`]).
+    pub fn new(
+        election: &ElectionId,
+        snapshot: &election_core::Snapshot,
+        definition: Option<&Definition>,
+        version: u64,
+        as_of: DateTime<Utc>,
+    ) -> Rendered {
+        let mut renderer = Renderer::new(election.clone());
+        renderer.set_definition(definition.cloned().map(Arc::new));
+        renderer.render(Grid::from_snapshot(snapshot), version, as_of)
     }
 
     /// The NIST SP 1500-100 document of this version ([`crate::cdf`]),
     /// rendered once and then shared.
     pub fn cdf(&self) -> Bytes {
         self.cdf
-            .get_or_init(|| Bytes::from(crate::cdf::render(&self.counts, self.as_of)))
+            .get_or_init(|| Bytes::from(crate::cdf::render(&self.counts(), self.as_of)))
             .clone()
     }
 
-    /// The body of one city's totals, if the city has reported.
+    /// The figures of this version, structured (every listed city, in
+    /// order, and the nation).
+    pub fn counts(&self) -> Counts {
+        let grid = &*self.grid;
+        let definition = self.source.as_deref();
+        let cities = self
+            .items
+            .iter()
+            .filter_map(|(city, _)| CityId::parse(city).ok())
+            .map(|city| {
+                let row = grid.cities.binary_search(&city).ok();
+                let parties = row.map_or_else(BTreeMap::new, |index| {
+                    city_counts(&grid.parties, grid.row(index))
+                });
+                let reported = row
+                    .and_then(|index| grid.boxes.get(index))
+                    .copied()
+                    .unwrap_or(0);
+                let defined = definition.and_then(|d| d.city(&city));
+                ScopeRow {
+                    name: defined.map(|c| c.name.clone()),
+                    expected: defined.map(|c| u64::from(c.expected_ballot_boxes)),
+                    status: city_status(&city, reported, definition),
+                    parties,
+                    reported,
+                    id: Some(city),
+                }
+            })
+            .collect();
+        let national: BTreeMap<PartyId, i64> = grid
+            .parties
+            .iter()
+            .zip(&grid.national)
+            .map(|(party, n)| (party.clone(), n.unwrap_or(0)))
+            .collect();
+        Counts {
+            election: self.election.clone(),
+            name: definition.map(|d| d.name().to_owned()),
+            parties: match definition {
+                Some(d) => d
+                    .parties()
+                    .iter()
+                    .map(|p| (p.id.clone(), Some((p.name.clone(), p.colour.clone()))))
+                    // A party counted but no longer defined cannot happen
+                    // (definitions only grow); listed anyway if it does.
+                    .chain(
+                        national
+                            .keys()
+                            .filter(|p| !d.parties().iter().any(|defined| &defined.id == *p))
+                            .map(|p| (p.clone(), None)),
+                    )
+                    .collect(),
+                None => national.keys().map(|p| (p.clone(), None)).collect(),
+            },
+            national: ScopeRow {
+                id: None,
+                name: definition.map(|d| d.name().to_owned()),
+                reported: grid.ballot_boxes_reported,
+                expected: definition.map(Definition::expected_ballot_boxes),
+                status: self.national_status,
+                parties: national,
+            },
+            cities,
+        }
+    }
+
+    /// `GET .../cities`: every city's entry, put together the first time it
+    /// is asked for in this version.
+    pub fn cities(&self) -> Bytes {
+        self.cities
+            .get_or_init(|| {
+                Bytes::from(format!(
+                    "{{\"election\":{},\"as_of\":{},\"cities\":[{}]{}}}",
+                    self.election_json,
+                    self.as_of_json,
+                    join(&self.items),
+                    unreadable_field(&self.unreadable)
+                ))
+            })
+            .clone()
+    }
+
+    /// The body of one city's totals, if the city is listed (it has been
+    /// counted in, or is defined): its entry with the election, the scope,
+    /// `as_of` and `unreadable_counters` around it, in `CityBody`'s order.
     pub fn city(&self, city: &str) -> Option<Bytes> {
-        self.city.get(city).cloned()
+        let item = self.item(city)?;
+        // An entry is a JSON object: `{` fields `}`.
+        let fields = item.strip_prefix('{')?.strip_suffix('}')?;
+        Some(Bytes::from(format!(
+            "{{\"election\":{},\"scope\":\"city\",{fields},\"as_of\":{}{}}}",
+            self.election_json,
+            self.as_of_json,
+            unreadable_field(&self.unreadable)
+        )))
     }
 
     /// A city's entry in the city list, if it is listed.
@@ -616,7 +813,7 @@ impl Rendered {
 }
 
 /// The city entries, comma-separated.
-fn join(items: &[(Box<str>, Arc<str>)]) -> String {
+fn join(items: &[(Arc<str>, Arc<str>)]) -> String {
     let mut joined = String::with_capacity(items.iter().map(|(_, item)| item.len() + 1).sum());
     for (index, (_, item)) in items.iter().enumerate() {
         if index > 0 {
@@ -643,7 +840,7 @@ pub(crate) fn json<T: Serialize + ?Sized>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use election_core::Totals;
+    use election_core::{Counter, Snapshot, Totals};
 
     fn parties(list: &[(&str, i64)]) -> BTreeMap<PartyId, i64> {
         list.iter()
@@ -720,7 +917,7 @@ mod tests {
             r#"{"election":"2025","scope":"city","city":"london","name":null,"parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"status":"partial","certified":null,"electorate":null,"turnout":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
         );
         assert!(rendered.city("paris").is_none());
-        let cities: serde_json::Value = serde_json::from_slice(&rendered.cities).unwrap();
+        let cities: serde_json::Value = serde_json::from_slice(&rendered.cities()).unwrap();
         assert_eq!(cities["cities"][0]["city"], "london");
         assert_eq!(cities["cities"][0]["ballot_boxes_reported"], 1);
         let frame = rendered.snapshot_event(&Variant::All);
@@ -745,7 +942,7 @@ mod tests {
         let rendered = Rendered::new(&election, &snapshot, None, 8, as_of);
         for body in [
             &rendered.national[..],
-            &rendered.cities[..],
+            &rendered.cities()[..],
             &rendered.city("london").unwrap()[..],
         ] {
             let body: serde_json::Value = serde_json::from_slice(body).unwrap();
@@ -761,5 +958,224 @@ mod tests {
         }
         let national: serde_json::Value = serde_json::from_slice(&rendered.national).unwrap();
         assert_eq!(national["total_votes"], 320);
+    }
+
+    /// A grid of `(city, [votes per party a, b])` rows.
+    fn grid(rows: &[(&str, [Option<i64>; 2])], boxes: u64) -> Grid {
+        let parties: Vec<PartyId> = ["a", "b"]
+            .iter()
+            .map(|p| PartyId::parse(p).unwrap())
+            .collect();
+        let mut national = [0, 0];
+        for (_, row) in rows {
+            for (sum, n) in national.iter_mut().zip(row) {
+                *sum += n.unwrap_or(0);
+            }
+        }
+        Grid {
+            parties: parties.into(),
+            cities: rows
+                .iter()
+                .map(|(c, _)| CityId::parse(c).unwrap())
+                .collect(),
+            national: national.iter().map(|n| Some(*n)).collect(),
+            cells: rows
+                .iter()
+                .flat_map(|(_, row)| row.iter().copied())
+                .collect(),
+            boxes: vec![boxes; rows.len()],
+            ballot_boxes_reported: boxes * rows.len() as u64,
+            unreadable: Vec::new(),
+        }
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_757_959_920_000 + ms).unwrap()
+    }
+
+    #[test]
+    fn a_city_is_rendered_again_only_when_its_values_move() {
+        let mut renderer = Renderer::new(ElectionId::parse("2025").unwrap());
+        let first = renderer.render(
+            grid(
+                &[("leeds", [Some(1), None]), ("york", [Some(2), Some(3)])],
+                1,
+            ),
+            1,
+            at(0),
+        );
+        assert_eq!(renderer.last_rendered(), 2);
+
+        // York moves; Leeds is the very same entry.
+        let second = renderer.render(
+            grid(
+                &[("leeds", [Some(1), None]), ("york", [Some(2), Some(4)])],
+                1,
+            ),
+            2,
+            at(200),
+        );
+        assert_eq!(renderer.last_rendered(), 1);
+        assert!(Arc::ptr_eq(&first.items[0].1, &second.items[0].1));
+        assert!(!Arc::ptr_eq(&first.items[1].1, &second.items[1].1));
+        let york = serde_json::from_str::<serde_json::Value>(&second.items[1].1).unwrap();
+        assert_eq!(york["parties"], serde_json::json!({"a": 2, "b": 4}));
+        // A counter that appears with 0 is a move too (the party is listed).
+        let third = renderer.render(
+            grid(
+                &[("leeds", [Some(1), Some(0)]), ("york", [Some(2), Some(4)])],
+                1,
+            ),
+            3,
+            at(400),
+        );
+        assert_eq!(renderer.last_rendered(), 1);
+        assert!(third.item("leeds").unwrap().contains("\"b\":0"));
+        // Boxes moving re-render too; nothing moving renders nothing, but the
+        // bodies carry the new as_of.
+        renderer.render(
+            grid(
+                &[("leeds", [Some(1), Some(0)]), ("york", [Some(2), Some(4)])],
+                2,
+            ),
+            4,
+            at(600),
+        );
+        assert_eq!(renderer.last_rendered(), 2);
+        let same = renderer.render(
+            grid(
+                &[("leeds", [Some(1), Some(0)]), ("york", [Some(2), Some(4)])],
+                2,
+            ),
+            4,
+            at(800),
+        );
+        assert_eq!(renderer.last_rendered(), 0);
+        let body: serde_json::Value = serde_json::from_slice(&same.city("york").unwrap()).unwrap();
+        assert_eq!(body["as_of"], "2025-09-15T18:12:00.800Z");
+        assert_eq!(body["total_votes"], 6);
+        let list: serde_json::Value = serde_json::from_slice(&same.cities()).unwrap();
+        assert_eq!(list["as_of"], "2025-09-15T18:12:00.800Z");
+        assert_eq!(list["cities"].as_array().unwrap().len(), 2);
+
+        // A new city renders only itself; a city gone is gone.
+        let grown = renderer.render(
+            grid(
+                &[("bath", [None, Some(7)]), ("york", [Some(2), Some(4)])],
+                2,
+            ),
+            5,
+            at(1000),
+        );
+        assert_eq!(renderer.last_rendered(), 1);
+        let listed: Vec<&str> = grown.items.iter().map(|(c, _)| &**c).collect();
+        assert_eq!(listed, ["bath", "york"]);
+        assert!(grown.city("leeds").is_none());
+    }
+
+    #[test]
+    fn new_parties_or_a_new_definition_render_every_city_again() {
+        let mut renderer = Renderer::new(ElectionId::parse("2025").unwrap());
+        let rows = [("leeds", [Some(1), None]), ("york", [Some(2), Some(3)])];
+        renderer.render(grid(&rows, 1), 1, at(0));
+        renderer.render(grid(&rows, 1), 1, at(200));
+        assert_eq!(renderer.last_rendered(), 0);
+        let mut wider = grid(&rows, 1);
+        wider.parties = ["a", "b"]
+            .iter()
+            .map(|p| PartyId::parse(p).unwrap())
+            .collect();
+        // The same parties in a new list: nothing to render again.
+        renderer.render(wider, 1, at(400));
+        assert_eq!(renderer.last_rendered(), 0);
+        let mut other = grid(&rows, 1);
+        other.parties = ["a", "c"]
+            .iter()
+            .map(|p| PartyId::parse(p).unwrap())
+            .collect();
+        let rendered = renderer.render(other.clone(), 2, at(600));
+        assert_eq!(renderer.last_rendered(), 2);
+        assert!(rendered.item("york").unwrap().contains("\"c\":3"));
+
+        renderer.set_definition(None);
+        renderer.render(other, 3, at(800));
+        assert_eq!(renderer.last_rendered(), 2);
+    }
+
+    #[test]
+    fn certifying_a_city_renders_it_again_with_its_status() {
+        let definition = Definition::from_toml(
+            r##"
+id = "2025"
+name = "General election 2025"
+
+[[parties]]
+id = "a"
+name = "A"
+colour = "#e4003b"
+
+[[parties]]
+id = "b"
+name = "B"
+colour = "#0087dc"
+
+[[cities]]
+id = "leeds"
+name = "Leeds"
+expected_ballot_boxes = 1
+electorate = 10
+
+[[cities]]
+id = "york"
+name = "York"
+expected_ballot_boxes = 2
+"##,
+        )
+        .unwrap();
+        let mut renderer = Renderer::new(ElectionId::parse("2025").unwrap());
+        renderer.set_definition(Some(Arc::new(definition.clone())));
+        let rows = [("leeds", [Some(4), Some(1)]), ("york", [Some(2), Some(3)])];
+        let first = renderer.render(grid(&rows, 1), 1, at(0));
+        let leeds: serde_json::Value =
+            serde_json::from_slice(&first.city("leeds").unwrap()).unwrap();
+        assert_eq!(leeds["status"], "complete");
+        assert_eq!(leeds["certified"], serde_json::Value::Null);
+        assert_eq!(leeds["electorate"], 10);
+        assert_eq!(leeds["turnout"], 50.0);
+        let national: serde_json::Value = serde_json::from_slice(&first.national).unwrap();
+        assert_eq!(national["status"], "partial");
+        assert_eq!(national["electorate"], serde_json::Value::Null);
+        renderer.render(grid(&rows, 1), 1, at(200));
+        assert_eq!(renderer.last_rendered(), 0);
+
+        // Certifying moves the definition, not the counters: every city is
+        // rendered again and Leeds says so.
+        let certified = definition.with_certifications([(
+            CityId::parse("leeds").unwrap(),
+            election_core::Certification {
+                by: "returning officer".into(),
+                at: "2025-09-15T22:00:00Z".into(),
+            },
+        )]);
+        renderer.set_definition(Some(Arc::new(certified)));
+        let second = renderer.render(grid(&rows, 1), 2, at(400));
+        assert_eq!(renderer.last_rendered(), 2);
+        let leeds: serde_json::Value =
+            serde_json::from_slice(&second.city("leeds").unwrap()).unwrap();
+        assert_eq!(leeds["status"], "certified");
+        assert_eq!(leeds["certified"]["by"], "returning officer");
+        let list: serde_json::Value = serde_json::from_slice(&second.cities()).unwrap();
+        assert_eq!(list["cities"][0]["status"], "certified");
+        assert_eq!(list["cities"][1]["status"], "partial");
+
+        // The structured figures agree with the bodies.
+        let counts = second.counts();
+        assert_eq!(counts.name.as_deref(), Some("General election 2025"));
+        assert_eq!(counts.cities.len(), 2);
+        assert_eq!(counts.cities[0].status, Status::Certified);
+        assert_eq!(counts.cities[1].status, Status::Partial);
+        assert_eq!(counts.cities[1].expected, Some(2));
+        assert_eq!(counts.national.status, Status::Partial);
+        assert_eq!(counts.national.parties.values().sum::<i64>(), 10);
     }
 }

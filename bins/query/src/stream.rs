@@ -67,7 +67,7 @@ pub struct Delta {
     national: Option<Bytes>,
     /// The cities whose entry changed (with it) or that are gone (`None`),
     /// in city order.
-    cities: Vec<(Box<str>, Option<Arc<str>>)>,
+    cities: Vec<(Arc<str>, Option<Arc<str>>)>,
     /// `unreadable_counters`, when the list changed.
     unreadable: Option<Vec<String>>,
     election_json: Arc<str>,
@@ -81,19 +81,21 @@ impl Delta {
     /// What changed from `before` to `after`.
     pub fn between(before: &Rendered, after: &Rendered) -> Delta {
         // Both lists are in city order: one merge, no lookups.
-        let mut cities: Vec<(Box<str>, Option<Arc<str>>)> = Vec::new();
+        // An entry that did not move is the very same `Arc` (see
+        // `render::Renderer`): most cities are told apart by a pointer.
+        let mut cities: Vec<(Arc<str>, Option<Arc<str>>)> = Vec::new();
         let mut old = before.items.iter().peekable();
         for (city, item) in &after.items {
             while let Some((gone, _)) = old.next_if(|(listed, _)| listed < city) {
-                cities.push((gone.clone(), None));
+                cities.push((Arc::clone(gone), None));
             }
             match old.next_if(|(listed, _)| listed == city) {
-                Some((_, was)) if was == item => {}
-                _ => cities.push((city.clone(), Some(Arc::clone(item)))),
+                Some((_, was)) if Arc::ptr_eq(was, item) || was == item => {}
+                _ => cities.push((Arc::clone(city), Some(Arc::clone(item)))),
             }
         }
         for (gone, _) in old {
-            cities.push((gone.clone(), None));
+            cities.push((Arc::clone(gone), None));
         }
         let national =
             (before.national_item != after.national_item).then(|| Arc::clone(&after.national_item));

@@ -2,6 +2,8 @@
 //! library. Exit status: 0 success (`run --once`: nothing left pending;
 //! `reconcile`: Redis exact), 1 otherwise (reports left pending, drift), and
 //! 2 when `reconcile` could not compare (a store is down, a bad argument).
+//! `verify`: 0 intact, 1 a report altered, removed or inserted since it was
+//! sealed, 2 when it could not check.
 
 use clap::Parser;
 use election_reprocessor::cli::{Cli, Command};
@@ -13,6 +15,7 @@ fn main() {
     let (result, failure_status) = match cli.command {
         Command::Run(run) => (commands::run(*run), 1),
         Command::Reconcile(reconcile) => (commands::reconcile(*reconcile), 2),
+        Command::Verify(verify) => (commands::verify(*verify), 2),
     };
     match result {
         Ok(true) => {}

@@ -719,6 +719,91 @@ pub fn tally(new_tally: TallyFactory<'_>) {
     tally_handles_large_batches(new_tally());
     tally_adds_only_to_the_value_observed(new_tally());
     tally_names_revisions_without_their_markers(new_tally());
+    tally_reads_grids_and_fingerprints(new_tally());
+}
+
+/// `grid` reads what `snapshot` reads, also when handed an older grid whose
+/// cities or parties are no longer all of them; a fingerprint, where the
+/// tally has one, moves with a report and stays put without one.
+fn tally_reads_grids_and_fingerprints(tally: Arc<dyn Tally>) {
+    let e = unique_election("grid");
+    let read = |known: Option<&crate::Grid>| tally.grid(&e, known).unwrap();
+    let empty = read(None);
+    assert!(empty.cities.is_empty() && empty.parties.is_empty());
+    let first = counting(1, &e, "B1", "york", 1, &[("labour", 5), ("tories", 2)]);
+    assert!(tally.apply(std::slice::from_ref(&first))[0].is_ok());
+    let one = read(Some(&empty));
+    assert_eq!(
+        one,
+        crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
+    );
+    assert_eq!(one.row(0), [Some(5), Some(2)]);
+    let before = tally.fingerprint(&e, &one).unwrap();
+
+    // A new city, a new party: the older grid's lists are not trusted.
+    let second = counting(2, &e, "B2", "leeds", 1, &[("green", 4), ("labour", 1)]);
+    assert!(tally.apply(std::slice::from_ref(&second))[0].is_ok());
+    let two = read(Some(&one));
+    assert_eq!(
+        two,
+        crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
+    );
+    assert_eq!(two.cities.len(), 2);
+    assert_eq!(two.parties.len(), 3);
+    assert_eq!(two.national, [Some(4), Some(6), Some(2)]);
+    if let Some(before) = before {
+        let after = tally.fingerprint(&e, &one).unwrap();
+        assert_ne!(
+            after.as_ref(),
+            Some(&before),
+            "a report moves the fingerprint"
+        );
+        assert_eq!(tally.fingerprint(&e, &one).unwrap(), after, "nothing moved");
+    }
+
+    // A revision in a known city: the same lists, new numbers.
+    let third = counting(3, &e, "B1", "york", 2, &[("labour", 1)]);
+    assert!(tally.apply(std::slice::from_ref(&third))[0].is_ok());
+    let three = read(Some(&two));
+    assert!(three.same_layout(&two));
+    assert_eq!(
+        three,
+        crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
+    );
+
+    // New boxes in known cities, one with a party it had no counter of.
+    let more = [
+        counting(4, &e, "B3", "leeds", 1, &[("labour", 3), ("tories", 1)]),
+        counting(5, &e, "B4", "york", 1, &[("green", 2)]),
+    ];
+    assert!(tally.apply(&more).iter().all(Result::is_ok));
+    let four = read(Some(&three));
+    assert_eq!(
+        four,
+        crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
+    );
+    // A box and a revision at once: the revision's move is not explained by
+    // the cities that got a box, so everything is read.
+    let both = [
+        counting(6, &e, "B5", "leeds", 1, &[("labour", 1)]),
+        counting(7, &e, "B1", "york", 3, &[("tories", 4)]),
+    ];
+    assert!(tally.apply(&both).iter().all(Result::is_ok));
+    let five = read(Some(&four));
+    assert_eq!(
+        five,
+        crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
+    );
+    // A city counter rewritten without a report: a read without `known`
+    // sees it.
+    let york_green = Counter::City(city("york"), party("green"));
+    assert!(tally.guarded_add(&e, &york_green, 2, 5).unwrap());
+    let healed = read(None);
+    assert_eq!(
+        healed,
+        crate::Grid::from_snapshot(&tally.snapshot(&e).unwrap())
+    );
+    assert_eq!(healed.row(1)[0], Some(7));
 }
 
 fn tally_names_revisions_without_their_markers(tally: Arc<dyn Tally>) {

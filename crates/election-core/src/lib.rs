@@ -4,6 +4,7 @@
 pub mod definition;
 pub mod engine;
 pub mod error;
+pub mod grid;
 pub mod heal;
 pub mod ids;
 pub mod reconcile;
@@ -23,6 +24,7 @@ pub use definition::{
 };
 pub use engine::{CountResult, Drained, Engine, Outcome};
 pub use error::{BoxError, Problem, ReportError, StoreError};
+pub use grid::{Fingerprint, Grid};
 pub use ids::{BallotBoxId, CityId, DefinitionVersion, ElectionId, PartyId};
 pub use report::{Difference, PayloadHash, Report, Revision, Votes};
 pub use rules::Conflict;

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::error::StoreError;
+use crate::grid::{Fingerprint, Grid};
 use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision};
 use crate::rules::Conflict;
@@ -276,6 +277,30 @@ pub trait Tally: Send + Sync {
     /// Every counter of `election` with the parties, cities and ballot boxes
     /// seen.
     fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError>;
+
+    /// What [`Tally::snapshot`] reads, as a [`Grid`]. `known` is a grid this
+    /// caller read before: an adapter may trust its parties and cities while
+    /// the numbers of them seen stay the same, instead of listing them again
+    /// (a caller passes `None` now and then to have them listed afresh).
+    ///
+    /// The default converts [`Tally::snapshot`].
+    fn grid(&self, election: &ElectionId, known: Option<&Grid>) -> Result<Grid, StoreError> {
+        let _ = known;
+        self.snapshot(election)
+            .map(|snapshot| Grid::from_snapshot(&snapshot))
+    }
+
+    /// A [`Fingerprint`] of `election` read much more cheaply than a grid,
+    /// with the parties of `known`; `None` when the adapter has none (the
+    /// default), so a caller reads the whole grid every time.
+    fn fingerprint(
+        &self,
+        election: &ElectionId,
+        known: &Grid,
+    ) -> Result<Option<Fingerprint>, StoreError> {
+        let _ = (election, known);
+        Ok(None)
+    }
 
     /// Adds `delta` to `counter` **only if** it holds `observed` (an absent
     /// counter holds 0), as one atomic step; returns whether it did. It moves

@@ -115,6 +115,7 @@
 //! migration, both within the same call (see `nodes`).
 
 mod error;
+mod grid;
 pub mod keys;
 mod nodes;
 mod policy;
@@ -123,8 +124,8 @@ mod target;
 use std::collections::{BTreeMap, BTreeSet};
 
 use election_core::{
-    Applied, CityId, Counter, Counting, ElectionId, PartyId, ReportId, Snapshot, StoreError, Tally,
-    Totals,
+    Applied, CityId, Counter, Counting, ElectionId, Fingerprint, Grid, PartyId, ReportId, Snapshot,
+    StoreError, Tally, Totals,
 };
 use redis::Value;
 
@@ -646,6 +647,28 @@ impl Tally for RedisTally {
         self.read_snapshot(election).map_err(|error| {
             error.into_store_error(format!("reading the totals of election {election}"))
         })
+    }
+
+    /// See the `grid` module: one pipelined round while the sets of parties
+    /// and cities keep their sizes, no allocation per counter.
+    fn grid(&self, election: &ElectionId, known: Option<&Grid>) -> Result<Grid, StoreError> {
+        self.read_grid(election, known).map_err(|error| {
+            error.into_store_error(format!("reading the counters of election {election}"))
+        })
+    }
+
+    /// The sizes of the sets of parties, cities and ballot boxes seen and
+    /// the national counters: one small pipeline.
+    fn fingerprint(
+        &self,
+        election: &ElectionId,
+        known: &Grid,
+    ) -> Result<Option<Fingerprint>, StoreError> {
+        self.read_fingerprint(election, known)
+            .map(Some)
+            .map_err(|error| {
+                error.into_store_error(format!("reading a fingerprint of election {election}"))
+            })
     }
 
     fn guarded_add(

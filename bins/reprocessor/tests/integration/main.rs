@@ -7,4 +7,5 @@ mod counting;
 mod harness;
 mod reconcile;
 mod redis_safety;
+mod sealing;
 mod service;

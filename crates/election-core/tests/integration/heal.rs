@@ -100,12 +100,15 @@ fn reconcile_reports_a_loss_while_every_counter_moves() {
     tally.lose(&revisions[4]);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
         let (engine, e, stop) = (engine.clone(), e.clone(), Arc::clone(&stop));
+        let started = Arc::clone(&started);
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
+                started.store(n, Ordering::SeqCst);
                 // Every city and party moves with every report.
                 let r = report(
                     &e,
@@ -119,6 +122,11 @@ fn reconcile_reports_a_loss_while_every_counter_moves() {
             n
         })
     };
+    // Compare while the writer is already moving every counter (on a busy
+    // machine its thread may start late).
+    while started.load(Ordering::SeqCst) < 3 {
+        std::thread::yield_now();
+    }
     let comparison = reconcile::compare(&*log, &*tally, &e, &QUICK).unwrap();
     stop.store(true, Ordering::SeqCst);
     let written = writer.join().unwrap();

@@ -12,6 +12,7 @@ use crate::support::{execute, lines};
 const INITIAL: &str = "20250601000000";
 const DEFINITIONS: &str = "20261101000000";
 const WRITE_PATH: &str = "20261130000000";
+const SEALS: &str = "20261201000000";
 const CERTIFICATIONS: &str = "20261201000100";
 const ELECTORATE: &str = "20261201000200";
 
@@ -37,7 +38,14 @@ fn migrations_go_up_down_and_up_again() {
 
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS, ELECTORATE]
+        [
+            INITIAL,
+            DEFINITIONS,
+            WRITE_PATH,
+            SEALS,
+            CERTIFICATIONS,
+            ELECTORATE
+        ]
     );
     assert_eq!(
         tables(&pool),
@@ -54,6 +62,7 @@ fn migrations_go_up_down_and_up_again() {
             "pending_batches",
             "pending_reports",
             "reports",
+            "seals",
             "vote_log"
         ]
     );
@@ -100,7 +109,14 @@ fn migrations_go_up_down_and_up_again() {
     // And up again, empty.
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS, ELECTORATE]
+        [
+            INITIAL,
+            DEFINITIONS,
+            WRITE_PATH,
+            SEALS,
+            CERTIFICATIONS,
+            ELECTORATE
+        ]
     );
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
@@ -127,7 +143,14 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
         .collect();
     assert_eq!(
         applied,
-        [INITIAL, DEFINITIONS, WRITE_PATH, CERTIFICATIONS, ELECTORATE]
+        [
+            INITIAL,
+            DEFINITIONS,
+            WRITE_PATH,
+            SEALS,
+            CERTIFICATIONS,
+            ELECTORATE
+        ]
     );
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
@@ -198,7 +221,7 @@ fn the_write_path_migration_moves_recorded_reports_forward() {
 
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [WRITE_PATH, CERTIFICATIONS, ELECTORATE]
+        [WRITE_PATH, SEALS, CERTIFICATIONS, ELECTORATE]
     );
 
     // The per-party rows read as before, through the view.

@@ -119,6 +119,11 @@ fn a_counter_holding_oops_stops_its_revision_before_anything_moves() {
     // Totals keep serving every other counter, and name the bad key.
     let snapshot = tally.snapshot(&e).unwrap();
     assert_eq!(snapshot.unreadable, std::slice::from_ref(&bad));
+    // The live feeds' grid names it too, and reads every other counter.
+    let grid = tally.grid(&e, None).unwrap();
+    assert_eq!(grid, election_core::Grid::from_snapshot(&snapshot));
+    assert_eq!(grid.unreadable, std::slice::from_ref(&bad));
+    assert_eq!(tally.grid(&e, Some(&grid)).unwrap(), grid);
     assert_eq!(
         snapshot
             .totals
