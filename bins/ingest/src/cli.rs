@@ -100,6 +100,30 @@ pub enum Election {
         /// The election.
         election: String,
     },
+    /// Certify cities of a defined election: their results are final. Who
+    /// and when are recorded in PostgreSQL; from then on every new report or
+    /// revision of the city's ballot boxes is refused with 409 `certified`
+    /// (an identical replay is still a replay). A city certified already
+    /// keeps its first certification.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["city", "all"])))]
+    Certify {
+        /// PostgreSQL.
+        #[command(flatten)]
+        database: Database,
+        /// The election.
+        #[arg(long)]
+        election: String,
+        /// The city to certify.
+        #[arg(long)]
+        city: Option<String>,
+        /// Certify every city of the definition.
+        #[arg(long)]
+        all: bool,
+        /// Who certifies (recorded with the certification); defaults to the
+        /// user running the command.
+        #[arg(long, env = "USER")]
+        by: Option<String>,
+    },
 }
 
 /// Where PostgreSQL is.

@@ -1,5 +1,5 @@
 //! The subcommands: `migrate`, `serve`, `token issue|revoke|list`,
-//! `election load|show`.
+//! `election load|show|certify`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -332,7 +332,61 @@ pub fn election(command: Election) -> anyhow::Result<()> {
             print!("{}", show(&definition));
             Ok(())
         }
+        Election::Certify {
+            database,
+            election,
+            city,
+            all,
+            by,
+        } => {
+            let election = ElectionId::parse(&election).context("--election")?;
+            let city = match (city, all) {
+                (Some(city), false) => Some(election_core::CityId::parse(&city).context("--city")?),
+                (None, true) => None,
+                _ => bail!("give exactly one of --city C or --all"),
+            };
+            let by = by.map(|by| by.trim().to_owned()).unwrap_or_default();
+            if by.is_empty() || by.chars().any(char::is_control) || by.chars().count() > 200 {
+                bail!("--by must name who certifies (1 to 200 printable characters)");
+            }
+            let pool = pool(&database, 1)?;
+            check_schema(&pool)?;
+            let cities = city.map(|city| vec![city]);
+            let certified =
+                store_pg::definitions::certify(&pool, &election, cities.as_deref(), &by)
+                    .with_context(|| format!("certifying election {election}"))?;
+            print!("{}", certified_text(&election, &certified));
+            Ok(())
+        }
     }
+}
+
+/// The text `election certify` prints.
+pub fn certified_text(
+    election: &ElectionId,
+    certified: &store_pg::definitions::Certified,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (city, how) in &certified.now {
+        let _ = writeln!(
+            out,
+            "certified city {} of election {election} (by {}, at {})",
+            city.as_str(),
+            how.by,
+            how.at
+        );
+    }
+    for (city, how) in &certified.before {
+        let _ = writeln!(
+            out,
+            "city {} of election {election} was certified already (by {}, at {})",
+            city.as_str(),
+            how.by,
+            how.at
+        );
+    }
+    out
 }
 
 /// The text `election show` prints.
@@ -376,6 +430,9 @@ pub fn show(definition: &election_core::Definition) -> String {
             registered.get(&city.id).copied().unwrap_or(0),
             city.name
         );
+        if let Some(how) = definition.certification(&city.id) {
+            let _ = writeln!(out, "  {:<20} certified by {} at {}", "", how.by, how.at);
+        }
     }
     out
 }

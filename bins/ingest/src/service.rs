@@ -228,6 +228,11 @@ pub(crate) fn answer_for(
             StatusCode::OK,
             accepted(report_id, if counted { "counted" } else { "pending" }),
         )),
+        // A certified city has its own error code: clients must stop
+        // retrying or correcting, not fix a revision number.
+        Ok(Outcome::Conflict(conflict @ election_core::Conflict::Certified { .. })) => Err(
+            ApiError::new(StatusCode::CONFLICT, "certified", conflict.to_string()),
+        ),
         Ok(Outcome::Conflict(conflict)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",

@@ -118,7 +118,7 @@ pub fn parameters(
 
 /// An RFC 3339 instant. A `+` of an offset written unencoded in a URL
 /// arrives as a space; it is read as the `+` it was.
-fn instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
     let parse = |text: &str| DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc));
     parse(value)
         .or_else(|error| {
@@ -520,4 +520,65 @@ mod tests {
             error.message()
         );
     }
+}
+
+#[derive(Serialize)]
+struct FlagsBody {
+    election: ElectionId,
+    correction_share: f64,
+    flags: Vec<FlagBody>,
+}
+
+#[derive(Serialize)]
+struct FlagBody {
+    report_id: i64,
+    ballot_box_id: election_core::BallotBoxId,
+    city: election_core::CityId,
+    revision: i32,
+    reason: &'static str,
+    total_votes: i64,
+    previous_total: Option<i64>,
+    electorate: Option<i64>,
+    received_at: String,
+}
+
+/// `GET /v1/elections/{e}/flags`: revisions counted but worth a second
+/// look (`store_pg::history::flags`): more votes than their box's
+/// electorate, or corrections moving a box's total by more than
+/// `FLAG_CORRECTION_SHARE` of its previous total.
+pub async fn flags(
+    State(state): State<AppState>,
+    Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let election = parse_election(&election)?;
+    parameters(query, &[])?;
+    state.elections.check(&election).await?;
+    let pool = state.pg.clone();
+    let target = election.clone();
+    let share = state.flag_correction_share;
+    let rows = election_http::blocking(move || history::flags(&pool, &target, share))
+        .await?
+        .map_err(pg_error)?;
+    Ok(json_response(
+        &FlagsBody {
+            election,
+            correction_share: share,
+            flags: rows
+                .into_iter()
+                .map(|flag| FlagBody {
+                    report_id: flag.report_id,
+                    ballot_box_id: flag.ballot_box,
+                    city: flag.city,
+                    revision: flag.revision,
+                    reason: flag.reason.as_str(),
+                    total_votes: flag.total_votes,
+                    previous_total: flag.previous_total,
+                    electorate: flag.electorate,
+                    received_at: rfc3339_micros(flag.received_at),
+                })
+                .collect(),
+        },
+        state.cache.history.clone(),
+    ))
 }

@@ -41,6 +41,7 @@ use tokio::sync::watch;
 
 use crate::AppState;
 use crate::analytics;
+use crate::asof;
 use crate::live::Current;
 use crate::render::Rendered;
 use crate::stream::{self, Variant};
@@ -97,6 +98,7 @@ fn table() -> Vec<Route> {
         get_route("/v1/elections/{election}/cities", cities),
         get_route("/v1/elections/{election}/cities/{city}/totals", city_totals),
         get_route("/v1/elections/{election}/stream", stream),
+        get_route("/v1/elections/{election}/results.cdf.json", results_cdf),
         get_route(
             "/v1/elections/{election}/analytics/cities",
             analytics::cities,
@@ -106,6 +108,7 @@ fn table() -> Vec<Route> {
             analytics::first_reports,
         ),
         get_route("/v1/elections/{election}/timeline", analytics::timeline),
+        get_route("/v1/elections/{election}/flags", analytics::flags),
         get_route(
             "/v1/elections/{election}/reports.csv",
             analytics::reports_csv,
@@ -285,12 +288,45 @@ async fn definition(
     ))
 }
 
+/// An as-of answer: `body` of the totals as they stood at `at`, cached like
+/// history (see [`crate::asof`]). What stood at a past instant does not
+/// change, so its tag is a hash of the body, and `Last-Modified` the
+/// instant.
+fn as_of_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    at: chrono::DateTime<chrono::Utc>,
+    body: Bytes,
+) -> Response {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    let validators = Validators {
+        tag: format!("asof-{:016x}", hasher.finish()),
+        last_modified: at,
+    };
+    validators.answer(headers, state.cache.history.clone(), || {
+        bytes_response(body, state.cache.history.clone())
+    })
+}
+
 async fn totals(
     State(state): State<AppState>,
     Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let as_of = asof::parameter(query)?;
     let election = existing(&state, &election).await?;
+    if let Some(at) = as_of {
+        let rendered = asof::rendered(&state, &election, at).await?;
+        return Ok(as_of_response(
+            &state,
+            &headers,
+            at,
+            rendered.national.clone(),
+        ));
+    }
     let rendered = state.live.current(&election).await?;
     Ok(live_response(
         &state,
@@ -300,12 +336,32 @@ async fn totals(
     ))
 }
 
-async fn cities(
+/// `GET /v1/elections/{e}/results.cdf.json`: the live totals as a NIST
+/// SP 1500-100 v2 document ([`crate::cdf`]), of the same snapshot version
+/// as the other live answers (same `ETag`).
+async fn results_cdf(
     State(state): State<AppState>,
     Path(election): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let election = existing(&state, &election).await?;
+    let rendered = state.live.current(&election).await?;
+    let body = rendered.cdf();
+    Ok(live_response(&state, &headers, &rendered, body))
+}
+
+async fn cities(
+    State(state): State<AppState>,
+    Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let as_of = asof::parameter(query)?;
+    let election = existing(&state, &election).await?;
+    if let Some(at) = as_of {
+        let rendered = asof::rendered(&state, &election, at).await?;
+        return Ok(as_of_response(&state, &headers, at, rendered.cities()));
+    }
     let rendered = state.live.current(&election).await?;
     Ok(live_response(
         &state,
@@ -318,15 +374,23 @@ async fn cities(
 async fn city_totals(
     State(state): State<AppState>,
     Path((election, city)): Path<(String, String)>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let election = parse_election(&election)?;
     let city = parse_city(&city)?;
+    let as_of = asof::parameter(query)?;
     state.elections.check(&election).await?;
-    let rendered = state.live.current(&election).await?;
+    let rendered = match as_of {
+        Some(at) => Arc::new(asof::rendered(&state, &election, at).await?),
+        None => state.live.current(&election).await?,
+    };
     rendered
         .city(city.as_str())
-        .map(|body| live_response(&state, &headers, &rendered, body))
+        .map(|body| match as_of {
+            Some(at) => as_of_response(&state, &headers, at, body),
+            None => live_response(&state, &headers, &rendered, body),
+        })
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,

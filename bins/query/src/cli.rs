@@ -133,6 +133,10 @@ pub struct Serve {
     /// Seconds between whole reads of a timeline (in between, only its last minutes are read again).
     #[arg(long, env = "TIMELINE_FULL_REFRESH_SECS", default_value_t = DEFAULT_TIMELINE_FULL_REFRESH_SECS)]
     pub timeline_full_refresh_secs: u64,
+    /// A correction is flagged (GET .../flags) when it moves its ballot
+    /// box's total by more than this share of the previous total.
+    #[arg(long, env = "FLAG_CORRECTION_SHARE", default_value_t = 0.2)]
+    pub flag_correction_share: f64,
     /// Longest time, in milliseconds, for a request's headers to arrive (or
     /// for the next request on an idle kept-alive connection); past it the
     /// connection is closed. Bounds slow clients (slowloris); an open

@@ -59,6 +59,11 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     if args.elections_refresh_secs == 0 {
         bail!("--elections-refresh-secs must be at least 1");
     }
+    if !(args.flag_correction_share.is_finite() && args.flag_correction_share > 0.0) {
+        bail!(
+            "--flag-correction-share must be a positive number (0.2: a correction moving a box's total by more than 20% is flagged)"
+        );
+    }
     let cors_origins = CorsOrigins::parse(&args.cors_allowed_origins)
         .map_err(|why| anyhow::anyhow!("--cors-allowed-origins: {why}"))?;
     let pg = store_pg::connect(&args.database_url, args.pg_pool_size, PG_CONNECT_TIMEOUT)
@@ -99,6 +104,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         stream_history: args.stream_history,
         timeline_cache: Duration::from_millis(args.timeline_cache_ms),
         timeline_full_refresh: Duration::from_secs(args.timeline_full_refresh_secs),
+        flag_correction_share: args.flag_correction_share,
         serve: election_http::ServeConfig {
             header_read_timeout: Duration::from_millis(args.header_timeout_ms),
         },

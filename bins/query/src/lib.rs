@@ -13,13 +13,17 @@
 //! - [`render`]: the live bodies, rendered once per snapshot;
 //! - [`stream`]: the stream's snapshot and delta events, rendered once and
 //!   shared by every subscriber;
+//! - [`asof`]: the totals as they stood at an instant, from the log;
+//! - [`cdf`]: the NIST SP 1500-100 export of the live totals;
 //! - [`api`]: the routes, the live handlers and the stream;
 //! - [`analytics`] and [`timeline`]: the history endpoints;
 //! - [`audit`]: the sealed log's published heads.
 
 pub mod analytics;
 pub mod api;
+pub mod asof;
 pub mod audit;
+pub mod cdf;
 pub mod cli;
 pub mod commands;
 pub mod elections;
@@ -82,6 +86,9 @@ pub struct Settings {
     pub timeline_cache: Duration,
     /// How often a timeline is read whole rather than from its last minutes.
     pub timeline_full_refresh: Duration,
+    /// A correction moving its box's total by more than this share of the
+    /// previous total is flagged.
+    pub flag_correction_share: f64,
     /// Connection handling: the header-read deadline (slowloris). Streams
     /// are responses being written, which it never cuts.
     pub serve: election_http::ServeConfig,
@@ -123,6 +130,8 @@ pub struct AppState {
     pub elections: Arc<Elections>,
     /// `Cache-Control` of answers.
     pub cache: CachePolicy,
+    /// See [`Settings::flag_correction_share`].
+    pub flag_correction_share: f64,
 }
 
 /// Serves the read API on `listener` until `shutdown` resolves, then stops
@@ -178,6 +187,7 @@ pub async fn run(
         metrics,
         subscribers: Arc::new(AtomicI64::new(0)),
         keep_alive: settings.keep_alive,
+        flag_correction_share: settings.flag_correction_share,
     };
     let app = api::router(state, services.ready, settings.cors_origins);
     // Streams never end by themselves: the server's graceful shutdown would wait

@@ -413,7 +413,8 @@ impl Live {
                         Some((_, version)) => next_version(*version, as_of.timestamp_millis()),
                         None => next_version(0, as_of.timestamp_millis()),
                     };
-                    let mut rendered = renderer.render(&grid, version, as_of);
+                    let grid = Arc::new(grid);
+                    let mut rendered = renderer.render(Arc::clone(&grid), version, as_of);
                     self.metrics.inc(
                         "query_rendered_cities_total",
                         "City entries serialised by refreshes (only those whose counters moved).",
@@ -450,7 +451,7 @@ impl Live {
                         tracing::info!(election.id = %election, "reading the live totals works again");
                         failing = false;
                     }
-                    previous = Some((Arc::new(grid), version));
+                    previous = Some((grid, version));
                     continue;
                 }
                 Ok(Err(error)) => error.to_string(),

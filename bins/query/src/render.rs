@@ -32,6 +32,18 @@
 //! election these fields are `null`. `ballot_boxes_reported` counts ballot
 //! boxes, not reports: revisions and replays of a box do not count it twice.
 //!
+//! # Status and turnout
+//!
+//! Every scope carries its `status` (`election_core::Status`) and, where the
+//! definition gives the electorate (a city's `electorate = N`; the nation's
+//! when every city has one), `electorate` and `turnout` (`100 × votes /
+//! electorate`, one decimal, not capped: more votes than voters shows);
+//! otherwise both are `null`. Cities carry `certified` (who and when, or
+//! `null`). A city's status and certification come from its ballot boxes and
+//! the definition (certifications are part of it and move its version): a
+//! new definition renders every city again, so a certified city's cached
+//! entry is never served stale.
+//!
 //! # Counters that cannot be read
 //!
 //! A counter key holding something that is not an integer (typed by hand)
@@ -47,7 +59,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use election_core::{CityId, Definition, ElectionId, Grid, PartyId};
+use election_core::{CityId, Definition, ElectionId, Grid, PartyId, Status};
 use serde::Serialize;
 
 use crate::stream::{self, Delta, Variant};
@@ -73,6 +85,9 @@ struct ScopeTotals<'a> {
     ballot_boxes_reported: u64,
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
+    status: Status,
+    electorate: Option<u64>,
+    turnout: Option<f64>,
 }
 
 /// `GET /v1/elections/{e}/totals`.
@@ -87,6 +102,9 @@ struct NationalBody<'a> {
     ballot_boxes_reported: u64,
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
+    status: Status,
+    electorate: Option<u64>,
+    turnout: Option<f64>,
     as_of: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     unreadable_counters: &'a [String],
@@ -104,6 +122,17 @@ struct CityItem<'a> {
     ballot_boxes_reported: u64,
     ballot_boxes_expected: Option<u64>,
     percent_reporting: Option<f64>,
+    status: Status,
+    certified: Option<Certified<'a>>,
+    electorate: Option<u64>,
+    turnout: Option<f64>,
+}
+
+/// Who certified a city, and when.
+#[derive(Serialize, Clone, Copy)]
+struct Certified<'a> {
+    by: &'a str,
+    at: &'a str,
 }
 
 /// One party in `GET /v1/elections/{e}`.
@@ -144,6 +173,16 @@ pub fn percent_reporting(reported: u64, expected: u64) -> f64 {
     ((percent * 10.0).round() / 10.0).min(100.0)
 }
 
+/// `100 × votes / electorate`, one decimal; not capped, so a scope that
+/// reports more votes than voters shows it.
+pub fn turnout(votes: i64, electorate: u64) -> Option<f64> {
+    if electorate == 0 {
+        return None;
+    }
+    let percent = (votes as f64) * 100.0 / (electorate as f64);
+    Some((percent * 10.0).round() / 10.0)
+}
+
 /// The leader (or the tie) of a scope; see the module docs.
 pub fn leader(parties: &BTreeMap<PartyId, i64>) -> (Option<Leader<'_>>, Vec<&PartyId>) {
     let mut ranked: Vec<(&PartyId, i64)> = parties.iter().map(|(p, n)| (p, *n)).collect();
@@ -178,6 +217,40 @@ fn total(parties: &BTreeMap<PartyId, i64>) -> i64 {
     parties.values().sum()
 }
 
+/// One scope's figures, kept structured for the exports that are not
+/// pre-rendered (the NIST document, [`crate::cdf`]).
+#[derive(Debug, Clone)]
+pub struct ScopeRow {
+    /// The city (`None`: the nation).
+    pub id: Option<CityId>,
+    /// Its display name, when defined.
+    pub name: Option<String>,
+    /// Votes by party.
+    pub parties: BTreeMap<PartyId, i64>,
+    /// Ballot boxes reported.
+    pub reported: u64,
+    /// Ballot boxes expected, when defined.
+    pub expected: Option<u64>,
+    /// Its status.
+    pub status: Status,
+}
+
+/// The figures of a version, structured.
+#[derive(Debug, Clone)]
+pub struct Counts {
+    /// The election.
+    pub election: ElectionId,
+    /// Its display name, when defined.
+    pub name: Option<String>,
+    /// Every party, in the definition's order (then any counted but not
+    /// defined), with its name and colour when defined.
+    pub parties: Vec<(PartyId, Option<(String, election_core::Colour)>)>,
+    /// The national scope.
+    pub national: ScopeRow,
+    /// Every city, in id order.
+    pub cities: Vec<ScopeRow>,
+}
+
 /// One version of an election with its bodies: rendered by a [`Renderer`],
 /// shared by every reader and stream subscriber of that version.
 ///
@@ -196,6 +269,18 @@ pub struct Rendered {
     pub national: Bytes,
     /// `GET /v1/elections/{e}`: shared by every version of one definition.
     pub definition: Bytes,
+    /// The definition the bodies were rendered with (as-of answers render
+    /// with it too).
+    pub(crate) source: Option<Arc<Definition>>,
+    /// The election.
+    pub(crate) election: ElectionId,
+    /// The counters the bodies were rendered from: what the NIST document
+    /// is built from, when first asked for.
+    grid: Arc<Grid>,
+    /// The national status.
+    national_status: Status,
+    /// The NIST document of this version, rendered when first asked for.
+    cdf: OnceLock<Bytes>,
     /// `GET .../cities`, put together when first asked for.
     cities: OnceLock<Bytes>,
     /// Every city's entry of the city list and of stream events, in city
@@ -227,6 +312,9 @@ struct CityEntry {
     /// Its counters in the renderer's party order (`None`: absent).
     values: Box<[Option<i64>]>,
     boxes: u64,
+    /// Its status when rendered (it follows `boxes` and the definition,
+    /// whose changes render every city again).
+    status: Status,
     item: Arc<str>,
 }
 
@@ -272,7 +360,8 @@ impl Renderer {
     }
 
     /// Uses `definition` from the next version on; every city is rendered
-    /// again (names and expected ballot boxes may have changed).
+    /// again (names, expected ballot boxes, electorates and certifications
+    /// may have changed: certifying a city moves the definition).
     pub fn set_definition(&mut self, definition: Option<Arc<Definition>>) {
         let mut defined: Vec<CityId> = definition
             .as_deref()
@@ -291,7 +380,13 @@ impl Renderer {
     }
 
     /// The version `version` of `grid`, read at `as_of`.
-    pub fn render(&mut self, grid: &Grid, version: u64, as_of: DateTime<Utc>) -> Rendered {
+    pub fn render(
+        &mut self,
+        grid: impl Into<Arc<Grid>>,
+        version: u64,
+        as_of: DateTime<Utc>,
+    ) -> Rendered {
+        let grid: Arc<Grid> = grid.into();
         let as_of_text = as_of.to_rfc3339_opts(SecondsFormat::Millis, true);
         if !(Arc::ptr_eq(&self.parties, &grid.parties) || self.parties == grid.parties) {
             self.parties = Arc::clone(&grid.parties);
@@ -300,39 +395,7 @@ impl Renderer {
         let definition = self.definition.clone();
         let definition = definition.as_deref();
 
-        let national: BTreeMap<PartyId, i64> = grid
-            .parties
-            .iter()
-            .zip(&grid.national)
-            .map(|(party, n)| (party.clone(), n.unwrap_or(0)))
-            .collect();
-        let national_expected = definition.map(Definition::expected_ballot_boxes);
-        let national_percent =
-            national_expected.map(|e| percent_reporting(grid.ballot_boxes_reported, e));
-        let (lead, tied) = leader(&national);
-        let national_body = json(&NationalBody {
-            election: &self.election,
-            scope: "national",
-            parties: &national,
-            total_votes: total(&national),
-            leader: lead.clone(),
-            tied: tied.clone(),
-            ballot_boxes_reported: grid.ballot_boxes_reported,
-            ballot_boxes_expected: national_expected,
-            percent_reporting: national_percent,
-            as_of: &as_of_text,
-            unreadable_counters: &grid.unreadable,
-        });
-        let national_item = json(&ScopeTotals {
-            parties: &national,
-            total_votes: total(&national),
-            leader: lead,
-            tied,
-            ballot_boxes_reported: grid.ballot_boxes_reported,
-            ballot_boxes_expected: national_expected,
-            percent_reporting: national_percent,
-        });
-
+        // The cities first: the national status is derived from theirs.
         // The cities read merged with the defined ones, both in order; the
         // previous entries walked alongside, in order too: no lookups.
         let width = grid.parties.len();
@@ -381,11 +444,13 @@ impl Renderer {
                 }
                 was => {
                     rendered += 1;
-                    let item = render_item(city, &grid.parties, values, boxes, definition);
+                    let (item, status) =
+                        render_item(city, &grid.parties, values, boxes, definition);
                     entries.push(CityEntry {
                         city: was.map_or_else(|| Arc::from(city.as_str()), |entry| entry.city),
                         values: values.into(),
                         boxes,
+                        status,
                         item: Arc::from(item),
                     });
                 }
@@ -393,6 +458,53 @@ impl Renderer {
         }
         self.entries = entries;
         self.last_rendered = rendered;
+
+        let national: BTreeMap<PartyId, i64> = grid
+            .parties
+            .iter()
+            .zip(&grid.national)
+            .map(|(party, n)| (party.clone(), n.unwrap_or(0)))
+            .collect();
+        let national_expected = definition.map(Definition::expected_ballot_boxes);
+        let national_percent =
+            national_expected.map(|e| percent_reporting(grid.ballot_boxes_reported, e));
+        let national_status = national_status(
+            definition,
+            grid.ballot_boxes_reported,
+            self.entries.iter().map(|entry| entry.status),
+        );
+        let national_electorate = definition.and_then(Definition::electorate);
+        let national_turnout = national_electorate.and_then(|e| turnout(total(&national), e));
+        let (lead, tied) = leader(&national);
+        let national_body = json(&NationalBody {
+            election: &self.election,
+            scope: "national",
+            parties: &national,
+            total_votes: total(&national),
+            leader: lead.clone(),
+            tied: tied.clone(),
+            ballot_boxes_reported: grid.ballot_boxes_reported,
+            ballot_boxes_expected: national_expected,
+            percent_reporting: national_percent,
+            status: national_status,
+            electorate: national_electorate,
+            turnout: national_turnout,
+            as_of: &as_of_text,
+            unreadable_counters: &grid.unreadable,
+        });
+        let national_item = json(&ScopeTotals {
+            parties: &national,
+            total_votes: total(&national),
+            leader: lead,
+            tied,
+            ballot_boxes_reported: grid.ballot_boxes_reported,
+            ballot_boxes_expected: national_expected,
+            percent_reporting: national_percent,
+            status: national_status,
+            electorate: national_electorate,
+            turnout: national_turnout,
+        });
+
         let items = self
             .entries
             .iter()
@@ -403,12 +515,17 @@ impl Renderer {
             as_of,
             national: Bytes::from(national_body),
             definition: self.definition_body.clone(),
+            source: self.definition.clone(),
+            election: self.election.clone(),
+            unreadable: grid.unreadable.clone(),
+            grid,
+            national_status,
+            cdf: OnceLock::new(),
             cities: OnceLock::new(),
             as_of_json: Arc::from(json(&as_of_text)),
             items,
             national_item: Arc::from(national_item),
             election_json: Arc::clone(&self.election_json),
-            unreadable: grid.unreadable.clone(),
             recent: Arc::from(Vec::new()),
             snapshot_all: OnceLock::new(),
             snapshot_national: OnceLock::new(),
@@ -452,23 +569,50 @@ impl Renderer {
     }
 }
 
-/// A city's entry (`CityItem`) from its counters in `parties` order.
+/// A defined election's status follows its cities; an undefined one only
+/// knows whether anything reported.
+fn national_status(
+    definition: Option<&Definition>,
+    reported: u64,
+    cities: impl IntoIterator<Item = Status>,
+) -> Status {
+    match definition {
+        Some(_) => Status::national(cities),
+        None => Status::of(reported, None, false),
+    }
+}
+
+/// A city's status from its ballot boxes and the definition.
+fn city_status(city: &CityId, boxes: u64, definition: Option<&Definition>) -> Status {
+    let expected = definition
+        .and_then(|d| d.city(city))
+        .map(|c| u64::from(c.expected_ballot_boxes));
+    let certified = definition.and_then(|d| d.certification(city)).is_some();
+    Status::of(boxes, expected, certified)
+}
+
+/// A city's entry (`CityItem`) from its counters in `parties` order, with
+/// its status.
 fn render_item(
     city: &CityId,
     parties: &[PartyId],
     values: &[Option<i64>],
     boxes: u64,
     definition: Option<&Definition>,
-) -> String {
-    let counts: BTreeMap<PartyId, i64> = parties
-        .iter()
-        .zip(values)
-        .filter_map(|(party, n)| n.map(|n| (party.clone(), n)))
-        .collect();
+) -> (String, Status) {
+    let counts = city_counts(parties, values);
     let defined = definition.and_then(|d| d.city(city));
     let expected = defined.map(|c| u64::from(c.expected_ballot_boxes));
+    let certified = definition
+        .and_then(|d| d.certification(city))
+        .map(|c| Certified {
+            by: &c.by,
+            at: &c.at,
+        });
+    let status = city_status(city, boxes, definition);
+    let electorate = defined.and_then(|c| c.electorate).map(u64::from);
     let (lead, tied) = leader(&counts);
-    json(&CityItem {
+    let item = json(&CityItem {
         city,
         name: defined.map(|c| c.name.as_str()),
         parties: &counts,
@@ -478,13 +622,26 @@ fn render_item(
         ballot_boxes_reported: boxes,
         ballot_boxes_expected: expected,
         percent_reporting: expected.map(|e| percent_reporting(boxes, e)),
-    })
+        status,
+        certified,
+        electorate,
+        turnout: electorate.and_then(|e| turnout(total(&counts), e)),
+    });
+    (item, status)
+}
+
+/// A city's counters by party (absent counters left out).
+fn city_counts(parties: &[PartyId], values: &[Option<i64>]) -> BTreeMap<PartyId, i64> {
+    parties
+        .iter()
+        .zip(values)
+        .filter_map(|(party, n)| n.map(|n| (party.clone(), n)))
+        .collect()
 }
 
 impl Rendered {
-    /// Renders every body of `snapshot` from scratch (tests build versions
-    /// this way; the feeds keep a [`Renderer`]).
-    #[cfg(test)]
+    /// Renders every body of `snapshot` from scratch (as-of answers and
+    /// tests build versions this way; the feeds keep a [`Renderer`]).
     pub fn new(
         election: &ElectionId,
         snapshot: &election_core::Snapshot,
@@ -494,7 +651,81 @@ impl Rendered {
     ) -> Rendered {
         let mut renderer = Renderer::new(election.clone());
         renderer.set_definition(definition.cloned().map(Arc::new));
-        renderer.render(&Grid::from_snapshot(snapshot), version, as_of)
+        renderer.render(Grid::from_snapshot(snapshot), version, as_of)
+    }
+
+    /// The NIST SP 1500-100 document of this version ([`crate::cdf`]),
+    /// rendered once and then shared.
+    pub fn cdf(&self) -> Bytes {
+        self.cdf
+            .get_or_init(|| Bytes::from(crate::cdf::render(&self.counts(), self.as_of)))
+            .clone()
+    }
+
+    /// The figures of this version, structured (every listed city, in
+    /// order, and the nation).
+    pub fn counts(&self) -> Counts {
+        let grid = &*self.grid;
+        let definition = self.source.as_deref();
+        let cities = self
+            .items
+            .iter()
+            .filter_map(|(city, _)| CityId::parse(city).ok())
+            .map(|city| {
+                let row = grid.cities.binary_search(&city).ok();
+                let parties = row.map_or_else(BTreeMap::new, |index| {
+                    city_counts(&grid.parties, grid.row(index))
+                });
+                let reported = row
+                    .and_then(|index| grid.boxes.get(index))
+                    .copied()
+                    .unwrap_or(0);
+                let defined = definition.and_then(|d| d.city(&city));
+                ScopeRow {
+                    name: defined.map(|c| c.name.clone()),
+                    expected: defined.map(|c| u64::from(c.expected_ballot_boxes)),
+                    status: city_status(&city, reported, definition),
+                    parties,
+                    reported,
+                    id: Some(city),
+                }
+            })
+            .collect();
+        let national: BTreeMap<PartyId, i64> = grid
+            .parties
+            .iter()
+            .zip(&grid.national)
+            .map(|(party, n)| (party.clone(), n.unwrap_or(0)))
+            .collect();
+        Counts {
+            election: self.election.clone(),
+            name: definition.map(|d| d.name().to_owned()),
+            parties: match definition {
+                Some(d) => d
+                    .parties()
+                    .iter()
+                    .map(|p| (p.id.clone(), Some((p.name.clone(), p.colour.clone()))))
+                    // A party counted but no longer defined cannot happen
+                    // (definitions only grow); listed anyway if it does.
+                    .chain(
+                        national
+                            .keys()
+                            .filter(|p| !d.parties().iter().any(|defined| &defined.id == *p))
+                            .map(|p| (p.clone(), None)),
+                    )
+                    .collect(),
+                None => national.keys().map(|p| (p.clone(), None)).collect(),
+            },
+            national: ScopeRow {
+                id: None,
+                name: definition.map(|d| d.name().to_owned()),
+                reported: grid.ballot_boxes_reported,
+                expected: definition.map(Definition::expected_ballot_boxes),
+                status: self.national_status,
+                parties: national,
+            },
+            cities,
+        }
     }
 
     /// `GET .../cities`: every city's entry, put together the first time it
@@ -679,11 +910,11 @@ mod tests {
         let rendered = Rendered::new(&election, &snapshot, None, 7, as_of);
         assert_eq!(
             std::str::from_utf8(&rendered.national).unwrap(),
-            r#"{"election":"2025","scope":"national","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
+            r#"{"election":"2025","scope":"national","parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"status":"partial","electorate":null,"turnout":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
         );
         assert_eq!(
             std::str::from_utf8(&rendered.city("london").unwrap()).unwrap(),
-            r#"{"election":"2025","scope":"city","city":"london","name":null,"parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
+            r#"{"election":"2025","scope":"city","city":"london","name":null,"parties":{"labour":200,"tories":120},"total_votes":320,"leader":{"party":"labour","votes":200,"margin":80},"tied":[],"ballot_boxes_reported":1,"ballot_boxes_expected":null,"percent_reporting":null,"status":"partial","certified":null,"electorate":null,"turnout":null,"as_of":"2025-09-15T18:12:00.000Z"}"#
         );
         assert!(rendered.city("paris").is_none());
         let cities: serde_json::Value = serde_json::from_slice(&rendered.cities()).unwrap();
@@ -766,7 +997,7 @@ mod tests {
     fn a_city_is_rendered_again_only_when_its_values_move() {
         let mut renderer = Renderer::new(ElectionId::parse("2025").unwrap());
         let first = renderer.render(
-            &grid(
+            grid(
                 &[("leeds", [Some(1), None]), ("york", [Some(2), Some(3)])],
                 1,
             ),
@@ -777,7 +1008,7 @@ mod tests {
 
         // York moves; Leeds is the very same entry.
         let second = renderer.render(
-            &grid(
+            grid(
                 &[("leeds", [Some(1), None]), ("york", [Some(2), Some(4)])],
                 1,
             ),
@@ -791,7 +1022,7 @@ mod tests {
         assert_eq!(york["parties"], serde_json::json!({"a": 2, "b": 4}));
         // A counter that appears with 0 is a move too (the party is listed).
         let third = renderer.render(
-            &grid(
+            grid(
                 &[("leeds", [Some(1), Some(0)]), ("york", [Some(2), Some(4)])],
                 1,
             ),
@@ -803,7 +1034,7 @@ mod tests {
         // Boxes moving re-render too; nothing moving renders nothing, but the
         // bodies carry the new as_of.
         renderer.render(
-            &grid(
+            grid(
                 &[("leeds", [Some(1), Some(0)]), ("york", [Some(2), Some(4)])],
                 2,
             ),
@@ -812,7 +1043,7 @@ mod tests {
         );
         assert_eq!(renderer.last_rendered(), 2);
         let same = renderer.render(
-            &grid(
+            grid(
                 &[("leeds", [Some(1), Some(0)]), ("york", [Some(2), Some(4)])],
                 2,
             ),
@@ -829,7 +1060,7 @@ mod tests {
 
         // A new city renders only itself; a city gone is gone.
         let grown = renderer.render(
-            &grid(
+            grid(
                 &[("bath", [None, Some(7)]), ("york", [Some(2), Some(4)])],
                 2,
             ),
@@ -846,8 +1077,8 @@ mod tests {
     fn new_parties_or_a_new_definition_render_every_city_again() {
         let mut renderer = Renderer::new(ElectionId::parse("2025").unwrap());
         let rows = [("leeds", [Some(1), None]), ("york", [Some(2), Some(3)])];
-        renderer.render(&grid(&rows, 1), 1, at(0));
-        renderer.render(&grid(&rows, 1), 1, at(200));
+        renderer.render(grid(&rows, 1), 1, at(0));
+        renderer.render(grid(&rows, 1), 1, at(200));
         assert_eq!(renderer.last_rendered(), 0);
         let mut wider = grid(&rows, 1);
         wider.parties = ["a", "b"]
@@ -855,19 +1086,96 @@ mod tests {
             .map(|p| PartyId::parse(p).unwrap())
             .collect();
         // The same parties in a new list: nothing to render again.
-        renderer.render(&wider, 1, at(400));
+        renderer.render(wider, 1, at(400));
         assert_eq!(renderer.last_rendered(), 0);
         let mut other = grid(&rows, 1);
         other.parties = ["a", "c"]
             .iter()
             .map(|p| PartyId::parse(p).unwrap())
             .collect();
-        let rendered = renderer.render(&other, 2, at(600));
+        let rendered = renderer.render(other.clone(), 2, at(600));
         assert_eq!(renderer.last_rendered(), 2);
         assert!(rendered.item("york").unwrap().contains("\"c\":3"));
 
         renderer.set_definition(None);
-        renderer.render(&other, 3, at(800));
+        renderer.render(other, 3, at(800));
         assert_eq!(renderer.last_rendered(), 2);
+    }
+
+    #[test]
+    fn certifying_a_city_renders_it_again_with_its_status() {
+        let definition = Definition::from_toml(
+            r##"
+id = "2025"
+name = "General election 2025"
+
+[[parties]]
+id = "a"
+name = "A"
+colour = "#e4003b"
+
+[[parties]]
+id = "b"
+name = "B"
+colour = "#0087dc"
+
+[[cities]]
+id = "leeds"
+name = "Leeds"
+expected_ballot_boxes = 1
+electorate = 10
+
+[[cities]]
+id = "york"
+name = "York"
+expected_ballot_boxes = 2
+"##,
+        )
+        .unwrap();
+        let mut renderer = Renderer::new(ElectionId::parse("2025").unwrap());
+        renderer.set_definition(Some(Arc::new(definition.clone())));
+        let rows = [("leeds", [Some(4), Some(1)]), ("york", [Some(2), Some(3)])];
+        let first = renderer.render(grid(&rows, 1), 1, at(0));
+        let leeds: serde_json::Value =
+            serde_json::from_slice(&first.city("leeds").unwrap()).unwrap();
+        assert_eq!(leeds["status"], "complete");
+        assert_eq!(leeds["certified"], serde_json::Value::Null);
+        assert_eq!(leeds["electorate"], 10);
+        assert_eq!(leeds["turnout"], 50.0);
+        let national: serde_json::Value = serde_json::from_slice(&first.national).unwrap();
+        assert_eq!(national["status"], "partial");
+        assert_eq!(national["electorate"], serde_json::Value::Null);
+        renderer.render(grid(&rows, 1), 1, at(200));
+        assert_eq!(renderer.last_rendered(), 0);
+
+        // Certifying moves the definition, not the counters: every city is
+        // rendered again and Leeds says so.
+        let certified = definition.with_certifications([(
+            CityId::parse("leeds").unwrap(),
+            election_core::Certification {
+                by: "returning officer".into(),
+                at: "2025-09-15T22:00:00Z".into(),
+            },
+        )]);
+        renderer.set_definition(Some(Arc::new(certified)));
+        let second = renderer.render(grid(&rows, 1), 2, at(400));
+        assert_eq!(renderer.last_rendered(), 2);
+        let leeds: serde_json::Value =
+            serde_json::from_slice(&second.city("leeds").unwrap()).unwrap();
+        assert_eq!(leeds["status"], "certified");
+        assert_eq!(leeds["certified"]["by"], "returning officer");
+        let list: serde_json::Value = serde_json::from_slice(&second.cities()).unwrap();
+        assert_eq!(list["cities"][0]["status"], "certified");
+        assert_eq!(list["cities"][1]["status"], "partial");
+
+        // The structured figures agree with the bodies.
+        let counts = second.counts();
+        assert_eq!(counts.name.as_deref(), Some("General election 2025"));
+        assert_eq!(counts.cities.len(), 2);
+        assert_eq!(counts.cities[0].status, Status::Certified);
+        assert_eq!(counts.cities[1].status, Status::Partial);
+        assert_eq!(counts.cities[1].expected, Some(2));
+        assert_eq!(counts.national.status, Status::Partial);
+        assert_eq!(counts.national.parties.values().sum::<i64>(), 10);
     }
 }

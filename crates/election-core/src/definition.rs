@@ -21,6 +21,12 @@
 //! # Optional: the registry, city -> its ballot boxes.
 //! [ballot_boxes]
 //! london = ["BB1", "BB2"]
+//!
+//! # Optional: voters registered per ballot box (a city's total is its
+//! # `electorate = N` key). Turnout is reported where it is known, and a
+//! # report with more votes than its box's electorate is flagged.
+//! [electorate]
+//! BB1 = 1200
 //! ```
 //!
 //! [`Definition::from_toml`] checks the whole file and reports **every**
@@ -106,6 +112,20 @@ pub struct CityDefinition {
     /// How many ballot boxes will report from it: the denominator of its
     /// percent reporting. At least the number of boxes registered in it.
     pub expected_ballot_boxes: u32,
+    /// Voters registered in the city (`electorate = N`), when known: the
+    /// denominator of its turnout.
+    pub electorate: Option<u32>,
+}
+
+/// Who certified a city, and when (SPEC §9): its results are final from
+/// then on. Kept with the definition because it changes what the election
+/// accepts, as the definition does, and travels with it to every cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certification {
+    /// Who certified it, as given to `election certify --by`.
+    pub by: String,
+    /// When, as RFC 3339 text (UTC).
+    pub at: String,
 }
 
 /// What a [`DefinitionLookup`] found.
@@ -141,6 +161,10 @@ pub struct Definition {
     parties: Vec<PartyDefinition>,
     cities: Vec<CityDefinition>,
     ballot_boxes: BTreeMap<BallotBoxId, CityId>,
+    /// Certified cities (stored apart from the file; see [`Certification`]).
+    certified: BTreeMap<CityId, Certification>,
+    /// Voters registered per ballot box (`[electorate]`).
+    box_electorates: BTreeMap<BallotBoxId, u32>,
     // Indexes for `check_report`, which runs for every report posted.
     party_index: HashSet<PartyId>,
     city_index: HashMap<CityId, usize>,
@@ -153,6 +177,8 @@ impl PartialEq for Definition {
             && self.parties == other.parties
             && self.cities == other.cities
             && self.ballot_boxes == other.ballot_boxes
+            && self.certified == other.certified
+            && self.box_electorates == other.box_electorates
     }
 }
 
@@ -478,6 +504,54 @@ impl Definition {
         &self.ballot_boxes
     }
 
+    /// The certified cities, by city.
+    pub fn certifications(&self) -> &BTreeMap<CityId, Certification> {
+        &self.certified
+    }
+
+    /// Whether (and by whom) `city` is certified.
+    pub fn certification(&self, city: &CityId) -> Option<&Certification> {
+        self.certified.get(city)
+    }
+
+    /// The definition with these certifications (a store reading them back).
+    /// Certifications of cities the definition does not define are dropped:
+    /// a city is never removed from a definition, so there are none.
+    pub fn with_certifications(
+        mut self,
+        certified: impl IntoIterator<Item = (CityId, Certification)>,
+    ) -> Definition {
+        self.certified = certified
+            .into_iter()
+            .filter(|(city, _)| self.city_index.contains_key(city))
+            .collect();
+        self
+    }
+
+    /// Voters registered per ballot box, where the definition gives them.
+    pub fn box_electorates(&self) -> &BTreeMap<BallotBoxId, u32> {
+        &self.box_electorates
+    }
+
+    /// The definition with these box electorates (a store reading them back;
+    /// zeros are dropped, as the file cannot give them).
+    pub fn with_box_electorates(
+        mut self,
+        electorates: impl IntoIterator<Item = (BallotBoxId, u32)>,
+    ) -> Definition {
+        self.box_electorates = electorates.into_iter().filter(|(_, n)| *n > 0).collect();
+        self
+    }
+
+    /// Voters registered in the whole election: the sum over cities when
+    /// every city gives its electorate, else `None`.
+    pub fn electorate(&self) -> Option<u64> {
+        self.cities
+            .iter()
+            .map(|c| c.electorate.map(u64::from))
+            .sum()
+    }
+
     /// Ballot boxes expected in the whole election (the sum over cities).
     pub fn expected_ballot_boxes(&self) -> u64 {
         self.cities
@@ -612,9 +686,44 @@ impl Definition {
     }
 }
 
-const ROOT_KEYS: &[&str] = &["id", "name", "parties", "cities", "ballot_boxes"];
+const ROOT_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "parties",
+    "cities",
+    "ballot_boxes",
+    "electorate",
+];
 const PARTY_KEYS: &[&str] = &["id", "name", "colour"];
-const CITY_KEYS: &[&str] = &["id", "name", "expected_ballot_boxes"];
+const CITY_KEYS: &[&str] = &["id", "name", "expected_ballot_boxes", "electorate"];
+
+/// Most voters one city or ballot box may register.
+pub const MAX_ELECTORATE: u32 = 100_000_000;
+
+/// An integer from 1 to `max`, or a problem naming `what`.
+fn positive(
+    value: &Spanned<DeValue<'_>>,
+    max: u32,
+    what: &str,
+    problems: &mut Problems<'_>,
+) -> Option<u32> {
+    let number = match value.get_ref() {
+        DeValue::Integer(integer) => {
+            i64::from_str_radix(&integer.as_str().replace('_', ""), integer.radix()).ok()
+        }
+        _ => None,
+    };
+    match number {
+        Some(n) if (1..=i64::from(max)).contains(&n) => u32::try_from(n).ok(),
+        _ => {
+            problems.at(
+                value.span().start,
+                format!("{what} must be an integer from 1 to {max}"),
+            );
+            None
+        }
+    }
+}
 
 fn read_document(root: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<Definition> {
     let fields = Fields::new(root, 0, "the definition", ROOT_KEYS, problems);
@@ -637,6 +746,7 @@ fn read_document(root: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<Defi
         .filter_map(|(n, (table, offset))| read_city(table, offset, n + 1, problems))
         .collect::<Vec<_>>();
     let ballot_boxes = read_registry(&fields, problems);
+    let box_electorates = read_box_electorates(&fields, problems);
     // The rules across entries are checked even when the election's own id
     // or name is wrong, so that one run reports every problem; the caller
     // returns nothing when any problem was found.
@@ -650,7 +760,25 @@ fn read_document(root: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<Defi
         ballot_boxes,
         problems,
     );
-    complete.then_some(definition)
+    // A box given an electorate must be registered when there is a registry
+    // (a typo would otherwise silently never flag).
+    let mut electorates = BTreeMap::new();
+    for At { value, offset } in box_electorates {
+        let (ballot_box, n) = value;
+        if !definition.ballot_boxes.is_empty() && !definition.ballot_boxes.contains_key(&ballot_box)
+        {
+            problems.at(
+                offset,
+                format!(
+                    "ballot box {:?} in [electorate] is not registered in [ballot_boxes]",
+                    ballot_box.as_str()
+                ),
+            );
+            continue;
+        }
+        electorates.insert(ballot_box, n);
+    }
+    complete.then(|| definition.with_box_electorates(electorates))
 }
 
 fn array_of_tables<'a, 'i>(
@@ -759,12 +887,23 @@ fn read_city(
                 }
             }
         });
+    // A bad electorate is reported, but keeps the city (its boxes would
+    // otherwise each be reported as in an undefined city).
+    let electorate = fields.optional("electorate").and_then(|value| {
+        positive(
+            value,
+            MAX_ELECTORATE,
+            &format!("electorate of {what}"),
+            problems,
+        )
+    });
     let ((id, offset), name, expected_ballot_boxes) = (id?, name?, expected?);
     Some(At {
         value: CityDefinition {
             id,
             name,
             expected_ballot_boxes,
+            electorate,
         },
         offset,
     })
@@ -831,6 +970,44 @@ fn read_registry(
     // "first on line N" names the first one written.
     registry.sort_by_key(|entry| entry.offset);
     registry
+}
+
+fn read_box_electorates(
+    fields: &Fields<'_, '_>,
+    problems: &mut Problems<'_>,
+) -> Vec<At<(BallotBoxId, u32)>> {
+    let Some(value) = fields.optional("electorate") else {
+        return Vec::new();
+    };
+    let DeValue::Table(table) = value.get_ref() else {
+        problems.at(
+            value.span().start,
+            "\"electorate\" must be a table of ballot box = voters, written [electorate]",
+        );
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for (key, n) in table.iter() {
+        let ballot_box = match BallotBoxId::parse(key.get_ref()) {
+            Ok(ballot_box) => ballot_box,
+            Err(p) => {
+                problems.at(
+                    key.span().start,
+                    format!("ballot box id in [electorate] {}", p.message()),
+                );
+                continue;
+            }
+        };
+        let what = format!("the electorate of ballot box {:?}", ballot_box.as_str());
+        if let Some(n) = positive(n, MAX_ELECTORATE, &what, problems) {
+            found.push(At {
+                value: (ballot_box, n),
+                offset: key.span().start,
+            });
+        }
+    }
+    found.sort_by_key(|entry| entry.offset);
+    found
 }
 
 /// The rules across entries: unique ids, registered boxes in defined cities,
@@ -942,6 +1119,8 @@ fn assemble(
         cities: kept_cities,
         city_index,
         ballot_boxes: registry,
+        certified: BTreeMap::new(),
+        box_electorates: BTreeMap::new(),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod reconcile;
 pub mod report;
 pub mod rules;
+pub mod status;
 pub mod store;
 
 #[cfg(feature = "test-support")]
@@ -18,8 +19,8 @@ pub mod contract;
 pub mod memory;
 
 pub use definition::{
-    Additions, CityDefinition, Colour, Definition, DefinitionError, DefinitionLookup, LineProblem,
-    Lookup, PartyDefinition, UpdateError,
+    Additions, Certification, CityDefinition, Colour, Definition, DefinitionError,
+    DefinitionLookup, LineProblem, Lookup, PartyDefinition, UpdateError,
 };
 pub use engine::{CountResult, Drained, Engine, Outcome};
 pub use error::{BoxError, Problem, ReportError, StoreError};
@@ -27,6 +28,7 @@ pub use grid::{Fingerprint, Grid};
 pub use ids::{BallotBoxId, CityId, DefinitionVersion, ElectionId, PartyId};
 pub use report::{Difference, PayloadHash, Report, Revision, Votes};
 pub use rules::Conflict;
+pub use status::Status;
 pub use store::{
     Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportId, ReportLog,
     Snapshot, StuckReport, Tally, Totals,

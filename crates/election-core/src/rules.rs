@@ -57,6 +57,13 @@ pub enum Conflict {
         /// The city the box belongs to.
         recorded: CityId,
     },
+    /// The box's city is certified: its results are final, and no new
+    /// report or revision of its boxes is recorded (an identical replay of a
+    /// recorded revision is still a replay, so retries stay safe).
+    Certified {
+        /// The certified city.
+        city: CityId,
+    },
 }
 
 impl Conflict {
@@ -66,6 +73,7 @@ impl Conflict {
             Conflict::DifferentPayload { .. } => "revision_conflict",
             Conflict::Stale { .. } => "stale_revision",
             Conflict::OtherCity { .. } => "city_conflict",
+            Conflict::Certified { .. } => "certified",
         }
     }
 }
@@ -85,6 +93,11 @@ impl fmt::Display for Conflict {
             Conflict::OtherCity { city, recorded } => write!(
                 f,
                 "this ballot box belongs to city {recorded:?}, not {city:?}"
+            ),
+            Conflict::Certified { city } => write!(
+                f,
+                "city {:?} is certified: its results are final and accept no further report or revision",
+                city.as_str()
             ),
         }
     }

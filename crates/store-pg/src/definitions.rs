@@ -24,8 +24,8 @@
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Int4, Text};
 use election_core::{
-    Additions, BallotBoxId, CityDefinition, CityId, Colour, Definition, DefinitionVersion,
-    ElectionId, PartyDefinition, PartyId, UpdateError,
+    Additions, BallotBoxId, Certification, CityDefinition, CityId, Colour, Definition,
+    DefinitionVersion, ElectionId, PartyDefinition, PartyId, UpdateError,
 };
 
 use crate::error::PgError;
@@ -91,6 +91,16 @@ struct CityRow {
     name: String,
     #[diesel(sql_type = Int4)]
     expected_ballot_boxes: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Int4>)]
+    electorate: Option<i32>,
+}
+
+#[derive(QueryableByName)]
+struct ElectorateRow {
+    #[diesel(sql_type = Text)]
+    ballot_box_id: String,
+    #[diesel(sql_type = Int4)]
+    electorate: i32,
 }
 
 #[derive(QueryableByName)]
@@ -100,6 +110,23 @@ struct BoxRow {
     #[diesel(sql_type = Text)]
     city: String,
 }
+
+#[derive(QueryableByName)]
+struct CertifiedRow {
+    #[diesel(sql_type = Text)]
+    city: String,
+    #[diesel(sql_type = Text)]
+    certified_by: String,
+    #[diesel(sql_type = Text)]
+    certified_at: String,
+}
+
+/// The certifications of an election, with their time as RFC 3339 text in
+/// UTC (milliseconds).
+const READ_CERTIFIED: &str = "\
+SELECT city, certified_by,
+       to_char(certified_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS certified_at
+FROM certified_cities WHERE election_id = $1 ORDER BY city";
 
 #[derive(QueryableByName)]
 struct ElectionRow {
@@ -152,7 +179,7 @@ fn read(
     .load(conn)
     .map_err(query(doing))?;
     let cities: Vec<CityRow> = diesel::sql_query(
-        "SELECT city, name, expected_ballot_boxes FROM election_cities WHERE election_id = $1 ORDER BY position, city",
+        "SELECT city, name, expected_ballot_boxes, electorate FROM election_cities WHERE election_id = $1 ORDER BY position, city",
     )
     .bind::<Text, _>(election.as_str())
     .load(conn)
@@ -181,6 +208,11 @@ fn read(
                 name: row.name,
                 expected_ballot_boxes: u32::try_from(row.expected_ballot_boxes)
                     .map_err(|e| corrupt(doing, e))?,
+                electorate: row
+                    .electorate
+                    .map(u32::try_from)
+                    .transpose()
+                    .map_err(|e| corrupt(doing, e))?,
             })
         })
         .collect::<Result<Vec<_>, PgError>>()?;
@@ -193,9 +225,166 @@ fn read(
             ))
         })
         .collect::<Result<Vec<_>, PgError>>()?;
+    let certified = read_certified(conn, election, doing)?;
+    let electorates: Vec<ElectorateRow> = diesel::sql_query(
+        "SELECT ballot_box_id, electorate FROM election_box_electorates WHERE election_id = $1",
+    )
+    .bind::<Text, _>(election.as_str())
+    .load(conn)
+    .map_err(query(doing))?;
+    let electorates = electorates
+        .into_iter()
+        .map(|row| {
+            Ok((
+                BallotBoxId::parse(&row.ballot_box_id).map_err(|p| corrupt(doing, p))?,
+                u32::try_from(row.electorate).map_err(|e| corrupt(doing, e))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, PgError>>()?;
     Definition::from_parts(election.clone(), header.name, parties, cities, boxes)
-        .map(Some)
+        .map(|definition| {
+            Some(
+                definition
+                    .with_certifications(certified)
+                    .with_box_electorates(electorates),
+            )
+        })
         .map_err(|e| corrupt(doing, e))
+}
+
+fn read_certified(
+    conn: &mut PgConnection,
+    election: &ElectionId,
+    doing: &str,
+) -> Result<Vec<(CityId, Certification)>, PgError> {
+    let rows: Vec<CertifiedRow> = diesel::sql_query(READ_CERTIFIED)
+        .bind::<Text, _>(election.as_str())
+        .load(conn)
+        .map_err(query(doing))?;
+    rows.into_iter()
+        .map(|row| {
+            Ok((
+                CityId::parse(&row.city).map_err(|p| corrupt(doing, p))?,
+                Certification {
+                    by: row.certified_by,
+                    at: row.certified_at,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Why cities were not certified.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertifyError {
+    /// Only a defined election's cities can be certified: "complete" and
+    /// "every city" need the definition.
+    #[error("election {0} is not defined; load its definition (`election load`) before certifying")]
+    NotDefined(ElectionId),
+    /// A city the definition does not define.
+    #[error("{0:?} is not a city of election {1}")]
+    UnknownCity(String, ElectionId),
+    /// PostgreSQL failed; nothing was certified.
+    #[error(transparent)]
+    Store(#[from] PgError),
+}
+
+/// What [`certify`] did, city by city.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certified {
+    /// Cities certified now.
+    pub now: Vec<(CityId, Certification)>,
+    /// Cities that were certified already (the first certification stands).
+    pub before: Vec<(CityId, Certification)>,
+}
+
+/// Certifies `cities` of `election` (`None`: every defined city) as `by`.
+///
+/// Runs under the election's definition lock held exclusively, as [`load`]
+/// does, so a recording transaction (which holds it shared and reads the
+/// certified cities after taking it) either committed before the
+/// certification or sees it, and refuses the city's reports. It also moves
+/// the definition's version, so every cached copy (ingest's checks, the
+/// query service's statuses) reads the certification within its refresh
+/// interval.
+pub fn certify(
+    pool: &PgPool,
+    election: &ElectionId,
+    cities: Option<&[CityId]>,
+    by: &str,
+) -> Result<Certified, CertifyError> {
+    let doing = "certifying cities";
+    let mut conn = connection(pool, doing)?;
+    conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1 || $2))")
+            .bind::<Text, _>(LOCK_PREFIX)
+            .bind::<Text, _>(election.as_str())
+            .execute(conn)
+            .map_err(query(doing))?;
+        let Some(definition) = read(conn, election, doing)? else {
+            return Err(CertifyError::NotDefined(election.clone()));
+        };
+        let wanted: Vec<CityId> = match cities {
+            None => definition.cities().iter().map(|c| c.id.clone()).collect(),
+            Some(cities) => {
+                if let Some(unknown) = cities.iter().find(|c| definition.city(c).is_none()) {
+                    return Err(CertifyError::UnknownCity(
+                        unknown.as_str().to_owned(),
+                        election.clone(),
+                    ));
+                }
+                cities.to_vec()
+            }
+        };
+        let fresh: Vec<&CityId> = wanted
+            .iter()
+            .filter(|c| definition.certification(c).is_none())
+            .collect();
+        if !fresh.is_empty() {
+            diesel::sql_query(
+                "INSERT INTO certified_cities (election_id, city, certified_by) \
+                 SELECT $1, c, $3 FROM unnest($2::text[]) AS c ON CONFLICT DO NOTHING",
+            )
+            .bind::<Text, _>(election.as_str())
+            .bind::<Array<Text>, _>(fresh.iter().map(|c| c.as_str()).collect::<Vec<_>>())
+            .bind::<Text, _>(by)
+            .execute(conn)
+            .map_err(query(doing))?;
+            // A new version, strictly later than the stored one.
+            diesel::sql_query(
+                "UPDATE election_definitions \
+                 SET loaded_at = greatest(clock_timestamp(), loaded_at + interval '1 microsecond') \
+                 WHERE election_id = $1",
+            )
+            .bind::<Text, _>(election.as_str())
+            .execute(conn)
+            .map_err(query(doing))?;
+        }
+        let now: std::collections::BTreeMap<CityId, Certification> =
+            read_certified(conn, election, doing)?.into_iter().collect();
+        let mut certified = Certified {
+            now: Vec::new(),
+            before: Vec::new(),
+        };
+        for city in wanted {
+            if let Some(earlier) = definition.certification(&city) {
+                certified.before.push((city.clone(), earlier.clone()));
+            } else if let Some(made) = now.get(&city) {
+                certified.now.push((city.clone(), made.clone()));
+            }
+        }
+        Ok(certified)
+    })
+}
+
+impl From<diesel::result::Error> for CertifyError {
+    fn from(source: diesel::result::Error) -> Self {
+        CertifyError::Store(PgError::Query {
+            doing: "certifying cities".into(),
+            source,
+        })
+    }
 }
 
 /// The stored definition of `election`, if it is defined.
@@ -309,12 +498,13 @@ pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError>
         .map_err(query(doing))?;
         let cities = definition.cities();
         diesel::sql_query(
-            "INSERT INTO election_cities (election_id, city, name, expected_ballot_boxes, position) \
-             SELECT $1, c.city, c.name, c.expected, c.position \
-             FROM unnest($2::text[], $3::text[], $4::int4[], $5::int4[]) AS c(city, name, expected, position) \
+            "INSERT INTO election_cities (election_id, city, name, expected_ballot_boxes, position, electorate) \
+             SELECT $1, c.city, c.name, c.expected, c.position, c.electorate \
+             FROM unnest($2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[]) \
+                  AS c(city, name, expected, position, electorate) \
              ON CONFLICT (election_id, city) DO UPDATE \
              SET name = EXCLUDED.name, expected_ballot_boxes = EXCLUDED.expected_ballot_boxes, \
-                 position = EXCLUDED.position",
+                 position = EXCLUDED.position, electorate = EXCLUDED.electorate",
         )
         .bind::<Text, _>(election)
         .bind::<Array<Text>, _>(cities.iter().map(|c| c.id.as_str()).collect::<Vec<_>>())
@@ -326,6 +516,32 @@ pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError>
                 .collect::<Vec<_>>(),
         )
         .bind::<Array<Int4>, _>((0..cities.len() as i32).collect::<Vec<_>>())
+        .bind::<Array<diesel::sql_types::Nullable<Int4>>, _>(
+            cities
+                .iter()
+                .map(|c| c.electorate.and_then(|n| i32::try_from(n).ok()))
+                .collect::<Vec<_>>(),
+        )
+        .execute(conn)
+        .map_err(query(doing))?;
+        // Box electorates are the file's: replaced whole.
+        diesel::sql_query("DELETE FROM election_box_electorates WHERE election_id = $1")
+            .bind::<Text, _>(election)
+            .execute(conn)
+            .map_err(query(doing))?;
+        let electorates = definition.box_electorates();
+        diesel::sql_query(
+            "INSERT INTO election_box_electorates (election_id, ballot_box_id, electorate) \
+             SELECT $1, e.b, e.n FROM unnest($2::text[], $3::int4[]) AS e(b, n)",
+        )
+        .bind::<Text, _>(election)
+        .bind::<Array<Text>, _>(electorates.keys().map(BallotBoxId::as_str).collect::<Vec<_>>())
+        .bind::<Array<Int4>, _>(
+            electorates
+                .values()
+                .map(|n| i32::try_from(*n).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
         .execute(conn)
         .map_err(query(doing))?;
         // Boxes never move (checked above), so existing rows stay as they are.

@@ -11,7 +11,12 @@
 //!    below), and the shared side of each election's definition lock, sent
 //!    with `BEGIN` in one round trip ([`recording_transaction`]);
 //! 1. **definitions**: the stored version of each election's definition,
-//!    compared with the one each report was checked against (see below);
+//!    compared with the one each report was checked against (see below),
+//!    and its certified cities: a report that would record something new
+//!    for a certified city is refused (`Conflict::Certified`, 409
+//!    `certified`), decided here, under the definition lock that
+//!    `definitions::certify` holds exclusively, so no report slips in after
+//!    a certification commits;
 //! 2. **lock**: the batch's existing ballot boxes, `FOR UPDATE`, in sorted
 //!    order, so two batches sharing boxes queue up instead of deadlocking;
 //!    their city and latest revision come back with the lock;
@@ -170,14 +175,15 @@ fn hot_transaction_begun_with<T>(
     }
 }
 
-/// The stored version of each election's definition (NULL: not defined),
-/// read after [`recording_transaction`] took the definition locks: a
-/// separate statement, so its snapshot includes a load that committed while
-/// the lock was awaited.
+/// The stored version of each election's definition (NULL: not defined) and
+/// its certified cities, read after [`recording_transaction`] took the
+/// definition locks: a separate statement, so its snapshot includes a load
+/// or a certification that committed while the lock was awaited.
 pub(crate) const READ_DEFINITIONS: &str = "\
 SELECT e.id AS election_id,
        (SELECT (extract(epoch FROM d.loaded_at) * 1000000)::bigint
-        FROM election_definitions d WHERE d.election_id = e.id) AS version
+        FROM election_definitions d WHERE d.election_id = e.id) AS version,
+       ARRAY(SELECT c.city FROM certified_cities c WHERE c.election_id = e.id) AS certified
 FROM unnest($1::text[]) AS e(id)";
 
 /// Locks the batch's existing ballot boxes and returns their state.
@@ -367,7 +373,7 @@ pub(crate) fn record_batch(
     conn: &mut PgConnection,
     reports: &[Report],
 ) -> Result<Vec<Recorded>, TxError> {
-    check_definitions(conn, reports)?;
+    let certified = check_definitions(conn, reports)?;
     // Sorted, so the lock statement's input is deterministic too (its ORDER
     // BY is what fixes the lock order).
     let boxes: BTreeSet<BoxKey> = reports.iter().map(box_key).collect();
@@ -394,6 +400,18 @@ pub(crate) fn record_batch(
             counted: s.counted,
         });
         let draft = match rules::decide(report, states.get(&key), same_revision.as_ref()) {
+            // A certified city records nothing new; an identical replay of a
+            // revision recorded before is still answered as one.
+            Decision::Record(_)
+                if certified.contains(&(
+                    report.election().as_str().to_owned(),
+                    report.city().as_str().to_owned(),
+                )) =>
+            {
+                Draft::Conflict(election_core::Conflict::Certified {
+                    city: report.city().clone(),
+                })
+            }
             Decision::Record(difference) => {
                 let index = fresh.len();
                 fresh.push(Fresh { report, difference });
@@ -477,26 +495,36 @@ struct DefinitionRow {
     election_id: String,
     #[diesel(sql_type = Nullable<BigInt>)]
     version: Option<i64>,
+    #[diesel(sql_type = Array<Text>)]
+    certified: Vec<String>,
 }
 
 /// Statement 1: see [`READ_DEFINITIONS`]. Refuses the batch when a report
-/// was checked against another version than the stored one.
-fn check_definitions(conn: &mut PgConnection, reports: &[Report]) -> Result<(), TxError> {
+/// was checked against another version than the stored one; returns the
+/// certified (election, city) pairs of the batch's elections.
+fn check_definitions(
+    conn: &mut PgConnection,
+    reports: &[Report],
+) -> Result<BTreeSet<(String, String)>, TxError> {
     let elections: BTreeSet<&str> = reports.iter().map(|r| r.election().as_str()).collect();
     let rows: Vec<DefinitionRow> = prepared(READ_DEFINITIONS)
         .bind::<Array<Text>, _>(elections.into_iter().collect::<Vec<_>>())
         .load(conn)?;
-    let stored: HashMap<String, Option<DefinitionVersion>> = rows
-        .into_iter()
-        .map(|row| (row.election_id, row.version.map(DefinitionVersion)))
-        .collect();
+    let mut certified = BTreeSet::new();
+    let mut stored: HashMap<String, Option<DefinitionVersion>> = HashMap::new();
+    for row in rows {
+        for city in row.certified {
+            certified.insert((row.election_id.clone(), city));
+        }
+        stored.insert(row.election_id, row.version.map(DefinitionVersion));
+    }
     for report in reports {
         let current = stored.get(report.election().as_str()).copied().flatten();
         if report.checked_against() != current {
             return Err(TxError::DefinitionChanged(report.election().clone()));
         }
     }
-    Ok(())
+    Ok(certified)
 }
 
 /// Statement 2: see [`LOCK_BOXES`]. Boxes not returned do not exist yet.

@@ -123,6 +123,16 @@ diesel::table! {
         name -> Text,
         expected_ballot_boxes -> Int4,
         position -> Int4,
+        electorate -> Nullable<Int4>,
+    }
+}
+
+diesel::table! {
+    /// Voters registered per ballot box of defined elections.
+    election_box_electorates (election_id, ballot_box_id) {
+        election_id -> Text,
+        ballot_box_id -> Text,
+        electorate -> Int4,
     }
 }
 
@@ -135,13 +145,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Certified cities: who certified each, and when (SPEC §9).
+    certified_cities (election_id, city) {
+        election_id -> Text,
+        city -> Text,
+        certified_by -> Text,
+        certified_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(election_parties -> election_definitions (election_id));
 diesel::joinable!(election_cities -> election_definitions (election_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_tokens,
     ballot_boxes,
+    certified_cities,
     election_ballot_boxes,
+    election_box_electorates,
     election_cities,
     election_definitions,
     election_parties,

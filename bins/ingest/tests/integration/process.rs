@@ -387,3 +387,115 @@ fn the_demo_definition_is_generated_and_loads() {
             .starts_with("updated election demo-night: added 0 parties, 0 cities, 0 ballot boxes")
     );
 }
+
+#[test]
+fn election_certify_records_who_and_when() {
+    let schema = PgSchema::new();
+    assert!(ingest(&schema, &["migrate"]).status.success());
+    let dir = std::env::temp_dir().join(format!("election-certify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cert.toml");
+    std::fs::write(
+        &file,
+        "id = \"cert-e\"\nname = \"Certified election\"\n\n[[parties]]\nid = \"labour\"\nname = \"Labour\"\ncolour = \"#e4003b\"\n\n[[cities]]\nid = \"london\"\nname = \"London\"\nexpected_ballot_boxes = 2\n\n[[cities]]\nid = \"york\"\nname = \"York\"\nexpected_ballot_boxes = 1\n",
+    )
+    .unwrap();
+
+    // Not defined yet: nothing to certify.
+    let output = ingest(
+        &schema,
+        &[
+            "election",
+            "certify",
+            "--election",
+            "cert-e",
+            "--all",
+            "--by",
+            "Returning Officer",
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("election cert-e is not defined"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(
+        ingest(&schema, &["election", "load", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    // Exactly one of --city and --all.
+    let output = ingest(&schema, &["election", "certify", "--election", "cert-e"]);
+    assert!(!output.status.success());
+    let output = ingest(
+        &schema,
+        &[
+            "election",
+            "certify",
+            "--election",
+            "cert-e",
+            "--city",
+            "paris",
+            "--by",
+            "x",
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("\"paris\" is not a city of election cert-e"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let output = ingest(
+        &schema,
+        &[
+            "election",
+            "certify",
+            "--election",
+            "cert-e",
+            "--city",
+            "london",
+            "--by",
+            "Returning Officer",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.starts_with("certified city london of election cert-e (by Returning Officer, at "),
+        "{stdout}"
+    );
+    // --all certifies the rest; london keeps its first certification.
+    let output = ingest(
+        &schema,
+        &[
+            "election",
+            "certify",
+            "--election",
+            "cert-e",
+            "--all",
+            "--by",
+            "Deputy",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("certified city york of election cert-e (by Deputy, at "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "city london of election cert-e was certified already (by Returning Officer, at "
+        ),
+        "{stdout}"
+    );
+    let output = ingest(&schema, &["election", "show", "cert-e"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let shown = text(&output.stdout);
+    assert_eq!(shown.matches("certified by ").count(), 2, "{shown}");
+    assert!(shown.contains("certified by Deputy at "), "{shown}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -252,7 +252,10 @@ const READ_PAGE: &str = r#"(() => document.getElementById('banner') === null ? '
   colours: Object.fromEntries([...document.querySelectorAll('.bar')].map(b => [b.dataset.party, b.dataset.colour])),
   names: Object.fromEntries([...document.querySelectorAll('.bar')].map(b => [b.dataset.party, b.querySelector('.name').textContent])),
   cityNames: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelector('td').textContent])),
-  cityReporting: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[1].textContent]))
+  cityReporting: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[1].textContent])),
+  status: document.getElementById('status').dataset.status,
+  cityStatus: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[2].textContent])),
+  cityFlags: Object.fromEntries([...document.querySelectorAll('#cities-body tr')].map(r => [r.dataset.city, r.querySelectorAll('td')[3].dataset.flags]))
 }))()"#;
 
 /// What the page shows now; `{}` while it cannot be read (pollers retry).
@@ -682,6 +685,10 @@ expected_ballot_boxes = 3
 id = "leeds"
 name = "Leeds"
 expected_ballot_boxes = 1
+
+# B1 reports 15 votes: more than its electorate, so it is flagged.
+[electorate]
+B1 = 10
 "##,
         stack.election
     ))
@@ -718,6 +725,14 @@ expected_ballot_boxes = 1
     assert_eq!(shown["cityReporting"]["london"], "1 / 3 (33.3%)");
     // A defined city is listed before its first report.
     assert_eq!(shown["cityReporting"]["leeds"], "0 / 1 (0.0%)");
+    assert_eq!(shown["status"], "partial");
+    assert_eq!(shown["cityStatus"]["london"], "partial");
+    let shown = wait_for(&mut cdp, Duration::from_secs(20), |page| {
+        page["cityFlags"]["london"] == "1"
+    })
+    .await;
+    assert_eq!(shown["cityFlags"]["leeds"], "0");
+    assert_eq!(shown["cityStatus"]["leeds"], "not reporting");
 
     // The rest of the night, live: progress climbs to 100%.
     for (ballot_box, city) in [("B2", "london"), ("B3", "london"), ("B4", "leeds")] {
@@ -735,6 +750,21 @@ expected_ballot_boxes = 1
         "{shown}"
     );
     assert_eq!(shown["cityReporting"]["leeds"], "1 / 1 (100.0%)");
+    assert_eq!(shown["status"], "complete");
+    // Leeds is certified: the page marks it (definitions are read again
+    // every few seconds).
+    store_pg::definitions::certify(
+        &stack.pool,
+        &stack.election,
+        Some(&[election_core::CityId::parse("leeds").unwrap()]),
+        "Returning Officer",
+    )
+    .unwrap();
+    let shown = wait_for(&mut cdp, Duration::from_secs(20), |page| {
+        page["cityStatus"]["leeds"] == "\u{2713} certified"
+    })
+    .await;
+    assert_eq!(shown["cityStatus"]["london"], "complete");
     cdp.screenshot(&artifacts().join("dashboard-progress.png"))
         .await;
     drop(cdp);

@@ -45,6 +45,7 @@ pub fn query_settings() -> election_query::Settings {
         stream_history: 64,
         timeline_cache: Duration::ZERO,
         timeline_full_refresh: Duration::from_secs(300),
+        flag_correction_share: 0.2,
         serve: election_http::ServeConfig {
             header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
         },

@@ -13,3 +13,4 @@ mod live;
 mod openapi;
 mod process;
 mod progress;
+mod results;

@@ -731,9 +731,11 @@ async fn the_openapi_document_is_true_of_both_services() {
         "/v1/elections/{election}/cities",
         "/v1/elections/{election}/cities/{city}/totals",
         "/v1/elections/{election}/stream",
+        "/v1/elections/{election}/results.cdf.json",
         "/v1/elections/{election}/analytics/cities",
         "/v1/elections/{election}/analytics/first-reports",
         "/v1/elections/{election}/timeline",
+        "/v1/elections/{election}/flags",
         "/v1/elections/{election}/reports.csv",
         "/v1/elections/{election}/audit",
     ] {
@@ -778,6 +780,10 @@ async fn the_openapi_document_is_true_of_both_services() {
         ),
         ("/v1/elections/{election}/stream", "/stream"),
         (
+            "/v1/elections/{election}/results.cdf.json",
+            "/results.cdf.json",
+        ),
+        (
             "/v1/elections/{election}/analytics/cities",
             "/analytics/cities?from=2000-01-01T00:00:00Z",
         ),
@@ -786,6 +792,7 @@ async fn the_openapi_document_is_true_of_both_services() {
             "/analytics/first-reports?limit=2",
         ),
         ("/v1/elections/{election}/timeline", "/timeline?bucket=1m"),
+        ("/v1/elections/{election}/flags", "/flags"),
         ("/v1/elections/{election}/reports.csv", "/reports.csv"),
         ("/v1/elections/{election}/audit", "/audit"),
     ] {
@@ -819,6 +826,10 @@ async fn the_openapi_document_is_true_of_both_services() {
     for (template, path) in [
         ("/v1/elections/{election}", ""),
         ("/v1/elections/{election}/totals", "/totals"),
+        (
+            "/v1/elections/{election}/results.cdf.json",
+            "/results.cdf.json",
+        ),
         ("/v1/elections/{election}/cities", "/cities"),
         (
             "/v1/elections/{election}/cities/{city}/totals",
@@ -918,11 +929,42 @@ async fn the_openapi_document_is_true_of_both_services() {
         ),
         ("/v1/elections/{election}/timeline", "/timeline?bucket=2m"),
         ("/v1/elections/{election}/reports.csv", "/reports.csv?x=1"),
+        ("/v1/elections/{election}/flags", "/flags?x=1"),
         ("/v1/elections/{election}/audit", "/audit?limit=0"),
         ("/v1/elections/{election}/stream", "/stream?scope=cities"),
+        ("/v1/elections/{election}/totals", "/totals?as_of=yesterday"),
+        (
+            "/v1/elections/{election}/cities",
+            "/cities?as_of=2999-01-01T00:00:00Z",
+        ),
+        (
+            "/v1/elections/{election}/cities/{city}/totals",
+            "/cities/london/totals?when=now",
+        ),
     ] {
         let (status, body) = checker.check("GET", template, client.get(url(path))).await;
         assert_eq!(status, 400, "{path}: {body}");
+    }
+    // As-of answers have the live answers' shape.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for (template, path) in [
+        ("/v1/elections/{election}/totals", "/totals"),
+        ("/v1/elections/{election}/cities", "/cities"),
+        (
+            "/v1/elections/{election}/cities/{city}/totals",
+            "/cities/london/totals",
+        ),
+    ] {
+        let (status, body) = checker
+            .check(
+                "GET",
+                template,
+                client.get(url(path)).query(&[("as_of", now.as_str())]),
+            )
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["as_of"], now.as_str(), "{path}: {body}");
     }
     for path in ["/", "/healthz", "/readyz", "/metrics"] {
         let (status, body) = checker

@@ -306,3 +306,46 @@ fn from_parts_checks_consistency() {
     .unwrap_err();
     assert_eq!(broken.problems()[0].line, 0);
 }
+
+#[test]
+fn electorates_are_read_and_checked() {
+    let with =
+        GOOD.replace(
+            "expected_ballot_boxes = 3\n",
+            "expected_ballot_boxes = 3\nelectorate = 90_000\n",
+        )
+        .replace(
+            "expected_ballot_boxes = 1\n",
+            "expected_ballot_boxes = 1\nelectorate = 5000\n",
+        ) + "\n[electorate]\nBB1 = 1200\nBB3 = 800\n";
+    let definition = Definition::from_toml(&with).unwrap();
+    assert_eq!(definition.cities()[0].electorate, Some(90_000));
+    assert_eq!(definition.electorate(), Some(95_000));
+    assert_eq!(
+        definition.box_electorates()[&BallotBoxId::parse("BB1").unwrap()],
+        1200
+    );
+    // One city without: the nation's electorate is unknown.
+    let partial = GOOD.replace(
+        "expected_ballot_boxes = 1\n",
+        "expected_ballot_boxes = 1\nelectorate = 5000\n",
+    );
+    assert_eq!(Definition::from_toml(&partial).unwrap().electorate(), None);
+
+    // Zero, a string, an unregistered box: every problem with its line.
+    let broken = GOOD.replace(
+        "expected_ballot_boxes = 3\n",
+        "expected_ballot_boxes = 3\nelectorate = 0\n",
+    ) + "\n[electorate]\nBB1 = \"many\"\nBB9 = 10\n";
+    check_refused(
+        &broken,
+        &[
+            (18, "electorate of city #1 must be an integer from 1"),
+            (
+                30,
+                "the electorate of ballot box \"BB1\" must be an integer",
+            ),
+            (31, "ballot box \"BB9\" in [electorate] is not registered"),
+        ],
+    );
+}

@@ -242,6 +242,7 @@ fn definition() -> Definition {
         id: CityId::parse(id).unwrap(),
         name: id.to_uppercase(),
         expected_ballot_boxes: 10,
+        electorate: None,
     };
     let registered = |ballot_box: &str, city: &str| {
         (

@@ -198,3 +198,102 @@ fn the_log_records_only_reports_checked_against_the_stored_definition() {
         Recorded::Fresh(_)
     ));
 }
+
+/// A certified city records nothing new, inside the recording transaction:
+/// a new box and a correction are refused (`Conflict::Certified`), an
+/// identical replay is still a replay, and the certification moves the
+/// definition's version (so cached copies read it) and is read back with it.
+#[test]
+fn a_certified_city_records_nothing_new() {
+    use election_core::{Conflict, Lookup, Recorded};
+    let db = Migrated::new(2);
+    let log = PgLog::new(db.pool.clone());
+    let election = ElectionId::parse("def-e").unwrap();
+    let two_cities = FIRST.replace(
+        "[ballot_boxes]",
+        "[[cities]]\nid = \"leeds\"\nname = \"Leeds\"\nexpected_ballot_boxes = 1\n\n[ballot_boxes]",
+    );
+    definitions::load(&db.pool, &Definition::from_toml(&two_cities).unwrap()).unwrap();
+    let version = || match definitions::find_if_changed(&db.pool, &election, None).unwrap() {
+        Lookup::Current(Some((definition, version))) => (definition, version),
+        other => panic!("defined: {other:?}"),
+    };
+    let checked = |ballot_box: &str, city: &str, revision: u32, votes: u32| {
+        let mut report =
+            contract::report(&election, ballot_box, city, revision, &[("labour", votes)]);
+        report.set_checked_against(Some(version().1));
+        report
+    };
+    let first = checked("BB1", "london", 1, 3);
+    assert!(matches!(
+        log.record(std::slice::from_ref(&first)).unwrap()[0],
+        Recorded::Fresh(_)
+    ));
+    let (_, before) = version();
+
+    let london = election_core::CityId::parse("london").unwrap();
+    let certified = definitions::certify(
+        &db.pool,
+        &election,
+        Some(std::slice::from_ref(&london)),
+        "Returning Officer",
+    )
+    .unwrap();
+    assert_eq!(certified.now.len(), 1);
+    assert!(certified.before.is_empty());
+    let (definition, after) = version();
+    assert_ne!(before, after, "a certification moves the version");
+    let how = definition.certification(&london).unwrap();
+    assert_eq!(how.by, "Returning Officer");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&how.at).is_ok(),
+        "{}",
+        how.at
+    );
+    assert!(
+        definition
+            .certification(&election_core::CityId::parse("leeds").unwrap())
+            .is_none()
+    );
+
+    let reports_before = number(&db.pool, "SELECT count(*) AS n FROM reports");
+    let mut replay = first.clone();
+    replay.set_checked_against(Some(after));
+    let recorded = log
+        .record(&[
+            checked("BB2", "london", 1, 5),
+            checked("BB1", "london", 2, 4),
+            replay,
+            checked("BB3", "leeds", 1, 7),
+        ])
+        .unwrap();
+    assert!(
+        matches!(&recorded[0], Recorded::Conflict(Conflict::Certified { city }) if *city == london),
+        "{recorded:?}"
+    );
+    assert!(matches!(
+        &recorded[1],
+        Recorded::Conflict(Conflict::Certified { .. })
+    ));
+    assert!(
+        matches!(&recorded[2], Recorded::Replay { .. }),
+        "{recorded:?}"
+    );
+    assert!(matches!(&recorded[3], Recorded::Fresh(_)), "{recorded:?}");
+    assert_eq!(
+        number(&db.pool, "SELECT count(*) AS n FROM reports"),
+        reports_before + 1,
+        "only the other city's report was recorded"
+    );
+
+    // Certifying again keeps the first certification; --all adds the rest.
+    let again = definitions::certify(&db.pool, &election, None, "Deputy").unwrap();
+    assert_eq!(again.before.len(), 1);
+    assert_eq!(again.before[0].1.by, "Returning Officer");
+    assert_eq!(again.now.len(), 1);
+    assert_eq!(again.now[0].0.as_str(), "leeds");
+    assert!(matches!(
+        definitions::certify(&db.pool, &ElectionId::parse("nobody").unwrap(), None, "x"),
+        Err(definitions::CertifyError::NotDefined(_))
+    ));
+}

@@ -13,6 +13,8 @@ const INITIAL: &str = "20250601000000";
 const DEFINITIONS: &str = "20261101000000";
 const WRITE_PATH: &str = "20261130000000";
 const SEALS: &str = "20261201000000";
+const CERTIFICATIONS: &str = "20261201000100";
+const ELECTORATE: &str = "20261201000200";
 
 fn tables(pool: &store_pg::PgPool) -> Vec<String> {
     lines(
@@ -36,7 +38,14 @@ fn migrations_go_up_down_and_up_again() {
 
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH, SEALS]
+        [
+            INITIAL,
+            DEFINITIONS,
+            WRITE_PATH,
+            SEALS,
+            CERTIFICATIONS,
+            ELECTORATE
+        ]
     );
     assert_eq!(
         tables(&pool),
@@ -44,7 +53,9 @@ fn migrations_go_up_down_and_up_again() {
             "__diesel_schema_migrations",
             "api_tokens",
             "ballot_boxes",
+            "certified_cities",
             "election_ballot_boxes",
+            "election_box_electorates",
             "election_cities",
             "election_definitions",
             "election_parties",
@@ -98,7 +109,14 @@ fn migrations_go_up_down_and_up_again() {
     // And up again, empty.
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH, SEALS]
+        [
+            INITIAL,
+            DEFINITIONS,
+            WRITE_PATH,
+            SEALS,
+            CERTIFICATIONS,
+            ELECTORATE
+        ]
     );
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
@@ -123,7 +141,17 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    assert_eq!(applied, [INITIAL, DEFINITIONS, WRITE_PATH, SEALS]);
+    assert_eq!(
+        applied,
+        [
+            INITIAL,
+            DEFINITIONS,
+            WRITE_PATH,
+            SEALS,
+            CERTIFICATIONS,
+            ELECTORATE
+        ]
+    );
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate
@@ -191,7 +219,10 @@ fn the_write_path_migration_moves_recorded_reports_forward() {
     );
     execute(&pool, "SELECT setval('reports_id_seq', 3)");
 
-    assert_eq!(store_pg::migrate(&pool).unwrap(), [WRITE_PATH, SEALS]);
+    assert_eq!(
+        store_pg::migrate(&pool).unwrap(),
+        [WRITE_PATH, SEALS, CERTIFICATIONS, ELECTORATE]
+    );
 
     // The per-party rows read as before, through the view.
     assert_eq!(

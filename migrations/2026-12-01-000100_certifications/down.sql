@@ -1,0 +1,1 @@
+DROP TABLE certified_cities;

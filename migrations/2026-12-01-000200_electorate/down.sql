@@ -1,0 +1,2 @@
+DROP TABLE election_box_electorates;
+ALTER TABLE election_cities DROP COLUMN electorate;
