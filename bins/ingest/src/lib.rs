@@ -80,7 +80,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Registry::new());
+    let metrics = Arc::new(Registry::for_service());
     let (stop_watch, watch_stopping) = tokio::sync::watch::channel(false);
     let redis_watch = RedisWatch::new();
     if let Some(redis) = services.redis {

@@ -58,7 +58,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Registry::new());
+    let metrics = Arc::new(Registry::for_service());
     if let Some(redis) = services.redis {
         metrics.gauge_fn(
             store_redis::EVICTING_GAUGE,

@@ -90,6 +90,21 @@ impl Registry {
         f(&mut family.values)
     }
 
+    /// A service's registry: empty but for `build_info{version,revision} 1`.
+    pub fn for_service() -> Registry {
+        let registry = Registry::new();
+        registry.set(
+            crate::build::BUILD_INFO_GAUGE,
+            crate::build::BUILD_INFO_HELP,
+            &[
+                ("version", crate::build::VERSION),
+                ("revision", crate::build::REVISION),
+            ],
+            1.0,
+        );
+        registry
+    }
+
     /// Adds `by` to a counter.
     pub fn inc(
         &self,

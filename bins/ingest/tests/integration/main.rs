@@ -12,6 +12,7 @@ mod harness;
 mod hostile;
 mod http;
 mod limits;
+mod operations;
 mod process;
 mod redis_safety;
 mod secrets;
