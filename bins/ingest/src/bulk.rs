@@ -124,15 +124,7 @@ pub(crate) async fn post_batch(
                     ItemBody::Accepted(accepted) => accepted.status,
                     ItemBody::Refused { error, .. } => error,
                 };
-                state.metrics.inc(
-                    "ingest_batch_items_total",
-                    "Items of bulk requests answered, by the status and outcome or error code each would have had alone.",
-                    &[
-                        ("status", &item.http_status.to_string()),
-                        ("code", code),
-                    ],
-                    1,
-                );
+                state.requests.batch_item(item.http_status, code);
             }
             (StatusCode::OK, Json(answer)).into_response()
         }

@@ -30,7 +30,7 @@ use crate::batcher::{BatchConfig, Batcher};
 use crate::definitions::DefinitionCache;
 use crate::limit::{RateLimit, RateLimiter};
 use crate::redis_watch::RedisWatch;
-use crate::service::{AppState, router};
+use crate::service::{AppState, RequestMetrics, router};
 use election_core::DefinitionLookup;
 
 /// The stores the service runs on.
@@ -107,6 +107,7 @@ pub async fn run(
             services.definitions,
             settings.definition_cache_ttl,
         )),
+        requests: Arc::new(RequestMetrics::new(&metrics)),
         metrics,
         body_timeout: settings.body_timeout,
         limiter: settings

@@ -112,7 +112,7 @@ pub fn router(metrics: Arc<Registry>, ready: ReadyCheck) -> Router {
                 let metrics = Arc::clone(&metrics);
                 async move {
                     (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        [(header::CONTENT_TYPE, election_http::metrics::CONTENT_TYPE)],
                         metrics.render(),
                     )
                 }
