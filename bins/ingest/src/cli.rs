@@ -20,6 +20,8 @@
 //! | `INGEST_BODY_TIMEOUT` | `--body-timeout` | `10s` (a report's body must arrive within it, or 408) |
 //! | `INGEST_TOKEN_RATE` | `--token-rate` | 0 (reports per second per token; 0: no limit) |
 //! | `INGEST_TOKEN_BURST` | `--token-burst` | 0 (reports at once per token; 0: the rate, rounded up) |
+//! | `INGEST_AUTH_FAILURE_RATE` | `--auth-failure-rate` | 1 (failed authentications per second per client address, then 429 without a database lookup; 0: no limit) |
+//! | `INGEST_AUTH_FAILURE_BURST` | `--auth-failure-burst` | 20 |
 //! | `INGEST_CORS_ALLOWED_ORIGINS` | `--cors-allowed-origins` | `none` (browsers on other origins may not post; or `*`, or a comma-separated list of origins) |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
@@ -258,6 +260,15 @@ pub struct Serve {
     /// rounded up.
     #[arg(long, env = "INGEST_TOKEN_BURST", default_value_t = 0)]
     pub token_burst: u32,
+    /// Failed authentications (unknown or revoked tokens) per second each
+    /// client address may make on average; beyond it, requests whose token
+    /// is not cached as valid get 429 with Retry-After, without a database
+    /// lookup. 0: no limit.
+    #[arg(long, env = "INGEST_AUTH_FAILURE_RATE", default_value_t = 1.0)]
+    pub auth_failure_rate: f64,
+    /// Failed authentications a client address may make at once.
+    #[arg(long, env = "INGEST_AUTH_FAILURE_BURST", default_value_t = 20)]
+    pub auth_failure_burst: u32,
     /// Origins whose browser pages may post reports: `none` (the default:
     /// ballot boxes are programs, not pages), `*`, or a comma-separated
     /// list such as `https://results.example`.

@@ -132,6 +132,9 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     let rate_limit = RateLimit::from_config(args.token_rate, args.token_burst)
         .map_err(anyhow::Error::msg)
         .context("--token-rate")?;
+    let auth_failures = RateLimit::from_config(args.auth_failure_rate, args.auth_failure_burst)
+        .map_err(anyhow::Error::msg)
+        .context("--auth-failure-rate (INGEST_AUTH_FAILURE_RATE)")?;
     let pg = pool(&args.database, args.pg_pool_size)?;
     {
         let pg = pg.clone();
@@ -168,6 +171,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         ready,
     };
     let settings = Settings {
+        auth_failures,
         batch: BatchConfig {
             batch_size: args.batch_size,
             linger: args.batch_linger,

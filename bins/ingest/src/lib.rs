@@ -11,6 +11,7 @@ pub mod bulk;
 pub mod cli;
 pub mod commands;
 pub mod definitions;
+pub mod failed_auth;
 pub mod limit;
 pub mod redis_watch;
 pub mod service;
@@ -28,6 +29,7 @@ use election_http::metrics::Registry;
 use crate::auth::{TokenCache, TokenLookup};
 use crate::batcher::{BatchConfig, Batcher};
 use crate::definitions::DefinitionCache;
+use crate::failed_auth::FailedAuth;
 use crate::limit::{RateLimit, RateLimiter};
 use crate::redis_watch::RedisWatch;
 use crate::service::{AppState, RequestMetrics, router};
@@ -69,6 +71,9 @@ pub struct Settings {
     pub rate_limit: Option<RateLimit>,
     /// Origins whose browser pages may post (none by default).
     pub cors_origins: CorsOrigins,
+    /// Failed authentications allowed per client address (`None`: no
+    /// limit).
+    pub auth_failures: Option<RateLimit>,
 }
 
 /// Serves the reporting API on `listener` until `shutdown` resolves, then
@@ -113,6 +118,9 @@ pub async fn run(
         limiter: settings
             .rate_limit
             .map(|limit| Arc::new(RateLimiter::new(limit))),
+        failed_auth: settings
+            .auth_failures
+            .map(|limit| Arc::new(FailedAuth::new(limit))),
     };
     let app = router(
         state,

@@ -17,15 +17,16 @@
 //! compression, and CORS closed unless origins are configured (ballot boxes
 //! are programs; a browser page posting reports is the exception).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use election_core::{
     BallotBoxId, ElectionId, Outcome, Problem, Report, ReportError, ReportId, StoreError,
 };
@@ -41,6 +42,7 @@ use serde::Serialize;
 use crate::auth::{self, Scope, TokenCache};
 use crate::batcher::{Batcher, NotRecorded};
 use crate::definitions::{Cached, Current, DefinitionCache};
+use crate::failed_auth::FailedAuth;
 use crate::limit::RateLimiter;
 
 /// Largest report body accepted (SPEC §5).
@@ -63,6 +65,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// The per-token rate limit, if one is configured.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// The limit on failed authentications per client address, if any.
+    pub failed_auth: Option<Arc<FailedAuth>>,
 }
 
 /// An answer's labels: its HTTP status and outcome or error code.
@@ -188,11 +192,13 @@ pub struct Accepted {
 async fn post_report(
     State(state): State<AppState>,
     Path(election): Path<String>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    match handle(&state, &election, &headers, body).await {
+    let client = client.map(|Extension(ConnectInfo(address))| address.ip());
+    match handle(&state, &election, client, &headers, body).await {
         Ok((status, accepted)) => {
             count_request(&state, status, accepted.status, started);
             (status, Json(accepted)).into_response()
@@ -240,10 +246,11 @@ pub(crate) fn count_request(
 async fn handle(
     state: &AppState,
     election: &str,
+    client: Option<IpAddr>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Accepted), ApiError> {
-    let caller = admit(state, election, headers).await?;
+    let caller = admit(state, election, client, headers).await?;
     let body = read_body(headers, body, state.body_timeout, MAX_BODY_BYTES).await?;
     let report = parse_report(&caller.election, &body)?;
     let ballot_box_id = report.ballot_box().to_string();
@@ -335,6 +342,7 @@ pub(crate) struct Caller {
 pub(crate) async fn admit(
     state: &AppState,
     election: &str,
+    client: Option<IpAddr>,
     headers: &HeaderMap,
 ) -> Result<Caller, ApiError> {
     let token = headers
@@ -350,7 +358,29 @@ pub(crate) async fn admit(
         })?;
     // Hashed once: the key of the token cache, the store and the rate limit.
     let token_hash = auth::hash(token);
-    let scope = match state.tokens.cached(&token_hash) {
+    let cached = state.tokens.cached(&token_hash);
+    // A client with too many failures gets no lookup (not even of the
+    // "unknown" cache): only a token cached as valid passes.
+    let failures = match (&state.failed_auth, client) {
+        (Some(limiter), Some(client)) => Some((limiter, client)),
+        _ => None,
+    };
+    if !matches!(cached, Some(Some(_)))
+        && let Some((limiter, client)) = failures
+        && let Some(limited) = limiter.blocked(client)
+    {
+        let limit = limiter.limit();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth_rate_limited",
+            format!(
+                "too many failed authentications from this address ({} per second, bursts of {}); retry in {} s",
+                limit.per_second, limit.burst, limited.retry_after_secs
+            ),
+        )
+        .with_retry_after(limited.retry_after_secs));
+    }
+    let scope = match cached {
         Some(scope) => scope,
         None => {
             let tokens = Arc::clone(&state.tokens);
@@ -360,6 +390,9 @@ pub(crate) async fn admit(
         }
     };
     let scope = scope.ok_or_else(|| {
+        if let Some((limiter, client)) = failures {
+            limiter.failed(client);
+        }
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

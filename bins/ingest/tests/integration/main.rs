@@ -4,6 +4,7 @@
 
 mod access;
 mod api;
+mod auth_limits;
 mod bulk;
 mod counting;
 mod defined;

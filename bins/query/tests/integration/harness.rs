@@ -72,6 +72,7 @@ pub fn ingest_settings() -> election_ingest::Settings {
         body_timeout: Duration::from_secs(10),
         rate_limit: None,
         cors_origins: election_http::layers::CorsOrigins::None,
+        auth_failures: None,
     }
 }
 
