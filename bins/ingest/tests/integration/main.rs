@@ -18,3 +18,4 @@ mod process;
 mod redis_safety;
 mod secrets;
 mod slow;
+mod tls;
