@@ -74,6 +74,16 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         let pg = pg.clone();
         tokio::task::spawn_blocking(move || check_schema(&pg)).await??;
     }
+    // History from a replica, when one is given: the same pool size; its
+    // schema is the primary's, replicated, so it is not checked again.
+    let history = match &args.history_database_url {
+        Some(url) => Some(
+            store_pg::connect(url, args.pg_pool_size, PG_CONNECT_TIMEOUT).with_context(|| {
+                format!("connecting to the history PostgreSQL at {}", redact(url))
+            })?,
+        ),
+        None => None,
+    };
     let redis_timeout = args.redis_timeout;
     let tally = Arc::new(
         store_redis::open(&args.redis_url, redis_timeout, args.redis_pool_size)
@@ -86,6 +96,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     tracing::info!(
         listen.addr = %listener.local_addr()?,
         database.url = %redact(&args.database_url),
+        history.url = %args.history_database_url.as_deref().map_or_else(|| "(DATABASE_URL)".to_owned(), redact),
         redis.url = %redact(&args.redis_url),
         snapshot.interval = ?args.snapshot_interval,
         "election-query serving; dashboard at http://{}/",
@@ -95,6 +106,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         redis: Some(Arc::clone(&tally)),
         tally,
         pg,
+        history,
         ready,
     };
     let settings = Settings {

@@ -174,6 +174,7 @@ fn serve_query(
         redis: Some(tally.clone()),
         tally,
         pg: pool,
+        history: None,
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();
@@ -237,7 +238,7 @@ pub struct Stack {
     pub query_settings: election_query::Settings,
     pub client: reqwest::Client,
     // Kept for its Drop (drops the schema).
-    _schema: PgSchema,
+    pub schema: PgSchema,
 }
 
 impl Stack {
@@ -264,7 +265,7 @@ impl Stack {
             query_tally,
             query_settings: settings,
             client: reqwest::Client::new(),
-            _schema: schema,
+            schema,
         }
     }
 

@@ -431,3 +431,42 @@ async fn metrics_carry_build_info() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// With `HISTORY_DATABASE_URL`, history (here the CSV export) is read from
+/// that database, a stand-in for a replica, while the list of elections
+/// still comes from `DATABASE_URL` and live totals from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_read_from_history_database_url() {
+    let stack = crate::harness::Stack::start().await;
+    stack.post_seed().await;
+    // The "replica": migrated, but it has not received the reports.
+    let (replica, _replica_pool) = migrated_schema();
+    let client = reqwest::Client::new();
+    let mut rows = Vec::new();
+    for history in [None, Some(replica.url())] {
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut command = query(&stack.schema, &["serve", "--listen", &address]);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(url) = history {
+            command.env("HISTORY_DATABASE_URL", url);
+        }
+        let mut child = command.spawn().unwrap();
+        wait_listening(&address, &mut child);
+        let base = format!("http://{address}/v1/elections/{}", stack.election);
+        let (status, totals) = crate::harness::get(&client, &format!("{base}/totals")).await;
+        assert_eq!(status, 200, "{totals}");
+        assert_eq!(totals["total_votes"], 840, "{totals}");
+        let csv = client
+            .get(format!("{base}/reports.csv"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(csv.status(), 200);
+        rows.push(csv.text().await.unwrap().lines().count());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // Header and 3 reports × 4 parties from the primary; the header alone
+    // from the replica.
+    assert_eq!(rows, [13, 1]);
+}
