@@ -165,7 +165,8 @@ INGEST_OPS=(--include-operation-id postReport --include-operation-id getHealth -
 run ingest schemathesis --config-file "$(pinned_config)" run "$SPEC" \
     --url "http://$INGEST" "${INGEST_OPS[@]}" -H "Authorization: Bearer $TOKEN" "${COMMON[@]}"
 
-QUERY_OPS=(--exclude-operation-id postReport --exclude-operation-id streamTotals)
+# postReportBatch is ingest's too: the query service answers it 404.
+QUERY_OPS=(--exclude-operation-id postReport --exclude-operation-id postReportBatch --exclude-operation-id streamTotals)
 run query-pinned schemathesis --config-file "$(pinned_config)" run "$SPEC" \
     --url "http://$QUERY" "${QUERY_OPS[@]}" "${COMMON[@]}"
 run query schemathesis run "$SPEC" \

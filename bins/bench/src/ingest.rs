@@ -17,7 +17,6 @@
 //! rate in every 10-second window while an election grows to millions of
 //! reports, and the Redis memory one ballot box takes.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ const DATABASE: &str = "election_bench";
 pub struct Bench {
     pub admin_url: String,
     pub bin_dir: String,
-    pub script: PathBuf,
+    pub scripts: wrk::Scripts,
     pub ticks_per_second: u64,
 }
 
@@ -153,6 +152,7 @@ impl Stage {
             threads: 2,
             connections: 64,
             duration: Duration::from_secs(10),
+            batch: 1,
         }
     }
 
@@ -165,7 +165,7 @@ impl Stage {
         watch: impl FnMut() -> anyhow::Result<Watch>,
     ) -> anyhow::Result<Posted> {
         tokio::task::block_in_place(|| {
-            wrk::post_reports(&bench.script, posting, bench.ticks_per_second, watch)
+            wrk::post_reports(&bench.scripts, posting, bench.ticks_per_second, watch)
         })
     }
 
@@ -249,12 +249,17 @@ pub struct Rss {
 #[derive(Debug, Clone)]
 pub struct Throughput {
     pub connections: usize,
+    /// Reports per request.
+    pub batch: usize,
     pub posted: Posted,
     /// Reports recorded from just before wrk started to just after it ended
     /// (including the ones in flight when it stopped).
     pub recorded: u64,
     pub spent: Spent,
     pub rss: Rss,
+    /// With a sealing reprocessor beside ingest: the reports of the
+    /// election it had sealed when the run ended (see [`throughput_sealing`]).
+    pub sealed: Option<u64>,
 }
 
 impl Throughput {
@@ -274,7 +279,58 @@ pub async fn throughput(
     connections: usize,
     seconds: Duration,
 ) -> anyhow::Result<Throughput> {
+    throughput_with(bench, redis, start, connections, 1, seconds, false).await
+}
+
+/// [`throughput`] with `batch` reports per request (`/report-batches`).
+pub async fn throughput_of(
+    bench: &Bench,
+    redis: &RedisTarget,
+    start: Start,
+    connections: usize,
+    batch: usize,
+    seconds: Duration,
+) -> anyhow::Result<Throughput> {
+    throughput_with(bench, redis, start, connections, batch, seconds, false).await
+}
+
+/// [`throughput`] with `election-reprocessor run` sealing beside ingest
+/// (`--seal-interval 1s`, the default; healing off, so the difference from
+/// [`throughput`] is the sealing alone): what the sealed log costs ingest
+/// (docs/audit.md; the target is at most 5% fewer reports per second).
+pub async fn throughput_sealing(
+    bench: &Bench,
+    redis: &RedisTarget,
+    connections: usize,
+    seconds: Duration,
+) -> anyhow::Result<Throughput> {
+    throughput_with(bench, redis, Start::Fresh, connections, 1, seconds, true).await
+}
+
+async fn throughput_with(
+    bench: &Bench,
+    redis: &RedisTarget,
+    start: Start,
+    connections: usize,
+    batch: usize,
+    seconds: Duration,
+    sealing: bool,
+) -> anyhow::Result<Throughput> {
     let stage = Stage::fresh(bench, redis).await?;
+    let sealer = if sealing {
+        Some(
+            Service::start(
+                &bench.bin_dir,
+                "election-reprocessor",
+                &["run", "--heal-interval", "0", "--seal-interval", "1s"],
+                stage.database.url(),
+                &redis.url,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let election = format!("bench-{connections}");
     if start == Start::Analyzed {
         let warm_up = format!("{election}-warm-up");
@@ -284,6 +340,7 @@ pub async fn throughput(
     let posting = Posting {
         connections,
         duration: seconds,
+        batch,
         ..stage.posting(&election, stage.token(&election)?)
     };
     let watched = Watched {
@@ -302,9 +359,22 @@ pub async fn throughput(
         redis: redis.pid.and_then(usage::rss_kib),
         wrk: posted.rss_kib,
     };
+    let sealed = match sealer {
+        Some(sealer) => {
+            let sealed = stage.count(
+                "SELECT coalesce(max(sealed_count), 0) AS n FROM seals WHERE election_id = $1",
+                &election,
+            )?;
+            drop(sealer);
+            Some(sealed)
+        }
+        None => None,
+    };
     Ok(Throughput {
         connections,
+        batch,
         recorded,
+        sealed,
         spent: Spent::between(before, after, bench.ticks_per_second),
         rss,
         posted,

@@ -81,8 +81,11 @@ struct Cli {
     #[arg(long, default_value_t = 20_000)]
     memory_reports: u64,
     /// Measure only the live stream (see `stream.rs`), nothing else.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bulk_only")]
     stream_only: bool,
+    /// Measure only bulk reporting (batches of 100 on a fresh database).
+    #[arg(long)]
+    bulk_only: bool,
     /// Stream subscribers [default: 5,000; quick: 1,000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stream_subscribers: Option<u64>,
@@ -158,20 +161,22 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     let bench = Bench {
         admin_url: cli.database_url.clone(),
         bin_dir: cli.bin_dir.clone(),
-        script: wrk::write_script(&std::env::temp_dir())?,
+        scripts: wrk::Scripts::write(&std::env::temp_dir())?,
         ticks_per_second: usage::clock_ticks()?,
     };
     eprintln!(
-        "bench: database election_bench, private redis on {}, wrk script {}",
+        "bench: database election_bench, private redis on {}, wrk scripts {}",
         redis.url(),
-        bench.script.display()
+        bench.scripts.report.display()
     );
     let result = if cli.stream_only {
         stream_lines(&bench, &standalone, &sizes).await
+    } else if cli.bulk_only {
+        bulk_run(&bench, &standalone, &sizes).await
     } else {
         measure(&bench, &standalone, &sizes).await
     };
-    let _ = std::fs::remove_file(&bench.script);
+    bench.scripts.remove();
     let lines = result?;
     table::print(&lines);
     Ok(())
@@ -187,6 +192,9 @@ async fn measure(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::R
     log_run("fresh", &at512);
     lines.push(throughput_line(&at64, None));
     lines.push(throughput_line(&at512, Some((15_000.0, 50.0))));
+    let sealing = ingest::throughput_sealing(bench, redis, 512, sizes.ingest).await?;
+    log_run("fresh, sealing", &sealing);
+    lines.push(sealing_line(&at512, &sealing));
     for connections in [64, 512] {
         let analyzed =
             ingest::throughput(bench, redis, Start::Analyzed, connections, sizes.ingest).await?;
@@ -194,6 +202,9 @@ async fn measure(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::R
         lines.push(analyzed_line(&analyzed));
     }
     lines.extend(cpu_lines(&at512));
+
+    // --- Bulk reporting: batches of 100 on a fresh database -------------------
+    lines.extend(bulk_run(bench, redis, sizes).await?);
 
     // --- The seed's PostgreSQL-only alternative and the ceilings ---------------
     let database = Database::recreate(&bench.admin_url, "election_bench")?;
@@ -238,13 +249,72 @@ async fn stream_lines(
     Ok(stream::lines(&sizes.stream, &figures))
 }
 
+/// Reports per bulk request, and connections posting them: 32 requests of
+/// 100 in flight keep every batch of the group commit full.
+const BULK_BATCH: usize = 100;
+const BULK_CONNECTIONS: usize = 32;
+
+/// Reports per second of a run: requests per second times reports per
+/// request (every report of every request was checked 2xx).
+fn reports_per_second(run: &Throughput) -> f64 {
+    run.posted.summary.per_second * run.batch as f64
+}
+
+/// Bulk reporting on a fresh database, and its lines.
+async fn bulk_run(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::Result<Vec<Line>> {
+    let bulk = ingest::throughput_of(
+        bench,
+        redis,
+        Start::Fresh,
+        BULK_CONNECTIONS,
+        BULK_BATCH,
+        sizes.ingest,
+    )
+    .await?;
+    log_run("fresh bulk", &bulk);
+    Ok(bulk_lines(&bulk))
+}
+
+/// The bulk run: its rate against the target, and its machine CPU per report.
+fn bulk_lines(run: &Throughput) -> Vec<Line> {
+    let rate = reports_per_second(run);
+    vec![
+        Line::judged(
+            format!(
+                "ingest bulk (report-batches of {}), fresh database, wrk {} connections",
+                run.batch, run.connections
+            ),
+            format!(
+                "{} reports/s ({} requests/s, p50 {:.1} ms, p99 {:.1} ms per request)",
+                thousands(rate),
+                thousands(run.posted.summary.per_second),
+                ms(run.posted.summary.p50),
+                ms(run.posted.summary.p99)
+            ),
+            "≥ 50,000 reports/s".to_owned(),
+            rate >= 50_000.0,
+        ),
+        Line::info(
+            "CPU per report in bulk: the machine (ingest, PostgreSQL, Redis, wrk)",
+            format!(
+                "{:.1} µs (ingest {:.1}, PostgreSQL {:.1}, Redis {:.1}, wrk {:.1})",
+                run.machine_micros(),
+                usage::micros_per(run.spent.ingest, run.recorded),
+                usage::micros_per(run.spent.postgres, run.recorded),
+                usage::micros_per(run.spent.redis, run.recorded),
+                usage::micros_per(run.posted.cpu, run.recorded)
+            ),
+        ),
+    ]
+}
+
 fn log_run(start: &str, run: &Throughput) {
     let micros = |spent| usage::micros_per(spent, run.recorded);
     eprintln!(
         "bench: ingest {start} {} connections: {:.0} reports/s, p99 {:.1} ms; \
          CPU per report: ingest {:.0} µs, postgres {:.0} µs, redis {:.0} µs, wrk {:.1} µs",
         run.connections,
-        run.posted.summary.per_second,
+        reports_per_second(run),
         ms(run.posted.summary.p99),
         micros(run.spent.ingest),
         micros(run.spent.postgres),
@@ -295,6 +365,27 @@ fn throughput_line(run: &Throughput, target: Option<(f64, f64)>) -> Line {
         ),
         None => Line::info(what, rate_text(run)),
     }
+}
+
+/// What sealing costs ingest: the same fresh run with a sealing
+/// reprocessor beside it, against the run without.
+fn sealing_line(without: &Throughput, with: &Throughput) -> Line {
+    let cost = 1.0 - with.posted.summary.per_second / without.posted.summary.per_second.max(1.0);
+    Line::judged(
+        format!(
+            "ingest with the reprocessor sealing (--seal-interval 1s), fresh database, wrk {} connections",
+            with.connections
+        ),
+        format!(
+            "{}; {:+.1}% vs without; {} of {} reports sealed when wrk stopped",
+            rate_text(with),
+            -100.0 * cost,
+            thousands(with.sealed.unwrap_or(0) as f64),
+            thousands(with.recorded as f64)
+        ),
+        "≤ 5% fewer reports/s than without sealing",
+        cost <= 0.05,
+    )
 }
 
 fn analyzed_line(run: &Throughput) -> Line {
@@ -653,6 +744,7 @@ async fn loadgen_run(
         rate,
         duration: None,
         spread: None,
+        batch: 1,
     };
     let outcome =
         election_loadgen::run(&load, Arc::new(night(&plan)), Arc::new(Progress::default())).await?;

@@ -22,8 +22,10 @@ use anyhow::{Context, bail};
 
 use crate::usage;
 
-/// The Lua script, built into the bench so it runs from any directory.
+/// The Lua scripts, built into the bench so it runs from any directory:
+/// one report per request, and `BATCH` reports per bulk request.
 const REPORT_SCRIPT: &str = include_str!("../wrk/report.lua");
+const BULK_SCRIPT: &str = include_str!("../wrk/bulk.lua");
 
 /// wrk's own request timeout: far above any latency the bench may meet, so
 /// that slow answers are measured (wrk leaves answers slower than its
@@ -33,13 +35,36 @@ const TIMEOUT: &str = "60s";
 /// How often a running wrk is looked at (its memory, the caller's watch).
 const TICK: Duration = Duration::from_millis(100);
 
-/// Writes the script to a file of this run's own and returns its path.
-pub fn write_script(dir: &Path) -> anyhow::Result<PathBuf> {
-    let path = dir.join(format!("election-bench-report-{}.lua", std::process::id()));
-    let mut file =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(REPORT_SCRIPT.as_bytes())?;
-    Ok(path)
+/// The scripts as files of this run's own.
+#[derive(Debug, Clone)]
+pub struct Scripts {
+    /// One report per request (`report.lua`).
+    pub report: PathBuf,
+    /// A batch per request (`bulk.lua`).
+    pub bulk: PathBuf,
+}
+
+impl Scripts {
+    /// Writes both scripts into `dir`.
+    pub fn write(dir: &Path) -> anyhow::Result<Scripts> {
+        let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.join(format!("election-bench-{name}-{}.lua", std::process::id()));
+            let mut file = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            file.write_all(text.as_bytes())?;
+            Ok(path)
+        };
+        Ok(Scripts {
+            report: write("report", REPORT_SCRIPT)?,
+            bulk: write("bulk", BULK_SCRIPT)?,
+        })
+    }
+
+    /// Removes both files.
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.report);
+        let _ = std::fs::remove_file(&self.bulk);
+    }
 }
 
 /// What to post, where, and how hard.
@@ -55,6 +80,9 @@ pub struct Posting {
     pub connections: usize,
     /// How long wrk runs unless the watch stops it first.
     pub duration: Duration,
+    /// Reports per request: 1 posts to `/reports`, more to
+    /// `/report-batches`.
+    pub batch: usize,
 }
 
 /// What the caller's watch tells a running wrk, every [`TICK`].
@@ -153,11 +181,16 @@ pub struct Posted {
 /// runs. Fails on any answer that is not 2xx, any request left without an
 /// answer, and any failure of wrk or its script.
 pub fn post_reports(
-    script: &Path,
+    scripts: &Scripts,
     posting: &Posting,
     ticks_per_second: u64,
     mut watch: impl FnMut() -> anyhow::Result<Watch>,
 ) -> anyhow::Result<Posted> {
+    let (script, batch_arg) = if posting.batch > 1 {
+        (&scripts.bulk, Some(posting.batch.to_string()))
+    } else {
+        (&scripts.report, None)
+    };
     let child = Command::new("wrk")
         .arg("--latency")
         .args(["--timeout", TIMEOUT])
@@ -168,6 +201,7 @@ pub fn post_reports(
         .arg(script)
         .arg(&posting.base)
         .args(["--", &posting.election, &posting.token, &posting.run])
+        .args(batch_arg)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -265,11 +299,13 @@ fn check(summary: &Summary, answers: &Answers, posting: &Posting) -> anyhow::Res
             socket.write
         );
     }
-    if answers.ok != summary.requests || answers.ok == 0 {
+    let reports = summary.requests * posting.batch.max(1) as u64;
+    if answers.ok != reports || answers.ok == 0 {
         bail!(
-            "{what}: the script counted {} 2xx answers, wrk {} answers",
+            "{what}: the script counted {} 2xx report answers, wrk {} answers of {} reports each",
             answers.ok,
-            summary.requests
+            summary.requests,
+            posting.batch.max(1)
         );
     }
     Ok(())

@@ -7,8 +7,9 @@
 //! token's ballot box like a single report (the same functions of
 //! [`crate::service`]), and answered in its own `results` entry with the
 //! status the single endpoint would have given (201, 202, 200, 409, 400,
-//! 422, 403, 500, 503) and the same body. One bad item never fails the
-//! others.
+//! 422, 403, 500, 503) and the same body (its `status` field, counted or
+//! pending, called `state` there), plus how many items were counted,
+//! pending, replayed and refused. One bad item never fails the others.
 //!
 //! The items that pass their checks go to the [`Batcher`](crate::batcher)
 //! as **one job**, kept whole and in array order inside one group-commit
@@ -56,20 +57,30 @@ struct Wire<'a> {
     reports: Vec<&'a RawValue>,
 }
 
-/// The answer to a bulk request: one result per item, in item order.
+/// The answer to a bulk request: one result per item, in item order, and
+/// how many items ended each way.
 #[derive(Serialize, Debug)]
 pub struct BatchAnswer {
     /// One entry per item of `reports`, in the same order.
     pub results: Vec<ItemAnswer>,
+    /// Items recorded and counted (201).
+    pub counted: usize,
+    /// Items recorded, counting deferred (202).
+    pub pending: usize,
+    /// Items that were replays of recorded revisions (200).
+    pub replayed: usize,
+    /// Items refused or failed (every other status); nothing recorded for them.
+    pub refused: usize,
 }
 
-/// One item's answer: the status and body the single endpoint would give.
+/// One item's answer: the status the single endpoint would give, and its
+/// body.
 #[derive(Serialize, Debug)]
 pub struct ItemAnswer {
     /// The item's position in `reports` (from 0).
     pub index: usize,
     /// The HTTP status the report would have been answered alone.
-    pub http_status: u16,
+    pub status: u16,
     /// The single endpoint's body for that status.
     #[serde(flatten)]
     pub body: ItemBody,
@@ -79,8 +90,18 @@ pub struct ItemAnswer {
 #[derive(Serialize, Debug)]
 #[serde(untagged)]
 pub enum ItemBody {
-    /// 200, 201, 202.
-    Accepted(Accepted),
+    /// 200, 201, 202: the single endpoint's body, its `status` called
+    /// `state` here (the item's `status` is the HTTP one).
+    Accepted {
+        /// The log's id of the revision.
+        report_id: election_core::ReportId,
+        /// The ballot box.
+        ballot_box_id: String,
+        /// The revision.
+        revision: u32,
+        /// `counted` or `pending`.
+        state: &'static str,
+    },
     /// Every other status: `error` and `message`, as in an error answer.
     Refused {
         /// The error code.
@@ -95,17 +116,36 @@ impl ItemAnswer {
         match answer {
             Ok((status, accepted)) => ItemAnswer {
                 index,
-                http_status: status.as_u16(),
-                body: ItemBody::Accepted(accepted),
+                status: status.as_u16(),
+                body: ItemBody::Accepted {
+                    report_id: accepted.report_id,
+                    ballot_box_id: accepted.ballot_box_id,
+                    revision: accepted.revision,
+                    state: accepted.status,
+                },
             },
             Err(error) => ItemAnswer {
                 index,
-                http_status: error.status().as_u16(),
+                status: error.status().as_u16(),
                 body: ItemBody::Refused {
                     error: error.code(),
                     message: error.message().to_owned(),
                 },
             },
+        }
+    }
+}
+
+impl BatchAnswer {
+    fn of(results: Vec<ItemAnswer>) -> BatchAnswer {
+        let count = |status: u16| results.iter().filter(|item| item.status == status).count();
+        let (counted, pending, replayed) = (count(201), count(202), count(200));
+        BatchAnswer {
+            refused: results.len() - counted - pending - replayed,
+            counted,
+            pending,
+            replayed,
+            results,
         }
     }
 }
@@ -123,11 +163,11 @@ pub(crate) async fn post_batch(
         Ok(answer) => {
             count_request(&state, StatusCode::OK, "report_batch", started);
             for item in &answer.results {
-                let code = match &item.body {
-                    ItemBody::Accepted(accepted) => accepted.status,
+                let code = match item.body {
+                    ItemBody::Accepted { state, .. } => state,
                     ItemBody::Refused { error, .. } => error,
                 };
-                state.requests.batch_item(item.http_status, code);
+                state.requests.batch_item(item.status, code);
             }
             (StatusCode::OK, Json(answer)).into_response()
         }
@@ -256,8 +296,8 @@ async fn handle(
         }
     }
 
-    Ok(BatchAnswer {
-        results: slots
+    Ok(BatchAnswer::of(
+        slots
             .into_iter()
             .enumerate()
             .map(|(index, slot)| match slot {
@@ -266,7 +306,7 @@ async fn handle(
                 Slot::Waiting(_) | Slot::Submitted => ItemAnswer::of(index, Err(shutting_down())),
             })
             .collect(),
-    })
+    ))
 }
 
 fn whole_failure(error: &Arc<StoreError>) -> ApiError {

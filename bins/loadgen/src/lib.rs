@@ -127,6 +127,10 @@ pub struct Load {
     /// Spread the posts over this long on an election-night curve (few
     /// reports at first, a peak, then the stragglers) instead of a flat rate.
     pub spread: Option<Duration>,
+    /// Reports per request: 1 posts each alone to `/reports`; more posts
+    /// that many consecutive reports of the night in one request to
+    /// `/report-batches` (a counting centre's upload).
+    pub batch: usize,
 }
 
 /// When post `index` of `count` is due on an election-night curve spread
@@ -231,10 +235,16 @@ pub async fn run(
         .timeout(Duration::from_secs(30))
         .build()
         .context("building the HTTP client")?;
+    let batch = load.batch.max(1);
     let url = format!(
-        "{}/v1/elections/{}/reports",
+        "{}/v1/elections/{}/{}",
         load.ingest_url.trim_end_matches('/'),
-        load.election
+        load.election,
+        if batch == 1 {
+            "reports"
+        } else {
+            "report-batches"
+        }
     );
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -259,8 +269,11 @@ pub async fn run(
                 if duration.is_some_and(|d| started.elapsed() >= d) {
                     break;
                 }
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(post) = posts.get(index) else { break };
+                let index = next.fetch_add(batch, Ordering::Relaxed);
+                if index >= count {
+                    break;
+                }
+                let end = (index + batch).min(count);
                 let due = match (spread, rate) {
                     (Some(spread), _) => Some(started + curve_due(index, count, spread)),
                     (None, Some(rate)) => {
@@ -271,22 +284,31 @@ pub async fn run(
                 if let Some(due) = due {
                     tokio::time::sleep_until(due.into()).await;
                 }
+                let body = if batch == 1 {
+                    posts[index].body.clone()
+                } else {
+                    let items: Vec<&str> =
+                        posts[index..end].iter().map(|p| p.body.as_str()).collect();
+                    format!("{{\"reports\":[{}]}}", items.join(","))
+                };
                 let sent = Instant::now();
-                let status = client
+                let response = client
                     .post(&url)
                     .bearer_auth(&token)
                     .header("content-type", "application/json")
-                    .body(post.body.clone())
+                    .body(body)
                     .send()
-                    .await
-                    .ok()
-                    .map(|response| response.status().as_u16());
-                answers.push(Answer {
-                    post: index,
-                    status,
-                    latency: sent.elapsed(),
-                });
-                progress.answered.fetch_add(1, Ordering::Relaxed);
+                    .await;
+                let statuses = statuses_of(response, batch, end - index).await;
+                let latency = sent.elapsed();
+                for (offset, status) in statuses.into_iter().enumerate() {
+                    answers.push(Answer {
+                        post: index + offset,
+                        status,
+                        latency,
+                    });
+                }
+                progress.answered.fetch_add(end - index, Ordering::Relaxed);
             }
             answers
         }));
@@ -317,6 +339,38 @@ pub async fn run(
     outcome.elapsed = started.elapsed();
     outcome.latencies.sort_unstable();
     Ok(outcome)
+}
+
+/// The status of each of the `n` reports a request carried: the answer's
+/// own for a single report; for a batch, each item's `status` from a
+/// 200, or the whole answer's status for every item otherwise. `None`: no
+/// answer (connection refused, reset, timeout) or an unreadable one.
+async fn statuses_of(
+    response: reqwest::Result<reqwest::Response>,
+    batch: usize,
+    n: usize,
+) -> Vec<Option<u16>> {
+    let Ok(response) = response else {
+        return vec![None; n];
+    };
+    let status = response.status().as_u16();
+    if batch == 1 || status != 200 {
+        // Read the body so the connection can carry the next request.
+        let _ = response.bytes().await;
+        return vec![Some(status); n];
+    }
+    let Ok(body) = response.json::<serde_json::Value>().await else {
+        return vec![None; n];
+    };
+    let items = body["results"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    (0..n)
+        .map(|i| {
+            items
+                .get(i)
+                .and_then(|item| item["status"].as_u64())
+                .and_then(|s| u16::try_from(s).ok())
+        })
+        .collect()
 }
 
 /// Differences between the live national totals and the acknowledged ones:

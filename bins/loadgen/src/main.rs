@@ -55,6 +55,10 @@ struct Cli {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Reports per request: 1 posts each report alone; N > 1 posts N at a
+    /// time to the bulk endpoint (`/report-batches`, at most 1,000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch: u64,
     /// Redis to read the live totals from for the final check (plain GETs on the counters).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
@@ -105,6 +109,7 @@ async fn go(cli: Cli) -> anyhow::Result<bool> {
         rate: cli.rate,
         duration: cli.duration_secs.map(Duration::from_secs_f64),
         spread: cli.spread_secs.map(Duration::from_secs_f64),
+        batch: usize::try_from(cli.batch).unwrap_or(1),
     };
     let progress = Arc::new(Progress::default());
     {

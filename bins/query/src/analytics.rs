@@ -14,7 +14,14 @@
 //! `=HYPERLINK("http://evil", "recount")`), so it is written with a `'`
 //! before it, which spreadsheets show as text. Only free text is touched:
 //! ids cannot start with those characters, and numbers (a negative
-//! `difference`) stay numbers.
+//! `difference`) stay numbers. Text that starts with a `'` gets one more
+//! (a spreadsheet shows the stored text): so the rule can be undone
+//! exactly, by removing one leading `'` from a `reason` that has one, which
+//! is what the sealed log's verifier does (docs/audit.md).
+//!
+//! The last three columns serve that verifier: `omitted` (the revision
+//! left the party out: a NULL vote, shown as 0 in `votes`), and the
+//! SHA-256 of the stored body and the stored `payload_hash`, in hex.
 //!
 //! Incremental: `?after=<report id>` exports only revisions with a larger
 //! report id (the log's primary key, which grows in recording order), so a
@@ -22,6 +29,7 @@
 //! new.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -50,8 +58,8 @@ const EXPORT_PAGE: u32 = 1000;
 const EXPORT_AHEAD: usize = 2;
 
 /// The CSV export's columns, in order.
-pub const CSV_HEADER: &str =
-    "report_id,ballot_box_id,city,revision,reason,party,votes,difference,received_at,status\r\n";
+pub const CSV_HEADER: &str = "report_id,ballot_box_id,city,revision,reason,party,votes,difference,received_at,status,\
+     omitted,payload_sha256,payload_hash\r\n";
 
 /// A PostgreSQL failure as an answer: 503 when retrying later may work, an
 /// opaque (logged) 500 otherwise.
@@ -74,7 +82,7 @@ pub fn pg_error(error: PgError) -> ApiError {
     }
 }
 
-fn bad_parameter(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_parameter(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
 }
 
@@ -387,7 +395,7 @@ async fn export(
 /// One CSV line (RFC 4180: CRLF, fields with a comma, quote or line break
 /// quoted, quotes doubled).
 pub fn write_row(out: &mut Vec<u8>, row: &AuditRow) {
-    let fields: [&str; 10] = [
+    let fields: [&str; 13] = [
         &row.report_id.to_string(),
         row.ballot_box.as_str(),
         row.city.as_str(),
@@ -398,6 +406,9 @@ pub fn write_row(out: &mut Vec<u8>, row: &AuditRow) {
         &row.difference.to_string(),
         &rfc3339_micros(row.received_at),
         if row.counted { "counted" } else { "pending" },
+        if row.omitted { "true" } else { "false" },
+        &hex(&row.payload_sha256),
+        &hex(&row.payload_hash),
     ];
     for (index, field) in fields.iter().enumerate() {
         if index > 0 {
@@ -408,10 +419,20 @@ pub fn write_row(out: &mut Vec<u8>, row: &AuditRow) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Lower-case hex of a digest.
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
 /// Free text as a spreadsheet will show it, never run it: a leading `'`
-/// when it starts like a formula (see the module docs).
+/// when it starts like a formula, or with a `'` itself (see the module
+/// docs), so that removing one leading `'` always gives the stored text.
 pub fn neutralise(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r', '\'']) {
         std::borrow::Cow::Owned(format!("'{text}"))
     } else {
         std::borrow::Cow::Borrowed(text)
@@ -469,8 +490,14 @@ mod tests {
         ] {
             assert_eq!(neutralise(formula), format!("'{formula}"));
         }
-        for text in ["recount", "", "a=b", " =x", "'already"] {
+        for text in ["recount", "", "a=b", " =x"] {
             assert_eq!(neutralise(text), text);
+        }
+        // A leading quote is doubled, so one quote removed gives the text back.
+        assert_eq!(neutralise("'already"), "''already");
+        for text in ["'already", "=1", "''", "x"] {
+            let shown = neutralise(text);
+            assert_eq!(shown.strip_prefix('\'').unwrap_or(&shown), text);
         }
     }
 

@@ -112,6 +112,7 @@ fn table() -> Vec<Route> {
             "/v1/elections/{election}/reports.csv",
             analytics::reports_csv,
         ),
+        get_route("/v1/elections/{election}/audit", crate::audit::audit),
         get_route("/metrics", metrics),
     ]
 }

@@ -14,10 +14,12 @@
 //! - [`stream`]: the stream's snapshot and delta events, rendered once and
 //!   shared by every subscriber;
 //! - [`api`]: the routes, the live handlers and the stream;
-//! - [`analytics`] and [`timeline`]: the history endpoints.
+//! - [`analytics`] and [`timeline`]: the history endpoints;
+//! - [`audit`]: the sealed log's published heads.
 
 pub mod analytics;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod elections;

@@ -17,6 +17,7 @@
 //! | `IDLE_INTERVAL` | `--interval` (`run`) | `1s` |
 //! | `STUCK_ATTEMPTS` | `--stuck-attempts` (`run`) | 5 |
 //! | `HEAL_INTERVAL` | `--heal-interval` (`run`) | `15s` (`0s`: off) |
+//! | `SEAL_INTERVAL` | `--seal-interval` (`run`) | `1s` (`0` turns sealing off) |
 //! | `RECONCILE_ROUNDS` | `--rounds` (`reconcile`) | 20 |
 //! | `RECONCILE_ROUND_INTERVAL` | `--round-interval` (`reconcile`) | `150ms` |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
@@ -99,6 +100,10 @@ pub enum Command {
     /// the drift (exit status 1 when there is any); --repair makes Redis
     /// exact.
     Reconcile(Box<Reconcile>),
+    /// Recompute an election's sealed log from the stored reports: exit 0
+    /// when intact, 1 naming the first report altered, removed or inserted
+    /// since it was sealed, 2 when it could not be checked.
+    Verify(Box<Verify>),
 }
 
 /// Where the stores are, and how patiently to talk to them.
@@ -154,6 +159,28 @@ pub struct Run {
     /// lost ones again (a restart, a flush, a failover); 0s turns healing off.
     #[arg(long, env = "HEAL_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub heal_interval: Duration,
+    /// Pause between sealing rounds, which seal every recorded report into its election's hash
+    /// chain (docs/audit.md; a report is sealed within about two intervals); 0s turns sealing off.
+    #[arg(long, env = "SEAL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub seal_interval: Duration,
+}
+
+/// `verify` settings: PostgreSQL only.
+#[derive(Args, Debug, Clone)]
+pub struct Verify {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// The election to verify.
+    #[arg(long)]
+    pub election: String,
+    /// A head noted earlier (64 hex digits, from `GET /v1/elections/{e}/audit`): it must still be
+    /// one of the checkpoints, else the seals themselves were rewritten.
+    #[arg(long)]
+    pub head: Option<String>,
+    /// Most findings printed (the first is the one that matters; 0: all kept).
+    #[arg(long, default_value_t = 20)]
+    pub max_rows: usize,
 }
 
 /// `reconcile` settings.
@@ -213,5 +240,17 @@ mod tests {
         };
         assert!(reconcile.repair);
         assert_eq!(reconcile.round_interval, Duration::from_millis(150));
+        let cli = Cli::try_parse_from(["election-reprocessor", "run"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.seal_interval, Duration::from_secs(1));
+        let cli =
+            Cli::try_parse_from(["election-reprocessor", "verify", "--election", "2025"]).unwrap();
+        let Command::Verify(verify) = cli.command else {
+            panic!("verify")
+        };
+        assert_eq!(verify.election, "2025");
+        assert_eq!(verify.head, None);
     }
 }

@@ -1,4 +1,5 @@
-//! The subcommands: `run [--once]` and `reconcile --election E [--repair]`.
+//! The subcommands: `run [--once]`, `reconcile --election E [--repair]` and
+//! `verify --election E [--head H]`.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use store_pg::{PgLog, PgPool};
 use store_redis::{RedisTally, UnreadableCounter};
 use tokio::sync::watch;
 
-use crate::cli::{Reconcile, Run, Stores};
+use crate::cli::{Reconcile, Run, Stores, Verify};
 use crate::healer::HealSettings;
 use crate::{Services, Settings};
 
@@ -101,6 +102,11 @@ pub fn run(args: Run) -> anyhow::Result<bool> {
             interval: args.heal_interval,
             page_size: HEAL_PAGE,
         }),
+        seal: (!args.once && !args.seal_interval.is_zero()).then_some(
+            crate::sealer::SealSettings {
+                interval: args.seal_interval,
+            },
+        ),
     };
     tracing::info!(
         database.url = %redact(&args.stores.database_url),
@@ -133,6 +139,7 @@ pub fn run(args: Run) -> anyhow::Result<bool> {
             log: stores.log,
             redis: Some(Arc::clone(&stores.tally)),
             tally: stores.tally,
+            sealer: Some(store_pg::seal::Sealer::new(stores.pg.clone())),
         };
         crate::run(
             listener,
@@ -400,4 +407,78 @@ fn signed(n: i64) -> String {
 
 fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+/// `election-reprocessor verify --election E [--head H]`: recomputes the
+/// election's sealed log from the stored rows (store-pg `seal::verify`) and
+/// prints what it found; returns whether the log is intact.
+pub fn verify(args: Verify) -> anyhow::Result<bool> {
+    let election = ElectionId::parse(&args.election).context("--election")?;
+    let noted = args
+        .head
+        .as_deref()
+        .map(store_pg::seal::Head::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--head")?;
+    let pg = store_pg::connect(&args.database_url, 1, PG_CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact(&args.database_url)))?;
+    store_pg::check_schema(&pg)?;
+    let verification = store_pg::seal::verify(&pg, &election, noted)
+        .with_context(|| format!("verifying the sealed log of election {election}"))?;
+    let mut out = std::io::stdout().lock();
+    print_verification(&mut out, &election, &verification, args.max_rows)?;
+    Ok(verification.findings.is_empty())
+}
+
+/// The verdict of `verify`, the first finding first.
+pub fn print_verification(
+    out: &mut impl Write,
+    election: &ElectionId,
+    verification: &store_pg::seal::Verification,
+    max_rows: usize,
+) -> std::io::Result<()> {
+    let (count, through, head) =
+        verification
+            .latest
+            .as_ref()
+            .map_or((0, 0, store_pg::seal::ZERO_HEAD), |latest| {
+                (
+                    latest.sealed_count,
+                    latest.sealed_through_report_id,
+                    latest.head,
+                )
+            });
+    match verification.findings.first() {
+        None => writeln!(
+            out,
+            "election {election}: intact: {count} reports sealed through report {through} \
+             in {} checkpoints, head {head}; {} recorded since, not sealed yet",
+            verification.checkpoints, verification.unsealed
+        )?,
+        Some(first) => {
+            writeln!(out, "election {election}: TAMPERED: {first}")?;
+            let shown = if max_rows == 0 {
+                verification.findings.len()
+            } else {
+                max_rows.min(verification.findings.len())
+            };
+            for finding in &verification.findings[..shown] {
+                writeln!(out, "  {finding}")?;
+            }
+            if shown < verification.findings.len() {
+                writeln!(
+                    out,
+                    "  ... and {} more",
+                    verification.findings.len() - shown
+                )?;
+            }
+            writeln!(
+                out,
+                "the chain of {count} reports sealed through report {through} ends in head {head} \
+                 by its own seals; the rows no longer give it"
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -8,7 +8,9 @@
 //! - [`drain`] (`run --once`) counts until nothing is left pending, and says
 //!   so;
 //! - [`commands::reconcile`] compares and repairs (the logic is
-//!   `election_core::reconcile`).
+//!   `election_core::reconcile`);
+//! - [`commands::verify`] recomputes an election's sealed log and names the
+//!   first report changed since it was sealed ([`sealer`] seals, in `run`).
 //!
 //! Counting goes through `Engine::count_pending`, the same exactly-once path
 //! as ingest: claims are `FOR UPDATE SKIP LOCKED` with a lease, so any number
@@ -18,6 +20,7 @@
 pub mod cli;
 pub mod commands;
 pub mod healer;
+pub mod sealer;
 pub mod worker;
 
 use std::future::Future;
@@ -47,6 +50,9 @@ pub struct Services {
     /// `redis_evicting_policy` from its last checks of the nodes'
     /// `maxmemory-policy`.
     pub redis: Option<Arc<store_redis::RedisTally>>,
+    /// Seals the log into each election's hash chain (see [`sealer`]), with
+    /// `Settings::seal`.
+    pub sealer: Option<store_pg::seal::Sealer>,
 }
 
 /// Counts pending reports until `shutdown` resolves, serving health and
@@ -94,10 +100,22 @@ pub async fn run(
             stopping.clone(),
         ))
     });
+    let sealing = match (services.sealer, settings.seal) {
+        (Some(sealer), Some(seal)) => Some(tokio::spawn(sealer::run(
+            sealer,
+            seal,
+            Arc::clone(&metrics),
+            stopping.clone(),
+        ))),
+        _ => None,
+    };
     let worker = worker::Worker::new(services.log, services.tally, settings, metrics);
     worker.run(stopping).await;
     if let Some(healing) = healing {
         healing.await?;
+    }
+    if let Some(sealing) = sealing {
+        sealing.await?;
     }
     server.await??;
     Ok(())

@@ -8,6 +8,8 @@
 //!   could not run (bad settings, PostgreSQL unreachable).
 //! - `reconcile`: 0 when Redis is exact, 1 when it drifts, 2 when it could
 //!   not compare (a store is down, a bad argument).
+//! - `verify`: 0 intact, 1 a report altered, removed or inserted since it
+//!   was sealed, 2 when it could not check.
 //!
 //! Failures are logged through `tracing` (JSON with `LOG_FORMAT=json`).
 
@@ -23,6 +25,7 @@ fn main() {
     let (result, unfinished_status, failure_status) = match cli.command {
         Command::Run(run) => (commands::run(*run), EXIT_LEFT_PENDING, 1),
         Command::Reconcile(reconcile) => (commands::reconcile(*reconcile), 1, 2),
+        Command::Verify(verify) => (commands::verify(*verify), 1, 2),
     };
     match result {
         Ok(true) => {}

@@ -43,6 +43,9 @@ pub struct Settings {
     pub stuck_attempts: u32,
     /// The healing loop (`None`: no healing, as with `run --once`).
     pub heal: Option<crate::healer::HealSettings>,
+    /// The sealing loop (`None`: no sealing, as with `run --once`); it runs
+    /// only when [`crate::Services::sealer`] is given too.
+    pub seal: Option<crate::sealer::SealSettings>,
 }
 
 const PENDING: &str = "reprocessor_pending_reports";

@@ -88,12 +88,20 @@ pub struct AuditRow {
     pub party: PartyId,
     /// The revision's count for the party (0 for a party it omitted).
     pub votes: i32,
+    /// Whether the revision omitted the party (stored as a NULL vote; the
+    /// sealed log tells it apart from a posted 0).
+    pub omitted: bool,
     /// The change it brought to the party's counters.
     pub difference: i64,
     /// When the revision was recorded.
     pub received_at: DateTime<Utc>,
     /// Whether it has reached the live counters (false while pending).
     pub counted: bool,
+    /// SHA-256 of the revision's body as stored (`reports.payload`), for
+    /// the sealed log (docs/audit.md).
+    pub payload_sha256: Vec<u8>,
+    /// `reports.payload_hash` as stored, for the sealed log.
+    pub payload_hash: Vec<u8>,
 }
 
 /// Where the next audit page starts: after this revision.
@@ -397,7 +405,8 @@ pub fn cumulate(
 /// `pending_batches`, read once per page.
 const AUDIT_PAGE: &str = "\
 WITH page AS (
-    SELECT id, ballot_box_id, city, revision, reason, received_at, parties, votes, differences
+    SELECT id, ballot_box_id, city, revision, reason, received_at, parties, votes, differences,
+           sha256(convert_to(payload::text, 'UTF8')) AS payload_sha256, payload_hash
     FROM reports
     WHERE election_id = $1 AND id > $3
     ORDER BY id
@@ -405,7 +414,8 @@ WITH page AS (
 ), pending_ids AS MATERIALIZED (SELECT DISTINCT unnest(report_ids) AS id FROM pending_batches)
 SELECT p.id AS report_id, p.ballot_box_id, p.city, p.revision, p.reason,
        p.received_at, NOT EXISTS (SELECT 1 FROM pending_ids i WHERE i.id = p.id) AS counted,
-       v.party, coalesce(v.votes, 0) AS votes, v.difference
+       v.party, coalesce(v.votes, 0) AS votes, v.votes IS NULL AS omitted, v.difference,
+       p.payload_sha256, p.payload_hash
 FROM page p
 CROSS JOIN LATERAL unnest(p.parties, p.votes, p.differences) AS v(party, votes, difference)
 ORDER BY p.id, v.party COLLATE \"C\"";
@@ -430,8 +440,14 @@ struct AuditSqlRow {
     party: String,
     #[diesel(sql_type = Int4)]
     votes: i32,
+    #[diesel(sql_type = Bool)]
+    omitted: bool,
     #[diesel(sql_type = BigInt)]
     difference: i64,
+    #[diesel(sql_type = diesel::sql_types::Bytea)]
+    payload_sha256: Vec<u8>,
+    #[diesel(sql_type = diesel::sql_types::Bytea)]
+    payload_hash: Vec<u8>,
 }
 
 /// One page of the audit log: up to `reports_per_page` revisions (with all
@@ -476,9 +492,12 @@ pub fn audit_page(
             reason: row.reason,
             party: PartyId::parse(&row.party).map_err(&bad)?,
             votes: row.votes,
+            omitted: row.omitted,
             difference: row.difference,
             received_at: row.received_at,
             counted: row.counted,
+            payload_sha256: row.payload_sha256,
+            payload_hash: row.payload_hash,
         });
     }
     // A short page is the last one. (A revision without log rows is never

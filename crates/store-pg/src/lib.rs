@@ -14,6 +14,8 @@
 //!   [`check_schema`] is what every service calls before it starts;
 //! - [`definitions`] stores election definitions (SPEC §7);
 //! - [`try_lock_repair`] keeps `reconcile --repair` to one per election;
+//! - [`seal`] seals every election's log into a hash chain, verifies it and
+//!   reads its published heads (docs/audit.md);
 //! - [`PgLog`] implements [`ReportLog`] (see `record` for the batch path);
 //! - [`PgError`] says what failed and converts into the core's `StoreError`,
 //!   `Unavailable` when retrying later is the remedy.
@@ -31,6 +33,7 @@ mod pool;
 mod prepared;
 mod record;
 pub mod schema;
+pub mod seal;
 pub mod tokens;
 
 pub use error::{PgError, STORE};

@@ -435,7 +435,7 @@ impl PgLog {
         Ok(totals)
     }
 
-    fn elections_inner(&self) -> Result<Vec<ElectionId>, PgError> {
+    pub(crate) fn elections_inner(&self) -> Result<Vec<ElectionId>, PgError> {
         const DOING: &str = "listing the elections";
         let mut conn = self.connection(|| DOING.to_owned())?;
         let rows: Vec<ElectionRow> = diesel::sql_query(ELECTIONS)

@@ -67,6 +67,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Checkpoints of each election's sealed log (`crate::seal`).
+    seals (election_id, sealed_through_report_id) {
+        election_id -> Text,
+        sealed_through_report_id -> Int8,
+        sealed_count -> Int8,
+        head -> Bytea,
+        sealed_at -> Timestamptz,
+        report_ids -> Array<Int8>,
+        leaves -> Bytea,
+    }
+}
+
+diesel::table! {
     /// A view: one row per party per recorded revision, the seed article's
     /// log, unnested from `reports`.
     vote_log (report_id, party) {
@@ -134,5 +147,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     election_parties,
     pending_batches,
     reports,
+    seals,
     vote_log,
 );

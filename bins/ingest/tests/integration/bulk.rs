@@ -38,7 +38,7 @@ async fn post_batch(ingest: &Ingest, body: String) -> (u16, Value) {
     post_batch_with(ingest, &election, &ingest.token, "application/json", body).await
 }
 
-/// `(http_status, outcome or error code)` of every item, in order.
+/// `(status, state or error code)` of every item, in order.
 fn items(answer: &(u16, Value)) -> Vec<(u64, String)> {
     assert_eq!(answer.0, 200, "{answer:?}");
     answer.1["results"]
@@ -48,12 +48,12 @@ fn items(answer: &(u16, Value)) -> Vec<(u64, String)> {
         .enumerate()
         .map(|(i, item)| {
             assert_eq!(item["index"], i, "{item}");
-            let code = item["status"]
+            let code = item["state"]
                 .as_str()
                 .or(item["error"].as_str())
                 .unwrap()
                 .to_owned();
-            (item["http_status"].as_u64().unwrap(), code)
+            (item["status"].as_u64().unwrap(), code)
         })
         .collect()
 }
@@ -91,6 +91,15 @@ async fn every_item_is_answered_as_it_would_be_alone() {
             (201, "counted".to_owned()),
             (409, "conflict".to_owned()),
         ]
+    );
+    assert_eq!(
+        [
+            &answer.1["counted"],
+            &answer.1["pending"],
+            &answer.1["replayed"],
+            &answer.1["refused"]
+        ],
+        [3, 0, 1, 5]
     );
     let results = answer.1["results"].as_array().unwrap();
     assert_eq!(results[0]["ballot_box_id"], "B1");
@@ -251,5 +260,63 @@ async fn an_unreachable_postgresql_fails_the_whole_request_with_503() {
     assert_eq!(answer.0, 503, "{answer:?}");
     assert_eq!(answer.1["error"], "unavailable");
     assert_eq!(ingest.national("a"), None);
+    ingest.stop().await;
+}
+
+/// `election-loadgen --batch 25` against ingest: a night with re-posts and
+/// corrections, sent 25 reports a request; every new revision counted and
+/// the live totals exactly what was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loadgen_posts_a_night_in_batches_and_the_totals_match() {
+    use election_loadgen::{Load, Plan, Progress, night, run};
+    let ingest = Ingest::start(RedisChoice::Standalone).await;
+    let plan = Plan {
+        boxes: 300,
+        cities: 7,
+        parties: 3,
+        duplicates: 0.1,
+        revisions: 0.1,
+        seed: 7,
+    };
+    let posts = std::sync::Arc::new(night(&plan));
+    let load = Load {
+        ingest_url: ingest.base.clone(),
+        election: ingest.election.to_string(),
+        token: ingest.token.clone(),
+        concurrency: 4,
+        rate: None,
+        duration: None,
+        spread: None,
+        batch: 25,
+    };
+    let outcome = run(
+        &load,
+        posts.clone(),
+        std::sync::Arc::new(Progress::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.sent, posts.len());
+    assert_eq!(outcome.transport_errors, 0);
+    // Every box counted at least once; re-posts are replays, or conflicts
+    // when one lands after its box's correction (an older revision: four
+    // requests are in flight at once, so a correction may overtake).
+    assert!(
+        outcome.statuses.get(&201).copied().unwrap_or(0) >= plan.boxes,
+        "{:?}",
+        outcome.statuses
+    );
+    assert!(
+        outcome.statuses.keys().all(|s| [200, 201, 409].contains(s)),
+        "{:?}",
+        outcome.statuses
+    );
+    assert!(
+        outcome.statuses.get(&200).copied().unwrap_or(0) > 0,
+        "re-posts are replays"
+    );
+    for (party, expected) in outcome.expected_national() {
+        assert_eq!(ingest.national(&party), Some(expected), "{party}");
+    }
     ingest.stop().await;
 }

@@ -127,24 +127,7 @@ async fn sigterm_during_a_burst_loses_no_acknowledged_report() {
     assert!(ingest(&schema, &["migrate"]).status.success());
     let issued = ingest(&schema, &["token", "issue", "--election", "burst"]);
     let token = text(&issued.stdout).trim().to_owned();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--batch-size",
-            "16",
-        ])
-        .env("DATABASE_URL", schema.url())
-        .env("REDIS_URL", test_support::redis::redis_url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_ready(&base, &mut child);
-
+    let (child, base) = serve(&schema);
     let client = reqwest::Client::new();
     let url = format!("{base}/v1/elections/burst/reports");
     let mut posts = Vec::new();
@@ -223,6 +206,75 @@ async fn sigterm_during_a_burst_loses_no_acknowledged_report() {
         refused_or_dropped,
         recorded.len()
     );
+}
+
+/// Starts `election-ingest serve` (batches of 16) on a free port, ready.
+fn serve(schema: &PgSchema) -> (Child, String) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--batch-size",
+            "16",
+        ])
+        .env("DATABASE_URL", schema.url())
+        .env("REDIS_URL", test_support::redis::redis_url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&base, &mut child);
+    (child, base)
+}
+
+/// The real binary takes a bulk request: 60 items, one of them invalid, in
+/// one request larger than a group-commit batch; every valid item recorded
+/// and counted, the invalid one answered 422 alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_records_a_bulk_request_item_by_item() {
+    let schema = PgSchema::new();
+    assert!(ingest(&schema, &["migrate"]).status.success());
+    let election = election_core::contract::unique_election("bulkbin");
+    let issued = ingest(
+        &schema,
+        &["token", "issue", "--election", election.as_str()],
+    );
+    let token = text(&issued.stdout).trim().to_owned();
+    let (mut child, base) = serve(&schema);
+    let mut items: Vec<String> = (0..60)
+        .map(|i| format!(r#"{{"ballot_box_id":"B{i}","city":"york","votes":{{"a":2}}}}"#))
+        .collect();
+    items[30] = r#"{"ballot_box_id":"B 30","city":"york","votes":{"a":2}}"#.to_owned();
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/elections/{election}/report-batches"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"reports":[{}]}}"#, items.join(",")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let statuses: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 60);
+    assert_eq!(statuses[30], 422);
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 59);
+    let total: Option<i64> = redis::Commands::get(
+        &mut test_support::redis::connection(&test_support::redis::redis_url()),
+        format!("election:{election}:party:a"),
+    )
+    .unwrap();
+    assert_eq!(total, Some(59 * 2));
+    send_signal(child.id(), "TERM");
+    let _ = child.wait();
 }
 
 /// Sends a signal with kill(1) (the workspace forbids unsafe code, so no

@@ -509,14 +509,28 @@ async fn the_csv_export_has_every_revision_and_quotes_what_it_must() {
             "votes",
             "difference",
             "received_at",
-            "status"
+            "status",
+            "omitted",
+            "payload_sha256",
+            "payload_hash"
         ]
     );
+    // Every party here was posted (none omitted); the digests are SHA-256
+    // in hex, for the sealed log's verifier (docs/audit.md).
+    for r in &records[1..] {
+        assert_eq!(r[10], "false", "{r:?}");
+        for digest in &r[11..13] {
+            assert!(
+                digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{r:?}"
+            );
+        }
+    }
     // Every column but the city and the counting time.
     let rows: Vec<Vec<String>> = records[1..]
         .iter()
         .map(|r| {
-            assert_eq!(r.len(), 10, "{r:?}");
+            assert_eq!(r.len(), 13, "{r:?}");
             [0, 1, 3, 4, 5, 6, 7, 8]
                 .iter()
                 .map(|&i| r[i].clone())

@@ -3,6 +3,7 @@
 //! feeding it; the dashboard in a real browser (headless Chromium); and the
 //! real binary.
 
+mod audit;
 mod dashboard;
 mod hardening;
 mod harness;

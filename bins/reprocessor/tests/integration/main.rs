@@ -8,4 +8,5 @@ mod harness;
 mod operations;
 mod reconcile;
 mod redis_safety;
+mod sealing;
 mod service;

@@ -70,6 +70,7 @@ async fn run_backs_off_while_redis_is_down_then_resumes_by_itself() {
         redis: Some(tally.clone()),
         ready: election_reprocessor::commands::ready_check(db.pool.clone(), tally),
         locks: election_reprocessor::commands::repair_locks(db.pool.clone()),
+        sealer: None,
     };
     let settings = Settings {
         claim: Claim {
@@ -80,6 +81,7 @@ async fn run_backs_off_while_redis_is_down_then_resumes_by_itself() {
         interval: Duration::from_millis(50),
         stuck_attempts: 3,
         heal: None,
+        seal: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(election_reprocessor::run(

@@ -10,6 +10,7 @@
 mod batches;
 mod definitions;
 mod migrations;
+mod seals;
 mod support;
 
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use crate::support::{execute, lines};
 const INITIAL: &str = "20250601000000";
 const DEFINITIONS: &str = "20261101000000";
 const WRITE_PATH: &str = "20261130000000";
+const SEALS: &str = "20261201000000";
 
 fn tables(pool: &store_pg::PgPool) -> Vec<String> {
     lines(
@@ -35,7 +36,7 @@ fn migrations_go_up_down_and_up_again() {
 
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH]
+        [INITIAL, DEFINITIONS, WRITE_PATH, SEALS]
     );
     assert_eq!(
         tables(&pool),
@@ -50,6 +51,7 @@ fn migrations_go_up_down_and_up_again() {
             "pending_batches",
             "pending_reports",
             "reports",
+            "seals",
             "vote_log"
         ]
     );
@@ -96,7 +98,7 @@ fn migrations_go_up_down_and_up_again() {
     // And up again, empty.
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [INITIAL, DEFINITIONS, WRITE_PATH]
+        [INITIAL, DEFINITIONS, WRITE_PATH, SEALS]
     );
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
@@ -121,7 +123,7 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    assert_eq!(applied, [INITIAL, DEFINITIONS, WRITE_PATH]);
+    assert_eq!(applied, [INITIAL, DEFINITIONS, WRITE_PATH, SEALS]);
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate
@@ -189,7 +191,7 @@ fn the_write_path_migration_moves_recorded_reports_forward() {
     );
     execute(&pool, "SELECT setval('reports_id_seq', 3)");
 
-    assert_eq!(store_pg::migrate(&pool).unwrap(), [WRITE_PATH]);
+    assert_eq!(store_pg::migrate(&pool).unwrap(), [WRITE_PATH, SEALS]);
 
     // The per-party rows read as before, through the view.
     assert_eq!(
