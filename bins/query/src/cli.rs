@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | `DATABASE_URL` | `--database-url` | `postgres://postgres@127.0.0.1:5432/postgres` (libpq's `sslmode` and `sslrootcert` select TLS) |
 //! | `REDIS_URL` | `--redis-url` | `redis://127.0.0.1:6379` (`rediss://` for TLS; a comma-separated list, or `redis+cluster://h1:p1,h2:p2`, selects Redis Cluster) |
-//! | `HISTORY_DATABASE_URL` | `--history-database-url` | none (history — analytics, the timeline, the CSV export — is read from this PostgreSQL, e.g. a streaming replica; unset: from `DATABASE_URL`) |
+//! | `HISTORY_DATABASE_URL` | `--history-database-url` | none (history — analytics, the timeline, the CSV export, the audit answer — is read from this PostgreSQL, e.g. a streaming replica; unset: from `DATABASE_URL`) |
 //! | `QUERY_LISTEN_ADDR` | `--listen` | `127.0.0.1:8081` |
 //! | `QUERY_PG_POOL_SIZE` | `--pg-pool-size` | 4 |
 //! | `QUERY_REDIS_POOL_SIZE` | `--redis-pool-size` | 4 |
@@ -121,7 +121,7 @@ pub struct Serve {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
     /// PostgreSQL URL history is read from (analytics, the timeline, the
-    /// CSV export), such as a streaming replica's; without it, history comes
+    /// CSV export, the audit answer), such as a streaming replica's; without it, history comes
     /// from `DATABASE_URL`. The list of elections and their definitions
     /// always come from `DATABASE_URL`.
     #[arg(long, env = "HISTORY_DATABASE_URL", hide_env_values = true)]

@@ -53,8 +53,8 @@ pub struct Services {
     /// PostgreSQL: the known elections, their definitions, and history
     /// unless `history` is given.
     pub pg: PgPool,
-    /// Where history (analytics, the timeline, the CSV export) is read
-    /// from, when not `pg`: a streaming replica takes those scans off the
+    /// Where history (analytics, the timeline, the CSV export, the seals of
+    /// `GET /audit`) is read from, when not `pg`: a streaming replica takes those scans off the
     /// primary that ingest writes to. A replica's lag shows as history a
     /// little behind the live totals, which history answers already are
     /// (they are cached for seconds).
