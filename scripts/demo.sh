@@ -114,9 +114,9 @@ fi
 $BIN/election-ingest election load "$DEFINITION" >/dev/null
 
 # --- Services ------------------------------------------------------------------
-LISTEN_ADDR=$INGEST $BIN/election-ingest serve >"$LOGS/ingest.log" 2>&1 & pids+=($!)
-LISTEN_ADDR=$QUERY $BIN/election-query serve >"$LOGS/query.log" 2>&1 & pids+=($!)
-LISTEN_ADDR=$REPROCESSOR $BIN/election-reprocessor run --pending-after 2s >"$LOGS/reprocessor.log" 2>&1 & pids+=($!)
+INGEST_LISTEN_ADDR=$INGEST $BIN/election-ingest serve >"$LOGS/ingest.log" 2>&1 & pids+=($!)
+QUERY_LISTEN_ADDR=$QUERY $BIN/election-query serve >"$LOGS/query.log" 2>&1 & pids+=($!)
+REPROCESSOR_LISTEN_ADDR=$REPROCESSOR $BIN/election-reprocessor run --pending-after 2s >"$LOGS/reprocessor.log" 2>&1 & pids+=($!)
 for addr in $INGEST $QUERY $REPROCESSOR; do
     for _ in $(seq 1 100); do
         curl -sf "http://$addr/healthz" >/dev/null && break

@@ -241,9 +241,9 @@ impl Service {
         let path = format!("{bin_dir}/{binary}");
         let child = Command::new(&path)
             .args(args)
+            .args(["--listen", &listen])
             .env("DATABASE_URL", database_url)
             .env("REDIS_URL", redis_url)
-            .env("LISTEN_ADDR", &listen)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

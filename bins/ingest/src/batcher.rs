@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use election_core::{Engine, Outcome, Report, StoreError};
 use election_http::metrics::{LATENCY_BUCKETS, Registry, SIZE_BUCKETS};
+
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -185,6 +186,17 @@ async fn run(
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let batch_size = config.batch_size.max(1);
     let deferrals = Arc::new(DeferralLog::default());
+    // Handles made once: observing takes no lock.
+    let sizes = metrics.histogram(
+        "ingest_batch_size",
+        "Reports per group-commit batch.",
+        SIZE_BUCKETS,
+    );
+    let durations = metrics.histogram(
+        "ingest_batch_duration_seconds",
+        "Time to record and count one batch.",
+        LATENCY_BUCKETS,
+    );
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
@@ -220,7 +232,7 @@ async fn run(
             }
         }
         let engine = engine.clone();
-        let metrics = Arc::clone(&metrics);
+        let (sizes, durations) = (sizes.clone(), durations.clone());
         let deferrals = Arc::clone(&deferrals);
         tokio::spawn(async move {
             let started = Instant::now();
@@ -248,20 +260,8 @@ async fn run(
             })
             .await;
             drop(permit);
-            metrics.observe(
-                "ingest_batch_size",
-                "Reports per group-commit batch.",
-                SIZE_BUCKETS,
-                &[],
-                size as f64,
-            );
-            metrics.observe(
-                "ingest_batch_duration_seconds",
-                "Time to record and count one batch.",
-                LATENCY_BUCKETS,
-                &[],
-                started.elapsed().as_secs_f64(),
-            );
+            sizes.observe(size as f64);
+            durations.observe(started.elapsed().as_secs_f64());
             match result {
                 Ok((_, Ok((outcomes, why)))) => {
                     let pending = outcomes

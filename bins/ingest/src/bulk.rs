@@ -23,14 +23,15 @@
 //! Items are kept as the raw JSON they were posted as ([`RawValue`]), so the
 //! audit payload of each report is its item exactly as sent.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use election_core::{Report, StoreError};
 use election_http::ApiError;
 use serde::{Deserialize, Serialize};
@@ -152,27 +153,21 @@ impl BatchAnswer {
 pub(crate) async fn post_batch(
     State(state): State<AppState>,
     Path(election): Path<String>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    match handle(&state, &election, &headers, body).await {
+    let client = client.map(|Extension(ConnectInfo(address))| address.ip());
+    match handle(&state, &election, client, &headers, body).await {
         Ok(answer) => {
             count_request(&state, StatusCode::OK, "report_batch", started);
             for item in &answer.results {
-                let code = match &item.body {
+                let code = match item.body {
                     ItemBody::Accepted { state, .. } => state,
                     ItemBody::Refused { error, .. } => error,
                 };
-                state.metrics.inc(
-                    "ingest_batch_items_total",
-                    "Items of bulk requests answered, by the status and outcome or error code each would have had alone.",
-                    &[
-                        ("status", &item.status.to_string()),
-                        ("code", code),
-                    ],
-                    1,
-                );
+                state.requests.batch_item(item.status, code);
             }
             (StatusCode::OK, Json(answer)).into_response()
         }
@@ -193,10 +188,11 @@ enum Slot {
 async fn handle(
     state: &AppState,
     election: &str,
+    client: Option<IpAddr>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<BatchAnswer, ApiError> {
-    let caller = admit(state, election, headers).await?;
+    let caller = admit(state, election, client, headers).await?;
     let body = read_body(headers, body, state.body_timeout, MAX_BATCH_BYTES).await?;
     let wire: Wire<'_> = serde_json::from_slice(&body).map_err(|error| {
         ApiError::new(

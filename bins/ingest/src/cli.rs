@@ -5,29 +5,41 @@
 //!
 //! | variable | flag | default |
 //! | --- | --- | --- |
-//! | `DATABASE_URL` | `--database-url` | `postgres://postgres@127.0.0.1:5432/postgres` |
-//! | `REDIS_URL` | `--redis-url` | `redis://127.0.0.1:6379` (a comma-separated list, or `redis+cluster://h1:p1,h2:p2`, selects Redis Cluster) |
-//! | `LISTEN_ADDR` | `--listen` | `127.0.0.1:8080` |
-//! | `PG_POOL_SIZE` | `--pg-pool-size` | 8 |
-//! | `REDIS_POOL_SIZE` | `--redis-pool-size` | 8 |
-//! | `REDIS_TIMEOUT_MS` | `--redis-timeout-ms` | 500 |
+//! | `DATABASE_URL` | `--database-url` | `postgres://postgres@127.0.0.1:5432/postgres` (libpq's `sslmode` and `sslrootcert` select TLS) |
+//! | `REDIS_URL` | `--redis-url` | `redis://127.0.0.1:6379` (`rediss://` for TLS; a comma-separated list, or `redis+cluster://h1:p1,h2:p2`, selects Redis Cluster) |
+//! | `INGEST_LISTEN_ADDR` | `--listen` | `127.0.0.1:8080` |
+//! | `INGEST_PG_POOL_SIZE` | `--pg-pool-size` | 8 |
+//! | `INGEST_REDIS_POOL_SIZE` | `--redis-pool-size` | 8 |
+//! | `INGEST_REDIS_TIMEOUT` | `--redis-timeout` | `500ms` |
 //! | `BATCH_SIZE` | `--batch-size` | 256 |
-//! | `BATCH_LINGER_MS` | `--batch-linger-ms` | 2 |
+//! | `BATCH_LINGER` | `--batch-linger` | `2ms` |
 //! | `MAX_IN_FLIGHT` | `--max-in-flight` | 4 |
-//! | `TOKEN_CACHE_SECS` | `--token-cache-secs` | 5 |
-//! | `DEFINITION_CACHE_SECS` | `--definition-cache-secs` | 5 |
-//! | `HTTP_HEADER_TIMEOUT_MS` | `--header-timeout-ms` | 10000 (a request's headers must arrive within it, or the connection is closed) |
-//! | `INGEST_BODY_TIMEOUT_MS` | `--body-timeout-ms` | 10000 (a report's body must arrive within it, or 408) |
+//! | `TOKEN_CACHE_TTL` | `--token-cache-ttl` | `5s` |
+//! | `DEFINITION_CACHE_TTL` | `--definition-cache-ttl` | `5s` |
+//! | `HTTP_HEADER_TIMEOUT` | `--header-timeout` | `10s` (a request's headers must arrive within it, or the connection is closed) |
+//! | `INGEST_BODY_TIMEOUT` | `--body-timeout` | `10s` (a report's body must arrive within it, or 408) |
 //! | `INGEST_TOKEN_RATE` | `--token-rate` | 0 (reports per second per token; 0: no limit) |
 //! | `INGEST_TOKEN_BURST` | `--token-burst` | 0 (reports at once per token; 0: the rate, rounded up) |
+//! | `INGEST_AUTH_FAILURE_RATE` | `--auth-failure-rate` | 1 (failed authentications per second per client address, then 429 without a database lookup; 0: no limit) |
+//! | `INGEST_AUTH_FAILURE_BURST` | `--auth-failure-burst` | 20 |
 //! | `INGEST_CORS_ALLOWED_ORIGINS` | `--cors-allowed-origins` | `none` (browsers on other origins may not post; or `*`, or a comma-separated list of origins) |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
 //!
+//! Durations are written like `500ms`, `30s`, `5m` (see
+//! [`election_http::config`]). The old names ([`RENAMED`]: `LISTEN_ADDR`,
+//! `PG_POOL_SIZE`, `REDIS_POOL_SIZE`, `REDIS_TIMEOUT_MS`, `BATCH_LINGER_MS`,
+//! `TOKEN_CACHE_SECS`, `DEFINITION_CACHE_SECS`, `HTTP_HEADER_TIMEOUT_MS`,
+//! `INGEST_BODY_TIMEOUT_MS` and their `--…-ms`/`--…-secs` flags) are
+//! deprecated but still accepted, with a warning in the log.
+//!
 //! Database and Redis URLs may hold passwords: they are never logged whole
 //! (see [`redact`]).
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
+use election_http::config::{Renamed, Unit, parse_duration};
 use election_http::telemetry::LogFormat;
 
 /// Default PostgreSQL URL.
@@ -36,14 +48,98 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// Default deadline for a request's headers, in milliseconds.
-pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
-/// Default deadline for a report's body, in milliseconds.
-pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 10_000;
+
+/// The renamed settings whose old names are still accepted.
+pub const RENAMED: &[Renamed] = &[
+    serve(
+        "listen",
+        "LISTEN_ADDR",
+        None,
+        "INGEST_LISTEN_ADDR",
+        "--listen",
+        Unit::Same,
+    ),
+    serve(
+        "pg_pool_size",
+        "PG_POOL_SIZE",
+        None,
+        "INGEST_PG_POOL_SIZE",
+        "--pg-pool-size",
+        Unit::Same,
+    ),
+    serve(
+        "redis_pool_size",
+        "REDIS_POOL_SIZE",
+        None,
+        "INGEST_REDIS_POOL_SIZE",
+        "--redis-pool-size",
+        Unit::Same,
+    ),
+    serve(
+        "redis_timeout",
+        "REDIS_TIMEOUT_MS",
+        Some("--redis-timeout-ms"),
+        "INGEST_REDIS_TIMEOUT",
+        "--redis-timeout",
+        Unit::Millis,
+    ),
+    serve(
+        "batch_linger",
+        "BATCH_LINGER_MS",
+        Some("--batch-linger-ms"),
+        "BATCH_LINGER",
+        "--batch-linger",
+        Unit::Millis,
+    ),
+    serve(
+        "token_cache_ttl",
+        "TOKEN_CACHE_SECS",
+        Some("--token-cache-secs"),
+        "TOKEN_CACHE_TTL",
+        "--token-cache-ttl",
+        Unit::Secs,
+    ),
+    serve(
+        "definition_cache_ttl",
+        "DEFINITION_CACHE_SECS",
+        Some("--definition-cache-secs"),
+        "DEFINITION_CACHE_TTL",
+        "--definition-cache-ttl",
+        Unit::Secs,
+    ),
+    serve(
+        "header_timeout",
+        "HTTP_HEADER_TIMEOUT_MS",
+        Some("--header-timeout-ms"),
+        "HTTP_HEADER_TIMEOUT",
+        "--header-timeout",
+        Unit::Millis,
+    ),
+    serve(
+        "body_timeout",
+        "INGEST_BODY_TIMEOUT_MS",
+        Some("--body-timeout-ms"),
+        "INGEST_BODY_TIMEOUT",
+        "--body-timeout",
+        Unit::Millis,
+    ),
+];
+
+#[rustfmt::skip]
+const fn serve(
+    arg: &'static str,
+    old_env: &'static str,
+    old_flag: Option<&'static str>,
+    new_env: &'static str,
+    new_flag: &'static str,
+    unit: Unit,
+) -> Renamed {
+    Renamed { subcommands: &["serve"], arg, old_env: Some(old_env), old_flag, new_env, new_flag, unit }
+}
 
 /// election-ingest: the reporting API of the election counting system.
 #[derive(Parser, Debug)]
-#[command(name = "election-ingest", version, about)]
+#[command(name = "election-ingest", version = election_http::build::LONG_VERSION, about)]
 pub struct Cli {
     /// Log line format.
     #[arg(
@@ -144,41 +240,41 @@ pub struct Serve {
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
     /// Address to listen on.
-    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
+    #[arg(long = "listen", env = "INGEST_LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: String,
     /// PostgreSQL connections.
-    #[arg(long, env = "PG_POOL_SIZE", default_value_t = 8)]
+    #[arg(long, env = "INGEST_PG_POOL_SIZE", default_value_t = 8)]
     pub pg_pool_size: u32,
     /// Redis connections (per node on a Cluster).
-    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 8)]
+    #[arg(long, env = "INGEST_REDIS_POOL_SIZE", default_value_t = 8)]
     pub redis_pool_size: usize,
     /// Longest wait for Redis before a report is answered 202 and left to the reprocessor.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
-    pub redis_timeout_ms: u64,
+    #[arg(long, env = "INGEST_REDIS_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
     /// Most reports in one group-commit transaction.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 256)]
     pub batch_size: usize,
-    /// Longest wait, in milliseconds, for more reports to join a batch.
-    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 2)]
-    pub batch_linger_ms: u64,
+    /// Longest wait for more reports to join a batch.
+    #[arg(long, env = "BATCH_LINGER", default_value = "2ms", value_parser = parse_duration)]
+    pub batch_linger: Duration,
     /// Most batches being recorded at once.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 4)]
     pub max_in_flight: usize,
     /// How long token lookups are cached (a revoked token works at most this long).
-    #[arg(long, env = "TOKEN_CACHE_SECS", default_value_t = 5)]
-    pub token_cache_secs: u64,
+    #[arg(long, env = "TOKEN_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub token_cache_ttl: Duration,
     /// How often an election's definition version is looked up again (a definition loaded while serving applies to the next report regardless: the log checks the version).
-    #[arg(long, env = "DEFINITION_CACHE_SECS", default_value_t = 5)]
-    pub definition_cache_secs: u64,
-    /// Longest time, in milliseconds, for a request's headers to arrive (or
+    #[arg(long, env = "DEFINITION_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub definition_cache_ttl: Duration,
+    /// Longest time for a request's headers to arrive (or
     /// for the next request on an idle kept-alive connection); past it the
     /// connection is closed. Bounds slow clients (slowloris).
-    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_TIMEOUT_MS)]
-    pub header_timeout_ms: u64,
-    /// Longest time, in milliseconds, for a report's body to arrive once its
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Longest time for a report's body to arrive once its
     /// headers have; past it the answer is 408 and nothing is recorded.
-    #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = DEFAULT_BODY_TIMEOUT_MS)]
-    pub body_timeout_ms: u64,
+    #[arg(long, env = "INGEST_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
     /// Reports per second each token may post on average (fractions allowed);
     /// beyond it, 429 with Retry-After. 0: no limit (the default: one
     /// election-wide token may serve a whole gateway).
@@ -188,6 +284,15 @@ pub struct Serve {
     /// rounded up.
     #[arg(long, env = "INGEST_TOKEN_BURST", default_value_t = 0)]
     pub token_burst: u32,
+    /// Failed authentications (unknown or revoked tokens) per second each
+    /// client address may make on average; beyond it, requests whose token
+    /// is not cached as valid get 429 with Retry-After, without a database
+    /// lookup. 0: no limit.
+    #[arg(long, env = "INGEST_AUTH_FAILURE_RATE", default_value_t = 1.0)]
+    pub auth_failure_rate: f64,
+    /// Failed authentications a client address may make at once.
+    #[arg(long, env = "INGEST_AUTH_FAILURE_BURST", default_value_t = 20)]
+    pub auth_failure_burst: u32,
     /// Origins whose browser pages may post reports: `none` (the default:
     /// ballot boxes are programs, not pages), `*`, or a comma-separated
     /// list such as `https://results.example`.
@@ -244,6 +349,41 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn old_names_are_still_accepted() {
+        let old = [
+            ("LISTEN_ADDR", "0.0.0.0:9"),
+            ("PG_POOL_SIZE", "3"),
+            ("REDIS_POOL_SIZE", "2"),
+            ("REDIS_TIMEOUT_MS", "300"),
+            ("BATCH_LINGER_MS", "7"),
+            ("TOKEN_CACHE_SECS", "9"),
+            ("DEFINITION_CACHE_SECS", "11"),
+            ("HTTP_HEADER_TIMEOUT_MS", "1500"),
+            ("INGEST_BODY_TIMEOUT_MS", "2500"),
+        ];
+        let env = |name: &str| {
+            old.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let (cli, warnings) =
+            election_http::config::parse_from::<Cli>(RENAMED, ["election-ingest", "serve"], env)
+                .unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(serve.listen, "0.0.0.0:9");
+        assert_eq!((serve.pg_pool_size, serve.redis_pool_size), (3, 2));
+        assert_eq!(serve.redis_timeout, Duration::from_millis(300));
+        assert_eq!(serve.batch_linger, Duration::from_millis(7));
+        assert_eq!(serve.token_cache_ttl, Duration::from_secs(9));
+        assert_eq!(serve.definition_cache_ttl, Duration::from_secs(11));
+        assert_eq!(serve.header_timeout, Duration::from_millis(1500));
+        assert_eq!(serve.body_timeout, Duration::from_millis(2500));
+        assert_eq!(warnings.len(), old.len());
     }
 
     #[test]

@@ -123,21 +123,24 @@ pub fn serve_blocking(args: Serve) -> anyhow::Result<()> {
 
 /// `election-ingest serve`.
 pub async fn serve(args: Serve) -> anyhow::Result<()> {
-    if args.header_timeout_ms == 0 {
-        bail!("--header-timeout-ms must be at least 1");
+    if args.header_timeout.is_zero() {
+        bail!("--header-timeout (HTTP_HEADER_TIMEOUT) must be more than 0");
     }
-    if args.body_timeout_ms == 0 {
-        bail!("--body-timeout-ms must be at least 1");
+    if args.body_timeout.is_zero() {
+        bail!("--body-timeout (INGEST_BODY_TIMEOUT) must be more than 0");
     }
     let rate_limit = RateLimit::from_config(args.token_rate, args.token_burst)
         .map_err(anyhow::Error::msg)
         .context("--token-rate")?;
+    let auth_failures = RateLimit::from_config(args.auth_failure_rate, args.auth_failure_burst)
+        .map_err(anyhow::Error::msg)
+        .context("--auth-failure-rate (INGEST_AUTH_FAILURE_RATE)")?;
     let pg = pool(&args.database, args.pg_pool_size)?;
     {
         let pg = pg.clone();
         tokio::task::spawn_blocking(move || check_schema(&pg)).await??;
     }
-    let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
+    let redis_timeout = args.redis_timeout;
     let tally = Arc::new(
         store_redis::open(&args.redis_url, redis_timeout, args.redis_pool_size)
             .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?,
@@ -152,9 +155,9 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         database.url = %redact(&args.database.database_url),
         redis.url = %redact(&args.redis_url),
         batch.size = args.batch_size,
-        batch.linger_ms = args.batch_linger_ms,
-        http.header_timeout_ms = args.header_timeout_ms,
-        http.body_timeout_ms = args.body_timeout_ms,
+        batch.linger = ?args.batch_linger,
+        http.header_timeout = ?args.header_timeout,
+        http.body_timeout = ?args.body_timeout,
         rate_limit.per_second = rate_limit.map_or(0.0, |limit| limit.per_second),
         rate_limit.burst = rate_limit.map_or(0, |limit| limit.burst),
         "election-ingest serving"
@@ -168,18 +171,19 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         ready,
     };
     let settings = Settings {
+        auth_failures,
         batch: BatchConfig {
             batch_size: args.batch_size,
-            linger: Duration::from_millis(args.batch_linger_ms),
+            linger: args.batch_linger,
             max_in_flight: args.max_in_flight,
             queue: args.batch_size * args.max_in_flight * 4,
         },
-        token_cache_ttl: Duration::from_secs(args.token_cache_secs),
-        definition_cache_ttl: Duration::from_secs(args.definition_cache_secs),
+        token_cache_ttl: args.token_cache_ttl,
+        definition_cache_ttl: args.definition_cache_ttl,
         serve: ServeConfig {
-            header_read_timeout: Duration::from_millis(args.header_timeout_ms),
+            header_read_timeout: args.header_timeout,
         },
-        body_timeout: Duration::from_millis(args.body_timeout_ms),
+        body_timeout: args.body_timeout,
         rate_limit,
         cors_origins: CorsOrigins::parse(&args.cors_allowed_origins)
             .map_err(|why| anyhow::anyhow!("--cors-allowed-origins: {why}"))?,

@@ -11,6 +11,7 @@ pub mod bulk;
 pub mod cli;
 pub mod commands;
 pub mod definitions;
+pub mod failed_auth;
 pub mod limit;
 pub mod redis_watch;
 pub mod service;
@@ -28,9 +29,10 @@ use election_http::metrics::Registry;
 use crate::auth::{TokenCache, TokenLookup};
 use crate::batcher::{BatchConfig, Batcher};
 use crate::definitions::DefinitionCache;
+use crate::failed_auth::FailedAuth;
 use crate::limit::{RateLimit, RateLimiter};
 use crate::redis_watch::RedisWatch;
-use crate::service::{AppState, router};
+use crate::service::{AppState, RequestMetrics, router};
 use election_core::DefinitionLookup;
 
 /// The stores the service runs on.
@@ -69,6 +71,9 @@ pub struct Settings {
     pub rate_limit: Option<RateLimit>,
     /// Origins whose browser pages may post (none by default).
     pub cors_origins: CorsOrigins,
+    /// Failed authentications allowed per client address (`None`: no
+    /// limit).
+    pub auth_failures: Option<RateLimit>,
 }
 
 /// Serves the reporting API on `listener` until `shutdown` resolves, then
@@ -80,7 +85,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Registry::new());
+    let metrics = Arc::new(Registry::for_service());
     let (stop_watch, watch_stopping) = tokio::sync::watch::channel(false);
     let redis_watch = RedisWatch::new();
     if let Some(redis) = services.redis {
@@ -107,11 +112,15 @@ pub async fn run(
             services.definitions,
             settings.definition_cache_ttl,
         )),
+        requests: Arc::new(RequestMetrics::new(&metrics)),
         metrics,
         body_timeout: settings.body_timeout,
         limiter: settings
             .rate_limit
             .map(|limit| Arc::new(RateLimiter::new(limit))),
+        failed_auth: settings
+            .auth_failures
+            .map(|limit| Arc::new(FailedAuth::new(limit))),
     };
     let app = router(
         state,

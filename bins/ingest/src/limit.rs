@@ -57,7 +57,7 @@ impl RateLimit {
     }
 
     /// How long an empty bucket takes to fill up.
-    fn refill_time(&self) -> Duration {
+    pub(crate) fn refill_time(&self) -> Duration {
         // A tiny configured rate would overflow `Duration`: such a bucket
         // never fills up within any time that matters.
         Duration::try_from_secs_f64(f64::from(self.burst) / self.per_second)

@@ -1,12 +1,14 @@
 //! `election-ingest`: parses the command line and hands over to the library.
 
-use clap::Parser;
-use election_ingest::cli::{Cli, Command};
+use election_ingest::cli::{Cli, Command, RENAMED};
 use election_ingest::commands;
 
 fn main() {
-    let cli = Cli::parse();
+    let (cli, warnings) = election_http::config::parse::<Cli>(RENAMED);
     election_http::telemetry::init(cli.log_format);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let result = match cli.command {
         Command::Migrate(database) => commands::migrate(&database),
         Command::Token(token) => commands::token(token),
@@ -14,7 +16,6 @@ fn main() {
         Command::Serve(serve) => commands::serve_blocking(*serve),
     };
     if let Err(error) = result {
-        eprintln!("election-ingest: {error:#}");
-        std::process::exit(1);
+        election_http::telemetry::exit_on_error("election-ingest", &error, 1);
     }
 }

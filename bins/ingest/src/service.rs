@@ -17,28 +17,32 @@
 //! compression, and CORS closed unless origins are configured (ballot boxes
 //! are programs; a browser page posting reports is the exception).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use election_core::{
     BallotBoxId, ElectionId, Outcome, Problem, Report, ReportError, ReportId, StoreError,
 };
 use election_http::ApiError;
 use election_http::health::{self, HealthDetails, ReadyCheck};
 use election_http::layers::{self, CorsOrigins, Layers};
-use election_http::metrics::{LATENCY_BUCKETS, Registry};
+use election_http::metrics::{
+    self, Counter, EncodeLabelSet, Family, Histogram, LATENCY_BUCKETS, Registry,
+};
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::auth::{self, Scope, TokenCache};
 use crate::batcher::{Batcher, NotRecorded};
 use crate::definitions::{Cached, Current, DefinitionCache};
+use crate::failed_auth::FailedAuth;
 use crate::limit::RateLimiter;
 
 /// Largest report body accepted (SPEC §5).
@@ -55,10 +59,65 @@ pub struct AppState {
     pub definitions: Arc<DefinitionCache>,
     /// The service's metrics.
     pub metrics: Arc<Registry>,
+    /// The handles counted on every request.
+    pub requests: Arc<RequestMetrics>,
     /// Longest time a body may take to arrive (408 past it).
     pub body_timeout: Duration,
     /// The per-token rate limit, if one is configured.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// The limit on failed authentications per client address, if any.
+    pub failed_auth: Option<Arc<FailedAuth>>,
+}
+
+/// An answer's labels: its HTTP status and outcome or error code.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// `counted`, `pending`, or the error code.
+    pub code: &'static str,
+}
+
+/// The metrics counted on every request, as handles made once (no lock, no
+/// allocation per increment; see `election_http::metrics`).
+#[derive(Debug)]
+pub struct RequestMetrics {
+    responses: Family<Answer, Counter>,
+    duration: Histogram,
+    deferred: Counter,
+    batch_items: Family<Answer, Counter>,
+}
+
+impl RequestMetrics {
+    /// Registers them in `registry`.
+    pub fn new(registry: &Registry) -> RequestMetrics {
+        RequestMetrics {
+            responses: registry.counter_family(
+                "ingest_responses_total",
+                "Report requests answered, by HTTP status and outcome or error code.",
+            ),
+            duration: registry.histogram(
+                "ingest_request_duration_seconds",
+                "Time from request to answer for report posts.",
+                LATENCY_BUCKETS,
+            ),
+            deferred: registry.counter(
+                "ingest_redis_deferred_total",
+                "Reports recorded but not counted at once (Redis unavailable); the reprocessor counts them.",
+            ),
+            batch_items: registry.counter_family(
+                "ingest_batch_items_total",
+                "Items of bulk requests answered, by the status and outcome or error code each would have had alone.",
+            ),
+        }
+    }
+
+    /// Counts one bulk item's answer.
+    pub fn batch_item(&self, status: u16, code: &'static str) {
+        self.batch_items
+            .get_or_create(&Answer { status, code })
+            .inc();
+    }
 }
 
 /// Every `(method, path)` [`router`] serves, in axum's path syntax. Keep it
@@ -96,7 +155,7 @@ pub fn router(
                 let metrics = Arc::clone(&metrics);
                 async move {
                     (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
                         metrics.render(),
                     )
                 }
@@ -133,11 +192,13 @@ pub struct Accepted {
 async fn post_report(
     State(state): State<AppState>,
     Path(election): Path<String>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    match handle(&state, &election, &headers, body).await {
+    let client = client.map(|Extension(ConnectInfo(address))| address.ip());
+    match handle(&state, &election, client, &headers, body).await {
         Ok((status, accepted)) => {
             count_request(&state, status, accepted.status, started);
             (status, Json(accepted)).into_response()
@@ -162,29 +223,34 @@ pub(crate) fn refuse(state: &AppState, error: ApiError, started: Instant) -> Res
 }
 
 /// Counts an answered report request (single or bulk) in the metrics.
-pub(crate) fn count_request(state: &AppState, status: StatusCode, code: &str, started: Instant) {
-    state.metrics.inc(
-        "ingest_responses_total",
-        "Report requests answered, by HTTP status and outcome or error code.",
-        &[("status", status.as_str()), ("code", code)],
-        1,
-    );
-    state.metrics.observe(
-        "ingest_request_duration_seconds",
-        "Time from request to answer for report posts.",
-        LATENCY_BUCKETS,
-        &[],
-        started.elapsed().as_secs_f64(),
-    );
+pub(crate) fn count_request(
+    state: &AppState,
+    status: StatusCode,
+    code: &'static str,
+    started: Instant,
+) {
+    state
+        .requests
+        .responses
+        .get_or_create(&Answer {
+            status: status.as_u16(),
+            code,
+        })
+        .inc();
+    state
+        .requests
+        .duration
+        .observe(started.elapsed().as_secs_f64());
 }
 
 async fn handle(
     state: &AppState,
     election: &str,
+    client: Option<IpAddr>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Accepted), ApiError> {
-    let caller = admit(state, election, headers).await?;
+    let caller = admit(state, election, client, headers).await?;
     let body = read_body(headers, body, state.body_timeout, MAX_BODY_BYTES).await?;
     let report = parse_report(&caller.election, &body)?;
     let ballot_box_id = report.ballot_box().to_string();
@@ -216,12 +282,7 @@ pub(crate) fn answer_for(
     match answer {
         Ok(Outcome::Counted(id)) => Ok((StatusCode::CREATED, accepted(id, "counted"))),
         Ok(Outcome::Pending(id)) => {
-            state.metrics.inc(
-                "ingest_redis_deferred_total",
-                "Reports recorded but not counted at once (Redis unavailable); the reprocessor counts them.",
-                &[],
-                1,
-            );
+            state.requests.deferred.inc();
             Ok((StatusCode::ACCEPTED, accepted(id, "pending")))
         }
         Ok(Outcome::Replay { report_id, counted }) => Ok((
@@ -286,6 +347,7 @@ pub(crate) struct Caller {
 pub(crate) async fn admit(
     state: &AppState,
     election: &str,
+    client: Option<IpAddr>,
     headers: &HeaderMap,
 ) -> Result<Caller, ApiError> {
     let token = headers
@@ -301,7 +363,29 @@ pub(crate) async fn admit(
         })?;
     // Hashed once: the key of the token cache, the store and the rate limit.
     let token_hash = auth::hash(token);
-    let scope = match state.tokens.cached(&token_hash) {
+    let cached = state.tokens.cached(&token_hash);
+    // A client with too many failures gets no lookup (not even of the
+    // "unknown" cache): only a token cached as valid passes.
+    let failures = match (&state.failed_auth, client) {
+        (Some(limiter), Some(client)) => Some((limiter, client)),
+        _ => None,
+    };
+    if !matches!(cached, Some(Some(_)))
+        && let Some((limiter, client)) = failures
+        && let Some(limited) = limiter.blocked(client)
+    {
+        let limit = limiter.limit();
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth_rate_limited",
+            format!(
+                "too many failed authentications from this address ({} per second, bursts of {}); retry in {} s",
+                limit.per_second, limit.burst, limited.retry_after_secs
+            ),
+        )
+        .with_retry_after(limited.retry_after_secs));
+    }
+    let scope = match cached {
         Some(scope) => scope,
         None => {
             let tokens = Arc::clone(&state.tokens);
@@ -311,6 +395,9 @@ pub(crate) async fn admit(
         }
     };
     let scope = scope.ok_or_else(|| {
+        if let Some((limiter, client)) = failures {
+            limiter.failed(client);
+        }
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

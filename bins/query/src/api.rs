@@ -35,7 +35,9 @@ use election_http::ApiError;
 use election_http::conditional::Validators;
 use election_http::health::{self, ReadyCheck};
 use election_http::layers::{self, CorsOrigins, Layers};
-use election_http::metrics::{LATENCY_BUCKETS, Registry};
+use election_http::metrics::{
+    self, Counter, EncodeLabelSet, Family, HistogramFamily, LATENCY_BUCKETS, Registry,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -134,12 +136,12 @@ pub fn router(state: AppState, ready: ReadyCheck, cors_origins: CorsOrigins) -> 
     for route in table() {
         router = router.route(route.path, route.handler);
     }
-    let metrics = Arc::clone(&state.metrics);
+    let requests = Arc::new(RequestMetrics::new(&state.metrics));
     let router = router
         .fallback(layers::not_found)
         .with_state(state)
         .merge(health::routes(ready))
-        .layer(middleware::from_fn_with_state(metrics, track));
+        .layer(middleware::from_fn_with_state(requests, track));
     Layers {
         cors_origins,
         cors_methods: vec![Method::GET, Method::HEAD],
@@ -149,33 +151,84 @@ pub fn router(state: AppState, ready: ReadyCheck, cors_origins: CorsOrigins) -> 
     .apply(router)
 }
 
+/// A request's labels: its route pattern and answer status.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: &'static str,
+    status: u16,
+}
+
+/// A request's route pattern, for the latency histogram.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+/// The metrics counted on every request, as handles made once: the route
+/// label is one of the router's own `&'static str` patterns, so counting
+/// allocates nothing and takes no lock (see `election_http::metrics`).
+struct RequestMetrics {
+    /// Every route pattern served (a matched path is one of them).
+    routes: Vec<&'static str>,
+    requests: Family<RouteStatus, Counter>,
+    durations: HistogramFamily<RouteLabel>,
+}
+
+impl RequestMetrics {
+    fn new(registry: &Registry) -> RequestMetrics {
+        RequestMetrics {
+            routes: routes().into_iter().map(|(_, path)| path).collect(),
+            requests: registry.counter_family(
+                "query_requests_total",
+                "Requests answered, by route and HTTP status.",
+            ),
+            durations: registry.histogram_family(
+                "query_request_duration_seconds",
+                "Time to the response head (streams: to their first byte), by route.",
+                LATENCY_BUCKETS,
+            ),
+        }
+    }
+
+    /// The route pattern `matched`, as the router's own static string.
+    fn route(&self, matched: Option<&MatchedPath>) -> &'static str {
+        matched
+            .and_then(|path| {
+                self.routes
+                    .iter()
+                    .find(|route| **route == path.as_str())
+                    .copied()
+            })
+            .unwrap_or("unmatched")
+    }
+}
+
 /// Counts every answer by route and status.
-async fn track(State(metrics): State<Arc<Registry>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+async fn track(
+    State(metrics): State<Arc<RequestMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = metrics.route(request.extensions().get::<MatchedPath>());
     let started = Instant::now();
     let response = next.run(request).await;
-    metrics.inc(
-        "query_requests_total",
-        "Requests answered, by route and HTTP status.",
-        &[("route", &route), ("status", response.status().as_str())],
-        1,
-    );
-    metrics.observe(
-        "query_request_duration_seconds",
-        "Time to the response head (streams: to their first byte), by route.",
-        LATENCY_BUCKETS,
-        &[("route", &route)],
-        started.elapsed().as_secs_f64(),
-    );
+    metrics
+        .requests
+        .get_or_create(&RouteStatus {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    metrics
+        .durations
+        .get_or_create(&RouteLabel { route })
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
         .into_response()

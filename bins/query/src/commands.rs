@@ -47,17 +47,24 @@ pub fn serve_blocking(args: Serve) -> anyhow::Result<()> {
 
 /// `election-query serve`.
 pub async fn serve(args: Serve) -> anyhow::Result<()> {
-    if args.snapshot_interval_ms == 0 {
-        bail!("--snapshot-interval-ms must be at least 1");
-    }
-    if args.keep_alive_secs == 0 {
-        bail!("--keep-alive-secs must be at least 1");
-    }
-    if args.header_timeout_ms == 0 {
-        bail!("--header-timeout-ms must be at least 1");
-    }
-    if args.elections_refresh_secs == 0 {
-        bail!("--elections-refresh-secs must be at least 1");
+    for (name, value) in [
+        (
+            "--snapshot-interval (SNAPSHOT_INTERVAL)",
+            args.snapshot_interval,
+        ),
+        ("--keep-alive (KEEP_ALIVE)", args.keep_alive),
+        (
+            "--header-timeout (HTTP_HEADER_TIMEOUT)",
+            args.header_timeout,
+        ),
+        (
+            "--elections-refresh (ELECTIONS_REFRESH)",
+            args.elections_refresh,
+        ),
+    ] {
+        if value.is_zero() {
+            bail!("{name} must be more than 0");
+        }
     }
     if !(args.flag_correction_share.is_finite() && args.flag_correction_share > 0.0) {
         bail!(
@@ -72,7 +79,17 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         let pg = pg.clone();
         tokio::task::spawn_blocking(move || check_schema(&pg)).await??;
     }
-    let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
+    // History from a replica, when one is given: the same pool size; its
+    // schema is the primary's, replicated, so it is not checked again.
+    let history = match &args.history_database_url {
+        Some(url) => Some(
+            store_pg::connect(url, args.pg_pool_size, PG_CONNECT_TIMEOUT).with_context(|| {
+                format!("connecting to the history PostgreSQL at {}", redact(url))
+            })?,
+        ),
+        None => None,
+    };
+    let redis_timeout = args.redis_timeout;
     let tally = Arc::new(
         store_redis::open(&args.redis_url, redis_timeout, args.redis_pool_size)
             .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?,
@@ -84,8 +101,9 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     tracing::info!(
         listen.addr = %listener.local_addr()?,
         database.url = %redact(&args.database_url),
+        history.url = %args.history_database_url.as_deref().map_or_else(|| "(DATABASE_URL)".to_owned(), redact),
         redis.url = %redact(&args.redis_url),
-        snapshot.interval_ms = args.snapshot_interval_ms,
+        snapshot.interval = ?args.snapshot_interval,
         "election-query serving; dashboard at http://{}/",
         listener.local_addr()?
     );
@@ -93,24 +111,25 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         redis: Some(Arc::clone(&tally)),
         tally,
         pg,
+        history,
         ready,
     };
     let settings = Settings {
-        snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
-        idle_after: Duration::from_secs(args.idle_after_secs),
+        snapshot_interval: args.snapshot_interval,
+        idle_after: args.idle_after,
         max_elections: args.max_elections,
         first_snapshot_timeout: FIRST_SNAPSHOT_TIMEOUT,
-        keep_alive: Duration::from_secs(args.keep_alive_secs),
+        keep_alive: args.keep_alive,
         stream_history: args.stream_history,
-        timeline_cache: Duration::from_millis(args.timeline_cache_ms),
-        timeline_full_refresh: Duration::from_secs(args.timeline_full_refresh_secs),
+        timeline_cache: args.timeline_cache_ttl,
+        timeline_full_refresh: args.timeline_full_refresh,
         flag_correction_share: args.flag_correction_share,
         serve: election_http::ServeConfig {
-            header_read_timeout: Duration::from_millis(args.header_timeout_ms),
+            header_read_timeout: args.header_timeout,
         },
-        live_max_age_secs: args.cache_max_age_secs,
-        history_max_age_secs: args.history_cache_max_age_secs,
-        elections_refresh: Duration::from_secs(args.elections_refresh_secs),
+        live_max_age_secs: args.cache_max_age.as_secs(),
+        history_max_age_secs: args.history_cache_max_age.as_secs(),
+        elections_refresh: args.elections_refresh,
         cors_origins,
     };
     crate::run(

@@ -54,8 +54,15 @@ use crate::timeline::Timelines;
 pub struct Services {
     /// The live counters.
     pub tally: Arc<dyn Tally>,
-    /// PostgreSQL, for history and the audit export.
+    /// PostgreSQL: the known elections, their definitions, and history
+    /// unless `history` is given.
     pub pg: PgPool,
+    /// Where history (analytics, the timeline, the CSV export, the seals of
+    /// `GET /audit`) is read from, when not `pg`: a streaming replica takes those scans off the
+    /// primary that ingest writes to. A replica's lag shows as history a
+    /// little behind the live totals, which history answers already are
+    /// (they are cached for seconds).
+    pub history: Option<PgPool>,
     /// What `/readyz` checks.
     pub ready: ReadyCheck,
     /// The Redis behind `tally`, when it is one: `/metrics` shows
@@ -116,7 +123,7 @@ pub struct CachePolicy {
 pub struct AppState {
     /// The live feeds.
     pub live: Arc<Live>,
-    /// PostgreSQL.
+    /// PostgreSQL for history reads: the replica when one is configured.
     pub pg: PgPool,
     /// Cached timelines.
     pub timelines: Arc<Timelines>,
@@ -143,7 +150,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Registry::new());
+    let metrics = Arc::new(Registry::for_service());
     if let Some(redis) = services.redis.clone() {
         metrics.gauge_fn(
             store_redis::EVICTING_GAUGE,
@@ -179,7 +186,7 @@ pub async fn run(
             history: public_max_age(settings.history_max_age_secs),
         },
         live,
-        pg: services.pg,
+        pg: services.history.unwrap_or(services.pg),
         timelines: Arc::new(Timelines::new(
             settings.timeline_cache,
             settings.timeline_full_refresh,

@@ -14,10 +14,10 @@
 //! transaction may commit a little after a later one started. Minutes newer
 //! than [`SETTLE`] before the database's clock are therefore read again every
 //! time, and the whole history is re-read every `full_refresh`
-//! (`TIMELINE_FULL_REFRESH_SECS`, 5 minutes by default), so a row committed
+//! (`TIMELINE_FULL_REFRESH`, 5 minutes by default), so a row committed
 //! unusually late is still counted within that time.
 //!
-//! Answers are reused for `ttl` (`TIMELINE_CACHE_MS`); concurrent requests for
+//! Answers are reused for `ttl` (`TIMELINE_CACHE_TTL`); concurrent requests for
 //! one election wait for one read instead of each sending their own.
 
 use std::collections::{BTreeMap, HashMap};

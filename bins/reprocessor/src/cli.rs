@@ -1,31 +1,34 @@
 //! Command line and configuration of `election-reprocessor`.
 //!
 //! Every flag can also come from the environment, so a systemd unit only
-//! needs an `EnvironmentFile=` (the same file as ingest's):
+//! needs its `EnvironmentFile=`s (the shared one and its own):
 //!
 //! | variable | flag | default |
 //! | --- | --- | --- |
-//! | `DATABASE_URL` | `--database-url` | `postgres://postgres@127.0.0.1:5432/postgres` |
-//! | `REDIS_URL` | `--redis-url` | `redis://127.0.0.1:6379` (a comma-separated list, or `redis+cluster://h1:p1,h2:p2`, selects Redis Cluster) |
-//! | `LISTEN_ADDR` | `--listen` (`run`) | `127.0.0.1:8082` |
-//! | `PG_POOL_SIZE` | `--pg-pool-size` | 4 |
-//! | `REDIS_POOL_SIZE` | `--redis-pool-size` | 4 |
-//! | `REDIS_TIMEOUT_MS` | `--redis-timeout-ms` | 2000 |
+//! | `DATABASE_URL` | `--database-url` | `postgres://postgres@127.0.0.1:5432/postgres` (libpq's `sslmode` and `sslrootcert` select TLS) |
+//! | `REDIS_URL` | `--redis-url` | `redis://127.0.0.1:6379` (`rediss://` for TLS; a comma-separated list, or `redis+cluster://h1:p1,h2:p2`, selects Redis Cluster) |
+//! | `REPROCESSOR_LISTEN_ADDR` | `--listen` (`run`) | `127.0.0.1:8082` |
+//! | `REPROCESSOR_PG_POOL_SIZE` | `--pg-pool-size` | 4 |
+//! | `REPROCESSOR_REDIS_POOL_SIZE` | `--redis-pool-size` | 4 |
+//! | `REPROCESSOR_REDIS_TIMEOUT` | `--redis-timeout` | `2s` |
 //! | `REPROCESS_BATCH_SIZE` | `--batch-size` (`run`) | 500 |
 //! | `PENDING_AFTER` | `--pending-after` (`run`) | `30s` |
 //! | `CLAIM_LEASE` | `--lease` (`run`) | `60s` |
 //! | `IDLE_INTERVAL` | `--interval` (`run`) | `1s` |
 //! | `STUCK_ATTEMPTS` | `--stuck-attempts` (`run`) | 5 |
+//! | `HEAL_INTERVAL` | `--heal-interval` (`run`) | `15s` (`0s`: off) |
 //! | `SEAL_INTERVAL` | `--seal-interval` (`run`) | `1s` (`0` turns sealing off) |
 //! | `RECONCILE_ROUNDS` | `--rounds` (`reconcile`) | 20 |
 //! | `RECONCILE_ROUND_INTERVAL` | `--round-interval` (`reconcile`) | `150ms` |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
 //!
-//! Durations are written like `500ms`, `30s`, `10m`, `1h30m` (or `0`).
-//! `REPROCESS_BATCH_SIZE` is not `BATCH_SIZE`, which configures ingest in the
-//! shared environment file. `LISTEN_ADDR` in that file is ingest's: the
-//! systemd unit passes `--listen` (flags win over the environment).
+//! Durations are written like `500ms`, `30s`, `10m`, `1h30m` (or `0`; see
+//! [`election_http::config`]). The old names `PG_POOL_SIZE`,
+//! `REDIS_POOL_SIZE`, `REDIS_TIMEOUT_MS` and `--redis-timeout-ms`
+//! ([`RENAMED`]) are deprecated but still accepted, with a warning in the
+//! log; `LISTEN_ADDR` is not read (it was ingest's in the shared
+//! environment file).
 //!
 //! Database and Redis URLs may hold passwords: they are never logged whole
 //! (see `election_http::redact`).
@@ -33,6 +36,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use election_http::config::{Renamed, Unit, parse_duration};
 use election_http::telemetry::LogFormat;
 
 /// Default PostgreSQL URL.
@@ -42,10 +46,35 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Default listen address (metrics and health).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8082";
 
+/// Exit status of `run --once` when reports are still pending at the end
+/// (Redis is down, or reports keep failing): distinct from 1, a failure to
+/// run at all (bad settings, PostgreSQL unreachable).
+pub const EXIT_LEFT_PENDING: i32 = 3;
+
+/// The renamed settings whose old names are still accepted.
+#[rustfmt::skip]
+pub const RENAMED: &[Renamed] = &[
+    stores("pg_pool_size", "PG_POOL_SIZE", None, "REPROCESSOR_PG_POOL_SIZE", "--pg-pool-size", Unit::Same),
+    stores("redis_pool_size", "REDIS_POOL_SIZE", None, "REPROCESSOR_REDIS_POOL_SIZE", "--redis-pool-size", Unit::Same),
+    stores("redis_timeout", "REDIS_TIMEOUT_MS", Some("--redis-timeout-ms"), "REPROCESSOR_REDIS_TIMEOUT", "--redis-timeout", Unit::Millis),
+];
+
+#[rustfmt::skip]
+const fn stores(
+    arg: &'static str,
+    old_env: &'static str,
+    old_flag: Option<&'static str>,
+    new_env: &'static str,
+    new_flag: &'static str,
+    unit: Unit,
+) -> Renamed {
+    Renamed { subcommands: &["run", "reconcile"], arg, old_env: Some(old_env), old_flag, new_env, new_flag, unit }
+}
+
 /// election-reprocessor: counts every recorded report that was not counted
 /// yet, and makes Redis exact again from PostgreSQL.
 #[derive(Parser, Debug)]
-#[command(name = "election-reprocessor", version, about)]
+#[command(name = "election-reprocessor", version = election_http::build::LONG_VERSION, about)]
 pub struct Cli {
     /// Log line format.
     #[arg(
@@ -87,14 +116,14 @@ pub struct Stores {
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
     /// PostgreSQL connections.
-    #[arg(long, env = "PG_POOL_SIZE", default_value_t = 4)]
+    #[arg(long, env = "REPROCESSOR_PG_POOL_SIZE", default_value_t = 4)]
     pub pg_pool_size: u32,
     /// Redis connections kept (per node on a Cluster).
-    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4)]
+    #[arg(long, env = "REPROCESSOR_REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: usize,
-    /// Longest wait for a Redis connection or reply, in milliseconds.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
-    pub redis_timeout_ms: u64,
+    /// Longest wait for a Redis connection or reply.
+    #[arg(long, env = "REPROCESSOR_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
 }
 
 /// `run` settings.
@@ -103,11 +132,13 @@ pub struct Run {
     /// The stores.
     #[command(flatten)]
     pub stores: Stores,
-    /// Drain what is pending now, then exit: 0 when nothing is left pending, 1 otherwise.
+    /// Drain what is pending now, then exit: 0 when nothing is left pending,
+    /// 3 when reports are still pending (Redis down, reports failing), 1
+    /// when it could not run (settings, PostgreSQL).
     #[arg(long)]
     pub once: bool,
     /// Address to serve /healthz, /readyz and /metrics on (not with --once).
-    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
+    #[arg(long = "listen", env = "REPROCESSOR_LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: String,
     /// Most reports claimed per round.
     #[arg(long, env = "REPROCESS_BATCH_SIZE", default_value_t = 500)]
@@ -175,48 +206,6 @@ pub struct Reconcile {
     pub max_rows: usize,
 }
 
-/// Reads a duration written like `500ms`, `30s`, `10m`, `2h`, `1h30m`, or
-/// `0`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let help = || format!("{text:?} is not a duration such as 500ms, 30s, 10m, 1h30m or 0");
-    let text = text.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err(help());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(help());
-        }
-        let number: u64 = rest[..digits].parse().map_err(|_| help())?;
-        rest = &rest[digits..];
-        let unit_length = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_length] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            _ => return Err(help()),
-        };
-        rest = &rest[unit_length..];
-        let part = u32::try_from(number)
-            .ok()
-            .and_then(|n| unit.checked_mul(n))
-            .ok_or_else(help)?;
-        total = total.checked_add(part).ok_or_else(help)?;
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,29 +214,6 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
-    }
-
-    #[track_caller]
-    fn check(text: &str, expected: Duration) {
-        assert_eq!(parse_duration(text), Ok(expected), "{text}");
-    }
-
-    #[test]
-    fn durations_are_humane() {
-        check("0", Duration::ZERO);
-        check("0s", Duration::ZERO);
-        check("30s", Duration::from_secs(30));
-        check("10m", Duration::from_secs(600));
-        check("150ms", Duration::from_millis(150));
-        check("1h30m", Duration::from_secs(5400));
-        check(" 2h ", Duration::from_secs(7200));
-        for bad in ["", "s", "10", "10 s", "1.5s", "-1s", "10d", "5sec"] {
-            let error = parse_duration(bad).unwrap_err();
-            assert!(
-                error.contains("is not a duration such as"),
-                "{bad}: {error}"
-            );
-        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ fn connect(stores: &Stores) -> anyhow::Result<Connected> {
         )
     })?;
     store_pg::check_schema(&pg)?;
-    let timeout = Duration::from_millis(stores.redis_timeout_ms);
+    let timeout = stores.redis_timeout;
     let tally = Arc::new(
         store_redis::open(&stores.redis_url, timeout, stores.redis_pool_size)
             .with_context(|| format!("connecting to Redis at {}", redact(&stores.redis_url)))?,

@@ -64,7 +64,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Registry::new());
+    let metrics = Arc::new(Registry::for_service());
     if let Some(redis) = services.redis {
         metrics.gauge_fn(
             store_redis::EVICTING_GAUGE,
@@ -130,7 +130,7 @@ pub fn router(metrics: Arc<Registry>, ready: ReadyCheck) -> Router {
                 let metrics = Arc::clone(&metrics);
                 async move {
                     (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        [(header::CONTENT_TYPE, election_http::metrics::CONTENT_TYPE)],
                         metrics.render(),
                     )
                 }

@@ -183,7 +183,7 @@ impl Ingest {
                 ("RUST_LOG", "warn".to_owned()),
                 // A dead Redis costs a report this long before it is
                 // answered 202.
-                ("REDIS_TIMEOUT_MS", "300".to_owned()),
+                ("INGEST_REDIS_TIMEOUT", "300ms".to_owned()),
             ],
             log_dir: log_dir(),
             process: None,

@@ -10,7 +10,12 @@
 //!   access log, CORS, compression, JSON errors, caught panics) and
 //!   `GET /openapi.yaml`.
 //! - [`conditional`]: `ETag`, `Last-Modified` and `304 Not Modified`.
-//! - [`telemetry::init`]: `tracing` output, human or JSON.
+//! - [`telemetry::init`]: `tracing` output, human or JSON, panics and
+//!   start-up errors included.
+//! - [`config`]: one duration format, and the old names of renamed
+//!   settings still accepted.
+//! - [`build`]: the version and git revision built (`--version`,
+//!   `build_info`).
 //! - [`serve::serve`]: the HTTP server, with a header-read deadline (no
 //!   slowloris) and graceful shutdown.
 //! - [`shutdown::signal`]: resolves on SIGTERM or SIGINT.
@@ -18,7 +23,9 @@
 //!   the caller's tracing span.
 //! - [`redact`]: a URL fit for logs and metrics (passwords replaced).
 
+pub mod build;
 pub mod conditional;
+pub mod config;
 pub mod error;
 pub mod health;
 pub mod layers;

@@ -944,7 +944,7 @@ impl Nodes {
                 None => {
                     nodes.push(Node {
                         label,
-                        info: asked.info.clone().set_addr(ConnectionAddr::Tcp(host, port)),
+                        info: at(&asked.info, host, port),
                     });
                     nodes.len() - 1
                 }
@@ -979,10 +979,7 @@ impl Nodes {
         let seed = seeds.first()?;
         Some(Node {
             label: format!("{host}:{port}"),
-            info: seed
-                .info
-                .clone()
-                .set_addr(ConnectionAddr::Tcp(host.to_owned(), port)),
+            info: at(&seed.info, host.to_owned(), port),
         })
     }
 
@@ -1047,6 +1044,25 @@ fn node_from_url(url: &str) -> Result<Node, RedisStoreError> {
     })
 }
 
+/// `info` (credentials, database, TLS) for the node at `host:port`: a node
+/// a Cluster reports is reached over TLS when the seeds are.
+fn at(info: &ConnectionInfo, host: String, port: u16) -> ConnectionInfo {
+    let addr = match info.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host, port),
+    };
+    info.clone().set_addr(addr)
+}
+
 fn host_of(info: &ConnectionInfo) -> Option<String> {
     match info.addr() {
         ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => Some(host.clone()),
@@ -1057,6 +1073,24 @@ fn host_of(info: &ConnectionInfo) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_nodes_keep_the_seeds_tls() {
+        let seed = "rediss://:pw@h1:7000".into_connection_info().unwrap();
+        let node = at(&seed, "h2".to_owned(), 7001);
+        assert!(
+            matches!(node.addr(), ConnectionAddr::TcpTls { host, port: 7001, insecure: false, .. } if host == "h2"),
+            "{:?}",
+            node.addr()
+        );
+        assert_eq!(node.redis_settings().password(), Some("pw"));
+        let plain = at(
+            &"redis://h1:7000".into_connection_info().unwrap(),
+            "h2".into(),
+            7001,
+        );
+        assert!(matches!(plain.addr(), ConnectionAddr::Tcp(host, 7001) if host == "h2"));
+    }
 
     fn cluster_nodes() -> Nodes {
         let target = RedisTarget::Cluster(vec!["redis://:pw@127.0.0.1:7000".into()]);

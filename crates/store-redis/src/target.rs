@@ -9,6 +9,11 @@
 //! - `redis+cluster://h1:p1,h2:p2`: the same, written once; credentials given
 //!   on the first node (`redis+cluster://:pw@h1:p1,h2:p2`) apply to every
 //!   node.
+//!
+//! TLS: `rediss://` instead of `redis://` (and `rediss+cluster://`); the
+//! server's certificate is checked against the system's roots, or those in
+//! the file `SSL_CERT_FILE` names (for a private CA). Nodes a Cluster reports
+//! are reached the way the seeds are, TLS included.
 
 use std::time::Duration;
 
@@ -44,6 +49,9 @@ impl std::fmt::Debug for RedisTarget {
 /// The scheme that selects a Cluster given as one URL.
 const CLUSTER_SCHEME: &str = "redis+cluster://";
 
+/// The same, over TLS.
+const TLS_CLUSTER_SCHEME: &str = "rediss+cluster://";
+
 /// Reads `REDIS_URL` (see the module docs for the forms it takes).
 pub fn parse_target(redis_url: &str) -> Result<RedisTarget, RedisStoreError> {
     let redis_url = redis_url.trim();
@@ -51,7 +59,10 @@ pub fn parse_target(redis_url: &str) -> Result<RedisTarget, RedisStoreError> {
         return Err(invalid(redis_url, "it is empty"));
     }
     if let Some(rest) = redis_url.strip_prefix(CLUSTER_SCHEME) {
-        return parse_cluster_shorthand(redis_url, rest);
+        return parse_cluster_shorthand(redis_url, rest, "redis");
+    }
+    if let Some(rest) = redis_url.strip_prefix(TLS_CLUSTER_SCHEME) {
+        return parse_cluster_shorthand(redis_url, rest, "rediss");
     }
     if redis_url.contains(',') {
         let urls: Vec<String> = redis_url
@@ -72,8 +83,12 @@ pub fn parse_target(redis_url: &str) -> Result<RedisTarget, RedisStoreError> {
 }
 
 /// `redis+cluster://[user:pw@]h1:p1,h2:p2[/...]` → `redis://[user:pw@]h1:p1`,
-/// `redis://[user:pw@]h2:p2`.
-fn parse_cluster_shorthand(whole: &str, rest: &str) -> Result<RedisTarget, RedisStoreError> {
+/// `redis://[user:pw@]h2:p2` (`scheme` is `redis`, or `rediss` for TLS).
+fn parse_cluster_shorthand(
+    whole: &str,
+    rest: &str,
+    scheme: &str,
+) -> Result<RedisTarget, RedisStoreError> {
     let mut urls = Vec::new();
     let mut credentials: Option<&str> = None;
     for (index, node) in rest.split(',').map(str::trim).enumerate() {
@@ -98,8 +113,8 @@ fn parse_cluster_shorthand(whole: &str, rest: &str) -> Result<RedisTarget, Redis
             return Err(invalid(whole, "each node must be host:port"));
         }
         let url = match credentials {
-            Some(userinfo) => format!("redis://{userinfo}@{host_port}"),
-            None => format!("redis://{host_port}"),
+            Some(userinfo) => format!("{scheme}://{userinfo}@{host_port}"),
+            None => format!("{scheme}://{host_port}"),
         };
         check_url(&url)?;
         urls.push(url);
@@ -227,6 +242,14 @@ mod tests {
             cluster(&["redis://h1:7000", "redis://h2:7001"]),
         );
         check("redis+cluster://h1:7000", cluster(&["redis://h1:7000"]));
+        check(
+            "rediss+cluster://:pw@h1:7000,h2:7001",
+            cluster(&["rediss://:pw@h1:7000", "rediss://:pw@h2:7001"]),
+        );
+        check(
+            "rediss://localhost:6380",
+            RedisTarget::Standalone("rediss://localhost:6380".into()),
+        );
         // The first node's credentials apply to every node.
         check(
             "redis+cluster://:pw@h1:7000,h2:7001",

@@ -7,9 +7,12 @@
 //! - [`redis`]: the Redis on `REDIS_URL` (default `redis://127.0.0.1:6379`),
 //!   and a real Redis Cluster (3 masters + 3 replicas) started from
 //!   `redis-server` on free ports, once per test process.
+//! - [`tls`]: a CA and a server certificate made per test (rcgen), for
+//!   Redis and PostgreSQL servers started with TLS.
 //!
 //! A missing service fails the test with a message saying how to start it:
 //! tests never skip silently.
 
 pub mod pg;
 pub mod redis;
+pub mod tls;

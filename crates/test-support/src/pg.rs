@@ -166,6 +166,8 @@ pub struct PgServer {
     /// The watchdog shell; its standard input stays open while the server
     /// should live.
     watchdog: Mutex<Child>,
+    /// Server options beyond the port and socket (`-c ssl=on ...`).
+    options: String,
 }
 
 impl PgServer {
@@ -175,6 +177,19 @@ impl PgServer {
     /// When PostgreSQL's programs are missing or the server does not start
     /// (with its log).
     pub fn start() -> PgServer {
+        PgServer::start_inner(None)
+    }
+
+    /// [`PgServer::start`] with TLS on (`ssl=on`), presenting `cert_pem`
+    /// (with `key_pem`): clients choose with libpq's `sslmode`.
+    ///
+    /// # Panics
+    /// As [`PgServer::start`].
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> PgServer {
+        PgServer::start_inner(Some((cert_pem, key_pem)))
+    }
+
+    fn start_inner(tls: Option<(&str, &str)>) -> PgServer {
         let bin = postgres_bin_dir();
         let dir = std::env::temp_dir().join(format!(
             "election-pg-{}-{}",
@@ -196,11 +211,31 @@ impl PgServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("cannot run sh for the PostgreSQL watchdog");
+        let mut options = String::new();
+        if let Some((cert_pem, key_pem)) = tls {
+            // The server runs as `postgres`, which must own its key (0600).
+            let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert, cert_pem).expect("write the server certificate");
+            std::fs::write(&key, key_pem).expect("write the server key");
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod the server key");
+            }
+            as_postgres_owner(&cert);
+            as_postgres_owner(&key);
+            options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         let mut server = PgServer {
             port: 0,
             dir,
             bin,
             watchdog: Mutex::new(watchdog),
+            options,
         };
         server.run_as_postgres(
             "initdb",
@@ -268,9 +303,10 @@ impl PgServer {
 
     fn try_start(&self) -> Result<(), String> {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.options
         );
         let log = self.dir.join("log");
         let output = Command::new("runuser")

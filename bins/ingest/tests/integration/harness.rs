@@ -113,6 +113,7 @@ pub fn settings() -> Settings {
         body_timeout: Duration::from_secs(10),
         rate_limit: None,
         cors_origins: election_http::layers::CorsOrigins::None,
+        auth_failures: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod access;
 mod api;
+mod auth_limits;
 mod bulk;
 mod counting;
 mod defined;
@@ -12,7 +13,9 @@ mod harness;
 mod hostile;
 mod http;
 mod limits;
+mod operations;
 mod process;
 mod redis_safety;
 mod secrets;
 mod slow;
+mod tls;

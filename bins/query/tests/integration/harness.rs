@@ -73,6 +73,7 @@ pub fn ingest_settings() -> election_ingest::Settings {
         body_timeout: Duration::from_secs(10),
         rate_limit: None,
         cors_origins: election_http::layers::CorsOrigins::None,
+        auth_failures: None,
     }
 }
 
@@ -174,6 +175,7 @@ fn serve_query(
         redis: Some(tally.clone()),
         tally,
         pg: pool,
+        history: None,
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();
@@ -237,7 +239,7 @@ pub struct Stack {
     pub query_settings: election_query::Settings,
     pub client: reqwest::Client,
     // Kept for its Drop (drops the schema).
-    _schema: PgSchema,
+    pub schema: PgSchema,
 }
 
 impl Stack {
@@ -264,7 +266,7 @@ impl Stack {
             query_tally,
             query_settings: settings,
             client: reqwest::Client::new(),
-            _schema: schema,
+            schema,
         }
     }
 

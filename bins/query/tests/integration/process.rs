@@ -354,3 +354,119 @@ async fn the_binarys_stream_sends_a_snapshot_then_deltas() {
     assert!(status.success(), "exit {status:?}");
     ingest.stop().await;
 }
+
+#[test]
+fn version_names_the_release_and_the_revision() {
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        text(&output.stdout),
+        format!(
+            "election-query {} ({})\n",
+            env!("CARGO_PKG_VERSION"),
+            election_http::build::REVISION
+        )
+    );
+}
+
+/// With `LOG_FORMAT=json`, a start-up error is a JSON line too, and the old
+/// duration names are accepted with a warning.
+#[test]
+fn start_up_errors_are_json_lines_with_log_format_json() {
+    let schema = PgSchema::new();
+    let output = query(&schema, &["serve", "--listen", "127.0.0.1:0"])
+        .env("LOG_FORMAT", "json")
+        .env("SNAPSHOT_INTERVAL_MS", "50")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(|line| line["level"] == "WARN"
+            && line["message"]
+                == "SNAPSHOT_INTERVAL_MS is deprecated: set SNAPSHOT_INTERVAL=50ms instead"),
+        "{stderr}"
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert_eq!(last["program"], "election-query", "{stderr}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("the database is not migrated"),
+        "{stderr}"
+    );
+}
+
+/// `/metrics` says which version and revision runs; the listen address comes
+/// from `QUERY_LISTEN_ADDR`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_build_info() {
+    let (schema, _pool) = migrated_schema();
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut child = query(&schema, &["serve"])
+        .env("QUERY_LISTEN_ADDR", &address)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&address, &mut child);
+    let metrics = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let expected = format!(
+        "build_info{{version=\"{}\",revision=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        election_http::build::REVISION
+    );
+    assert!(metrics.lines().any(|l| l == expected), "{metrics}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// With `HISTORY_DATABASE_URL`, history (here the CSV export) is read from
+/// that database, a stand-in for a replica, while the list of elections
+/// still comes from `DATABASE_URL` and live totals from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_read_from_history_database_url() {
+    let stack = crate::harness::Stack::start().await;
+    stack.post_seed().await;
+    // The "replica": migrated, but it has not received the reports.
+    let (replica, _replica_pool) = migrated_schema();
+    let client = reqwest::Client::new();
+    let mut rows = Vec::new();
+    for history in [None, Some(replica.url())] {
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut command = query(&stack.schema, &["serve", "--listen", &address]);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(url) = history {
+            command.env("HISTORY_DATABASE_URL", url);
+        }
+        let mut child = command.spawn().unwrap();
+        wait_listening(&address, &mut child);
+        let base = format!("http://{address}/v1/elections/{}", stack.election);
+        let (status, totals) = crate::harness::get(&client, &format!("{base}/totals")).await;
+        assert_eq!(status, 200, "{totals}");
+        assert_eq!(totals["total_votes"], 840, "{totals}");
+        let csv = client
+            .get(format!("{base}/reports.csv"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(csv.status(), 200);
+        rows.push(csv.text().await.unwrap().lines().count());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // Header and 3 reports × 4 parties from the primary; the header alone
+    // from the replica.
+    assert_eq!(rows, [13, 1]);
+}

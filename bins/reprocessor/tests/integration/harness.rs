@@ -284,6 +284,7 @@ impl Ingest {
             body_timeout: Duration::from_secs(10),
             rate_limit: None,
             cors_origins: election_http::layers::CorsOrigins::None,
+            auth_failures: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(election_ingest::run(listener, services, settings, async {

@@ -5,6 +5,7 @@
 
 mod counting;
 mod harness;
+mod operations;
 mod reconcile;
 mod redis_safety;
 mod sealing;

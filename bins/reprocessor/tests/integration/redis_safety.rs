@@ -62,7 +62,7 @@ async fn a_counter_holding_oops_keeps_its_revision_pending_and_fails_reconcile()
     // The reprocessor cannot count it either, and says why.
     let args = ["run", "--once", "--pending-after", "0s"];
     let output = reprocessor(&db, &url, &args);
-    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert_eq!(output.status.code(), Some(3), "{}", both(&output));
     let why = format!("counter {bad} holds \"oops\", not an integer");
     assert!(text(&output.stdout).contains(&why), "{}", both(&output));
     let stats = db.log.pending_stats(1).unwrap();
@@ -176,7 +176,7 @@ async fn an_evicting_redis_gets_nothing_until_its_policy_is_fixed() {
     // `run --once` stops, naming it.
     let once = ["run", "--once", "--pending-after", "0s"];
     let output = reprocessor(&db, &url, &once);
-    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert_eq!(output.status.code(), Some(3), "{}", both(&output));
     assert!(
         text(&output.stdout).contains("maxmemory-policy allkeys-lru"),
         "{}",

@@ -1,0 +1,137 @@
+//! The real `election-ingest` binary as an operator meets it (issue #15
+//! point 4): `--version` names the version and git revision, `/metrics`
+//! carries `build_info`, a start-up error is a JSON line with
+//! `LOG_FORMAT=json`, and the settings' old names still work, with a
+//! deprecation warning.
+
+use std::process::{Command, Stdio};
+
+use test_support::pg::PgSchema;
+
+use crate::process::{BIN, free_port, send_signal, text, wait_ready};
+
+#[test]
+fn version_names_the_release_and_the_revision() {
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    let line = text(&output.stdout);
+    let expected = format!(
+        "election-ingest {} ({})\n",
+        env!("CARGO_PKG_VERSION"),
+        election_http::build::REVISION
+    );
+    assert_eq!(line, expected);
+    assert_ne!(env!("CARGO_PKG_VERSION"), "0.0.0");
+    assert!(
+        election_http::build::REVISION.len() == 12
+            && election_http::build::REVISION
+                .chars()
+                .all(|c| c.is_ascii_hexdigit()),
+        "{line}"
+    );
+}
+
+#[test]
+fn start_up_errors_are_json_lines_with_log_format_json() {
+    let schema = PgSchema::new();
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", schema.url())
+        .env("REDIS_URL", test_support::redis::redis_url())
+        .env("LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let last = lines.last().expect("a log line");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert_eq!(last["program"], "election-ingest", "{stderr}");
+    assert_eq!(last["exit_code"], 1, "{stderr}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("the database is not migrated"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_setting_names_still_work_and_metrics_say_what_runs() {
+    let schema = PgSchema::new();
+    let migrated = Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", schema.url())
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+    for (variable, deprecated) in [("LISTEN_ADDR", true), ("INGEST_LISTEN_ADDR", false)] {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .env("DATABASE_URL", schema.url())
+            .env("REDIS_URL", test_support::redis::redis_url())
+            .env("LOG_FORMAT", "json")
+            .env_remove("LISTEN_ADDR")
+            .env_remove("INGEST_LISTEN_ADDR")
+            .env(variable, format!("127.0.0.1:{port}"))
+            // An old duration name, and one next to its new name, which
+            // wins (1 ms for headers would fail the requests below).
+            .env("REDIS_TIMEOUT_MS", "300")
+            .env("HTTP_HEADER_TIMEOUT_MS", "1")
+            .env("HTTP_HEADER_TIMEOUT", "5s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_ready(&base, &mut child);
+        let metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let build_info = metrics
+            .lines()
+            .find(|line| line.starts_with("build_info{"))
+            .unwrap_or_else(|| panic!("no build_info: {metrics}"));
+        assert!(
+            build_info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+                && build_info.contains(&format!("revision=\"{}\"", election_http::build::REVISION))
+                && build_info.ends_with("} 1"),
+            "{build_info}"
+        );
+        send_signal(child.id(), "TERM");
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(output.status.success());
+        let stderr = text(&output.stderr);
+        let warnings: Vec<serde_json::Value> = stderr
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|line| line["level"] == "WARN")
+            .collect();
+        let said = |text: &str| {
+            warnings
+                .iter()
+                .any(|w| w["message"].as_str().is_some_and(|m| m.contains(text)))
+        };
+        assert!(
+            said("REDIS_TIMEOUT_MS is deprecated: set INGEST_REDIS_TIMEOUT=300ms instead"),
+            "{stderr}"
+        );
+        assert!(!said("HTTP_HEADER_TIMEOUT_MS"), "{stderr}");
+        assert_eq!(
+            said("LISTEN_ADDR is deprecated: set INGEST_LISTEN_ADDR="),
+            deprecated,
+            "{stderr}"
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! The real binary as an operator meets it: `--version`, and `run --once`
+//! failing to run at all (PostgreSQL unreachable) exits 1, distinct from 3
+//! ("reports left pending", tested in `counting`), logged as a JSON line
+//! with `LOG_FORMAT=json`.
+
+use std::process::{Command, Stdio};
+
+use crate::harness::{BIN, both, text};
+
+#[test]
+fn version_names_the_release_and_the_revision() {
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        text(&output.stdout),
+        format!(
+            "election-reprocessor {} ({})\n",
+            env!("CARGO_PKG_VERSION"),
+            election_http::build::REVISION
+        )
+    );
+}
+
+#[test]
+fn run_once_that_cannot_run_exits_1_with_a_json_error() {
+    // Nothing listens on port 1.
+    let output = Command::new(BIN)
+        .args(["run", "--once", "--redis-timeout", "200ms"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres")
+        .env("REDIS_URL", test_support::redis::redis_url())
+        .env("LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", both(&output));
+    assert_eq!(text(&output.stdout), "", "no summary: it never ran");
+    let stderr = text(&output.stderr);
+    // Every line is JSON, the last one the error.
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let last = lines.last().expect("a log line");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert_eq!(last["program"], "election-reprocessor", "{stderr}");
+    assert_eq!(last["exit_code"], 1, "{stderr}");
+    assert!(
+        last["message"].as_str().unwrap().contains("127.0.0.1"),
+        "{stderr}"
+    );
+}
