@@ -1,7 +1,7 @@
--- The initial schema: the durable report log (SPEC §4), the per-party audit
+-- The initial schema: the durable report log (docs/contract.md §4), the per-party audit
 -- log of the seed article, one lock row per ballot box, and reporting-client
 -- tokens. Every row carries its election id: several elections share these
--- tables, and "adding cities or parties needs no schema change" (SPEC §7).
+-- tables, and "adding cities or parties needs no schema change" (docs/contract.md §7).
 
 -- One row per recorded revision of a ballot box report, written before ingest
 -- answers 2xx (I1) and kept forever for audit. `completed` says whether the
@@ -82,7 +82,7 @@ CREATE TABLE ballot_boxes (
     PRIMARY KEY (election_id, ballot_box_id)
 ) WITH (fillfactor = 80);
 
--- "Ballot boxes in reporting order" (SPEC §5, first-reports).
+-- "Ballot boxes in reporting order" (docs/contract.md §5, first-reports).
 CREATE INDEX ballot_boxes_first_reported_idx ON ballot_boxes (election_id, first_reported_at);
 
 -- Reporting-client tokens. Only a SHA-256 of each token is stored, so a leak

@@ -1,4 +1,4 @@
--- Election definitions (SPEC §7): an election may be defined up front with
+-- Election definitions (docs/contract.md §7): an election may be defined up front with
 -- its parties (display name, colour), its cities (display name, ballot boxes
 -- expected) and optionally the registry of its ballot boxes. An election
 -- without a row in election_definitions is undefined and accepts any valid

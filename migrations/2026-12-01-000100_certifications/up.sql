@@ -1,4 +1,4 @@
--- Certification (SPEC §9): a city's results declared final. Who certified
+-- Certification (docs/contract.md §9): a city's results declared final. Who certified
 -- it and when is kept here; from then on the recording transaction refuses
 -- every new report or revision of the city's ballot boxes (409 `certified`,
 -- store-pg `record`), reading this table under the election's definition

@@ -1,4 +1,4 @@
--- Electorates (SPEC §7): voters registered per city (`electorate = N` in a
+-- Electorates (docs/contract.md §7): voters registered per city (`electorate = N` in a
 -- [[cities]] entry) and per ballot box (the [electorate] table), both
 -- optional. They give turnout where known and let the query service flag a
 -- report with more votes than its box's electorate (GET .../flags). Part of

@@ -1,4 +1,4 @@
-//! Election definitions as ingest checks them (SPEC §7): a report for a
+//! Election definitions as ingest checks them (docs/contract.md §7): a report for a
 //! defined election must name a defined city and defined parties and, when
 //! the election registers its ballot boxes, a registered box in its own city;
 //! otherwise it is refused with 422 before anything is written (I4).

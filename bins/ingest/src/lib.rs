@@ -43,7 +43,7 @@ pub struct Services {
     pub tally: Arc<dyn Tally>,
     /// Token lookups.
     pub tokens: Arc<dyn TokenLookup>,
-    /// Election definitions (SPEC §7).
+    /// Election definitions (docs/contract.md §7).
     pub definitions: Arc<dyn DefinitionLookup>,
     /// What `/readyz` checks.
     pub ready: ReadyCheck,

@@ -45,7 +45,7 @@ use crate::definitions::{Cached, Current, DefinitionCache};
 use crate::failed_auth::FailedAuth;
 use crate::limit::RateLimiter;
 
-/// Largest report body accepted (SPEC §5).
+/// Largest report body accepted (docs/contract.md §5).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What every request handler shares.

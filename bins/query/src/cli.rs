@@ -50,7 +50,7 @@ use election_http::telemetry::LogFormat;
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Default Redis URL.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-/// Default listen address (SPEC §6).
+/// Default listen address (docs/contract.md §6).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 /// Default number of elections refreshed at once.
 pub const DEFAULT_MAX_ELECTIONS: usize = 64;

@@ -24,7 +24,7 @@
 //!
 //! # Reporting progress
 //!
-//! For a defined election (SPEC §7) every scope carries
+//! For a defined election (docs/contract.md §7) every scope carries
 //! `ballot_boxes_expected` (the definition's count: a city's, or the sum over
 //! cities) and `percent_reporting` (`100 × reported / expected`, rounded to
 //! one decimal, at most 100), and cities carry their display `name`; every

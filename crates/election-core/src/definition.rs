@@ -1,4 +1,4 @@
-//! The definition of an election (SPEC §7): its parties with display names
+//! The definition of an election (docs/contract.md §7): its parties with display names
 //! and colours, its cities with the number of ballot boxes expected in each,
 //! and optionally the registry of ballot boxes and their cities.
 //!
@@ -49,7 +49,7 @@ use crate::error::Problem;
 use crate::ids::{BallotBoxId, CityId, DefinitionVersion, ElectionId, PartyId};
 use crate::report::Report;
 
-/// Most ballot boxes one city may expect (SPEC §1: a million in a whole
+/// Most ballot boxes one city may expect (docs/contract.md §1: a million in a whole
 /// election).
 pub const MAX_EXPECTED_BALLOT_BOXES: u32 = 1_000_000;
 /// Longest display name, in characters.
@@ -117,7 +117,7 @@ pub struct CityDefinition {
     pub electorate: Option<u32>,
 }
 
-/// Who certified a city, and when (SPEC §9): its results are final from
+/// Who certified a city, and when (docs/contract.md §9): its results are final from
 /// then on. Kept with the definition because it changes what the election
 /// accepts, as the definition does, and travels with it to every cache.
 #[derive(Clone, Debug, PartialEq, Eq)]

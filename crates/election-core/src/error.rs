@@ -54,7 +54,7 @@ pub enum ReportError {
     /// or duplicated field, a duplicated party.
     #[error("malformed report: {0}")]
     Malformed(String),
-    /// Well-formed, but some fields break the rules of SPEC §2. Every broken
+    /// Well-formed, but some fields break the rules of docs/contract.md §2. Every broken
     /// rule is listed, not only the first.
     #[error("invalid report: {}", join(.0))]
     Invalid(Vec<Problem>),

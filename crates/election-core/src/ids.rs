@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::Problem;
 
-/// Longest id of any kind, in bytes (SPEC §2: one leading character and up to
+/// Longest id of any kind, in bytes (docs/contract.md §2: one leading character and up to
 /// 63 more).
 pub const MAX_ID_LEN: usize = 64;
 

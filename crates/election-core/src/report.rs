@@ -21,9 +21,9 @@ use sha2::{Digest, Sha256};
 use crate::error::{Problem, ReportError};
 use crate::ids::{BallotBoxId, CityId, DefinitionVersion, ElectionId, PartyId, describe};
 
-/// Most parties one report may carry (SPEC §2).
+/// Most parties one report may carry (docs/contract.md §2).
 pub const MAX_PARTIES: usize = 100;
-/// Most votes one party may get in one ballot box (SPEC §2).
+/// Most votes one party may get in one ballot box (docs/contract.md §2).
 pub const MAX_VOTES: u32 = 10_000_000;
 /// Highest revision accepted; it must fit PostgreSQL's `integer`.
 pub const MAX_REVISION: u32 = i32::MAX as u32;

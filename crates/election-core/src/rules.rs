@@ -1,4 +1,4 @@
-//! The revision rules of SPEC §2 as pure logic.
+//! The revision rules of docs/contract.md §2 as pure logic.
 //!
 //! A report log calls [`decide`] while it holds its ballot box exclusively
 //! (a row lock in PostgreSQL, a mutex in memory), with what it has recorded
@@ -115,7 +115,7 @@ pub enum Decision {
     Conflict(Conflict),
 }
 
-/// Applies SPEC §2 to `report`, given the box's recorded state (`None` for a
+/// Applies docs/contract.md §2 to `report`, given the box's recorded state (`None` for a
 /// box never seen) and the recorded revision with the same number, if any.
 pub fn decide(report: &Report, state: Option<&BoxState>, same: Option<&SameRevision>) -> Decision {
     if let Some(same) = same {

@@ -1,4 +1,4 @@
-//! How far a scope (one city, or the whole election) is counted (SPEC §9):
+//! How far a scope (one city, or the whole election) is counted (docs/contract.md §9):
 //! the status every totals answer carries and the NIST export maps to its
 //! `CountStatus`.
 //!

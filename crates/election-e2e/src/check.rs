@@ -1,4 +1,4 @@
-//! The final check of every scenario: SPEC I1-I4 against the database and
+//! The final check of every scenario: I1-I4 (docs/contract.md §3) against the database and
 //! the counters, after the faults.
 //!
 //! 1. `election-reprocessor run --once --pending-after 0s` counts whatever
@@ -13,7 +13,7 @@
 //!      has a `vote_log` row per party of its payload with the payload's
 //!      votes, no `vote_log` row lacks its report, and every box's latest
 //!      revision is its highest recorded one;
-//!    - every counter, read with a plain `GET` under the SPEC's key names,
+//!    - every counter, read with a plain `GET` under the contract's key names (docs/contract.md §4),
 //!      equals the sum over boxes of their latest recorded revision, equals
 //!      the sum of the log's differences, and equals the totals of the
 //!      acknowledged posts (I2, I3).

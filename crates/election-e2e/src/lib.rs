@@ -2,7 +2,7 @@
 //! `election-ingest` and `election-reprocessor` binaries, real PostgreSQL and
 //! Redis servers, faults injected from outside (SIGKILL, servers stopped and
 //! restarted, a Redis Cluster master killed), and at the end one check of
-//! SPEC I1-I4 against the database and the counters.
+//! I1-I4 (docs/contract.md §3) against the database and the counters.
 //!
 //! Why a crate of its own: the scenarios drive several processes and servers
 //! at once and belong to no single binary; they test the system as an
@@ -21,7 +21,7 @@
 //!   recording every acknowledged post.
 //! - [`check`]: drain, reconcile (and repair where the scenario says so),
 //!   then every acknowledged report in PostgreSQL at its revision, every
-//!   counter (plain `GET` under the SPEC's key names) equal to the log and to
+//!   counter (plain `GET` under the contract's key names (docs/contract.md §4)) equal to the log and to
 //!   the acknowledged posts, nothing pending, nothing half-recorded; a
 //!   [`check::Summary`] per scenario.
 //!

@@ -329,7 +329,7 @@ impl LoadResult {
             .collect()
     }
 
-    /// The counters the acknowledged posts imply, under the SPEC's key
+    /// The counters the acknowledged posts imply, under the contract's key
     /// names: `election:<e>:party:<p>` and `election:<e>:city:<c>:party:<p>`.
     pub fn expected_counters(&self, election: &str) -> BTreeMap<String, i64> {
         let mut counters = BTreeMap::new();

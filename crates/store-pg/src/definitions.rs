@@ -1,4 +1,4 @@
-//! Election definitions (SPEC §7) in `election_definitions`,
+//! Election definitions (docs/contract.md §7) in `election_definitions`,
 //! `election_parties`, `election_cities` and `election_ballot_boxes`.
 //!
 //! [`load`] stores a validated `Definition` in **one transaction**, under a

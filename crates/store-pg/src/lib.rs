@@ -1,7 +1,7 @@
 //! The durable report log in PostgreSQL: election-core's [`ReportLog`] port
 //! implemented with diesel over an r2d2 pool.
 //!
-//! PostgreSQL is the system of record (SPEC §4): a report is committed here,
+//! PostgreSQL is the system of record (docs/contract.md §4): a report is committed here,
 //! with synchronous commit, before ingest says yes (I1), and every revision is
 //! kept forever for audit. The revision rules themselves live in
 //! `election_core::rules`; this crate supplies what they need (a per-box row
@@ -12,7 +12,7 @@
 //! - [`connect`] builds a lazy pool, [`migrate`] / [`schema_status`] manage
 //!   the embedded schema (`migrations/` at the workspace root), and
 //!   [`check_schema`] is what every service calls before it starts;
-//! - [`definitions`] stores election definitions (SPEC §7);
+//! - [`definitions`] stores election definitions (docs/contract.md §7);
 //! - [`try_lock_repair`] keeps `reconcile --repair` to one per election;
 //! - [`seal`] seals every election's log into a hash chain, verifies it and
 //!   reads its published heads (docs/audit.md);

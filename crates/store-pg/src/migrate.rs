@@ -4,7 +4,7 @@
 //! `migrations/README.md`) and is compiled into every binary, so a deployed
 //! service always knows exactly which schema it was built for. Migrations run
 //! from an explicit `migrate` command, never as a side effect of starting a
-//! service (SPEC §4); services call [`schema_status`] at start-up and refuse
+//! service (docs/contract.md §4); services call [`schema_status`] at start-up and refuse
 //! to run on a schema that is missing, behind, or newer than they are.
 
 use std::collections::BTreeSet;
@@ -110,7 +110,7 @@ pub enum SchemaError {
 }
 
 /// Refuses a schema this binary does not match, saying what to run: every
-/// service calls it before it starts (SPEC §4).
+/// service calls it before it starts (docs/contract.md §4).
 pub fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
     match schema_status(pool).map_err(SchemaError::Unreadable)? {
         SchemaStatus::UpToDate => Ok(()),

@@ -96,7 +96,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Defined elections (SPEC §7).
+    /// Defined elections (docs/contract.md §7).
     election_definitions (election_id) {
         election_id -> Text,
         name -> Text,
@@ -146,7 +146,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Certified cities: who certified each, and when (SPEC §9).
+    /// Certified cities: who certified each, and when (docs/contract.md §9).
     certified_cities (election_id, city) {
         election_id -> Text,
         city -> Text,

@@ -1,7 +1,7 @@
 //! Every Redis key the tally reads or writes, and the Cluster hash slot of a
 //! key.
 //!
-//! Counter keys are fixed by SPEC §4 because users read them with a plain
+//! Counter keys are fixed by docs/contract.md §4 because users read them with a plain
 //! `GET`: `election:<e>:party:<p>` (national) and
 //! `election:<e>:city:<c>:party:<p>` (city). They carry no hash tag, so on a
 //! Cluster each lands in the slot of its whole name.

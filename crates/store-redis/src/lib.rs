@@ -1,7 +1,7 @@
 //! The live counters in Redis or Redis Cluster: [`RedisTally`], behind
 //! election-core's `Tally` trait.
 //!
-//! # Exactly once (SPEC I2)
+//! # Exactly once (I2, docs/contract.md §3)
 //!
 //! Each counted revision moves the national and city counter of every party in
 //! its difference. A counter and a marker naming the revision move in **one
@@ -52,7 +52,7 @@
 //! # Hash slots and markers
 //!
 //! On a Cluster all keys of one script call must share a hash slot. Counter
-//! keys are fixed by SPEC §4 (users `GET` them) and carry no hash tag, so each
+//! keys are fixed by docs/contract.md §4 (users `GET` them) and carry no hash tag, so each
 //! lands in the slot of its whole name ([`keys::slot`]). The adapter therefore
 //! groups a revision's counters by slot and makes one script call per group.
 //! A group's *anchor* is its first counter key in order; its marker is the

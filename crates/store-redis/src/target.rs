@@ -1,7 +1,7 @@
 //! Where Redis is ([`RedisTarget`], from `REDIS_URL`) and how patiently to
 //! talk to it ([`RedisOptions`]).
 //!
-//! `REDIS_URL` takes three forms (SPEC §6):
+//! `REDIS_URL` takes three forms (docs/contract.md §6):
 //! - `redis://host:port` (or any single URL the `redis` crate accepts):
 //!   standalone Redis;
 //! - `redis://h1:p1,redis://h2:p2`: a Redis Cluster, given by some of its

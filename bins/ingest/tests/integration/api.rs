@@ -1,4 +1,4 @@
-//! Every row of the SPEC §5 status table, through HTTP, with its error code and
+//! Every row of the docs/contract.md §5 status table, through HTTP, with its error code and
 //! message; and I4: no refused request leaves a row or moves a counter.
 
 use serde_json::Value;

@@ -1,4 +1,4 @@
-//! Reports for a defined election (SPEC §7): unknown parties, cities and
+//! Reports for a defined election (docs/contract.md §7): unknown parties, cities and
 //! ballot boxes, and a box under another city, are refused with 422 naming
 //! them, and leave no row and no counter change (I4). Undefined elections
 //! accept any valid slug.

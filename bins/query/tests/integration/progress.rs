@@ -1,4 +1,4 @@
-//! Reporting progress of a defined election (SPEC §7) through a simulated
+//! Reporting progress of a defined election (docs/contract.md §7) through a simulated
 //! night: ballot boxes expected and percent reporting, nationally and per
 //! city, with replays and corrections never counting a box twice.
 

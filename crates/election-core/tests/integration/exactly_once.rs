@@ -128,7 +128,7 @@ enum Expect {
     Conflict,
 }
 
-/// An independent statement of SPEC §2.
+/// An independent statement of docs/contract.md §2.
 fn model_decide(model: &HashMap<String, ModelBox>, report: &Report) -> Expect {
     let Some(state) = model.get(report.ballot_box().as_str()) else {
         return Expect::Fresh;
