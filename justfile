@@ -7,11 +7,15 @@ default:
     @just --list
 
 # The system with the seed's three-city example, then a simulated election night (Ctrl-C stops it).
-demo:
+demo: setup
     scripts/demo.sh
 
+# Install what the tests and the demo need (Debian packages, schemathesis) and start PostgreSQL and Redis when they do not answer (`just test` and `just demo` run it first).
+setup:
+    scripts/setup.sh
+
 # Everything CI checks: format, lints, the architecture invariant, all tests, schemathesis against both services (a fixed seed, so CI is repeatable; `just api-fuzz` alone draws a new one).
-test: fmt-check lint arch-check test-all (api-fuzz "20261128")
+test: setup fmt-check lint arch-check test-all (api-fuzz "20261128")
 
 # What CI runs (`.ci/run` calls `just test`).
 ci: test
