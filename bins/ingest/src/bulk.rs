@@ -219,11 +219,13 @@ async fn handle(
         ));
     }
     // `admit` took one report's allowance; the batch costs one per item.
-    rate_limit(
-        state,
-        &caller.token_hash,
-        u32::try_from(wire.reports.len() - 1).unwrap_or(u32::MAX),
-    )?;
+    if wire.reports.len() > 1 {
+        rate_limit(
+            state,
+            &caller.token_hash,
+            u32::try_from(wire.reports.len() - 1).unwrap_or(u32::MAX),
+        )?;
+    }
     let bound_box = caller.scope.ballot_box.as_ref();
     let current = current_definition(state, &caller.election).await?;
     let mut slots: Vec<Slot> = wire

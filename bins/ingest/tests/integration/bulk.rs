@@ -320,3 +320,26 @@ async fn the_loadgen_posts_a_night_in_batches_and_the_totals_match() {
     }
     ingest.stop().await;
 }
+
+/// A batch takes one report of the token's allowance per item: with a burst
+/// of 2, two one-item batches pass and the third is 429 (a one-item batch
+/// costs what a single post does, not two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_costs_one_report_of_the_allowance_per_item() {
+    let mut settings = crate::harness::settings();
+    settings.rate_limit = Some(election_ingest::limit::RateLimit {
+        per_second: 0.01,
+        burst: 2,
+    });
+    let ingest = Ingest::start_with(RedisChoice::Standalone, settings).await;
+    let one = |b: &str| {
+        format!(r#"{{"reports":[{{"ballot_box_id":"{b}","city":"york","votes":{{"a":1}}}}]}}"#)
+    };
+    assert_eq!(post_batch(&ingest, one("B1")).await.0, 200);
+    assert_eq!(post_batch(&ingest, one("B2")).await.0, 200);
+    let limited = post_batch(&ingest, one("B3")).await;
+    assert_eq!(limited.0, 429, "{limited:?}");
+    assert_eq!(limited.1["error"], "rate_limited");
+    assert_eq!(ingest.national("a"), Some(2));
+    ingest.stop().await;
+}
