@@ -165,6 +165,26 @@ $BIN/election-loadgen --ingest-url "http://$INGEST" --election demo-night --toke
     --boxes "$BOXES" --cities "$CITIES" --parties 6 --duplicates 0.05 --revisions 0.03 \
     --concurrency 64 --spread-secs "$NIGHT_SECS" --progress --redis-url "$REDIS_URL" || true
 echo
+
+# --- Certification and flags -------------------------------------------------------
+# A returning officer certifies one city: the dashboard shows it certified,
+# and any new report for it is refused (409 certified). Corrections that move
+# a box's total by more than 20% are flagged (GET .../flags; ⚑ on the
+# dashboard's city table).
+$BIN/election-ingest election certify --election demo-night --city city-0000 \
+    --by "demo returning officer" >/dev/null
+echo "certified city-0000 of demo-night (its status on the dashboard: certified)"
+night_post() {
+    curl -s -o /dev/null -w '%{http_code}' -X POST "http://$INGEST/v1/elections/demo-night/reports" \
+        -H "Authorization: Bearer $NIGHT_TOKEN" -H 'Content-Type: application/json' -d "$1"
+}
+echo "a late box in city-0001 and its correction, four times the first count (a flag):" \
+    "$(night_post '{"ballot_box_id":"DEMO-LATE-1","city":"city-0001","votes":{"party-00":100}}')" \
+    "$(night_post '{"ballot_box_id":"DEMO-LATE-1","city":"city-0001","revision":2,"reason":"a second ballot bag was found","votes":{"party-00":400}}')"
+flags=$(curl -s "http://$QUERY/v1/elections/demo-night/flags" | { grep -o '"reason":' || true; } | wc -l)
+echo "flagged revisions (large corrections, marked ⚑ on the dashboard): $flags"
+echo "  GET http://$QUERY/v1/elections/demo-night/flags"
+echo
 echo "the night is over; the services keep running. Press Ctrl-C to stop everything."
 # `wait` (unlike a foreground sleep) lets the INT/TERM trap run at once; the
 # sleeper is in `pids`, so the cleanup stops it too.

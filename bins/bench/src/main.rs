@@ -88,8 +88,12 @@ struct Cli {
     #[arg(long, conflicts_with = "bulk_only")]
     stream_only: bool,
     /// Measure only bulk reporting (batches of 100 on a fresh database).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sealing_only")]
     bulk_only: bool,
+    /// Measure only what sealing costs ingest (512 connections on a fresh
+    /// database, without and then with a sealing reprocessor).
+    #[arg(long, conflicts_with = "stream_only")]
+    sealing_only: bool,
     /// Stream subscribers [default: 5,000; quick: 1,000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stream_subscribers: Option<u64>,
@@ -193,6 +197,8 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         stream_lines(&bench, &standalone, &sizes).await
     } else if cli.bulk_only {
         bulk_run(&bench, &standalone, &sizes).await
+    } else if cli.sealing_only {
+        sealing_run(&bench, &standalone, &sizes).await
     } else {
         measure(&bench, &standalone, &sizes).await
     };
@@ -279,6 +285,23 @@ const BULK_CONNECTIONS: usize = 32;
 /// request (every report of every request was checked 2xx).
 fn reports_per_second(run: &Throughput) -> f64 {
     run.posted.summary.per_second * run.batch as f64
+}
+
+/// Ingest at 512 connections on a fresh database without, then with, a
+/// sealing reprocessor beside it.
+async fn sealing_run(
+    bench: &Bench,
+    redis: &RedisTarget,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Line>> {
+    let without = ingest::throughput(bench, redis, Start::Fresh, 512, sizes.ingest).await?;
+    log_run("fresh", &without);
+    let with = ingest::throughput_sealing(bench, redis, 512, sizes.ingest).await?;
+    log_run("fresh, sealing", &with);
+    Ok(vec![
+        throughput_line(&without, None),
+        sealing_line(&without, &with),
+    ])
 }
 
 /// Bulk reporting on a fresh database, and its lines.
