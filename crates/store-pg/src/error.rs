@@ -196,6 +196,28 @@ impl From<PgError> for StoreError {
     }
 }
 
+/// A pooled connection, or [`PgError::Pool`] saying what it was for.
+pub(crate) fn connection(
+    pool: &crate::pool::PgPool,
+    doing: &str,
+) -> Result<
+    diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<diesel::PgConnection>>,
+    PgError,
+> {
+    pool.get().map_err(|source| PgError::Pool {
+        doing: doing.to_owned(),
+        source,
+    })
+}
+
+/// Wraps a statement's error as [`PgError::Query`] saying what was being done.
+pub(crate) fn query_error(doing: &str) -> impl FnOnce(DieselError) -> PgError + '_ {
+    move |source| PgError::Query {
+        doing: doing.to_owned(),
+        source,
+    }
+}
+
 /// An error inside a transaction, before the context is added: diesel's own,
 /// or data that failed validation when read back. diesel's transaction helper
 /// needs an error type it can build from its own errors.

@@ -21,11 +21,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel::sql_types::{BigInt, Bool, Int4, Nullable, Text, Timestamptz};
 use election_core::{BallotBoxId, CityId, ElectionId, PartyId, Problem};
 
-use crate::error::PgError;
+use crate::error::{PgError, connection, query_error};
 use crate::pool::PgPool;
 
 /// A time window: `from` inclusive, `to` exclusive; an absent bound is open.
@@ -118,22 +117,6 @@ pub struct AuditPage {
     pub rows: Vec<AuditRow>,
     /// Where the next page starts; `None` when this page was the last.
     pub next: Option<AuditCursor>,
-}
-
-type Connection = PooledConnection<ConnectionManager<PgConnection>>;
-
-fn connection(pool: &PgPool, doing: &str) -> Result<Connection, PgError> {
-    pool.get().map_err(|source| PgError::Pool {
-        doing: doing.to_owned(),
-        source,
-    })
-}
-
-fn query_error(doing: &str) -> impl FnOnce(diesel::result::Error) -> PgError + '_ {
-    move |source| PgError::Query {
-        doing: doing.to_owned(),
-        source,
-    }
 }
 
 fn corrupt(doing: &str) -> impl Fn(Problem) -> PgError + '_ {

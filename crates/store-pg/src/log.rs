@@ -19,7 +19,7 @@ use election_core::{
     PendingStats, Recorded, Report, ReportId, ReportLog, Revision, StoreError, StuckReport, Totals,
 };
 
-use crate::error::{PgError, TxError, is_new_box_race, is_retryable};
+use crate::error::{PgError, TxError, is_new_box_race, is_retryable, query_error};
 use crate::pending;
 use crate::pool::PgPool;
 use crate::prepared::prepared;
@@ -308,13 +308,6 @@ fn corrupt(doing: &str, detail: String) -> PgError {
     PgError::Corrupt {
         doing: doing.to_owned(),
         detail,
-    }
-}
-
-fn query_error(doing: &str) -> impl FnOnce(diesel::result::Error) -> PgError + '_ {
-    move |source| PgError::Query {
-        doing: doing.to_owned(),
-        source,
     }
 }
 

@@ -64,12 +64,11 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use diesel::Connection as _;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel::sql_types::{Array, BigInt, Bytea, Int4, Nullable, Text, Timestamptz};
 use election_core::ElectionId;
 use sha2::{Digest, Sha256};
 
-use crate::error::PgError;
+use crate::error::{PgError, connection, query_error};
 use crate::pool::PgPool;
 
 /// The head of an empty chain.
@@ -251,22 +250,6 @@ pub struct Checkpoint {
     pub head: Head,
     /// When the checkpoint was written.
     pub sealed_at: DateTime<Utc>,
-}
-
-type Pooled = PooledConnection<ConnectionManager<PgConnection>>;
-
-fn connection(pool: &PgPool, doing: &str) -> Result<Pooled, PgError> {
-    pool.get().map_err(|source| PgError::Pool {
-        doing: doing.to_owned(),
-        source,
-    })
-}
-
-fn query_error(doing: &str) -> impl FnOnce(diesel::result::Error) -> PgError + '_ {
-    move |source| PgError::Query {
-        doing: doing.to_owned(),
-        source,
-    }
 }
 
 fn corrupt(doing: &str, detail: String) -> PgError {
