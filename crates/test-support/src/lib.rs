@@ -7,6 +7,7 @@
 //! - [`redis`]: the Redis on `REDIS_URL` (default `redis://127.0.0.1:6379`),
 //!   and a real Redis Cluster (3 masters + 3 replicas) started from
 //!   `redis-server` on free ports, once per test process.
+//! - [`process`]: free ports, signals, waiting for a condition.
 //! - [`tls`]: a CA and a server certificate made per test (rcgen), for
 //!   Redis and PostgreSQL servers started with TLS.
 //!
@@ -14,5 +15,6 @@
 //! tests never skip silently.
 
 pub mod pg;
+pub mod process;
 pub mod redis;
 pub mod tls;

@@ -4,11 +4,11 @@
 //! then deltas (bridging `Last-Event-ID`, scoped, bad parameters refused), and
 //! no password reaches its logs or metrics.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use test_support::pg::PgSchema;
+use test_support::process::{free_port, send_signal};
 
 use crate::harness::{Events, migrated_schema};
 
@@ -42,14 +42,6 @@ fn serve_refuses_an_unmigrated_database() {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_listening(address: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -62,17 +54,6 @@ fn wait_listening(address: &str, child: &mut Child) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("election-query did not start listening at {address}");
-}
-
-/// Sends a signal with kill(1) (the workspace forbids unsafe code, so no
-/// direct libc call).
-fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
