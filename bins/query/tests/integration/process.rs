@@ -362,25 +362,18 @@ fn start_up_errors_are_json_lines_with_log_format_json() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
-        .collect();
+    let lines = test_support::logs::json_lines(&stderr);
     assert!(
         lines.iter().any(|line| line["level"] == "WARN"
             && line["message"]
                 == "SNAPSHOT_INTERVAL_MS is deprecated: set SNAPSHOT_INTERVAL=50ms instead"),
         "{stderr}"
     );
-    let last = lines.last().unwrap();
-    assert_eq!(last["level"], "ERROR", "{stderr}");
-    assert_eq!(last["program"], "election-query", "{stderr}");
-    assert!(
-        last["message"]
-            .as_str()
-            .unwrap()
-            .contains("the database is not migrated"),
-        "{stderr}"
+    test_support::logs::assert_fatal(
+        &lines,
+        &stderr,
+        "election-query",
+        "the database is not migrated",
     );
 }
 
@@ -403,12 +396,11 @@ async fn metrics_carry_build_info() {
         .text()
         .await
         .unwrap();
-    let expected = format!(
-        "build_info{{version=\"{}\",revision=\"{}\"}} 1",
+    test_support::logs::assert_build_info(
+        &metrics,
         env!("CARGO_PKG_VERSION"),
-        election_http::build::REVISION
+        election_http::build::REVISION,
     );
-    assert!(metrics.lines().any(|l| l == expected), "{metrics}");
     child.kill().unwrap();
     child.wait().unwrap();
 }
