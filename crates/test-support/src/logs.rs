@@ -1,6 +1,6 @@
-//! What the services print, read the way an operator's tools read it: every
-//! stderr line as JSON (`LOG_FORMAT=json`), the fatal last line, the
-//! `build_info` metric. The three binaries promise the same conventions, so
+//! What the services print and answer, read the way an operator's and a
+//! client's tools read it: every stderr line as JSON (`LOG_FORMAT=json`), the
+//! fatal last line, the `build_info` metric, a JSON error answer. The three binaries promise the same conventions, so
 //! their tests check them with one copy of these readers.
 
 use serde_json::Value;
@@ -32,6 +32,23 @@ pub fn assert_fatal(lines: &[Value], stderr: &str, program: &str, says: &str) {
     assert!(
         last["message"].as_str().is_some_and(|m| m.contains(says)),
         "the last line does not say {says:?}: {stderr}"
+    );
+}
+
+/// Checks an error answer, `(status, body)`: the status, the body's `error`
+/// code, and a `message` for a person that contains `fragment` (every 4xx
+/// and 5xx of both services has this shape).
+///
+/// # Panics
+/// When it does not, with the answer.
+#[track_caller]
+pub fn check_error(answer: &(u16, Value), status: u16, code: &str, fragment: &str) {
+    assert_eq!(answer.0, status, "{answer:?}");
+    assert_eq!(answer.1["error"], code, "{answer:?}");
+    let message = answer.1["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(fragment),
+        "message {message:?} should contain {fragment:?}"
     );
 }
 
