@@ -363,9 +363,10 @@ impl PgLog {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            let rows: Vec<RevisionRow> = prepared(pending::CLAIMED_REPORTS)
-                .bind::<Array<Int8>, _>(ids.as_slice())
-                .load(conn)?;
+            let rows: Vec<RevisionRow> = prepared(pending::CLAIMED_REPORTS, |q| {
+                q.bind::<Array<Int8>, _>(ids.as_slice())
+            })
+            .load(conn)?;
             // A claimed revision that cannot be read back would fail every
             // claim that takes it, and its batch-mates with it: set it aside.
             let found: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();

@@ -101,9 +101,8 @@ struct HeldIds {
 /// Marks `ids` counted: see the module docs. Idempotent: ids found in no row
 /// are counted already.
 pub(crate) fn mark_counted(conn: &mut PgConnection, ids: &[i64]) -> Result<(), TxError> {
-    let deleted: Vec<HeldIds> = prepared(MARK_WHOLE)
-        .bind::<Array<Int8>, _>(ids)
-        .load(conn)?;
+    let deleted: Vec<HeldIds> =
+        prepared(MARK_WHOLE, |q| q.bind::<Array<Int8>, _>(ids)).load(conn)?;
     let covered: BTreeSet<i64> = deleted.into_iter().flat_map(|r| r.report_ids).collect();
     let rest: Vec<i64> = ids
         .iter()
@@ -151,10 +150,11 @@ pub(crate) fn release(conn: &mut PgConnection, ids: &[i64], error: &str) -> Resu
 /// Returns their ids, oldest first; the caller runs this inside a
 /// `hot_transaction` and reads them in the same transaction.
 pub(crate) fn claim(conn: &mut PgConnection, claim: &Claim) -> Result<Vec<i64>, TxError> {
-    let rows: Vec<BatchRow> = prepared(CLAIM_ROWS)
-        .bind::<BigInt, _>(i64::try_from(claim.limit).unwrap_or(i64::MAX))
-        .bind::<BigInt, _>(micros(claim.pending_for))
-        .load(conn)?;
+    let rows: Vec<BatchRow> = prepared(CLAIM_ROWS, |q| {
+        q.bind::<BigInt, _>(i64::try_from(claim.limit).unwrap_or(i64::MAX))
+            .bind::<BigInt, _>(micros(claim.pending_for))
+    })
+    .load(conn)?;
     let lease = micros(claim.lease);
     let mut taken = Vec::new();
     let mut whole = Vec::new();
@@ -181,10 +181,10 @@ pub(crate) fn claim(conn: &mut PgConnection, claim: &Claim) -> Result<Vec<i64>, 
         taken.extend(ids);
     }
     if !whole.is_empty() {
-        prepared(LEASE_ROWS)
-            .bind::<Array<Int8>, _>(whole)
-            .bind::<BigInt, _>(lease)
-            .execute(conn)?;
+        prepared(LEASE_ROWS, |q| {
+            q.bind::<Array<Int8>, _>(whole).bind::<BigInt, _>(lease)
+        })
+        .execute(conn)?;
     }
     taken.sort_unstable();
     Ok(taken)
