@@ -10,6 +10,7 @@
 mod batches;
 mod definitions;
 mod migrations;
+mod schema;
 mod seals;
 mod support;
 
