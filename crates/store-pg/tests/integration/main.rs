@@ -12,6 +12,7 @@ mod definitions;
 mod migrations;
 mod schema;
 mod seals;
+mod tokens;
 mod support;
 
 use std::sync::Arc;
