@@ -22,6 +22,7 @@ use election_core::{
 use crate::error::{PgError, TxError, is_new_box_race, is_retryable, query_error};
 use crate::pending;
 use crate::pool::PgPool;
+use crate::schema::pending_reports;
 use crate::prepared::prepared;
 use crate::record::{hot_transaction, record_batch, recording_transaction};
 
@@ -214,13 +215,13 @@ struct ElectionRow {
     election_id: String,
 }
 
-/// How many revisions of election `$1` are pending.
-const AUDIT_PENDING: &str = "SELECT count(*) AS n FROM pending_reports WHERE election_id = $1";
-
-#[derive(QueryableByName)]
-struct Number {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
+/// How many revisions of `election` are pending.
+fn pending_in(conn: &mut PgConnection, election: &ElectionId) -> QueryResult<u64> {
+    let n: i64 = pending_reports::table
+        .filter(pending_reports::election_id.eq(election.as_str()))
+        .count()
+        .get_result(conn)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// The pending revisions of every election: how many, the oldest's age in
@@ -246,27 +247,25 @@ struct PendingRow {
     quarantined: i64,
 }
 
-/// The oldest `$2` pending revisions claimed at least `$1` times.
-const STUCK: &str = "\
-SELECT report_id AS id, election_id, ballot_box_id, revision, attempts, last_error
-FROM pending_reports
-WHERE attempts >= $1
-ORDER BY report_id
-LIMIT $2";
+/// Up to `limit` revisions claimed at least `attempts` times, oldest first.
+fn stuck(conn: &mut PgConnection, attempts: i32, limit: i64) -> QueryResult<Vec<StuckRow>> {
+    pending_reports::table
+        .filter(pending_reports::attempts.ge(attempts))
+        .order(pending_reports::report_id)
+        .limit(limit)
+        .select(StuckRow::as_select())
+        .load(conn)
+}
 
-#[derive(QueryableByName)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = pending_reports, check_for_backend(diesel::pg::Pg))]
 struct StuckRow {
-    #[diesel(sql_type = Int8)]
+    #[diesel(column_name = report_id)]
     id: i64,
-    #[diesel(sql_type = Text)]
     election_id: String,
-    #[diesel(sql_type = Text)]
     ballot_box_id: String,
-    #[diesel(sql_type = Int4)]
     revision: i32,
-    #[diesel(sql_type = Int4)]
     attempts: i32,
-    #[diesel(sql_type = Nullable<Text>)]
     last_error: Option<String>,
 }
 
@@ -445,11 +444,7 @@ impl PgLog {
     fn pending_count_inner(&self, election: &ElectionId) -> Result<u64, PgError> {
         let doing = format!("counting the pending reports of election {election}");
         let mut conn = self.connection(|| doing.clone())?;
-        let rows: Vec<Number> = diesel::sql_query(AUDIT_PENDING)
-            .bind::<Text, _>(election.as_str())
-            .load(&mut conn)
-            .map_err(query_error(&doing))?;
-        Ok(rows.first().map_or(0, |n| u64::try_from(n.n).unwrap_or(0)))
+        pending_in(&mut conn, election).map_err(query_error(&doing))
     }
 }
 
@@ -508,20 +503,15 @@ impl PgLog {
             .build_transaction()
             .repeatable_read()
             .read_only()
-            .run(|conn| -> Result<(Vec<AuditRow>, Vec<Number>), TxError> {
+            .run(|conn| -> Result<(Vec<AuditRow>, u64), TxError> {
                 let rows = diesel::sql_query(AUDIT)
                     .bind::<Text, _>(election.as_str())
                     .load(conn)?;
-                let pending = diesel::sql_query(AUDIT_PENDING)
-                    .bind::<Text, _>(election.as_str())
-                    .load(conn)?;
-                Ok((rows, pending))
+                Ok((rows, pending_in(conn, election)?))
             })
             .map_err(|error| error.context(doing.clone()))?;
         let mut audit = LogAudit {
-            pending: pending
-                .first()
-                .map_or(0, |p| u64::try_from(p.n).unwrap_or(0)),
+            pending,
             ..LogAudit::default()
         };
         for row in rows {
@@ -566,10 +556,7 @@ impl PgLog {
             quarantined: u64::try_from(row.quarantined).unwrap_or(0),
         };
         if stats.stuck > 0 {
-            let rows: Vec<StuckRow> = diesel::sql_query(STUCK)
-                .bind::<Int4, _>(attempts)
-                .bind::<BigInt, _>(PendingStats::STUCK_EXAMPLES as i64)
-                .load(&mut conn)
+            let rows = stuck(&mut conn, attempts, PendingStats::STUCK_EXAMPLES as i64)
                 .map_err(query_error(DOING))?;
             for row in rows {
                 let bad =

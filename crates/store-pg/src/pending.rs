@@ -41,16 +41,6 @@ DELETE FROM pending_batches
 WHERE first_report_id = ANY($1::bigint[]) AND report_ids <@ $1::bigint[]
 RETURNING report_ids";
 
-/// Locks the rows holding any id of `$1` (the failure path of marks and
-/// releases; a sequential scan of a table that holds only batches in
-/// flight).
-const OVERLAPPING: &str = "\
-SELECT first_report_id, report_ids, recorded_at, attempts, leased_until, last_error
-FROM pending_batches
-WHERE report_ids && $1::bigint[]
-ORDER BY first_report_id
-FOR UPDATE";
-
 /// Locks up to `$1` claimable rows (recorded at least `$2` µs ago, lease run
 /// out or never leased), oldest first; rows other claimers hold are skipped.
 pub(crate) const CLAIM_ROWS: &str = "\
@@ -75,8 +65,10 @@ FROM reports r
 WHERE r.id = ANY($1::bigint[])
 ORDER BY r.id";
 
-/// One row of `pending_batches`.
-#[derive(QueryableByName, Clone, Debug)]
+/// One row of `pending_batches`: loaded by name from the raw [`CLAIM_ROWS`],
+/// and through the DSL from the rows of a partial mark or release.
+#[derive(QueryableByName, Queryable, Selectable, Clone, Debug)]
+#[diesel(table_name = pending_batches, check_for_backend(diesel::pg::Pg))]
 pub(crate) struct BatchRow {
     #[diesel(sql_type = Int8)]
     first_report_id: i64,
@@ -230,10 +222,15 @@ pub(crate) fn quarantine(conn: &mut PgConnection, bad: &[(i64, String)]) -> Resu
     Ok(())
 }
 
-/// Locks and returns the rows holding any of `ids`.
+/// Locks and returns the rows holding any of `ids`, in key order (the
+/// failure path of marks and releases; a sequential scan of a table that
+/// holds only batches in flight).
 fn overlapping(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<BatchRow>, TxError> {
-    Ok(diesel::sql_query(OVERLAPPING)
-        .bind::<Array<Int8>, _>(ids)
+    Ok(pending_batches::table
+        .filter(pending_batches::report_ids.overlaps_with(ids))
+        .order(pending_batches::first_report_id)
+        .for_update()
+        .select(BatchRow::as_select())
         .load(conn)?)
 }
 
