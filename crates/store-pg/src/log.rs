@@ -7,6 +7,14 @@
 //! are prepared once per connection (`crate::prepared`). "Counted" means
 //! "named by no `pending_batches` row": the sums and pages below exclude the
 //! pending ids with an anti-join over that small table.
+//!
+//! The hot path's statements are raw SQL by design (their text and plans are
+//! what `crate::plans` checks); so are the sums, pages and statistics below,
+//! which need what diesel's DSL cannot say (`MATERIALIZED` CTEs, a recursive
+//! CTE, `FILTER` aggregates). Every raw statement binds typed parameters and
+//! loads its rows into a `QueryableByName` struct. The pending count and the
+//! stuck examples are plain reads of the `pending_reports` view, through the
+//! DSL.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -22,9 +30,9 @@ use election_core::{
 use crate::error::{PgError, TxError, is_new_box_race, is_retryable, query_error};
 use crate::pending;
 use crate::pool::PgPool;
-use crate::schema::pending_reports;
 use crate::prepared::prepared;
 use crate::record::{hot_transaction, record_batch, recording_transaction};
+use crate::schema::pending_reports;
 
 /// How many times `record` runs its transaction when PostgreSQL reports a
 /// deadlock or a serialization failure. Boxes are locked in a fixed order, so

@@ -21,6 +21,11 @@
 //! concerned: delete, then insert each part under its own smallest id with
 //! the attributes it should have ([`rewrite`]). That is the failure path,
 //! one transaction with the rows locked.
+//!
+//! The hot path's statements ([`MARK_WHOLE`], [`CLAIM_ROWS`], [`LEASE_ROWS`],
+//! [`CLAIMED_REPORTS`]) are raw SQL with typed binds, prepared once per
+//! connection (`crate::prepared`) and checked by `crate::plans`; the failure
+//! path's lookup and rewrite go through diesel's DSL.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

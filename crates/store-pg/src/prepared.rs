@@ -21,8 +21,8 @@
 //! fails if an upgrade stops caching.
 //!
 //! Only for statements with a constant SQL text and a constant number of
-//! binds (every statement of `crate::record` and `crate::log`'s claim binds
-//! whole columns as arrays): each distinct text is one prepared statement per
+//! binds (the statements of `crate::record` and `crate::pending`'s hot path,
+//! and the claim's read in `crate::log`, bind whole columns as arrays): each distinct text is one prepared statement per
 //! connection, kept as long as the connection. [`prepared`] takes the text as
 //! a `&'static str` so that nothing built at run time can grow the cache.
 

@@ -626,8 +626,8 @@ pub fn audit_heads(
         .load(&mut conn)
         .map_err(query_error(&doing))?
         .into_iter()
-    .map(|row| row.checkpoint(&doing))
-    .collect::<Result<Vec<_>, _>>()?;
+        .map(|row| row.checkpoint(&doing))
+        .collect::<Result<Vec<_>, _>>()?;
     let more = earlier.len() as i64 > limit;
     earlier.truncate(limit as usize);
     Ok(AuditHeads {

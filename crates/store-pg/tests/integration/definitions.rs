@@ -259,7 +259,7 @@ fn a_certified_city_records_nothing_new() {
                             'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS line \
              FROM certified_cities WHERE city = 'london'"
         ),
-        [how.at.clone()]
+        std::slice::from_ref(&how.at)
     );
     assert_eq!(
         number(

@@ -12,8 +12,8 @@ mod definitions;
 mod migrations;
 mod schema;
 mod seals;
-mod tokens;
 mod support;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

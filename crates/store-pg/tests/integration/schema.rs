@@ -336,7 +336,10 @@ fn the_comparison_finds_a_wrong_type_a_wrong_nullability_and_a_missing_column() 
     let (kind, mut columns) = migrated_columns(&Migrated::new(1))
         .remove("reports")
         .expect("the migrations create reports");
-    columns.get_mut("revision").expect("reports.revision").pg_type = "int8".to_owned();
+    columns
+        .get_mut("revision")
+        .expect("reports.revision")
+        .pg_type = "int8".to_owned();
     columns.get_mut("reason").expect("reports.reason").nullable = false;
     columns.remove("city");
     columns.insert(

@@ -34,8 +34,13 @@ fn tokens_are_stored_listed_found_and_revoked_once() {
 
     assert!(tokens::revoke(&db.pool, first).unwrap());
     assert!(!tokens::revoke(&db.pool, first).unwrap(), "revoked already");
-    assert!(!tokens::revoke(&db.pool, second + 100).unwrap(), "no such token");
-    let revoked = tokens::find(&db.pool, &[1; 32]).unwrap().expect("still stored");
+    assert!(
+        !tokens::revoke(&db.pool, second + 100).unwrap(),
+        "no such token"
+    );
+    let revoked = tokens::find(&db.pool, &[1; 32])
+        .unwrap()
+        .expect("still stored");
     let revoked_at = revoked.revoked_at.expect("revoked");
     assert!(revoked_at >= revoked.created_at);
 }
