@@ -19,6 +19,13 @@
 //! - [`PgLog`] implements [`ReportLog`] (see `record` for the batch path);
 //! - [`PgError`] says what failed and converts into the core's `StoreError`,
 //!   `Unavailable` when retrying later is the remedy.
+//!
+//! Queries go through diesel's DSL against [`schema`] (which an integration
+//! test keeps equal to the migrations), except where raw SQL is the point or
+//! the DSL cannot say it (the measured hot path, analytic reads, bulk
+//! `unnest` inserts, advisory locks); each module says which of its
+//! statements are raw and why, and every raw statement has typed binds and
+//! loads its rows into a `QueryableByName` struct.
 
 pub mod definitions;
 mod error;

@@ -10,8 +10,10 @@
 mod batches;
 mod definitions;
 mod migrations;
+mod schema;
 mod seals;
 mod support;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
