@@ -44,7 +44,7 @@ use chrono::Utc;
 use election_core::{Definition, ElectionId, Fingerprint, Grid, Tally};
 use election_http::ApiError;
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
-use store_pg::definitions::{Lookup, Version};
+use election_core::{DefinitionVersion as Version, Lookup};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
