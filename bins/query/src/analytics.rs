@@ -38,14 +38,15 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use election_core::ElectionId;
+use election_core::history::{AuditCursor, AuditPage, AuditRow, Window};
 use election_http::ApiError;
 use serde::Serialize;
-use election_core::history::{AuditCursor, AuditPage, AuditRow, Window};
 use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::answer::{
-    bad_parameter, bytes_response, hex, instant, json_response, parameters, parse_election, store_error,
+    bad_parameter, bytes_response, hex, instant, json_response, parameters, parse_election,
+    store_error,
 };
 use crate::timeline::Bucket;
 
@@ -106,11 +107,10 @@ pub async fn cities(
     state.elections.check(&election).await?;
     let history = Arc::clone(&state.history);
     let target = election.clone();
-    let rows = election_http::blocking(move || {
-        history.cities_by_votes(&target, Window { from, to })
-    })
-    .await?
-    .map_err(store_error)?;
+    let rows =
+        election_http::blocking(move || history.cities_by_votes(&target, Window { from, to }))
+            .await?
+            .map_err(store_error)?;
     Ok(json_response(
         &CitiesBody {
             election,
@@ -207,11 +207,11 @@ pub async fn timeline(
         })?,
     };
     state.elections.check(&election).await?;
-    let body = state.timelines.body(&state.history, &election, bucket).await?;
-    Ok(bytes_response(
-        body,
-        state.cache.history.clone(),
-    ))
+    let body = state
+        .timelines
+        .body(&state.history, &election, bucket)
+        .await?;
+    Ok(bytes_response(body, state.cache.history.clone()))
 }
 
 /// `GET /v1/elections/{e}/reports.csv?after=`: every revision of every

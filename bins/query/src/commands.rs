@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use election_core::History;
 use election_http::health::ReadyCheck;
 use election_http::layers::CorsOrigins;
-use election_core::History;
 use store_pg::{PgHistory, PgPool};
 use store_redis::RedisTally;
 

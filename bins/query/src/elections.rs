@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use election_core::ElectionId;
+use election_core::History;
 use election_http::ApiError;
 use serde::Serialize;
-use election_core::History;
 use tokio::sync::{Semaphore, watch};
 
 use crate::answer::store_error;

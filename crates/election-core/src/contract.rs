@@ -1355,7 +1355,10 @@ fn history_pages_through_the_audit_log((log, history): (Arc<dyn ReportLog>, Arc<
     );
     log.mark_counted(&[id1]).unwrap();
 
-    let rows = |page: &AuditPage| -> Vec<(i64, String, i32, String, i32, bool, i64, bool)> {
+    /// One audit row: report id, box, revision, party, votes, omitted,
+    /// difference, counted.
+    type Row = (i64, String, i32, String, i32, bool, i64, bool);
+    let rows = |page: &AuditPage| -> Vec<Row> {
         page.rows
             .iter()
             .map(|r| {
@@ -1452,10 +1455,7 @@ fn history_sums_votes_per_bucket((log, history): (Arc<dyn ReportLog>, Arc<dyn Hi
         .unwrap();
     assert!(later.rows.is_empty());
     assert_eq!(
-        history
-            .votes_per_bucket(&e, 60, Some(start))
-            .unwrap()
-            .rows,
+        history.votes_per_bucket(&e, 60, Some(start)).unwrap().rows,
         buckets.rows
     );
     assert!(history.votes_per_bucket(&e, 0, None).is_err());
@@ -1485,7 +1485,12 @@ fn history_sums_votes_per_bucket((log, history): (Arc<dyn ReportLog>, Arc<dyn Hi
             ("tories", 160)
         ]
     );
-    assert!(history.timeline(&unique_election("buckets"), 60).unwrap().is_empty());
+    assert!(
+        history
+            .timeline(&unique_election("buckets"), 60)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn history_tells_what_stood_at_an_instant((log, history): (Arc<dyn ReportLog>, Arc<dyn History>)) {
@@ -1566,8 +1571,24 @@ fn history_flags_large_corrections((log, history): (Arc<dyn ReportLog>, Arc<dyn 
             ))
             .collect::<Vec<_>>(),
         [
-            (ids[3], "B1", 3, FlagReason::LargeCorrection, 200, Some(110), None),
-            (ids[4], "B2", 2, FlagReason::LargeCorrection, 1, Some(0), None),
+            (
+                ids[3],
+                "B1",
+                3,
+                FlagReason::LargeCorrection,
+                200,
+                Some(110),
+                None
+            ),
+            (
+                ids[4],
+                "B2",
+                2,
+                FlagReason::LargeCorrection,
+                1,
+                Some(0),
+                None
+            ),
         ]
     );
     assert!(flags.iter().all(|f| f.city.as_str() == "york"));
@@ -1596,7 +1617,10 @@ fn history_knows_its_elections((log, history): (Arc<dyn ReportLog>, Arc<dyn Hist
             .collect::<Vec<_>>(),
         expected
     );
-    assert!(known.windows(2).all(|w| w[0] < w[1]), "in id order, once each");
+    assert!(
+        known.windows(2).all(|w| w[0] < w[1]),
+        "in id order, once each"
+    );
     assert!(history.election_exists(&a).unwrap());
     assert!(!history.election_exists(&never).unwrap());
 
@@ -1609,10 +1633,19 @@ fn history_knows_its_elections((log, history): (Arc<dyn ReportLog>, Arc<dyn Hist
     let mut expected = vec![(&a, None, 3), (&b, None, 1)];
     expected.sort();
     assert_eq!(ours, expected);
-    let last_of = |e: &ElectionId| summary.iter().find(|s| s.election == *e).unwrap().last_report_at;
+    let last_of = |e: &ElectionId| {
+        summary
+            .iter()
+            .find(|s| s.election == *e)
+            .unwrap()
+            .last_report_at
+    };
     let b_rows = history.audit_page(&b, None, 10).unwrap().rows;
     assert_eq!(last_of(&b), Some(b_rows[1].received_at), "the correction's");
 
     // Nothing sealed: no heads.
-    assert_eq!(history.seal_heads(&a, None, 10).unwrap(), SealHeads::default());
+    assert_eq!(
+        history.seal_heads(&a, None, 10).unwrap(),
+        SealHeads::default()
+    );
 }

@@ -137,9 +137,7 @@ impl StoreError {
     /// names one.
     pub fn store(&self) -> Option<&'static str> {
         match self {
-            StoreError::Unavailable { store, .. } | StoreError::Failed { store, .. } => {
-                Some(store)
-            }
+            StoreError::Unavailable { store, .. } | StoreError::Failed { store, .. } => Some(store),
             StoreError::DefinitionChanged { .. } => None,
         }
     }

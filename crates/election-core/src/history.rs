@@ -59,8 +59,11 @@ pub trait History: Send + Sync {
 
     /// The first `limit` ballot boxes of an election to report, in the
     /// order they first reported (ties by ballot box id, byte order).
-    fn first_reports(&self, election: &ElectionId, limit: u32)
-    -> Result<Vec<FirstReport>, StoreError>;
+    fn first_reports(
+        &self,
+        election: &ElectionId,
+        limit: u32,
+    ) -> Result<Vec<FirstReport>, StoreError>;
 
     /// Net votes per party per `bucket_seconds` bucket, for buckets starting
     /// at or after `since` (which should be a bucket start), or every
@@ -124,8 +127,7 @@ pub trait History: Send + Sync {
     /// total by more than `correction_share` of its previous total (at
     /// least 1). A revision may be flagged for both reasons (two flags, the
     /// electorate's first).
-    fn flags(&self, election: &ElectionId, correction_share: f64)
-    -> Result<Vec<Flag>, StoreError>;
+    fn flags(&self, election: &ElectionId, correction_share: f64) -> Result<Vec<Flag>, StoreError>;
 
     /// The newest seal checkpoint of `election` and up to `limit` earlier
     /// ones, newest first, those sealed through a report id below `before`

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::error::StoreError;
 use self::history::wall_clock;
+use crate::error::StoreError;
 use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision, Votes};
 use crate::rules::{self, BoxState, Decision, SameRevision};

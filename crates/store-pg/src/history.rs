@@ -76,7 +76,12 @@ impl History for PgHistory {
         bucket_seconds: u32,
         since: Option<DateTime<Utc>>,
     ) -> Result<Buckets, StoreError> {
-        Ok(votes_per_bucket(&self.pool, election, bucket_seconds, since)?)
+        Ok(votes_per_bucket(
+            &self.pool,
+            election,
+            bucket_seconds,
+            since,
+        )?)
     }
 
     fn audit_page(
@@ -129,13 +134,6 @@ impl History for PgHistory {
         })
     }
 }
-
-
-
-
-
-
-
 
 fn corrupt(doing: &str) -> impl Fn(Problem) -> PgError + '_ {
     move |problem| PgError::Corrupt {
@@ -286,8 +284,6 @@ struct Now {
     #[diesel(sql_type = Timestamptz)]
     now: DateTime<Utc>,
 }
-
-
 
 /// Net votes per party per `bucket_seconds` bucket, for buckets starting at
 /// or after `since` (which should be a bucket start), or every bucket.
@@ -498,7 +494,6 @@ struct SummarySqlRow {
     last_report_at: Option<DateTime<Utc>>,
 }
 
-
 /// Every election that is defined or has been reported to, in id order.
 fn known_elections(pool: &PgPool) -> Result<Vec<ElectionId>, PgError> {
     let doing = "listing the known elections";
@@ -542,7 +537,6 @@ fn elections_summary(pool: &PgPool) -> Result<Vec<ElectionSummary>, PgError> {
         .collect()
 }
 
-
 /// The totals as they stood at an instant, from the log.
 ///
 /// `DISTINCT ON` walks the election's revisions in the order of the unique
@@ -579,11 +573,7 @@ struct StoodRow {
 
 /// What stood at `at` in `election`: each ballot box's latest revision
 /// received by that instant (see `STOOD_AT`).
-fn stood_at(
-    pool: &PgPool,
-    election: &ElectionId,
-    at: DateTime<Utc>,
-) -> Result<StoodAt, PgError> {
+fn stood_at(pool: &PgPool, election: &ElectionId, at: DateTime<Utc>) -> Result<StoodAt, PgError> {
     let doing = format!("reading the totals of election {election} as they stood at {at}");
     let mut conn = connection(pool, &doing)?;
     let rows: Vec<StoodRow> = diesel::sql_query(STOOD_AT)
@@ -608,9 +598,6 @@ fn stood_at(
     }
     Ok(stood)
 }
-
-
-
 
 /// Revisions to flag, computed from the log and the definition whenever
 /// asked: flags are a function of what is recorded, so the hot path stays

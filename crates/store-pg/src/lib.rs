@@ -39,8 +39,8 @@ pub mod seal;
 pub mod tokens;
 
 pub use error::{PgError, STORE};
-pub use lock::{RepairLock, try_lock_repair};
 pub use history::PgHistory;
+pub use lock::{RepairLock, try_lock_repair};
 pub use log::PgLog;
 pub use migrate::{
     MIGRATIONS, SchemaError, SchemaStatus, check_schema, migrate, revert_all, schema_status,

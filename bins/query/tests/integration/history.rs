@@ -2,8 +2,7 @@
 //! recorded through `PgLog`, then moved to chosen times in SQL.
 
 use election_core::{
-    BallotBoxId, CityId, ElectionId, History, PartyId, Recorded, Report, ReportLog, Revision,
-    Votes,
+    BallotBoxId, CityId, ElectionId, History, PartyId, Recorded, Report, ReportLog, Revision, Votes,
 };
 use std::time::Duration;
 

@@ -110,7 +110,10 @@ async fn history_endpoints_answer_from_the_in_memory_history() {
     let (status, body) = read(
         stack
             .client
-            .get(format!("{}/v1/elections/{never}/analytics/cities", stack.base))
+            .get(format!(
+                "{}/v1/elections/{never}/analytics/cities",
+                stack.base
+            ))
             .send()
             .await
             .unwrap(),
@@ -137,7 +140,10 @@ async fn history_endpoints_answer_from_the_in_memory_history() {
     );
     let from = between.to_rfc3339_opts(SecondsFormat::Micros, true);
     let (status, window) = stack
-        .get(&format!("/analytics/cities?from={}", from.replace('+', "%2B")))
+        .get(&format!(
+            "/analytics/cities?from={}",
+            from.replace('+', "%2B")
+        ))
         .await;
     assert_eq!(status, 200, "{window}");
     assert_eq!(
@@ -151,7 +157,11 @@ async fn history_endpoints_answer_from_the_in_memory_history() {
     assert_eq!(
         boxes
             .iter()
-            .map(|b| (b["rank"].clone(), b["ballot_box_id"].clone(), b["city"].clone()))
+            .map(|b| (
+                b["rank"].clone(),
+                b["ballot_box_id"].clone(),
+                b["city"].clone()
+            ))
             .collect::<Vec<_>>(),
         [
             (json!(1), json!("BB-EDI-1"), json!("edinburgh")),
@@ -161,7 +171,12 @@ async fn history_endpoints_answer_from_the_in_memory_history() {
 
     let (status, timeline) = stack.get("/timeline?bucket=1d").await;
     assert_eq!(status, 200, "{timeline}");
-    let last = timeline["points"].as_array().unwrap().last().unwrap().clone();
+    let last = timeline["points"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(
         last["parties"],
         json!({"greens": 300, "labour": 430, "libdems": 115, "reform": 35, "tories": 260})
@@ -215,7 +230,10 @@ async fn the_export_and_the_audit_answer_from_the_in_memory_history() {
         (fields[0], fields[1], fields[2], fields[3], fields[4]),
         ("4", "BB-EDI-1", "edinburgh", "2", "recount 2")
     );
-    assert_eq!((fields[6], fields[7], fields[9], fields[10]), ("300", "300", "counted", "false"));
+    assert_eq!(
+        (fields[6], fields[7], fields[9], fields[10]),
+        ("300", "300", "counted", "false")
+    );
     assert_eq!(fields[11], hex(&Sha256::digest(fix.payload().as_bytes())));
     assert_eq!(fields[12], hex(&fix.payload_hash().0));
 

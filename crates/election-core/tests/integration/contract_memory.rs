@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use election_core::contract;
-use election_core::memory::{Faults, InjectedFault, ManualClock, MemoryLog, MemoryTally, Step, When};
+use election_core::memory::{
+    Faults, InjectedFault, ManualClock, MemoryLog, MemoryTally, Step, When,
+};
 use election_core::{History, ReportLog, StoreError, Tally};
 
 #[test]
@@ -45,8 +47,17 @@ fn injected_faults_are_unavailable_and_name_their_step() {
     let e = contract::unique_election("fault");
     let error = log.record(&contract::seed_reports(&e)).unwrap_err();
     assert!(error.is_unavailable(), "{error:?}");
-    assert!(matches!(error, StoreError::Unavailable { store: "memory", .. }));
-    assert_eq!(error.to_string(), "memory is unavailable while running step Record");
+    assert!(matches!(
+        error,
+        StoreError::Unavailable {
+            store: "memory",
+            ..
+        }
+    ));
+    assert_eq!(
+        error.to_string(),
+        "memory is unavailable while running step Record"
+    );
     let source = std::error::Error::source(&error).expect("a source");
     assert_eq!(
         source.downcast_ref::<InjectedFault>(),
