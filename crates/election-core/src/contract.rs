@@ -122,6 +122,24 @@ pub fn seed_reports(election: &ElectionId) -> Vec<Report> {
     ]
 }
 
+/// Edinburgh's revision 2 after [`seed_reports`]: the same votes and 300
+/// for a new party, `greens` (a correction that adds 300 votes).
+pub fn seed_correction(election: &ElectionId) -> Report {
+    report(
+        election,
+        "BB-EDI-1",
+        "edinburgh",
+        2,
+        &[
+            ("tories", 50),
+            ("labour", 80),
+            ("libdems", 40),
+            ("reform", 5),
+            ("greens", 300),
+        ],
+    )
+}
+
 /// The seed's national totals.
 pub const SEED_NATIONAL: [(&str, i64); 4] = [
     ("labour", 430),
@@ -1262,19 +1280,7 @@ fn history_ranks_cities_and_lists_first_reports(
     std::thread::sleep(APART);
     let between = chrono::Utc::now();
     std::thread::sleep(APART);
-    let correction = report(
-        &e,
-        "BB-EDI-1",
-        "edinburgh",
-        2,
-        &[
-            ("tories", 50),
-            ("labour", 80),
-            ("libdems", 40),
-            ("reform", 5),
-            ("greens", 300),
-        ],
-    );
+    let correction = seed_correction(&e);
     log.record(&[correction]).unwrap();
 
     let ranked = |window: Window| -> Vec<(String, i64, i64)> {

@@ -4,7 +4,13 @@
 //! shared contract suite in [`crate::contract`] checks all of them), and add
 //! two things real servers cannot offer a test: a [`ManualClock`] so leases
 //! expire on command, and [`Faults`] that make any step fail before or after
-//! it takes effect, as a crash at that point would.
+//! it takes effect, as a crash at that point would. A fault fails with the
+//! ordinary [`StoreError::Unavailable`] (its source an [`InjectedFault`]),
+//! so the production error enum carries nothing for tests.
+//!
+//! [`MemoryLog`] also answers the [`crate::History`] port from what it
+//! recorded (`memory/history.rs`), so the read API can be tested without
+//! PostgreSQL.
 //!
 //! [`MemoryTally`] can also mimic a Redis Cluster: with `slots > 1` a
 //! revision's counters are split into groups by a hash of the counter, each

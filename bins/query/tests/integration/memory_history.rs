@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use election_core::contract::{report, seed_reports, unique_election};
+use election_core::contract::{seed_correction, seed_reports, unique_election};
 use election_core::memory::{MemoryLog, MemoryTally};
 use election_core::{ElectionId, Engine, History, Outcome, Report, ReportLog, Tally};
 use election_http::health::ReadyCheck;
@@ -83,23 +83,17 @@ impl MemoryStack {
     async fn get(&self, rest: &str) -> (u16, Value) {
         read(self.client.get(self.url(rest)).send().await.unwrap()).await
     }
-}
 
-/// The seed, then a correction of Edinburgh that adds 300 greens.
-fn correction(election: &ElectionId) -> Report {
-    report(
-        election,
-        "BB-EDI-1",
-        "edinburgh",
-        2,
-        &[
-            ("tories", 50),
-            ("labour", 80),
-            ("libdems", 40),
-            ("reform", 5),
-            ("greens", 300),
-        ],
-    )
+    /// A CSV export's lines, header first, after checking it answered 200.
+    async fn csv(&self, rest: &str) -> Vec<String> {
+        let response = self.client.get(self.url(rest)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{rest}");
+        let text = response.text().await.unwrap();
+        text.split("\r\n")
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +120,7 @@ async fn history_endpoints_answer_from_the_in_memory_history() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let between = Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    stack.submit(&[correction(&stack.election)]);
+    stack.submit(&[seed_correction(&stack.election)]);
 
     let (status, cities) = stack.get("/analytics/cities").await;
     assert_eq!(status, 200, "{cities}");
@@ -206,20 +200,12 @@ async fn the_export_and_the_audit_answer_from_the_in_memory_history() {
     let stack = MemoryStack::start().await;
     let seed = seed_reports(&stack.election);
     stack.submit(&seed);
-    let fix = correction(&stack.election);
+    let fix = seed_correction(&stack.election);
     stack.submit(std::slice::from_ref(&fix));
 
-    let response = stack
-        .client
-        .get(stack.url("/reports.csv"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let csv = response.text().await.unwrap();
-    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+    let lines = stack.csv("/reports.csv").await;
     assert_eq!(lines[0], election_query::analytics::CSV_HEADER.trim_end());
-    assert_eq!(lines.len(), 1 + 3 * 4 + 5, "{csv}");
+    assert_eq!(lines.len(), 1 + 3 * 4 + 5, "{lines:?}");
     let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
     let greens = lines
         .iter()
@@ -238,20 +224,12 @@ async fn the_export_and_the_audit_answer_from_the_in_memory_history() {
     assert_eq!(fields[12], hex(&fix.payload_hash().0));
 
     // Incremental: only what came after report 3.
-    let response = stack
-        .client
-        .get(stack.url("/reports.csv?after=3"))
-        .send()
-        .await
-        .unwrap();
-    let csv = response.text().await.unwrap();
-    let rows: Vec<&str> = csv
-        .split("\r\n")
-        .skip(1)
-        .filter(|l| !l.is_empty())
-        .collect();
-    assert_eq!(rows.len(), 5, "{csv}");
-    assert!(rows.iter().all(|l| l.starts_with("4,BB-EDI-1,")), "{csv}");
+    let rows = stack.csv("/reports.csv?after=3").await;
+    assert_eq!(rows.len(), 1 + 5, "{rows:?}");
+    assert!(
+        rows[1..].iter().all(|l| l.starts_with("4,BB-EDI-1,")),
+        "{rows:?}"
+    );
 
     // Nothing is sealed in memory: the empty chain's head.
     let (status, audit) = stack.get("/audit").await;
