@@ -125,19 +125,14 @@ pub fn seed_reports(election: &ElectionId) -> Vec<Report> {
 /// Edinburgh's revision 2 after [`seed_reports`]: the same votes and 300
 /// for a new party, `greens` (a correction that adds 300 votes).
 pub fn seed_correction(election: &ElectionId) -> Report {
-    report(
-        election,
-        "BB-EDI-1",
-        "edinburgh",
-        2,
-        &[
-            ("tories", 50),
-            ("labour", 80),
-            ("libdems", 40),
-            ("reform", 5),
-            ("greens", 300),
-        ],
-    )
+    let edinburgh = &seed_reports(election)[2];
+    let mut votes: Vec<(&str, u32)> = edinburgh
+        .votes()
+        .iter()
+        .map(|(party, n)| (party.as_str(), n))
+        .collect();
+    votes.push(("greens", 300));
+    report(election, "BB-EDI-1", "edinburgh", 2, &votes)
 }
 
 /// The seed's national totals.
