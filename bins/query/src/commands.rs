@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use election_core::History;
 use election_http::health::ReadyCheck;
 use election_http::layers::CorsOrigins;
-use store_pg::PgPool;
+use store_pg::{PgHistory, PgPool};
 use store_redis::RedisTally;
 
 use crate::cli::Serve;
@@ -107,10 +108,16 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         "election-query serving; dashboard at http://{}/",
         listener.local_addr()?
     );
+    let catalog: Arc<dyn History> = Arc::new(PgHistory::new(pg.clone()));
+    let history: Arc<dyn History> = match history {
+        Some(replica) => Arc::new(PgHistory::new(replica)),
+        None => Arc::clone(&catalog),
+    };
     let services = Services {
         redis: Some(Arc::clone(&tally)),
         tally,
         pg,
+        catalog,
         history,
         ready,
     };

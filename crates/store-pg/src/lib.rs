@@ -17,6 +17,8 @@
 //! - [`seal`] seals every election's log into a hash chain, verifies it and
 //!   reads its published heads (docs/audit.md);
 //! - [`PgLog`] implements [`ReportLog`] (see `record` for the batch path);
+//! - [`PgHistory`] implements the core's `History` port: what the read
+//!   API asks of the log (`history`);
 //! - [`PgError`] says what failed and converts into the core's `StoreError`,
 //!   `Unavailable` when retrying later is the remedy.
 //!
@@ -44,6 +46,7 @@ pub mod seal;
 pub mod tokens;
 
 pub use error::{PgError, STORE};
+pub use history::PgHistory;
 pub use lock::{RepairLock, try_lock_repair};
 pub use log::PgLog;
 pub use migrate::{

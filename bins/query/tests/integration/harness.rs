@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use election_core::contract::unique_election;
-use election_core::{ElectionId, StoreError};
+use election_core::{ElectionId, History, StoreError};
 use election_http::health::ReadyCheck;
 use election_ingest::auth::{self, Scope, TokenLookup};
 use election_ingest::batcher::BatchConfig;
-use store_pg::{PgLog, PgPool};
+use store_pg::{PgHistory, PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally};
 use test_support::pg::PgSchema;
 use tokio::sync::oneshot;
@@ -171,11 +171,13 @@ fn serve_query(
     settings: election_query::Settings,
 ) -> Running {
     let ready: ReadyCheck = election_query::commands::ready_check(pool.clone(), tally.clone());
+    let history: Arc<dyn History> = Arc::new(PgHistory::new(pool.clone()));
     let services = election_query::Services {
         redis: Some(tally.clone()),
         tally,
         pg: pool,
-        history: None,
+        catalog: Arc::clone(&history),
+        history,
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();
