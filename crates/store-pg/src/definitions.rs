@@ -35,7 +35,7 @@ use diesel::sql_types::{Array, Int4, Text, Timestamptz};
 use diesel::upsert::excluded;
 use election_core::{
     Additions, BallotBoxId, Certification, CityDefinition, CityId, Colour, Definition,
-    DefinitionVersion, ElectionId, PartyDefinition, PartyId, UpdateError,
+    DefinitionVersion, ElectionId, Lookup, PartyDefinition, PartyId, UpdateError,
 };
 
 use crate::error::{PgError, connection, query_error};
@@ -44,9 +44,6 @@ use crate::schema::{
     certified_cities, election_ballot_boxes, election_box_electorates, election_cities,
     election_definitions, election_parties,
 };
-
-/// The core's names under the ones callers of [`find_if_changed`] used.
-pub use election_core::{DefinitionVersion as Version, Lookup};
 
 /// Why a definition was not stored.
 #[derive(Debug, thiserror::Error)]

@@ -98,7 +98,7 @@ fn definitions_load_grow_and_refuse_to_shrink() {
 
 #[test]
 fn a_definition_is_read_again_only_when_a_load_changed_its_version() {
-    use definitions::Lookup;
+    use election_core::Lookup;
     let db = Migrated::new(2);
     let election = ElectionId::parse("def-e").unwrap();
     assert!(matches!(
