@@ -65,53 +65,18 @@ pub struct Profile {
 impl Profile {
     /// Every renamed setting whose old name is still accepted: the shared
     /// ones, then the service's own.
+    #[rustfmt::skip]
     pub fn renamed(&self) -> Vec<Renamed> {
         let renamed = |arg, old_env, old_flag, new: &Setting, new_flag, unit| Renamed {
-            subcommands: self.subcommands,
-            arg,
-            old_env: Some(old_env),
-            old_flag,
-            new_env: new.env,
-            new_flag,
-            unit,
+            subcommands: self.subcommands, arg, old_env: Some(old_env), old_flag, new_env: new.env, new_flag, unit,
         };
-        let listen = self.listen_old_env.map(|old_env| {
-            renamed(
-                "listen",
-                old_env,
-                None,
-                &self.listen,
-                "--listen",
-                Unit::Same,
-            )
-        });
+        let listen = self.listen_old_env.map(|old_env| renamed("listen", old_env, None, &self.listen, "--listen", Unit::Same));
         listen
             .into_iter()
             .chain([
-                renamed(
-                    "pg_pool_size",
-                    "PG_POOL_SIZE",
-                    None,
-                    &self.pg_pool_size,
-                    "--pg-pool-size",
-                    Unit::Same,
-                ),
-                renamed(
-                    "redis_pool_size",
-                    "REDIS_POOL_SIZE",
-                    None,
-                    &self.redis_pool_size,
-                    "--redis-pool-size",
-                    Unit::Same,
-                ),
-                renamed(
-                    "redis_timeout",
-                    "REDIS_TIMEOUT_MS",
-                    Some("--redis-timeout-ms"),
-                    &self.redis_timeout,
-                    "--redis-timeout",
-                    Unit::Millis,
-                ),
+                renamed("pg_pool_size", "PG_POOL_SIZE", None, &self.pg_pool_size, "--pg-pool-size", Unit::Same),
+                renamed("redis_pool_size", "REDIS_POOL_SIZE", None, &self.redis_pool_size, "--redis-pool-size", Unit::Same),
+                renamed("redis_timeout", "REDIS_TIMEOUT_MS", Some("--redis-timeout-ms"), &self.redis_timeout, "--redis-timeout", Unit::Millis),
             ])
             .chain(self.old_names.iter().copied())
             .collect()
@@ -212,4 +177,140 @@ impl Service for Reprocessor {
         redis_timeout: Setting { env: "REPROCESSOR_REDIS_TIMEOUT", default: "2s", help: "Longest wait for a Redis connection or reply" },
         old_names: &[],
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::{FromArgMatches, Subcommand};
+
+    use super::*;
+    use crate::args::{Cli, Listen, Postgres, ServeCommon, Stores};
+
+    /// A `serve` as ingest's and query's flatten the shared settings.
+    #[derive(Subcommand, Debug)]
+    enum ServeLike<S: Service> {
+        Serve {
+            #[command(flatten)]
+            database: Postgres<S>,
+            #[command(flatten)]
+            common: ServeCommon<S>,
+        },
+    }
+
+    /// The reprocessor's two subcommands taking the stores.
+    #[derive(Subcommand, Debug)]
+    enum Counting {
+        Run {
+            #[command(flatten)]
+            stores: Stores<Reprocessor>,
+            #[command(flatten)]
+            listen: Listen<Reprocessor>,
+        },
+        Reconcile {
+            #[command(flatten)]
+            stores: Stores<Reprocessor>,
+        },
+    }
+
+    /// Parses `args` as service `S` would, with `env` as the old names'
+    /// environment (the new names come from the process's, unset here).
+    fn parse<S: Service, C: Subcommand>(args: &[&str], env: &[(&str, &str)]) -> (C, Vec<String>) {
+        let (matches, warnings) = election_http::config::parse_matches_from(
+            crate::command::<S, C>("test"),
+            &S::PROFILE.renamed(),
+            [S::PROFILE.name].iter().chain(args),
+            |name| {
+                env.iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            },
+        )
+        .unwrap();
+        (
+            Cli::<C>::from_arg_matches(&matches).unwrap().command,
+            warnings,
+        )
+    }
+
+    #[test]
+    fn each_service_has_its_defaults() {
+        let (ServeLike::Serve { database, common }, _) =
+            parse::<Ingest, ServeLike<Ingest>>(&["serve"], &[]);
+        assert_eq!(database.database_url, crate::args::DEFAULT_DATABASE_URL);
+        assert_eq!(common.redis.redis_url, crate::args::DEFAULT_REDIS_URL);
+        assert_eq!(common.listen.address, "127.0.0.1:8080");
+        let pools = common.pools;
+        assert_eq!((pools.pg_pool_size, pools.redis_pool_size), (8, 8));
+        assert_eq!(pools.redis_timeout, Duration::from_millis(500));
+
+        let (ServeLike::Serve { common, .. }, _) =
+            parse::<Query, ServeLike<Query>>(&["serve"], &[]);
+        assert_eq!(common.listen.address, "127.0.0.1:8081");
+        let pools = common.pools;
+        assert_eq!((pools.pg_pool_size, pools.redis_pool_size), (4, 4));
+        assert_eq!(pools.redis_timeout, Duration::from_secs(1));
+
+        let (command, _) = parse::<Reprocessor, Counting>(&["run"], &[]);
+        let Counting::Run { stores, listen } = command else {
+            panic!("run: {command:?}")
+        };
+        assert_eq!(listen.address, "127.0.0.1:8082");
+        let pools = stores.pools;
+        assert_eq!((pools.pg_pool_size, pools.redis_pool_size), (4, 4));
+        assert_eq!(pools.redis_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn old_names_of_the_shared_settings_still_work() {
+        let old = [
+            ("LISTEN_ADDR", "0.0.0.0:9"),
+            ("PG_POOL_SIZE", "3"),
+            ("REDIS_POOL_SIZE", "2"),
+            ("REDIS_TIMEOUT_MS", "300"),
+        ];
+        let (ServeLike::Serve { common, .. }, warnings) =
+            parse::<Ingest, ServeLike<Ingest>>(&["serve"], &old);
+        assert_eq!(common.listen.address, "0.0.0.0:9");
+        let pools = common.pools;
+        assert_eq!((pools.pg_pool_size, pools.redis_pool_size), (3, 2));
+        assert_eq!(pools.redis_timeout, Duration::from_millis(300));
+        assert_eq!(
+            warnings,
+            [
+                "LISTEN_ADDR is deprecated: set INGEST_LISTEN_ADDR=0.0.0.0:9 instead",
+                "PG_POOL_SIZE is deprecated: set INGEST_PG_POOL_SIZE=3 instead",
+                "REDIS_POOL_SIZE is deprecated: set INGEST_REDIS_POOL_SIZE=2 instead",
+                "REDIS_TIMEOUT_MS is deprecated: set INGEST_REDIS_TIMEOUT=300ms instead",
+            ]
+        );
+
+        // `LISTEN_ADDR` was ingest's: query does not read it.
+        let (ServeLike::Serve { common, .. }, warnings) =
+            parse::<Query, ServeLike<Query>>(&["serve"], &old);
+        assert_eq!(common.listen.address, "127.0.0.1:8081");
+        assert_eq!(common.pools.pg_pool_size, 3);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+
+        // The reprocessor's old names hold for both subcommands, its old
+        // flag in both spellings.
+        let (command, warnings) =
+            parse::<Reprocessor, Counting>(&["reconcile", "--redis-timeout-ms", "7"], &old);
+        let Counting::Reconcile { stores } = command else {
+            panic!("reconcile: {command:?}")
+        };
+        assert_eq!(stores.pools.redis_timeout, Duration::from_millis(7));
+        assert_eq!(stores.pools.redis_pool_size, 2);
+        assert_eq!(
+            warnings[0],
+            "--redis-timeout-ms is deprecated: use --redis-timeout 7ms instead"
+        );
+        let (command, _) = parse::<Reprocessor, Counting>(&["run", "--redis-timeout-ms=8"], &[]);
+        let Counting::Run { stores, listen } = command else {
+            panic!("run: {command:?}")
+        };
+        assert_eq!(stores.pools.redis_timeout, Duration::from_millis(8));
+        assert_eq!(listen.address, "127.0.0.1:8082");
+    }
 }
