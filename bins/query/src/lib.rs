@@ -3,8 +3,8 @@
 //! audit export from PostgreSQL, and the live dashboard page.
 //!
 //! The binary (`main.rs`) only parses the command line and calls in here;
-//! [`run`] takes its listener and shutdown signal from the caller, so tests
-//! serve on port 0 and stop it at will.
+//! [`run`] takes its listener and shutdown signal from the caller (one
+//! `election_wiring::Serving`), so tests serve on port 0 and stop it at will.
 //!
 //! - [`elections`]: which elections exist (404 for the others, before any
 //!   live feed is started);
@@ -35,7 +35,6 @@ pub mod render;
 pub mod stream;
 pub mod timeline;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
@@ -46,6 +45,7 @@ use election_http::conditional::public_max_age;
 use election_http::health::ReadyCheck;
 use election_http::layers::CorsOrigins;
 use election_http::metrics::Registry;
+use election_wiring::Serving;
 use store_pg::PgPool;
 use tokio::sync::watch;
 
@@ -152,23 +152,11 @@ pub struct AppState {
     pub flag_correction_share: f64,
 }
 
-/// Serves the read API on `listener` until `shutdown` resolves, then stops
-/// accepting, ends every stream and refresh task, lets requests in flight
-/// finish, and returns.
-pub async fn run(
-    listener: tokio::net::TcpListener,
-    services: Services,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let metrics = Arc::new(Registry::for_service());
-    if let Some(redis) = services.redis.clone() {
-        metrics.gauge_fn(
-            store_redis::EVICTING_GAUGE,
-            store_redis::EVICTING_GAUGE_HELP,
-            move || redis.evicting_gauge(),
-        );
-    }
+/// Serves the read API on `serving`'s listener until its shutdown resolves,
+/// then stops accepting, ends every stream and refresh task, lets requests
+/// in flight finish, and returns.
+pub async fn run(serving: Serving, services: Services, settings: Settings) -> anyhow::Result<()> {
+    let metrics = election_wiring::registry(services.redis.as_ref());
     let (stop, stopping) = watch::channel(false);
     let pg = services.pg.clone();
     let live = Live::new(
@@ -212,6 +200,7 @@ pub async fn run(
     // Streams never end by themselves: the server's graceful shutdown would wait
     // for them forever. The signal first tells every stream and refresh task
     // to stop, then lets the server drain what is left.
+    let Serving { listener, shutdown } = serving;
     let signal = async move {
         shutdown.await;
         stop.send_replace(true);

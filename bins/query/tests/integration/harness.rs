@@ -10,6 +10,7 @@ use election_core::{ElectionId, History, StoreError};
 use election_http::health::ReadyCheck;
 use election_ingest::auth::{self, Scope, TokenLookup};
 use election_ingest::batcher::BatchConfig;
+use election_wiring::Serving;
 use store_pg::{PgHistory, PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally};
 use test_support::pg::PgSchema;
@@ -181,9 +182,13 @@ fn serve_query(
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(election_query::run(listener, services, settings, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(election_query::run(
+        Serving::new(listener, async {
+            let _ = stopped.await;
+        }),
+        services,
+        settings,
+    ));
     Running {
         base,
         stop: Some(stop),
@@ -218,9 +223,13 @@ pub async fn start_ingest_with(
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(election_ingest::run(listener, services, settings, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(election_ingest::run(
+        Serving::new(listener, async {
+            let _ = stopped.await;
+        }),
+        services,
+        settings,
+    ));
     Running {
         base,
         stop: Some(stop),

@@ -50,12 +50,11 @@ impl MemoryStack {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(election_query::run(
-            listener,
+            election_wiring::Serving::new(listener, async {
+                let _ = stopped.await;
+            }),
             services,
             query_settings(),
-            async {
-                let _ = stopped.await;
-            },
         ));
         MemoryStack {
             base,

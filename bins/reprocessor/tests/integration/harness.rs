@@ -9,6 +9,7 @@ use election_core::contract::report;
 use election_core::{Counter, ElectionId, Engine, Outcome, Report, ReportLog, Tally, Totals};
 use election_ingest::auth;
 use election_ingest::batcher::BatchConfig;
+use election_wiring::Serving;
 use redis::Commands;
 use store_pg::{PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally, RedisTarget};
@@ -274,9 +275,13 @@ impl Ingest {
             auth_failures: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(election_ingest::run(listener, services, settings, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(election_ingest::run(
+            Serving::new(listener, async {
+                let _ = stopped.await;
+            }),
+            services,
+            settings,
+        ));
         Ingest {
             base,
             election: election.clone(),
