@@ -45,6 +45,21 @@ pub trait TokenLookup: Send + Sync {
     fn find(&self, sha256: &[u8; 32]) -> Result<Option<Scope>, StoreError>;
 }
 
+/// Token lookups from a fixed list of `(token, scope)`: the in-memory
+/// adapter of [`TokenLookup`], for embedders and tests (an ingest whose
+/// PostgreSQL is down still knows its tokens).
+pub struct FixedTokens(pub Vec<(String, Scope)>);
+
+impl TokenLookup for FixedTokens {
+    fn find(&self, sha256: &[u8; 32]) -> Result<Option<Scope>, StoreError> {
+        Ok(self
+            .0
+            .iter()
+            .find(|(token, _)| &hash(token) == sha256)
+            .map(|(_, scope)| scope.clone()))
+    }
+}
+
 /// A new random token, as shown to the operator once.
 pub fn generate() -> String {
     election_core::token::from_bytes(rand::random())

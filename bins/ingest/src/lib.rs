@@ -15,6 +15,8 @@ pub mod failed_auth;
 pub mod limit;
 pub mod redis_watch;
 pub mod service;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;

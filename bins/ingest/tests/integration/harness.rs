@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use election_core::contract::unique_election;
-use election_core::{ElectionId, StoreError, Tally};
+use election_core::{ElectionId, Tally};
 use election_http::health::ReadyCheck;
 use election_ingest::auth::{self, Scope, TokenLookup};
-use election_ingest::batcher::BatchConfig;
 use election_ingest::{Services, Settings};
 use election_wiring::Serving;
 use redis::Commands;
@@ -70,18 +69,7 @@ pub fn migrated_schema() -> (PgSchema, PgPool) {
     (schema, pool)
 }
 
-/// Token lookups from a fixed list, for tests whose PostgreSQL is down.
-pub struct FixedTokens(pub Vec<(String, Scope)>);
-
-impl TokenLookup for FixedTokens {
-    fn find(&self, sha256: &[u8; 32]) -> Result<Option<Scope>, StoreError> {
-        Ok(self
-            .0
-            .iter()
-            .find(|(token, _)| &auth::hash(token) == sha256)
-            .map(|(_, scope)| scope.clone()))
-    }
-}
+pub use election_ingest::auth::FixedTokens;
 
 pub fn issue_token(pool: &PgPool, election: &str, ballot_box: Option<&str>) -> (i64, String) {
     let secret = auth::generate();
@@ -96,27 +84,7 @@ pub fn issue_token(pool: &PgPool, election: &str, ballot_box: Option<&str>) -> (
     (id, secret)
 }
 
-pub fn settings() -> Settings {
-    Settings {
-        batch: BatchConfig {
-            batch_size: 64,
-            linger: Duration::from_millis(2),
-            max_in_flight: 3,
-            queue: 1024,
-        },
-        // No caching: revocations take effect at once in tests.
-        token_cache_ttl: Duration::ZERO,
-        // No caching: a definition loaded by a test applies at once.
-        definition_cache_ttl: Duration::ZERO,
-        serve: election_http::ServeConfig {
-            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
-        },
-        body_timeout: Duration::from_secs(10),
-        rate_limit: None,
-        cors_origins: election_http::layers::CorsOrigins::None,
-        auth_failures: None,
-    }
-}
+pub use election_ingest::testing::settings;
 
 impl Ingest {
     pub async fn start(redis: RedisChoice) -> Ingest {

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use election_core::contract::unique_election;
-use election_core::{ElectionId, History, StoreError};
+use election_core::{ElectionId, History};
 use election_http::health::ReadyCheck;
-use election_ingest::auth::{self, Scope, TokenLookup};
-use election_ingest::batcher::BatchConfig;
+use election_ingest::auth::{self, TokenLookup};
 use election_wiring::Serving;
 use store_pg::{PgHistory, PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally};
@@ -58,25 +57,7 @@ pub fn query_settings() -> election_query::Settings {
 }
 
 /// Ingest settings for tests.
-pub fn ingest_settings() -> election_ingest::Settings {
-    election_ingest::Settings {
-        batch: BatchConfig {
-            batch_size: 64,
-            linger: Duration::from_millis(2),
-            max_in_flight: 3,
-            queue: 1024,
-        },
-        token_cache_ttl: Duration::ZERO,
-        definition_cache_ttl: Duration::ZERO,
-        serve: election_http::ServeConfig {
-            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
-        },
-        body_timeout: Duration::from_secs(10),
-        rate_limit: None,
-        cors_origins: election_http::layers::CorsOrigins::None,
-        auth_failures: None,
-    }
-}
+pub use election_ingest::testing::settings as ingest_settings;
 
 /// A fresh, migrated schema and a pool on it.
 pub fn migrated_schema() -> (PgSchema, PgPool) {
@@ -116,18 +97,7 @@ pub fn issue_token(pool: &PgPool, election: &str) -> String {
     secret
 }
 
-/// Token lookups from a fixed list (for an ingest whose PostgreSQL is down).
-pub struct FixedTokens(pub Vec<(String, Scope)>);
-
-impl TokenLookup for FixedTokens {
-    fn find(&self, sha256: &[u8; 32]) -> Result<Option<Scope>, StoreError> {
-        Ok(self
-            .0
-            .iter()
-            .find(|(token, _)| &auth::hash(token) == sha256)
-            .map(|(_, scope)| scope.clone()))
-    }
-}
+pub use election_ingest::auth::FixedTokens;
 
 /// One running service.
 pub struct Running {

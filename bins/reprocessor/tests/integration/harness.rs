@@ -8,7 +8,6 @@ use std::time::Duration;
 use election_core::contract::report;
 use election_core::{Counter, ElectionId, Engine, Outcome, Report, ReportLog, Tally, Totals};
 use election_ingest::auth;
-use election_ingest::batcher::BatchConfig;
 use election_wiring::Serving;
 use redis::Commands;
 use store_pg::{PgLog, PgPool};
@@ -258,21 +257,9 @@ impl Ingest {
             ready: election_ingest::commands::ready_check(db.pool.clone(), tally),
         };
         let settings = election_ingest::Settings {
-            batch: BatchConfig {
-                batch_size: 64,
-                linger: Duration::from_millis(2),
-                max_in_flight: 3,
-                queue: 1024,
-            },
             token_cache_ttl: Duration::from_secs(60),
             definition_cache_ttl: Duration::from_secs(60),
-            serve: election_http::ServeConfig {
-                header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
-            },
-            body_timeout: Duration::from_secs(10),
-            rate_limit: None,
-            cors_origins: election_http::layers::CorsOrigins::None,
-            auth_failures: None,
+            ..election_ingest::testing::settings()
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(election_ingest::run(

@@ -1,0 +1,34 @@
+//! What the tests of every binary need from ingest (the `test-support`
+//! feature, enabled only by dev-dependencies): one copy of the settings an
+//! in-process ingest runs with in tests.
+
+use std::time::Duration;
+
+use election_http::ServeConfig;
+use election_http::layers::CorsOrigins;
+
+use crate::Settings;
+use crate::batcher::BatchConfig;
+
+/// Settings for an ingest in a test: small batches with a short linger, and
+/// no caching of tokens or definitions, so a revocation or a definition a
+/// test loads applies at once.
+pub fn settings() -> Settings {
+    Settings {
+        batch: BatchConfig {
+            batch_size: 64,
+            linger: Duration::from_millis(2),
+            max_in_flight: 3,
+            queue: 1024,
+        },
+        token_cache_ttl: Duration::ZERO,
+        definition_cache_ttl: Duration::ZERO,
+        serve: ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        },
+        body_timeout: Duration::from_secs(10),
+        rate_limit: None,
+        cors_origins: CorsOrigins::None,
+        auth_failures: None,
+    }
+}
