@@ -6,6 +6,7 @@
 //! [`CLUSTER_LAYOUT`] for writing; every other Cluster test holds it for
 //! reading, so no check sees a slot half migrated by another test.
 
+mod batches;
 mod cluster;
 mod failures;
 mod safety;

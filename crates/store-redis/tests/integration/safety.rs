@@ -37,7 +37,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// A `Failed` (not `Unavailable`) error whose chain contains every one of
 /// `needles`; returns the chain.
 #[track_caller]
-fn assert_failed_naming(result: &Result<Applied, StoreError>, needles: &[&str]) -> String {
+pub(crate) fn assert_failed_naming(
+    result: &Result<Applied, StoreError>,
+    needles: &[&str],
+) -> String {
     let error = match result {
         Err(error) => error,
         Ok(applied) => panic!("expected an error, got {applied:?}"),
