@@ -251,10 +251,10 @@ use nodes::{Nodes, Replied, Reply, Request};
 /// Otherwise the group first reads every counter it will move: each must be
 /// absent or hold an integer `INCRBY` accepts (`0` or `-?[1-9][0-9]*`
 /// within 64 bits), and adding its amount must stay within 64 bits. The
-/// common case costs one `MGET` and one multi-key `EXISTS` (a key of another
-/// type reads as nil in the first and counts in the second); a value that
-/// is long, odd or of another type sends it to a careful check, one `GET`
-/// per counter through `pcall`. If one does not, the group's outcome is an
+/// common case costs one `MGET`, and one multi-key `EXISTS` when a counter
+/// reads as nil there (a key of another type reads as nil in the first and
+/// counts in the second); a value that is long, odd or of another type
+/// sends it to a careful check, one `GET` per counter through `pcall`. If one does not, the group's outcome is an
 /// error naming the key and what it holds (a value abridged to 40 bytes),
 /// e.g. `ERR counter election:e:city:c:party:a holds "oops", not an
 /// integer`, having written nothing for that group: no marker, no counter.
@@ -343,10 +343,11 @@ end
 -- Reads the counters KEYS[from..to]: their values (nil where absent), and
 -- the error naming the first one INCRBY would refuse, if any.
 local function check(from, to)
-  -- Fast path: one MGET and one EXISTS for every counter. Plain integers of
-  -- at most 15 characters (well within 64 bits whatever is added) pass; a
-  -- key of another type reads as nil in MGET but counts in EXISTS; anything
-  -- else goes to the careful check below, which names the key.
+  -- Fast path: one MGET for every counter, and one EXISTS when some read as
+  -- nil. Plain integers of at most 15 characters (well within 64 bits
+  -- whatever is added) pass; a key of another type reads as nil in MGET but
+  -- counts in EXISTS; anything else goes to the careful check below, which
+  -- names the key.
   local values = redis.call('MGET', unpack(KEYS, from, to))
   local present = 0
   local careful = false
@@ -360,7 +361,8 @@ local function check(from, to)
       end
     end
   end
-  if not careful and redis.call('EXISTS', unpack(KEYS, from, to)) ~= present then
+  if not careful and present < to - from + 1
+      and redis.call('EXISTS', unpack(KEYS, from, to)) ~= present then
     careful = true
   end
   if careful then
