@@ -322,3 +322,54 @@ fn a_bad_national_counter_on_a_cluster_stops_its_groups_in_every_revision() {
     }
     assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
 }
+
+#[test]
+fn a_call_split_by_a_slot_migration_is_sent_again_one_group_per_call() {
+    let _layout = cluster_exclusive();
+    let tally = cluster_tally();
+    let e = unique_election("splitcall");
+    let first = counting(&e, "B1", "york", 1, &[("a", 10)]);
+    assert_eq!(
+        tally.apply(std::slice::from_ref(&first))[0]
+            .as_ref()
+            .unwrap(),
+        &Applied::Now
+    );
+    let national = keys::national(&e, &election_core::PartyId::parse("a").unwrap());
+    // Half-way through moving the national counter's slot: its keys so far
+    // (the counter, B1's bucket, the flag) are on the importing master.
+    let slot_move = cluster().begin_slot_move(keys::slot(national.as_bytes()));
+    slot_move.migrate_keys();
+    // One batch, so the national counter's groups of both revisions are one
+    // call: B2's bucket does not exist yet (TRYAGAIN while the slot moves),
+    // the twin's is B1's, which moved with the counter.
+    let twin = (0..)
+        .map(|n| format!("B1-{n}"))
+        .find(|name| {
+            keys::marker_bucket(&national, &election_core::BallotBoxId::parse(name).unwrap())
+                == keys::marker_bucket(&national, &first.ballot_box)
+        })
+        .unwrap();
+    let second = counting(&e, "B2", "york", 1, &[("a", 5)]);
+    let third = counting(&e, &twin, "york", 1, &[("a", 7)]);
+    let during = tally.apply(&[second.clone(), third.clone()]);
+    // Finish before asserting, so a failure leaves the cluster whole.
+    slot_move.finish();
+    // Sent again one group per call, the twin's group counts during the
+    // move as it would alone; B2's waits for the move's end.
+    match &during[0] {
+        Err(error) => assert!(error.is_unavailable(), "{error:?}"),
+        Ok(applied) => panic!("expected TRYAGAIN, got {applied:?}"),
+    }
+    assert_eq!(during[1].as_ref().unwrap(), &Applied::Now);
+    let answers: Vec<Applied> = tally
+        .apply(&[second.clone(), third.clone()])
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers, [Applied::Now, Applied::Already]);
+    assert_eq!(
+        tally.snapshot(&e).unwrap().totals,
+        totals_of([&first, &second, &third])
+    );
+}
