@@ -7,13 +7,14 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 
 use election_core::{Applied, Counting, ElectionId, Tally, Totals};
-use store_redis::{GROUPS_PER_CALL, RedisOptions, RedisTally, RedisTarget, keys};
+use store_redis::{GROUPS_PER_CALL, RedisTally, keys};
 use test_support::redis::{RedisServer, cluster, connection, redis_url};
 
+use crate::cluster::{bucket_twin, half_way_through_a_move};
 use crate::safety::assert_failed_naming;
 use crate::{
     cluster_exclusive, cluster_shared, cluster_tally, counter_keys, counting, marker_of,
-    markers_on, standalone_tally, unique_election,
+    markers_on, private_tally, standalone_tally, unique_election,
 };
 
 /// The totals `batch` adds, each revision once.
@@ -42,6 +43,14 @@ fn night(e: &ElectionId, n: usize, cities: usize) -> Vec<Counting> {
             )
         })
         .collect()
+}
+
+/// Applies `batch` with `tally`, every revision answered `expected`.
+#[track_caller]
+fn apply_expecting(tally: &RedisTally, batch: &[Counting], expected: Applied) {
+    for (answer, counting) in tally.apply(batch).into_iter().zip(batch) {
+        assert_eq!(answer.unwrap(), expected, "{}", counting.ballot_box);
+    }
 }
 
 /// How many `EVALSHA` calls the servers at `urls` have run so far.
@@ -182,8 +191,8 @@ fn two_tallies_applying_the_same_batch_at_once_count_it_once() {
         })
         .collect();
     let answers: Vec<Vec<Applied>> = workers.into_iter().map(|w| w.join().unwrap()).collect();
-    for i in 0..batch.len() {
-        let mut pair = [answers[0][i], answers[1][i]];
+    for (i, (mine, theirs)) in answers[0].iter().zip(&answers[1]).enumerate() {
+        let mut pair = [*mine, *theirs];
         pair.sort_by_key(|applied| *applied == Applied::Already);
         assert_eq!(
             pair,
@@ -191,6 +200,8 @@ fn two_tallies_applying_the_same_batch_at_once_count_it_once() {
             "B{i}: one of the two moved it"
         );
     }
+    assert_eq!(answers[0].len(), batch.len());
+    assert_eq!(answers[1].len(), batch.len());
     let tally = standalone_tally();
     assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(batch.iter()));
     assert!(
@@ -205,18 +216,12 @@ fn two_tallies_applying_the_same_batch_at_once_count_it_once() {
 fn a_batch_larger_than_the_cap_is_several_calls_in_one_pipeline() {
     // A private server, so the calls counted are this test's.
     let server = RedisServer::start();
-    let tally = RedisTally::connect(
-        &RedisTarget::Standalone(server.url()),
-        &RedisOptions::DEFAULT,
-    )
-    .unwrap();
+    let tally = private_tally(&server);
     let e = unique_election("cap");
     let size = 2 * GROUPS_PER_CALL + 10;
     let batch = night(&e, size, 30);
     let (calls, trips) = (evalsha_calls(&[server.url()]), tally.round_trips());
-    for answer in tally.apply(&batch) {
-        assert_eq!(answer.unwrap(), Applied::Now);
-    }
+    apply_expecting(&tally, &batch, Applied::Now);
     // The first call meets NOSCRIPT, is sent again after SCRIPT LOAD.
     assert_eq!(evalsha_calls(&[server.url()]) - calls, 3 + 3, "three calls");
     assert_eq!(
@@ -228,9 +233,7 @@ fn a_batch_larger_than_the_cap_is_several_calls_in_one_pipeline() {
     assert_eq!(markers_on(&[server.url()], &e).len(), size);
 
     let (calls, trips) = (evalsha_calls(&[server.url()]), tally.round_trips());
-    for answer in tally.apply(&batch) {
-        assert_eq!(answer.unwrap(), Applied::Already);
-    }
+    apply_expecting(&tally, &batch, Applied::Already);
     assert_eq!(evalsha_calls(&[server.url()]) - calls, 3);
     assert_eq!(tally.round_trips() - trips, 1);
     assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
@@ -256,18 +259,14 @@ fn revisions_sharing_national_counters_share_a_call_on_a_cluster() {
     // Every revision's national counter of `a` is one key, so one slot.
     assert!(slots.len() < 40 * 6, "{} slots", slots.len());
     let calls = evalsha_calls(&cluster().urls());
-    for answer in tally.apply(&batch) {
-        assert_eq!(answer.unwrap(), Applied::Now);
-    }
+    apply_expecting(&tally, &batch, Applied::Now);
     assert_eq!(
         evalsha_calls(&cluster().urls()) - calls,
         slots.len() as u64,
         "one call per slot"
     );
     assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
-    for answer in tally.apply(&batch) {
-        assert_eq!(answer.unwrap(), Applied::Already);
-    }
+    apply_expecting(&tally, &batch, Applied::Already);
     assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
 }
 
@@ -314,12 +313,8 @@ fn a_bad_national_counter_on_a_cluster_stops_its_groups_in_every_revision() {
 
     // Fixed: the re-apply moves exactly the groups that had not moved.
     redis::cmd("DEL").arg(&bad).exec(&mut redis).unwrap();
-    for answer in tally.apply(&batch) {
-        assert_eq!(answer.unwrap(), Applied::Now);
-    }
-    for answer in tally.apply(&batch) {
-        assert_eq!(answer.unwrap(), Applied::Already);
-    }
+    apply_expecting(&tally, &batch, Applied::Now);
+    apply_expecting(&tally, &batch, Applied::Already);
     assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
 }
 
@@ -328,28 +323,12 @@ fn a_call_split_by_a_slot_migration_is_sent_again_one_group_per_call() {
     let _layout = cluster_exclusive();
     let tally = cluster_tally();
     let e = unique_election("splitcall");
-    let first = counting(&e, "B1", "york", 1, &[("a", 10)]);
-    assert_eq!(
-        tally.apply(std::slice::from_ref(&first))[0]
-            .as_ref()
-            .unwrap(),
-        &Applied::Now
-    );
-    let national = keys::national(&e, &election_core::PartyId::parse("a").unwrap());
-    // Half-way through moving the national counter's slot: its keys so far
-    // (the counter, B1's bucket, the flag) are on the importing master.
-    let slot_move = cluster().begin_slot_move(keys::slot(national.as_bytes()));
-    slot_move.migrate_keys();
-    // One batch, so the national counter's groups of both revisions are one
-    // call: B2's bucket does not exist yet (TRYAGAIN while the slot moves),
-    // the twin's is B1's, which moved with the counter.
-    let twin = (0..)
-        .map(|n| format!("B1-{n}"))
-        .find(|name| {
-            keys::marker_bucket(&national, &election_core::BallotBoxId::parse(name).unwrap())
-                == keys::marker_bucket(&national, &first.ballot_box)
-        })
-        .unwrap();
+    // Half-way through moving the national counter's slot. One batch, so the
+    // national counter's groups of both revisions are one call: B2's bucket
+    // does not exist yet (TRYAGAIN while the slot moves), the twin's is
+    // B1's, which moved with the counter.
+    let (slot_move, national, first) = half_way_through_a_move(&tally, &e);
+    let twin = bucket_twin(&national, &first.ballot_box);
     let second = counting(&e, "B2", "york", 1, &[("a", 5)]);
     let third = counting(&e, &twin, "york", 1, &[("a", 7)]);
     let during = tally.apply(&[second.clone(), third.clone()]);

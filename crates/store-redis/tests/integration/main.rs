@@ -47,6 +47,15 @@ fn cluster_tally() -> Arc<RedisTally> {
     Arc::new(RedisTally::connect(&target, &RedisOptions::DEFAULT).unwrap())
 }
 
+/// A tally on a private server of one test.
+fn private_tally(server: &test_support::redis::RedisServer) -> RedisTally {
+    RedisTally::connect(
+        &RedisTarget::Standalone(server.url()),
+        &RedisOptions::DEFAULT,
+    )
+    .unwrap()
+}
+
 fn memory_log() -> Arc<dyn ReportLog> {
     Arc::new(MemoryLog::new())
 }
