@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use election_core::contract::{self, SEED_NATIONAL, seed_reports};
-use election_core::{Applied, BallotBoxId, Counting, Engine, Outcome, Tally};
+use election_core::{Applied, BallotBoxId, Counting, ElectionId, Engine, Outcome, Tally};
 use redis::cluster::{ClusterClient, ClusterConnection};
-use store_redis::{APPLY_SCRIPT, keys};
-use test_support::redis::{cluster, connection};
+use store_redis::{APPLY_SCRIPT, RedisTally, keys};
+use test_support::redis::{SlotMove, cluster, connection};
 
 use crate::{
     cluster_exclusive, cluster_shared, cluster_tally, counter_keys, counting, marker_of,
@@ -305,26 +305,48 @@ fn follows_a_slot_moved_to_another_master() {
     );
 }
 
-#[test]
-fn follows_ask_while_a_slot_is_migrating() {
-    let _layout = cluster_exclusive();
-    let tally = cluster_tally();
-    let e = unique_election("ask");
-    let first = counting(&e, "B1", "york", 1, &[("a", 10)]);
+/// Counts B1's first revision (`a`: 10) in `e`, then starts moving the slot
+/// of `e`'s national counter of `a` and moves the keys it holds so far (the
+/// counter, B1's marker bucket, the anchor's layout flag) to the importing
+/// master: half-way through a move, with the slot map still naming the
+/// source. Returns the move, the counter's key and B1's revision.
+pub(crate) fn half_way_through_a_move(
+    tally: &RedisTally,
+    e: &ElectionId,
+) -> (SlotMove, String, Counting) {
+    let first = counting(e, "B1", "york", 1, &[("a", 10)]);
     assert_eq!(
         tally.apply(std::slice::from_ref(&first))[0]
             .as_ref()
             .unwrap(),
         &Applied::Now
     );
+    let national = keys::national(e, &election_core::PartyId::parse("a").unwrap());
+    let slot_move = cluster().begin_slot_move(keys::slot(national.as_bytes()));
+    slot_move.migrate_keys();
+    (slot_move, national, first)
+}
 
+/// A ballot box whose marker bucket under `anchor` is `ballot_box`'s.
+pub(crate) fn bucket_twin(anchor: &str, ballot_box: &BallotBoxId) -> String {
+    (0..)
+        .map(|n| format!("{ballot_box}-{n}"))
+        .find(|name| {
+            keys::marker_bucket(anchor, &BallotBoxId::parse(name).unwrap())
+                == keys::marker_bucket(anchor, ballot_box)
+        })
+        .unwrap()
+}
+
+#[test]
+fn follows_ask_while_a_slot_is_migrating() {
+    let _layout = cluster_exclusive();
+    let tally = cluster_tally();
+    let e = unique_election("ask");
     // Half-way through a move: the national counter and the first marker
     // have left for the importing master; the slot map still names the
     // source, which answers ASK for them.
-    let national = keys::national(&e, &election_core::PartyId::parse("a").unwrap());
-    let slot = keys::slot(national.as_bytes());
-    let slot_move = cluster().begin_slot_move(slot);
-    slot_move.migrate_keys();
+    let (slot_move, national, first) = half_way_through_a_move(&tally, &e);
 
     // Re-applying the first revision finds its marker on the importing
     // master (through ASK): a no-op. Reading follows ASK too.
@@ -340,13 +362,7 @@ fn follows_ask_while_a_slot_is_migrating() {
     // nearly every bucket is once an election is large) names only keys
     // that have moved together: its script runs on the importing master and
     // counts during the move.
-    let twin = (0..)
-        .map(|n| format!("B1-{n}"))
-        .find(|name| {
-            keys::marker_bucket(&national, &BallotBoxId::parse(name).unwrap())
-                == keys::marker_bucket(&national, &first.ballot_box)
-        })
-        .unwrap();
+    let twin = bucket_twin(&national, &first.ballot_box);
     let third = counting(&e, &twin, "york", 1, &[("a", 7)]);
     let counted_during = tally.apply(std::slice::from_ref(&third));
     // Finish before asserting, so a failure leaves the cluster whole.
@@ -441,8 +457,7 @@ fn ping_checks_every_master() {
 fn a_list_of_urls_works_like_the_cluster_scheme() {
     let _layout = cluster_shared();
     let target = store_redis::parse_target(&cluster().urls().join(",")).unwrap();
-    let tally =
-        store_redis::RedisTally::connect(&target, &store_redis::RedisOptions::DEFAULT).unwrap();
+    let tally = RedisTally::connect(&target, &store_redis::RedisOptions::DEFAULT).unwrap();
     let e = unique_election("list");
     assert_eq!(
         tally.apply(&[counting(&e, "B1", "york", 1, &[("a", 3)])])[0]

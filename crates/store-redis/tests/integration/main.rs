@@ -6,6 +6,7 @@
 //! [`CLUSTER_LAYOUT`] for writing; every other Cluster test holds it for
 //! reading, so no check sees a slot half migrated by another test.
 
+mod batches;
 mod cluster;
 mod failures;
 mod safety;
@@ -44,6 +45,15 @@ fn cluster_tally() -> Arc<RedisTally> {
     let target = parse_target(&test_support::redis::cluster().target_url()).unwrap();
     assert!(matches!(target, RedisTarget::Cluster(_)), "{target:?}");
     Arc::new(RedisTally::connect(&target, &RedisOptions::DEFAULT).unwrap())
+}
+
+/// A tally on a private server of one test.
+fn private_tally(server: &test_support::redis::RedisServer) -> RedisTally {
+    RedisTally::connect(
+        &RedisTarget::Standalone(server.url()),
+        &RedisOptions::DEFAULT,
+    )
+    .unwrap()
 }
 
 fn memory_log() -> Arc<dyn ReportLog> {

@@ -6,10 +6,12 @@
 use std::time::Duration;
 
 use election_core::{Applied, CityId, Counter, ElectionId, PartyId, StoreError, Tally};
-use store_redis::{RedisOptions, RedisTally, RedisTarget, keys};
+use store_redis::keys;
 use test_support::redis::{RedisServer, cluster, connection, redis_url};
 
-use crate::{cluster_exclusive, cluster_shared, cluster_tally, counting, standalone_tally};
+use crate::{
+    cluster_exclusive, cluster_shared, cluster_tally, counting, private_tally, standalone_tally,
+};
 
 fn city_key(e: &ElectionId, city: &str, party: &str) -> String {
     keys::city(
@@ -37,7 +39,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// A `Failed` (not `Unavailable`) error whose chain contains every one of
 /// `needles`; returns the chain.
 #[track_caller]
-fn assert_failed_naming(result: &Result<Applied, StoreError>, needles: &[&str]) -> String {
+pub(crate) fn assert_failed_naming(
+    result: &Result<Applied, StoreError>,
+    needles: &[&str],
+) -> String {
     let error = match result {
         Err(error) => error,
         Ok(applied) => panic!("expected an error, got {applied:?}"),
@@ -361,14 +366,6 @@ fn a_bad_counter_on_a_cluster_stops_its_slot_group_and_is_named_by_snapshots() {
         assert_eq!(get(&mut redis, &key), Some(n.to_string()), "{key}");
     }
     assert!(tally.snapshot(&e).unwrap().unreadable.is_empty());
-}
-
-fn private_tally(server: &RedisServer) -> RedisTally {
-    RedisTally::connect(
-        &RedisTarget::Standalone(server.url()),
-        &RedisOptions::DEFAULT,
-    )
-    .unwrap()
 }
 
 fn dbsize(url: &str) -> i64 {
