@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes the election definition of the demo's simulated night to standard
 # output: the parties, cities and ballot boxes election-loadgen uses
-# (bins/loadgen/src/lib.rs: parties party-00.., cities city-0000.., box i in
+# (tools/loadgen/src/lib.rs: parties party-00.., cities city-0000.., box i in
 # city i % CITIES), with each city expecting exactly the boxes loadgen sends
 # it, so percent reporting climbs to 100%. No registry: 20,000 box ids would
 # add ~300 KB to the repository for no extra demo value.
