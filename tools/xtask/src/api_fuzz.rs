@@ -227,20 +227,7 @@ impl Services {
         election: &str,
         teardown: &Teardown,
     ) -> anyhow::Result<Services> {
-        println!("api-fuzz: building election-ingest and election-query (debug)");
-        // The same feature set as `cargo test --workspace --all-features`, so
-        // after `just test-all` this reuses the binaries the tests built.
-        crate::shell::run(cargo().args([
-            "build",
-            "-q",
-            "--workspace",
-            "--all-features",
-            "--bin",
-            "election-ingest",
-            "--bin",
-            "election-query",
-        ]))?;
-        let bin = target_dir().join("debug");
+        let bin = build()?;
         let Stores {
             base_url,
             redis_url,
@@ -319,19 +306,43 @@ impl Services {
                 );
             }
         }
-        let url = format!("http://{ingest}/v1/elections/{election}/reports");
-        for body in REPORTS {
-            let status = post_json(&url, &token, body)?;
-            if status != "201" {
-                bail!("api-fuzz: posting {body} answered {status}, not 201");
-            }
-        }
+        post_reports(&ingest, election, &token)?;
         Ok(Services {
             token,
             ingest,
             query,
         })
     }
+}
+
+/// Builds the two services (debug); the folder they are in.
+fn build() -> anyhow::Result<PathBuf> {
+    println!("api-fuzz: building election-ingest and election-query (debug)");
+    // The same feature set as `cargo test --workspace --all-features`, so
+    // after `just test-all` this reuses the binaries the tests built.
+    crate::shell::run(cargo().args([
+        "build",
+        "-q",
+        "--workspace",
+        "--all-features",
+        "--bin",
+        "election-ingest",
+        "--bin",
+        "election-query",
+    ]))?;
+    Ok(target_dir().join("debug"))
+}
+
+/// Posts [`REPORTS`], each of which must be answered 201.
+fn post_reports(ingest: &str, election: &str, token: &str) -> anyhow::Result<()> {
+    let url = format!("http://{ingest}/v1/elections/{election}/reports");
+    for body in REPORTS {
+        let status = post_json(&url, token, body)?;
+        if status != "201" {
+            bail!("api-fuzz: posting {body} answered {status}, not 201");
+        }
+    }
+    Ok(())
 }
 
 /// The three schemathesis runs, then a check that both services still answer.
