@@ -179,19 +179,34 @@ fn standalone_memory(election: &ElectionId, args: &ReshardArgs) -> anyhow::Resul
     let redis = RedisProc::start()?;
     let tally = tally(&redis.url())?;
     let nodes = vec![redis.url()];
-    let before = used_memory(&nodes)?;
-    let started = Instant::now();
-    fill(&tally, election, args)?;
-    let after = used_memory(&nodes)?;
+    let filled = fill_measured(&tally, &nodes, election, args)?;
     println!(
-        "reshard: standalone: {} boxes counted in {:.1} s; used_memory +{:.1} MiB = {} bytes per box; {}",
+        "reshard: standalone: {filled} bytes per box; {}",
+        script_time(&nodes)?,
+    );
+    Ok(())
+}
+
+/// Fills the Redis `nodes` through `tally`: how long it took and how much
+/// memory it used, as `<boxes> boxes counted in <s> s; used_memory +<MiB> MiB
+/// = <bytes>`.
+fn fill_measured(
+    tally: &RedisTally,
+    nodes: &[String],
+    election: &ElectionId,
+    args: &ReshardArgs,
+) -> anyhow::Result<String> {
+    let before = used_memory(nodes)?;
+    let started = Instant::now();
+    fill(tally, election, args)?;
+    let after = used_memory(nodes)?;
+    Ok(format!(
+        "{} boxes counted in {:.1} s; used_memory +{:.1} MiB = {}",
         thousands(args.boxes as f64),
         started.elapsed().as_secs_f64(),
         mib(after.saturating_sub(before)),
         thousands(after.saturating_sub(before) as f64 / args.boxes as f64),
-        script_time(&nodes)?,
-    );
-    Ok(())
+    ))
 }
 
 /// Fills the Cluster through `tally` and prints its memory per box and keys.
@@ -201,20 +216,13 @@ fn fill_cluster(
     election: &ElectionId,
     args: &ReshardArgs,
 ) -> anyhow::Result<()> {
-    let before = used_memory(nodes)?;
-    let started = Instant::now();
-    fill(tally, election, args)?;
-    let after = used_memory(nodes)?;
+    let filled = fill_measured(tally, nodes, election, args)?;
     let keys: u64 = nodes
         .iter()
         .map(|url| query::<u64>(url, &mut redis::cmd("DBSIZE")))
         .sum::<anyhow::Result<u64>>()?;
     println!(
-        "reshard: Cluster of 3 masters: {} boxes counted in {:.1} s; used_memory +{:.1} MiB = {} bytes per box (summed over the masters); {} keys; {}",
-        thousands(args.boxes as f64),
-        started.elapsed().as_secs_f64(),
-        mib(after.saturating_sub(before)),
-        thousands(after.saturating_sub(before) as f64 / args.boxes as f64),
+        "reshard: Cluster of 3 masters: {filled} bytes per box (summed over the masters); {} keys; {}",
         thousands(keys as f64),
         script_time(nodes)?,
     );

@@ -33,7 +33,6 @@
 //! Reports (JUnit, and every request and answer as HAR) and the services'
 //! logs are left in target/api-fuzz/.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -268,35 +267,27 @@ impl Services {
 
         let ingest = format!("127.0.0.1:{}", free_port()?);
         let query = format!("127.0.0.1:{}", free_port()?);
-        let log = |name: &str| -> anyhow::Result<File> {
-            let path = out.join(name);
-            File::create(&path).with_context(|| format!("creating {}", path.display()))
-        };
         // Schemathesis sends many made-up tokens from one address: without
         // INGEST_AUTH_FAILURE_RATE=0 the limit on failed authentications
         // (429, documented) would answer most of the run before its requests
         // reach the checks behind it.
-        let ingest_log = log("ingest.log")?;
-        teardown.spawn(
+        teardown.spawn_logged(
             command("election-ingest")
                 .arg("serve")
                 .env("INGEST_LISTEN_ADDR", &ingest)
-                .env("INGEST_AUTH_FAILURE_RATE", "0")
-                .stdout(ingest_log.try_clone()?)
-                .stderr(ingest_log),
+                .env("INGEST_AUTH_FAILURE_RATE", "0"),
+            &out.join("ingest.log"),
         )?;
         // Generated election ids are many: let the query service follow them
         // all and forget them quickly, so its limit (503) and its Redis reads
         // stay out of it.
-        let query_log = log("query.log")?;
-        teardown.spawn(
+        teardown.spawn_logged(
             command("election-query")
                 .arg("serve")
                 .env("QUERY_LISTEN_ADDR", &query)
                 .env("MAX_ELECTIONS", "100000")
-                .env("IDLE_AFTER", "5s")
-                .stdout(query_log.try_clone()?)
-                .stderr(query_log),
+                .env("IDLE_AFTER", "5s"),
+            &out.join("query.log"),
         )?;
         for addr in [&ingest, &query] {
             if !wait_for_http(addr, "/readyz") {

@@ -382,12 +382,9 @@ fn start_services(settings: &Settings, bins: &Bins, teardown: &Teardown) -> anyh
         ),
     ];
     for (name, listen_var, addr, args, log) in &services {
-        let log = log_file(log)?;
-        teardown.spawn(
-            bins.command(name, args)
-                .env(listen_var, addr)
-                .stdout(log.try_clone()?)
-                .stderr(log),
+        teardown.spawn_logged(
+            bins.command(name, args).env(listen_var, addr),
+            &Path::new(LOGS).join(log),
         )?;
     }
     for (_, _, addr, _, _) in &services {

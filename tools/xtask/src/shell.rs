@@ -8,10 +8,11 @@
 //! it), and a tool's own output is what a developer would see by hand.
 
 use std::collections::hash_map::RandomState;
+use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -229,6 +230,13 @@ impl Teardown {
             .with_context(|| format!("cannot start {command:?}"))?;
         self.steps().children.push(child);
         Ok(())
+    }
+
+    /// [`Teardown::spawn`], with the command's standard output and error
+    /// written to the file `log` (created anew).
+    pub fn spawn_logged(&self, command: &mut Command, log: &Path) -> anyhow::Result<()> {
+        let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        self.spawn(command.stdout(file.try_clone()?).stderr(file))
     }
 
     /// Adds a step to run once the children stopped.
