@@ -249,13 +249,19 @@ impl Teardown {
     pub fn on_signal(
         &self,
         code: i32,
-        on_signal: impl Fn() + Send + 'static,
+        on_signal: impl FnOnce() + Send + 'static,
     ) -> anyhow::Result<()> {
-        ctrlc::set_handler(move || {
-            on_signal();
-            std::process::exit(code);
-        })
-        .context("installing the Ctrl-C handler")
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals =
+            signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("catching Ctrl-C")?;
+        // A thread of its own: the task's thread may be waiting on a child.
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                on_signal();
+                std::process::exit(code);
+            }
+        });
+        Ok(())
     }
 
     /// Stops the children (SIGTERM, then waits) and runs the undo steps;
