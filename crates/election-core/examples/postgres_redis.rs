@@ -10,7 +10,9 @@
 //! `DATABASE_URL` and `REDIS_URL` default to what the services default to.
 //! It migrates that database (as `election-ingest migrate` does) and counts
 //! into election `example`: run again, the reports are replays and nothing
-//! moves.
+//! moves. The two stores go together: a fresh database beside a Redis that
+//! already counted `example` fails the final check (the tally holds more
+//! than the log), which is what `reconcile` would report.
 
 mod common;
 

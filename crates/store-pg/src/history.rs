@@ -651,7 +651,7 @@ struct StoodRow {
 }
 
 /// What stood at `at` in `election`: each ballot box's latest revision
-/// received by that instant (see [`STOOD_AT`]).
+/// received by that instant (see `STOOD_AT`).
 pub fn stood_at(
     pool: &PgPool,
     election: &ElectionId,

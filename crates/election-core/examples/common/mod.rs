@@ -54,7 +54,7 @@ pub fn election_night(
     let snapshot = engine.tally().snapshot(election)?;
     println!("\nnational totals:");
     for (party, votes) in snapshot.totals.national() {
-        println!("  {party:<8} {votes:>5}");
+        println!("  {:<8} {votes:>5}", party.as_str());
     }
     for city in ["london", "manchester", "edinburgh"] {
         let city = CityId::parse(city)?;
@@ -64,7 +64,7 @@ pub fn election_night(
             .iter()
             .map(|(party, votes)| format!("{party} {votes}"))
             .collect();
-        println!("{city:<11} {}", totals.join(", "));
+        println!("{:<11} {}", city.as_str(), totals.join(", "));
     }
 
     // What the latest revision of every box adds up to, from the log alone:
