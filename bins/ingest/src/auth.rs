@@ -1,7 +1,8 @@
 //! Reporting-client tokens: what they look like, how they are checked.
 //!
 //! A token is 32 random bytes (256 bits) shown once, as `et_<64 hex digits>`,
-//! when it is issued. Only its SHA-256 is stored, so a copy of the database
+//! when it is issued (its form and hash: `election_core::token`). Only its
+//! SHA-256 is stored, so a copy of the database
 //! does not let anyone report. A token is scoped to one election and
 //! optionally one ballot box.
 //!
@@ -25,11 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use election_core::{BallotBoxId, ElectionId, StoreError};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-
-/// The prefix of every token, so a leaked one is recognisable in a scan.
-pub const TOKEN_PREFIX: &str = "et_";
+// The form of a token and its stored hash are the core's, shared with
+// whoever else issues tokens (the benchmark, tests).
+pub use election_core::token::{TOKEN_PREFIX, hash};
 
 /// What a valid token allows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,14 +47,7 @@ pub trait TokenLookup: Send + Sync {
 
 /// A new random token, as shown to the operator once.
 pub fn generate() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
-}
-
-/// The stored form of a token.
-pub fn hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+    election_core::token::from_bytes(rand::random())
 }
 
 /// The token of an `Authorization: Bearer <token>` header value, if that is

@@ -27,133 +27,30 @@
 //! | `RUST_LOG` | | `info` |
 //!
 //! Durations are written like `500ms`, `30s`, `5m` (see
-//! [`election_http::config`]). The old names ([`RENAMED`]: `LISTEN_ADDR`,
+//! [`election_http::config`]). The old names (`LISTEN_ADDR`,
 //! `PG_POOL_SIZE`, `REDIS_POOL_SIZE`, `REDIS_TIMEOUT_MS`, `BATCH_LINGER_MS`,
 //! `TOKEN_CACHE_SECS`, `DEFINITION_CACHE_SECS`, `HTTP_HEADER_TIMEOUT_MS`,
 //! `INGEST_BODY_TIMEOUT_MS` and their `--…-ms`/`--…-secs` flags) are
-//! deprecated but still accepted, with a warning in the log.
+//! deprecated but still accepted, with a warning in the log
+//! (`election_wiring::service` lists every old name each service reads).
+//!
+//! The settings every service has (the stores, the pools, the listen
+//! address) are `election_wiring::args`, spelled for ingest by
+//! `election_wiring::service::Ingest`.
 //!
 //! Database and Redis URLs may hold passwords: they are never logged whole
-//! (see [`redact`]).
+//! (see `election_http::redact`).
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use election_http::config::{Renamed, Unit, parse_duration};
-use election_http::telemetry::LogFormat;
+use clap::{Args, Subcommand};
+use election_http::config::parse_duration;
+use election_wiring::args::Postgres;
+use election_wiring::service::Ingest;
 
-/// Default PostgreSQL URL.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-/// Default Redis URL.
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-/// Default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-
-/// The renamed settings whose old names are still accepted.
-pub const RENAMED: &[Renamed] = &[
-    serve(
-        "listen",
-        "LISTEN_ADDR",
-        None,
-        "INGEST_LISTEN_ADDR",
-        "--listen",
-        Unit::Same,
-    ),
-    serve(
-        "pg_pool_size",
-        "PG_POOL_SIZE",
-        None,
-        "INGEST_PG_POOL_SIZE",
-        "--pg-pool-size",
-        Unit::Same,
-    ),
-    serve(
-        "redis_pool_size",
-        "REDIS_POOL_SIZE",
-        None,
-        "INGEST_REDIS_POOL_SIZE",
-        "--redis-pool-size",
-        Unit::Same,
-    ),
-    serve(
-        "redis_timeout",
-        "REDIS_TIMEOUT_MS",
-        Some("--redis-timeout-ms"),
-        "INGEST_REDIS_TIMEOUT",
-        "--redis-timeout",
-        Unit::Millis,
-    ),
-    serve(
-        "batch_linger",
-        "BATCH_LINGER_MS",
-        Some("--batch-linger-ms"),
-        "BATCH_LINGER",
-        "--batch-linger",
-        Unit::Millis,
-    ),
-    serve(
-        "token_cache_ttl",
-        "TOKEN_CACHE_SECS",
-        Some("--token-cache-secs"),
-        "TOKEN_CACHE_TTL",
-        "--token-cache-ttl",
-        Unit::Secs,
-    ),
-    serve(
-        "definition_cache_ttl",
-        "DEFINITION_CACHE_SECS",
-        Some("--definition-cache-secs"),
-        "DEFINITION_CACHE_TTL",
-        "--definition-cache-ttl",
-        Unit::Secs,
-    ),
-    serve(
-        "header_timeout",
-        "HTTP_HEADER_TIMEOUT_MS",
-        Some("--header-timeout-ms"),
-        "HTTP_HEADER_TIMEOUT",
-        "--header-timeout",
-        Unit::Millis,
-    ),
-    serve(
-        "body_timeout",
-        "INGEST_BODY_TIMEOUT_MS",
-        Some("--body-timeout-ms"),
-        "INGEST_BODY_TIMEOUT",
-        "--body-timeout",
-        Unit::Millis,
-    ),
-];
-
-#[rustfmt::skip]
-const fn serve(
-    arg: &'static str,
-    old_env: &'static str,
-    old_flag: Option<&'static str>,
-    new_env: &'static str,
-    new_flag: &'static str,
-    unit: Unit,
-) -> Renamed {
-    Renamed { subcommands: &["serve"], arg, old_env: Some(old_env), old_flag, new_env, new_flag, unit }
-}
-
-/// election-ingest: the reporting API of the election counting system.
-#[derive(Parser, Debug)]
-#[command(name = "election-ingest", version = election_http::build::LONG_VERSION, about)]
-pub struct Cli {
-    /// Log line format.
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "human",
-        global = true
-    )]
-    pub log_format: LogFormat,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// election-ingest: the reporting API of the election counting system
+/// (named and described at start-up, `election_wiring::start`).
+pub type Cli = election_wiring::Cli<Command>;
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
@@ -223,12 +120,7 @@ pub enum Election {
 }
 
 /// Where PostgreSQL is.
-#[derive(Args, Debug, Clone)]
-pub struct Database {
-    /// PostgreSQL URL.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
-}
+pub type Database = Postgres<Ingest>;
 
 /// `serve` settings.
 #[derive(Args, Debug, Clone)]
@@ -236,21 +128,9 @@ pub struct Serve {
     /// PostgreSQL.
     #[command(flatten)]
     pub database: Database,
-    /// Redis URL; a comma-separated list or `redis+cluster://h1:p1,h2:p2` selects Redis Cluster.
-    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
-    pub redis_url: String,
-    /// Address to listen on.
-    #[arg(long = "listen", env = "INGEST_LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
-    pub listen: String,
-    /// PostgreSQL connections.
-    #[arg(long, env = "INGEST_PG_POOL_SIZE", default_value_t = 8)]
-    pub pg_pool_size: u32,
-    /// Redis connections (per node on a Cluster).
-    #[arg(long, env = "INGEST_REDIS_POOL_SIZE", default_value_t = 8)]
-    pub redis_pool_size: usize,
-    /// Longest wait for Redis before a report is answered 202 and left to the reprocessor.
-    #[arg(long, env = "INGEST_REDIS_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
-    pub redis_timeout: Duration,
+    /// Redis, the listen address, the pools.
+    #[command(flatten)]
+    pub shared: election_wiring::args::ServeCommon<Ingest>,
     /// Most reports in one group-commit transaction.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 256)]
     pub batch_size: usize,
@@ -337,19 +217,10 @@ pub enum Token {
     },
 }
 
-/// A URL with its password replaced by `***`, for logs (shared by every
-/// service).
-pub use election_http::redact;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn verify_cli() {
-        Cli::command().debug_assert();
-    }
+    use election_wiring::service::Service;
 
     #[test]
     fn old_names_are_still_accepted() {
@@ -369,15 +240,20 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
         };
+        let renamed = Ingest::PROFILE.renamed();
         let (cli, warnings) =
-            election_http::config::parse_from::<Cli>(RENAMED, ["election-ingest", "serve"], env)
+            election_http::config::parse_from::<Cli>(&renamed, ["election-ingest", "serve"], env)
                 .unwrap();
         let Command::Serve(serve) = cli.command else {
             panic!("serve")
         };
-        assert_eq!(serve.listen, "0.0.0.0:9");
-        assert_eq!((serve.pg_pool_size, serve.redis_pool_size), (3, 2));
-        assert_eq!(serve.redis_timeout, Duration::from_millis(300));
+        let shared = &serve.shared;
+        assert_eq!(shared.listen.address, "0.0.0.0:9");
+        assert_eq!(
+            (shared.pools.pg_pool_size, shared.pools.redis_pool_size),
+            (3, 2)
+        );
+        assert_eq!(shared.pools.redis_timeout, Duration::from_millis(300));
         assert_eq!(serve.batch_linger, Duration::from_millis(7));
         assert_eq!(serve.token_cache_ttl, Duration::from_secs(9));
         assert_eq!(serve.definition_cache_ttl, Duration::from_secs(11));
@@ -387,15 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(
-            redact("redis+cluster://:pw@h1:1,:pw@h2:2"),
-            "redis+cluster://:***@h1:1,:***@h2:2"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    fn verify_cli() {
+        election_wiring::command::<Ingest, Command>(env!("CARGO_PKG_DESCRIPTION")).debug_assert();
     }
 }

@@ -2,7 +2,6 @@
 //! `election load|show|certify`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use election_core::{
@@ -11,30 +10,19 @@ use election_core::{
 use election_http::ServeConfig;
 use election_http::health::ReadyCheck;
 use election_http::layers::CorsOrigins;
+use election_http::redact;
 use store_pg::{PgLog, PgPool};
 use store_redis::RedisTally;
 
 use crate::auth::{self, Scope, TokenLookup};
 use crate::batcher::BatchConfig;
-use crate::cli::{Database, Election, Serve, Token, redact};
+use crate::cli::{Database, Election, Serve, Token};
 use crate::limit::RateLimit;
 use crate::{Services, Settings};
 
-/// How long to wait for a PostgreSQL connection before giving up.
-const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn pool(database: &Database, size: u32) -> anyhow::Result<PgPool> {
-    store_pg::connect(&database.database_url, size, PG_CONNECT_TIMEOUT).with_context(|| {
-        format!(
-            "connecting to PostgreSQL at {}",
-            redact(&database.database_url)
-        )
-    })
-}
-
 /// `election-ingest migrate`.
 pub fn migrate(database: &Database) -> anyhow::Result<()> {
-    let pool = pool(database, 1)?;
+    let pool = database.connect(1)?;
     let applied = store_pg::migrate(&pool).context("applying migrations")?;
     if applied.is_empty() {
         println!("database schema is up to date");
@@ -44,12 +32,6 @@ pub fn migrate(database: &Database) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Refuses to serve on a schema this binary does not match (the check every
-/// service shares: `store_pg::check_schema`).
-pub fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
-    Ok(store_pg::check_schema(pool)?)
 }
 
 /// Looks tokens up in PostgreSQL.
@@ -102,23 +84,11 @@ impl DefinitionLookup for PgDefinitions {
 /// Redis's state (down, or a `maxmemory-policy` that may evict keys) is
 /// named in a note, as on `/healthz` and in `ingest_redis_up`.
 pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
-    Arc::new(move || {
-        store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
-        Ok(tally.readiness().unwrap_or_else(|why| {
-            vec![format!(
-                "{why}; reports are recorded and answered 202, counted once it is back"
-            )]
-        }))
-    })
-}
-
-/// `election-ingest serve`, on a runtime of its own.
-pub fn serve_blocking(args: Serve) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(args))
+    election_wiring::ready::postgres(
+        pg,
+        tally,
+        "reports are recorded and answered 202, counted once it is back",
+    )
 }
 
 /// `election-ingest serve`.
@@ -135,25 +105,19 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     let auth_failures = RateLimit::from_config(args.auth_failure_rate, args.auth_failure_burst)
         .map_err(anyhow::Error::msg)
         .context("--auth-failure-rate (INGEST_AUTH_FAILURE_RATE)")?;
-    let pg = pool(&args.database, args.pg_pool_size)?;
-    {
-        let pg = pg.clone();
-        tokio::task::spawn_blocking(move || check_schema(&pg)).await??;
-    }
-    let redis_timeout = args.redis_timeout;
-    let tally = Arc::new(
-        store_redis::open(&args.redis_url, redis_timeout, args.redis_pool_size)
-            .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?,
-    );
+    let shared = &args.shared;
+    let pg = args
+        .database
+        .connect_checked_blocking(shared.pools.pg_pool_size)
+        .await?;
+    let tally = shared.redis.open(&shared.pools)?;
     let log = Arc::new(PgLog::new(pg.clone()));
     let ready = ready_check(pg.clone(), Arc::clone(&tally));
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let serving = shared.listen.bind().await?;
     tracing::info!(
-        listen.addr = %listener.local_addr()?,
+        listen.addr = %serving.local_addr()?,
         database.url = %redact(&args.database.database_url),
-        redis.url = %redact(&args.redis_url),
+        redis.url = %redact(&shared.redis.redis_url),
         batch.size = args.batch_size,
         batch.linger = ?args.batch_linger,
         http.header_timeout = ?args.header_timeout,
@@ -188,13 +152,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         cors_origins: CorsOrigins::parse(&args.cors_allowed_origins)
             .map_err(|why| anyhow::anyhow!("--cors-allowed-origins: {why}"))?,
     };
-    crate::run(
-        listener,
-        services,
-        settings,
-        election_http::shutdown::signal(),
-    )
-    .await?;
+    crate::run(serving, services, settings).await?;
     tracing::info!("election-ingest stopped");
     Ok(())
 }
@@ -214,8 +172,7 @@ pub fn token(command: Token) -> anyhow::Result<()> {
                 .map(BallotBoxId::parse)
                 .transpose()
                 .context("--ballot-box")?;
-            let pool = pool(&database, 1)?;
-            check_schema(&pool)?;
+            let pool = database.connect_checked(1)?;
             let secret = auth::generate();
             let id = store_pg::tokens::insert(
                 &pool,
@@ -235,7 +192,7 @@ pub fn token(command: Token) -> anyhow::Result<()> {
             Ok(())
         }
         Token::Revoke { database, id } => {
-            let pool = pool(&database, 1)?;
+            let pool = database.connect(1)?;
             if store_pg::tokens::revoke(&pool, id).context("revoking the token")? {
                 println!("revoked token {id}");
                 Ok(())
@@ -244,7 +201,7 @@ pub fn token(command: Token) -> anyhow::Result<()> {
             }
         }
         Token::List { database, election } => {
-            let pool = pool(&database, 1)?;
+            let pool = database.connect(1)?;
             let tokens =
                 store_pg::tokens::list(&pool, election.as_deref()).context("listing tokens")?;
             println!(
@@ -293,8 +250,7 @@ pub fn election(command: Election) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            let pool = pool(&database, 1)?;
-            check_schema(&pool)?;
+            let pool = database.connect_checked(1)?;
             let loaded = store_pg::definitions::load(&pool, &definition).map_err(|error| match error {
                 store_pg::definitions::LoadError::Refused(refused) => anyhow::anyhow!(
                     "{}: {refused}\nnothing was stored; a definition may add and rename, never remove or move",
@@ -324,8 +280,7 @@ pub fn election(command: Election) -> anyhow::Result<()> {
         }
         Election::Show { database, election } => {
             let election = ElectionId::parse(&election).context("election")?;
-            let pool = pool(&database, 1)?;
-            check_schema(&pool)?;
+            let pool = database.connect_checked(1)?;
             let Some(definition) =
                 store_pg::definitions::find(&pool, &election).context("reading the definition")?
             else {
@@ -353,8 +308,7 @@ pub fn election(command: Election) -> anyhow::Result<()> {
             if by.is_empty() || by.chars().any(char::is_control) || by.chars().count() > 200 {
                 bail!("--by must name who certifies (1 to 200 printable characters)");
             }
-            let pool = pool(&database, 1)?;
-            check_schema(&pool)?;
+            let pool = database.connect_checked(1)?;
             let cities = city.map(|city| vec![city]);
             let certified =
                 store_pg::definitions::certify(&pool, &election, cities.as_deref(), &by)

@@ -2,8 +2,8 @@
 //! durably in PostgreSQL, then counts it exactly once in Redis.
 //!
 //! The binary (`main.rs`) only parses the command line and calls in here;
-//! [`run`] takes its listener and shutdown signal from the caller, so tests
-//! serve on port 0 and stop it at will.
+//! [`run`] takes its listener and shutdown signal from the caller (one
+//! `election_wiring::Serving`), so tests serve on port 0 and stop it at will.
 
 pub mod auth;
 pub mod batcher;
@@ -16,7 +16,6 @@ pub mod limit;
 pub mod redis_watch;
 pub mod service;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use election_core::{Engine, ReportLog, Tally};
 use election_http::ServeConfig;
 use election_http::health::ReadyCheck;
 use election_http::layers::CorsOrigins;
-use election_http::metrics::Registry;
+use election_wiring::Serving;
 
 use crate::auth::{TokenCache, TokenLookup};
 use crate::batcher::{BatchConfig, Batcher};
@@ -76,25 +75,14 @@ pub struct Settings {
     pub auth_failures: Option<RateLimit>,
 }
 
-/// Serves the reporting API on `listener` until `shutdown` resolves, then
-/// stops accepting, answers every request already accepted (their batches
-/// are recorded and counted), and returns.
-pub async fn run(
-    listener: tokio::net::TcpListener,
-    services: Services,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let metrics = Arc::new(Registry::for_service());
+/// Serves the reporting API on `serving`'s listener until its shutdown
+/// resolves, then stops accepting, answers every request already accepted
+/// (their batches are recorded and counted), and returns.
+pub async fn run(serving: Serving, services: Services, settings: Settings) -> anyhow::Result<()> {
+    let metrics = election_wiring::registry(services.redis.as_ref());
     let (stop_watch, watch_stopping) = tokio::sync::watch::channel(false);
     let redis_watch = RedisWatch::new();
     if let Some(redis) = services.redis {
-        let evicting = Arc::clone(&redis);
-        metrics.gauge_fn(
-            store_redis::EVICTING_GAUGE,
-            store_redis::EVICTING_GAUGE_HELP,
-            move || evicting.evicting_gauge(),
-        );
         let watched = Arc::clone(&redis_watch);
         metrics.gauge_fn(
             redis_watch::UP_GAUGE,
@@ -128,7 +116,7 @@ pub async fn run(
         redis_watch.details(),
         settings.cors_origins,
     );
-    election_http::serve(listener, app, settings.serve, shutdown).await?;
+    election_http::serve(serving.listener, app, settings.serve, serving.shutdown).await?;
     stop_watch.send_replace(true);
     // The router (and with it every handle on the batcher) is gone: wait for
     // the batches still being recorded.

@@ -1,4 +1,5 @@
-//! The history endpoints, answered from PostgreSQL: cities by votes in a
+//! The history endpoints, answered from the history port
+//! (`election_core::History`: PostgreSQL in the service): cities by votes in a
 //! window, ballot boxes in reporting order, the timeline, and the CSV audit
 //! export.
 //!
@@ -28,24 +29,25 @@
 //! newsroom that remembers the last `report_id` it has pulls only what is
 //! new.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use election_core::ElectionId;
+use election_core::history::{AuditCursor, AuditPage, AuditRow, Window};
 use election_http::ApiError;
 use serde::Serialize;
-use store_pg::PgError;
-use store_pg::history::{self, AuditCursor, AuditPage, AuditRow, Window};
 use tokio::sync::mpsc;
 
 use crate::AppState;
-use crate::api::{json_response, parse_election};
+use crate::answer::{
+    bad_parameter, bytes_response, hex, instant, json_response, parameters, parse_election,
+    store_error,
+};
 use crate::timeline::Bucket;
 
 /// Default of `limit` for first reports.
@@ -60,81 +62,6 @@ const EXPORT_AHEAD: usize = 2;
 /// The CSV export's columns, in order.
 pub const CSV_HEADER: &str = "report_id,ballot_box_id,city,revision,reason,party,votes,difference,received_at,status,\
      omitted,payload_sha256,payload_hash\r\n";
-
-/// A PostgreSQL failure as an answer: 503 when retrying later may work, an
-/// opaque (logged) 500 otherwise.
-pub fn pg_error(error: PgError) -> ApiError {
-    if error.is_unavailable() {
-        tracing::warn!(error = %error, "postgresql unavailable");
-        ApiError::unavailable(
-            "unavailable",
-            "the history store (PostgreSQL) is unavailable; retry later",
-        )
-    } else {
-        let mut detail = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            detail.push_str(": ");
-            detail.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        ApiError::internal(detail)
-    }
-}
-
-pub(crate) fn bad_parameter(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
-}
-
-/// The query string as a map, refusing parameters not in `allowed` and
-/// parameters given twice.
-pub fn parameters(
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    allowed: &[&str],
-) -> Result<HashMap<String, String>, ApiError> {
-    let Query(pairs) =
-        query.map_err(|error| bad_parameter(format!("malformed query string: {error}")))?;
-    let mut map = HashMap::new();
-    for (name, value) in pairs {
-        if !allowed.contains(&name.as_str()) {
-            let expected = if allowed.is_empty() {
-                "this endpoint takes no parameters".to_owned()
-            } else {
-                format!("expected one of: {}", allowed.join(", "))
-            };
-            return Err(bad_parameter(format!(
-                "unknown query parameter {name:?}; {expected}"
-            )));
-        }
-        if map.contains_key(&name) {
-            return Err(bad_parameter(format!(
-                "query parameter {name:?} is given more than once"
-            )));
-        }
-        map.insert(name, value);
-    }
-    Ok(map)
-}
-
-/// An RFC 3339 instant. A `+` of an offset written unencoded in a URL
-/// arrives as a space; it is read as the `+` it was.
-pub(crate) fn instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
-    let parse = |text: &str| DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc));
-    parse(value)
-        .or_else(|error| {
-            if value.contains(' ') {
-                parse(&value.replace(' ', "+"))
-            } else {
-                Err(error)
-            }
-        })
-        .map_err(|error| {
-            bad_parameter(format!(
-                "{name}: {value:?} is not an RFC 3339 date and time ({error}); \
-                 write e.g. 2025-09-15T18:00:00Z or 2025-09-15T19:00:00%2B01:00"
-            ))
-        })
-}
 
 fn rfc3339(instant: DateTime<Utc>) -> String {
     instant.to_rfc3339_opts(SecondsFormat::AutoSi, true)
@@ -178,13 +105,12 @@ pub async fn cities(
         )));
     }
     state.elections.check(&election).await?;
-    let pool = state.pg.clone();
+    let history = Arc::clone(&state.history);
     let target = election.clone();
-    let rows = election_http::blocking(move || {
-        history::cities_by_votes(&pool, &target, Window { from, to })
-    })
-    .await?
-    .map_err(pg_error)?;
+    let rows =
+        election_http::blocking(move || history.cities_by_votes(&target, Window { from, to }))
+            .await?
+            .map_err(store_error)?;
     Ok(json_response(
         &CitiesBody {
             election,
@@ -239,11 +165,11 @@ pub async fn first_reports(
             })?,
     };
     state.elections.check(&election).await?;
-    let pool = state.pg.clone();
+    let history = Arc::clone(&state.history);
     let target = election.clone();
-    let rows = election_http::blocking(move || history::first_reports(&pool, &target, limit))
+    let rows = election_http::blocking(move || history.first_reports(&target, limit))
         .await?
-        .map_err(pg_error)?;
+        .map_err(store_error)?;
     Ok(json_response(
         &FirstReportsBody {
             election,
@@ -281,11 +207,11 @@ pub async fn timeline(
         })?,
     };
     state.elections.check(&election).await?;
-    let body = state.timelines.body(&state.pg, &election, bucket).await?;
-    Ok(crate::api::bytes_response(
-        body,
-        state.cache.history.clone(),
-    ))
+    let body = state
+        .timelines
+        .body(&state.history, &election, bucket)
+        .await?;
+    Ok(bytes_response(body, state.cache.history.clone()))
 }
 
 /// `GET /v1/elections/{e}/reports.csv?after=`: every revision of every
@@ -348,11 +274,11 @@ async fn read_page(
     election: &ElectionId,
     after: Option<AuditCursor>,
 ) -> Result<AuditPage, ApiError> {
-    let pool = state.pg.clone();
+    let history = Arc::clone(&state.history);
     let election = election.clone();
-    election_http::blocking(move || history::audit_page(&pool, &election, after, EXPORT_PAGE))
+    election_http::blocking(move || history.audit_page(&election, after, EXPORT_PAGE))
         .await?
-        .map_err(pg_error)
+        .map_err(store_error)
 }
 
 /// Writes the export into `sender` page by page. A full channel waits for
@@ -417,15 +343,6 @@ pub fn write_row(out: &mut Vec<u8>, row: &AuditRow) {
         write_field(out, field);
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Lower-case hex of a digest.
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
 }
 
 /// Free text as a spreadsheet will show it, never run it: a leading `'`
@@ -500,26 +417,6 @@ mod tests {
             assert_eq!(shown.strip_prefix('\'').unwrap_or(&shown), text);
         }
     }
-
-    #[test]
-    fn instants_accept_rfc3339_and_an_unencoded_plus() {
-        let expected = instant("from", "2025-09-15T17:00:00Z").unwrap();
-        assert_eq!(
-            instant("from", "2025-09-15T18:00:00+01:00").unwrap(),
-            expected
-        );
-        assert_eq!(
-            instant("from", "2025-09-15T18:00:00 01:00").unwrap(),
-            expected
-        );
-        let error = instant("to", "yesterday").unwrap_err();
-        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
-        assert!(
-            error.message().starts_with("to: \"yesterday\""),
-            "{}",
-            error.message()
-        );
-    }
 }
 
 #[derive(Serialize)]
@@ -543,7 +440,7 @@ struct FlagBody {
 }
 
 /// `GET /v1/elections/{e}/flags`: revisions counted but worth a second
-/// look (`store_pg::history::flags`): more votes than their box's
+/// look (`History::flags`): more votes than their box's
 /// electorate, or corrections moving a box's total by more than
 /// `FLAG_CORRECTION_SHARE` of its previous total.
 pub async fn flags(
@@ -554,12 +451,12 @@ pub async fn flags(
     let election = parse_election(&election)?;
     parameters(query, &[])?;
     state.elections.check(&election).await?;
-    let pool = state.pg.clone();
+    let history = Arc::clone(&state.history);
     let target = election.clone();
     let share = state.flag_correction_share;
-    let rows = election_http::blocking(move || history::flags(&pool, &target, share))
+    let rows = election_http::blocking(move || history.flags(&target, share))
         .await?
-        .map_err(pg_error)?;
+        .map_err(store_error)?;
     Ok(json_response(
         &FlagsBody {
             election,

@@ -38,11 +38,11 @@ use election_http::layers::{self, CorsOrigins, Layers};
 use election_http::metrics::{
     self, Counter, EncodeLabelSet, Family, HistogramFamily, LATENCY_BUCKETS, Registry,
 };
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::AppState;
 use crate::analytics;
+use crate::answer::{self, bytes_response, parse_election};
 use crate::asof;
 use crate::live::Current;
 use crate::render::Rendered;
@@ -252,17 +252,6 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
-/// Reads an election id from the path: 422 naming the rule when invalid.
-pub fn parse_election(text: &str) -> Result<ElectionId, ApiError> {
-    ElectionId::parse(text).map_err(|problem| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_id",
-            problem.to_string(),
-        )
-    })
-}
-
 fn parse_city(text: &str) -> Result<CityId, ApiError> {
     CityId::parse(text).map_err(|problem| {
         ApiError::new(
@@ -271,23 +260,6 @@ fn parse_city(text: &str) -> Result<CityId, ApiError> {
             problem.to_string(),
         )
     })
-}
-
-/// A JSON answer from pre-rendered bytes, with `cache_control`.
-pub fn bytes_response(body: Bytes, cache_control: HeaderValue) -> Response {
-    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, cache_control);
-    response
-}
-
-/// A JSON answer rendered now, with `cache_control`.
-pub fn json_response<T: Serialize>(value: &T, cache_control: HeaderValue) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => bytes_response(Bytes::from(body), cache_control),
-        Err(error) => ApiError::internal(format!("rendering an answer: {error}")).into_response(),
-    }
 }
 
 /// A live answer: `body` of the snapshot `rendered`, or a 304 when the
@@ -520,7 +492,7 @@ struct Streaming {
 fn variant(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Variant, ApiError> {
-    let parameters = analytics::parameters(query, &["scope", "city"])?;
+    let parameters = answer::parameters(query, &["scope", "city"])?;
     let bad =
         |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message);
     match (

@@ -5,7 +5,7 @@
 //! 19:30. The live counters cannot do it (they hold only the present), but
 //! the log holds every revision with the time it was received, so the
 //! totals at T are the sums of each ballot box's latest revision received by
-//! T (`store_pg::history::stood_at`). The answer is rendered by the same
+//! T (`History::stood_at`). The answer is rendered by the same
 //! code as the live one ([`Rendered::new`]), so it has the same shape,
 //! leaders, ties, percent reporting and statuses; a city counts as certified
 //! only if it was certified by T. Names and expected boxes are today's
@@ -31,7 +31,7 @@ use election_core::{Counter, Definition, ElectionId, PartyId, Snapshot, Totals};
 use election_http::ApiError;
 
 use crate::AppState;
-use crate::analytics::{self, pg_error};
+use crate::answer::{self, store_error};
 use crate::render::Rendered;
 
 /// The `as_of` parameter of a totals request, if given (400 for any other
@@ -39,11 +39,11 @@ use crate::render::Rendered;
 pub fn parameter(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Option<DateTime<Utc>>, ApiError> {
-    let parameters = analytics::parameters(query, &["as_of"])?;
+    let parameters = answer::parameters(query, &["as_of"])?;
     let Some(text) = parameters.get("as_of") else {
         return Ok(None);
     };
-    let at = analytics::instant("as_of", text)?;
+    let at = answer::instant("as_of", text)?;
     if at > Utc::now() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -71,15 +71,15 @@ pub async fn rendered(
             let target = election.clone();
             election_http::blocking(move || store_pg::definitions::find(&pool, &target))
                 .await?
-                .map_err(pg_error)?
+                .map_err(|error| store_error(error.into()))?
                 .map(Arc::new)
         }
     };
-    let pool = state.pg.clone();
+    let history = Arc::clone(&state.history);
     let target = election.clone();
-    let stood = election_http::blocking(move || store_pg::history::stood_at(&pool, &target, at))
+    let stood = election_http::blocking(move || history.stood_at(&target, at))
         .await?
-        .map_err(pg_error)?;
+        .map_err(store_error)?;
 
     let mut totals = Totals::new();
     let mut national: BTreeMap<PartyId, i64> = BTreeMap::new();

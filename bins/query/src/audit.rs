@@ -2,7 +2,8 @@
 //! (docs/audit.md).
 //!
 //! The reprocessor seals every recorded revision into a hash chain per
-//! election a few seconds after it is recorded (store-pg `seal`); this
+//! election a few seconds after it is recorded (store-pg `seal`; read
+//! here through `History::seal_heads`); this
 //! answer publishes the chain's newest head and the earlier checkpoints, so
 //! whoever notes a head (a newsroom at 21:00, an observer) can later prove
 //! that nothing under it changed: recompute it from `reports.csv` with
@@ -15,14 +16,15 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use chrono::SecondsFormat;
+use std::sync::Arc;
+
 use election_core::ElectionId;
+use election_core::history::SealCheckpoint;
 use election_http::ApiError;
 use serde::Serialize;
-use store_pg::seal::{self, Checkpoint, ZERO_HEAD};
 
 use crate::AppState;
-use crate::analytics::{bad_parameter, parameters, pg_error};
-use crate::api::{json_response, parse_election};
+use crate::answer::{bad_parameter, hex, json_response, parameters, parse_election, store_error};
 
 /// Earlier checkpoints per answer unless `limit` says otherwise.
 pub const DEFAULT_HEADS: u32 = 100;
@@ -50,10 +52,13 @@ struct HeadBody {
     sealed_at: String,
 }
 
-impl From<&Checkpoint> for HeadBody {
-    fn from(checkpoint: &Checkpoint) -> HeadBody {
+/// The empty chain's head: 64 zeros (docs/audit.md).
+const ZERO_HEAD: [u8; 32] = [0; 32];
+
+impl From<&SealCheckpoint> for HeadBody {
+    fn from(checkpoint: &SealCheckpoint) -> HeadBody {
         HeadBody {
-            head: checkpoint.head.to_hex(),
+            head: hex(&checkpoint.head),
             sealed_reports: checkpoint.sealed_count,
             sealed_through_report_id: checkpoint.sealed_through_report_id,
             sealed_at: checkpoint
@@ -95,11 +100,11 @@ pub async fn audit(
             })?,
     };
     state.elections.check(&election).await?;
-    let pool = state.pg.clone();
+    let history = Arc::clone(&state.history);
     let target = election.clone();
-    let heads = election_http::blocking(move || seal::audit_heads(&pool, &target, before, limit))
+    let heads = election_http::blocking(move || history.seal_heads(&target, before, limit))
         .await?
-        .map_err(pg_error)?;
+        .map_err(store_error)?;
     let earlier: Vec<HeadBody> = heads.earlier.iter().map(HeadBody::from).collect();
     let next_before = if heads.more {
         heads.earlier.last().map(|c| c.sealed_through_report_id)
@@ -109,7 +114,7 @@ pub async fn audit(
     let body = match &heads.latest {
         Some(latest) => AuditBody {
             election,
-            head: latest.head.to_hex(),
+            head: hex(&latest.head),
             sealed_reports: latest.sealed_count,
             sealed_through_report_id: latest.sealed_through_report_id,
             sealed_at: Some(
@@ -122,7 +127,7 @@ pub async fn audit(
         },
         None => AuditBody {
             election,
-            head: ZERO_HEAD.to_hex(),
+            head: hex(&ZERO_HEAD),
             sealed_reports: 0,
             sealed_through_report_id: 0,
             sealed_at: None,

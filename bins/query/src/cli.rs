@@ -28,30 +28,31 @@
 //! | `RUST_LOG` | | `info` |
 //!
 //! Durations are written like `500ms`, `30s`, `5m` (see
-//! [`election_http::config`]). The old names ([`RENAMED`]: `PG_POOL_SIZE`,
+//! [`election_http::config`]). The old names (`PG_POOL_SIZE`,
 //! `REDIS_POOL_SIZE`, `REDIS_TIMEOUT_MS`, `SNAPSHOT_INTERVAL_MS`,
 //! `IDLE_AFTER_SECS`, `KEEP_ALIVE_SECS`, `TIMELINE_CACHE_MS`,
 //! `TIMELINE_FULL_REFRESH_SECS`, `HTTP_HEADER_TIMEOUT_MS`,
 //! `CACHE_MAX_AGE_SECS`, `HISTORY_CACHE_MAX_AGE_SECS`,
 //! `ELECTIONS_REFRESH_SECS` and their `--…-ms`/`--…-secs` flags) are
-//! deprecated but still accepted, with a warning in the log. `LISTEN_ADDR`
-//! is not read: it was ingest's in the shared environment file.
+//! deprecated but still accepted, with a warning in the log
+//! (`election_wiring::service` lists every old name each service reads).
+//! `LISTEN_ADDR` is not read: it was ingest's in the shared environment
+//! file.
+//!
+//! The settings every service has (the stores, the pools, the listen
+//! address) are `election_wiring::args`, spelled for query by
+//! `election_wiring::service::Query`.
 //!
 //! Database and Redis URLs may hold passwords: they are never logged whole
-//! (see [`redact`]).
+//! (see `election_http::redact`).
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use election_http::config::{Renamed, Unit, parse_duration};
-use election_http::telemetry::LogFormat;
+use clap::{Args, Subcommand};
+use election_http::config::parse_duration;
+use election_wiring::args::{Postgres, ServeCommon};
+use election_wiring::service::Query;
 
-/// Default PostgreSQL URL.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-/// Default Redis URL.
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-/// Default listen address (docs/contract.md §6).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 /// Default number of elections refreshed at once.
 pub const DEFAULT_MAX_ELECTIONS: usize = 64;
 /// Default number of stream deltas kept per election: a minute of changes at
@@ -59,53 +60,10 @@ pub const DEFAULT_MAX_ELECTIONS: usize = 64;
 /// phone that lost its network for a while gets only what it missed.
 pub const DEFAULT_STREAM_HISTORY: usize = 300;
 
-/// The renamed settings whose old names are still accepted.
-#[rustfmt::skip]
-pub const RENAMED: &[Renamed] = &[
-    serve("pg_pool_size", "PG_POOL_SIZE", None, "QUERY_PG_POOL_SIZE", "--pg-pool-size", Unit::Same),
-    serve("redis_pool_size", "REDIS_POOL_SIZE", None, "QUERY_REDIS_POOL_SIZE", "--redis-pool-size", Unit::Same),
-    serve("redis_timeout", "REDIS_TIMEOUT_MS", Some("--redis-timeout-ms"), "QUERY_REDIS_TIMEOUT", "--redis-timeout", Unit::Millis),
-    serve("snapshot_interval", "SNAPSHOT_INTERVAL_MS", Some("--snapshot-interval-ms"), "SNAPSHOT_INTERVAL", "--snapshot-interval", Unit::Millis),
-    serve("idle_after", "IDLE_AFTER_SECS", Some("--idle-after-secs"), "IDLE_AFTER", "--idle-after", Unit::Secs),
-    serve("keep_alive", "KEEP_ALIVE_SECS", Some("--keep-alive-secs"), "KEEP_ALIVE", "--keep-alive", Unit::Secs),
-    serve("timeline_cache_ttl", "TIMELINE_CACHE_MS", Some("--timeline-cache-ms"), "TIMELINE_CACHE_TTL", "--timeline-cache-ttl", Unit::Millis),
-    serve("timeline_full_refresh", "TIMELINE_FULL_REFRESH_SECS", Some("--timeline-full-refresh-secs"), "TIMELINE_FULL_REFRESH", "--timeline-full-refresh", Unit::Secs),
-    serve("header_timeout", "HTTP_HEADER_TIMEOUT_MS", Some("--header-timeout-ms"), "HTTP_HEADER_TIMEOUT", "--header-timeout", Unit::Millis),
-    serve("cache_max_age", "CACHE_MAX_AGE_SECS", Some("--cache-max-age-secs"), "CACHE_MAX_AGE", "--cache-max-age", Unit::Secs),
-    serve("history_cache_max_age", "HISTORY_CACHE_MAX_AGE_SECS", Some("--history-cache-max-age-secs"), "HISTORY_CACHE_MAX_AGE", "--history-cache-max-age", Unit::Secs),
-    serve("elections_refresh", "ELECTIONS_REFRESH_SECS", Some("--elections-refresh-secs"), "ELECTIONS_REFRESH", "--elections-refresh", Unit::Secs),
-];
-
-#[rustfmt::skip]
-const fn serve(
-    arg: &'static str,
-    old_env: &'static str,
-    old_flag: Option<&'static str>,
-    new_env: &'static str,
-    new_flag: &'static str,
-    unit: Unit,
-) -> Renamed {
-    Renamed { subcommands: &["serve"], arg, old_env: Some(old_env), old_flag, new_env, new_flag, unit }
-}
-
 /// election-query: live totals, history and the dashboard of the election
-/// counting system.
-#[derive(Parser, Debug)]
-#[command(name = "election-query", version = election_http::build::LONG_VERSION, about)]
-pub struct Cli {
-    /// Log line format.
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "human",
-        global = true
-    )]
-    pub log_format: LogFormat,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// counting system (named and described at start-up,
+/// `election_wiring::start`).
+pub type Cli = election_wiring::Cli<Command>;
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
@@ -117,30 +75,18 @@ pub enum Command {
 /// `serve` settings.
 #[derive(Args, Debug, Clone)]
 pub struct Serve {
-    /// PostgreSQL URL (history and audit).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
+    /// PostgreSQL (history and audit).
+    #[command(flatten)]
+    pub database: Postgres<Query>,
     /// PostgreSQL URL history is read from (analytics, the timeline, the
     /// CSV export, the audit answer), such as a streaming replica's; without it, history comes
     /// from `DATABASE_URL`. The list of elections and their definitions
     /// always come from `DATABASE_URL`.
     #[arg(long, env = "HISTORY_DATABASE_URL", hide_env_values = true)]
     pub history_database_url: Option<String>,
-    /// Redis URL (live totals); a comma-separated list or `redis+cluster://h1:p1,h2:p2` selects Redis Cluster.
-    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
-    pub redis_url: String,
-    /// Address to listen on.
-    #[arg(long = "listen", env = "QUERY_LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
-    pub listen: String,
-    /// PostgreSQL connections (history queries and exports).
-    #[arg(long, env = "QUERY_PG_POOL_SIZE", default_value_t = 4)]
-    pub pg_pool_size: u32,
-    /// Redis connections (per node on a Cluster).
-    #[arg(long, env = "QUERY_REDIS_POOL_SIZE", default_value_t = 4)]
-    pub redis_pool_size: usize,
-    /// Longest wait for a Redis reply.
-    #[arg(long, env = "QUERY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
-    pub redis_timeout: Duration,
+    /// Redis (live totals), the listen address, the pools.
+    #[command(flatten)]
+    pub shared: ServeCommon<Query>,
     /// Time between two snapshots of an election's live totals.
     #[arg(long, env = "SNAPSHOT_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
@@ -190,17 +136,12 @@ pub struct Serve {
     pub cors_allowed_origins: String,
 }
 
-/// A URL with its password replaced by `***`, for logs (shared by every
-/// service).
-pub use election_http::redact;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn verify_cli() {
-        Cli::command().debug_assert();
+        election_wiring::command::<Query, Command>(env!("CARGO_PKG_DESCRIPTION")).debug_assert();
     }
 }

@@ -3,47 +3,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use election_http::health::ReadyCheck;
+use anyhow::bail;
+use election_core::History;
 use election_http::layers::CorsOrigins;
-use store_pg::PgPool;
-use store_redis::RedisTally;
+use election_http::redact;
+use store_pg::PgHistory;
 
 use crate::cli::Serve;
 use crate::{Services, Settings};
-use election_http::redact;
 
-/// How long to wait for a PostgreSQL connection before giving up.
-const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// What `/readyz` checks: PostgreSQL and Redis both answer (live totals
+/// need Redis, history PostgreSQL).
+pub use election_wiring::ready::stores as ready_check;
 
 /// Longest wait of a first request for an election's first snapshot.
 const FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Refuses to serve on a schema this binary does not match (the history
-/// queries name its tables and columns): the check every service shares.
-pub fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
-    Ok(store_pg::check_schema(pool)?)
-}
-
-/// What `/readyz` checks: PostgreSQL and Redis both answer. A Redis whose
-/// `maxmemory-policy` may evict keys is named in a note: the service stays
-/// ready (reports are still recorded and answered), but nothing is counted
-/// until the policy is fixed.
-pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
-    Arc::new(move || {
-        store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
-        tally.readiness()
-    })
-}
-
-/// `election-query serve`, on a runtime of its own.
-pub fn serve_blocking(args: Serve) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(args))
-}
 
 /// `election-query serve`.
 pub async fn serve(args: Serve) -> anyhow::Result<()> {
@@ -73,44 +47,38 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     }
     let cors_origins = CorsOrigins::parse(&args.cors_allowed_origins)
         .map_err(|why| anyhow::anyhow!("--cors-allowed-origins: {why}"))?;
-    let pg = store_pg::connect(&args.database_url, args.pg_pool_size, PG_CONNECT_TIMEOUT)
-        .with_context(|| format!("connecting to PostgreSQL at {}", redact(&args.database_url)))?;
-    {
-        let pg = pg.clone();
-        tokio::task::spawn_blocking(move || check_schema(&pg)).await??;
-    }
+    let shared = &args.shared;
+    let pg_pool_size = shared.pools.pg_pool_size;
+    let pg = args.database.connect_checked_blocking(pg_pool_size).await?;
     // History from a replica, when one is given: the same pool size; its
     // schema is the primary's, replicated, so it is not checked again.
-    let history = match &args.history_database_url {
-        Some(url) => Some(
-            store_pg::connect(url, args.pg_pool_size, PG_CONNECT_TIMEOUT).with_context(|| {
-                format!("connecting to the history PostgreSQL at {}", redact(url))
-            })?,
-        ),
-        None => None,
-    };
-    let redis_timeout = args.redis_timeout;
-    let tally = Arc::new(
-        store_redis::open(&args.redis_url, redis_timeout, args.redis_pool_size)
-            .with_context(|| format!("connecting to Redis at {}", redact(&args.redis_url)))?,
-    );
+    let history = args
+        .history_database_url
+        .as_deref()
+        .map(|url| election_wiring::connect::postgres("the history PostgreSQL", url, pg_pool_size))
+        .transpose()?;
+    let tally = shared.redis.open(&shared.pools)?;
     let ready = ready_check(pg.clone(), Arc::clone(&tally));
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let serving = shared.listen.bind().await?;
     tracing::info!(
-        listen.addr = %listener.local_addr()?,
-        database.url = %redact(&args.database_url),
+        listen.addr = %serving.local_addr()?,
+        database.url = %redact(&args.database.database_url),
         history.url = %args.history_database_url.as_deref().map_or_else(|| "(DATABASE_URL)".to_owned(), redact),
-        redis.url = %redact(&args.redis_url),
+        redis.url = %redact(&shared.redis.redis_url),
         snapshot.interval = ?args.snapshot_interval,
         "election-query serving; dashboard at http://{}/",
-        listener.local_addr()?
+        serving.local_addr()?
     );
+    let catalog: Arc<dyn History> = Arc::new(PgHistory::new(pg.clone()));
+    let history: Arc<dyn History> = match history {
+        Some(replica) => Arc::new(PgHistory::new(replica)),
+        None => Arc::clone(&catalog),
+    };
     let services = Services {
         redis: Some(Arc::clone(&tally)),
         tally,
         pg,
+        catalog,
         history,
         ready,
     };
@@ -132,13 +100,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         elections_refresh: args.elections_refresh,
         cors_origins,
     };
-    crate::run(
-        listener,
-        services,
-        settings,
-        election_http::shutdown::signal(),
-    )
-    .await?;
+    crate::run(serving, services, settings).await?;
     tracing::info!("election-query stopped");
     Ok(())
 }

@@ -35,13 +35,12 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use election_core::ElectionId;
+use election_core::History;
 use election_http::ApiError;
 use serde::Serialize;
-use store_pg::PgPool;
-use store_pg::history;
 use tokio::sync::{Semaphore, watch};
 
-use crate::analytics::pg_error;
+use crate::answer::store_error;
 
 /// Lookups of elections missing from the known list, at once.
 pub const MISS_LOOKUPS: usize = 2;
@@ -54,7 +53,9 @@ pub const MAX_NEGATIVE: usize = 10_000;
 
 /// The elections that exist, and the cached `GET /v1/elections` answer.
 pub struct Elections {
-    pg: PgPool,
+    /// The primary's history (PostgreSQL in the service): a replica's lag
+    /// would answer 404 for an election that was just defined.
+    catalog: Arc<dyn History>,
     known: RwLock<HashSet<ElectionId>>,
     absent: Mutex<HashMap<ElectionId, Instant>>,
     lookups: Semaphore,
@@ -85,9 +86,9 @@ fn unknown(election: &ElectionId) -> ApiError {
 
 impl Elections {
     /// An empty registry; [`Elections::keep_fresh`] fills it.
-    pub fn new(pg: PgPool, refresh: Duration) -> Arc<Elections> {
+    pub fn new(catalog: Arc<dyn History>, refresh: Duration) -> Arc<Elections> {
         Arc::new(Elections {
-            pg,
+            catalog,
             known: RwLock::new(HashSet::new()),
             absent: Mutex::new(HashMap::new()),
             lookups: Semaphore::new(MISS_LOOKUPS),
@@ -100,8 +101,8 @@ impl Elections {
     pub async fn keep_fresh(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut failing = false;
         loop {
-            let pool = self.pg.clone();
-            match election_http::blocking(move || history::known_elections(&pool)).await {
+            let catalog = Arc::clone(&self.catalog);
+            match election_http::blocking(move || catalog.known_elections()).await {
                 Ok(Ok(list)) => {
                     *self.known.write().unwrap_or_else(|p| p.into_inner()) =
                         list.into_iter().collect();
@@ -150,11 +151,11 @@ impl Elections {
         if self.recently_absent(election) {
             return Err(unknown(election));
         }
-        let pool = self.pg.clone();
+        let catalog = Arc::clone(&self.catalog);
         let target = election.clone();
-        let exists = election_http::blocking(move || history::election_exists(&pool, &target))
+        let exists = election_http::blocking(move || catalog.election_exists(&target))
             .await?
-            .map_err(pg_error)?;
+            .map_err(store_error)?;
         if exists {
             self.known
                 .write()
@@ -197,10 +198,10 @@ impl Elections {
         {
             return Ok(body.clone());
         }
-        let pool = self.pg.clone();
-        let rows = election_http::blocking(move || history::elections_summary(&pool))
+        let catalog = Arc::clone(&self.catalog);
+        let rows = election_http::blocking(move || catalog.elections_summary())
             .await?
-            .map_err(pg_error)?;
+            .map_err(store_error)?;
         let body = Bytes::from(
             serde_json::to_vec(&ListBody {
                 elections: rows

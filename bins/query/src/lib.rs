@@ -3,8 +3,8 @@
 //! audit export from PostgreSQL, and the live dashboard page.
 //!
 //! The binary (`main.rs`) only parses the command line and calls in here;
-//! [`run`] takes its listener and shutdown signal from the caller, so tests
-//! serve on port 0 and stop it at will.
+//! [`run`] takes its listener and shutdown signal from the caller (one
+//! `election_wiring::Serving`), so tests serve on port 0 and stop it at will.
 //!
 //! - [`elections`]: which elections exist (404 for the others, before any
 //!   live feed is started);
@@ -16,10 +16,13 @@
 //! - [`asof`]: the totals as they stood at an instant, from the log;
 //! - [`cdf`]: the NIST SP 1500-100 export of the live totals;
 //! - [`api`]: the routes, the live handlers and the stream;
+//! - [`answer`]: what every handler shares (parameters, JSON answers, store
+//!   errors as answers);
 //! - [`analytics`] and [`timeline`]: the history endpoints;
 //! - [`audit`]: the sealed log's published heads.
 
 pub mod analytics;
+pub mod answer;
 pub mod api;
 pub mod asof;
 pub mod audit;
@@ -32,17 +35,17 @@ pub mod render;
 pub mod stream;
 pub mod timeline;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
-use election_core::Tally;
+use election_core::{History, Tally};
 use election_http::conditional::public_max_age;
 use election_http::health::ReadyCheck;
 use election_http::layers::CorsOrigins;
 use election_http::metrics::Registry;
+use election_wiring::Serving;
 use store_pg::PgPool;
 use tokio::sync::watch;
 
@@ -54,15 +57,20 @@ use crate::timeline::Timelines;
 pub struct Services {
     /// The live counters.
     pub tally: Arc<dyn Tally>,
-    /// PostgreSQL: the known elections, their definitions, and history
-    /// unless `history` is given.
+    /// PostgreSQL: the elections' definitions.
     pub pg: PgPool,
-    /// Where history (analytics, the timeline, the CSV export, the seals of
-    /// `GET /audit`) is read from, when not `pg`: a streaming replica takes those scans off the
-    /// primary that ingest writes to. A replica's lag shows as history a
-    /// little behind the live totals, which history answers already are
-    /// (they are cached for seconds).
-    pub history: Option<PgPool>,
+    /// Which elections exist, and their list (`GET /v1/elections`): the
+    /// primary's history (`store_pg::PgHistory` on `DATABASE_URL`), so an
+    /// election is known as soon as it is defined or reported to.
+    pub catalog: Arc<dyn History>,
+    /// Where history (analytics, the timeline, the CSV export, `as_of`
+    /// totals, the seals of `GET /audit`) is read from: in the service,
+    /// `store_pg::PgHistory` on a streaming replica when one is configured
+    /// (it takes those scans off the primary that ingest writes to), else
+    /// the same as `catalog`. A replica's lag shows as history a little
+    /// behind the live totals, which history answers already are (they are
+    /// cached for seconds). Tests may pass the in-memory log.
+    pub history: Arc<dyn History>,
     /// What `/readyz` checks.
     pub ready: ReadyCheck,
     /// The Redis behind `tally`, when it is one: `/metrics` shows
@@ -123,7 +131,10 @@ pub struct CachePolicy {
 pub struct AppState {
     /// The live feeds.
     pub live: Arc<Live>,
-    /// PostgreSQL for history reads: the replica when one is configured.
+    /// History reads (see [`Services::history`]).
+    pub history: Arc<dyn History>,
+    /// PostgreSQL for definitions (`as_of` answers of an election without a
+    /// live feed).
     pub pg: PgPool,
     /// Cached timelines.
     pub timelines: Arc<Timelines>,
@@ -141,23 +152,11 @@ pub struct AppState {
     pub flag_correction_share: f64,
 }
 
-/// Serves the read API on `listener` until `shutdown` resolves, then stops
-/// accepting, ends every stream and refresh task, lets requests in flight
-/// finish, and returns.
-pub async fn run(
-    listener: tokio::net::TcpListener,
-    services: Services,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let metrics = Arc::new(Registry::for_service());
-    if let Some(redis) = services.redis.clone() {
-        metrics.gauge_fn(
-            store_redis::EVICTING_GAUGE,
-            store_redis::EVICTING_GAUGE_HELP,
-            move || redis.evicting_gauge(),
-        );
-    }
+/// Serves the read API on `serving`'s listener until its shutdown resolves,
+/// then stops accepting, ends every stream and refresh task, lets requests
+/// in flight finish, and returns.
+pub async fn run(serving: Serving, services: Services, settings: Settings) -> anyhow::Result<()> {
+    let metrics = election_wiring::registry(services.redis.as_ref());
     let (stop, stopping) = watch::channel(false);
     let pg = services.pg.clone();
     let live = Live::new(
@@ -177,7 +176,7 @@ pub async fn run(
         Arc::clone(&metrics),
         stopping,
     );
-    let elections = Elections::new(services.pg.clone(), settings.elections_refresh);
+    let elections = Elections::new(services.catalog, settings.elections_refresh);
     tokio::spawn(Arc::clone(&elections).keep_fresh(stop.subscribe()));
     let state = AppState {
         elections,
@@ -186,7 +185,8 @@ pub async fn run(
             history: public_max_age(settings.history_max_age_secs),
         },
         live,
-        pg: services.history.unwrap_or(services.pg),
+        history: services.history,
+        pg: services.pg,
         timelines: Arc::new(Timelines::new(
             settings.timeline_cache,
             settings.timeline_full_refresh,
@@ -200,6 +200,7 @@ pub async fn run(
     // Streams never end by themselves: the server's graceful shutdown would wait
     // for them forever. The signal first tells every stream and refresh task
     // to stop, then lets the server drain what is left.
+    let Serving { listener, shutdown } = serving;
     let signal = async move {
         shutdown.await;
         stop.send_replace(true);

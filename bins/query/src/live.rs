@@ -42,9 +42,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use election_core::{Definition, ElectionId, Fingerprint, Grid, Tally};
+use election_core::{DefinitionVersion as Version, Lookup};
 use election_http::ApiError;
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
-use store_pg::definitions::{Lookup, Version};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 

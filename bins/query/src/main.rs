@@ -1,18 +1,16 @@
 //! `election-query`: parses the command line and hands over to the library.
 
-use election_query::cli::{Cli, Command, RENAMED};
+use election_query::cli::Command;
 use election_query::commands;
+use election_wiring::service::Query;
 
 fn main() {
-    let (cli, warnings) = election_http::config::parse::<Cli>(RENAMED);
-    election_http::telemetry::init(cli.log_format);
+    let (Command::Serve(serve), warnings) =
+        election_wiring::start::<Query, Command>(env!("CARGO_PKG_DESCRIPTION"));
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let result = match cli.command {
-        Command::Serve(serve) => commands::serve_blocking(*serve),
-    };
-    if let Err(error) = result {
+    if let Err(error) = election_wiring::block_on(commands::serve(*serve)) {
         election_http::telemetry::exit_on_error("election-query", &error, 1);
     }
 }

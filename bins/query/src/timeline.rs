@@ -26,13 +26,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
+use election_core::history::{self, History, TimelinePoint};
 use election_core::{ElectionId, PartyId};
 use election_http::ApiError;
 use serde::Serialize;
-use store_pg::PgPool;
-use store_pg::history::{self, TimelinePoint};
 
-use crate::analytics::pg_error;
+use crate::answer::store_error;
 
 /// Minutes this close to the database's clock are read again each time.
 pub const SETTLE: chrono::Duration = chrono::Duration::minutes(2);
@@ -166,7 +165,7 @@ impl Timelines {
     /// The timeline body of `election` in `bucket`s.
     pub async fn body(
         &self,
-        pool: &PgPool,
+        source: &Arc<dyn History>,
         election: &ElectionId,
         bucket: Bucket,
     ) -> Result<Bytes, ApiError> {
@@ -186,13 +185,13 @@ impl Timelines {
                 .is_none_or(|at| at.elapsed() >= self.full_refresh);
             let since = if full { None } else { kept.next_since };
             let read = {
-                let pool = pool.clone();
+                let source = Arc::clone(source);
                 let election = election.clone();
                 election_http::blocking(move || {
-                    history::votes_per_bucket(&pool, &election, MINUTE_SECONDS, since)
+                    source.votes_per_bucket(&election, MINUTE_SECONDS, since)
                 })
                 .await?
-                .map_err(pg_error)?
+                .map_err(store_error)?
             };
             match since {
                 None => kept.minutes.clear(),

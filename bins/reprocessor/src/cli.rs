@@ -25,70 +25,33 @@
 //!
 //! Durations are written like `500ms`, `30s`, `10m`, `1h30m` (or `0`; see
 //! [`election_http::config`]). The old names `PG_POOL_SIZE`,
-//! `REDIS_POOL_SIZE`, `REDIS_TIMEOUT_MS` and `--redis-timeout-ms`
-//! ([`RENAMED`]) are deprecated but still accepted, with a warning in the
-//! log; `LISTEN_ADDR` is not read (it was ingest's in the shared
-//! environment file).
+//! `REDIS_POOL_SIZE`, `REDIS_TIMEOUT_MS` and `--redis-timeout-ms` are
+//! deprecated but still accepted, with a warning in the log; `LISTEN_ADDR`
+//! is not read (it was ingest's in the shared environment file).
+//!
+//! The settings every service has (the stores, the pools, the listen
+//! address), their old names included, are `election_wiring::args`,
+//! spelled for the reprocessor by `election_wiring::service::Reprocessor`.
 //!
 //! Database and Redis URLs may hold passwords: they are never logged whole
 //! (see `election_http::redact`).
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use election_http::config::{Renamed, Unit, parse_duration};
-use election_http::telemetry::LogFormat;
-
-/// Default PostgreSQL URL.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-/// Default Redis URL.
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-/// Default listen address (metrics and health).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8082";
+use clap::{Args, Subcommand};
+use election_http::config::parse_duration;
+use election_wiring::args::{Listen, Postgres, Stores};
+use election_wiring::service::Reprocessor;
 
 /// Exit status of `run --once` when reports are still pending at the end
 /// (Redis is down, or reports keep failing): distinct from 1, a failure to
 /// run at all (bad settings, PostgreSQL unreachable).
 pub const EXIT_LEFT_PENDING: i32 = 3;
 
-/// The renamed settings whose old names are still accepted.
-#[rustfmt::skip]
-pub const RENAMED: &[Renamed] = &[
-    stores("pg_pool_size", "PG_POOL_SIZE", None, "REPROCESSOR_PG_POOL_SIZE", "--pg-pool-size", Unit::Same),
-    stores("redis_pool_size", "REDIS_POOL_SIZE", None, "REPROCESSOR_REDIS_POOL_SIZE", "--redis-pool-size", Unit::Same),
-    stores("redis_timeout", "REDIS_TIMEOUT_MS", Some("--redis-timeout-ms"), "REPROCESSOR_REDIS_TIMEOUT", "--redis-timeout", Unit::Millis),
-];
-
-#[rustfmt::skip]
-const fn stores(
-    arg: &'static str,
-    old_env: &'static str,
-    old_flag: Option<&'static str>,
-    new_env: &'static str,
-    new_flag: &'static str,
-    unit: Unit,
-) -> Renamed {
-    Renamed { subcommands: &["run", "reconcile"], arg, old_env: Some(old_env), old_flag, new_env, new_flag, unit }
-}
-
 /// election-reprocessor: counts every recorded report that was not counted
-/// yet, and makes Redis exact again from PostgreSQL.
-#[derive(Parser, Debug)]
-#[command(name = "election-reprocessor", version = election_http::build::LONG_VERSION, about)]
-pub struct Cli {
-    /// Log line format.
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "human",
-        global = true
-    )]
-    pub log_format: LogFormat,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// yet, and makes Redis exact again from PostgreSQL (named and described at
+/// start-up, `election_wiring::start`).
+pub type Cli = election_wiring::Cli<Command>;
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
@@ -106,40 +69,20 @@ pub enum Command {
     Verify(Box<Verify>),
 }
 
-/// Where the stores are, and how patiently to talk to them.
-#[derive(Args, Debug, Clone)]
-pub struct Stores {
-    /// PostgreSQL URL.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
-    /// Redis URL; a comma-separated list or `redis+cluster://h1:p1,h2:p2` selects Redis Cluster.
-    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
-    pub redis_url: String,
-    /// PostgreSQL connections.
-    #[arg(long, env = "REPROCESSOR_PG_POOL_SIZE", default_value_t = 4)]
-    pub pg_pool_size: u32,
-    /// Redis connections kept (per node on a Cluster).
-    #[arg(long, env = "REPROCESSOR_REDIS_POOL_SIZE", default_value_t = 4)]
-    pub redis_pool_size: usize,
-    /// Longest wait for a Redis connection or reply.
-    #[arg(long, env = "REPROCESSOR_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
-    pub redis_timeout: Duration,
-}
-
 /// `run` settings.
 #[derive(Args, Debug, Clone)]
 pub struct Run {
     /// The stores.
     #[command(flatten)]
-    pub stores: Stores,
+    pub stores: Stores<Reprocessor>,
     /// Drain what is pending now, then exit: 0 when nothing is left pending,
     /// 3 when reports are still pending (Redis down, reports failing), 1
     /// when it could not run (settings, PostgreSQL).
     #[arg(long)]
     pub once: bool,
-    /// Address to serve /healthz, /readyz and /metrics on (not with --once).
-    #[arg(long = "listen", env = "REPROCESSOR_LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
-    pub listen: String,
+    /// Where to serve /healthz, /readyz and /metrics (not with --once).
+    #[command(flatten)]
+    pub listen: Listen<Reprocessor>,
     /// Most reports claimed per round.
     #[arg(long, env = "REPROCESS_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
@@ -168,9 +111,9 @@ pub struct Run {
 /// `verify` settings: PostgreSQL only.
 #[derive(Args, Debug, Clone)]
 pub struct Verify {
-    /// PostgreSQL URL.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
+    /// PostgreSQL.
+    #[command(flatten)]
+    pub database: Postgres<Reprocessor>,
     /// The election to verify.
     #[arg(long)]
     pub election: String,
@@ -188,7 +131,7 @@ pub struct Verify {
 pub struct Reconcile {
     /// The stores.
     #[command(flatten)]
-    pub stores: Stores,
+    pub stores: Stores<Reprocessor>,
     /// The election to compare.
     #[arg(long)]
     pub election: String,
@@ -209,12 +152,7 @@ pub struct Reconcile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn verify_cli() {
-        Cli::command().debug_assert();
-    }
+    use clap::Parser;
 
     #[test]
     fn defaults_follow_the_specification() {
@@ -252,5 +190,11 @@ mod tests {
         };
         assert_eq!(verify.election, "2025");
         assert_eq!(verify.head, None);
+    }
+
+    #[test]
+    fn verify_cli() {
+        election_wiring::command::<Reprocessor, Command>(env!("CARGO_PKG_DESCRIPTION"))
+            .debug_assert();
     }
 }

@@ -3,58 +3,17 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use election_core::reconcile::{self, Comparison, CounterCheck, Repair, Verdict};
 use election_core::{Claim, Counter, ElectionId, ReportLog, Tally};
-use election_http::health::ReadyCheck;
 use election_http::redact;
-use store_pg::{PgLog, PgPool};
-use store_redis::{RedisTally, UnreadableCounter};
-use tokio::sync::watch;
+use store_pg::PgPool;
+use store_redis::UnreadableCounter;
 
-use crate::cli::{Reconcile, Run, Stores, Verify};
+use crate::cli::{Reconcile, Run, Verify};
 use crate::healer::HealSettings;
 use crate::{Services, Settings};
-
-/// How long to wait for a PostgreSQL connection before giving up.
-const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The stores, connected lazily (a store that is down makes calls fail, and
-/// `run` backs off until it answers).
-struct Connected {
-    pg: PgPool,
-    log: Arc<PgLog>,
-    tally: Arc<RedisTally>,
-}
-
-/// Builds the pool and the tally, and refuses a schema this binary does not
-/// match.
-fn connect(stores: &Stores) -> anyhow::Result<Connected> {
-    let pg = store_pg::connect(
-        &stores.database_url,
-        stores.pg_pool_size,
-        PG_CONNECT_TIMEOUT,
-    )
-    .with_context(|| {
-        format!(
-            "connecting to PostgreSQL at {}",
-            redact(&stores.database_url)
-        )
-    })?;
-    store_pg::check_schema(&pg)?;
-    let timeout = stores.redis_timeout;
-    let tally = Arc::new(
-        store_redis::open(&stores.redis_url, timeout, stores.redis_pool_size)
-            .with_context(|| format!("connecting to Redis at {}", redact(&stores.redis_url)))?,
-    );
-    Ok(Connected {
-        log: Arc::new(PgLog::new(pg.clone())),
-        pg,
-        tally,
-    })
-}
 
 /// Counted revisions read and checked per page by the healing sweep.
 const HEAL_PAGE: usize = 1000;
@@ -75,21 +34,14 @@ pub fn repair_locks(pg: PgPool) -> Arc<dyn crate::healer::RepairLocks> {
     Arc::new(PgRepairLocks(pg))
 }
 
-/// What `/readyz` checks: PostgreSQL and Redis both answer. A Redis whose
-/// `maxmemory-policy` may evict keys is named in a note: the service stays
-/// ready (reports are still recorded and answered), but nothing is counted
-/// until the policy is fixed.
-pub fn ready_check(pg: PgPool, tally: Arc<RedisTally>) -> ReadyCheck {
-    Arc::new(move || {
-        store_pg::ping(&pg).map_err(|e| format!("postgresql: {e}"))?;
-        tally.readiness()
-    })
-}
+/// What `/readyz` checks: PostgreSQL and Redis both answer (counting needs
+/// both).
+pub use election_wiring::ready::stores as ready_check;
 
 /// `election-reprocessor run [--once]`, on a runtime of its own. Returns
 /// whether it succeeded (`--once`: nothing left pending).
 pub fn run(args: Run) -> anyhow::Result<bool> {
-    let stores = connect(&args.stores)?;
+    let stores = args.stores.connect()?;
     let settings = Settings {
         claim: Claim {
             limit: args.batch_size.max(1),
@@ -109,30 +61,20 @@ pub fn run(args: Run) -> anyhow::Result<bool> {
         ),
     };
     tracing::info!(
-        database.url = %redact(&args.stores.database_url),
-        redis.url = %redact(&args.stores.redis_url),
+        database.url = %redact(&args.stores.database.database_url),
+        redis.url = %redact(&args.stores.redis.redis_url),
         once = args.once,
         "election-reprocessor starting"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    election_wiring::block_on(async move {
         if args.once {
-            let (stop, stopping) = watch::channel(false);
-            tokio::spawn(async move {
-                election_http::shutdown::signal().await;
-                let _ = stop.send(true);
-            });
+            let stopping = election_wiring::stop_flag(election_http::shutdown::signal());
             let summary = crate::drain(stores.log, stores.tally, &settings, stopping).await;
             println!("election-reprocessor: {}", summary.line());
             return Ok(summary.is_done());
         }
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        tracing::info!(listen.addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+        let serving = args.listen.bind().await?;
+        tracing::info!(listen.addr = %serving.local_addr()?, "serving /healthz, /readyz and /metrics");
         let services = Services {
             ready: ready_check(stores.pg.clone(), Arc::clone(&stores.tally)),
             locks: repair_locks(stores.pg.clone()),
@@ -141,13 +83,7 @@ pub fn run(args: Run) -> anyhow::Result<bool> {
             tally: stores.tally,
             sealer: Some(store_pg::seal::Sealer::new(stores.pg.clone())),
         };
-        crate::run(
-            listener,
-            services,
-            settings,
-            election_http::shutdown::signal(),
-        )
-        .await?;
+        crate::run(serving, services, settings).await?;
         tracing::info!("election-reprocessor stopped");
         Ok(true)
     })
@@ -158,7 +94,7 @@ pub fn run(args: Run) -> anyhow::Result<bool> {
 /// Redis is exact.
 pub fn reconcile(args: Reconcile) -> anyhow::Result<bool> {
     let election = ElectionId::parse(&args.election).context("--election")?;
-    let stores = connect(&args.stores)?;
+    let stores = args.stores.connect()?;
     let config = reconcile::Config {
         page_size: reconcile::Config::DEFAULT.page_size,
         max_rounds: args.rounds.max(2),
@@ -421,9 +357,7 @@ pub fn verify(args: Verify) -> anyhow::Result<bool> {
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("--head")?;
-    let pg = store_pg::connect(&args.database_url, 1, PG_CONNECT_TIMEOUT)
-        .with_context(|| format!("connecting to PostgreSQL at {}", redact(&args.database_url)))?;
-    store_pg::check_schema(&pg)?;
+    let pg = args.database.connect_checked(1)?;
     let verification = store_pg::seal::verify(&pg, &election, noted)
         .with_context(|| format!("verifying the sealed log of election {election}"))?;
     let mut out = std::io::stdout().lock();

@@ -23,7 +23,6 @@ pub mod healer;
 pub mod sealer;
 pub mod worker;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -32,7 +31,7 @@ use axum::routing::get;
 use election_core::{ReportLog, Tally};
 use election_http::health::{self, ReadyCheck};
 use election_http::metrics::Registry;
-use tokio::sync::watch;
+use election_wiring::Serving;
 
 pub use worker::{DrainSummary, Settings, drain};
 
@@ -55,28 +54,13 @@ pub struct Services {
     pub sealer: Option<store_pg::seal::Sealer>,
 }
 
-/// Counts pending reports until `shutdown` resolves, serving health and
-/// metrics on `listener`; then finishes the round in progress (its batch is
-/// counted, or released if it failed) and returns.
-pub async fn run(
-    listener: tokio::net::TcpListener,
-    services: Services,
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let metrics = Arc::new(Registry::for_service());
-    if let Some(redis) = services.redis {
-        metrics.gauge_fn(
-            store_redis::EVICTING_GAUGE,
-            store_redis::EVICTING_GAUGE_HELP,
-            move || redis.evicting_gauge(),
-        );
-    }
-    let (stop, stopping) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
+/// Counts pending reports until `serving`'s shutdown resolves, serving
+/// health and metrics on its listener; then finishes the round in progress
+/// (its batch is counted, or released if it failed) and returns.
+pub async fn run(serving: Serving, services: Services, settings: Settings) -> anyhow::Result<()> {
+    let metrics = election_wiring::registry(services.redis.as_ref());
+    let Serving { listener, shutdown } = serving;
+    let stopping = election_wiring::stop_flag(shutdown);
     let app = router(Arc::clone(&metrics), services.ready.clone());
     let mut server_stopping = stopping.clone();
     let server = tokio::spawn(async move {

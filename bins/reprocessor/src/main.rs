@@ -13,16 +13,17 @@
 //!
 //! Failures are logged through `tracing` (JSON with `LOG_FORMAT=json`).
 
-use election_reprocessor::cli::{Cli, Command, EXIT_LEFT_PENDING, RENAMED};
+use election_reprocessor::cli::{Command, EXIT_LEFT_PENDING};
 use election_reprocessor::commands;
+use election_wiring::service::Reprocessor;
 
 fn main() {
-    let (cli, warnings) = election_http::config::parse::<Cli>(RENAMED);
-    election_http::telemetry::init(cli.log_format);
+    let (command, warnings) =
+        election_wiring::start::<Reprocessor, Command>(env!("CARGO_PKG_DESCRIPTION"));
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let (result, unfinished_status, failure_status) = match cli.command {
+    let (result, unfinished_status, failure_status) = match command {
         Command::Run(run) => (commands::run(*run), EXIT_LEFT_PENDING, 1),
         Command::Reconcile(reconcile) => (commands::reconcile(*reconcile), 1, 2),
         Command::Verify(verify) => (commands::verify(*verify), 1, 2),

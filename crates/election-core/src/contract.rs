@@ -1,6 +1,8 @@
 //! The contract suite every store must pass: one set of checks, generic over
 //! the traits, run against the in-memory stores, real PostgreSQL, real
-//! standalone Redis and a real Redis Cluster.
+//! standalone Redis and a real Redis Cluster. The history port's checks
+//! ([`history`]) record through a [`ReportLog`] and read back through the
+//! [`History`] over the same records.
 //!
 //! Each check gets fresh stores from the caller's factory (a fresh schema, a
 //! fresh in-memory store) and, for the tally, an election id of its own, so
@@ -13,6 +15,10 @@
 //! use election_core::memory::{MemoryLog, MemoryTally};
 //! contract::report_log(&|| Arc::new(MemoryLog::new()));
 //! contract::tally(&|| Arc::new(MemoryTally::new()));
+//! contract::history(&|| {
+//!     let log = Arc::new(MemoryLog::new());
+//!     (log.clone(), log)
+//! });
 //! ```
 
 use std::collections::BTreeMap;
@@ -21,6 +27,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::{Engine, Outcome};
+use crate::history::{AuditCursor, AuditPage, FlagReason, History, SealHeads, StoodAt, Window};
 use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::reconcile::{self, Verdict};
 use crate::report::{Difference, Report, Revision};
@@ -113,6 +120,19 @@ pub fn seed_reports(election: &ElectionId) -> Vec<Report> {
             ],
         ),
     ]
+}
+
+/// Edinburgh's revision 2 after [`seed_reports`]: the same votes and 300
+/// for a new party, `greens` (a correction that adds 300 votes).
+pub fn seed_correction(election: &ElectionId) -> Report {
+    let edinburgh = &seed_reports(election)[2];
+    let mut votes: Vec<(&str, u32)> = edinburgh
+        .votes()
+        .iter()
+        .map(|(party, n)| (party.as_str(), n))
+        .collect();
+    votes.push(("greens", 300));
+    report(election, "BB-EDI-1", "edinburgh", 2, &votes)
 }
 
 /// The seed's national totals.
@@ -1227,4 +1247,406 @@ fn engine_reconcile_finds_and_repairs_drift((log, tally): (Arc<dyn ReportLog>, A
     // Every counted revision has its markers.
     let swept = crate::heal::sweep(&*log, &*tally, &e, 2, false).unwrap();
     assert_eq!((swept.checked, swept.missing), (4, 0), "{swept:?}");
+}
+
+/// Makes a fresh log and the history port over the same records.
+pub type HistoryFactory<'a> = &'a dyn Fn() -> (Arc<dyn ReportLog>, Arc<dyn History>);
+
+/// Runs every history check, each on fresh stores: reports are recorded
+/// through the log and read back through the port.
+pub fn history(new_stores: HistoryFactory<'_>) {
+    history_ranks_cities_and_lists_first_reports(new_stores());
+    history_pages_through_the_audit_log(new_stores());
+    history_sums_votes_per_bucket(new_stores());
+    history_tells_what_stood_at_an_instant(new_stores());
+    history_flags_large_corrections(new_stores());
+    history_knows_its_elections(new_stores());
+}
+
+/// Long enough for two instants on either side of it to be told apart by
+/// both the test's clock and the store's.
+const APART: Duration = Duration::from_millis(50);
+
+fn history_ranks_cities_and_lists_first_reports(
+    (log, history): (Arc<dyn ReportLog>, Arc<dyn History>),
+) {
+    let e = unique_election("history");
+    log.record(&seed_reports(&e)).unwrap();
+    std::thread::sleep(APART);
+    let between = chrono::Utc::now();
+    std::thread::sleep(APART);
+    let correction = seed_correction(&e);
+    log.record(&[correction]).unwrap();
+
+    let ranked = |window: Window| -> Vec<(String, i64, i64)> {
+        history
+            .cities_by_votes(&e, window)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.city.to_string(), c.votes, c.reports))
+            .collect()
+    };
+    assert_eq!(
+        ranked(Window::default()),
+        [
+            ("edinburgh".to_owned(), 475, 2),
+            ("london".to_owned(), 385, 1),
+            ("manchester".to_owned(), 280, 1)
+        ]
+    );
+    assert_eq!(
+        ranked(Window {
+            from: Some(between),
+            to: None
+        }),
+        [("edinburgh".to_owned(), 300, 1)]
+    );
+    assert_eq!(
+        ranked(Window {
+            from: None,
+            to: Some(between)
+        }),
+        [
+            ("london".to_owned(), 385, 1),
+            ("manchester".to_owned(), 280, 1),
+            ("edinburgh".to_owned(), 175, 1)
+        ]
+    );
+    assert!(
+        history
+            .cities_by_votes(&unique_election("history"), Window::default())
+            .unwrap()
+            .is_empty()
+    );
+
+    // One batch, one instant: ties by ballot box id. A correction does not
+    // move a box's first report.
+    let first = history.first_reports(&e, 10).unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .map(|f| (f.ballot_box.as_str(), f.city.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("BB-EDI-1", "edinburgh"),
+            ("BB-LON-1", "london"),
+            ("BB-MAN-1", "manchester")
+        ]
+    );
+    assert!(first.iter().all(|f| f.first_reported_at < between));
+    assert!(
+        first
+            .windows(2)
+            .all(|w| w[0].first_reported_at == w[1].first_reported_at)
+    );
+    assert_eq!(history.first_reports(&e, 2).unwrap(), first[..2]);
+}
+
+fn history_pages_through_the_audit_log((log, history): (Arc<dyn ReportLog>, Arc<dyn History>)) {
+    let e = unique_election("audit");
+    let r1 = report(&e, "B1", "york", 1, &[("a", 10), ("b", 5)]);
+    let r2 = report(&e, "B2", "leeds", 1, &[("a", 1)]);
+    let first = log.record(&[r1.clone(), r2.clone()]).unwrap();
+    let r3 = report(&e, "B1", "york", 2, &[("a", 12), ("c", 4)]);
+    let third = log.record(std::slice::from_ref(&r3)).unwrap();
+    let (id1, id2, id3) = (
+        fresh(&first[0]).report_id,
+        fresh(&first[1]).report_id,
+        fresh(&third[0]).report_id,
+    );
+    log.mark_counted(&[id1]).unwrap();
+
+    /// One audit row: report id, box, revision, party, votes, omitted,
+    /// difference, counted.
+    type Row = (i64, String, i32, String, i32, bool, i64, bool);
+    let rows = |page: &AuditPage| -> Vec<Row> {
+        page.rows
+            .iter()
+            .map(|r| {
+                (
+                    r.report_id,
+                    r.ballot_box.to_string(),
+                    r.revision,
+                    r.party.to_string(),
+                    r.votes,
+                    r.omitted,
+                    r.difference,
+                    r.counted,
+                )
+            })
+            .collect()
+    };
+    let page = history.audit_page(&e, None, 2).unwrap();
+    assert_eq!(
+        rows(&page),
+        [
+            (id1.0, "B1".into(), 1, "a".into(), 10, false, 10, true),
+            (id1.0, "B1".into(), 1, "b".into(), 5, false, 5, true),
+            (id2.0, "B2".into(), 1, "a".into(), 1, false, 1, false),
+        ]
+    );
+    assert_eq!(page.next, Some(AuditCursor { report_id: id2.0 }));
+    let row = &page.rows[0];
+    assert_eq!(row.city.as_str(), "york");
+    assert_eq!(row.reason, None);
+    assert_eq!(row.payload_hash, r1.payload_hash().0);
+    assert_eq!(row.payload_sha256, sha256(r1.payload()));
+    assert_eq!(page.rows[2].payload_sha256, sha256(r2.payload()));
+    assert_eq!(page.rows[0].received_at, page.rows[2].received_at);
+
+    // The last page is short: no cursor after it. A party the correction
+    // left out is a 0 it did not post.
+    let last = history.audit_page(&e, page.next, 2).unwrap();
+    assert_eq!(
+        rows(&last),
+        [
+            (id3.0, "B1".into(), 2, "a".into(), 12, false, 2, false),
+            (id3.0, "B1".into(), 2, "b".into(), 0, true, -5, false),
+            (id3.0, "B1".into(), 2, "c".into(), 4, false, 4, false),
+        ]
+    );
+    assert_eq!(last.rows[0].reason.as_deref(), Some("recount 2"));
+    assert_eq!(last.rows[0].payload_sha256, sha256(r3.payload()));
+    assert_eq!(last.next, None);
+    assert!(last.rows[0].received_at > page.rows[0].received_at);
+
+    // A page holds at least one revision; a cursor past the end is empty.
+    let single = history.audit_page(&e, None, 0).unwrap();
+    assert_eq!(single.rows.len(), 2);
+    assert_eq!(single.next, Some(AuditCursor { report_id: id1.0 }));
+    let beyond = history
+        .audit_page(&e, Some(AuditCursor { report_id: id3.0 }), 10)
+        .unwrap();
+    assert_eq!(
+        beyond,
+        AuditPage {
+            rows: Vec::new(),
+            next: None
+        }
+    );
+}
+
+fn sha256(text: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).to_vec()
+}
+
+fn history_sums_votes_per_bucket((log, history): (Arc<dyn ReportLog>, Arc<dyn History>)) {
+    let e = unique_election("buckets");
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    log.record(&seed_reports(&e)).unwrap();
+    let buckets = history.votes_per_bucket(&e, 60, None).unwrap();
+    let start = buckets.rows[0].start;
+    assert!(start > before - chrono::Duration::seconds(60) && start <= buckets.read_at);
+    assert_eq!(start.timestamp() % 60, 0, "aligned on whole minutes");
+    assert_eq!(
+        buckets
+            .rows
+            .iter()
+            .map(|r| (r.start, r.party.as_str(), r.votes))
+            .collect::<Vec<_>>(),
+        SEED_NATIONAL
+            .iter()
+            .map(|(p, n)| (start, *p, *n))
+            .collect::<Vec<_>>()
+    );
+    // From an instant after everything: nothing.
+    let later = history
+        .votes_per_bucket(&e, 60, Some(start + chrono::Duration::minutes(1)))
+        .unwrap();
+    assert!(later.rows.is_empty());
+    assert_eq!(
+        history.votes_per_bucket(&e, 60, Some(start)).unwrap().rows,
+        buckets.rows
+    );
+    assert!(history.votes_per_bucket(&e, 0, None).is_err());
+
+    // A correction counts as its difference; the timeline ends at the
+    // latest revisions.
+    log.record(&[report(
+        &e,
+        "BB-LON-1",
+        "london",
+        2,
+        &[("tories", 20), ("labour", 200), ("libdems", 45)],
+    )])
+    .unwrap();
+    let timeline = history.timeline(&e, 86_400).unwrap();
+    let last = timeline.last().expect("a point");
+    assert_eq!(last.at.timestamp() % 86_400, 0, "UTC days");
+    assert_eq!(
+        last.parties
+            .iter()
+            .map(|(p, n)| (p.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [
+            ("labour", 430),
+            ("libdems", 115),
+            ("reform", 15),
+            ("tories", 160)
+        ]
+    );
+    assert!(
+        history
+            .timeline(&unique_election("buckets"), 60)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn history_tells_what_stood_at_an_instant((log, history): (Arc<dyn ReportLog>, Arc<dyn History>)) {
+    let e = unique_election("asof");
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    log.record(&[report(&e, "B1", "york", 1, &[("a", 10), ("b", 5)])])
+        .unwrap();
+    std::thread::sleep(APART);
+    let between = chrono::Utc::now();
+    std::thread::sleep(APART);
+    log.record(&[
+        report(&e, "B1", "york", 2, &[("a", 8)]),
+        report(&e, "B2", "york", 1, &[("a", 1)]),
+        report(&e, "B3", "leeds", 1, &[("c", 3)]),
+    ])
+    .unwrap();
+    let votes = |stood: &StoodAt| -> Vec<(String, String, i64)> {
+        stood
+            .votes
+            .iter()
+            .map(|((c, p), n)| (c.to_string(), p.to_string(), *n))
+            .collect()
+    };
+    let then = history.stood_at(&e, between).unwrap();
+    assert_eq!(
+        votes(&then),
+        [
+            ("york".to_owned(), "a".to_owned(), 10),
+            ("york".to_owned(), "b".to_owned(), 5)
+        ]
+    );
+    assert_eq!(then.boxes, BTreeMap::from([(city("york"), 1)]));
+    let now = history
+        .stood_at(&e, chrono::Utc::now() + chrono::Duration::seconds(1))
+        .unwrap();
+    assert_eq!(
+        votes(&now),
+        [
+            ("leeds".to_owned(), "c".to_owned(), 3),
+            ("york".to_owned(), "a".to_owned(), 9),
+            ("york".to_owned(), "b".to_owned(), 0)
+        ]
+    );
+    assert_eq!(
+        now.boxes,
+        BTreeMap::from([(city("leeds"), 1), (city("york"), 2)])
+    );
+    assert_eq!(history.stood_at(&e, before).unwrap(), StoodAt::default());
+}
+
+fn history_flags_large_corrections((log, history): (Arc<dyn ReportLog>, Arc<dyn History>)) {
+    let e = unique_election("flags");
+    let mut ids = Vec::new();
+    for (ballot_box, revision, votes) in [
+        ("B1", 1, 100),
+        ("B1", 2, 110), // 10%: not flagged at 20%
+        ("B2", 1, 0),
+        ("B1", 3, 200), // 82%
+        ("B2", 2, 1),   // from 0: compared with 1
+    ] {
+        let answer = log
+            .record(&[report(&e, ballot_box, "york", revision, &[("a", votes)])])
+            .unwrap();
+        ids.push(fresh(&answer[0]).report_id.0);
+    }
+    let flags = history.flags(&e, 0.2).unwrap();
+    assert_eq!(
+        flags
+            .iter()
+            .map(|f| (
+                f.report_id,
+                f.ballot_box.as_str(),
+                f.revision,
+                f.reason,
+                f.total_votes,
+                f.previous_total,
+                f.electorate
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (
+                ids[3],
+                "B1",
+                3,
+                FlagReason::LargeCorrection,
+                200,
+                Some(110),
+                None
+            ),
+            (
+                ids[4],
+                "B2",
+                2,
+                FlagReason::LargeCorrection,
+                1,
+                Some(0),
+                None
+            ),
+        ]
+    );
+    assert!(flags.iter().all(|f| f.city.as_str() == "york"));
+    assert_eq!(history.flags(&e, 0.05).unwrap().len(), 3);
+}
+
+fn history_knows_its_elections((log, history): (Arc<dyn ReportLog>, Arc<dyn History>)) {
+    let (a, b, never) = (
+        unique_election("known"),
+        unique_election("known"),
+        unique_election("known"),
+    );
+    log.record(&seed_reports(&a)).unwrap();
+    log.record(&[report(&b, "B1", "york", 1, &[("x", 1)])])
+        .unwrap();
+    log.record(&[report(&b, "B1", "york", 2, &[("x", 2)])])
+        .unwrap();
+    let known = history.known_elections().unwrap();
+    // Other checks may share the store: only ours are asserted.
+    let mut expected = vec![&a, &b];
+    expected.sort();
+    assert_eq!(
+        known
+            .iter()
+            .filter(|e| **e == a || **e == b || **e == never)
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        known.windows(2).all(|w| w[0] < w[1]),
+        "in id order, once each"
+    );
+    assert!(history.election_exists(&a).unwrap());
+    assert!(!history.election_exists(&never).unwrap());
+
+    let summary = history.elections_summary().unwrap();
+    let ours: Vec<(&ElectionId, Option<&str>, u64)> = summary
+        .iter()
+        .filter(|s| s.election == a || s.election == b)
+        .map(|s| (&s.election, s.name.as_deref(), s.ballot_boxes_reported))
+        .collect();
+    let mut expected = vec![(&a, None, 3), (&b, None, 1)];
+    expected.sort();
+    assert_eq!(ours, expected);
+    let last_of = |e: &ElectionId| {
+        summary
+            .iter()
+            .find(|s| s.election == *e)
+            .unwrap()
+            .last_report_at
+    };
+    let b_rows = history.audit_page(&b, None, 10).unwrap().rows;
+    assert_eq!(last_of(&b), Some(b_rows[1].received_at), "the correction's");
+
+    // Nothing sealed: no heads.
+    assert_eq!(
+        history.seal_heads(&a, None, 10).unwrap(),
+        SealHeads::default()
+    );
 }

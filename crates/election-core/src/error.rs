@@ -125,19 +125,20 @@ pub enum StoreError {
         /// The election whose definition changed.
         election: crate::ElectionId,
     },
-    /// A fault injected by a test at the named step (in-memory stores only):
-    /// the process "crashed" there.
-    #[error("injected fault at {0:?}")]
-    Injected(crate::store::Step),
 }
 
 impl StoreError {
-    /// True when the remedy is to retry later (the store was unreachable or a
-    /// test injected a crash).
+    /// True when the remedy is to retry later (the store was unreachable).
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable { .. } | StoreError::Injected(_)
-        )
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    /// Which store failed (`postgresql`, `redis`, `memory`), when the error
+    /// names one.
+    pub fn store(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Unavailable { store, .. } | StoreError::Failed { store, .. } => Some(store),
+            StoreError::DefinitionChanged { .. } => None,
+        }
     }
 }

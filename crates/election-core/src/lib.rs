@@ -6,12 +6,14 @@ pub mod engine;
 pub mod error;
 pub mod grid;
 pub mod heal;
+pub mod history;
 pub mod ids;
 pub mod reconcile;
 pub mod report;
 pub mod rules;
 pub mod status;
 pub mod store;
+pub mod token;
 
 #[cfg(feature = "test-support")]
 pub mod contract;
@@ -25,6 +27,7 @@ pub use definition::{
 pub use engine::{CountResult, Drained, Engine, Outcome};
 pub use error::{BoxError, Problem, ReportError, StoreError};
 pub use grid::{Fingerprint, Grid};
+pub use history::History;
 pub use ids::{BallotBoxId, CityId, DefinitionVersion, ElectionId, PartyId};
 pub use report::{Difference, PayloadHash, Report, Revision, Votes};
 pub use rules::Conflict;

@@ -4,7 +4,13 @@
 //! shared contract suite in [`crate::contract`] checks all of them), and add
 //! two things real servers cannot offer a test: a [`ManualClock`] so leases
 //! expire on command, and [`Faults`] that make any step fail before or after
-//! it takes effect, as a crash at that point would.
+//! it takes effect, as a crash at that point would. A fault fails with the
+//! ordinary [`StoreError::Unavailable`] (its source an [`InjectedFault`]),
+//! so the production error enum carries nothing for tests.
+//!
+//! [`MemoryLog`] also answers the [`crate::History`] port from what it
+//! recorded (`memory/history.rs`), so the read API can be tested without
+//! PostgreSQL.
 //!
 //! [`MemoryTally`] can also mimic a Redis Cluster: with `slots > 1` a
 //! revision's counters are split into groups by a hash of the counter, each
@@ -18,14 +24,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
+use self::history::wall_clock;
 use crate::error::StoreError;
 use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision, Votes};
 use crate::rules::{self, BoxState, Decision, SameRevision};
 use crate::store::{
     Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportId, ReportLog,
-    Snapshot, Step, StuckReport, Tally, Totals,
+    Snapshot, StuckReport, Tally, Totals,
 };
+
+/// Steps at which the in-memory stores can inject a fault, for crash tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// [`ReportLog::record`].
+    Record,
+    /// [`ReportLog::claim_pending`].
+    Claim,
+    /// [`ReportLog::mark_counted`].
+    MarkCounted,
+    /// [`ReportLog::release`].
+    Release,
+    /// [`Tally::apply`].
+    Apply,
+}
+
+/// The source of the error an injected fault fails with: the step's answer
+/// is [`StoreError::Unavailable`] (store `memory`), as a crash or a lost
+/// connection at that step would be to a real store, and a test that wants
+/// to know it was its own fault finds this by downcasting the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("injected fault at {0:?}")]
+pub struct InjectedFault(pub Step);
+
+mod history;
 
 /// When an armed fault strikes, relative to the step's effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -116,7 +150,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn injected<T>(step: Step) -> Result<T, StoreError> {
-    Err(StoreError::Injected(step))
+    Err(StoreError::Unavailable {
+        store: "memory",
+        doing: format!("running step {step:?}"),
+        source: Box::new(InjectedFault(step)),
+    })
 }
 
 #[derive(Debug)]
@@ -124,6 +162,9 @@ struct Row {
     report: Report,
     difference: Difference,
     recorded_at: u64,
+    /// The wall-clock time it was recorded, shared by its batch (the
+    /// history port's `received_at`).
+    received_at: DateTime<Utc>,
     counted: bool,
     attempts: u32,
     leased_until: Option<u64>,
@@ -244,6 +285,7 @@ impl ReportLog for MemoryLog {
         }
         let mut state = lock(&self.state);
         let now = self.clock.now();
+        let received_at = wall_clock();
         let mut answers = Vec::with_capacity(reports.len());
         for report in reports {
             let box_key = (report.election().clone(), report.ballot_box().clone());
@@ -270,6 +312,7 @@ impl ReportLog for MemoryLog {
                         report: report.clone(),
                         difference,
                         recorded_at: now,
+                        received_at,
                         counted: false,
                         attempts: 0,
                         leased_until: None,

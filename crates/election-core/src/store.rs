@@ -88,6 +88,21 @@ pub struct Claim {
 /// The durable report log. Implementations: `store_pg::PgLog`,
 /// [`crate::memory::MemoryLog`].
 ///
+/// # What an implementation must write
+/// Eight methods are required, because each is a question only the store
+/// can answer atomically: the counting cycle the [`crate::Engine`] runs
+/// ([`record`](ReportLog::record), [`claim_pending`](ReportLog::claim_pending),
+/// [`mark_counted`](ReportLog::mark_counted), [`release`](ReportLog::release)),
+/// what `reconcile` and healing read ([`audit`](ReportLog::audit), one
+/// snapshot; [`counted_revisions`](ReportLog::counted_revisions), paged;
+/// [`elections`](ReportLog::elections)), and the reprocessor's metrics
+/// ([`pending_stats`](ReportLog::pending_stats), across elections).
+/// [`counted_totals`](ReportLog::counted_totals) and
+/// [`pending_count`](ReportLog::pending_count) have defaults built on
+/// `audit`, so an embedder's log is correct with the eight; a store that
+/// can answer them more cheaply than a whole audit (both of ours) overrides
+/// them.
+///
 /// # Contract
 /// - [`record`](ReportLog::record) decides each report with
 ///   [`crate::rules::decide`] against what is recorded for its ballot box,
@@ -137,10 +152,18 @@ pub trait ReportLog: Send + Sync {
     fn release(&self, ids: &[ReportId], error: &str) -> Result<(), StoreError>;
 
     /// The counters the counted revisions of `election` add up to.
-    fn counted_totals(&self, election: &ElectionId) -> Result<Totals, StoreError>;
+    ///
+    /// The default is [`ReportLog::audit`]'s `counted`.
+    fn counted_totals(&self, election: &ElectionId) -> Result<Totals, StoreError> {
+        self.audit(election).map(|audit| audit.counted)
+    }
 
     /// How many revisions of `election` are recorded but not yet counted.
-    fn pending_count(&self, election: &ElectionId) -> Result<u64, StoreError>;
+    ///
+    /// The default is [`ReportLog::audit`]'s `pending`.
+    fn pending_count(&self, election: &ElectionId) -> Result<u64, StoreError> {
+        self.audit(election).map(|audit| audit.pending)
+    }
 
     /// Up to `limit` counted revisions of `election` whose id is greater than
     /// `after` (all when `None`), in id order. Pass the last id of one page as
@@ -443,19 +466,4 @@ pub struct Snapshot {
     /// be read; the tally refuses to move them. Always empty for a tally that
     /// cannot hold such values.
     pub unreadable: Vec<String>,
-}
-
-/// Steps at which the in-memory stores can inject a fault, for crash tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Step {
-    /// [`ReportLog::record`].
-    Record,
-    /// [`ReportLog::claim_pending`].
-    Claim,
-    /// [`ReportLog::mark_counted`].
-    MarkCounted,
-    /// [`ReportLog::release`].
-    Release,
-    /// [`Tally::apply`].
-    Apply,
 }

@@ -34,8 +34,6 @@ pub mod load;
 pub mod process;
 pub mod world;
 
-use std::time::Duration;
-
 pub use election_loadgen::Plan;
 
 /// Whether `ELECTION_CHAOS=full` asks for the full size.
@@ -61,18 +59,4 @@ pub fn plan(boxes: usize, seed: u64) -> Plan {
     }
 }
 
-/// Waits until `condition` holds, polling every 20 ms.
-///
-/// # Panics
-/// After `timeout`, naming `what` (a guard against hanging).
-#[track_caller]
-pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use test_support::process::wait_until;

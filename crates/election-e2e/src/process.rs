@@ -31,24 +31,7 @@ fn log_dir() -> PathBuf {
     dir
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("binding 127.0.0.1:0")
-}
-
-/// Sends `signal` (`KILL`, `TERM`, `STOP`...) to `pid` with kill(1) (the
-/// workspace forbids unsafe code, so no libc call).
-pub fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid} failed");
-}
+pub use test_support::process::{free_port, send_signal};
 
 /// Whether `pid` still runs (not gone, not a zombie awaiting its watchdog).
 pub fn is_running(pid: u32) -> bool {

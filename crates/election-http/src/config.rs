@@ -73,6 +73,22 @@ pub struct Renamed {
     pub unit: Unit,
 }
 
+impl Renamed {
+    /// A setting of the `serve` subcommand (ingest's and query's) whose old
+    /// environment variable (and old flag, if any) is still accepted.
+    #[rustfmt::skip]
+    pub const fn serve(
+        arg: &'static str,
+        old_env: &'static str,
+        old_flag: Option<&'static str>,
+        new_env: &'static str,
+        new_flag: &'static str,
+        unit: Unit,
+    ) -> Renamed {
+        Renamed { subcommands: &["serve"], arg, old_env: Some(old_env), old_flag, new_env, new_flag, unit }
+    }
+}
+
 /// Parses the process's command line and environment into `C`, accepting
 /// the old names in `renamed`; exits with clap's message on a bad command
 /// line (as `C::parse()` does). Returns the warnings to log.
@@ -89,6 +105,19 @@ pub fn parse_from<C: CommandFactory + FromArgMatches>(
     args: impl IntoIterator<Item = impl Into<OsString>>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(C, Vec<String>), clap::Error> {
+    let (matches, warnings) = parse_matches_from(C::command(), renamed, args, env)?;
+    Ok((C::from_arg_matches(&matches)?, warnings))
+}
+
+/// [`parse_from`] with the command built by the caller, for a command line
+/// whose name and description are only known at run time (the services'
+/// shared `Cli`, named by each binary).
+pub fn parse_matches_from(
+    mut command: clap::Command,
+    renamed: &[Renamed],
+    args: impl IntoIterator<Item = impl Into<OsString>>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(clap::ArgMatches, Vec<String>), clap::Error> {
     let mut warnings = Vec::new();
     let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     for rename in renamed {
@@ -96,7 +125,6 @@ pub fn parse_from<C: CommandFactory + FromArgMatches>(
             rewrite_flag(&mut args, old_flag, rename, &mut warnings);
         }
     }
-    let mut command = C::command();
     for rename in renamed {
         let Some(old_env) = rename.old_env else {
             continue;
@@ -116,7 +144,7 @@ pub fn parse_from<C: CommandFactory + FromArgMatches>(
         }
     }
     let matches = command.try_get_matches_from(args)?;
-    Ok((C::from_arg_matches(&matches)?, warnings))
+    Ok((matches, warnings))
 }
 
 /// Replaces `--old value` and `--old=value` with the new flag and the value

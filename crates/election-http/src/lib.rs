@@ -1,5 +1,8 @@
 //! Plumbing shared by `election-ingest`, `election-reprocessor` and
-//! `election-query`, so each binary is only its own routes and wiring.
+//! `election-query`, so each binary is only its own routes and wiring. This
+//! is the HTTP side and depends on no store: what the services share around
+//! the stores (their settings, connecting, readiness, start-up) is
+//! `election-wiring`'s, built on this crate.
 //!
 //! - [`error::ApiError`]: the single error type handlers return; renders
 //!   `{"error": code, "message": text}` and logs 5xx once, at the boundary.

@@ -9,8 +9,14 @@
 //! reports may already be counted under them. Names, colours and expected
 //! counts may change. The report log is never touched.
 //!
-//! Each statement binds arrays (`unnest`), so its bind count does not grow
-//! with the number of cities or boxes.
+//! Reads, certification and the small writes go through diesel's DSL
+//! against `crate::schema`. Three statements stay raw SQL, each with typed
+//! binds: the advisory lock (`pg_advisory_xact_lock` returns `void`, which
+//! diesel's DSL has no type for), and the inserts of cities, box electorates
+//! and registered boxes, which bind whole columns as arrays (`unnest`) so
+//! their bind count does not grow with the file: a registry of a million
+//! boxes would need three million binds as a DSL multi-row insert, far over
+//! PostgreSQL's 65,535.
 //!
 //! Services keep definitions cached and look again every few seconds. A
 //! registry of a million ballot boxes is a large read, so they ask with
@@ -21,18 +27,23 @@
 //! stored version (the `definitions` step of `crate::record`), and [`load`]
 //! holds the lock that step waits for until it commits.
 
+use chrono::{DateTime, SecondsFormat, Utc};
+use diesel::dsl::IntervalDsl;
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Int4, Text};
+use diesel::sql_types::{Array, Int4, Text, Timestamptz};
+use diesel::upsert::excluded;
 use election_core::{
     Additions, BallotBoxId, Certification, CityDefinition, CityId, Colour, Definition,
-    DefinitionVersion, ElectionId, PartyDefinition, PartyId, UpdateError,
+    DefinitionVersion, ElectionId, Lookup, PartyDefinition, PartyId, UpdateError,
 };
 
-use crate::error::PgError;
+use crate::error::{PgError, connection, query_error};
 use crate::pool::PgPool;
-
-/// The core's names under the ones callers of [`find_if_changed`] used.
-pub use election_core::{DefinitionVersion as Version, Lookup};
+use crate::schema::{
+    certified_cities, election_ballot_boxes, election_box_electorates, election_cities,
+    election_definitions, election_parties,
+};
 
 /// Why a definition was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -56,99 +67,76 @@ pub enum Loaded {
     Updated(Additions),
 }
 
-#[derive(QueryableByName)]
-struct HeaderRow {
-    #[diesel(sql_type = Text)]
-    name: String,
-}
-
 /// The key of an election's definition lock is `hashtext(LOCK_PREFIX ||
-/// election)`: [`load`] takes it exclusively, every recording transaction
-/// shared (`crate::record`).
+/// election)`: [`load`] and [`certify`] take it exclusively, every recording
+/// transaction shared (`crate::record`).
 pub(crate) const LOCK_PREFIX: &str = "election-definition:";
 
-#[derive(QueryableByName)]
-struct VersionRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    version: i64,
-}
-
-#[derive(QueryableByName)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = election_parties, check_for_backend(Pg))]
 struct PartyRow {
-    #[diesel(sql_type = Text)]
     party: String,
-    #[diesel(sql_type = Text)]
     name: String,
-    #[diesel(sql_type = Text)]
     colour: String,
 }
 
-#[derive(QueryableByName)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = election_cities, check_for_backend(Pg))]
 struct CityRow {
-    #[diesel(sql_type = Text)]
     city: String,
-    #[diesel(sql_type = Text)]
     name: String,
-    #[diesel(sql_type = Int4)]
     expected_ballot_boxes: i32,
-    #[diesel(sql_type = diesel::sql_types::Nullable<Int4>)]
     electorate: Option<i32>,
 }
 
-#[derive(QueryableByName)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = election_box_electorates, check_for_backend(Pg))]
 struct ElectorateRow {
-    #[diesel(sql_type = Text)]
     ballot_box_id: String,
-    #[diesel(sql_type = Int4)]
     electorate: i32,
 }
 
-#[derive(QueryableByName)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = election_ballot_boxes, check_for_backend(Pg))]
 struct BoxRow {
-    #[diesel(sql_type = Text)]
     ballot_box_id: String,
-    #[diesel(sql_type = Text)]
     city: String,
 }
 
-#[derive(QueryableByName)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = certified_cities, check_for_backend(Pg))]
 struct CertifiedRow {
-    #[diesel(sql_type = Text)]
     city: String,
-    #[diesel(sql_type = Text)]
     certified_by: String,
-    #[diesel(sql_type = Text)]
-    certified_at: String,
+    certified_at: DateTime<Utc>,
 }
 
-/// The certifications of an election, with their time as RFC 3339 text in
-/// UTC (milliseconds).
-const READ_CERTIFIED: &str = "\
-SELECT city, certified_by,
-       to_char(certified_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS certified_at
-FROM certified_cities WHERE election_id = $1 ORDER BY city";
-
-#[derive(QueryableByName)]
-struct ElectionRow {
-    #[diesel(sql_type = Text)]
-    election_id: String,
+diesel::define_sql_function! {
+    /// PostgreSQL's `clock_timestamp()`: the time now, not the transaction's
+    /// start.
+    fn clock_timestamp() -> Timestamptz;
 }
 
-fn query(doing: &str) -> impl Fn(diesel::result::Error) -> PgError + '_ {
-    move |source| PgError::Query {
-        doing: doing.to_owned(),
-        source,
-    }
+diesel::define_sql_function! {
+    /// PostgreSQL's `greatest(a, b)` of two times.
+    fn greatest(a: Timestamptz, b: Timestamptz) -> Timestamptz;
 }
 
-fn connection(
-    pool: &PgPool,
-    doing: &str,
-) -> Result<r2d2::PooledConnection<diesel::r2d2::ConnectionManager<PgConnection>>, PgError> {
-    pool.get().map_err(|source| PgError::Pool {
-        doing: doing.to_owned(),
-        source,
-    })
+/// The version of a definition stored at `loaded_at`: its microseconds
+/// since the epoch, as `crate::record` computes it in SQL.
+fn version_of(loaded_at: DateTime<Utc>) -> DefinitionVersion {
+    DefinitionVersion(loaded_at.timestamp_micros())
+}
+
+/// Takes `election`'s definition lock exclusively until the transaction
+/// ends (raw SQL: the function returns `void`).
+fn lock_definition(conn: &mut PgConnection, election: &str, doing: &str) -> Result<(), PgError> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1 || $2))")
+        .bind::<Text, _>(LOCK_PREFIX)
+        .bind::<Text, _>(election)
+        .execute(conn)
+        .map_err(query_error(doing))?;
+    Ok(())
 }
 
 fn corrupt(doing: &str, detail: impl std::fmt::Display) -> PgError {
@@ -163,33 +151,32 @@ fn read(
     election: &ElectionId,
     doing: &str,
 ) -> Result<Option<Definition>, PgError> {
-    let header: Option<HeaderRow> =
-        diesel::sql_query("SELECT name FROM election_definitions WHERE election_id = $1")
-            .bind::<Text, _>(election.as_str())
-            .get_result(conn)
-            .optional()
-            .map_err(query(doing))?;
-    let Some(header) = header else {
+    let name: Option<String> = election_definitions::table
+        .find(election.as_str())
+        .select(election_definitions::name)
+        .get_result(conn)
+        .optional()
+        .map_err(query_error(doing))?;
+    let Some(name) = name else {
         return Ok(None);
     };
-    let parties: Vec<PartyRow> = diesel::sql_query(
-        "SELECT party, name, colour FROM election_parties WHERE election_id = $1 ORDER BY position, party",
-    )
-    .bind::<Text, _>(election.as_str())
-    .load(conn)
-    .map_err(query(doing))?;
-    let cities: Vec<CityRow> = diesel::sql_query(
-        "SELECT city, name, expected_ballot_boxes, electorate FROM election_cities WHERE election_id = $1 ORDER BY position, city",
-    )
-    .bind::<Text, _>(election.as_str())
-    .load(conn)
-    .map_err(query(doing))?;
-    let boxes: Vec<BoxRow> = diesel::sql_query(
-        "SELECT ballot_box_id, city FROM election_ballot_boxes WHERE election_id = $1",
-    )
-    .bind::<Text, _>(election.as_str())
-    .load(conn)
-    .map_err(query(doing))?;
+    let parties: Vec<PartyRow> = election_parties::table
+        .filter(election_parties::election_id.eq(election.as_str()))
+        .order((election_parties::position, election_parties::party))
+        .select(PartyRow::as_select())
+        .load(conn)
+        .map_err(query_error(doing))?;
+    let cities: Vec<CityRow> = election_cities::table
+        .filter(election_cities::election_id.eq(election.as_str()))
+        .order((election_cities::position, election_cities::city))
+        .select(CityRow::as_select())
+        .load(conn)
+        .map_err(query_error(doing))?;
+    let boxes: Vec<BoxRow> = election_ballot_boxes::table
+        .filter(election_ballot_boxes::election_id.eq(election.as_str()))
+        .select(BoxRow::as_select())
+        .load(conn)
+        .map_err(query_error(doing))?;
     let parties = parties
         .into_iter()
         .map(|row| {
@@ -226,12 +213,11 @@ fn read(
         })
         .collect::<Result<Vec<_>, PgError>>()?;
     let certified = read_certified(conn, election, doing)?;
-    let electorates: Vec<ElectorateRow> = diesel::sql_query(
-        "SELECT ballot_box_id, electorate FROM election_box_electorates WHERE election_id = $1",
-    )
-    .bind::<Text, _>(election.as_str())
-    .load(conn)
-    .map_err(query(doing))?;
+    let electorates: Vec<ElectorateRow> = election_box_electorates::table
+        .filter(election_box_electorates::election_id.eq(election.as_str()))
+        .select(ElectorateRow::as_select())
+        .load(conn)
+        .map_err(query_error(doing))?;
     let electorates = electorates
         .into_iter()
         .map(|row| {
@@ -241,7 +227,7 @@ fn read(
             ))
         })
         .collect::<Result<Vec<_>, PgError>>()?;
-    Definition::from_parts(election.clone(), header.name, parties, cities, boxes)
+    Definition::from_parts(election.clone(), name, parties, cities, boxes)
         .map(|definition| {
             Some(
                 definition
@@ -257,17 +243,22 @@ fn read_certified(
     election: &ElectionId,
     doing: &str,
 ) -> Result<Vec<(CityId, Certification)>, PgError> {
-    let rows: Vec<CertifiedRow> = diesel::sql_query(READ_CERTIFIED)
-        .bind::<Text, _>(election.as_str())
+    let rows: Vec<CertifiedRow> = certified_cities::table
+        .filter(certified_cities::election_id.eq(election.as_str()))
+        .order(certified_cities::city)
+        .select(CertifiedRow::as_select())
         .load(conn)
-        .map_err(query(doing))?;
+        .map_err(query_error(doing))?;
     rows.into_iter()
         .map(|row| {
             Ok((
                 CityId::parse(&row.city).map_err(|p| corrupt(doing, p))?,
                 Certification {
                     by: row.certified_by,
-                    at: row.certified_at,
+                    // RFC 3339 in UTC, to the millisecond.
+                    at: row
+                        .certified_at
+                        .to_rfc3339_opts(SecondsFormat::Millis, true),
                 },
             ))
         })
@@ -317,11 +308,7 @@ pub fn certify(
     let doing = "certifying cities";
     let mut conn = connection(pool, doing)?;
     conn.transaction(|conn| {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1 || $2))")
-            .bind::<Text, _>(LOCK_PREFIX)
-            .bind::<Text, _>(election.as_str())
-            .execute(conn)
-            .map_err(query(doing))?;
+        lock_definition(conn, election.as_str(), doing)?;
         let Some(definition) = read(conn, election, doing)? else {
             return Err(CertifyError::NotDefined(election.clone()));
         };
@@ -342,24 +329,30 @@ pub fn certify(
             .filter(|c| definition.certification(c).is_none())
             .collect();
         if !fresh.is_empty() {
-            diesel::sql_query(
-                "INSERT INTO certified_cities (election_id, city, certified_by) \
-                 SELECT $1, c, $3 FROM unnest($2::text[]) AS c ON CONFLICT DO NOTHING",
-            )
-            .bind::<Text, _>(election.as_str())
-            .bind::<Array<Text>, _>(fresh.iter().map(|c| c.as_str()).collect::<Vec<_>>())
-            .bind::<Text, _>(by)
-            .execute(conn)
-            .map_err(query(doing))?;
+            diesel::insert_into(certified_cities::table)
+                .values(
+                    fresh
+                        .iter()
+                        .map(|city| {
+                            (
+                                certified_cities::election_id.eq(election.as_str()),
+                                certified_cities::city.eq(city.as_str()),
+                                certified_cities::certified_by.eq(by),
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .map_err(query_error(doing))?;
             // A new version, strictly later than the stored one.
-            diesel::sql_query(
-                "UPDATE election_definitions \
-                 SET loaded_at = greatest(clock_timestamp(), loaded_at + interval '1 microsecond') \
-                 WHERE election_id = $1",
-            )
-            .bind::<Text, _>(election.as_str())
-            .execute(conn)
-            .map_err(query(doing))?;
+            diesel::update(election_definitions::table.find(election.as_str()))
+                .set(election_definitions::loaded_at.eq(greatest(
+                    clock_timestamp(),
+                    election_definitions::loaded_at + 1.microseconds(),
+                )))
+                .execute(conn)
+                .map_err(query_error(doing))?;
         }
         let now: std::collections::BTreeMap<CityId, Certification> =
             read_certified(conn, election, doing)?.into_iter().collect();
@@ -419,15 +412,13 @@ pub fn find_if_changed(
             .read_only()
             .repeatable_read()
             .run(|conn| {
-                let version: Option<VersionRow> = diesel::sql_query(
-                    "SELECT (extract(epoch FROM loaded_at) * 1000000)::bigint AS version \
-                 FROM election_definitions WHERE election_id = $1",
-                )
-                .bind::<Text, _>(election.as_str())
-                .get_result(conn)
-                .optional()
-                .map_err(query(doing))?;
-                let version = version.map(|row| DefinitionVersion(row.version));
+                let version = election_definitions::table
+                    .find(election.as_str())
+                    .select(election_definitions::loaded_at)
+                    .get_result(conn)
+                    .optional()
+                    .map_err(query_error(doing))?
+                    .map(version_of);
                 if version.is_some() && version == known {
                     return Ok(Lookup::Unchanged);
                 }
@@ -448,12 +439,13 @@ pub fn find_if_changed(
 pub fn defined_elections(pool: &PgPool) -> Result<Vec<ElectionId>, PgError> {
     let doing = "listing election definitions";
     let mut conn = connection(pool, doing)?;
-    let rows: Vec<ElectionRow> =
-        diesel::sql_query("SELECT election_id FROM election_definitions ORDER BY election_id")
-            .load(&mut conn)
-            .map_err(query(doing))?;
+    let rows: Vec<String> = election_definitions::table
+        .select(election_definitions::election_id)
+        .order(election_definitions::election_id)
+        .load(&mut conn)
+        .map_err(query_error(doing))?;
     rows.into_iter()
-        .map(|row| ElectionId::parse(&row.election_id).map_err(|p| corrupt(doing, p)))
+        .map(|election| ElectionId::parse(&election).map_err(|p| corrupt(doing, p)))
         .collect()
 }
 
@@ -464,38 +456,51 @@ pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError>
     let mut conn = connection(pool, doing)?;
     let election = definition.election().as_str();
     conn.transaction(|conn| {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1 || $2))")
-            .bind::<Text, _>(LOCK_PREFIX)
-            .bind::<Text, _>(election)
-            .execute(conn)
-            .map_err(query(doing))?;
+        lock_definition(conn, election, doing)?;
         let loaded = match read(conn, definition.election(), doing)? {
             None => Loaded::Created,
             Some(stored) => Loaded::Updated(definition.additions_to(&stored)?),
         };
-        diesel::sql_query(
-            "INSERT INTO election_definitions (election_id, name) VALUES ($1, $2) \
-             ON CONFLICT (election_id) DO UPDATE SET name = EXCLUDED.name, loaded_at = now()",
-        )
-        .bind::<Text, _>(election)
-        .bind::<Text, _>(definition.name())
-        .execute(conn)
-        .map_err(query(doing))?;
+        diesel::insert_into(election_definitions::table)
+            .values((
+                election_definitions::election_id.eq(election),
+                election_definitions::name.eq(definition.name()),
+            ))
+            .on_conflict(election_definitions::election_id)
+            .do_update()
+            .set((
+                election_definitions::name.eq(excluded(election_definitions::name)),
+                election_definitions::loaded_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .map_err(query_error(doing))?;
+        // A few parties per election: one row each.
         let parties = definition.parties();
-        diesel::sql_query(
-            "INSERT INTO election_parties (election_id, party, name, colour, position) \
-             SELECT $1, p.party, p.name, p.colour, p.position \
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::int4[]) AS p(party, name, colour, position) \
-             ON CONFLICT (election_id, party) DO UPDATE \
-             SET name = EXCLUDED.name, colour = EXCLUDED.colour, position = EXCLUDED.position",
-        )
-        .bind::<Text, _>(election)
-        .bind::<Array<Text>, _>(parties.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(parties.iter().map(|p| p.name.as_str()).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(parties.iter().map(|p| p.colour.as_str()).collect::<Vec<_>>())
-        .bind::<Array<Int4>, _>((0..parties.len() as i32).collect::<Vec<_>>())
-        .execute(conn)
-        .map_err(query(doing))?;
+        diesel::insert_into(election_parties::table)
+            .values(
+                parties
+                    .iter()
+                    .zip(0..)
+                    .map(|(party, position): (_, i32)| {
+                        (
+                            election_parties::election_id.eq(election),
+                            election_parties::party.eq(party.id.as_str()),
+                            election_parties::name.eq(party.name.as_str()),
+                            election_parties::colour.eq(party.colour.as_str()),
+                            election_parties::position.eq(position),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .on_conflict((election_parties::election_id, election_parties::party))
+            .do_update()
+            .set((
+                election_parties::name.eq(excluded(election_parties::name)),
+                election_parties::colour.eq(excluded(election_parties::colour)),
+                election_parties::position.eq(excluded(election_parties::position)),
+            ))
+            .execute(conn)
+            .map_err(query_error(doing))?;
         let cities = definition.cities();
         diesel::sql_query(
             "INSERT INTO election_cities (election_id, city, name, expected_ballot_boxes, position, electorate) \
@@ -523,12 +528,14 @@ pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError>
                 .collect::<Vec<_>>(),
         )
         .execute(conn)
-        .map_err(query(doing))?;
+        .map_err(query_error(doing))?;
         // Box electorates are the file's: replaced whole.
-        diesel::sql_query("DELETE FROM election_box_electorates WHERE election_id = $1")
-            .bind::<Text, _>(election)
-            .execute(conn)
-            .map_err(query(doing))?;
+        diesel::delete(
+            election_box_electorates::table
+                .filter(election_box_electorates::election_id.eq(election)),
+        )
+        .execute(conn)
+        .map_err(query_error(doing))?;
         let electorates = definition.box_electorates();
         diesel::sql_query(
             "INSERT INTO election_box_electorates (election_id, ballot_box_id, electorate) \
@@ -543,7 +550,7 @@ pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError>
                 .collect::<Vec<_>>(),
         )
         .execute(conn)
-        .map_err(query(doing))?;
+        .map_err(query_error(doing))?;
         // Boxes never move (checked above), so existing rows stay as they are.
         let boxes = definition.ballot_boxes();
         diesel::sql_query(
@@ -555,7 +562,7 @@ pub fn load(pool: &PgPool, definition: &Definition) -> Result<Loaded, LoadError>
         .bind::<Array<Text>, _>(boxes.keys().map(BallotBoxId::as_str).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(boxes.values().map(CityId::as_str).collect::<Vec<_>>())
         .execute(conn)
-        .map_err(query(doing))?;
+        .map_err(query_error(doing))?;
         Ok(loaded)
     })
 }

@@ -1,11 +1,14 @@
-//! History and audit reads for `election-query`: which cities reported most
-//! in a time window, ballot boxes in the order they first reported, the
-//! cumulative totals over time, and the full log of every revision.
+//! History and audit reads for `election-query`: election-core's
+//! [`History`] port over PostgreSQL ([`PgHistory`]): which cities reported
+//! most in a time window, ballot boxes in the order they first reported,
+//! votes per time bucket, the full log of every revision, the totals as they
+//! stood at an instant, flags, the known elections and the seals' heads.
 //!
-//! Plain functions on a [`PgPool`]: they read only, each is one statement on
-//! one pooled connection (the audit export is paged, one statement per page),
-//! and they never hold a connection while the caller waits on something else,
-//! so a slow HTTP client cannot pin a database connection.
+//! Each method is a plain function on a [`PgPool`]: they read only, each is
+//! one statement on one pooled connection (the audit export is paged, one
+//! statement per page), and they never hold a connection while the caller
+//! waits on something else, so a slow HTTP client cannot pin a database
+//! connection. The values they return are the core's (`election_core::history`).
 //!
 //! Every sum here is a sum of `vote_log.difference`: the change a revision
 //! brought to the counters (new minus the previous latest revision of its
@@ -17,106 +20,119 @@
 //! The indexes these statements rely on, and why each is fast on millions of
 //! rows, are noted on each statement.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Int4, Nullable, Text, Timestamptz};
-use election_core::{BallotBoxId, CityId, ElectionId, PartyId, Problem};
+use election_core::history::{
+    AuditCursor, AuditPage, AuditRow, BucketVotes, Buckets, CityActivity, ElectionSummary,
+    FirstReport, Flag, FlagReason, History, SealCheckpoint, SealHeads, StoodAt, Window,
+};
+use election_core::{BallotBoxId, CityId, ElectionId, PartyId, Problem, StoreError};
 
 use crate::error::{PgError, connection, query_error};
 use crate::pool::PgPool;
+use crate::seal;
 
-/// A time window: `from` inclusive, `to` exclusive; an absent bound is open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Window {
-    /// First instant in the window.
-    pub from: Option<DateTime<Utc>>,
-    /// First instant after the window.
-    pub to: Option<DateTime<Utc>>,
+/// The [`History`] port over a PostgreSQL pool: the primary, or a streaming
+/// replica that takes these scans off it (every call only reads).
+#[derive(Clone)]
+pub struct PgHistory {
+    pool: PgPool,
 }
 
-/// One city's activity in a window.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CityActivity {
-    /// The city.
-    pub city: CityId,
-    /// Net votes the city's revisions recorded in the window brought to its
-    /// totals (sum of their differences).
-    pub votes: i64,
-    /// Revisions recorded in the window.
-    pub reports: i64,
+impl PgHistory {
+    /// History read through `pool`.
+    pub fn new(pool: PgPool) -> PgHistory {
+        PgHistory { pool }
+    }
 }
 
-/// A ballot box and when it first reported.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FirstReport {
-    /// The ballot box.
-    pub ballot_box: BallotBoxId,
-    /// Its city.
-    pub city: CityId,
-    /// When its first revision was recorded.
-    pub first_reported_at: DateTime<Utc>,
+impl std::fmt::Debug for PgHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgHistory").finish_non_exhaustive()
+    }
 }
 
-/// The cumulative totals at the end of one time bucket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimelinePoint {
-    /// The end of the bucket (exclusive): totals include everything recorded
-    /// before this instant.
-    pub at: DateTime<Utc>,
-    /// Cumulative votes per party, every party seen so far in the election
-    /// (0 before its first report), in party order.
-    pub parties: Vec<(PartyId, i64)>,
-}
+impl History for PgHistory {
+    fn cities_by_votes(
+        &self,
+        election: &ElectionId,
+        window: Window,
+    ) -> Result<Vec<CityActivity>, StoreError> {
+        Ok(cities_by_votes(&self.pool, election, window)?)
+    }
 
-/// One row of the audit log: one party of one recorded revision.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditRow {
-    /// The revision's id (`reports.id`).
-    pub report_id: i64,
-    /// Its ballot box.
-    pub ballot_box: BallotBoxId,
-    /// Its city.
-    pub city: CityId,
-    /// Its revision number.
-    pub revision: i32,
-    /// Why it replaced an earlier revision (absent for revision 1).
-    pub reason: Option<String>,
-    /// The party.
-    pub party: PartyId,
-    /// The revision's count for the party (0 for a party it omitted).
-    pub votes: i32,
-    /// Whether the revision omitted the party (stored as a NULL vote; the
-    /// sealed log tells it apart from a posted 0).
-    pub omitted: bool,
-    /// The change it brought to the party's counters.
-    pub difference: i64,
-    /// When the revision was recorded.
-    pub received_at: DateTime<Utc>,
-    /// Whether it has reached the live counters (false while pending).
-    pub counted: bool,
-    /// SHA-256 of the revision's body as stored (`reports.payload`), for
-    /// the sealed log (docs/audit.md).
-    pub payload_sha256: Vec<u8>,
-    /// `reports.payload_hash` as stored, for the sealed log.
-    pub payload_hash: Vec<u8>,
-}
+    fn first_reports(
+        &self,
+        election: &ElectionId,
+        limit: u32,
+    ) -> Result<Vec<FirstReport>, StoreError> {
+        Ok(first_reports(&self.pool, election, limit)?)
+    }
 
-/// Where the next audit page starts: after this revision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AuditCursor {
-    /// The last revision's id.
-    pub report_id: i64,
-}
+    fn votes_per_bucket(
+        &self,
+        election: &ElectionId,
+        bucket_seconds: u32,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Buckets, StoreError> {
+        Ok(votes_per_bucket(
+            &self.pool,
+            election,
+            bucket_seconds,
+            since,
+        )?)
+    }
 
-/// One page of the audit log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditPage {
-    /// Rows in order: by report id (the order recorded), then party.
-    pub rows: Vec<AuditRow>,
-    /// Where the next page starts; `None` when this page was the last.
-    pub next: Option<AuditCursor>,
+    fn audit_page(
+        &self,
+        election: &ElectionId,
+        after: Option<AuditCursor>,
+        reports_per_page: u32,
+    ) -> Result<AuditPage, StoreError> {
+        Ok(audit_page(&self.pool, election, after, reports_per_page)?)
+    }
+
+    fn known_elections(&self) -> Result<Vec<ElectionId>, StoreError> {
+        Ok(known_elections(&self.pool)?)
+    }
+
+    fn election_exists(&self, election: &ElectionId) -> Result<bool, StoreError> {
+        Ok(election_exists(&self.pool, election)?)
+    }
+
+    fn elections_summary(&self) -> Result<Vec<ElectionSummary>, StoreError> {
+        Ok(elections_summary(&self.pool)?)
+    }
+
+    fn stood_at(&self, election: &ElectionId, at: DateTime<Utc>) -> Result<StoodAt, StoreError> {
+        Ok(stood_at(&self.pool, election, at)?)
+    }
+
+    fn flags(&self, election: &ElectionId, correction_share: f64) -> Result<Vec<Flag>, StoreError> {
+        Ok(flags(&self.pool, election, correction_share)?)
+    }
+
+    /// The seals' heads (store-pg `seal::audit_heads`).
+    fn seal_heads(
+        &self,
+        election: &ElectionId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<SealHeads, StoreError> {
+        let heads = seal::audit_heads(&self.pool, election, before, limit)?;
+        let checkpoint = |c: seal::Checkpoint| SealCheckpoint {
+            sealed_through_report_id: c.sealed_through_report_id,
+            sealed_count: c.sealed_count,
+            head: c.head.0,
+            sealed_at: c.sealed_at,
+        };
+        Ok(SealHeads {
+            latest: heads.latest.map(checkpoint),
+            earlier: heads.earlier.into_iter().map(checkpoint).collect(),
+            more: heads.more,
+        })
+    }
 }
 
 fn corrupt(doing: &str) -> impl Fn(Problem) -> PgError + '_ {
@@ -163,7 +179,7 @@ struct CityRow {
 /// The cities whose revisions recorded in `window` brought the most votes,
 /// most first, ties by city name (byte order). Cities with nothing recorded
 /// in the window are absent; an empty window gives an empty list.
-pub fn cities_by_votes(
+fn cities_by_votes(
     pool: &PgPool,
     election: &ElectionId,
     window: Window,
@@ -211,7 +227,7 @@ struct FirstReportRow {
 
 /// The first `limit` ballot boxes of an election to report, in the order
 /// they first reported (ties by ballot box id, byte order).
-pub fn first_reports(
+fn first_reports(
     pool: &PgPool,
     election: &ElectionId,
     limit: u32,
@@ -269,32 +285,9 @@ struct Now {
     now: DateTime<Utc>,
 }
 
-/// Net votes one party gained in one bucket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BucketVotes {
-    /// The start of the bucket (inclusive).
-    pub start: DateTime<Utc>,
-    /// The party.
-    pub party: PartyId,
-    /// The sum of the differences recorded in the bucket for the party.
-    pub votes: i64,
-}
-
-/// The answer of [`votes_per_bucket`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Buckets {
-    /// Rows by bucket, then party (byte order); buckets without a recorded
-    /// revision are absent.
-    pub rows: Vec<BucketVotes>,
-    /// PostgreSQL's clock right after the read, so that a caller reading
-    /// again "from a little before now" uses the clock `reported_at` was
-    /// written with, not its own.
-    pub read_at: DateTime<Utc>,
-}
-
 /// Net votes per party per `bucket_seconds` bucket, for buckets starting at
 /// or after `since` (which should be a bucket start), or every bucket.
-pub fn votes_per_bucket(
+fn votes_per_bucket(
     pool: &PgPool,
     election: &ElectionId,
     bucket_seconds: u32,
@@ -330,55 +323,6 @@ pub fn votes_per_bucket(
         rows,
         read_at: now.now,
     })
-}
-
-/// Cumulative totals per party at the end of every `bucket_seconds` bucket
-/// in which something was recorded, oldest first, read in full.
-///
-/// Buckets without reports are absent (the totals did not move in them).
-/// Each point lists every party seen up to then, so the last point equals the
-/// sum of every box's latest revision.
-pub fn timeline(
-    pool: &PgPool,
-    election: &ElectionId,
-    bucket_seconds: u32,
-) -> Result<Vec<TimelinePoint>, PgError> {
-    let buckets = votes_per_bucket(pool, election, bucket_seconds, None)?;
-    let step = chrono::Duration::seconds(i64::from(bucket_seconds));
-    Ok(cumulate(
-        buckets
-            .rows
-            .into_iter()
-            .map(|row| (row.start + step, row.party, row.votes)),
-    ))
-}
-
-/// Folds `(bucket end, party, votes in the bucket)` rows, sorted by bucket
-/// end, into cumulative points: one per bucket end, each listing every party
-/// seen so far.
-pub fn cumulate(
-    rows: impl IntoIterator<Item = (DateTime<Utc>, PartyId, i64)>,
-) -> Vec<TimelinePoint> {
-    let mut running: BTreeMap<PartyId, i64> = BTreeMap::new();
-    let mut points: Vec<TimelinePoint> = Vec::new();
-    let mut current: Option<DateTime<Utc>> = None;
-    let point = |at, running: &BTreeMap<PartyId, i64>| TimelinePoint {
-        at,
-        parties: running.iter().map(|(p, n)| (p.clone(), *n)).collect(),
-    };
-    for (at, party, votes) in rows {
-        if let Some(previous) = current
-            && previous != at
-        {
-            points.push(point(previous, &running));
-        }
-        current = Some(at);
-        *running.entry(party).or_insert(0) += votes;
-    }
-    if let Some(at) = current {
-        points.push(point(at, &running));
-    }
-    points
 }
 
 /// A page of the audit log: up to `$2` revisions of election `$1` with an id
@@ -440,7 +384,7 @@ struct AuditSqlRow {
 /// page a short statement on a pooled connection, whatever the reader's
 /// speed. Every revision committed before the first page was read is in
 /// exactly one page; revisions committed while paging may or may not be.
-pub fn audit_page(
+fn audit_page(
     pool: &PgPool,
     election: &ElectionId,
     after: Option<AuditCursor>,
@@ -550,21 +494,8 @@ struct SummarySqlRow {
     last_report_at: Option<DateTime<Utc>>,
 }
 
-/// One election of [`elections_summary`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ElectionSummary {
-    /// The election.
-    pub election: ElectionId,
-    /// Its display name, when it is defined.
-    pub name: Option<String>,
-    /// Ballot boxes that reported (at least once).
-    pub ballot_boxes_reported: u64,
-    /// When a ballot box last reported (a first report or a correction).
-    pub last_report_at: Option<DateTime<Utc>>,
-}
-
 /// Every election that is defined or has been reported to, in id order.
-pub fn known_elections(pool: &PgPool) -> Result<Vec<ElectionId>, PgError> {
+fn known_elections(pool: &PgPool) -> Result<Vec<ElectionId>, PgError> {
     let doing = "listing the known elections";
     let mut conn = connection(pool, doing)?;
     let rows: Vec<ElectionIdRow> = diesel::sql_query(KNOWN_ELECTIONS)
@@ -576,7 +507,7 @@ pub fn known_elections(pool: &PgPool) -> Result<Vec<ElectionId>, PgError> {
 }
 
 /// Whether `election` is defined or has been reported to.
-pub fn election_exists(pool: &PgPool, election: &ElectionId) -> Result<bool, PgError> {
+fn election_exists(pool: &PgPool, election: &ElectionId) -> Result<bool, PgError> {
     let doing = format!("checking whether election {election} exists");
     let mut conn = connection(pool, &doing)?;
     let row: ExistsRow = diesel::sql_query(ELECTION_EXISTS)
@@ -588,7 +519,7 @@ pub fn election_exists(pool: &PgPool, election: &ElectionId) -> Result<bool, PgE
 
 /// Every election that is defined or has been reported to, with its name,
 /// reported ballot boxes and last report time, in id order.
-pub fn elections_summary(pool: &PgPool) -> Result<Vec<ElectionSummary>, PgError> {
+fn elections_summary(pool: &PgPool) -> Result<Vec<ElectionSummary>, PgError> {
     let doing = "summarising the known elections";
     let mut conn = connection(pool, doing)?;
     let rows: Vec<SummarySqlRow> = diesel::sql_query(ELECTIONS_SUMMARY)
@@ -604,16 +535,6 @@ pub fn elections_summary(pool: &PgPool) -> Result<Vec<ElectionSummary>, PgError>
             })
         })
         .collect()
-}
-
-/// What stood at an instant: every ballot box's latest revision received by
-/// then, summed (`GET .../totals?as_of=`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StoodAt {
-    /// Votes per city and party.
-    pub votes: BTreeMap<(CityId, PartyId), i64>,
-    /// Ballot boxes that had reported, per city.
-    pub boxes: BTreeMap<CityId, u64>,
 }
 
 /// The totals as they stood at an instant, from the log.
@@ -652,11 +573,7 @@ struct StoodRow {
 
 /// What stood at `at` in `election`: each ballot box's latest revision
 /// received by that instant (see `STOOD_AT`).
-pub fn stood_at(
-    pool: &PgPool,
-    election: &ElectionId,
-    at: DateTime<Utc>,
-) -> Result<StoodAt, PgError> {
+fn stood_at(pool: &PgPool, election: &ElectionId, at: DateTime<Utc>) -> Result<StoodAt, PgError> {
     let doing = format!("reading the totals of election {election} as they stood at {at}");
     let mut conn = connection(pool, &doing)?;
     let rows: Vec<StoodRow> = diesel::sql_query(STOOD_AT)
@@ -680,49 +597,6 @@ pub fn stood_at(
         }
     }
     Ok(stood)
-}
-
-/// Why a recorded revision is flagged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlagReason {
-    /// Its votes exceed its ballot box's electorate.
-    OverElectorate,
-    /// A correction that moved its box's total by more than the configured
-    /// share of the previous total.
-    LargeCorrection,
-}
-
-impl FlagReason {
-    /// The reason as the API spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FlagReason::OverElectorate => "over_electorate",
-            FlagReason::LargeCorrection => "large_correction",
-        }
-    }
-}
-
-/// A recorded (and counted) revision that deserves a second look.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Flag {
-    /// The revision's id.
-    pub report_id: i64,
-    /// Its ballot box.
-    pub ballot_box: BallotBoxId,
-    /// Its city.
-    pub city: CityId,
-    /// Its revision number.
-    pub revision: i32,
-    /// Why it is flagged.
-    pub reason: FlagReason,
-    /// Its total votes.
-    pub total_votes: i64,
-    /// The box's previous total (corrections).
-    pub previous_total: Option<i64>,
-    /// The box's electorate (over-electorate flags).
-    pub electorate: Option<i64>,
-    /// When it was recorded.
-    pub received_at: DateTime<Utc>,
 }
 
 /// Revisions to flag, computed from the log and the definition whenever
@@ -778,7 +652,7 @@ struct FlagRow {
 /// The flagged revisions of `election`, in the order recorded: more votes
 /// than the box's electorate, or a correction moving the box's total by
 /// more than `correction_share` of its previous total.
-pub fn flags(
+fn flags(
     pool: &PgPool,
     election: &ElectionId,
     correction_share: f64,

@@ -17,8 +17,17 @@
 //! - [`seal`] seals every election's log into a hash chain, verifies it and
 //!   reads its published heads (docs/audit.md);
 //! - [`PgLog`] implements [`ReportLog`] (see `record` for the batch path);
+//! - [`PgHistory`] implements the core's `History` port: what the read
+//!   API asks of the log (`history`);
 //! - [`PgError`] says what failed and converts into the core's `StoreError`,
 //!   `Unavailable` when retrying later is the remedy.
+//!
+//! Queries go through diesel's DSL against [`schema`] (which an integration
+//! test keeps equal to the migrations), except where raw SQL is the point or
+//! the DSL cannot say it (the measured hot path, analytic reads, bulk
+//! `unnest` inserts, advisory locks); each module says which of its
+//! statements are raw and why, and every raw statement has typed binds and
+//! loads its rows into a `QueryableByName` struct.
 
 pub mod definitions;
 mod error;
@@ -37,6 +46,7 @@ pub mod seal;
 pub mod tokens;
 
 pub use error::{PgError, STORE};
+pub use history::PgHistory;
 pub use lock::{RepairLock, try_lock_repair};
 pub use log::PgLog;
 pub use migrate::{

@@ -7,6 +7,14 @@
 //! are prepared once per connection (`crate::prepared`). "Counted" means
 //! "named by no `pending_batches` row": the sums and pages below exclude the
 //! pending ids with an anti-join over that small table.
+//!
+//! The hot path's statements are raw SQL by design (their text and plans are
+//! what `crate::plans` checks); so are the sums, pages and statistics below,
+//! which need what diesel's DSL cannot say (`MATERIALIZED` CTEs, a recursive
+//! CTE, `FILTER` aggregates). Every raw statement binds typed parameters and
+//! loads its rows into a `QueryableByName` struct. The pending count and the
+//! stuck examples are plain reads of the `pending_reports` view, through the
+//! DSL.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,6 +32,7 @@ use crate::pending;
 use crate::pool::PgPool;
 use crate::prepared::prepared;
 use crate::record::{hot_transaction, record_batch, recording_transaction};
+use crate::schema::pending_reports;
 
 /// How many times `record` runs its transaction when PostgreSQL reports a
 /// deadlock or a serialization failure. Boxes are locked in a fixed order, so
@@ -214,13 +223,13 @@ struct ElectionRow {
     election_id: String,
 }
 
-/// How many revisions of election `$1` are pending.
-const AUDIT_PENDING: &str = "SELECT count(*) AS n FROM pending_reports WHERE election_id = $1";
-
-#[derive(QueryableByName)]
-struct Number {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
+/// How many revisions of `election` are pending.
+fn pending_in(conn: &mut PgConnection, election: &ElectionId) -> QueryResult<u64> {
+    let n: i64 = pending_reports::table
+        .filter(pending_reports::election_id.eq(election.as_str()))
+        .count()
+        .get_result(conn)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// The pending revisions of every election: how many, the oldest's age in
@@ -246,27 +255,25 @@ struct PendingRow {
     quarantined: i64,
 }
 
-/// The oldest `$2` pending revisions claimed at least `$1` times.
-const STUCK: &str = "\
-SELECT report_id AS id, election_id, ballot_box_id, revision, attempts, last_error
-FROM pending_reports
-WHERE attempts >= $1
-ORDER BY report_id
-LIMIT $2";
+/// Up to `limit` revisions claimed at least `attempts` times, oldest first.
+fn stuck(conn: &mut PgConnection, attempts: i32, limit: i64) -> QueryResult<Vec<StuckRow>> {
+    pending_reports::table
+        .filter(pending_reports::attempts.ge(attempts))
+        .order(pending_reports::report_id)
+        .limit(limit)
+        .select(StuckRow::as_select())
+        .load(conn)
+}
 
-#[derive(QueryableByName)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = pending_reports, check_for_backend(diesel::pg::Pg))]
 struct StuckRow {
-    #[diesel(sql_type = Int8)]
+    #[diesel(column_name = report_id)]
     id: i64,
-    #[diesel(sql_type = Text)]
     election_id: String,
-    #[diesel(sql_type = Text)]
     ballot_box_id: String,
-    #[diesel(sql_type = Int4)]
     revision: i32,
-    #[diesel(sql_type = Int4)]
     attempts: i32,
-    #[diesel(sql_type = Nullable<Text>)]
     last_error: Option<String>,
 }
 
@@ -363,9 +370,10 @@ impl PgLog {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            let rows: Vec<RevisionRow> = prepared(pending::CLAIMED_REPORTS)
-                .bind::<Array<Int8>, _>(ids.as_slice())
-                .load(conn)?;
+            let rows: Vec<RevisionRow> = prepared(pending::CLAIMED_REPORTS, |q| {
+                q.bind::<Array<Int8>, _>(ids.as_slice())
+            })
+            .load(conn)?;
             // A claimed revision that cannot be read back would fail every
             // claim that takes it, and its batch-mates with it: set it aside.
             let found: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
@@ -444,11 +452,7 @@ impl PgLog {
     fn pending_count_inner(&self, election: &ElectionId) -> Result<u64, PgError> {
         let doing = format!("counting the pending reports of election {election}");
         let mut conn = self.connection(|| doing.clone())?;
-        let rows: Vec<Number> = diesel::sql_query(AUDIT_PENDING)
-            .bind::<Text, _>(election.as_str())
-            .load(&mut conn)
-            .map_err(query_error(&doing))?;
-        Ok(rows.first().map_or(0, |n| u64::try_from(n.n).unwrap_or(0)))
+        pending_in(&mut conn, election).map_err(query_error(&doing))
     }
 }
 
@@ -507,20 +511,15 @@ impl PgLog {
             .build_transaction()
             .repeatable_read()
             .read_only()
-            .run(|conn| -> Result<(Vec<AuditRow>, Vec<Number>), TxError> {
+            .run(|conn| -> Result<(Vec<AuditRow>, u64), TxError> {
                 let rows = diesel::sql_query(AUDIT)
                     .bind::<Text, _>(election.as_str())
                     .load(conn)?;
-                let pending = diesel::sql_query(AUDIT_PENDING)
-                    .bind::<Text, _>(election.as_str())
-                    .load(conn)?;
-                Ok((rows, pending))
+                Ok((rows, pending_in(conn, election)?))
             })
             .map_err(|error| error.context(doing.clone()))?;
         let mut audit = LogAudit {
-            pending: pending
-                .first()
-                .map_or(0, |p| u64::try_from(p.n).unwrap_or(0)),
+            pending,
             ..LogAudit::default()
         };
         for row in rows {
@@ -565,10 +564,7 @@ impl PgLog {
             quarantined: u64::try_from(row.quarantined).unwrap_or(0),
         };
         if stats.stuck > 0 {
-            let rows: Vec<StuckRow> = diesel::sql_query(STUCK)
-                .bind::<Int4, _>(attempts)
-                .bind::<BigInt, _>(PendingStats::STUCK_EXAMPLES as i64)
-                .load(&mut conn)
+            let rows = stuck(&mut conn, attempts, PendingStats::STUCK_EXAMPLES as i64)
                 .map_err(query_error(DOING))?;
             for row in rows {
                 let bad =

@@ -21,6 +21,11 @@
 //! concerned: delete, then insert each part under its own smallest id with
 //! the attributes it should have ([`rewrite`]). That is the failure path,
 //! one transaction with the rows locked.
+//!
+//! The hot path's statements ([`MARK_WHOLE`], [`CLAIM_ROWS`], [`LEASE_ROWS`],
+//! [`CLAIMED_REPORTS`]) are raw SQL with typed binds, prepared once per
+//! connection (`crate::prepared`) and checked by `crate::plans`; the failure
+//! path's lookup and rewrite go through diesel's DSL.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -40,16 +45,6 @@ pub(crate) const MARK_WHOLE: &str = "\
 DELETE FROM pending_batches
 WHERE first_report_id = ANY($1::bigint[]) AND report_ids <@ $1::bigint[]
 RETURNING report_ids";
-
-/// Locks the rows holding any id of `$1` (the failure path of marks and
-/// releases; a sequential scan of a table that holds only batches in
-/// flight).
-const OVERLAPPING: &str = "\
-SELECT first_report_id, report_ids, recorded_at, attempts, leased_until, last_error
-FROM pending_batches
-WHERE report_ids && $1::bigint[]
-ORDER BY first_report_id
-FOR UPDATE";
 
 /// Locks up to `$1` claimable rows (recorded at least `$2` µs ago, lease run
 /// out or never leased), oldest first; rows other claimers hold are skipped.
@@ -75,8 +70,10 @@ FROM reports r
 WHERE r.id = ANY($1::bigint[])
 ORDER BY r.id";
 
-/// One row of `pending_batches`.
-#[derive(QueryableByName, Clone, Debug)]
+/// One row of `pending_batches`: loaded by name from the raw [`CLAIM_ROWS`],
+/// and through the DSL from the rows of a partial mark or release.
+#[derive(QueryableByName, Queryable, Selectable, Clone, Debug)]
+#[diesel(table_name = pending_batches, check_for_backend(diesel::pg::Pg))]
 pub(crate) struct BatchRow {
     #[diesel(sql_type = Int8)]
     first_report_id: i64,
@@ -101,9 +98,8 @@ struct HeldIds {
 /// Marks `ids` counted: see the module docs. Idempotent: ids found in no row
 /// are counted already.
 pub(crate) fn mark_counted(conn: &mut PgConnection, ids: &[i64]) -> Result<(), TxError> {
-    let deleted: Vec<HeldIds> = prepared(MARK_WHOLE)
-        .bind::<Array<Int8>, _>(ids)
-        .load(conn)?;
+    let deleted: Vec<HeldIds> =
+        prepared(MARK_WHOLE, |q| q.bind::<Array<Int8>, _>(ids)).load(conn)?;
     let covered: BTreeSet<i64> = deleted.into_iter().flat_map(|r| r.report_ids).collect();
     let rest: Vec<i64> = ids
         .iter()
@@ -151,10 +147,11 @@ pub(crate) fn release(conn: &mut PgConnection, ids: &[i64], error: &str) -> Resu
 /// Returns their ids, oldest first; the caller runs this inside a
 /// `hot_transaction` and reads them in the same transaction.
 pub(crate) fn claim(conn: &mut PgConnection, claim: &Claim) -> Result<Vec<i64>, TxError> {
-    let rows: Vec<BatchRow> = prepared(CLAIM_ROWS)
-        .bind::<BigInt, _>(i64::try_from(claim.limit).unwrap_or(i64::MAX))
-        .bind::<BigInt, _>(micros(claim.pending_for))
-        .load(conn)?;
+    let rows: Vec<BatchRow> = prepared(CLAIM_ROWS, |q| {
+        q.bind::<BigInt, _>(i64::try_from(claim.limit).unwrap_or(i64::MAX))
+            .bind::<BigInt, _>(micros(claim.pending_for))
+    })
+    .load(conn)?;
     let lease = micros(claim.lease);
     let mut taken = Vec::new();
     let mut whole = Vec::new();
@@ -181,10 +178,10 @@ pub(crate) fn claim(conn: &mut PgConnection, claim: &Claim) -> Result<Vec<i64>, 
         taken.extend(ids);
     }
     if !whole.is_empty() {
-        prepared(LEASE_ROWS)
-            .bind::<Array<Int8>, _>(whole)
-            .bind::<BigInt, _>(lease)
-            .execute(conn)?;
+        prepared(LEASE_ROWS, |q| {
+            q.bind::<Array<Int8>, _>(whole).bind::<BigInt, _>(lease)
+        })
+        .execute(conn)?;
     }
     taken.sort_unstable();
     Ok(taken)
@@ -230,10 +227,15 @@ pub(crate) fn quarantine(conn: &mut PgConnection, bad: &[(i64, String)]) -> Resu
     Ok(())
 }
 
-/// Locks and returns the rows holding any of `ids`.
+/// Locks and returns the rows holding any of `ids`, in key order (the
+/// failure path of marks and releases; a sequential scan of a table that
+/// holds only batches in flight).
 fn overlapping(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<BatchRow>, TxError> {
-    Ok(diesel::sql_query(OVERLAPPING)
-        .bind::<Array<Int8>, _>(ids)
+    Ok(pending_batches::table
+        .filter(pending_batches::report_ids.overlaps_with(ids))
+        .order(pending_batches::first_report_id)
+        .for_update()
+        .select(BatchRow::as_select())
         .load(conn)?)
 }
 

@@ -507,9 +507,10 @@ fn check_definitions(
     reports: &[Report],
 ) -> Result<BTreeSet<(String, String)>, TxError> {
     let elections: BTreeSet<&str> = reports.iter().map(|r| r.election().as_str()).collect();
-    let rows: Vec<DefinitionRow> = prepared(READ_DEFINITIONS)
-        .bind::<Array<Text>, _>(elections.into_iter().collect::<Vec<_>>())
-        .load(conn)?;
+    let rows: Vec<DefinitionRow> = prepared(READ_DEFINITIONS, |q| {
+        q.bind::<Array<Text>, _>(elections.into_iter().collect::<Vec<_>>())
+    })
+    .load(conn)?;
     let mut certified = BTreeSet::new();
     let mut stored: HashMap<String, Option<DefinitionVersion>> = HashMap::new();
     for row in rows {
@@ -534,10 +535,11 @@ fn lock_boxes(
 ) -> Result<HashMap<BoxKey, Existing>, TxError> {
     let elections: Vec<&str> = boxes.iter().map(|(e, _)| e.as_str()).collect();
     let ballot_boxes: Vec<&str> = boxes.iter().map(|(_, b)| b.as_str()).collect();
-    let rows: Vec<BoxRow> = prepared(LOCK_BOXES)
-        .bind::<Array<Text>, _>(elections)
-        .bind::<Array<Text>, _>(ballot_boxes)
-        .load(conn)?;
+    let rows: Vec<BoxRow> = prepared(LOCK_BOXES, |q| {
+        q.bind::<Array<Text>, _>(elections)
+            .bind::<Array<Text>, _>(ballot_boxes)
+    })
+    .load(conn)?;
     let mut existing = HashMap::with_capacity(rows.len());
     for row in rows {
         let corrupt = |detail: String| {
@@ -593,22 +595,23 @@ fn read_known(
         })
         .map(revision_key)
         .collect();
-    let rows: Vec<KnownRow> = prepared(READ_KNOWN)
-        .bind::<Array<Int8>, _>(latest_ids)
-        .bind::<Array<Text>, _>(
-            revisions
-                .iter()
-                .map(|(e, _, _)| e.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Text>, _>(
-            revisions
-                .iter()
-                .map(|(_, b, _)| b.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Int4>, _>(revisions.iter().map(|&(_, _, r)| r).collect::<Vec<_>>())
-        .load(conn)?;
+    let rows: Vec<KnownRow> = prepared(READ_KNOWN, |q| {
+        q.bind::<Array<Int8>, _>(latest_ids)
+            .bind::<Array<Text>, _>(
+                revisions
+                    .iter()
+                    .map(|(e, _, _)| e.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Text>, _>(
+                revisions
+                    .iter()
+                    .map(|(_, b, _)| b.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Int4>, _>(revisions.iter().map(|&(_, _, r)| r).collect::<Vec<_>>())
+    })
+    .load(conn)?;
 
     let mut known = Known::default();
     for row in rows {
@@ -779,27 +782,28 @@ fn write_fresh(
         }
     }
 
-    let rows: Vec<WrittenRow> = prepared(WRITE_FRESH)
-        .bind::<Array<Text>, _>(elections)
-        .bind::<Array<Text>, _>(ballot_boxes)
-        .bind::<Array<Text>, _>(cities)
-        .bind::<Array<Int4>, _>(revisions)
-        .bind::<Array<Nullable<Text>>, _>(reasons)
-        .bind::<Array<Text>, _>(payloads)
-        .bind::<Array<Bytea>, _>(hashes)
-        .bind::<Array<Text>, _>(parties)
-        .bind::<Array<Text>, _>(votes)
-        .bind::<Array<Text>, _>(differences)
-        .bind::<Array<Text>, _>(new_e)
-        .bind::<Array<Text>, _>(new_b)
-        .bind::<Array<Text>, _>(new_c)
-        .bind::<Array<Int4>, _>(new_rev)
-        .bind::<Array<Int4>, _>(new_pos)
-        .bind::<Array<Text>, _>(moved_e)
-        .bind::<Array<Text>, _>(moved_b)
-        .bind::<Array<Int4>, _>(moved_rev)
-        .bind::<Array<Int4>, _>(moved_pos)
-        .load(conn)?;
+    let rows: Vec<WrittenRow> = prepared(WRITE_FRESH, |q| {
+        q.bind::<Array<Text>, _>(elections)
+            .bind::<Array<Text>, _>(ballot_boxes)
+            .bind::<Array<Text>, _>(cities)
+            .bind::<Array<Int4>, _>(revisions)
+            .bind::<Array<Nullable<Text>>, _>(reasons)
+            .bind::<Array<Text>, _>(payloads)
+            .bind::<Array<Bytea>, _>(hashes)
+            .bind::<Array<Text>, _>(parties)
+            .bind::<Array<Text>, _>(votes)
+            .bind::<Array<Text>, _>(differences)
+            .bind::<Array<Text>, _>(new_e)
+            .bind::<Array<Text>, _>(new_b)
+            .bind::<Array<Text>, _>(new_c)
+            .bind::<Array<Int4>, _>(new_rev)
+            .bind::<Array<Int4>, _>(new_pos)
+            .bind::<Array<Text>, _>(moved_e)
+            .bind::<Array<Text>, _>(moved_b)
+            .bind::<Array<Int4>, _>(moved_rev)
+            .bind::<Array<Int4>, _>(moved_pos)
+    })
+    .load(conn)?;
 
     let mut ids = vec![None; n];
     for row in rows {

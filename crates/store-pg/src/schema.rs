@@ -1,11 +1,15 @@
-//! The tables of `migrations/` in diesel's `table!` form, so queries built with
-//! diesel's DSL are checked against the schema at compile time.
+//! The tables and views of `migrations/` in diesel's `table!` form, so queries
+//! built with diesel's DSL are checked against the schema at compile time.
 //!
 //! Written by hand to match `migrations/*/up.sql` (the diesel CLI is not part
 //! of the toolchain here); `diesel print-schema` with the workspace's
-//! `diesel.toml` regenerates this file, and its output should not differ.
-//! `vote_log` is a view over `reports` (see the write-path migration); diesel
-//! reads a view like a table. It has no `joinable!`: join it explicitly.
+//! `diesel.toml` regenerates this file. What keeps it true is the integration
+//! test `schema::schema_rs_matches_the_migrations` (`just test`): it migrates
+//! a fresh schema and compares every table and view, column by column (name,
+//! type, nullability), with the definitions here.
+//! `vote_log` and `pending_reports` are views (see the write-path migration);
+//! diesel reads a view like a table. They have no `joinable!`: join them
+//! explicitly.
 
 // @generated automatically by Diesel CLI.
 
@@ -96,6 +100,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// A view: every pending revision with its batch's claim state, for
+    /// operators and tests.
+    pending_reports (report_id) {
+        report_id -> Int8,
+        election_id -> Text,
+        ballot_box_id -> Text,
+        city -> Text,
+        revision -> Int4,
+        recorded_at -> Timestamptz,
+        attempts -> Int4,
+        leased_until -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        batch -> Int8,
+    }
+}
+
+diesel::table! {
     /// Defined elections (docs/contract.md §7).
     election_definitions (election_id) {
         election_id -> Text,
@@ -168,6 +189,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     election_definitions,
     election_parties,
     pending_batches,
+    pending_reports,
     reports,
     seals,
     vote_log,

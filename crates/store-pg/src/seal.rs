@@ -57,12 +57,22 @@
 //! advisory lock of its own (`pg_try_advisory_xact_lock`, skipped when
 //! taken), reading the last checkpoint inside it, so the chain has one
 //! writer at a time.
+//!
+//! # SQL
+//!
+//! Checkpoints are read and written through diesel's DSL (`crate::schema`'s
+//! `seals`), as is the count of unsealed reports. Raw SQL, with typed binds
+//! and rows loaded by name, remains where the DSL cannot say it: the report
+//! rows with the SHA-256 of their payload's stored text
+//! (`sha256(convert_to(payload::text, 'UTF8'))`, part of the canonical form),
+//! the sequence's last value, `pg_locks`, and the advisory lock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use diesel::Connection as _;
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bytea, Int4, Nullable, Text, Timestamptz};
 use election_core::ElectionId;
@@ -70,6 +80,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{PgError, connection, query_error};
 use crate::pool::PgPool;
+use crate::schema::{reports, seals};
 
 /// The head of an empty chain.
 pub const ZERO_HEAD: Head = Head([0; 32]);
@@ -279,15 +290,12 @@ struct Locked {
     locked: bool,
 }
 
-#[derive(QueryableByName)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = seals, check_for_backend(Pg))]
 struct CheckpointRow {
-    #[diesel(sql_type = BigInt)]
     sealed_through_report_id: i64,
-    #[diesel(sql_type = BigInt)]
     sealed_count: i64,
-    #[diesel(sql_type = Bytea)]
     head: Vec<u8>,
-    #[diesel(sql_type = Timestamptz)]
     sealed_at: DateTime<Utc>,
 }
 
@@ -331,14 +339,18 @@ JOIN pg_locks l
  AND l.classid = ((h.k >> 32) & 4294967295)::oid
  AND l.objid = (h.k & 4294967295)::oid";
 
-const LATEST_CHECKPOINT: &str = "\
-SELECT sealed_through_report_id, sealed_count, head, sealed_at
-FROM seals WHERE election_id = $1
-ORDER BY sealed_through_report_id DESC LIMIT 1";
-
-const INSERT_CHECKPOINT: &str = "\
-INSERT INTO seals (election_id, sealed_through_report_id, sealed_count, head, report_ids, leaves)
-VALUES ($1, $2, $3, $4, $5, $6)";
+/// The newest checkpoint of `election`, if it has one.
+fn latest_checkpoint(
+    conn: &mut PgConnection,
+    election: &ElectionId,
+) -> QueryResult<Option<CheckpointRow>> {
+    seals::table
+        .filter(seals::election_id.eq(election.as_str()))
+        .order(seals::sealed_through_report_id.desc())
+        .select(CheckpointRow::as_select())
+        .first(conn)
+        .optional()
+}
 
 /// A horizon read at one round and proved at the next.
 #[derive(Clone, Debug)]
@@ -479,11 +491,8 @@ fn seal_election(
         if !locked {
             return Ok(None);
         }
-        let latest = diesel::sql_query(LATEST_CHECKPOINT)
-            .bind::<Text, _>(election.as_str())
-            .get_results::<CheckpointRow>(conn)
+        let latest = latest_checkpoint(conn, election)
             .map_err(query_error(&doing))?
-            .pop()
             .map(|row| row.checkpoint(&doing))
             .transpose()?;
         let (mut through, mut count, mut head) = latest.map_or((0, 0, ZERO_HEAD), |c| {
@@ -521,17 +530,18 @@ fn seal_election(
                 leaves.extend_from_slice(&leaf.0);
             }
             count += rows.len() as i64;
-            let sealed_at: DateTime<Utc> =
-                diesel::sql_query(INSERT_CHECKPOINT.to_owned() + " RETURNING sealed_at")
-                    .bind::<Text, _>(election.as_str())
-                    .bind::<BigInt, _>(segment_through)
-                    .bind::<BigInt, _>(count)
-                    .bind::<Bytea, _>(head.0.as_slice())
-                    .bind::<Array<BigInt>, _>(&ids)
-                    .bind::<Bytea, _>(&leaves)
-                    .get_result::<SealedAt>(conn)
-                    .map_err(query_error(&doing))?
-                    .sealed_at;
+            let sealed_at: DateTime<Utc> = diesel::insert_into(seals::table)
+                .values((
+                    seals::election_id.eq(election.as_str()),
+                    seals::sealed_through_report_id.eq(segment_through),
+                    seals::sealed_count.eq(count),
+                    seals::head.eq(head.0.as_slice()),
+                    seals::report_ids.eq(&ids),
+                    seals::leaves.eq(&leaves),
+                ))
+                .returning(seals::sealed_at)
+                .get_result(conn)
+                .map_err(query_error(&doing))?;
             through = segment_through;
             last = Some(Checkpoint {
                 sealed_through_report_id: through,
@@ -571,12 +581,6 @@ impl From<diesel::result::Error> for InTx {
     }
 }
 
-#[derive(QueryableByName)]
-struct SealedAt {
-    #[diesel(sql_type = Timestamptz)]
-    sealed_at: DateTime<Utc>,
-}
-
 /// What `/audit` publishes: the newest checkpoint and a page of earlier ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditHeads {
@@ -598,11 +602,8 @@ pub fn audit_heads(
 ) -> Result<AuditHeads, PgError> {
     let doing = format!("reading the seals of election {election}");
     let mut conn = connection(pool, &doing)?;
-    let latest = diesel::sql_query(LATEST_CHECKPOINT)
-        .bind::<Text, _>(election.as_str())
-        .get_results::<CheckpointRow>(&mut conn)
+    let latest = latest_checkpoint(&mut conn, election)
         .map_err(query_error(&doing))?
-        .pop()
         .map(|row| row.checkpoint(&doing))
         .transpose()?;
     let Some(latest) = latest else {
@@ -616,19 +617,17 @@ pub fn audit_heads(
         b.min(latest.sealed_through_report_id)
     });
     let limit = i64::from(limit.max(1));
-    let mut earlier = diesel::sql_query(
-        "SELECT sealed_through_report_id, sealed_count, head, sealed_at FROM seals \
-         WHERE election_id = $1 AND sealed_through_report_id < $2 \
-         ORDER BY sealed_through_report_id DESC LIMIT $3",
-    )
-    .bind::<Text, _>(election.as_str())
-    .bind::<BigInt, _>(bound)
-    .bind::<BigInt, _>(limit + 1)
-    .load::<CheckpointRow>(&mut conn)
-    .map_err(query_error(&doing))?
-    .into_iter()
-    .map(|row| row.checkpoint(&doing))
-    .collect::<Result<Vec<_>, _>>()?;
+    let mut earlier = seals::table
+        .filter(seals::election_id.eq(election.as_str()))
+        .filter(seals::sealed_through_report_id.lt(bound))
+        .order(seals::sealed_through_report_id.desc())
+        .limit(limit + 1)
+        .select(CheckpointRow::as_select())
+        .load(&mut conn)
+        .map_err(query_error(&doing))?
+        .into_iter()
+        .map(|row| row.checkpoint(&doing))
+        .collect::<Result<Vec<_>, _>>()?;
     let more = earlier.len() as i64 > limit;
     earlier.truncate(limit as usize);
     Ok(AuditHeads {
@@ -730,19 +729,14 @@ pub struct Verification {
 /// Findings kept by [`verify`]; the first is what matters.
 pub const MAX_FINDINGS: usize = 100;
 
-#[derive(QueryableByName)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = seals, check_for_backend(Pg))]
 struct SegmentRow {
-    #[diesel(sql_type = BigInt)]
     sealed_through_report_id: i64,
-    #[diesel(sql_type = BigInt)]
     sealed_count: i64,
-    #[diesel(sql_type = Bytea)]
     head: Vec<u8>,
-    #[diesel(sql_type = Timestamptz)]
     sealed_at: DateTime<Utc>,
-    #[diesel(sql_type = Array<BigInt>)]
     report_ids: Vec<i64>,
-    #[diesel(sql_type = Bytea)]
     leaves: Vec<u8>,
 }
 
@@ -773,13 +767,12 @@ fn verify_in(
     noted: Option<Head>,
     doing: &str,
 ) -> Result<Verification, PgError> {
-    let segments: Vec<SegmentRow> = diesel::sql_query(
-        "SELECT sealed_through_report_id, sealed_count, head, sealed_at, report_ids, leaves \
-         FROM seals WHERE election_id = $1 ORDER BY sealed_through_report_id",
-    )
-    .bind::<Text, _>(election.as_str())
-    .load(conn)
-    .map_err(query_error(doing))?;
+    let segments: Vec<SegmentRow> = seals::table
+        .filter(seals::election_id.eq(election.as_str()))
+        .order(seals::sealed_through_report_id)
+        .select(SegmentRow::as_select())
+        .load(conn)
+        .map_err(query_error(doing))?;
 
     let mut findings = Vec::new();
     // The sealed reports in id order with their leaves, from the seals.
@@ -883,13 +876,12 @@ fn verify_in(
     for (id, _) in expected {
         push(&mut findings, Finding::Removed { report_id: *id });
     }
-    let unsealed =
-        diesel::sql_query("SELECT count(*) AS n FROM reports WHERE election_id = $1 AND id > $2")
-            .bind::<Text, _>(election.as_str())
-            .bind::<BigInt, _>(through)
-            .get_result::<Number>(conn)
-            .map_err(query_error(doing))?
-            .n;
+    let unsealed: i64 = reports::table
+        .filter(reports::election_id.eq(election.as_str()))
+        .filter(reports::id.gt(through))
+        .count()
+        .get_result(conn)
+        .map_err(query_error(doing))?;
     Ok(Verification {
         latest,
         checkpoints: segments.len(),

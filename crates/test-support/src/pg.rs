@@ -24,6 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
 
+use crate::process::free_port;
+
 /// The server `just test` and CI use when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -415,14 +417,6 @@ fn as_postgres_owner(dir: &std::path::Path) {
         "chown postgres {} failed: is there a `postgres` user?",
         dir.display()
     );
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("binding 127.0.0.1:0")
 }
 
 #[cfg(test)]

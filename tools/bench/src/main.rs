@@ -764,10 +764,10 @@ async fn loadgen_run(
     seed: u64,
     rate: Option<f64>,
 ) -> anyhow::Result<election_loadgen::Outcome> {
-    let token = election_ingest::auth::generate();
+    let token = election_core::token::from_bytes(rand::random());
     store_pg::tokens::insert(
         pool,
-        &election_ingest::auth::hash(&token),
+        &election_core::token::hash(&token),
         election,
         None,
         Some("bench"),

@@ -74,10 +74,10 @@ pub async fn stream_fanout(
     election: &str,
     subscribers: usize,
 ) -> anyhow::Result<Fanout> {
-    let token = election_ingest::auth::generate();
+    let token = election_core::token::from_bytes(rand::random());
     store_pg::tokens::insert(
         pool,
-        &election_ingest::auth::hash(&token),
+        &election_core::token::hash(&token),
         election,
         None,
         Some("bench"),

@@ -1,7 +1,6 @@
 //! `election-loadgen`: parses the command line, posts the night, prints the
 //! figures, and checks the live totals against what was acknowledged.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use election_core::{ElectionId, Tally};
 use election_loadgen::{Load, Plan, Progress, national_drift, night, run};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use store_redis::{RedisOptions, RedisTally};
 
 /// Simulated ballot boxes posting to election-ingest.
@@ -120,39 +120,38 @@ async fn go(cli: Cli) -> anyhow::Result<bool> {
             }
         });
     }
+    // indicatif draws on stderr only when it is a terminal, so a redirected
+    // run (the bench's logs) gets no bar codes.
     let bar = cli.progress.then(|| {
+        let bar = ProgressBar::new(posts.len() as u64).with_style(
+            ProgressStyle::with_template("[{bar:40}] {pos}/{len} reports, {rate}")
+                .expect("a constant template")
+                .with_key(
+                    "rate",
+                    |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                        let _ = write!(out, "{:.0}/s", state.per_sec());
+                    },
+                )
+                .progress_chars("#>-"),
+        );
+        let ticker = bar.clone();
         let progress = Arc::clone(&progress);
-        let total = posts.len();
         tokio::spawn(async move {
-            let started = Instant::now();
-            loop {
+            while !ticker.is_finished() {
+                ticker.set_position(progress.answered.load(Ordering::Relaxed) as u64);
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                let done = progress.answered.load(Ordering::Relaxed);
-                let width = 40;
-                let filled = (done * width / total.max(1)).min(width);
-                eprint!(
-                    "\r[{}{}] {done}/{total} reports, {:.0}/s   ",
-                    "#".repeat(filled),
-                    "-".repeat(width - filled),
-                    done as f64 / started.elapsed().as_secs_f64()
-                );
-                let _ = std::io::stderr().flush();
-                if done >= total {
-                    break;
-                }
             }
-        })
+        });
+        bar
     });
     let outcome = run(&load, Arc::clone(&posts), Arc::clone(&progress)).await?;
     if let Some(bar) = bar {
-        bar.abort();
-        eprintln!(
-            "\r[{}] {}/{} reports, {:.0}/s   ",
-            "#".repeat(40),
-            outcome.sent,
-            posts.len(),
-            outcome.throughput()
-        );
+        bar.set_position(outcome.sent as u64);
+        bar.finish();
+        if !bar.is_hidden() {
+            // The bar leaves the cursor on its line.
+            eprintln!();
+        }
     }
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

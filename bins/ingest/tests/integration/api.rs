@@ -1,23 +1,12 @@
 //! Every row of the docs/contract.md §5 status table, through HTTP, with its error code and
 //! message; and I4: no refused request leaves a row or moves a counter.
 
-use serde_json::Value;
+use test_support::logs::check_error;
 
 use crate::harness::{Ingest, RedisChoice, issue_token, read};
 
 const SEED_LONDON: &str = r#"{"ballot_box_id": "BB123", "city": "london",
  "votes": {"tories": 120, "labour": 200, "libdems": 45, "reform": 20}}"#;
-
-#[track_caller]
-fn check_error(answer: &(u16, Value), status: u16, code: &str, fragment: &str) {
-    assert_eq!(answer.0, status, "{answer:?}");
-    assert_eq!(answer.1["error"], code, "{answer:?}");
-    let message = answer.1["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains(fragment),
-        "message {message:?} should contain {fragment:?}"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_answers_201_then_200_for_an_identical_replay() {

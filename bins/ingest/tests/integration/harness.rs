@@ -10,6 +10,7 @@ use election_http::health::ReadyCheck;
 use election_ingest::auth::{self, Scope, TokenLookup};
 use election_ingest::batcher::BatchConfig;
 use election_ingest::{Services, Settings};
+use election_wiring::Serving;
 use redis::Commands;
 use store_pg::{PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally};
@@ -162,9 +163,13 @@ impl Ingest {
             ready,
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(election_ingest::run(listener, services, settings, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(election_ingest::run(
+            Serving::new(listener, async {
+                let _ = stopped.await;
+            }),
+            services,
+            settings,
+        ));
         Ingest {
             base,
             election,

@@ -43,20 +43,12 @@ fn start_up_errors_are_json_lines_with_log_format_json() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
-        .collect();
-    let last = lines.last().expect("a log line");
-    assert_eq!(last["level"], "ERROR", "{stderr}");
-    assert_eq!(last["program"], "election-ingest", "{stderr}");
-    assert_eq!(last["exit_code"], 1, "{stderr}");
-    assert!(
-        last["message"]
-            .as_str()
-            .unwrap()
-            .contains("the database is not migrated"),
-        "{stderr}"
+    let lines = test_support::logs::json_lines(&stderr);
+    test_support::logs::assert_fatal(
+        &lines,
+        &stderr,
+        "election-ingest",
+        "the database is not migrated",
     );
 }
 
@@ -96,15 +88,10 @@ async fn old_setting_names_still_work_and_metrics_say_what_runs() {
             .text()
             .await
             .unwrap();
-        let build_info = metrics
-            .lines()
-            .find(|line| line.starts_with("build_info{"))
-            .unwrap_or_else(|| panic!("no build_info: {metrics}"));
-        assert!(
-            build_info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
-                && build_info.contains(&format!("revision=\"{}\"", election_http::build::REVISION))
-                && build_info.ends_with("} 1"),
-            "{build_info}"
+        test_support::logs::assert_build_info(
+            &metrics,
+            env!("CARGO_PKG_VERSION"),
+            election_http::build::REVISION,
         );
         send_signal(child.id(), "TERM");
         let output = tokio::task::spawn_blocking(move || child.wait_with_output())

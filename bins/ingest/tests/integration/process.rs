@@ -2,11 +2,11 @@
 //! an unmigrated database, and SIGTERM in the middle of a burst (every request
 //! answered 2xx is in PostgreSQL, and the process exits 0).
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use test_support::pg::PgSchema;
+pub use test_support::process::{free_port, send_signal};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_election-ingest");
 
@@ -97,14 +97,6 @@ fn token_issue_list_revoke() {
         "{}",
         text(&bad.stderr)
     );
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub fn wait_ready(base: &str, child: &mut Child) {
@@ -275,17 +267,6 @@ async fn the_binary_records_a_bulk_request_item_by_item() {
     assert_eq!(total, Some(59 * 2));
     send_signal(child.id(), "TERM");
     let _ = child.wait();
-}
-
-/// Sends a signal with kill(1) (the workspace forbids unsafe code, so no
-/// direct libc call).
-pub fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 #[test]

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use election_core::contract::unique_election;
-use election_core::{ElectionId, StoreError};
+use election_core::{ElectionId, History, StoreError};
 use election_http::health::ReadyCheck;
 use election_ingest::auth::{self, Scope, TokenLookup};
 use election_ingest::batcher::BatchConfig;
-use store_pg::{PgLog, PgPool};
+use election_wiring::Serving;
+use store_pg::{PgHistory, PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally};
 use test_support::pg::PgSchema;
 use tokio::sync::oneshot;
@@ -171,17 +172,23 @@ fn serve_query(
     settings: election_query::Settings,
 ) -> Running {
     let ready: ReadyCheck = election_query::commands::ready_check(pool.clone(), tally.clone());
+    let history: Arc<dyn History> = Arc::new(PgHistory::new(pool.clone()));
     let services = election_query::Services {
         redis: Some(tally.clone()),
         tally,
         pg: pool,
-        history: None,
+        catalog: Arc::clone(&history),
+        history,
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(election_query::run(listener, services, settings, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(election_query::run(
+        Serving::new(listener, async {
+            let _ = stopped.await;
+        }),
+        services,
+        settings,
+    ));
     Running {
         base,
         stop: Some(stop),
@@ -216,9 +223,13 @@ pub async fn start_ingest_with(
         ready,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(election_ingest::run(listener, services, settings, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(election_ingest::run(
+        Serving::new(listener, async {
+            let _ = stopped.await;
+        }),
+        services,
+        settings,
+    ));
     Running {
         base,
         stop: Some(stop),

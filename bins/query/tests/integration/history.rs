@@ -2,7 +2,7 @@
 //! recorded through `PgLog`, then moved to chosen times in SQL.
 
 use election_core::{
-    BallotBoxId, CityId, ElectionId, PartyId, Recorded, Report, ReportLog, Revision, Votes,
+    BallotBoxId, CityId, ElectionId, History, PartyId, Recorded, Report, ReportLog, Revision, Votes,
 };
 use std::time::Duration;
 
@@ -326,7 +326,9 @@ async fn the_timeline_is_cumulative_with_revisions() {
     );
 
     // The service's incremental minutes agree with a full read.
-    let full = store_pg::history::timeline(&stack.pool, &stack.election, 3600).unwrap();
+    let full = store_pg::PgHistory::new(stack.pool.clone())
+        .timeline(&stack.election, 3600)
+        .unwrap();
     let rendered: Value = serde_json::from_str(&election_query::timeline::render(
         &stack.election,
         election_query::timeline::Bucket::H1,

@@ -7,18 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Events, SseEvent, Stack, open_stream, open_stream_at};
+use test_support::logs::check_error;
 
-#[track_caller]
-fn check_error(answer: &(u16, Value), status: u16, code: &str, fragment: &str) {
-    assert_eq!(answer.0, status, "{answer:?}");
-    assert_eq!(answer.1["error"], code, "{answer:?}");
-    let message = answer.1["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains(fragment),
-        "message {message:?} should contain {fragment:?}"
-    );
-}
+use crate::harness::{Events, SseEvent, Stack, open_stream, open_stream_at};
 
 fn seed_national() -> Value {
     json!({"tories": 260, "labour": 430, "libdems": 115, "reform": 35})

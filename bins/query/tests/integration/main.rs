@@ -10,6 +10,7 @@ mod harness;
 mod history;
 mod http;
 mod live;
+mod memory_history;
 mod openapi;
 mod process;
 mod progress;

@@ -4,11 +4,11 @@
 //! then deltas (bridging `Last-Event-ID`, scoped, bad parameters refused), and
 //! no password reaches its logs or metrics.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use test_support::pg::PgSchema;
+use test_support::process::{free_port, send_signal};
 
 use crate::harness::{Events, migrated_schema};
 
@@ -42,14 +42,6 @@ fn serve_refuses_an_unmigrated_database() {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_listening(address: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -62,17 +54,6 @@ fn wait_listening(address: &str, child: &mut Child) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("election-query did not start listening at {address}");
-}
-
-/// Sends a signal with kill(1) (the workspace forbids unsafe code, so no
-/// direct libc call).
-fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,25 +362,18 @@ fn start_up_errors_are_json_lines_with_log_format_json() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
-        .collect();
+    let lines = test_support::logs::json_lines(&stderr);
     assert!(
         lines.iter().any(|line| line["level"] == "WARN"
             && line["message"]
                 == "SNAPSHOT_INTERVAL_MS is deprecated: set SNAPSHOT_INTERVAL=50ms instead"),
         "{stderr}"
     );
-    let last = lines.last().unwrap();
-    assert_eq!(last["level"], "ERROR", "{stderr}");
-    assert_eq!(last["program"], "election-query", "{stderr}");
-    assert!(
-        last["message"]
-            .as_str()
-            .unwrap()
-            .contains("the database is not migrated"),
-        "{stderr}"
+    test_support::logs::assert_fatal(
+        &lines,
+        &stderr,
+        "election-query",
+        "the database is not migrated",
     );
 }
 
@@ -422,12 +396,11 @@ async fn metrics_carry_build_info() {
         .text()
         .await
         .unwrap();
-    let expected = format!(
-        "build_info{{version=\"{}\",revision=\"{}\"}} 1",
+    test_support::logs::assert_build_info(
+        &metrics,
         env!("CARGO_PKG_VERSION"),
-        election_http::build::REVISION
+        election_http::build::REVISION,
     );
-    assert!(metrics.lines().any(|l| l == expected), "{metrics}");
     child.kill().unwrap();
     child.wait().unwrap();
 }

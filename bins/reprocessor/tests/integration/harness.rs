@@ -3,16 +3,18 @@
 
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use election_core::contract::report;
 use election_core::{Counter, ElectionId, Engine, Outcome, Report, ReportLog, Tally, Totals};
 use election_ingest::auth;
 use election_ingest::batcher::BatchConfig;
+use election_wiring::Serving;
 use redis::Commands;
 use store_pg::{PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally, RedisTarget};
 use test_support::pg::PgSchema;
+pub use test_support::process::send_signal;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -214,22 +216,8 @@ pub fn has_row(stdout: &str, fields: &[&str]) -> bool {
 /// Waits until `condition` holds, failing with `what` after a generous
 /// minute (a guard against hanging, not a performance assertion).
 #[track_caller]
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Sends a signal with kill(1) (the workspace forbids unsafe code).
-pub fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid} failed");
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    test_support::process::wait_until(what, Duration::from_secs(60), condition)
 }
 
 /// The national counter of `party`.
@@ -287,9 +275,13 @@ impl Ingest {
             auth_failures: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(election_ingest::run(listener, services, settings, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(election_ingest::run(
+            Serving::new(listener, async {
+                let _ = stopped.await;
+            }),
+            services,
+            settings,
+        ));
         Ingest {
             base,
             election: election.clone(),

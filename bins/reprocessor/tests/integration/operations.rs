@@ -36,16 +36,6 @@ fn run_once_that_cannot_run_exits_1_with_a_json_error() {
     assert_eq!(text(&output.stdout), "", "no summary: it never ran");
     let stderr = text(&output.stderr);
     // Every line is JSON, the last one the error.
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
-        .collect();
-    let last = lines.last().expect("a log line");
-    assert_eq!(last["level"], "ERROR", "{stderr}");
-    assert_eq!(last["program"], "election-reprocessor", "{stderr}");
-    assert_eq!(last["exit_code"], 1, "{stderr}");
-    assert!(
-        last["message"].as_str().unwrap().contains("127.0.0.1"),
-        "{stderr}"
-    );
+    let lines = test_support::logs::json_lines(&stderr);
+    test_support::logs::assert_fatal(&lines, &stderr, "election-reprocessor", "127.0.0.1");
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use election_core::contract::{report, unique_election};
 use election_core::{Engine, ReportLog};
+use test_support::process::free_port;
 use test_support::redis::{RedisServer, connection};
 
 use crate::harness::{
@@ -136,14 +137,6 @@ async fn a_counter_holding_oops_keeps_its_revision_pending_and_fails_reconcile()
         both(&output)
     );
     assert_exact(&db, &url, &e);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

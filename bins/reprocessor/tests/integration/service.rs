@@ -2,13 +2,14 @@
 //! health and metrics, stuck reports, SIGTERM, and refusing an unmigrated
 //! database.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use election_core::Claim;
 use election_core::contract::unique_election;
 use election_reprocessor::{Services, Settings};
+use election_wiring::Serving;
 use test_support::pg::PgSchema;
+use test_support::process::free_port;
 use test_support::redis::RedisServer;
 use tokio::sync::oneshot;
 
@@ -85,12 +86,11 @@ async fn run_backs_off_while_redis_is_down_then_resumes_by_itself() {
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(election_reprocessor::run(
-        listener,
+        Serving::new(listener, async {
+            let _ = stopped.await;
+        }),
         services,
         settings,
-        async {
-            let _ = stopped.await;
-        },
     ));
     let client = reqwest::Client::new();
 
@@ -135,14 +135,6 @@ async fn run_backs_off_while_redis_is_down_then_resumes_by_itself() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     assert_exact(&db, &url, &e);
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

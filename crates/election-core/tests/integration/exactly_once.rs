@@ -18,8 +18,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use election_core::contract::{report, unique_election};
+use election_core::memory::Step;
 use election_core::memory::{Faults, ManualClock, MemoryLog, MemoryTally, When};
-use election_core::store::Step;
 use election_core::{
     Claim, Counter, ElectionId, Engine, Outcome, PayloadHash, Report, ReportLog, Tally, Totals,
 };

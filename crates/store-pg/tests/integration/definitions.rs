@@ -5,7 +5,7 @@ use election_core::{Definition, ElectionId, ReportLog, contract};
 use store_pg::PgLog;
 use store_pg::definitions::{self, LoadError, Loaded};
 
-use crate::support::{Migrated, number};
+use crate::support::{Migrated, lines, number};
 
 const FIRST: &str = r##"id = "def-e"
 name = "Definition test"
@@ -98,7 +98,7 @@ fn definitions_load_grow_and_refuse_to_shrink() {
 
 #[test]
 fn a_definition_is_read_again_only_when_a_load_changed_its_version() {
-    use definitions::Lookup;
+    use election_core::Lookup;
     let db = Migrated::new(2);
     let election = ElectionId::parse("def-e").unwrap();
     assert!(matches!(
@@ -249,6 +249,25 @@ fn a_certified_city_records_nothing_new() {
         chrono::DateTime::parse_from_rfc3339(&how.at).is_ok(),
         "{}",
         how.at
+    );
+    // The time as PostgreSQL formats it (milliseconds, UTC), and the version
+    // as the recording transaction computes it.
+    assert_eq!(
+        lines(
+            &db.pool,
+            "SELECT to_char(certified_at AT TIME ZONE 'UTC', \
+                            'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS line \
+             FROM certified_cities WHERE city = 'london'"
+        ),
+        std::slice::from_ref(&how.at)
+    );
+    assert_eq!(
+        number(
+            &db.pool,
+            "SELECT (extract(epoch FROM loaded_at) * 1000000)::bigint AS n \
+             FROM election_definitions WHERE election_id = 'def-e'"
+        ),
+        after.0
     );
     assert!(
         definition

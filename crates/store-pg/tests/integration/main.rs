@@ -10,23 +10,38 @@
 mod batches;
 mod definitions;
 mod migrations;
+mod schema;
 mod seals;
 mod support;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use election_core::memory::MemoryTally;
-use election_core::{ReportLog, StoreError, Tally, contract};
-use store_pg::{PgError, PgLog};
+use election_core::{History, ReportLog, StoreError, Tally, contract};
+use store_pg::{PgError, PgHistory, PgLog};
 
-use crate::support::SchemaLog;
+use crate::support::{Migrated, SchemaLog};
 
 #[test]
 fn pg_log_passes_the_report_log_contract() {
     // Claims are not filtered by election, so every check needs a log of its
     // own: a fresh, migrated schema each time.
     contract::report_log(&|| Arc::new(SchemaLog::new(8)) as Arc<dyn ReportLog>);
+}
+
+#[test]
+fn pg_history_passes_the_history_contract() {
+    // One schema for every check: they use elections of their own and only
+    // read what they recorded.
+    let migrated = Migrated::new(4);
+    contract::history(&|| {
+        (
+            Arc::new(PgLog::new(migrated.pool.clone())) as Arc<dyn ReportLog>,
+            Arc::new(PgHistory::new(migrated.pool.clone())) as Arc<dyn History>,
+        )
+    });
 }
 
 #[test]
