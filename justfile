@@ -6,16 +6,16 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# The system with the seed's three-city example, then a simulated election night (Ctrl-C stops it).
+# The system with the seed's three-city example, then a simulated election night (Ctrl-C stops it; tools/xtask/src/demo.rs).
 demo: setup
-    scripts/demo.sh
+    cargo xtask demo
 
-# Install what the tests and the demo need (Debian packages, schemathesis) and start PostgreSQL and Redis when they do not answer (`just test` and `just demo` run it first).
+# Install what the tests and the demo need (Debian packages, schemathesis) and start PostgreSQL and Redis when they do not answer (`just test` and `just demo` run it first; it builds only the small xtask crate).
 setup:
-    scripts/setup.sh
+    cargo xtask setup
 
-# Everything CI checks: format, lints, the architecture invariant, all tests, schemathesis against both services (a fixed seed, so CI is repeatable; `just api-fuzz` alone draws a new one).
-test: setup fmt-check lint arch-check test-all (api-fuzz "20261128")
+# Everything CI checks: format, lints, the architecture invariant, the API docs, all tests, the in-memory example, schemathesis against both services (a fixed seed, so CI is repeatable; `just api-fuzz` alone draws a new one).
+test: setup fmt-check lint arch-check doc test-all examples (api-fuzz "20261128")
 
 # What CI runs (`.ci/run` calls `just test`).
 ci: test
@@ -40,9 +40,13 @@ arch-check:
     fi
     echo "arch-check: election-core depends on none of diesel, redis, tokio, axum, r2d2, hyper"
 
-# Every test, against real PostgreSQL, Redis and a Redis Cluster the tests start.
+# Every test, against real PostgreSQL, Redis and a Redis Cluster the tests start (this builds every example too).
 test-all:
     cargo test --workspace --all-features
+
+# Run election-core's in-memory example (the PostgreSQL + Redis one is built by `test-all`; `cargo run -p election-core --example postgres_redis` runs it).
+examples:
+    cargo run -q -p election-core --example in_memory
 
 # Everything at full size (docs/reliability.md): the end-to-end fault scenarios (ingest, Redis, a Redis Cluster master, PostgreSQL and the reprocessor killed under load), 1,000,000 fuzzed reports, and schemathesis with a new seed.
 chaos:
@@ -59,9 +63,9 @@ fuzz-libfuzzer secs="300":
     mkdir -p fuzz/corpus/report_from_json
     RUSTC_BOOTSTRAP=1 cargo fuzz run report_from_json fuzz/corpus/report_from_json fuzz/seeds -- -max_total_time={{secs}} -max_len=4096
 
-# schemathesis against both services: no 5xx, every answer as docs/openapi.yaml says (~1 min; needs `pip install schemathesis`).
+# schemathesis against both services: no 5xx, every answer as docs/openapi.yaml says (~1 min; needs `pip install schemathesis`; tools/xtask/src/api_fuzz.rs).
 api-fuzz seed="":
-    API_FUZZ_SEED={{seed}} scripts/api-fuzz.sh
+    cargo xtask api-fuzz {{seed}}
 
 # Dependency policy (deny.toml): licenses, bans and sources, offline (advisories need GitHub; needs `cargo install --locked cargo-deny`).
 deny:
@@ -70,9 +74,9 @@ deny:
     command -v cargo-deny >/dev/null || { echo "cargo-deny is not installed: cargo install --locked cargo-deny" >&2; exit 1; }
     cargo deny --offline check licenses bans sources
 
-# Build the API docs with warnings as errors.
+# Build the API docs with warnings as errors (broken intra-doc links and the like).
 doc:
-    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 
 # Count every report recorded but not counted yet, then exit (uses DATABASE_URL, REDIS_URL).
 drain *flags:

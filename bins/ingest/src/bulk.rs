@@ -194,30 +194,7 @@ async fn handle(
 ) -> Result<BatchAnswer, ApiError> {
     let caller = admit(state, election, client, headers).await?;
     let body = read_body(headers, body, state.body_timeout, MAX_BATCH_BYTES).await?;
-    let wire: Wire<'_> = serde_json::from_slice(&body).map_err(|error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("expected {{\"reports\": [<report>, ...]}}: {error}"),
-        )
-    })?;
-    if wire.reports.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "`reports` is empty: send 1 to 1000 reports",
-        ));
-    }
-    if wire.reports.len() > MAX_BATCH_REPORTS {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "{} reports in one request; at most {MAX_BATCH_REPORTS}: split it",
-                wire.reports.len()
-            ),
-        ));
-    }
+    let wire = parse_wire(&body)?;
     // `admit` took one report's allowance; the batch costs one per item.
     if wire.reports.len() > 1 {
         rate_limit(
@@ -243,44 +220,7 @@ async fn handle(
         .collect();
 
     for attempt in 1..=DEFINITION_ATTEMPTS {
-        let mut positions = Vec::with_capacity(slots.len());
-        let mut reports = Vec::with_capacity(slots.len());
-        for (position, slot) in slots.iter_mut().enumerate() {
-            if matches!(slot, Slot::Waiting(_))
-                && let Slot::Waiting(report) = std::mem::replace(slot, Slot::Submitted)
-            {
-                positions.push(position);
-                reports.push(report);
-            }
-        }
-        if reports.is_empty() {
-            break;
-        }
-        let labels: Vec<(String, u32)> = reports
-            .iter()
-            .map(|r| (r.ballot_box().to_string(), r.revision().get()))
-            .collect();
-        let answers = state
-            .batcher
-            .submit_all(reports)
-            .await
-            .ok_or_else(shutting_down)?;
-        let mut changed = false;
-        for ((position, (ballot_box, revision)), answer) in
-            positions.into_iter().zip(labels).zip(answers)
-        {
-            slots[position] = match answer {
-                Ok(outcome) => Slot::Done(answer_for(state, ballot_box, revision, Ok(outcome))),
-                // One job is one transaction: it failed whole, nothing of
-                // the request was recorded.
-                Err(NotRecorded::Store(error)) => return Err(whole_failure(&error)),
-                Err(NotRecorded::DefinitionChanged(report)) => {
-                    changed = true;
-                    Slot::Waiting(*report)
-                }
-            };
-        }
-        if !changed {
+        if !submit_waiting(state, &mut slots).await? {
             break;
         }
         if attempt == DEFINITION_ATTEMPTS {
@@ -309,6 +249,83 @@ async fn handle(
             })
             .collect(),
     ))
+}
+
+/// The body's shape and size, checked before any item is: 400 for a body
+/// that is not `{"reports": [...]}` or has no report, 413 past
+/// [`MAX_BATCH_REPORTS`].
+fn parse_wire(body: &[u8]) -> Result<Wire<'_>, ApiError> {
+    let wire: Wire<'_> = serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected {{\"reports\": [<report>, ...]}}: {error}"),
+        )
+    })?;
+    if wire.reports.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`reports` is empty: send 1 to 1000 reports",
+        ));
+    }
+    if wire.reports.len() > MAX_BATCH_REPORTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "{} reports in one request; at most {MAX_BATCH_REPORTS}: split it",
+                wire.reports.len()
+            ),
+        ));
+    }
+    Ok(wire)
+}
+
+/// Hands every waiting item to the batcher as one job, in item order, and
+/// puts each answer in its slot. Returns whether any came back because the
+/// election's definition changed since it was checked (those wait again);
+/// an error when the job's transaction failed (nothing of it was recorded)
+/// or the batcher has stopped.
+async fn submit_waiting(state: &AppState, slots: &mut [Slot]) -> Result<bool, ApiError> {
+    let mut positions = Vec::with_capacity(slots.len());
+    let mut reports = Vec::with_capacity(slots.len());
+    for (position, slot) in slots.iter_mut().enumerate() {
+        if matches!(slot, Slot::Waiting(_))
+            && let Slot::Waiting(report) = std::mem::replace(slot, Slot::Submitted)
+        {
+            positions.push(position);
+            reports.push(report);
+        }
+    }
+    if reports.is_empty() {
+        return Ok(false);
+    }
+    let labels: Vec<(String, u32)> = reports
+        .iter()
+        .map(|r| (r.ballot_box().to_string(), r.revision().get()))
+        .collect();
+    let answers = state
+        .batcher
+        .submit_all(reports)
+        .await
+        .ok_or_else(shutting_down)?;
+    let mut changed = false;
+    for ((position, (ballot_box, revision)), answer) in
+        positions.into_iter().zip(labels).zip(answers)
+    {
+        slots[position] = match answer {
+            Ok(outcome) => Slot::Done(answer_for(state, ballot_box, revision, Ok(outcome))),
+            // One job is one transaction: it failed whole, nothing of
+            // the request was recorded.
+            Err(NotRecorded::Store(error)) => return Err(whole_failure(&error)),
+            Err(NotRecorded::DefinitionChanged(report)) => {
+                changed = true;
+                Slot::Waiting(*report)
+            }
+        };
+    }
+    Ok(changed)
 }
 
 fn whole_failure(error: &Arc<StoreError>) -> ApiError {

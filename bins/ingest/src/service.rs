@@ -457,13 +457,19 @@ pub(crate) fn rate_limit(
 /// Parses and validates one report's JSON: 400 for the wrong shape, 422 for
 /// broken domain rules.
 pub(crate) fn parse_report(election: &ElectionId, json: &[u8]) -> Result<Report, ApiError> {
-    Report::from_json(election, json).map_err(|error| match error {
+    Report::from_json(election, json).map_err(report_refused)
+}
+
+/// The answer to a report that does not parse or validate. A function, not
+/// `From<ReportError> for ApiError`: neither type is this crate's.
+fn report_refused(error: ReportError) -> ApiError {
+    match error {
         ReportError::Malformed(message) => {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
         }
         ReportError::Invalid(problems) => invalid(&problems),
         other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.to_string()),
-    })
+    }
 }
 
 /// 503 for a token or definition lookup that PostgreSQL failed.

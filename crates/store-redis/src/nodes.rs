@@ -226,6 +226,30 @@ struct Attempt {
     ask: Option<Node>,
 }
 
+/// A node's pipeline, written and not read yet.
+struct InFlight {
+    node: Node,
+    connection: Connection,
+    /// Whether the connection came from the pool (a dropped one is then
+    /// replaced and the pipeline sent again).
+    reused: bool,
+    /// The attempts in the pipeline, in order.
+    attempts: Vec<Attempt>,
+}
+
+/// What reading one round's replies collects.
+struct Round<'a> {
+    requests: &'a [Request],
+    replies: &'a mut [Option<Reply>],
+    /// The attempts to send again in the next round.
+    again: Vec<Attempt>,
+    /// Whether a command was answered `TRYAGAIN` (the next round waits).
+    try_again: bool,
+    /// Whether a command was answered `NOSCRIPT` (the script is loaded
+    /// before the next round).
+    load_script: bool,
+}
+
 impl Nodes {
     /// Prepares to talk to `target`, without connecting yet (a Redis that is
     /// down at startup only makes the first commands fail).
@@ -537,7 +561,53 @@ impl Nodes {
         writes: bool,
         try_again: &mut bool,
     ) -> Vec<Attempt> {
-        // Group by node, keeping the callers' order within each node.
+        let by_node = self.group_by_node(requests, topology, attempts, replies);
+        let in_flight = self.write_pipelines(requests, by_node, replies, writes);
+        let mut round = Round {
+            requests,
+            replies,
+            again: Vec::new(),
+            try_again: false,
+            load_script: false,
+        };
+        for pipeline in in_flight {
+            self.read_replies(pipeline, &mut round);
+        }
+        *try_again |= round.try_again;
+        let Round {
+            replies,
+            again,
+            load_script,
+            ..
+        } = round;
+        if load_script && let Err(error) = self.load_script() {
+            // The commands waiting for the script fail with the reason.
+            let (failed, rest): (Vec<Attempt>, Vec<Attempt>) =
+                again.into_iter().partition(|attempt| {
+                    matches!(
+                        &replies[attempt.index],
+                        Some(Err(RedisStoreError::Refused { source, .. }))
+                            if source.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript)
+                    )
+                });
+            for attempt in failed {
+                replies[attempt.index] = Some(Err(error.clone()));
+            }
+            return rest;
+        }
+        again
+    }
+
+    /// Groups `attempts` by the node each goes to, keeping the callers' order
+    /// within each node. An attempt whose slot no node covers is answered
+    /// [`RedisStoreError::SlotUncovered`] at once (and the map marked stale).
+    fn group_by_node(
+        &self,
+        requests: &[Request],
+        topology: &Topology,
+        attempts: Vec<Attempt>,
+        replies: &mut [Option<Reply>],
+    ) -> BTreeMap<String, (Node, Vec<Attempt>)> {
         let mut by_node: BTreeMap<String, (Node, Vec<Attempt>)> = BTreeMap::new();
         for attempt in attempts {
             let request = &requests[attempt.index];
@@ -559,8 +629,19 @@ impl Nodes {
                 .1
                 .push(attempt);
         }
+        by_node
+    }
 
-        // Write every node's pipeline first, so the nodes work in parallel.
+    /// Writes every node's pipeline before reading any, so the nodes work in
+    /// parallel. The attempts of a node that could not be written to are
+    /// answered with why.
+    fn write_pipelines(
+        &self,
+        requests: &[Request],
+        by_node: BTreeMap<String, (Node, Vec<Attempt>)>,
+        replies: &mut [Option<Reply>],
+        writes: bool,
+    ) -> Vec<InFlight> {
         let mut in_flight = Vec::with_capacity(by_node.len());
         for (node, attempts) in by_node.into_values() {
             let mut packed = Vec::new();
@@ -574,7 +655,12 @@ impl Nodes {
             }
             let sent = self.send(&node, &packed, requests[attempts[0].index].name, writes);
             match sent {
-                Ok((connection, reused)) => in_flight.push((node, connection, reused, attempts)),
+                Ok((connection, reused)) => in_flight.push(InFlight {
+                    node,
+                    connection,
+                    reused,
+                    attempts,
+                }),
                 Err(error) => {
                     if !matches!(error, RedisStoreError::EvictingPolicy { .. }) {
                         self.node_failed();
@@ -585,157 +671,151 @@ impl Nodes {
                 }
             }
         }
+        in_flight
+    }
 
-        // Then read every node's replies, in order.
-        let mut again = Vec::new();
-        let mut load_script = false;
-        for (node, mut connection, reused, attempts) in in_flight {
-            let label: Arc<str> = Arc::from(node.label.as_str());
-            let mut broken: Option<RedisStoreError> = None;
-            let mut n_read = 0;
-            let mut unread = Vec::new();
-            for attempt in attempts {
-                let request = &requests[attempt.index];
-                if let Some(error) = &broken {
-                    unread.push(attempt.clone());
-                    replies[attempt.index] = Some(Err(error.clone()));
+    /// Reads one node's replies, in order, into `round`; then gives the
+    /// connection back, or drops it when it broke.
+    fn read_replies(&self, pipeline: InFlight, round: &mut Round<'_>) {
+        let InFlight {
+            node,
+            mut connection,
+            reused,
+            attempts,
+        } = pipeline;
+        let label: Arc<str> = Arc::from(node.label.as_str());
+        let mut broken: Option<RedisStoreError> = None;
+        let mut n_read = 0;
+        let mut unread = Vec::new();
+        for attempt in attempts {
+            let request = &round.requests[attempt.index];
+            if let Some(error) = &broken {
+                unread.push(attempt.clone());
+                round.replies[attempt.index] = Some(Err(error.clone()));
+                continue;
+            }
+            let received = if attempt.ask.is_some() {
+                // The reply to `ASKING` comes first; its error, if any,
+                // shows in the command's own reply.
+                connection
+                    .recv_response()
+                    .and_then(|_| connection.recv_response())
+            } else {
+                connection.recv_response()
+            };
+            let value = match received {
+                Ok(value) => value,
+                Err(source) => {
+                    let error = RedisStoreError::Io {
+                        node: node.label.clone(),
+                        command: request.name.to_owned(),
+                        source,
+                    };
+                    round.replies[attempt.index] = Some(Err(error.clone()));
+                    unread.push(attempt);
+                    broken = Some(error);
                     continue;
                 }
-                let received = if attempt.ask.is_some() {
-                    // The reply to `ASKING` comes first; its error, if any,
-                    // shows in the command's own reply.
-                    connection
-                        .recv_response()
-                        .and_then(|_| connection.recv_response())
-                } else {
-                    connection.recv_response()
-                };
-                let value = match received {
-                    Ok(value) => value,
-                    Err(source) => {
-                        let error = RedisStoreError::Io {
-                            node: node.label.clone(),
-                            command: request.name.to_owned(),
-                            source,
-                        };
-                        replies[attempt.index] = Some(Err(error.clone()));
-                        unread.push(attempt);
-                        broken = Some(error);
-                        continue;
-                    }
-                };
-                n_read += 1;
-                let Value::ServerError(server_error) = value else {
-                    replies[attempt.index] = Some(Ok(Replied {
+            };
+            n_read += 1;
+            match value {
+                Value::ServerError(server_error) => {
+                    self.server_error(&node, attempt, RedisError::from(server_error), round);
+                }
+                value => {
+                    round.replies[attempt.index] = Some(Ok(Replied {
                         node: Arc::clone(&label),
                         value,
                     }));
-                    continue;
-                };
-                let error = RedisError::from(server_error);
-                match error.kind() {
-                    redis::ErrorKind::Server(ServerErrorKind::Moved) => {
-                        // The slot map is out of date: refresh it and send
-                        // again where it now says.
-                        self.stale.store(true, Ordering::Relaxed);
-                        again.push(Attempt {
-                            index: attempt.index,
-                            ask: None,
-                        });
-                    }
-                    redis::ErrorKind::Server(ServerErrorKind::Ask) => {
-                        // The slot is migrating and this key has left: ask the
-                        // importing node, once, without changing the map.
-                        match error
-                            .redirect_node()
-                            .and_then(|(address, _)| self.node_at(address))
-                        {
-                            Some(target) => again.push(Attempt {
-                                index: attempt.index,
-                                ask: Some(target),
-                            }),
-                            None => {
-                                replies[attempt.index] = Some(Err(RedisStoreError::Refused {
-                                    node: node.label.clone(),
-                                    command: request.name.to_owned(),
-                                    source: error,
-                                }));
-                            }
-                        }
-                    }
-                    redis::ErrorKind::Server(ServerErrorKind::TryAgain) => {
-                        // A multi-key command whose keys are split by a slot
-                        // migration in progress: it succeeds once the slot's
-                        // keys have moved, so send it again after a pause.
-                        replies[attempt.index] = Some(Err(RedisStoreError::Refused {
-                            node: node.label.clone(),
-                            command: request.name.to_owned(),
-                            source: error,
-                        }));
-                        *try_again = true;
-                        again.push(attempt);
-                    }
-                    redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        load_script = true;
-                        replies[attempt.index] = Some(Err(RedisStoreError::Refused {
-                            node: node.label.clone(),
-                            command: request.name.to_owned(),
-                            source: error,
-                        }));
-                        again.push(attempt);
-                    }
-                    kind => {
-                        if matches!(
-                            kind,
-                            redis::ErrorKind::Server(
-                                ServerErrorKind::ReadOnly | ServerErrorKind::ClusterDown
-                            )
-                        ) {
-                            // A failover moved the master, or the cluster is
-                            // reconfiguring: read the map again next time.
-                            self.node_failed();
-                        }
-                        replies[attempt.index] = Some(Err(RedisStoreError::Refused {
-                            node: node.label.clone(),
-                            command: request.name.to_owned(),
-                            source: error,
-                        }));
-                    }
                 }
-            }
-            match broken {
-                None => self.give_back(&node, connection),
-                Some(RedisStoreError::Io { source, .. })
-                    if reused && n_read == 0 && source.is_connection_dropped() =>
-                {
-                    // An idle pooled connection the server had closed (a
-                    // restart, an idle timeout): send again on a fresh one.
-                    // Safe, because every command we send is idempotent
-                    // (markers make the scripts so). Should the server have
-                    // run the first send after all, the second finds the
-                    // markers set and answers `Already` for what moved then.
-                    again.extend(unread);
-                }
-                Some(_) => self.node_failed(),
             }
         }
+        match broken {
+            None => self.give_back(&node, connection),
+            Some(RedisStoreError::Io { source, .. })
+                if reused && n_read == 0 && source.is_connection_dropped() =>
+            {
+                // An idle pooled connection the server had closed (a
+                // restart, an idle timeout): send again on a fresh one.
+                // Safe, because every command we send is idempotent
+                // (markers make the scripts so). Should the server have
+                // run the first send after all, the second finds the
+                // markers set and answers `Already` for what moved then.
+                round.again.extend(unread);
+            }
+            Some(_) => self.node_failed(),
+        }
+    }
 
-        if load_script && let Err(error) = self.load_script() {
-            // The commands waiting for the script fail with the reason.
-            let (failed, rest): (Vec<Attempt>, Vec<Attempt>) =
-                again.into_iter().partition(|attempt| {
-                    matches!(
-                        &replies[attempt.index],
-                        Some(Err(RedisStoreError::Refused { source, .. }))
-                            if source.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript)
-                    )
+    /// Handles an error reply from `node`: follows `MOVED` and `ASK`
+    /// redirections, sends `TRYAGAIN` and `NOSCRIPT` again (after a pause,
+    /// after loading the script), and answers anything else as refused.
+    fn server_error(
+        &self,
+        node: &Node,
+        attempt: Attempt,
+        error: RedisError,
+        round: &mut Round<'_>,
+    ) {
+        let request = &round.requests[attempt.index];
+        let refused = |source: RedisError| {
+            Some(Err(RedisStoreError::Refused {
+                node: node.label.clone(),
+                command: request.name.to_owned(),
+                source,
+            }))
+        };
+        match error.kind() {
+            redis::ErrorKind::Server(ServerErrorKind::Moved) => {
+                // The slot map is out of date: refresh it and send
+                // again where it now says.
+                self.stale.store(true, Ordering::Relaxed);
+                round.again.push(Attempt {
+                    index: attempt.index,
+                    ask: None,
                 });
-            for attempt in failed {
-                replies[attempt.index] = Some(Err(error.clone()));
             }
-            return rest;
+            redis::ErrorKind::Server(ServerErrorKind::Ask) => {
+                // The slot is migrating and this key has left: ask the
+                // importing node, once, without changing the map.
+                match error
+                    .redirect_node()
+                    .and_then(|(address, _)| self.node_at(address))
+                {
+                    Some(target) => round.again.push(Attempt {
+                        index: attempt.index,
+                        ask: Some(target),
+                    }),
+                    None => round.replies[attempt.index] = refused(error),
+                }
+            }
+            redis::ErrorKind::Server(ServerErrorKind::TryAgain) => {
+                // A multi-key command whose keys are split by a slot
+                // migration in progress: it succeeds once the slot's
+                // keys have moved, so send it again after a pause.
+                round.replies[attempt.index] = refused(error);
+                round.try_again = true;
+                round.again.push(attempt);
+            }
+            redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+                round.load_script = true;
+                round.replies[attempt.index] = refused(error);
+                round.again.push(attempt);
+            }
+            kind => {
+                if matches!(
+                    kind,
+                    redis::ErrorKind::Server(
+                        ServerErrorKind::ReadOnly | ServerErrorKind::ClusterDown
+                    )
+                ) {
+                    // A failover moved the master, or the cluster is
+                    // reconfiguring: read the map again next time.
+                    self.node_failed();
+                }
+                round.replies[attempt.index] = refused(error);
+            }
         }
-        again
     }
 
     /// Writes a pipeline to `node`, on a pooled connection if one is idle.

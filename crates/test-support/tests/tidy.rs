@@ -82,6 +82,7 @@ fn nothing_refers_to_files_outside_the_repository() {
 /// Top-level folders whose paths documents name.
 const ROOTS: &[&str] = &[
     "bins/",
+    "tools/",
     "crates/",
     "docs/",
     "migrations/",

@@ -338,19 +338,11 @@ fn election_load_and_show() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// That the checked-in file is what `cargo xtask demo-definition` writes is
+/// the xtask's own test (tools/xtask/src/definition.rs).
 #[test]
-fn the_demo_definition_is_generated_and_loads() {
+fn the_demo_definition_loads() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let checked_in = std::fs::read_to_string(root.join("demo/demo-night.toml")).unwrap();
-    let generated = Command::new(root.join("scripts/demo-definition.sh"))
-        .output()
-        .unwrap();
-    assert!(generated.status.success());
-    assert_eq!(
-        text(&generated.stdout),
-        checked_in,
-        "demo/demo-night.toml differs from scripts/demo-definition.sh's output: regenerate it"
-    );
     let schema = PgSchema::new();
     assert!(ingest(&schema, &["migrate"]).status.success());
     let file = root.join("demo/demo-night.toml");

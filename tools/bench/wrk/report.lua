@@ -1,4 +1,4 @@
--- wrk script of `just bench` (bins/bench/src/wrk.rs runs it): every request
+-- wrk script of `just bench` (tools/bench/src/wrk.rs runs it): every request
 -- is revision 1 of a new ballot box, posted to election-ingest.
 --
 --   wrk -t2 -c64 -d15s --latency -s report.lua http://HOST:PORT -- ELECTION TOKEN RUN

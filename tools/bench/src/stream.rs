@@ -113,6 +113,40 @@ struct Shared {
 }
 
 impl Shared {
+    /// Room for `ticks` ticks, nothing written or received yet.
+    fn new(ticks: usize) -> Shared {
+        Shared {
+            started: Instant::now(),
+            written: (0..ticks).map(|_| AtomicU64::new(0)).collect(),
+            slowest: (0..ticks).map(|_| AtomicU64::new(0)).collect(),
+            reached: (0..ticks).map(|_| AtomicU32::new(0)).collect(),
+            bytes: AtomicU64::new(0),
+            connected: AtomicUsize::new(0),
+            snapshot_bytes: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            first_failure: Mutex::new(None),
+            measuring: AtomicBool::new(false),
+        }
+    }
+
+    /// The last tick written so far, if any.
+    fn last_written(&self) -> Option<usize> {
+        self.written
+            .iter()
+            .rposition(|at| at.load(Ordering::Acquire) != 0)
+    }
+
+    /// The delays to the last subscriber of the `ticks` that reached all
+    /// `subscribers`, sorted.
+    fn delays(&self, ticks: std::ops::RangeInclusive<usize>, subscribers: usize) -> Vec<Duration> {
+        let mut delays: Vec<Duration> = ticks
+            .filter(|&tick| self.reached[tick].load(Ordering::Relaxed) as usize >= subscribers)
+            .map(|tick| Duration::from_micros(self.slowest[tick].load(Ordering::Relaxed)))
+            .collect();
+        delays.sort_unstable();
+        delays
+    }
+
     fn micros(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
@@ -384,26 +418,7 @@ pub async fn measure(
         plan.parties
     );
     seed(&mut conn, &plan)?;
-    let database = Database::recreate(admin_url, "election_bench_stream")?;
-    {
-        let pool = store_pg::connect(database.url(), 1, Duration::from_secs(5))?;
-        store_pg::migrate(&pool).context("migrating the stream bench's database")?;
-        // The query service serves only elections it knows (defined or
-        // reported to, in PostgreSQL): one ballot box row makes the bench's
-        // election known without a definition, which would change the bodies.
-        // Nothing reads the report it names.
-        let mut conn = pool
-            .get()
-            .context("connecting to the stream bench's database")?;
-        diesel::sql_query(
-            "INSERT INTO ballot_boxes (election_id, ballot_box_id, city, latest_revision, latest_report_id) \
-             VALUES ($1, 'bench-box', $2, 1, 0)",
-        )
-        .bind::<diesel::sql_types::Text, _>(ELECTION)
-        .bind::<diesel::sql_types::Text, _>(PROBE)
-        .execute(&mut conn)
-        .context("making the stream bench's election known")?;
-    }
+    let database = known_election(admin_url)?;
     let query = Service::start(
         bin_dir,
         "election-query",
@@ -415,19 +430,7 @@ pub async fn measure(
 
     // Enough ticks for connecting, the window and the drain after it.
     let ticks = (Duration::from_secs(600) + plan.seconds * 2).as_millis() / TICK.as_millis();
-    let ticks = usize::try_from(ticks).unwrap_or(usize::MAX);
-    let shared = Arc::new(Shared {
-        started: Instant::now(),
-        written: (0..ticks).map(|_| AtomicU64::new(0)).collect(),
-        slowest: (0..ticks).map(|_| AtomicU64::new(0)).collect(),
-        reached: (0..ticks).map(|_| AtomicU32::new(0)).collect(),
-        bytes: AtomicU64::new(0),
-        connected: AtomicUsize::new(0),
-        snapshot_bytes: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        first_failure: Mutex::new(None),
-        measuring: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(usize::try_from(ticks).unwrap_or(usize::MAX)));
     let stop = Arc::new(AtomicBool::new(false));
     let reports = Arc::new(Mutex::new(None));
     let writer = {
@@ -444,17 +447,160 @@ pub async fn measure(
         .pool_max_idle_per_host(0)
         .build()?;
     let url = format!("{}/v1/elections/{ELECTION}/stream", query.base());
-    let mut tasks = Vec::with_capacity(plan.subscribers);
+    let tasks = connect_subscribers(&client, &url, &shared, plan.subscribers).await?;
+    eprintln!(
+        "bench: stream: {} subscribers have their snapshot; measuring {} s",
+        plan.subscribers,
+        plan.seconds.as_secs()
+    );
+
+    // The window.
+    let first_tick = shared.last_written().unwrap_or(0) + 1;
+    shared.measuring.store(true, Ordering::Relaxed);
+    let before = Readings::take(&client, &query, redis_pid, &shared).await?;
+    let opened = Instant::now();
+    tokio::time::sleep(plan.seconds).await;
+    let window = opened.elapsed();
+    let spent = Readings::take(&client, &query, redis_pid, &shared)
+        .await?
+        .since(&before);
+    let last_tick = shared.last_written().unwrap_or(0);
+    // Changes of the window get 5 s more to arrive.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in &tasks {
+        task.abort();
+    }
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))
+        .and_then(|()| {
+            reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .context("the writer did not finish")
+        })??;
+    eprintln!("bench: stream: {written} reports written in all");
+    drop(query);
+
+    let window = Window {
+        duration: window,
+        first_tick,
+        last_tick,
+        spent,
+    };
+    Ok(Figures::of(&plan, &window, &shared, ticks_per_second))
+}
+
+/// The measured window: how long it lasted, its ticks, what moved in it.
+struct Window {
+    duration: Duration,
+    first_tick: usize,
+    last_tick: usize,
+    spent: Readings,
+}
+
+impl Figures {
+    /// The figures of `window`, from what the subscribers saw.
+    fn of(plan: &Plan, window: &Window, shared: &Shared, ticks_per_second: u64) -> Figures {
+        let Window {
+            duration: window,
+            first_tick,
+            last_tick,
+            ref spent,
+        } = *window;
+        let delays = shared.delays(first_tick..=last_tick, plan.subscribers);
+        let at = |q: f64| {
+            delays
+                .get(((delays.len().saturating_sub(1)) as f64 * q) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        let cpu = usage::ticks_to_duration(spent.query_ticks, ticks_per_second);
+        let redis_cpu = spent
+            .redis_ticks
+            .map(|ticks| usage::ticks_to_duration(ticks, ticks_per_second));
+        let ticks_in_window = (last_tick + 1).saturating_sub(first_tick) as f64;
+        let refreshed = spent.refreshes;
+        Figures {
+            subscribers: plan.subscribers,
+            window,
+            reports_per_second: ticks_in_window * TICK.as_secs_f64() * plan.reports_per_second
+                / window.as_secs_f64(),
+            bytes_per_subscriber_second: spent.bytes as f64
+                / plan.subscribers as f64
+                / window.as_secs_f64(),
+            snapshot_bytes: shared.snapshot_bytes.load(Ordering::Relaxed),
+            delta_bytes: if spent.delta_count > 0.0 {
+                spent.delta_sum / spent.delta_count
+            } else {
+                0.0
+            },
+            refreshes_per_second: refreshed / window.as_secs_f64(),
+            cpu_per_refresh: if refreshed > 0.0 {
+                cpu.div_f64(refreshed)
+            } else {
+                Duration::ZERO
+            },
+            cpu_share: cpu.as_secs_f64() / window.as_secs_f64(),
+            redis_share: redis_cpu.map(|cpu| cpu.as_secs_f64() / window.as_secs_f64()),
+            read_time: if refreshed > 0.0 {
+                Duration::from_secs_f64(spent.read_seconds / refreshed)
+            } else {
+                Duration::ZERO
+            },
+            changes: (last_tick + 1).saturating_sub(first_tick),
+            reached_all: delays.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+/// A fresh database on `admin_url`'s server in which the bench's election is
+/// known. The query service serves only elections it knows (defined or
+/// reported to, in PostgreSQL): one ballot box row makes it known without a
+/// definition, which would change the bodies. Nothing reads the report it
+/// names.
+fn known_election(admin_url: &str) -> anyhow::Result<Database> {
+    let database = Database::recreate(admin_url, "election_bench_stream")?;
+    let pool = store_pg::connect(database.url(), 1, Duration::from_secs(5))?;
+    store_pg::migrate(&pool).context("migrating the stream bench's database")?;
+    let mut conn = pool
+        .get()
+        .context("connecting to the stream bench's database")?;
+    diesel::sql_query(
+        "INSERT INTO ballot_boxes (election_id, ballot_box_id, city, latest_revision, latest_report_id) \
+         VALUES ($1, 'bench-box', $2, 1, 0)",
+    )
+    .bind::<diesel::sql_types::Text, _>(ELECTION)
+    .bind::<diesel::sql_types::Text, _>(PROBE)
+    .execute(&mut conn)
+    .context("making the stream bench's election known")?;
+    Ok(database)
+}
+
+/// Opens `subscribers` streams in waves of 100, each wave getting its
+/// snapshots before the next connects (300 s at most in all); an error when
+/// any subscriber could not open its stream.
+async fn connect_subscribers(
+    client: &reqwest::Client,
+    url: &str,
+    shared: &Arc<Shared>,
+    subscribers: usize,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::with_capacity(subscribers);
     let deadline = Instant::now() + Duration::from_secs(300);
-    for batch in 0..plan.subscribers.div_ceil(100) {
-        for _ in 0..100.min(plan.subscribers - batch * 100) {
+    for batch in 0..subscribers.div_ceil(100) {
+        for _ in 0..100.min(subscribers - batch * 100) {
             tasks.push(tokio::spawn(subscribe(
                 client.clone(),
-                url.clone(),
-                Arc::clone(&shared),
+                url.to_owned(),
+                Arc::clone(shared),
             )));
         }
-        // Each wave gets its snapshots before the next connects.
         while shared.connected.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)
             < tasks.len()
         {
@@ -478,119 +624,63 @@ pub async fn measure(
             .unwrap_or_default();
         bail!("{failed} subscribers could not open the stream; the first: {why}");
     }
-    eprintln!(
-        "bench: stream: {} subscribers have their snapshot; measuring {} s",
-        plan.subscribers,
-        plan.seconds.as_secs()
-    );
+    Ok(tasks)
+}
 
-    // The window.
-    let refreshes = "query_snapshot_refresh_seconds_count";
-    let first_tick = shared
-        .written
-        .iter()
-        .rposition(|at| at.load(Ordering::Acquire) != 0)
-        .unwrap_or(0)
-        + 1;
-    shared.measuring.store(true, Ordering::Relaxed);
-    let bytes_before = shared.bytes.load(Ordering::Relaxed);
-    let cpu_before = usage::process_ticks(query.pid());
-    let redis_before = redis_pid.map(usage::process_ticks);
-    let refreshes_before = metric(&client, query.base(), refreshes).await?;
-    let read_seconds = "query_snapshot_refresh_seconds_sum";
-    let read_seconds_before = metric(&client, query.base(), read_seconds).await?;
-    let delta_sum_before = metric(&client, query.base(), "query_stream_delta_bytes_sum").await?;
-    let delta_count_before =
-        metric(&client, query.base(), "query_stream_delta_bytes_count").await?;
-    let opened = Instant::now();
-    tokio::time::sleep(plan.seconds).await;
-    let window = opened.elapsed();
-    let bytes = shared.bytes.load(Ordering::Relaxed) - bytes_before;
-    let cpu = usage::process_ticks(query.pid()).saturating_sub(cpu_before);
-    let redis_cpu = redis_pid
-        .zip(redis_before)
-        .map(|(pid, before)| usage::process_ticks(pid).saturating_sub(before));
-    let refreshed = metric(&client, query.base(), refreshes).await? - refreshes_before;
-    let read_time = metric(&client, query.base(), read_seconds).await? - read_seconds_before;
-    let delta_sum =
-        metric(&client, query.base(), "query_stream_delta_bytes_sum").await? - delta_sum_before;
-    let delta_count =
-        metric(&client, query.base(), "query_stream_delta_bytes_count").await? - delta_count_before;
-    let last_tick = shared
-        .written
-        .iter()
-        .rposition(|at| at.load(Ordering::Acquire) != 0)
-        .unwrap_or(0);
-    // Changes of the window get 5 s more to arrive.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in &tasks {
-        task.abort();
+/// The counters read at each end of the window: bytes the subscribers
+/// received, CPU ticks of the query and of Redis, and the query's metrics.
+struct Readings {
+    bytes: u64,
+    query_ticks: u64,
+    redis_ticks: Option<u64>,
+    /// `query_snapshot_refresh_seconds_count`: refreshes made.
+    refreshes: f64,
+    /// `query_snapshot_refresh_seconds_sum`: their reads' wall time.
+    read_seconds: f64,
+    /// `query_stream_delta_bytes_sum` and `_count`.
+    delta_sum: f64,
+    delta_count: f64,
+}
+
+impl Readings {
+    async fn take(
+        client: &reqwest::Client,
+        query: &Service,
+        redis_pid: Option<u32>,
+        shared: &Shared,
+    ) -> anyhow::Result<Readings> {
+        // Bytes and CPU first, the metrics (HTTP round trips) after, as the
+        // window's ends always read them.
+        let bytes = shared.bytes.load(Ordering::Relaxed);
+        let query_ticks = usage::process_ticks(query.pid());
+        let redis_ticks = redis_pid.map(usage::process_ticks);
+        let base = query.base();
+        Ok(Readings {
+            bytes,
+            query_ticks,
+            redis_ticks,
+            refreshes: metric(client, base, "query_snapshot_refresh_seconds_count").await?,
+            read_seconds: metric(client, base, "query_snapshot_refresh_seconds_sum").await?,
+            delta_sum: metric(client, base, "query_stream_delta_bytes_sum").await?,
+            delta_count: metric(client, base, "query_stream_delta_bytes_count").await?,
+        })
     }
-    let written = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))
-        .and_then(|()| {
-            reports
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .context("the writer did not finish")
-        })??;
-    eprintln!("bench: stream: {written} reports written in all");
-    drop(query);
 
-    let mut delays = Vec::new();
-    let mut changes = 0;
-    for tick in first_tick..=last_tick {
-        changes += 1;
-        if shared.reached[tick].load(Ordering::Relaxed) as usize >= plan.subscribers {
-            delays.push(Duration::from_micros(
-                shared.slowest[tick].load(Ordering::Relaxed),
-            ));
+    /// What moved since `before`.
+    fn since(&self, before: &Readings) -> Readings {
+        Readings {
+            bytes: self.bytes - before.bytes,
+            query_ticks: self.query_ticks.saturating_sub(before.query_ticks),
+            redis_ticks: self
+                .redis_ticks
+                .zip(before.redis_ticks)
+                .map(|(now, then)| now.saturating_sub(then)),
+            refreshes: self.refreshes - before.refreshes,
+            read_seconds: self.read_seconds - before.read_seconds,
+            delta_sum: self.delta_sum - before.delta_sum,
+            delta_count: self.delta_count - before.delta_count,
         }
     }
-    delays.sort_unstable();
-    let at = |q: f64| {
-        delays
-            .get(((delays.len().saturating_sub(1)) as f64 * q) as usize)
-            .copied()
-            .unwrap_or_default()
-    };
-    let cpu = usage::ticks_to_duration(cpu, ticks_per_second);
-    let redis_cpu = redis_cpu.map(|ticks| usage::ticks_to_duration(ticks, ticks_per_second));
-    let ticks_in_window = (last_tick + 1).saturating_sub(first_tick) as f64;
-    Ok(Figures {
-        subscribers: plan.subscribers,
-        window,
-        reports_per_second: ticks_in_window * TICK.as_secs_f64() * plan.reports_per_second
-            / window.as_secs_f64(),
-        bytes_per_subscriber_second: bytes as f64 / plan.subscribers as f64 / window.as_secs_f64(),
-        snapshot_bytes: shared.snapshot_bytes.load(Ordering::Relaxed),
-        delta_bytes: if delta_count > 0.0 {
-            delta_sum / delta_count
-        } else {
-            0.0
-        },
-        refreshes_per_second: refreshed / window.as_secs_f64(),
-        cpu_per_refresh: if refreshed > 0.0 {
-            cpu.div_f64(refreshed)
-        } else {
-            Duration::ZERO
-        },
-        cpu_share: cpu.as_secs_f64() / window.as_secs_f64(),
-        redis_share: redis_cpu.map(|cpu| cpu.as_secs_f64() / window.as_secs_f64()),
-        read_time: if refreshed > 0.0 {
-            Duration::from_secs_f64(read_time / refreshed)
-        } else {
-            Duration::ZERO
-        },
-        changes,
-        reached_all: delays.len(),
-        p50: at(0.5),
-        p99: at(0.99),
-        max: at(1.0),
-    })
 }
 
 /// The table's lines for one measurement.

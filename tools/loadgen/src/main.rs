@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use election_core::{ElectionId, Tally};
-use election_loadgen::{Load, Plan, Progress, national_drift, night, run};
+use election_loadgen::{Load, Outcome, Plan, Progress, national_drift, night, run};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use store_redis::{RedisOptions, RedisTally};
 
@@ -122,28 +122,9 @@ async fn go(cli: Cli) -> anyhow::Result<bool> {
     }
     // indicatif draws on stderr only when it is a terminal, so a redirected
     // run (the bench's logs) gets no bar codes.
-    let bar = cli.progress.then(|| {
-        let bar = ProgressBar::new(posts.len() as u64).with_style(
-            ProgressStyle::with_template("[{bar:40}] {pos}/{len} reports, {rate}")
-                .expect("a constant template")
-                .with_key(
-                    "rate",
-                    |state: &ProgressState, out: &mut dyn std::fmt::Write| {
-                        let _ = write!(out, "{:.0}/s", state.per_sec());
-                    },
-                )
-                .progress_chars("#>-"),
-        );
-        let ticker = bar.clone();
-        let progress = Arc::clone(&progress);
-        tokio::spawn(async move {
-            while !ticker.is_finished() {
-                ticker.set_position(progress.answered.load(Ordering::Relaxed) as u64);
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        });
-        bar
-    });
+    let bar = cli
+        .progress
+        .then(|| progress_bar(&progress, posts.len() as u64));
     let outcome = run(&load, Arc::clone(&posts), Arc::clone(&progress)).await?;
     if let Some(bar) = bar {
         bar.set_position(outcome.sent as u64);
@@ -153,9 +134,43 @@ async fn go(cli: Cli) -> anyhow::Result<bool> {
             eprintln!();
         }
     }
+    print_outcome(&outcome, cli.json, cli.concurrency);
 
+    let Some(redis_url) = cli.redis_url else {
+        eprintln!("(no --redis-url: the live totals were not checked)");
+        return Ok(true);
+    };
+    check_live_totals(&redis_url, &election, &outcome, cli.verify_timeout_secs).await
+}
+
+/// A bar of `len` reports that follows `progress` every 250 ms.
+fn progress_bar(progress: &Arc<Progress>, len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template("[{bar:40}] {pos}/{len} reports, {rate}")
+            .expect("a constant template")
+            .with_key(
+                "rate",
+                |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                    let _ = write!(out, "{:.0}/s", state.per_sec());
+                },
+            )
+            .progress_chars("#>-"),
+    );
+    let ticker = bar.clone();
+    let progress = Arc::clone(progress);
+    tokio::spawn(async move {
+        while !ticker.is_finished() {
+            ticker.set_position(progress.answered.load(Ordering::Relaxed) as u64);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    bar
+}
+
+/// Prints the run's figures: a few lines, or one JSON object with `--json`.
+fn print_outcome(outcome: &Outcome, json: bool, concurrency: usize) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    if cli.json {
+    if json {
         println!(
             "{}",
             serde_json::json!({
@@ -177,7 +192,7 @@ async fn go(cli: Cli) -> anyhow::Result<bool> {
             outcome.sent,
             outcome.elapsed.as_secs_f64(),
             outcome.throughput(),
-            cli.concurrency
+            concurrency
         );
         println!(
             "latency p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -197,12 +212,18 @@ async fn go(cli: Cli) -> anyhow::Result<bool> {
             outcome.transport_errors
         );
     }
+}
 
-    let Some(redis_url) = cli.redis_url else {
-        eprintln!("(no --redis-url: the live totals were not checked)");
-        return Ok(true);
-    };
-    let target = store_redis::parse_target(&redis_url).context("--redis-url")?;
+/// Checks that the national counters in Redis equal what the acknowledged
+/// reports add up to, polling until they do or `timeout_secs` passed (the
+/// reprocessor may still be counting 202s); prints the drift if any.
+async fn check_live_totals(
+    redis_url: &str,
+    election: &ElectionId,
+    outcome: &Outcome,
+    timeout_secs: f64,
+) -> anyhow::Result<bool> {
+    let target = store_redis::parse_target(redis_url).context("--redis-url")?;
     let tally = Arc::new(
         RedisTally::connect(
             &target,
@@ -215,7 +236,7 @@ async fn go(cli: Cli) -> anyhow::Result<bool> {
         .context("connecting to Redis")?,
     );
     let expected = outcome.expected_national();
-    let deadline = Instant::now() + Duration::from_secs_f64(cli.verify_timeout_secs);
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout_secs);
     loop {
         let tally = Arc::clone(&tally);
         let election = election.clone();

@@ -246,99 +246,143 @@ pub async fn run(
             "report-batches"
         }
     );
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut workers = Vec::with_capacity(load.concurrency);
-    for _ in 0..load.concurrency.max(1) {
-        let client = client.clone();
-        let url = url.clone();
-        let token = load.token.clone();
-        let posts = Arc::clone(&posts);
-        let next = Arc::clone(&next);
-        let progress = Arc::clone(&progress);
-        let rate = load.rate;
-        let duration = load.duration;
-        let spread = load.spread;
-        let count = posts.len();
-        workers.push(tokio::spawn(async move {
-            let mut answers = Vec::new();
-            loop {
-                if progress.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if duration.is_some_and(|d| started.elapsed() >= d) {
-                    break;
-                }
-                let index = next.fetch_add(batch, Ordering::Relaxed);
-                if index >= count {
-                    break;
-                }
-                let end = (index + batch).min(count);
-                let due = match (spread, rate) {
-                    (Some(spread), _) => Some(started + curve_due(index, count, spread)),
-                    (None, Some(rate)) => {
-                        Some(started + Duration::from_secs_f64(index as f64 / rate))
-                    }
-                    (None, None) => None,
-                };
-                if let Some(due) = due {
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                let body = if batch == 1 {
-                    posts[index].body.clone()
-                } else {
-                    let items: Vec<&str> =
-                        posts[index..end].iter().map(|p| p.body.as_str()).collect();
-                    format!("{{\"reports\":[{}]}}", items.join(","))
-                };
-                let sent = Instant::now();
-                let response = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let statuses = statuses_of(response, batch, end - index).await;
-                let latency = sent.elapsed();
-                for (offset, status) in statuses.into_iter().enumerate() {
-                    answers.push(Answer {
-                        post: index + offset,
-                        status,
-                        latency,
-                    });
-                }
-                progress.answered.fetch_add(end - index, Ordering::Relaxed);
-            }
-            answers
-        }));
-    }
+    let worker = Worker {
+        client,
+        url,
+        token: load.token.clone(),
+        posts: Arc::clone(&posts),
+        next: Arc::new(AtomicUsize::new(0)),
+        progress,
+        batch,
+        rate: load.rate,
+        duration: load.duration,
+        spread: load.spread,
+        started,
+    };
+    let workers: Vec<_> = (0..load.concurrency.max(1))
+        .map(|_| tokio::spawn(worker.clone().post_all()))
+        .collect();
     let mut outcome = Outcome::default();
     for worker in workers {
         for answer in worker.await.context("a posting task failed")? {
-            outcome.sent += 1;
-            match answer.status {
-                Some(status) => {
-                    *outcome.statuses.entry(status).or_insert(0) += 1;
-                    outcome.latencies.push(answer.latency);
-                    if (200..300).contains(&status) {
-                        let post = &posts[answer.post];
-                        let entry = outcome
-                            .acknowledged
-                            .entry(post.ballot_box)
-                            .or_insert((0, Vec::new()));
-                        if post.revision > entry.0 {
-                            *entry = (post.revision, post.votes.clone());
-                        }
-                    }
-                }
-                None => outcome.transport_errors += 1,
-            }
+            outcome.note(&posts, answer);
         }
     }
     outcome.elapsed = started.elapsed();
     outcome.latencies.sort_unstable();
     Ok(outcome)
+}
+
+/// One posting task: takes the next `batch` posts in turn until none is
+/// left, the time is up or the run is stopped.
+#[derive(Clone)]
+struct Worker {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    posts: Arc<Vec<Post>>,
+    /// The index of the next post to take, shared by every task.
+    next: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
+    batch: usize,
+    rate: Option<f64>,
+    duration: Option<Duration>,
+    spread: Option<Duration>,
+    started: Instant,
+}
+
+impl Worker {
+    async fn post_all(self) -> Vec<Answer> {
+        let count = self.posts.len();
+        let mut answers = Vec::new();
+        loop {
+            if self.progress.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if self.duration.is_some_and(|d| self.started.elapsed() >= d) {
+                break;
+            }
+            let index = self.next.fetch_add(self.batch, Ordering::Relaxed);
+            if index >= count {
+                break;
+            }
+            let end = (index + self.batch).min(count);
+            if let Some(due) = self.due(index, count) {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let sent = Instant::now();
+            let response = self
+                .client
+                .post(&self.url)
+                .bearer_auth(&self.token)
+                .header("content-type", "application/json")
+                .body(self.body(index, end))
+                .send()
+                .await;
+            let statuses = statuses_of(response, self.batch, end - index).await;
+            let latency = sent.elapsed();
+            for (offset, status) in statuses.into_iter().enumerate() {
+                answers.push(Answer {
+                    post: index + offset,
+                    status,
+                    latency,
+                });
+            }
+            self.progress
+                .answered
+                .fetch_add(end - index, Ordering::Relaxed);
+        }
+        answers
+    }
+
+    /// When post `index` of `count` is due: on the reporting curve, at the
+    /// steady rate, or at once.
+    fn due(&self, index: usize, count: usize) -> Option<Instant> {
+        match (self.spread, self.rate) {
+            (Some(spread), _) => Some(self.started + curve_due(index, count, spread)),
+            (None, Some(rate)) => Some(self.started + Duration::from_secs_f64(index as f64 / rate)),
+            (None, None) => None,
+        }
+    }
+
+    /// The request body for posts `index..end`: the report itself, or a
+    /// batch of them.
+    fn body(&self, index: usize, end: usize) -> String {
+        if self.batch == 1 {
+            self.posts[index].body.clone()
+        } else {
+            let items: Vec<&str> = self.posts[index..end]
+                .iter()
+                .map(|p| p.body.as_str())
+                .collect();
+            format!("{{\"reports\":[{}]}}", items.join(","))
+        }
+    }
+}
+
+impl Outcome {
+    /// Counts one answer; a 2xx acknowledges its post's revision.
+    fn note(&mut self, posts: &[Post], answer: Answer) {
+        self.sent += 1;
+        match answer.status {
+            Some(status) => {
+                *self.statuses.entry(status).or_insert(0) += 1;
+                self.latencies.push(answer.latency);
+                if (200..300).contains(&status) {
+                    let post = &posts[answer.post];
+                    let entry = self
+                        .acknowledged
+                        .entry(post.ballot_box)
+                        .or_insert((0, Vec::new()));
+                    if post.revision > entry.0 {
+                        *entry = (post.revision, post.votes.clone());
+                    }
+                }
+            }
+            None => self.transport_errors += 1,
+        }
+    }
 }
 
 /// The status of each of the `n` reports a request carried: the answer's

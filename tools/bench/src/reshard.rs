@@ -92,43 +92,13 @@ pub fn run(args: &ReshardArgs) -> anyhow::Result<()> {
     println!("reshard: {}", machine_load());
 
     if args.standalone_memory {
-        let redis = RedisProc::start()?;
-        let tally = tally(&redis.url())?;
-        let nodes = vec![redis.url()];
-        let before = used_memory(&nodes)?;
-        let started = Instant::now();
-        fill(&tally, &election, args)?;
-        let after = used_memory(&nodes)?;
-        println!(
-            "reshard: standalone: {} boxes counted in {:.1} s; used_memory +{:.1} MiB = {} bytes per box; {}",
-            thousands(args.boxes as f64),
-            started.elapsed().as_secs_f64(),
-            mib(after.saturating_sub(before)),
-            thousands(after.saturating_sub(before) as f64 / args.boxes as f64),
-            script_time(&nodes)?,
-        );
+        standalone_memory(&election, args)?;
     }
 
     let cluster = RedisCluster::start()?;
     let nodes = cluster.node_urls();
     let tally = Arc::new(tally(&cluster.url())?);
-    let before = used_memory(&nodes)?;
-    let started = Instant::now();
-    fill(&tally, &election, args)?;
-    let after = used_memory(&nodes)?;
-    let keys: u64 = nodes
-        .iter()
-        .map(|url| query::<u64>(url, &mut redis::cmd("DBSIZE")))
-        .sum::<anyhow::Result<u64>>()?;
-    println!(
-        "reshard: Cluster of 3 masters: {} boxes counted in {:.1} s; used_memory +{:.1} MiB = {} bytes per box (summed over the masters); {} keys; {}",
-        thousands(args.boxes as f64),
-        started.elapsed().as_secs_f64(),
-        mib(after.saturating_sub(before)),
-        thousands(after.saturating_sub(before) as f64 / args.boxes as f64),
-        thousands(keys as f64),
-        script_time(&nodes)?,
-    );
+    fill_cluster(&tally, &nodes, &election, args)?;
 
     let party = PartyId::parse(&election_loadgen::party_name(PARTY))?;
     let national = store_redis::keys::national(&election, &party);
@@ -194,14 +164,88 @@ pub fn run(args: &ReshardArgs) -> anyhow::Result<()> {
         println!("reshard: first apply error: {error}");
     }
 
-    // What failed stays pending: apply it again, as the reprocessor would,
-    // then check the national counter against everything applied.
+    reapply_and_check(
+        &tally,
+        &election,
+        args,
+        &written,
+        (&masters, slot),
+        &national,
+    )
+}
+
+/// Fills a standalone Redis and prints its memory per box.
+fn standalone_memory(election: &ElectionId, args: &ReshardArgs) -> anyhow::Result<()> {
+    let redis = RedisProc::start()?;
+    let tally = tally(&redis.url())?;
+    let nodes = vec![redis.url()];
+    let filled = fill_measured(&tally, &nodes, election, args)?;
+    println!(
+        "reshard: standalone: {filled} bytes per box; {}",
+        script_time(&nodes)?,
+    );
+    Ok(())
+}
+
+/// Fills the Redis `nodes` through `tally`: how long it took and how much
+/// memory it used, as `<boxes> boxes counted in <s> s; used_memory +<MiB> MiB
+/// = <bytes>`.
+fn fill_measured(
+    tally: &RedisTally,
+    nodes: &[String],
+    election: &ElectionId,
+    args: &ReshardArgs,
+) -> anyhow::Result<String> {
+    let before = used_memory(nodes)?;
+    let started = Instant::now();
+    fill(tally, election, args)?;
+    let after = used_memory(nodes)?;
+    Ok(format!(
+        "{} boxes counted in {:.1} s; used_memory +{:.1} MiB = {}",
+        thousands(args.boxes as f64),
+        started.elapsed().as_secs_f64(),
+        mib(after.saturating_sub(before)),
+        thousands(after.saturating_sub(before) as f64 / args.boxes as f64),
+    ))
+}
+
+/// Fills the Cluster through `tally` and prints its memory per box and keys.
+fn fill_cluster(
+    tally: &RedisTally,
+    nodes: &[String],
+    election: &ElectionId,
+    args: &ReshardArgs,
+) -> anyhow::Result<()> {
+    let filled = fill_measured(tally, nodes, election, args)?;
+    let keys: u64 = nodes
+        .iter()
+        .map(|url| query::<u64>(url, &mut redis::cmd("DBSIZE")))
+        .sum::<anyhow::Result<u64>>()?;
+    println!(
+        "reshard: Cluster of 3 masters: {filled} bytes per box (summed over the masters); {} keys; {}",
+        thousands(keys as f64),
+        script_time(nodes)?,
+    );
+    Ok(())
+}
+
+/// What failed stays pending: applies it again, as the reprocessor would,
+/// then checks the national counter (read from the master that owns its
+/// slot then) against everything applied.
+fn reapply_and_check(
+    tally: &RedisTally,
+    election: &ElectionId,
+    args: &ReshardArgs,
+    written: &Written,
+    (masters, slot): (&Masters, u16),
+    national: &str,
+) -> anyhow::Result<()> {
     let mut pending = written.failed.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !pending.is_empty() {
         let batch: Vec<Counting> = pending
             .iter()
-            .map(|&index| correction(&election, args.cities, index))
+            .map(|&index| correction(election, args.cities, index))
             .collect();
         let results = tally.apply(&batch);
         pending = pending
@@ -217,10 +261,7 @@ pub fn run(args: &ReshardArgs) -> anyhow::Result<()> {
         .map(|index| votes(index, PARTY))
         .sum::<i64>()
         + i64::try_from(written.revisions).context("revision count")?;
-    let value: Option<i64> = query(
-        &masters.url_of_slot(slot)?,
-        redis::cmd("GET").arg(&national),
-    )?;
+    let value: Option<i64> = query(&masters.url_of_slot(slot)?, redis::cmd("GET").arg(national))?;
     ensure!(
         value == Some(expected),
         "{national} holds {value:?} after the move, expected {expected}"

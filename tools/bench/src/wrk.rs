@@ -1,5 +1,5 @@
 //! Posting reports to election-ingest from outside, with `wrk` and the Lua
-//! script kept next to the bench (`bins/bench/wrk/report.lua`).
+//! script kept next to the bench (`tools/bench/wrk/report.lua`).
 //!
 //! Why wrk: the load generator shares the 2 cores with everything it
 //! measures, so the lighter it is, the closer the figures are to what the

@@ -1,4 +1,4 @@
--- wrk script of `just bench` for bulk reporting (bins/bench/src/wrk.rs runs
+-- wrk script of `just bench` for bulk reporting (tools/bench/src/wrk.rs runs
 -- it): every request carries BATCH reports, each revision 1 of a new ballot
 -- box, posted to election-ingest's /report-batches.
 --

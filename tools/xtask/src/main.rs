@@ -1,0 +1,87 @@
+//! `cargo xtask`: the repository's tasks that are more than a one-line
+//! recipe, in Rust rather than shell (the `justfile` recipes call them).
+//!
+//! - `setup` (`just setup`): installs what the tests and the demo need and
+//!   starts PostgreSQL and Redis when they do not answer.
+//! - `demo` (`just demo`): the whole system, the seed's three-city example,
+//!   then a simulated election night, until Ctrl-C.
+//! - `demo-definition`: the election definition of the demo's night
+//!   (`demo/demo-night.toml`).
+//! - `api-fuzz` (`just api-fuzz`): schemathesis against both services.
+//!
+//! Why Rust: the tasks start and stop servers, make and drop databases, and
+//! must undo all of it however they end; shell got long doing that (about
+//! 400 lines of bash), and a typed program says what each step needs. The
+//! tasks still run the same command-line tools the bash did (`psql`,
+//! `redis-cli`, `curl`, `pg_ctl`, `schemathesis`), so they need what it
+//! needed and nothing more, and this crate depends on no database driver:
+//! `cargo xtask setup` builds on a fresh machine before libpq is installed.
+//! The audit verifier (`scripts/verify_audit.py`) stays in Python on purpose:
+//! it is the outsider's independent check (docs/audit.md).
+
+mod api_fuzz;
+mod definition;
+mod demo;
+mod setup;
+mod shell;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "The repository's tasks (see tools/xtask)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the tests and the demo need and start PostgreSQL and
+    /// Redis when they do not answer.
+    Setup,
+    /// The system with the seed's three-city example, then a simulated
+    /// election night (Ctrl-C stops it).
+    Demo,
+    /// Write the demo night's election definition to standard output.
+    DemoDefinition(definition::Sizes),
+    /// schemathesis against both services, checked against docs/openapi.yaml.
+    ApiFuzz(api_fuzz::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // Every task works from the repository's root, whatever the caller's
+    // directory: paths such as `target/demo` and `docs/openapi.yaml` are
+    // relative to it.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if let Err(error) = std::env::set_current_dir(&root) {
+        eprintln!("xtask: cannot enter {}: {error}", root.display());
+        std::process::exit(1);
+    }
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Demo => demo::run(),
+        Task::DemoDefinition(sizes) => {
+            print!("{}", definition::generate(&sizes));
+            Ok(())
+        }
+        Task::ApiFuzz(args) => api_fuzz::run(&args),
+    };
+    if let Err(error) = result {
+        eprintln!("{error:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        super::Cli::command().debug_assert();
+    }
+}
