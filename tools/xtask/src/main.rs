@@ -8,6 +8,8 @@
 //! - `demo-definition`: the election definition of the demo's night
 //!   (`demo/demo-night.toml`).
 //! - `api-fuzz` (`just api-fuzz`): schemathesis against both services.
+//! - `arch-check` (`just arch-check`): the direction of the crates'
+//!   dependencies.
 //!
 //! Why Rust: the tasks start and stop servers, make and drop databases, and
 //! must undo all of it however they end; shell got long doing that (about
@@ -20,6 +22,7 @@
 //! it is the outsider's independent check (docs/audit.md).
 
 mod api_fuzz;
+mod arch;
 mod definition;
 mod demo;
 mod setup;
@@ -49,6 +52,9 @@ enum Task {
     DemoDefinition(definition::Sizes),
     /// schemathesis against both services, checked against docs/openapi.yaml.
     ApiFuzz(api_fuzz::Args),
+    /// The direction of the crates' dependencies (election-core on no
+    /// server or async crate, election-http on no store).
+    ArchCheck,
 }
 
 fn main() {
@@ -69,6 +75,7 @@ fn main() {
             Ok(())
         }
         Task::ApiFuzz(args) => api_fuzz::run(&args),
+        Task::ArchCheck => arch::run(),
     };
     if let Err(error) = result {
         eprintln!("{error:#}");
