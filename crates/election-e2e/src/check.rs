@@ -318,7 +318,7 @@ fn read_counters(redis_url: &str, keys: &[String]) -> Vec<Option<i64>> {
             })
             .collect()
     } else {
-        let mut conn = test_support::redis::connection(redis_url);
+        let mut conn = election_test_support::redis::connection(redis_url);
         let mut pipeline = redis::pipe();
         for key in keys {
             pipeline.get(key);

@@ -59,4 +59,4 @@ pub fn plan(boxes: usize, seed: u64) -> Plan {
     }
 }
 
-pub use test_support::process::wait_until;
+pub use election_test_support::process::wait_until;

@@ -1,7 +1,7 @@
 //! The binaries as child processes that never outlive the test.
 //!
 //! Each long-running process is started by a watchdog shell (the pattern of
-//! `test_support::redis::RedisServer`, see `WATCHDOG`) whose standard input
+//! `election_test_support::redis::RedisServer`, see `WATCHDOG`) whose standard input
 //! is a pipe only this process writes to: when the test process ends,
 //! however it ends, the pipe closes and the watchdog kills its child with
 //! SIGKILL. The shell prints the child's pid, so a scenario can SIGKILL the
@@ -31,7 +31,7 @@ fn log_dir() -> PathBuf {
     dir
 }
 
-pub use test_support::process::{free_port, send_signal};
+pub use election_test_support::process::{free_port, send_signal};
 
 /// Whether `pid` still runs (not gone, not a zombie awaiting its watchdog).
 pub fn is_running(pid: u32) -> bool {

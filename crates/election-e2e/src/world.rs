@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use test_support::pg::PgSchema;
+use election_test_support::pg::PgSchema;
 
 use crate::process::{describe, ingest};
 

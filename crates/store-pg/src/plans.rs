@@ -14,7 +14,7 @@
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::Text;
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
-use test_support::pg::PgSchema;
+use election_test_support::pg::PgSchema;
 
 use crate::pending::{CLAIM_ROWS, CLAIMED_REPORTS, LEASE_ROWS, MARK_WHOLE};
 use crate::record::{HOT_PATH_SETTINGS, LOCK_BOXES, READ_DEFINITIONS, READ_KNOWN, WRITE_FRESH};

@@ -1,7 +1,7 @@
 //! Every row of the docs/contract.md §5 status table, through HTTP, with its error code and
 //! message; and I4: no refused request leaves a row or moves a counter.
 
-use test_support::logs::check_error;
+use election_test_support::logs::check_error;
 
 use crate::harness::{Ingest, RedisChoice, issue_token, read};
 

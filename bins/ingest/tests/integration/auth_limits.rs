@@ -14,9 +14,9 @@ use election_core::contract::unique_election;
 use election_ingest::auth::{self, Scope, TokenLookup};
 use election_ingest::limit::RateLimit;
 use election_ingest::{Settings, commands::PgTokens};
+use election_test_support::pg::PgSchema;
 use store_pg::PgLog;
 use store_redis::RedisTally;
-use test_support::pg::PgSchema;
 
 use crate::harness::{Ingest, RedisChoice, issue_token, migrated_schema, redis_options, settings};
 use crate::process::{BIN, free_port, send_signal, text, wait_ready};
@@ -130,7 +130,7 @@ async fn the_binary_limits_failed_authentications() {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", schema.url())
-        .env("REDIS_URL", test_support::redis::redis_url())
+        .env("REDIS_URL", election_test_support::redis::redis_url())
         .env("INGEST_AUTH_FAILURE_BURST", "2")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use election_core::{Claim, Engine, Tally};
+use election_test_support::redis::RedisServer;
 use store_pg::PgLog;
 use store_redis::RedisTally;
-use test_support::redis::RedisServer;
 
 use crate::harness::{Ingest, RedisChoice, redis_options};
 

@@ -9,11 +9,11 @@ use election_core::{ElectionId, Tally};
 use election_http::health::ReadyCheck;
 use election_ingest::auth::{self, Scope, TokenLookup};
 use election_ingest::{Services, Settings};
+use election_test_support::pg::PgSchema;
 use election_wiring::Serving;
 use redis::Commands;
 use store_pg::{PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally};
-use test_support::pg::PgSchema;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -31,8 +31,8 @@ pub enum RedisChoice {
 impl RedisChoice {
     pub fn url(&self) -> String {
         match self {
-            RedisChoice::Standalone => test_support::redis::redis_url(),
-            RedisChoice::Cluster => test_support::redis::cluster().target_url(),
+            RedisChoice::Standalone => election_test_support::redis::redis_url(),
+            RedisChoice::Cluster => election_test_support::redis::cluster().target_url(),
             RedisChoice::Url(url) => url.clone(),
         }
     }
@@ -171,7 +171,7 @@ impl Ingest {
             Duration::from_millis(500),
         )
         .unwrap();
-        let redis_url = test_support::redis::redis_url();
+        let redis_url = election_test_support::redis::redis_url();
         let tally = Arc::new(
             RedisTally::connect(
                 &store_redis::parse_target(&redis_url).unwrap(),

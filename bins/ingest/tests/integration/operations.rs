@@ -6,7 +6,7 @@
 
 use std::process::{Command, Stdio};
 
-use test_support::pg::PgSchema;
+use election_test_support::pg::PgSchema;
 
 use crate::process::{BIN, free_port, send_signal, text, wait_ready};
 
@@ -37,14 +37,14 @@ fn start_up_errors_are_json_lines_with_log_format_json() {
     let output = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("DATABASE_URL", schema.url())
-        .env("REDIS_URL", test_support::redis::redis_url())
+        .env("REDIS_URL", election_test_support::redis::redis_url())
         .env("LOG_FORMAT", "json")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    let lines = test_support::logs::json_lines(&stderr);
-    test_support::logs::assert_fatal(
+    let lines = election_test_support::logs::json_lines(&stderr);
+    election_test_support::logs::assert_fatal(
         &lines,
         &stderr,
         "election-ingest",
@@ -67,7 +67,7 @@ async fn old_setting_names_still_work_and_metrics_say_what_runs() {
         let mut child = Command::new(BIN)
             .arg("serve")
             .env("DATABASE_URL", schema.url())
-            .env("REDIS_URL", test_support::redis::redis_url())
+            .env("REDIS_URL", election_test_support::redis::redis_url())
             .env("LOG_FORMAT", "json")
             .env_remove("LISTEN_ADDR")
             .env_remove("INGEST_LISTEN_ADDR")
@@ -88,7 +88,7 @@ async fn old_setting_names_still_work_and_metrics_say_what_runs() {
             .text()
             .await
             .unwrap();
-        test_support::logs::assert_build_info(
+        election_test_support::logs::assert_build_info(
             &metrics,
             env!("CARGO_PKG_VERSION"),
             election_http::build::REVISION,

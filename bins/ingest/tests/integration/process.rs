@@ -5,8 +5,8 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::pg::PgSchema;
-pub use test_support::process::{free_port, send_signal};
+use election_test_support::pg::PgSchema;
+pub use election_test_support::process::{free_port, send_signal};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_election-ingest");
 
@@ -14,7 +14,7 @@ fn ingest(schema: &PgSchema, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env("DATABASE_URL", schema.url())
-        .env("REDIS_URL", test_support::redis::redis_url())
+        .env("REDIS_URL", election_test_support::redis::redis_url())
         .output()
         .unwrap()
 }
@@ -213,7 +213,7 @@ fn serve(schema: &PgSchema) -> (Child, String) {
             "16",
         ])
         .env("DATABASE_URL", schema.url())
-        .env("REDIS_URL", test_support::redis::redis_url())
+        .env("REDIS_URL", election_test_support::redis::redis_url())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -260,7 +260,7 @@ async fn the_binary_records_a_bulk_request_item_by_item() {
     assert_eq!(statuses[30], 422);
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 59);
     let total: Option<i64> = redis::Commands::get(
-        &mut test_support::redis::connection(&test_support::redis::redis_url()),
+        &mut election_test_support::redis::connection(&election_test_support::redis::redis_url()),
         format!("election:{election}:party:a"),
     )
     .unwrap();

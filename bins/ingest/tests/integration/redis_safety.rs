@@ -7,8 +7,8 @@
 use std::process::{Child, Command, Output, Stdio};
 
 use election_core::contract::unique_election;
-use test_support::pg::PgSchema;
-use test_support::redis::{RedisServer, connection};
+use election_test_support::pg::PgSchema;
+use election_test_support::redis::{RedisServer, connection};
 
 use crate::process::{BIN, free_port, send_signal, text, wait_ready};
 
@@ -124,7 +124,7 @@ async fn an_evicting_redis_gets_nothing_and_every_operator_view_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_holding_oops_is_named_in_the_deferral_warning() {
-    let url = test_support::redis::redis_url();
+    let url = election_test_support::redis::redis_url();
     let schema = PgSchema::new();
     let election = unique_election("oops");
     let e = election.as_str();

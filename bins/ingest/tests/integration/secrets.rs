@@ -7,8 +7,8 @@
 
 use std::process::{Command, Stdio};
 
-use test_support::pg::PgSchema;
-use test_support::redis::RedisServer;
+use election_test_support::pg::PgSchema;
+use election_test_support::redis::RedisServer;
 
 use crate::process::{BIN, free_port, send_signal, text, wait_ready};
 
@@ -22,7 +22,7 @@ fn report(ballot_box: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_or_token_reaches_logs_or_metrics() {
     let schema = PgSchema::new();
-    let database_url = test_support::pg::with_password(schema.url(), DB_PASSWORD);
+    let database_url = election_test_support::pg::with_password(schema.url(), DB_PASSWORD);
     let redis = RedisServer::start_with(&["--requirepass", REDIS_PASSWORD]);
     let redis_url = redis.url();
     assert!(redis_url.contains(REDIS_PASSWORD));

@@ -8,9 +8,9 @@
 use std::process::{Command, Stdio};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
-use test_support::pg::{PgSchema, PgServer};
-use test_support::redis::RedisServer;
-use test_support::tls::TestCertificates;
+use election_test_support::pg::{PgSchema, PgServer};
+use election_test_support::redis::RedisServer;
+use election_test_support::tls::TestCertificates;
 
 use crate::process::{BIN, free_port, send_signal, text, wait_ready};
 

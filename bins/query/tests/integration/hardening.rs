@@ -80,7 +80,8 @@ async fn a_stream_outlives_the_header_timeout_while_a_stalled_client_is_cut_off(
 /// its value whatever its type) and in PostgreSQL (a digest of every table
 /// of the schema).
 fn state_of(stack: &Stack) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let mut redis = test_support::redis::connection(&test_support::redis::redis_url());
+    let mut redis =
+        election_test_support::redis::connection(&election_test_support::redis::redis_url());
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("*{}*", stack.election))
         .query(&mut redis)

@@ -9,10 +9,10 @@ use election_core::contract::unique_election;
 use election_core::{ElectionId, History};
 use election_http::health::ReadyCheck;
 use election_ingest::auth::{self, TokenLookup};
+use election_test_support::pg::PgSchema;
 use election_wiring::Serving;
 use store_pg::{PgHistory, PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally};
-use test_support::pg::PgSchema;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -230,7 +230,7 @@ impl Stack {
 
     pub async fn start_with(settings: election_query::Settings) -> Stack {
         let (schema, pool) = migrated_schema();
-        let target = store_redis::parse_target(&test_support::redis::redis_url()).unwrap();
+        let target = store_redis::parse_target(&election_test_support::redis::redis_url()).unwrap();
         let tally = Arc::new(RedisTally::connect(&target, &redis_options()).unwrap());
         let election = unique_election("query");
         let token = issue_token(&pool, election.as_str());

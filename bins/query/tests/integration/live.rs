@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use test_support::logs::check_error;
+use election_test_support::logs::check_error;
 
 use crate::harness::{Events, SseEvent, Stack, open_stream, open_stream_at};
 

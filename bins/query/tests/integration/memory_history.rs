@@ -25,7 +25,7 @@ struct MemoryStack {
     client: reqwest::Client,
     engine: Engine,
     _stop: oneshot::Sender<()>,
-    _schema: test_support::pg::PgSchema,
+    _schema: election_test_support::pg::PgSchema,
 }
 
 impl MemoryStack {

@@ -989,7 +989,8 @@ async fn a_counter_that_is_not_an_integer_is_named_and_every_other_total_served(
     let e = stack.election.to_string();
     // Someone overwrites London's counter of reform by hand.
     let key = format!("election:{e}:city:london:party:reform");
-    let mut redis = test_support::redis::connection(&test_support::redis::redis_url());
+    let mut redis =
+        election_test_support::redis::connection(&election_test_support::redis::redis_url());
     redis::cmd("SET")
         .arg(&key)
         .arg("oops")

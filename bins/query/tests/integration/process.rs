@@ -7,8 +7,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::pg::PgSchema;
-use test_support::process::{free_port, send_signal};
+use election_test_support::pg::PgSchema;
+use election_test_support::process::{free_port, send_signal};
 
 use crate::harness::{Events, migrated_schema};
 
@@ -23,7 +23,7 @@ fn query(schema: &PgSchema, args: &[&str]) -> Command {
     command
         .args(args)
         .env("DATABASE_URL", schema.url())
-        .env("REDIS_URL", test_support::redis::redis_url())
+        .env("REDIS_URL", election_test_support::redis::redis_url())
         .env_remove("LISTEN_ADDR");
     command
 }
@@ -120,8 +120,9 @@ const REDIS_PASSWORD: &str = "S3cretRedisPw";
 async fn no_password_reaches_logs_or_metrics() {
     let (schema, pool) = migrated_schema();
     crate::harness::define_election(&pool, "secrets");
-    let database_url = test_support::pg::with_password(schema.url(), DB_PASSWORD);
-    let redis = test_support::redis::RedisServer::start_with(&["--requirepass", REDIS_PASSWORD]);
+    let database_url = election_test_support::pg::with_password(schema.url(), DB_PASSWORD);
+    let redis =
+        election_test_support::redis::RedisServer::start_with(&["--requirepass", REDIS_PASSWORD]);
     let client = reqwest::Client::new();
     for format in ["human", "json"] {
         let dir = std::env::temp_dir().join(format!(
@@ -212,7 +213,7 @@ async fn the_binarys_stream_sends_a_snapshot_then_deltas() {
     let (schema, pool) = migrated_schema();
     let election = election_core::contract::unique_election("binary-stream");
     let token = crate::harness::issue_token(&pool, election.as_str());
-    let target = store_redis::parse_target(&test_support::redis::redis_url()).unwrap();
+    let target = store_redis::parse_target(&election_test_support::redis::redis_url()).unwrap();
     let tally = std::sync::Arc::new(
         store_redis::RedisTally::connect(&target, &crate::harness::redis_options()).unwrap(),
     );
@@ -362,14 +363,14 @@ fn start_up_errors_are_json_lines_with_log_format_json() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    let lines = test_support::logs::json_lines(&stderr);
+    let lines = election_test_support::logs::json_lines(&stderr);
     assert!(
         lines.iter().any(|line| line["level"] == "WARN"
             && line["message"]
                 == "SNAPSHOT_INTERVAL_MS is deprecated: set SNAPSHOT_INTERVAL=50ms instead"),
         "{stderr}"
     );
-    test_support::logs::assert_fatal(
+    election_test_support::logs::assert_fatal(
         &lines,
         &stderr,
         "election-query",
@@ -396,7 +397,7 @@ async fn metrics_carry_build_info() {
         .text()
         .await
         .unwrap();
-    test_support::logs::assert_build_info(
+    election_test_support::logs::assert_build_info(
         &metrics,
         env!("CARGO_PKG_VERSION"),
         election_http::build::REVISION,

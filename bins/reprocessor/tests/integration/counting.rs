@@ -4,7 +4,7 @@
 use election_core::contract::unique_election;
 use election_core::{Engine, ReportLog};
 
-use test_support::redis::RedisServer;
+use election_test_support::redis::RedisServer;
 
 use crate::harness::{
     Db, Ingest, assert_exact, both, counted_in, record, reports, reprocessor, spawn, submit, tally,
@@ -67,7 +67,7 @@ async fn reports_recorded_while_redis_was_down_are_counted_once_it_is_back() {
 fn two_reprocessors_racing_count_each_report_exactly_once() {
     let db = Db::new();
     let e = unique_election("race");
-    let redis_url = test_support::redis::redis_url();
+    let redis_url = election_test_support::redis::redis_url();
     record(&*db.log, &reports(&e, 0, 1000));
     let args = [
         "run",

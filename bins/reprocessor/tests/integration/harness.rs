@@ -8,12 +8,12 @@ use std::time::Duration;
 use election_core::contract::report;
 use election_core::{Counter, ElectionId, Engine, Outcome, Report, ReportLog, Tally, Totals};
 use election_ingest::auth;
+use election_test_support::pg::PgSchema;
+pub use election_test_support::process::send_signal;
 use election_wiring::Serving;
 use redis::Commands;
 use store_pg::{PgLog, PgPool};
 use store_redis::{RedisOptions, RedisTally, RedisTarget};
-use test_support::pg::PgSchema;
-pub use test_support::process::send_signal;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -122,7 +122,7 @@ pub fn submit(engine: &Engine, reports: &[Report]) {
 pub fn plain_get(redis_url: &str, key: &str) -> Option<i64> {
     match store_redis::parse_target(redis_url).unwrap() {
         RedisTarget::Standalone(url) => {
-            let mut conn = test_support::redis::connection(&url);
+            let mut conn = election_test_support::redis::connection(&url);
             conn.get(key).unwrap()
         }
         RedisTarget::Cluster(urls) => {
@@ -216,7 +216,7 @@ pub fn has_row(stdout: &str, fields: &[&str]) -> bool {
 /// minute (a guard against hanging, not a performance assertion).
 #[track_caller]
 pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
-    test_support::process::wait_until(what, Duration::from_secs(60), condition)
+    election_test_support::process::wait_until(what, Duration::from_secs(60), condition)
 }
 
 /// The national counter of `party`.

@@ -27,7 +27,7 @@ fn run_once_that_cannot_run_exits_1_with_a_json_error() {
     let output = Command::new(BIN)
         .args(["run", "--once", "--redis-timeout", "200ms"])
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres")
-        .env("REDIS_URL", test_support::redis::redis_url())
+        .env("REDIS_URL", election_test_support::redis::redis_url())
         .env("LOG_FORMAT", "json")
         .stdin(Stdio::null())
         .output()
@@ -36,6 +36,6 @@ fn run_once_that_cannot_run_exits_1_with_a_json_error() {
     assert_eq!(text(&output.stdout), "", "no summary: it never ran");
     let stderr = text(&output.stderr);
     // Every line is JSON, the last one the error.
-    let lines = test_support::logs::json_lines(&stderr);
-    test_support::logs::assert_fatal(&lines, &stderr, "election-reprocessor", "127.0.0.1");
+    let lines = election_test_support::logs::json_lines(&stderr);
+    election_test_support::logs::assert_fatal(&lines, &stderr, "election-reprocessor", "127.0.0.1");
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use election_core::contract::unique_election;
 use election_core::{ElectionId, Engine, ReportLog, Totals};
-use test_support::redis::{RedisServer, connection};
+use election_test_support::redis::{RedisServer, connection};
 
 use crate::harness::{
     Db, Ingest, assert_exact, both, corrections, has_row, national, reports, reprocessor, submit,
@@ -146,7 +146,7 @@ fn delete_election_keys(master_urls: &[String], election: &ElectionId) -> usize 
 
 #[test]
 fn the_same_repair_on_a_redis_cluster() {
-    let cluster = test_support::redis::cluster();
+    let cluster = election_test_support::redis::cluster();
     let url = cluster.target_url();
     let db = Db::new();
     let e = unique_election("cluster");
@@ -162,7 +162,7 @@ fn the_same_repair_on_a_redis_cluster() {
 #[test]
 fn counters_changed_by_hand_are_rewritten_by_phase_b() {
     let db = Db::new();
-    let url = test_support::redis::redis_url();
+    let url = election_test_support::redis::redis_url();
     let e = unique_election("hand");
     let engine = Engine::new(db.log.clone(), tally(&url));
     submit(&engine, &reports(&e, 0, 100));

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use election_core::contract::{report, unique_election};
 use election_core::{Engine, ReportLog};
-use test_support::process::free_port;
-use test_support::redis::{RedisServer, connection};
+use election_test_support::process::free_port;
+use election_test_support::redis::{RedisServer, connection};
 
 use crate::harness::{
     BIN, Db, Ingest, assert_exact, both, counted_in, national, plain_get, reports, reprocessor,
@@ -36,7 +36,7 @@ fn del(url: &str, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_holding_oops_keeps_its_revision_pending_and_fails_reconcile() {
     let db = Db::new();
-    let url = test_support::redis::redis_url();
+    let url = election_test_support::redis::redis_url();
     let e = unique_election("oops");
     let engine = Engine::new(db.log.clone(), tally(&url));
     submit(&engine, &reports(&e, 0, 50));

@@ -33,7 +33,7 @@ fn verify(db: &Db, args: &[&str]) -> std::process::Output {
 #[test]
 fn run_seals_every_report_within_the_bound_and_verify_names_a_changed_vote() {
     let db = Db::new();
-    let redis_url = test_support::redis::redis_url();
+    let redis_url = election_test_support::redis::redis_url();
     let e = unique_election("sealed");
     let child = spawn(
         &db,

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use election_core::Claim;
 use election_core::contract::unique_election;
 use election_reprocessor::{Services, Settings};
+use election_test_support::pg::PgSchema;
+use election_test_support::process::free_port;
+use election_test_support::redis::RedisServer;
 use election_wiring::Serving;
-use test_support::pg::PgSchema;
-use test_support::process::free_port;
-use test_support::redis::RedisServer;
 use tokio::sync::oneshot;
 
 use crate::harness::{
@@ -193,7 +193,7 @@ fn sigterm_stops_run_gracefully_and_an_outage_is_logged_once() {
 #[test]
 fn an_unmigrated_database_is_refused_with_what_to_run() {
     let schema = PgSchema::new();
-    let redis_url = test_support::redis::redis_url();
+    let redis_url = election_test_support::redis::redis_url();
     let run = |args: &[&str]| {
         std::process::Command::new(crate::harness::BIN)
             .args(args)

@@ -23,7 +23,7 @@ use election_e2e::load::{Load, LoadSpec};
 use election_e2e::process::{Ingest, Reprocessor};
 use election_e2e::world::World;
 use election_e2e::{plan, sized, wait_until};
-use test_support::redis::{RedisCluster, connection};
+use election_test_support::redis::{RedisCluster, connection};
 
 /// `master_repl_offset` of the node on `port`: how far its replication
 /// stream has gone.

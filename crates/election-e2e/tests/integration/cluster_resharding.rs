@@ -16,7 +16,7 @@ use election_e2e::load::{Load, LoadSpec};
 use election_e2e::process::{Ingest, Reprocessor};
 use election_e2e::world::World;
 use election_e2e::{plan, sized};
-use test_support::redis::RedisCluster;
+use election_test_support::redis::RedisCluster;
 
 #[test]
 fn national_counter_slots_moved_under_load_count_exactly() {

@@ -10,7 +10,7 @@ use election_e2e::load::{Load, LoadSpec};
 use election_e2e::process::Ingest;
 use election_e2e::world::World;
 use election_e2e::{plan, sized};
-use test_support::redis::RedisServer;
+use election_test_support::redis::RedisServer;
 
 #[test]
 fn ingest_killed_repeatedly_under_load_loses_and_doubles_nothing() {

@@ -11,8 +11,8 @@ use election_e2e::load::{Load, LoadSpec};
 use election_e2e::process::Ingest;
 use election_e2e::world::World;
 use election_e2e::{plan, sized};
-use test_support::pg::PgServer;
-use test_support::redis::RedisServer;
+use election_test_support::pg::PgServer;
+use election_test_support::redis::RedisServer;
 
 #[test]
 fn postgres_stopped_under_load_answers_503_then_resumes_by_itself() {

@@ -11,7 +11,7 @@ use election_e2e::load::{Load, LoadSpec};
 use election_e2e::process::{Ingest, Reprocessor};
 use election_e2e::world::World;
 use election_e2e::{plan, sized};
-use test_support::redis::RedisServer;
+use election_test_support::redis::RedisServer;
 
 #[test]
 fn redis_killed_and_restarted_empty_under_load_is_healed_exactly() {

@@ -12,7 +12,7 @@ use election_e2e::load::{Load, LoadSpec};
 use election_e2e::process::{Ingest, Reprocessor};
 use election_e2e::world::World;
 use election_e2e::{plan, sized, wait_until};
-use test_support::redis::RedisServer;
+use election_test_support::redis::RedisServer;
 
 const PENDING: &str = "SELECT count(*) AS n FROM pending_reports WHERE election_id = $1";
 /// Claimed by a reprocessor (leased) and not marked counted.

@@ -3,9 +3,9 @@
 //! bind-parameter limit, concurrent batches over the same boxes, an
 //! unreachable server).
 //!
-//! Every test works in a schema of its own (`test_support::pg::PgSchema`), so
+//! Every test works in a schema of its own (`election_test_support::pg::PgSchema`), so
 //! they run in parallel on one server. PostgreSQL must be running: see
-//! `DATABASE_URL` in test-support.
+//! `DATABASE_URL` in election-test-support.
 
 mod batches;
 mod definitions;

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use election_core::{ReportLog, contract};
+use election_test_support::pg::PgSchema;
 use store_pg::{PgLog, SchemaStatus};
-use test_support::pg::PgSchema;
 
 use crate::support::{execute, lines};
 

@@ -7,8 +7,8 @@ use election_core::{
     Claim, Counting, ElectionId, LogAudit, PendingStats, Recorded, Report, ReportId, ReportLog,
     StoreError, Totals,
 };
+use election_test_support::pg::PgSchema;
 use store_pg::{PgLog, PgPool};
-use test_support::pg::PgSchema;
 
 /// A pool on a fresh schema, migrated. The schema lives as long as the value.
 pub struct Migrated {

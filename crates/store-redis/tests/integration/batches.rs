@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 
 use election_core::{Applied, Counting, ElectionId, Tally, Totals};
+use election_test_support::redis::{RedisServer, cluster, connection, redis_url};
 use store_redis::{GROUPS_PER_CALL, RedisTally, keys};
-use test_support::redis::{RedisServer, cluster, connection, redis_url};
 
 use crate::cluster::{bucket_twin, half_way_through_a_move};
 use crate::safety::assert_failed_naming;

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use election_core::contract::{self, SEED_NATIONAL, seed_reports};
 use election_core::{Applied, BallotBoxId, Counting, ElectionId, Engine, Outcome, Tally};
+use election_test_support::redis::{SlotMove, cluster, connection};
 use redis::cluster::{ClusterClient, ClusterConnection};
 use store_redis::{APPLY_SCRIPT, RedisTally, keys};
-use test_support::redis::{SlotMove, cluster, connection};
 
 use crate::{
     cluster_exclusive, cluster_shared, cluster_tally, counter_keys, counting, marker_of,

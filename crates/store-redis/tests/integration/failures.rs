@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use election_core::{Applied, StoreError, Tally};
+use election_test_support::redis::RedisServer;
 use store_redis::{RedisOptions, RedisTally, RedisTarget};
-use test_support::redis::RedisServer;
 
 use crate::{counting, unique_election};
 
@@ -141,7 +141,7 @@ fn a_restarted_redis_is_used_again_without_errors() {
     tally.apply(&[counting(&e, "B1", "york", 1, &[("a", 1)])])[0]
         .as_ref()
         .unwrap();
-    let mut redis = test_support::redis::connection(&server.url());
+    let mut redis = election_test_support::redis::connection(&server.url());
     redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")

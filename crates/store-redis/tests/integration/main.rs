@@ -36,19 +36,19 @@ fn cluster_exclusive() -> RwLockWriteGuard<'static, ()> {
 
 /// A tally on the standalone Redis of `REDIS_URL`.
 fn standalone_tally() -> Arc<RedisTally> {
-    let target = RedisTarget::Standalone(test_support::redis::redis_url());
+    let target = RedisTarget::Standalone(election_test_support::redis::redis_url());
     Arc::new(RedisTally::connect(&target, &RedisOptions::DEFAULT).unwrap())
 }
 
 /// A tally on this process's Redis Cluster, reached through `redis+cluster://`.
 fn cluster_tally() -> Arc<RedisTally> {
-    let target = parse_target(&test_support::redis::cluster().target_url()).unwrap();
+    let target = parse_target(&election_test_support::redis::cluster().target_url()).unwrap();
     assert!(matches!(target, RedisTarget::Cluster(_)), "{target:?}");
     Arc::new(RedisTally::connect(&target, &RedisOptions::DEFAULT).unwrap())
 }
 
 /// A tally on a private server of one test.
-fn private_tally(server: &test_support::redis::RedisServer) -> RedisTally {
+fn private_tally(server: &election_test_support::redis::RedisServer) -> RedisTally {
     RedisTally::connect(
         &RedisTarget::Standalone(server.url()),
         &RedisOptions::DEFAULT,
@@ -116,7 +116,7 @@ fn unique_election(prefix: &str) -> ElectionId {
 fn markers_on(urls: &[String], e: &ElectionId) -> std::collections::BTreeSet<String> {
     let mut found = std::collections::BTreeSet::new();
     for url in urls {
-        let mut redis = test_support::redis::connection(url);
+        let mut redis = election_test_support::redis::connection(url);
         let names: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{{election:{e}:*}}:applied:*"))
             .query(&mut redis)

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use election_core::{Applied, CityId, Counter, ElectionId, PartyId, StoreError, Tally};
+use election_test_support::redis::{RedisServer, cluster, connection, redis_url};
 use store_redis::keys;
-use test_support::redis::{RedisServer, cluster, connection, redis_url};
 
 use crate::{
     cluster_exclusive, cluster_shared, cluster_tally, counting, private_tally, standalone_tally,

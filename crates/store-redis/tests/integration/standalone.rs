@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use election_core::contract::{self, SEED_NATIONAL, seed_reports};
 use election_core::{Applied, BallotBoxId, Engine, Outcome, Tally};
+use election_test_support::redis::{connection, redis_url};
 use store_redis::keys;
-use test_support::redis::{connection, redis_url};
 
 use crate::{
     counter_keys, counting, markers_on, memory_log, standalone_tally, tally_dyn, unique_election,

@@ -101,7 +101,10 @@ impl Drop for PgSchema {
                     .map_err(|e| e.to_string())
             });
         if let Err(error) = dropped {
-            eprintln!("test-support: could not drop schema {}: {error}", self.name);
+            eprintln!(
+                "election-test-support: could not drop schema {}: {error}",
+                self.name
+            );
         }
     }
 }
