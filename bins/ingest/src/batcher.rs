@@ -204,55 +204,14 @@ async fn run(
         let Some(first) = queue.recv().await else {
             break;
         };
-        // Counted in reports; a bulk job is never split, so a batch may go
-        // over its share by less than one job.
         let share = share(queue.len(), permits.available_permits(), batch_size);
-        let mut size = first.len();
-        let mut jobs = Vec::with_capacity(share);
-        jobs.push(first);
-        while size < share {
-            match queue.try_recv() {
-                Ok(job) => {
-                    size += job.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        if size < share && !config.linger.is_zero() {
-            let deadline = tokio::time::Instant::now() + config.linger;
-            while size < share {
-                match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(job)) => {
-                        size += job.len();
-                        jobs.push(job);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
+        let (jobs, size) = gather(first, &mut queue, share, config.linger).await;
         let engine = engine.clone();
         let (sizes, durations) = (sizes.clone(), durations.clone());
         let deferrals = Arc::clone(&deferrals);
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut reports = Vec::with_capacity(size);
-            let mut replies = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                match job {
-                    Job::One { report, reply } => {
-                        reports.push(report);
-                        replies.push(Reply::One(reply));
-                    }
-                    Job::Many {
-                        reports: many,
-                        reply,
-                    } => {
-                        replies.push(Reply::Many(reply, many.len()));
-                        reports.extend(many);
-                    }
-                }
-            }
+            let (reports, replies) = unpack(jobs, size);
             let span = tracing::info_span!("batch", batch.size = size);
             let result = tokio::task::spawn_blocking(move || {
                 let result = span.in_scope(|| engine.submit_explained(&reports));
@@ -263,35 +222,7 @@ async fn run(
             sizes.observe(size as f64);
             durations.observe(started.elapsed().as_secs_f64());
             match result {
-                Ok((_, Ok((outcomes, why)))) => {
-                    let pending = outcomes
-                        .iter()
-                        .filter(|outcome| matches!(outcome, Outcome::Pending(_)))
-                        .count();
-                    deferrals.note(pending, why.as_deref());
-                    let mut answers = outcomes.into_iter().map(Ok);
-                    for reply in replies {
-                        reply.send(&mut answers);
-                    }
-                }
-                Ok((reports, Err(StoreError::DefinitionChanged { election }))) => {
-                    tracing::info!(election.id = %election, batch.size = size, "a definition changed since the batch was checked; checking again");
-                    let mut answers = reports
-                        .into_iter()
-                        .map(|report| Err(NotRecorded::DefinitionChanged(Box::new(report))));
-                    for reply in replies {
-                        reply.send(&mut answers);
-                    }
-                }
-                Ok((_, Err(error))) => {
-                    tracing::warn!(error = %election_core::engine::explain(&error), batch.size = size, "batch not recorded");
-                    let error = Arc::new(error);
-                    let mut answers =
-                        std::iter::repeat_with(|| Err(NotRecorded::Store(Arc::clone(&error))));
-                    for reply in replies {
-                        reply.send(&mut answers);
-                    }
-                }
+                Ok((reports, result)) => answer(reports, result, replies, &deferrals),
                 Err(join_error) => {
                     // A panic in the engine: the repliers are dropped and
                     // their handlers answer 500.
@@ -304,6 +235,108 @@ async fn run(
     let _ = permits
         .acquire_many(config.max_in_flight.max(1) as u32)
         .await;
+}
+
+/// The jobs of the next batch, with `first` and as many reports as are
+/// queued up to `share`, waiting up to `linger` for more when fewer are.
+/// Counted in reports; a bulk job is never split, so a batch may go over
+/// its share by less than one job. Returns the jobs and their reports.
+async fn gather(
+    first: Job,
+    queue: &mut mpsc::Receiver<Job>,
+    share: usize,
+    linger: Duration,
+) -> (Vec<Job>, usize) {
+    let mut size = first.len();
+    let mut jobs = Vec::with_capacity(share);
+    jobs.push(first);
+    while size < share {
+        match queue.try_recv() {
+            Ok(job) => {
+                size += job.len();
+                jobs.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    if size < share && !linger.is_zero() {
+        let deadline = tokio::time::Instant::now() + linger;
+        while size < share {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(job)) => {
+                    size += job.len();
+                    jobs.push(job);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+    (jobs, size)
+}
+
+/// The batch's reports in job order, and who waits for which answers.
+fn unpack(jobs: Vec<Job>, size: usize) -> (Vec<Report>, Vec<Reply>) {
+    let mut reports = Vec::with_capacity(size);
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match job {
+            Job::One { report, reply } => {
+                reports.push(report);
+                replies.push(Reply::One(reply));
+            }
+            Job::Many {
+                reports: many,
+                reply,
+            } => {
+                replies.push(Reply::Many(reply, many.len()));
+                reports.extend(many);
+            }
+        }
+    }
+    (reports, replies)
+}
+
+/// Sends each waiting handler its answers: the outcomes in order; for a
+/// definition that moved since the reports were checked, the reports back
+/// to be checked again; for any other failure, the error to all.
+fn answer(
+    reports: Vec<Report>,
+    result: Result<(Vec<Outcome>, Option<String>), StoreError>,
+    replies: Vec<Reply>,
+    deferrals: &DeferralLog,
+) {
+    let size = reports.len();
+    match result {
+        Ok((outcomes, why)) => {
+            let pending = outcomes
+                .iter()
+                .filter(|outcome| matches!(outcome, Outcome::Pending(_)))
+                .count();
+            deferrals.note(pending, why.as_deref());
+            let mut answers = outcomes.into_iter().map(Ok);
+            for reply in replies {
+                reply.send(&mut answers);
+            }
+        }
+        Err(StoreError::DefinitionChanged { election }) => {
+            tracing::info!(election.id = %election, batch.size = size, "a definition changed since the batch was checked; checking again");
+            let mut answers = reports
+                .into_iter()
+                .map(|report| Err(NotRecorded::DefinitionChanged(Box::new(report))));
+            for reply in replies {
+                reply.send(&mut answers);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error = %election_core::engine::explain(&error), batch.size = size, "batch not recorded");
+            let error = Arc::new(error);
+            let mut answers =
+                std::iter::repeat_with(|| Err(NotRecorded::Store(Arc::clone(&error))));
+            for reply in replies {
+                reply.send(&mut answers);
+            }
+        }
+    }
 }
 
 /// Logs reports recorded but not counted (Redis unavailable or failing), at

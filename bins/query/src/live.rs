@@ -298,7 +298,10 @@ impl Live {
         true
     }
 
-    /// The refresh task of one election.
+    /// The refresh task of one election: on every tick, the definition when
+    /// it is due ([`Refresh::reread_definition`]), then the counters if they
+    /// moved ([`read_if_moved`]), published ([`Refresh::publish`]) or their
+    /// failure noted ([`Refresh::failed`]).
     async fn refresh(
         self: Arc<Self>,
         election: ElectionId,
@@ -308,21 +311,7 @@ impl Live {
         let mut stop = self.stop.clone();
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // The last grid read, with its version.
-        let mut previous: Option<(Arc<Grid>, u64)> = None;
-        let mut renderer = Renderer::new(election.clone());
-        // The fingerprint read just before the last full read, and when that
-        // full read was: see `read_if_moved`.
-        let mut fingerprint: Option<Fingerprint> = None;
-        let mut full_read_at: Option<Instant> = None;
-        // The last published snapshot and the deltas that led to it.
-        let mut last: Option<Arc<Rendered>> = None;
-        let mut ring: VecDeque<Arc<Delta>> = VecDeque::new();
-        let mut recent: Arc<[Arc<Delta>]> = Arc::from(Vec::new());
-        let mut failing = false;
-        let mut definition: Option<Arc<Definition>> = None;
-        let mut version: Option<Version> = None;
-        let mut definition_read: Option<Instant> = None;
+        let mut state = Refresh::new(election.clone());
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -331,56 +320,27 @@ impl Live {
             if self.retire_if_idle(&election, &sender, &last_read_ms) {
                 return;
             }
-            let mut definition_changed = false;
-            if definition_read.is_none_or(|at| at.elapsed() >= DEFINITION_REFRESH) {
-                let source = Arc::clone(&self.definitions);
-                let target = election.clone();
-                let known = version;
-                match tokio::task::spawn_blocking(move || source(&target, known)).await {
-                    Ok(Ok(Lookup::Unchanged)) => definition_read = Some(Instant::now()),
-                    Ok(Ok(Lookup::Current(found))) => {
-                        definition_read = Some(Instant::now());
-                        let (found, found_version) = match found {
-                            Some((found, found_version)) => (Some(found), Some(found_version)),
-                            None => (None, None),
-                        };
-                        version = found_version;
-                        if found.as_deref() != definition.as_deref() {
-                            definition = found.map(Arc::from);
-                            renderer.set_definition(definition.clone());
-                            definition_changed = true;
-                        }
-                    }
-                    // Keep the definition read last; try again next tick.
-                    Ok(Err(error)) => {
-                        tracing::warn!(election.id = %election, %error, "cannot read the election definition");
-                    }
-                    Err(error) => {
-                        tracing::warn!(election.id = %election, %error, "the definition task failed");
-                    }
-                }
-            }
+            let definition_changed = state.reread_definition(&self).await;
             let started = Instant::now();
             let tally = Arc::clone(&self.tally);
             let target = election.clone();
-            let known = previous.as_ref().map(|(grid, _)| Arc::clone(grid));
+            let known = state.previous.as_ref().map(|(grid, _)| Arc::clone(grid));
             let full_read_due = definition_changed
-                || full_read_at.is_none_or(|at| at.elapsed() >= self.config.full_read_every);
-            let seen = fingerprint.clone();
+                || state
+                    .full_read_at
+                    .is_none_or(|at| at.elapsed() >= self.config.full_read_every);
+            let seen = state.fingerprint.clone();
             let read = tokio::task::spawn_blocking(move || {
                 read_if_moved(&*tally, &target, known.as_deref(), seen, full_read_due)
             })
             .await;
-            let error = match read {
-                Ok(Ok(Read::Unmoved)) => {
-                    self.metrics.inc(
-                        "query_refresh_skipped_total",
-                        "Refreshes that read only the fingerprint of an election (unchanged since the last full read), not its counters.",
-                        &[],
-                        1,
-                    );
-                    continue;
-                }
+            match read {
+                Ok(Ok(Read::Unmoved)) => self.metrics.inc(
+                    "query_refresh_skipped_total",
+                    "Refreshes that read only the fingerprint of an election (unchanged since the last full read), not its counters.",
+                    &[],
+                    1,
+                ),
                 Ok(Ok(Read::Full(grid, read_fingerprint))) => {
                     self.metrics.observe(
                         "query_snapshot_refresh_seconds",
@@ -389,96 +349,203 @@ impl Live {
                         &[],
                         started.elapsed().as_secs_f64(),
                     );
-                    fingerprint = read_fingerprint;
-                    full_read_at = Some(started);
-                    let before = previous
-                        .as_ref()
-                        .map_or(&[][..], |(seen, _)| &seen.unreadable[..]);
-                    if grid.unreadable[..] != *before {
-                        if grid.unreadable.is_empty() {
-                            tracing::info!(election.id = %election, "every counter can be read again");
-                        } else {
-                            tracing::warn!(
-                                election.id = %election,
-                                counters = ?grid.unreadable,
-                                "counter keys hold something that is not an integer: the totals leave them out and name them (unreadable_counters); fix or delete them, then run `election-reprocessor reconcile --repair`"
-                            );
-                        }
-                    }
-                    let as_of = Utc::now();
-                    let changed = definition_changed
-                        || previous.as_ref().is_none_or(|(seen, _)| **seen != grid);
-                    let version = match &previous {
-                        Some((_, version)) if !changed => *version,
-                        Some((_, version)) => next_version(*version, as_of.timestamp_millis()),
-                        None => next_version(0, as_of.timestamp_millis()),
-                    };
-                    let grid = Arc::new(grid);
-                    let mut rendered = renderer.render(Arc::clone(&grid), version, as_of);
-                    self.metrics.inc(
-                        "query_rendered_cities_total",
-                        "City entries serialised by refreshes (only those whose counters moved).",
-                        &[],
-                        renderer.last_rendered() as u64,
-                    );
-                    if changed
-                        && let Some(before) = &last
-                        && self.config.stream_history > 0
-                    {
-                        let delta = Delta::between(before, &rendered);
-                        self.metrics.observe(
-                            "query_stream_delta_bytes",
-                            "Size of each stream delta (the unscoped event), in bytes.",
-                            DELTA_BUCKETS,
-                            &[],
-                            delta.len() as f64,
-                        );
-                        ring.push_back(Arc::new(delta));
-                        while ring.len() > self.config.stream_history {
-                            ring.pop_front();
-                        }
-                        recent = ring.iter().cloned().collect::<Vec<_>>().into();
-                    }
-                    rendered.recent = Arc::clone(&recent);
-                    let rendered = Arc::new(rendered);
-                    last = Some(Arc::clone(&rendered));
-                    sender.send_if_modified(|current| {
-                        let wake = changed || !matches!(current, Current::Ready(_));
-                        *current = Current::Ready(rendered);
-                        wake
-                    });
-                    if failing {
-                        tracing::info!(election.id = %election, "reading the live totals works again");
-                        failing = false;
-                    }
-                    previous = Some((grid, version));
-                    continue;
+                    state.fingerprint = read_fingerprint;
+                    state.full_read_at = Some(started);
+                    state.publish(&self, grid, definition_changed, &sender);
                 }
-                Ok(Err(error)) => error.to_string(),
-                Err(error) => format!("the snapshot task failed: {error}"),
-            };
-            self.metrics.inc(
-                "query_snapshot_failures_total",
-                "Snapshots of the live totals that could not be read.",
-                &[],
-                1,
-            );
-            if !failing {
-                tracing::warn!(election.id = %election, error = %error, "cannot read the live totals; serving the last snapshot read");
-                failing = true;
+                Ok(Err(error)) => state.failed(&self, &error.to_string(), &sender),
+                Err(error) => {
+                    state.failed(&self, &format!("the snapshot task failed: {error}"), &sender)
+                }
             }
-            sender.send_if_modified(|current| match current {
-                Current::Starting => {
-                    *current = Current::Unavailable(Arc::from(error.as_str()));
-                    true
-                }
-                Current::Unavailable(_) | Current::Ready(_) => false,
-            });
         }
         // Shutdown: dropping the sender ends every stream of the election.
         let mut feeds = self.feeds.write().unwrap_or_else(|p| p.into_inner());
         feeds.remove(&election);
         self.set_feed_gauge(feeds.len());
+    }
+}
+
+/// What one election's refresh task keeps between ticks.
+struct Refresh {
+    election: ElectionId,
+    /// The last grid read, with its version.
+    previous: Option<(Arc<Grid>, u64)>,
+    renderer: Renderer,
+    /// The fingerprint read just before the last full read, and when that
+    /// full read was: see [`read_if_moved`].
+    fingerprint: Option<Fingerprint>,
+    full_read_at: Option<Instant>,
+    /// The last published snapshot, and the deltas that led to it (at most
+    /// `stream_history`, oldest first; `recent` is the same, shared with
+    /// each snapshot).
+    last: Option<Arc<Rendered>>,
+    ring: VecDeque<Arc<Delta>>,
+    recent: Arc<[Arc<Delta>]>,
+    /// Whether the last read failed (its failure is logged once).
+    failing: bool,
+    /// The definition read last, its version, and when it was read.
+    definition: Option<Arc<Definition>>,
+    version: Option<Version>,
+    definition_read: Option<Instant>,
+}
+
+impl Refresh {
+    fn new(election: ElectionId) -> Refresh {
+        Refresh {
+            renderer: Renderer::new(election.clone()),
+            election,
+            previous: None,
+            fingerprint: None,
+            full_read_at: None,
+            last: None,
+            ring: VecDeque::new(),
+            recent: Arc::from(Vec::new()),
+            failing: false,
+            definition: None,
+            version: None,
+            definition_read: None,
+        }
+    }
+
+    /// Reads the definition again when [`DEFINITION_REFRESH`] has passed
+    /// (only its version, unless it moved); whether it changed. A failed
+    /// read keeps the definition read last and is tried again next tick.
+    async fn reread_definition(&mut self, live: &Live) -> bool {
+        if self
+            .definition_read
+            .is_some_and(|at| at.elapsed() < DEFINITION_REFRESH)
+        {
+            return false;
+        }
+        let election = &self.election;
+        let source = Arc::clone(&live.definitions);
+        let target = election.clone();
+        let known = self.version;
+        match tokio::task::spawn_blocking(move || source(&target, known)).await {
+            Ok(Ok(Lookup::Unchanged)) => self.definition_read = Some(Instant::now()),
+            Ok(Ok(Lookup::Current(found))) => {
+                self.definition_read = Some(Instant::now());
+                let (found, found_version) = match found {
+                    Some((found, found_version)) => (Some(found), Some(found_version)),
+                    None => (None, None),
+                };
+                self.version = found_version;
+                if found.as_deref() != self.definition.as_deref() {
+                    self.definition = found.map(Arc::from);
+                    self.renderer.set_definition(self.definition.clone());
+                    return true;
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(election.id = %election, %error, "cannot read the election definition");
+            }
+            Err(error) => {
+                tracing::warn!(election.id = %election, %error, "the definition task failed");
+            }
+        }
+        false
+    }
+
+    /// Publishes what a full read found: a new snapshot (its version moved
+    /// only when the grid or the definition did), the delta from the last
+    /// one into the stream's ring, and the unreadable counters logged when
+    /// they change.
+    fn publish(
+        &mut self,
+        live: &Live,
+        grid: Grid,
+        definition_changed: bool,
+        sender: &watch::Sender<Current>,
+    ) {
+        let election = &self.election;
+        let before = self
+            .previous
+            .as_ref()
+            .map_or(&[][..], |(seen, _)| &seen.unreadable[..]);
+        if grid.unreadable[..] != *before {
+            if grid.unreadable.is_empty() {
+                tracing::info!(election.id = %election, "every counter can be read again");
+            } else {
+                tracing::warn!(
+                    election.id = %election,
+                    counters = ?grid.unreadable,
+                    "counter keys hold something that is not an integer: the totals leave them out and name them (unreadable_counters); fix or delete them, then run `election-reprocessor reconcile --repair`"
+                );
+            }
+        }
+        let as_of = Utc::now();
+        let changed = definition_changed
+            || self
+                .previous
+                .as_ref()
+                .is_none_or(|(seen, _)| **seen != grid);
+        let version = match &self.previous {
+            Some((_, version)) if !changed => *version,
+            Some((_, version)) => next_version(*version, as_of.timestamp_millis()),
+            None => next_version(0, as_of.timestamp_millis()),
+        };
+        let grid = Arc::new(grid);
+        let mut rendered = self.renderer.render(Arc::clone(&grid), version, as_of);
+        live.metrics.inc(
+            "query_rendered_cities_total",
+            "City entries serialised by refreshes (only those whose counters moved).",
+            &[],
+            self.renderer.last_rendered() as u64,
+        );
+        if changed
+            && let Some(before) = &self.last
+            && live.config.stream_history > 0
+        {
+            let delta = Delta::between(before, &rendered);
+            live.metrics.observe(
+                "query_stream_delta_bytes",
+                "Size of each stream delta (the unscoped event), in bytes.",
+                DELTA_BUCKETS,
+                &[],
+                delta.len() as f64,
+            );
+            self.ring.push_back(Arc::new(delta));
+            while self.ring.len() > live.config.stream_history {
+                self.ring.pop_front();
+            }
+            self.recent = self.ring.iter().cloned().collect::<Vec<_>>().into();
+        }
+        rendered.recent = Arc::clone(&self.recent);
+        let rendered = Arc::new(rendered);
+        self.last = Some(Arc::clone(&rendered));
+        sender.send_if_modified(|current| {
+            let wake = changed || !matches!(current, Current::Ready(_));
+            *current = Current::Ready(rendered);
+            wake
+        });
+        if self.failing {
+            tracing::info!(election.id = %election, "reading the live totals works again");
+            self.failing = false;
+        }
+        self.previous = Some((grid, version));
+    }
+
+    /// Notes a failed read: counted, logged once until a read works again;
+    /// readers keep the last snapshot, or get the error before the first.
+    fn failed(&mut self, live: &Live, error: &str, sender: &watch::Sender<Current>) {
+        live.metrics.inc(
+            "query_snapshot_failures_total",
+            "Snapshots of the live totals that could not be read.",
+            &[],
+            1,
+        );
+        if !self.failing {
+            tracing::warn!(election.id = %self.election, error = %error, "cannot read the live totals; serving the last snapshot read");
+            self.failing = true;
+        }
+        sender.send_if_modified(|current| match current {
+            Current::Starting => {
+                *current = Current::Unavailable(Arc::from(error));
+                true
+            }
+            Current::Unavailable(_) | Current::Ready(_) => false,
+        });
     }
 }
 

@@ -394,10 +394,44 @@ impl Renderer {
         }
         let definition = self.definition.clone();
         let definition = definition.as_deref();
-
         // The cities first: the national status is derived from theirs.
-        // The cities read merged with the defined ones, both in order; the
-        // previous entries walked alongside, in order too: no lookups.
+        self.render_cities(&grid, definition);
+        let (national_body, national_item, national_status) =
+            self.render_national(&grid, definition, &as_of_text);
+
+        let items = self
+            .entries
+            .iter()
+            .map(|entry| (Arc::clone(&entry.city), Arc::clone(&entry.item)))
+            .collect();
+        Rendered {
+            version,
+            as_of,
+            national: Bytes::from(national_body),
+            definition: self.definition_body.clone(),
+            source: self.definition.clone(),
+            election: self.election.clone(),
+            unreadable: grid.unreadable.clone(),
+            grid,
+            national_status,
+            cdf: OnceLock::new(),
+            cities: OnceLock::new(),
+            as_of_json: Arc::from(json(&as_of_text)),
+            items,
+            national_item: Arc::from(national_item),
+            election_json: Arc::clone(&self.election_json),
+            recent: Arc::from(Vec::new()),
+            snapshot_all: OnceLock::new(),
+            snapshot_national: OnceLock::new(),
+            snapshot_city: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The city entries of `grid`, into `self.entries`: the cities read
+    /// merged with the defined ones, both in order, and the previous
+    /// entries walked alongside, in order too (no lookups); an entry whose
+    /// counters and boxes did not move is kept as it was serialised.
+    fn render_cities(&mut self, grid: &Grid, definition: Option<&Definition>) {
         let width = grid.parties.len();
         let nothing: Vec<Option<i64>> = vec![None; width];
         let mut old = std::mem::take(&mut self.entries).into_iter().peekable();
@@ -458,7 +492,17 @@ impl Renderer {
         }
         self.entries = entries;
         self.last_rendered = rendered;
+    }
 
+    /// The national answer (`/totals`' body), its item in the stream's
+    /// snapshot, and its status (derived from the cities' entries, so
+    /// rendered after them).
+    fn render_national(
+        &self,
+        grid: &Grid,
+        definition: Option<&Definition>,
+        as_of_text: &str,
+    ) -> (String, String, Status) {
         let national: BTreeMap<PartyId, i64> = grid
             .parties
             .iter()
@@ -489,7 +533,7 @@ impl Renderer {
             status: national_status,
             electorate: national_electorate,
             turnout: national_turnout,
-            as_of: &as_of_text,
+            as_of: as_of_text,
             unreadable_counters: &grid.unreadable,
         });
         let national_item = json(&ScopeTotals {
@@ -504,33 +548,7 @@ impl Renderer {
             electorate: national_electorate,
             turnout: national_turnout,
         });
-
-        let items = self
-            .entries
-            .iter()
-            .map(|entry| (Arc::clone(&entry.city), Arc::clone(&entry.item)))
-            .collect();
-        Rendered {
-            version,
-            as_of,
-            national: Bytes::from(national_body),
-            definition: self.definition_body.clone(),
-            source: self.definition.clone(),
-            election: self.election.clone(),
-            unreadable: grid.unreadable.clone(),
-            grid,
-            national_status,
-            cdf: OnceLock::new(),
-            cities: OnceLock::new(),
-            as_of_json: Arc::from(json(&as_of_text)),
-            items,
-            national_item: Arc::from(national_item),
-            election_json: Arc::clone(&self.election_json),
-            recent: Arc::from(Vec::new()),
-            snapshot_all: OnceLock::new(),
-            snapshot_national: OnceLock::new(),
-            snapshot_city: Mutex::new(HashMap::new()),
-        }
+        (national_body, national_item, national_status)
     }
 
     fn render_definition(&self) -> Bytes {

@@ -229,7 +229,7 @@ fn print_comparison(
             "{:<width$}  {:>12}  {:>12}  {:>12}",
             "key", "redis", "expected", "difference"
         )?;
-        for check in drifted.iter().take(limit) {
+        print_rows(out, &drifted, limit, |out, check| {
             writeln!(
                 out,
                 "{:<width$}  {:>12}  {:>12}  {:>12}",
@@ -237,15 +237,8 @@ fn print_comparison(
                 check.tally,
                 check.expected,
                 signed(check.difference())
-            )?;
-        }
-        if drifted.len() > limit {
-            writeln!(
-                out,
-                "... and {} more (--max-rows 0 shows all)",
-                drifted.len() - limit
-            )?;
-        }
+            )
+        })?;
     }
     if !in_flight.is_empty() {
         writeln!(
@@ -258,7 +251,7 @@ fn print_comparison(
             "{:<width$}  {:>12}  {:>12}  {:>12}  why",
             "key", "redis", "counted", "difference"
         )?;
-        for check in in_flight.iter().take(limit) {
+        print_rows(out, &in_flight, limit, |out, check| {
             let why = match check.verdict {
                 Verdict::Pending => "pending revision",
                 _ => "revision recorded meanwhile",
@@ -270,26 +263,51 @@ fn print_comparison(
                 check.tally,
                 check.expected,
                 signed(check.difference())
-            )?;
-        }
-        if in_flight.len() > limit {
-            writeln!(
-                out,
-                "... and {} more (--max-rows 0 shows all)",
-                in_flight.len() - limit
-            )?;
-        }
+            )
+        })?;
     }
-    let compared = comparison.checks.len() - in_flight.len();
-    let verdict = if drifted.is_empty() {
+    print_summary(out, election, comparison, drifted.len(), in_flight.len())
+}
+
+/// The first `limit` of `checks`, one `row` each, and how many more there
+/// are.
+fn print_rows<W: Write>(
+    out: &mut W,
+    checks: &[&CounterCheck],
+    limit: usize,
+    row: impl Fn(&mut W, &CounterCheck) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    for check in checks.iter().take(limit) {
+        row(out, check)?;
+    }
+    if checks.len() > limit {
+        writeln!(
+            out,
+            "... and {} more (--max-rows 0 shows all)",
+            checks.len() - limit
+        )?;
+    }
+    Ok(())
+}
+
+/// The comparison's last lines: lost markers, when Redis lost some, then
+/// the verdict with what is in flight, pending and present.
+fn print_summary(
+    out: &mut impl Write,
+    election: &ElectionId,
+    comparison: &Comparison,
+    drifted: usize,
+    in_flight: usize,
+) -> std::io::Result<()> {
+    let compared = comparison.checks.len() - in_flight;
+    let verdict = if drifted == 0 {
         format!(
             "exact: {compared} counter{} match PostgreSQL",
             plural(compared as u64)
         )
     } else {
         format!(
-            "drift: {} of {compared} counter{} differ from PostgreSQL (difference = redis - expected)",
-            drifted.len(),
+            "drift: {drifted} of {compared} counter{} differ from PostgreSQL (difference = redis - expected)",
             plural(compared as u64)
         )
     };
@@ -323,9 +341,8 @@ fn print_comparison(
     }
     writeln!(
         out,
-        "election {election}: {verdict}; {} in flight; {pending_note}; {} of {} counted \
+        "election {election}: {verdict}; {in_flight} in flight; {pending_note}; {} of {} counted \
          revision{} present in Redis; {} rounds",
-        in_flight.len(),
         markers.checked - markers.missing,
         markers.checked,
         plural(markers.checked),
