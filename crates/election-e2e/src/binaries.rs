@@ -2,7 +2,8 @@
 //!
 //! A test crate cannot name another package's binaries (`CARGO_BIN_EXE_*`
 //! only covers its own), so the first scenario of a process runs
-//! `$CARGO build -p election-ingest -p election-reprocessor` into the target
+//! `$CARGO build --workspace --all-features --bin election-ingest --bin
+//! election-reprocessor` (the feature set `just test` builds with) into the target
 //! directory this test binary itself was built in (`--release` when the test
 //! was built in release), and every scenario runs the binaries from there.
 //! Cargo sets `CARGO` for `cargo test`; outside it, `cargo` from `PATH`.
@@ -43,12 +44,17 @@ fn build() -> Binaries {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(&cargo);
     command
+        // The feature set of `cargo test --workspace --all-features` (what
+        // `just test` runs), so the binaries and their dependencies the tests
+        // built are reused rather than built again with other features.
         .args([
             "build",
             "-q",
-            "-p",
+            "--workspace",
+            "--all-features",
+            "--bin",
             "election-ingest",
-            "-p",
+            "--bin",
             "election-reprocessor",
         ])
         .arg("--target-dir")
@@ -62,7 +68,7 @@ fn build() -> Binaries {
         .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
     assert!(
         status.success(),
-        "{cargo} build -p election-ingest -p election-reprocessor failed ({status})"
+        "{cargo} build --bin election-ingest --bin election-reprocessor failed ({status})"
     );
     let binaries = Binaries {
         ingest: profile_dir.join("election-ingest"),
