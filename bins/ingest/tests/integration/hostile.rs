@@ -10,18 +10,9 @@ use std::time::{Duration, Instant};
 use std::io::Write;
 use std::net::TcpStream;
 
-use crate::harness::{Ingest, RedisChoice, read, read_to_close};
+use election_test_support::logs::check_error;
 
-#[track_caller]
-fn check(answer: &(u16, serde_json::Value), status: u16, code: &str, fragment: &str) {
-    assert_eq!(answer.0, status, "{answer:?}");
-    assert_eq!(answer.1["error"], code, "{answer:?}");
-    let message = answer.1["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains(fragment),
-        "message {message:?} should contain {fragment:?}"
-    );
-}
+use crate::harness::{Ingest, RedisChoice, read, read_to_close};
 
 fn report_with_votes(votes: &str) -> String {
     format!(r#"{{"ballot_box_id":"H1","city":"york","votes":{votes}}}"#)
@@ -145,7 +136,7 @@ async fn hostile_bodies_get_a_clear_4xx_and_change_nothing() {
                 .unwrap(),
         )
         .await;
-        check(&answer, 400, "bad_request", fragment);
+        check_error(&answer, 400, "bad_request", fragment);
     }
 
     // Nothing recorded, nothing counted; a good report still goes through.
