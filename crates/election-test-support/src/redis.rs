@@ -28,6 +28,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::process::send_signal;
+
 /// `REDIS_URL` when the environment does not set it.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
@@ -242,20 +244,20 @@ impl RedisServer {
     /// commands go unanswered, as with a stalled server.
     pub fn pause(&self) -> u32 {
         let pid = self.pid();
-        signal("-STOP", pid);
+        send_signal(pid, "STOP");
         pid
     }
 
     /// Lets a paused server go on (`SIGCONT`).
     pub fn resume(&self, pid: u32) {
-        signal("-CONT", pid);
+        send_signal(pid, "CONT");
     }
 
     /// Kills the server with SIGKILL (as a crash would) and waits until its
     /// port refuses connections. Everything it held is gone.
     pub fn kill(&mut self) {
         let pid = self.pid();
-        signal("-KILL", pid);
+        send_signal(pid, "KILL");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
             assert!(Instant::now() < deadline, "redis-server {pid} did not die");
@@ -276,15 +278,6 @@ impl RedisServer {
         // Dropping the old value closes its watchdog (the server is dead).
         *self = fresh;
     }
-}
-
-fn signal(signal: &str, pid: u32) {
-    let status = Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} {pid} failed");
 }
 
 impl Drop for RedisServer {

@@ -70,7 +70,19 @@ pub fn migrated_schema() -> (PgSchema, PgPool) {
 /// Defines `election` with the seed's parties and cities: it then exists
 /// for the read API before any report, and the seed may be posted to it.
 pub fn define_election(pool: &PgPool, election: &str) {
-    let mut toml = format!("id = \"{election}\"\nname = \"Election {election}\"\n");
+    let name = format!("Election {election}");
+    define_seed_election(
+        pool,
+        election,
+        &name,
+        &[("london", 4), ("manchester", 4), ("edinburgh", 4)],
+    );
+}
+
+/// Defines `election`, named `name`, with the seed's four parties (in their
+/// colours) and the seed's cities with the ballot boxes each expects.
+pub fn define_seed_election(pool: &PgPool, election: &str, name: &str, cities: &[(&str, u32)]) {
+    let mut toml = format!("id = \"{election}\"\nname = \"{name}\"\n");
     for (party, colour) in [
         ("tories", "#0087dc"),
         ("labour", "#e4003b"),
@@ -81,9 +93,9 @@ pub fn define_election(pool: &PgPool, election: &str) {
             "[[parties]]\nid = \"{party}\"\nname = \"{party}\"\ncolour = \"{colour}\"\n"
         ));
     }
-    for city in ["london", "manchester", "edinburgh"] {
+    for (city, expected) in cities {
         toml.push_str(&format!(
-            "[[cities]]\nid = \"{city}\"\nname = \"{city}\"\nexpected_ballot_boxes = 4\n"
+            "[[cities]]\nid = \"{city}\"\nname = \"{city}\"\nexpected_ballot_boxes = {expected}\n"
         ));
     }
     let definition = election_core::Definition::from_toml(&toml).unwrap();

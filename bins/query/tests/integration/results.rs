@@ -157,25 +157,12 @@ async fn the_nist_export_validates_and_equals_the_live_totals() {
 /// A definition with London (1 box expected), Manchester (2) and Edinburgh
 /// (1): the seed makes London and Edinburgh complete and Manchester partial.
 fn define(stack: &Stack) {
-    let e = stack.election.as_str();
-    let mut toml = format!("id = \"{e}\"\nname = \"Status election\"\n");
-    for (party, colour) in [
-        ("tories", "#0087dc"),
-        ("labour", "#e4003b"),
-        ("libdems", "#faa61a"),
-        ("reform", "#12b6cf"),
-    ] {
-        toml.push_str(&format!(
-            "[[parties]]\nid = \"{party}\"\nname = \"{party}\"\ncolour = \"{colour}\"\n"
-        ));
-    }
-    for (city, expected) in [("london", 1), ("manchester", 2), ("edinburgh", 1)] {
-        toml.push_str(&format!(
-            "[[cities]]\nid = \"{city}\"\nname = \"{city}\"\nexpected_ballot_boxes = {expected}\n"
-        ));
-    }
-    let definition = election_core::Definition::from_toml(&toml).unwrap();
-    store_pg::definitions::load(&stack.pool, &definition).unwrap();
+    crate::harness::define_seed_election(
+        &stack.pool,
+        stack.election.as_str(),
+        "Status election",
+        &[("london", 1), ("manchester", 2), ("edinburgh", 1)],
+    );
 }
 
 /// Waits until `/cities/{city}/totals` has `status`.
