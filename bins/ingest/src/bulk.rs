@@ -151,7 +151,7 @@ impl BatchAnswer {
 }
 
 pub(crate) async fn post_batch(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,

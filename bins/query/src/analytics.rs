@@ -84,7 +84,7 @@ struct CityBody {
 
 /// `GET /v1/elections/{e}/analytics/cities?from=&to=`.
 pub async fn cities(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -146,7 +146,7 @@ struct FirstReportBody {
 
 /// `GET /v1/elections/{e}/analytics/first-reports?limit=`.
 pub async fn first_reports(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -191,7 +191,7 @@ pub async fn first_reports(
 
 /// `GET /v1/elections/{e}/timeline?bucket=`.
 pub async fn timeline(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -218,7 +218,7 @@ pub async fn timeline(
 /// report (with a report id above `after`, when given), one row per party,
 /// streamed page by page as the client reads.
 pub async fn reports_csv(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -286,7 +286,7 @@ async fn read_page(
 /// half-way ends the body with an error, so the client sees a broken
 /// download, never a silently truncated file.
 async fn export(
-    state: AppState,
+    state: Arc<AppState>,
     election: ElectionId,
     first: AuditPage,
     sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -444,7 +444,7 @@ struct FlagBody {
 /// electorate, or corrections moving a box's total by more than
 /// `FLAG_CORRECTION_SHARE` of its previous total.
 pub async fn flags(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {

@@ -74,12 +74,12 @@ const CORS_EXPOSED_HEADERS: [HeaderName; 4] = [
 struct Route {
     method: &'static str,
     path: &'static str,
-    handler: MethodRouter<AppState>,
+    handler: MethodRouter<Arc<AppState>>,
 }
 
 fn get_route<H, T>(path: &'static str, handler: H) -> Route
 where
-    H: Handler<T, AppState>,
+    H: Handler<T, Arc<AppState>>,
     T: 'static,
 {
     Route {
@@ -139,7 +139,11 @@ pub fn router(state: AppState, ready: ReadyCheck, cors_origins: CorsOrigins) -> 
     let requests = Arc::new(RequestMetrics::new(&state.metrics));
     let router = router
         .fallback(layers::not_found)
-        .with_state(state)
+        // One `Arc` clone per request rather than one per field of the
+        // state: cloning and dropping them was a tenth of the service's CPU
+        // under load (docs/benchmarks.md, "The allocator and the per-request
+        // state").
+        .with_state(Arc::new(state))
         .merge(health::routes(ready))
         .layer(middleware::from_fn_with_state(requests, track));
     Layers {
@@ -226,7 +230,7 @@ async fn track(
     response
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         state.metrics.render(),
@@ -291,7 +295,7 @@ async fn existing(state: &AppState, text: &str) -> Result<ElectionId, ApiError> 
 }
 
 /// `GET /v1/elections`: every election that is defined or reported to.
-async fn elections(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn elections(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let body = state.elections.list_body().await?;
     Ok(bytes_response(body, state.cache.live.clone()))
 }
@@ -299,7 +303,7 @@ async fn elections(State(state): State<AppState>) -> Result<Response, ApiError> 
 /// `GET /v1/elections/{e}`: display names, colours and expected ballot boxes
 /// of a defined election, or `"defined": false`.
 async fn definition(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -336,7 +340,7 @@ fn as_of_response(
 }
 
 async fn totals(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
@@ -365,7 +369,7 @@ async fn totals(
 /// SP 1500-100 v2 document ([`crate::cdf`]), of the same snapshot version
 /// as the other live answers (same `ETag`).
 async fn results_cdf(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -376,7 +380,7 @@ async fn results_cdf(
 }
 
 async fn cities(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
@@ -397,7 +401,7 @@ async fn cities(
 }
 
 async fn city_totals(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((election, city)): Path<(String, String)>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
@@ -522,7 +526,7 @@ fn variant(
 /// `?city=C`, or everything). Every event is rendered once and shared (see
 /// [`crate::stream`]). Streams end when the service shuts down.
 async fn stream(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,

@@ -70,7 +70,7 @@ impl From<&SealCheckpoint> for HeadBody {
 
 /// `GET /v1/elections/{e}/audit?before=&limit=`.
 pub async fn audit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
