@@ -13,6 +13,7 @@
 //! | `QUERY_REDIS_POOL_SIZE` | `--redis-pool-size` | 4 |
 //! | `QUERY_REDIS_TIMEOUT` | `--redis-timeout` | `1s` |
 //! | `SNAPSHOT_INTERVAL` | `--snapshot-interval` | `200ms` |
+//! | `FULL_READ_INTERVAL` | `--full-read-interval` | `30s` (longest time between two reads of every counter of a watched election; between them a refresh reads only the cities Redis's change journal names, so a counter changed by hand, which the journal does not name, shows within it) |
 //! | `IDLE_AFTER` | `--idle-after` | `5m` |
 //! | `MAX_ELECTIONS` | `--max-elections` | 64 |
 //! | `KEEP_ALIVE` | `--keep-alive` | `15s` |
@@ -90,6 +91,11 @@ pub struct Serve {
     /// Time between two snapshots of an election's live totals.
     #[arg(long, env = "SNAPSHOT_INTERVAL", default_value = "200ms", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
+    /// Longest time between two reads of every counter of a watched
+    /// election; between them a refresh reads only the cities the change
+    /// journal names (a counter changed by hand shows within it).
+    #[arg(long, env = "FULL_READ_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub full_read_interval: Duration,
     /// Time without readers or streams after which an election stops being refreshed.
     #[arg(long, env = "IDLE_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub idle_after: Duration,

@@ -26,6 +26,10 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
             "--snapshot-interval (SNAPSHOT_INTERVAL)",
             args.snapshot_interval,
         ),
+        (
+            "--full-read-interval (FULL_READ_INTERVAL)",
+            args.full_read_interval,
+        ),
         ("--keep-alive (KEEP_ALIVE)", args.keep_alive),
         (
             "--header-timeout (HTTP_HEADER_TIMEOUT)",
@@ -84,6 +88,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     };
     let settings = Settings {
         snapshot_interval: args.snapshot_interval,
+        full_read_interval: args.full_read_interval,
         idle_after: args.idle_after,
         max_elections: args.max_elections,
         first_snapshot_timeout: FIRST_SNAPSHOT_TIMEOUT,

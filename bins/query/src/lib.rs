@@ -85,6 +85,9 @@ pub struct Services {
 pub struct Settings {
     /// Time between two snapshots of a watched election.
     pub snapshot_interval: Duration,
+    /// Longest time between two full reads of a watched election whose
+    /// tally keeps a change journal (`live::LiveConfig::full_read_with_journal`).
+    pub full_read_interval: Duration,
     /// An election nobody reads or streams for this long stops being
     /// refreshed.
     pub idle_after: Duration,
@@ -172,6 +175,7 @@ pub async fn run(serving: Serving, services: Services, settings: Settings) -> an
             first_snapshot_timeout: settings.first_snapshot_timeout,
             stream_history: settings.stream_history,
             full_read_every: live::FULL_READ_EVERY,
+            full_read_with_journal: settings.full_read_interval,
         },
         Arc::clone(&metrics),
         stopping,

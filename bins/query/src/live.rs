@@ -11,16 +11,20 @@
 //!
 //! A refresh costs what changed rather than what the election holds (at
 //! 10,000 cities × 20 parties, reading into maps and re-rendering everything
-//! took ~430 ms of CPU per refresh): it reads a `Grid` (`Tally::grid`), and
-//! first a `Fingerprint` (`Tally::fingerprint`, one small pipeline) that,
-//! when it did not move, lets it read nothing else. The fingerprint misses a
-//! few changes (see `read_if_moved`), so a full read, listing parties and
-//! cities afresh, is made at least every [`LiveConfig::full_read_every`].
+//! took ~430 ms of CPU per refresh): it reads a `Grid` (`Tally::grid`). With
+//! a change journal (`Tally::moved_since`, kept by Redis) it first asks which
+//! cities moved since the last read and reads only their rows
+//! (`Tally::grid_moved`); without one, a `Fingerprint` (`Tally::fingerprint`,
+//! one small pipeline) that, when it did not move, lets it read nothing
+//! else. Both miss a few changes (see `read_if_moved`), so a full read,
+//! listing parties and cities afresh, is made at least every
+//! [`LiveConfig::full_read_with_journal`] or [`LiveConfig::full_read_every`].
 //!
-//! Subscribers are woken only when the totals change; a full read that finds
-//! the same counters still publishes the bodies with a new `as_of` without
-//! waking anyone. A refresh that read only an unchanged fingerprint
-//! publishes nothing: `as_of` is the time of the last full read. A change
+//! Subscribers are woken only when the totals change; a read that finds the
+//! same counters still publishes the bodies with a new `as_of` without
+//! waking anyone. A refresh that read nothing (no city named, an unchanged
+//! fingerprint) publishes nothing: `as_of` is the time of the last read of
+//! counters. A change
 //! also computes the stream's delta from the previous version, once, and
 //! keeps the last `stream_history` of them with every published snapshot, so
 //! a stream subscriber that is behind (reconnected, or slow) catches up from
@@ -41,7 +45,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use election_core::{Definition, ElectionId, Fingerprint, Grid, Tally};
+use election_core::{CityId, Definition, ElectionId, Fingerprint, Grid, JournalCursor, Tally};
 use election_core::{DefinitionVersion as Version, Lookup};
 use election_http::ApiError;
 use election_http::metrics::{LATENCY_BUCKETS, Registry};
@@ -96,6 +100,10 @@ pub struct LiveConfig {
     /// change the fingerprint misses shows within this time (see
     /// `read_if_moved`).
     pub full_read_every: Duration,
+    /// The same where the tally keeps a change journal: refreshes then read
+    /// the cities it names, and a full read only catches what the journal
+    /// misses (a counter set by hand, a journal write that failed).
+    pub full_read_with_journal: Duration,
 }
 
 /// [`LiveConfig::full_read_every`] of the service.
@@ -325,23 +333,48 @@ impl Live {
             let tally = Arc::clone(&self.tally);
             let target = election.clone();
             let known = state.previous.as_ref().map(|(grid, _)| Arc::clone(grid));
+            let full_read_every = if state.cursor.is_some() {
+                self.config.full_read_with_journal
+            } else {
+                self.config.full_read_every
+            };
             let full_read_due = definition_changed
                 || state
                     .full_read_at
-                    .is_none_or(|at| at.elapsed() >= self.config.full_read_every);
-            let seen = state.fingerprint.clone();
+                    .is_none_or(|at| at.elapsed() >= full_read_every);
+            let seen = Seen {
+                fingerprint: state.fingerprint.clone(),
+                cursor: state.cursor,
+                again: state.again.clone(),
+            };
             let read = tokio::task::spawn_blocking(move || {
                 read_if_moved(&*tally, &target, known.as_deref(), seen, full_read_due)
             })
             .await;
             match read {
-                Ok(Ok(Read::Unmoved)) => self.metrics.inc(
-                    "query_refresh_skipped_total",
-                    "Refreshes that read only the fingerprint of an election (unchanged since the last full read), not its counters.",
-                    &[],
-                    1,
-                ),
-                Ok(Ok(Read::Full(grid, read_fingerprint))) => {
+                Ok(Ok(Read::Unmoved(cursor))) => {
+                    state.cursor = cursor;
+                    state.again.clear();
+                    self.metrics.inc(
+                        "query_refresh_skipped_total",
+                        "Refreshes that read only the change journal or the fingerprint of an election (nothing moved), not its counters.",
+                        &[],
+                        1,
+                    )
+                }
+                Ok(Ok(Read::Moved(grid, cursor, named))) => {
+                    self.metrics.observe(
+                        "query_partial_refresh_seconds",
+                        "Time to read the counters of the cities the change journal named, and only those.",
+                        LATENCY_BUCKETS,
+                        &[],
+                        started.elapsed().as_secs_f64(),
+                    );
+                    state.cursor = cursor;
+                    state.again = named;
+                    state.publish(&self, grid, definition_changed, &sender);
+                }
+                Ok(Ok(Read::Full(grid, read_fingerprint, cursor))) => {
                     self.metrics.observe(
                         "query_snapshot_refresh_seconds",
                         "Time to read one election's counters from Redis (full reads only).",
@@ -350,13 +383,17 @@ impl Live {
                         started.elapsed().as_secs_f64(),
                     );
                     state.fingerprint = read_fingerprint;
+                    state.cursor = cursor;
+                    state.again.clear();
                     state.full_read_at = Some(started);
                     state.publish(&self, grid, definition_changed, &sender);
                 }
                 Ok(Err(error)) => state.failed(&self, &error.to_string(), &sender),
-                Err(error) => {
-                    state.failed(&self, &format!("the snapshot task failed: {error}"), &sender)
-                }
+                Err(error) => state.failed(
+                    &self,
+                    &format!("the snapshot task failed: {error}"),
+                    &sender,
+                ),
             }
         }
         // Shutdown: dropping the sender ends every stream of the election.
@@ -376,6 +413,10 @@ struct Refresh {
     /// full read was: see [`read_if_moved`].
     fingerprint: Option<Fingerprint>,
     full_read_at: Option<Instant>,
+    /// Where the tally's change journal stood before the last read (`None`
+    /// without a journal), and the cities it named then.
+    cursor: Option<JournalCursor>,
+    again: Vec<CityId>,
     /// The last published snapshot, and the deltas that led to it (at most
     /// `stream_history`, oldest first; `recent` is the same, shared with
     /// each snapshot).
@@ -398,6 +439,8 @@ impl Refresh {
             previous: None,
             fingerprint: None,
             full_read_at: None,
+            cursor: None,
+            again: Vec::new(),
             last: None,
             ring: VecDeque::new(),
             recent: Arc::from(Vec::new()),
@@ -549,47 +592,98 @@ impl Refresh {
     }
 }
 
-/// What one refresh read.
+/// What the refreshes before this one saw.
+struct Seen {
+    /// The fingerprint read just before the last full read.
+    fingerprint: Option<Fingerprint>,
+    /// Where the change journal stood before the last read.
+    cursor: Option<JournalCursor>,
+    /// The cities the journal named last time, read again once: a journal
+    /// entry may land just before its counters (see store-redis `journal`).
+    again: Vec<CityId>,
+}
+
+/// What one refresh read, with where the change journal stood before it
+/// (`None` without a journal).
 #[derive(Debug)]
 enum Read {
-    /// The fingerprint is the one read before the last full read: nothing
-    /// was read again.
-    Unmoved,
+    /// Nothing moved (the journal named no city, or without a journal the
+    /// fingerprint is the one read before the last full read): nothing was
+    /// read again.
+    Unmoved(Option<JournalCursor>),
+    /// The cities the journal named (the last of the tuple), and those it
+    /// named last time, read over the grid read before.
+    Moved(Grid, Option<JournalCursor>, Vec<CityId>),
     /// Every counter, with the fingerprint read just before them (if the
-    /// tally has one).
-    Full(Grid, Option<Fingerprint>),
+    /// tally has one and no journal).
+    Full(Grid, Option<Fingerprint>, Option<JournalCursor>),
 }
 
 /// One refresh's read, on the blocking pool.
 ///
-/// Unless a full read is `due`, the fingerprint is read first and, when it
-/// is still `seen`, nothing else: an election nobody reports to costs one
-/// small pipeline per refresh. Otherwise every counter is read. The
-/// fingerprint is read *before* the counters, so a change landing between
-/// the two moves the next fingerprint and is read by the next refresh.
+/// With a change journal (`Tally::moved_since`), unless a full read is
+/// `due`: the journal since the cursor seen, then only the cities it names
+/// and those it named last time (`Tally::grid_moved`), or nothing when
+/// there are none. The journal is read
+/// *before* the counters, so a move it names later is read by the next
+/// refresh; it is written after the counters, so a city it names has moved.
+/// When it cannot bridge from the cursor (a Redis that restarted empty),
+/// everything is read.
 ///
-/// A fingerprint misses a change that leaves it as it was (revisions
-/// cancelling out nationally within one interval, a city counter restored by
-/// healing without a report), so the feed makes a full read `due` at least
-/// every [`LiveConfig::full_read_every`]: such a change shows within that
-/// time. A due read also lists the parties and cities afresh (`known` is not
+/// Without one, the fingerprint is read first and, when it is still the one
+/// `seen`, nothing else: an election nobody reports to costs one small
+/// pipeline per refresh. Otherwise every counter is read. The fingerprint is
+/// read *before* the counters, so a change landing between the two moves the
+/// next fingerprint and is read by the next refresh.
+///
+/// Both miss some changes: the journal a counter rewritten without a report
+/// or a journal write that failed, the fingerprint a change that leaves it
+/// as it was (revisions cancelling out nationally within one interval, a city
+/// counter restored by healing without a report). So the feed makes a full
+/// read `due` at least every [`LiveConfig::full_read_with_journal`] or
+/// [`LiveConfig::full_read_every`]: such a change shows within that time. A
+/// due read also lists the parties and cities afresh (`known` is not
 /// passed), which catches sets that lost as many members as they gained.
 fn read_if_moved(
     tally: &dyn Tally,
     election: &ElectionId,
     known: Option<&Grid>,
-    seen: Option<Fingerprint>,
+    seen: Seen,
     due: bool,
 ) -> Result<Read, election_core::StoreError> {
-    let fingerprint = match known {
-        Some(known) => tally.fingerprint(election, known)?,
-        None => None,
-    };
-    if !due && fingerprint.is_some() && fingerprint == seen {
-        return Ok(Read::Unmoved);
+    let journal = tally.moved_since(election, seen.cursor)?;
+    let cursor = journal.as_ref().map(|moved| moved.cursor);
+    match (journal, known) {
+        (Some(moved), Some(known)) if !due => {
+            if let Some(cities) = moved.cities {
+                let mut read: Vec<CityId> = cities.iter().chain(&seen.again).cloned().collect();
+                read.sort();
+                read.dedup();
+                // No city, and the position did not move: nothing to read.
+                // (It moves without a city when a national counter was
+                // repaired: the national counters are read with any rows.)
+                if read.is_empty() && cursor == seen.cursor {
+                    return Ok(Read::Unmoved(cursor));
+                }
+                let grid = tally.grid_moved(election, known, &read)?;
+                return Ok(Read::Moved(grid, cursor, cities));
+            }
+        }
+        (Some(_), _) => {}
+        (None, _) => {
+            let fingerprint = match known {
+                Some(known) => tally.fingerprint(election, known)?,
+                None => None,
+            };
+            if !due && fingerprint.is_some() && fingerprint == seen.fingerprint {
+                return Ok(Read::Unmoved(None));
+            }
+            let grid = tally.grid(election, if due { None } else { known })?;
+            return Ok(Read::Full(grid, fingerprint, None));
+        }
     }
     let grid = tally.grid(election, if due { None } else { known })?;
-    Ok(Read::Full(grid, fingerprint))
+    Ok(Read::Full(grid, None, cursor))
 }
 
 /// The version after `previous` for a change seen at `now_ms`: the time in
@@ -615,6 +709,7 @@ mod tests {
             first_snapshot_timeout: Duration::from_secs(5),
             stream_history: 4,
             full_read_every: Duration::from_millis(200),
+            full_read_with_journal: Duration::from_millis(400),
         }
     }
 
@@ -765,9 +860,106 @@ mod tests {
 
     fn london_labour() -> Counter {
         Counter::City(
-            election_core::CityId::parse("london").unwrap(),
+            CityId::parse("london").unwrap(),
             election_core::PartyId::parse("labour").unwrap(),
         )
+    }
+
+    #[test]
+    fn with_a_journal_a_refresh_reads_the_cities_it_names_and_those_of_last_time() {
+        let tally = MemoryTally::new();
+        let election = contract::unique_election("journal");
+        let apply = |id: i64, ballot_box: &str, city: &str, labour: u32| {
+            let votes = election_core::Votes::new(
+                [(election_core::PartyId::parse("labour").unwrap(), labour)].into(),
+            )
+            .unwrap();
+            let counting = election_core::Counting {
+                report_id: election_core::ReportId(id),
+                election: election.clone(),
+                ballot_box: election_core::BallotBoxId::parse(ballot_box).unwrap(),
+                city: CityId::parse(city).unwrap(),
+                revision: election_core::Revision::FIRST,
+                difference: election_core::Difference::between(None, &votes),
+            };
+            assert!(tally.apply(&[counting])[0].is_ok());
+        };
+        apply(1, "B1", "london", 200);
+        apply(2, "B2", "leeds", 10);
+        let first = |cursor| Seen {
+            fingerprint: None,
+            cursor,
+            again: Vec::new(),
+        };
+        let Read::Full(grid, None, Some(cursor)) =
+            read_if_moved(&tally, &election, None, first(None), true).unwrap()
+        else {
+            panic!("a first read is a full one, with the journal's position")
+        };
+        assert!(matches!(
+            read_if_moved(&tally, &election, Some(&grid), first(Some(cursor)), false).unwrap(),
+            Read::Unmoved(Some(same)) if same == cursor
+        ));
+
+        // A new box in a known city: that city is read, over the grid.
+        apply(3, "B3", "leeds", 5);
+        let Read::Moved(moved, Some(next), named) =
+            read_if_moved(&tally, &election, Some(&grid), first(Some(cursor)), false).unwrap()
+        else {
+            panic!("the journal names a city")
+        };
+        assert!(next > cursor);
+        assert_eq!(named, [CityId::parse("leeds").unwrap()]);
+        assert_eq!(moved, tally.grid(&election, None).unwrap());
+
+        // Nothing new, but last time's cities are read once more.
+        let again = Seen {
+            fingerprint: None,
+            cursor: Some(next),
+            again: named,
+        };
+        let Read::Moved(_, Some(same), named) =
+            read_if_moved(&tally, &election, Some(&moved), again, false).unwrap()
+        else {
+            panic!("last time's cities are read again")
+        };
+        assert_eq!((same, named.len()), (next, 0));
+
+        // A repair (`guarded_add`) is journalled: its city is read.
+        assert!(
+            tally
+                .guarded_add(&election, &london_labour(), 200, 7)
+                .unwrap()
+        );
+        let Read::Moved(moved, Some(next), named) =
+            read_if_moved(&tally, &election, Some(&moved), first(Some(next)), false).unwrap()
+        else {
+            panic!("the journal names the repaired city")
+        };
+        assert_eq!(named, [CityId::parse("london").unwrap()]);
+        assert_eq!(moved, tally.grid(&election, None).unwrap());
+
+        // A counter changed by hand is not journalled: a due full read sees
+        // it.
+        tally.tamper(&election, &london_labour(), 3);
+        assert!(matches!(
+            read_if_moved(&tally, &election, Some(&moved), first(Some(next)), false).unwrap(),
+            Read::Unmoved(_)
+        ));
+        let Read::Full(healed, None, Some(_)) =
+            read_if_moved(&tally, &election, Some(&moved), first(Some(next)), true).unwrap()
+        else {
+            panic!("a due read is a full one")
+        };
+        assert_eq!(healed, tally.grid(&election, None).unwrap());
+        assert_ne!(healed, moved);
+
+        // The journal lost (a Redis restarted empty): everything is read.
+        tally.flush();
+        assert!(matches!(
+            read_if_moved(&tally, &election, Some(&healed), first(Some(next)), false).unwrap(),
+            Read::Full(_, None, Some(JournalCursor(0)))
+        ));
     }
 
     #[test]
@@ -784,7 +976,18 @@ mod tests {
                 .guarded_add(&election, &london_labour(), 0, 200)
                 .unwrap()
         );
-        let Read::Full(grid, seen) = read_if_moved(&tally, &election, None, None, true).unwrap()
+        let unseen = || Seen {
+            fingerprint: None,
+            cursor: None,
+            again: Vec::new(),
+        };
+        let seeing = |fingerprint: &Option<Fingerprint>| Seen {
+            fingerprint: fingerprint.clone(),
+            cursor: None,
+            again: Vec::new(),
+        };
+        let Read::Full(grid, seen, None) =
+            read_if_moved(&tally, &election, None, unseen(), true).unwrap()
         else {
             panic!("a first read is a full one")
         };
@@ -792,15 +995,15 @@ mod tests {
             seen.is_none(),
             "no fingerprint without a grid to take it from"
         );
-        let Read::Full(grid, seen) =
-            read_if_moved(&tally, &election, Some(&grid), None, false).unwrap()
+        let Read::Full(grid, seen, None) =
+            read_if_moved(&tally, &election, Some(&grid), unseen(), false).unwrap()
         else {
             panic!("no fingerprint seen yet: a full read")
         };
         assert!(seen.is_some());
         assert!(matches!(
-            read_if_moved(&tally, &election, Some(&grid), seen.clone(), false).unwrap(),
-            Read::Unmoved
+            read_if_moved(&tally, &election, Some(&grid), seeing(&seen), false).unwrap(),
+            Read::Unmoved(None)
         ));
         // Healing rewrites a city counter without a report: the fingerprint
         // cannot see it, the due full read does.
@@ -811,11 +1014,11 @@ mod tests {
                 .unwrap()
         );
         assert!(matches!(
-            read_if_moved(&tally, &election, Some(&grid), seen.clone(), false).unwrap(),
-            Read::Unmoved
+            read_if_moved(&tally, &election, Some(&grid), seeing(&seen), false).unwrap(),
+            Read::Unmoved(None)
         ));
-        let Read::Full(healed, _) =
-            read_if_moved(&tally, &election, Some(&grid), seen, true).unwrap()
+        let Read::Full(healed, _, None) =
+            read_if_moved(&tally, &election, Some(&grid), seeing(&seen), true).unwrap()
         else {
             panic!("a due read is a full one")
         };

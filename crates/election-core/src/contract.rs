@@ -740,6 +740,94 @@ pub fn tally(new_tally: TallyFactory<'_>) {
     tally_adds_only_to_the_value_observed(new_tally());
     tally_names_revisions_without_their_markers(new_tally());
     tally_reads_grids_and_fingerprints(new_tally());
+    tally_journals_the_cities_it_moves(new_tally());
+}
+
+/// Where a tally keeps a change journal: it names every city `apply` moved
+/// since a cursor (maybe more, never fewer), nothing when nothing moved, and
+/// `grid_moved` with those cities reads what a whole read would.
+fn tally_journals_the_cities_it_moves(tally: Arc<dyn Tally>) {
+    let e = unique_election("journal");
+    let Some(start) = tally.moved_since(&e, None).unwrap() else {
+        return;
+    };
+    assert_eq!(
+        start.cities, None,
+        "no cursor given: the journal cannot tell"
+    );
+    let moved = |since| {
+        let moved = tally.moved_since(&e, Some(since)).unwrap().unwrap();
+        assert!(moved.cursor >= since, "the cursor never goes back");
+        (
+            moved.cursor,
+            moved
+                .cities
+                .expect("the journal bridges from its own cursor"),
+        )
+    };
+    let first = [
+        counting(1, &e, "B1", "york", 1, &[("labour", 5), ("tories", 2)]),
+        counting(2, &e, "B2", "leeds", 1, &[("labour", 1)]),
+    ];
+    assert!(tally.apply(&first).iter().all(Result::is_ok));
+    let (one, cities) = moved(start.cursor);
+    assert_eq!(cities, [city("leeds"), city("york")]);
+    let known = tally.grid(&e, None).unwrap();
+
+    let (same, cities) = moved(one);
+    assert_eq!((same, cities), (one, vec![]), "nothing moved since");
+
+    let second = counting(3, &e, "B1", "york", 2, &[("labour", 4)]);
+    assert!(tally.apply(std::slice::from_ref(&second))[0].is_ok());
+    let (two, cities) = moved(one);
+    assert!(two > one);
+    assert_eq!(cities, [city("york")]);
+    let read = tally.grid_moved(&e, &known, &cities).unwrap();
+    assert_eq!(read, tally.grid(&e, None).unwrap());
+    assert_eq!(read.national, [Some(10), Some(2)]);
+    assert_eq!(read.row(1), [Some(9), Some(2)]);
+
+    // A new box in a known city moves its box count: the journal names it.
+    let third = counting(4, &e, "B3", "leeds", 1, &[("tories", 3)]);
+    assert!(tally.apply(std::slice::from_ref(&third))[0].is_ok());
+    let (_, cities) = moved(two);
+    assert_eq!(cities, [city("leeds")]);
+    let read = tally.grid_moved(&e, &read, &cities).unwrap();
+    assert_eq!(read, tally.grid(&e, None).unwrap());
+    assert_eq!(read.boxes, [2, 1]);
+
+    // A counter rewritten by `guarded_add` (a repair) is journalled too: its
+    // city, or for a national counter no city but a new position.
+    let (three, _) = moved(two);
+    assert!(
+        tally
+            .guarded_add(&e, &Counter::City(city("york"), party("tories")), 2, 1)
+            .unwrap()
+    );
+    let (four, cities) = moved(three);
+    assert!(four > three);
+    assert_eq!(cities, [city("york")]);
+    let read = tally.grid_moved(&e, &read, &cities).unwrap();
+    assert_eq!(read, tally.grid(&e, None).unwrap());
+    assert!(
+        tally
+            .guarded_add(&e, &Counter::National(party("tories")), 5, 1)
+            .unwrap()
+    );
+    let (five, cities) = moved(four);
+    assert!(five > four, "a national repair moves the position");
+    assert!(cities.is_empty(), "{cities:?}");
+    let read = tally.grid_moved(&e, &read, &cities).unwrap();
+    assert_eq!(read, tally.grid(&e, None).unwrap());
+
+    // A new city changes the layout: `grid_moved` reads everything.
+    let fourth = counting(5, &e, "B4", "hull", 1, &[("green", 7)]);
+    assert!(tally.apply(std::slice::from_ref(&fourth))[0].is_ok());
+    let (_, cities) = moved(five);
+    assert_eq!(cities, [city("hull")]);
+    let read = tally.grid_moved(&e, &read, &cities).unwrap();
+    assert_eq!(read, tally.grid(&e, None).unwrap());
+    assert_eq!(read.cities.len(), 3);
 }
 
 /// `grid` reads what `snapshot` reads, also when handed an older grid whose

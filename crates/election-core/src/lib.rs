@@ -26,7 +26,7 @@ pub use definition::{
 };
 pub use engine::{CountResult, Drained, Engine, Outcome};
 pub use error::{BoxError, Problem, ReportError, StoreError};
-pub use grid::{Fingerprint, Grid};
+pub use grid::{Fingerprint, Grid, JournalCursor, Moved};
 pub use history::History;
 pub use ids::{BallotBoxId, CityId, DefinitionVersion, ElectionId, PartyId};
 pub use report::{Difference, PayloadHash, Report, Revision, Votes};

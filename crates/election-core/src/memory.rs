@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 
 use self::history::wall_clock;
 use crate::error::StoreError;
+use crate::grid::{JournalCursor, Moved};
 use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision, Votes};
 use crate::rules::{self, BoxState, Decision, SameRevision};
@@ -530,6 +531,9 @@ struct TallyState {
     parties: HashMap<ElectionId, BTreeSet<PartyId>>,
     city_boxes: HashMap<(ElectionId, CityId), BTreeSet<BallotBoxId>>,
     boxes: HashMap<ElectionId, BTreeSet<BallotBoxId>>,
+    /// The change journal per election: its position, and the position at
+    /// which each city last moved (as the Redis adapter keeps it).
+    journal: HashMap<ElectionId, (u64, BTreeMap<CityId, u64>)>,
 }
 
 /// The live counters in memory.
@@ -695,6 +699,16 @@ impl Tally for MemoryTally {
                     }
                 }
             }
+            if moved || !complete {
+                // Journalled after the counters, once per revision that may
+                // have moved something (a batch is one step in Redis; here
+                // each revision is, which a reader cannot tell apart).
+                let mut state = lock(&self.state);
+                let (position, cities) =
+                    state.journal.entry(counting.election.clone()).or_default();
+                *position += 1;
+                cities.insert(counting.city.clone(), *position);
+            }
             answers.push(if !complete || fault.is_some() {
                 injected(Step::Apply)
             } else if moved {
@@ -742,6 +756,34 @@ impl Tally for MemoryTally {
         Ok(snapshot)
     }
 
+    fn moved_since(
+        &self,
+        election: &ElectionId,
+        since: Option<JournalCursor>,
+    ) -> Result<Option<Moved>, StoreError> {
+        let state = lock(&self.state);
+        let (position, moved) = state
+            .journal
+            .get(election)
+            .map_or((0, None), |(position, moved)| (*position, Some(moved)));
+        let cities = match since {
+            // A journal behind the cursor was lost since (a flush).
+            Some(JournalCursor(since)) if since <= position => Some(
+                moved
+                    .into_iter()
+                    .flatten()
+                    .filter(|&(_, &at)| at > since)
+                    .map(|(city, _)| city.clone())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        Ok(Some(Moved {
+            cursor: JournalCursor(position),
+            cities,
+        }))
+    }
+
     fn guarded_add(
         &self,
         election: &ElectionId,
@@ -756,6 +798,11 @@ impl Tally for MemoryTally {
             return Ok(false);
         }
         *state.counters.entry(key).or_insert(0) += delta;
+        let (position, cities) = state.journal.entry(election.clone()).or_default();
+        *position += 1;
+        if let Counter::City(city, _) = counter {
+            cities.insert(city.clone(), *position);
+        }
         Ok(true)
     }
 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::error::StoreError;
-use crate::grid::{Fingerprint, Grid};
+use crate::grid::{Fingerprint, Grid, JournalCursor, Moved};
 use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision};
 use crate::rules::Conflict;
@@ -323,6 +323,40 @@ pub trait Tally: Send + Sync {
     ) -> Result<Option<Fingerprint>, StoreError> {
         let _ = (election, known);
         Ok(None)
+    }
+
+    /// The cities whose counters moved in `election` since `since` (a
+    /// cursor an earlier call answered), from a change journal that
+    /// [`Tally::apply`] and [`Tally::guarded_add`] write after the counters
+    /// they move (a national counter moved alone moves the cursor, naming
+    /// no city); `None` when the adapter keeps no journal (the default). See
+    /// [`crate::grid::Moved`]: `cities` is `None` when the journal cannot
+    /// bridge from `since`.
+    fn moved_since(
+        &self,
+        election: &ElectionId,
+        since: Option<JournalCursor>,
+    ) -> Result<Option<Moved>, StoreError> {
+        let _ = (election, since);
+        Ok(None)
+    }
+
+    /// What [`Tally::grid`] with `known` would read, for a caller that
+    /// knows only `cities` (and the national counters and the sets of
+    /// parties, cities and ballot boxes) may have moved since it read
+    /// `known`, as [`Tally::moved_since`] tells: an adapter may read just
+    /// those rows. When the parties or cities seen are no longer `known`'s,
+    /// or `known` names unreadable counters, it reads everything.
+    ///
+    /// The default reads everything ([`Tally::grid`]).
+    fn grid_moved(
+        &self,
+        election: &ElectionId,
+        known: &Grid,
+        cities: &[CityId],
+    ) -> Result<Grid, StoreError> {
+        let _ = cities;
+        self.grid(election, Some(known))
     }
 
     /// Adds `delta` to `counter` **only if** it holds `observed` (an absent

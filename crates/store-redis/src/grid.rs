@@ -17,6 +17,9 @@
 //!   allocation per counter.
 //! - The fingerprint is one small pipeline: the three `SCARD`s and the
 //!   national counters.
+//! - With the cities the change journal named (`journal`), only their rows
+//!   are read, with the national counters and the set sizes, in one round,
+//!   and written over a copy of the grid read before.
 
 use election_core::{CityId, ElectionId, Fingerprint, Grid, PartyId};
 use redis::Value;
@@ -72,7 +75,8 @@ impl RedisTally {
         known: Option<&Grid>,
     ) -> Result<Grid, RedisStoreError> {
         if let Some(known) = known {
-            let (grid, current) = self.read_cells(election, &known.parties, &known.cities)?;
+            let (grid, current) =
+                self.read_cells(election, &known.parties, &known.cities, known.cities.len())?;
             if current {
                 return Ok(grid);
             }
@@ -90,19 +94,60 @@ impl RedisTally {
             parse_ids(next_reply(&mut replies)?, "SMEMBERS", CityId::parse)?;
         parties.sort();
         cities.sort();
-        let (grid, _) = self.read_cells(election, &parties.into(), &cities.into())?;
+        let cities: Arc<[CityId]> = cities.into();
+        let (grid, _) = self.read_cells(election, &parties.into(), &cities, cities.len())?;
+        Ok(grid)
+    }
+
+    /// `Tally::grid_moved`: `known` with the rows of `cities`, the national
+    /// counters and the ballot-box counts read again, in one pipelined
+    /// round; a whole read when the layout moved (a city of `cities` that
+    /// `known` lacks, sets of another size) or `known` names unreadable
+    /// counters (which rows they are in is not worth tracking).
+    pub(crate) fn read_grid_moved(
+        &self,
+        election: &ElectionId,
+        known: &Grid,
+        cities: &[CityId],
+    ) -> Result<Grid, RedisStoreError> {
+        let rows: Option<Vec<usize>> = cities
+            .iter()
+            .map(|city| known.cities.binary_search(city).ok())
+            .collect();
+        let Some(rows) = rows.filter(|_| known.unreadable.is_empty()) else {
+            return self.read_grid(election, None);
+        };
+        let (part, current) = self.read_cells(
+            election,
+            &known.parties,
+            &cities.to_vec().into(),
+            known.cities.len(),
+        )?;
+        if !current {
+            return self.read_grid(election, None);
+        }
+        let width = known.parties.len();
+        let mut grid = known.clone();
+        for (read, &row) in rows.iter().enumerate() {
+            grid.cells[row * width..(row + 1) * width].copy_from_slice(part.row(read));
+            grid.boxes[row] = part.boxes[read];
+        }
+        grid.national = part.national;
+        grid.ballot_boxes_reported = part.ballot_boxes_reported;
+        grid.unreadable = part.unreadable;
         Ok(grid)
     }
 
     /// One pipelined round reading every counter of `parties` × `cities`,
     /// each city's ballot boxes and the sizes of the sets of parties and
     /// cities seen; with whether those sizes are still `parties`' and
-    /// `cities`'.
+    /// `all_cities` (`cities` may be some of them).
     fn read_cells(
         &self,
         election: &ElectionId,
         parties: &Arc<[PartyId]>,
         cities: &Arc<[CityId]>,
+        all_cities: usize,
     ) -> Result<(Grid, bool), RedisStoreError> {
         let mut requests = Vec::with_capacity(cities.len() + 4);
         requests.push(simple("SCARD", &keys::parties(election)));
@@ -116,7 +161,7 @@ impl RedisTally {
         let mut replies = self.nodes.run(&requests).into_iter();
         let seen_parties = count(next_reply(&mut replies)?, "SCARD")?;
         let seen_cities = count(next_reply(&mut replies)?, "SCARD")?;
-        let current = seen_parties == parties.len() as u64 && seen_cities == cities.len() as u64;
+        let current = seen_parties == parties.len() as u64 && seen_cities == all_cities as u64;
         let ballot_boxes_reported = count(next_reply(&mut replies)?, "SCARD")?;
         let mut boxes = Vec::with_capacity(cities.len());
         for _ in cities.iter() {

@@ -19,7 +19,8 @@
 //! - per-key markers `{<anchor>}:applied:<ballot box>:<revision>`
 //!   ([`legacy_marker`]), the layout before buckets: never written any more,
 //!   only checked so that revisions counted under it do not count again;
-//! - index sets under `election:<e>:meta:`, which cannot collide with counter
+//! - index sets under `election:<e>:meta:`, and the change journal
+//!   `election:<e>:meta:moved` ([`moved`]), which cannot collide with counter
 //!   keys because no counter key has `meta` where `party` or `city` stands.
 //!
 //! A bucket's name ends in digits, the flag's in `layout`, a per-key marker's
@@ -71,6 +72,12 @@ pub fn boxes(election: &ElectionId) -> String {
 /// `election:<e>:meta:city:<c>:boxes`.
 pub fn city_boxes(election: &ElectionId, city: &CityId) -> String {
     format!("election:{election}:meta:city:{city}:boxes")
+}
+
+/// The change journal (a sorted set of the cities moved, see `journal`):
+/// `election:<e>:meta:moved`.
+pub fn moved(election: &ElectionId) -> String {
+    format!("election:{election}:meta:moved")
 }
 
 /// Marker buckets per anchor that is a national counter: such an anchor

@@ -211,6 +211,7 @@
 
 mod error;
 mod grid;
+mod journal;
 pub mod keys;
 mod nodes;
 mod policy;
@@ -219,12 +220,13 @@ mod target;
 use std::collections::{BTreeMap, BTreeSet};
 
 use election_core::{
-    Applied, CityId, Counter, Counting, ElectionId, Fingerprint, Grid, PartyId, ReportId, Snapshot,
-    StoreError, Tally, Totals,
+    Applied, CityId, Counter, Counting, ElectionId, Fingerprint, Grid, JournalCursor, Moved,
+    PartyId, ReportId, Snapshot, StoreError, Tally, Totals,
 };
 use redis::Value;
 
 pub use error::RedisStoreError;
+pub use journal::step as journal_step;
 pub use target::{RedisOptions, RedisTarget, parse_target};
 
 /// A tally on the Redis or Redis Cluster that `redis_url` names (any form
@@ -939,10 +941,18 @@ impl Tally for RedisTally {
         if batch.is_empty() {
             return Vec::new();
         }
-        let (requests, owners) = self.plan_apply(batch);
+        let (mut requests, owners) = self.plan_apply(batch);
+        // On a standalone Redis the change journal goes in the same
+        // pipeline, after the script calls, naming every city of the batch
+        // (see `journal` for the order on a Cluster).
+        let cluster = self.nodes.is_cluster();
+        if !cluster {
+            requests.extend(journal::requests(batch, |_| true));
+        }
         // Nothing is written while a master may evict keys (every revision
         // then gets that error, and stays pending).
-        let replies = self.nodes.run_writes(&requests);
+        let mut replies = self.nodes.run_writes(&requests);
+        let journalled = replies.split_off(owners.len());
         let mut progress: Vec<Progress> = batch.iter().map(|_| Progress::default()).collect();
         let mut split = Vec::new();
         for (reply, owner) in replies.into_iter().zip(owners) {
@@ -970,6 +980,23 @@ impl Tally for RedisTally {
                 record(&mut progress, &Owner::Scripts(vec![group]), reply);
             }
         }
+        // On a Cluster the journal is a round of its own, once the script
+        // calls answered, naming the cities of what moved or may have (an
+        // error); none when nothing moved (Redis down: no second timeout).
+        let moved = progress.iter().any(|p| p.moved);
+        let journalled = if cluster && moved {
+            let requests = journal::requests(batch, |index| {
+                progress[index].moved || progress[index].error.is_some()
+            });
+            self.nodes.run_writes(&requests)
+        } else {
+            journalled
+        };
+        // Its failure fails no revision: readers read everything now and
+        // then. (When nothing moved, the batch's own errors say enough.)
+        if let Some(Err(error)) = journalled.into_iter().find(|reply| moved && reply.is_err()) {
+            tracing::warn!(%error, "cannot write the change journal; live readers see these moves at their next full read");
+        }
         progress
             .into_iter()
             .zip(batch)
@@ -996,6 +1023,30 @@ impl Tally for RedisTally {
         self.read_grid(election, known).map_err(|error| {
             error.into_store_error(format!("reading the counters of election {election}"))
         })
+    }
+
+    fn moved_since(
+        &self,
+        election: &ElectionId,
+        since: Option<JournalCursor>,
+    ) -> Result<Option<Moved>, StoreError> {
+        self.read_moved(election, since).map(Some).map_err(|error| {
+            error.into_store_error(format!("reading the change journal of election {election}"))
+        })
+    }
+
+    /// See the `grid` module: the rows of `cities` only, while the layout
+    /// holds.
+    fn grid_moved(
+        &self,
+        election: &ElectionId,
+        known: &Grid,
+        cities: &[CityId],
+    ) -> Result<Grid, StoreError> {
+        self.read_grid_moved(election, known, cities)
+            .map_err(|error| {
+                error.into_store_error(format!("reading the counters of election {election}"))
+            })
     }
 
     /// The sizes of the sets of parties, cities and ballot boxes seen and
@@ -1041,7 +1092,24 @@ impl Tally for RedisTally {
         )
         .map_err(|error| error.into_store_error(doing()))?;
         match replied.value {
-            Value::Int(1) => Ok(true),
+            Value::Int(1) => {
+                // Journalled after the counter, like `apply`'s moves: a
+                // repaired city is read by the next refresh, a national
+                // counter by the next refresh that sees the position move.
+                let city = match counter {
+                    Counter::City(city, _) => Some(city.as_str()),
+                    Counter::National(_) => None,
+                };
+                let step = Request {
+                    command: journal::step(election, city),
+                    name: "EVAL",
+                    slot: keys::slot(keys::moved(election).as_bytes()),
+                };
+                if let Some(Err(error)) = self.nodes.run_writes(&[step]).into_iter().next() {
+                    tracing::warn!(%error, "cannot write the change journal; live readers see this repair at their next full read");
+                }
+                Ok(true)
+            }
             Value::Int(0) => Ok(false),
             _ => Err(replied.unexpected("EVAL").into_store_error(doing())),
         }

@@ -7,7 +7,7 @@
 //!
 //! - The counters are written straight into the bench's private Redis, as
 //!   the tally's scripts leave them (national and city counters, the index
-//!   sets), on a fixed schedule of ticks (10 ms): the stream's cost does not
+//!   sets, the change journal), on a fixed schedule of ticks (10 ms): the stream's cost does not
 //!   depend on how reports got counted, and ingest and PostgreSQL stay out
 //!   of the CPU budget of a 2-core machine.
 //! - Every tick also moves a probe: city `0probe`'s counter of the first
@@ -21,7 +21,9 @@
 //!   the response, looking only at the start of each `data:` line.
 //! - The query service's CPU comes from `/proc/<pid>/stat` (user + system)
 //!   before and after the measured window, divided by the refreshes it made
-//!   (its `query_snapshot_refresh_seconds_count`).
+//!   (its `query_snapshot_refresh_seconds_count`, full reads, plus
+//!   `query_partial_refresh_seconds_count`, reads of the cities the change
+//!   journal named).
 //!
 //! The window starts once every subscriber has its first snapshot, so the
 //! bytes per subscriber are the deltas' alone; the snapshot's size is shown
@@ -255,6 +257,7 @@ fn write(
     let e = ELECTION;
     let parties: Vec<String> = (0..plan.parties).map(party).collect();
     let per_tick = plan.reports_per_second * TICK.as_secs_f64();
+    let election = election_core::ElectionId::parse(e).context("the stream's election id")?;
     let mut rng = rand::rng();
     let mut owed = 0.0;
     let mut reports = 0u64;
@@ -270,10 +273,12 @@ fn write(
         }
         owed += per_tick;
         let mut pipe = redis::pipe();
+        let mut moved = vec![PROBE.to_owned()];
         while owed >= 1.0 {
             owed -= 1.0;
             reports += 1;
             let city = city(rng.random_range(0..plan.cities));
+            moved.push(city.clone());
             let ballot_box = format!("b{reports}");
             pipe.cmd("SADD")
                 .arg(format!("election:{e}:meta:boxes"))
@@ -303,6 +308,15 @@ fn write(
             .arg(format!("election:{e}:party:{}", parties[0]))
             .arg(1)
             .ignore();
+        // The change journal, after the counters it names, as the tally
+        // writes it on a standalone Redis (store-redis `journal`).
+        moved.sort();
+        moved.dedup();
+        pipe.add_command(store_redis::journal_step(
+            &election,
+            moved.iter().map(String::as_str),
+        ))
+        .ignore();
         pipe.exec(conn)
             .with_context(|| format!("writing tick {tick}"))?;
         shared.written[tick].store(shared.micros() + 1, Ordering::Release);
@@ -633,9 +647,9 @@ struct Readings {
     bytes: u64,
     query_ticks: u64,
     redis_ticks: Option<u64>,
-    /// `query_snapshot_refresh_seconds_count`: refreshes made.
+    /// Refreshes that read counters (full and partial reads' `_count`).
     refreshes: f64,
-    /// `query_snapshot_refresh_seconds_sum`: their reads' wall time.
+    /// Their reads' wall time (the same histograms' `_sum`).
     read_seconds: f64,
     /// `query_stream_delta_bytes_sum` and `_count`.
     delta_sum: f64,
@@ -659,8 +673,10 @@ impl Readings {
             bytes,
             query_ticks,
             redis_ticks,
-            refreshes: metric(client, base, "query_snapshot_refresh_seconds_count").await?,
-            read_seconds: metric(client, base, "query_snapshot_refresh_seconds_sum").await?,
+            refreshes: metric(client, base, "query_snapshot_refresh_seconds_count").await?
+                + metric(client, base, "query_partial_refresh_seconds_count").await?,
+            read_seconds: metric(client, base, "query_snapshot_refresh_seconds_sum").await?
+                + metric(client, base, "query_partial_refresh_seconds_sum").await?,
             delta_sum: metric(client, base, "query_stream_delta_bytes_sum").await?,
             delta_count: metric(client, base, "query_stream_delta_bytes_count").await?,
         })

@@ -38,6 +38,7 @@ pub fn redis_options() -> RedisOptions {
 pub fn query_settings() -> election_query::Settings {
     election_query::Settings {
         snapshot_interval: Duration::from_millis(50),
+        full_read_interval: Duration::from_millis(500),
         idle_after: Duration::from_secs(60),
         max_elections: 16,
         first_snapshot_timeout: Duration::from_secs(10),

@@ -517,13 +517,22 @@ async fn many_readers_share_one_snapshot() {
         versions.insert(body["as_of"].as_str().unwrap().to_owned());
     }
     // 200 first-time readers waited for, and got, the same single snapshot:
-    // two round trips to Redis (the index sets, then the counters).
+    // three round trips to Redis (the change journal's position, the index
+    // sets, then the counters).
     assert_eq!(versions.len(), 1, "{versions:?}");
-    assert_eq!(stack.query_tally.round_trips() - before, 2);
+    assert_eq!(stack.query_tally.round_trips() - before, 3);
     let (_, national) = stack.get("/totals").await;
     assert_eq!(national["total_votes"], 840);
-    assert_eq!(stack.query_tally.round_trips() - before, 2);
+    assert_eq!(stack.query_tally.round_trips() - before, 3);
     stack.stop().await;
+}
+
+/// The query service's `/metrics` text.
+async fn metrics_text(stack: &Stack) -> String {
+    let (status, text) =
+        crate::harness::get(&stack.client, &format!("{}/metrics", stack.query.base)).await;
+    assert_eq!(status, 200, "{text}");
+    text.as_str().expect("metrics are text").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,15 +542,7 @@ async fn metrics_count_requests_by_route_and_streams() {
     stack.wait_for_total(840, Duration::from_secs(10)).await;
     let mut events = open_stream(&stack, None).await;
     events.next_within(Duration::from_secs(5)).await;
-    let text = stack
-        .client
-        .get(format!("{}/metrics", stack.query.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&stack).await;
     assert!(
         text.contains(
             "query_requests_total{route=\"/v1/elections/{election}/totals\",status=\"200\"}"
@@ -554,6 +555,21 @@ async fn metrics_count_requests_by_route_and_streams() {
         text.contains("query_snapshot_refresh_seconds_count"),
         "{text}"
     );
+    // A revision in a known city: the change journal names London, and a
+    // refresh reads only its row (no full read is due for 500 ms).
+    let (status, answer) = stack
+        .post(r#"{"ballot_box_id": "BB-LON-1", "city": "london", "revision": 2, "reason": "recount", "votes": {"tories": 120, "labour": 210, "libdems": 45, "reform": 20}}"#)
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    stack.wait_for_total(850, Duration::from_secs(10)).await;
+    let text = metrics_text(&stack).await;
+    let partial: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("query_partial_refresh_seconds_count "))
+        .unwrap_or_else(|| panic!("no partial refresh counted: {text}"))
+        .parse()
+        .unwrap();
+    assert!(partial >= 1.0, "{text}");
     drop(events);
     let (status, _) =
         crate::harness::get(&stack.client, &format!("{}/readyz", stack.query.base)).await;

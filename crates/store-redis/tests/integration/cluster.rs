@@ -396,7 +396,7 @@ fn follows_ask_while_a_slot_is_migrating() {
 }
 
 #[test]
-fn a_batch_costs_one_round_trip_per_master() {
+fn a_batch_costs_one_round_trip_per_master_then_one_for_the_journal() {
     // Exclusive: another test's SCRIPT FLUSH would add a reload here.
     let _layout = cluster_exclusive();
     let tally = cluster_tally();
@@ -431,7 +431,11 @@ fn a_batch_costs_one_round_trip_per_master() {
     for answer in tally.apply(&batch) {
         assert_eq!(answer.unwrap(), Applied::Now);
     }
-    assert_eq!(tally.round_trips() - before, 3, "one pipeline per master");
+    assert_eq!(
+        tally.round_trips() - before,
+        4,
+        "one pipeline per master, then the change journal's call"
+    );
     let before = tally.round_trips();
     let snapshot = tally.snapshot(&e).unwrap();
     // Round one reads three index keys (on up to three masters), round two

@@ -9,6 +9,7 @@
 mod batches;
 mod cluster;
 mod failures;
+mod journal;
 mod safety;
 mod standalone;
 

@@ -1,0 +1,106 @@
+//! The change journal (`journal` module) beyond the contract suite: what a
+//! reader is told when the journal was lost, that a journal that cannot be
+//! written fails no revision, and that it is written after the counters on
+//! a Cluster.
+
+use election_core::{Applied, CityId, JournalCursor, Tally};
+use election_test_support::redis::{RedisServer, connection};
+use store_redis::keys;
+
+use crate::{cluster_shared, cluster_tally, counting, private_tally, unique_election};
+
+fn city(name: &str) -> CityId {
+    CityId::parse(name).unwrap()
+}
+
+#[test]
+fn a_journal_lost_since_the_cursor_says_read_everything() {
+    let server = RedisServer::start();
+    let tally = private_tally(&server);
+    let e = unique_election("journal-lost");
+    let batch = [
+        counting(&e, "B1", "york", 1, &[("a", 1)]),
+        counting(&e, "B2", "leeds", 1, &[("a", 2)]),
+    ];
+    assert!(tally.apply(&batch).iter().all(Result::is_ok));
+    let moved = tally.moved_since(&e, None).unwrap().unwrap();
+    assert_eq!(moved.cities, None, "no cursor: the journal cannot tell");
+    assert!(moved.cursor > JournalCursor(0));
+
+    // Redis restarts empty: the position starts again from nothing.
+    redis::cmd("FLUSHALL")
+        .exec(&mut connection(&server.url()))
+        .unwrap();
+    let lost = tally.moved_since(&e, Some(moved.cursor)).unwrap().unwrap();
+    assert_eq!(lost.cities, None, "the journal is behind the cursor");
+    assert_eq!(lost.cursor, JournalCursor(0));
+
+    // A reader that took the new cursor follows the new journal.
+    assert!(
+        tally.apply(&[counting(&e, "B3", "hull", 1, &[("a", 1)])])[0]
+            .as_ref()
+            .is_ok()
+    );
+    let after = tally.moved_since(&e, Some(lost.cursor)).unwrap().unwrap();
+    assert_eq!(after.cities, Some(vec![city("hull")]));
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_fails_no_revision() {
+    let server = RedisServer::start();
+    let tally = private_tally(&server);
+    let e = unique_election("journal-broken");
+    let mut redis = connection(&server.url());
+    redis::cmd("SET")
+        .arg(keys::moved(&e))
+        .arg("not a sorted set")
+        .exec(&mut redis)
+        .unwrap();
+    let answers = tally.apply(&[counting(&e, "B1", "york", 1, &[("a", 4)])]);
+    assert_eq!(answers[0].as_ref().unwrap(), &Applied::Now);
+    let totals = tally.snapshot(&e).unwrap().totals;
+    assert_eq!(totals.len(), 2, "both counters moved: {totals:?}");
+    let error = tally.moved_since(&e, Some(JournalCursor(0))).unwrap_err();
+    assert!(
+        error.to_string().contains("change journal"),
+        "the reader's error names the journal: {error}"
+    );
+}
+
+#[test]
+fn on_a_cluster_the_journal_names_what_moved_and_only_that() {
+    let _layout = cluster_shared();
+    let tally = cluster_tally();
+    let e = unique_election("journal-cluster");
+    let start = tally.moved_since(&e, None).unwrap().unwrap().cursor;
+    let first = [
+        counting(&e, "B1", "york", 1, &[("a", 1), ("b", 2)]),
+        counting(&e, "B2", "leeds", 1, &[("a", 3)]),
+    ];
+    assert!(tally.apply(&first).iter().all(Result::is_ok));
+    let one = tally.moved_since(&e, Some(start)).unwrap().unwrap();
+    assert_eq!(one.cities, Some(vec![city("leeds"), city("york")]));
+
+    // Applied again, nothing moves: nothing is journalled.
+    assert!(
+        tally
+            .apply(&first)
+            .into_iter()
+            .all(|answer| answer.unwrap() == Applied::Already)
+    );
+    let again = tally.moved_since(&e, Some(one.cursor)).unwrap().unwrap();
+    assert_eq!(again.cities, Some(vec![]));
+    assert_eq!(again.cursor, one.cursor);
+
+    // What the journal names reads as the whole grid would.
+    let known = tally.grid(&e, None).unwrap();
+    let second = counting(&e, "B1", "york", 2, &[("a", 5), ("b", 2)]);
+    assert!(tally.apply(std::slice::from_ref(&second))[0].is_ok());
+    let two = tally.moved_since(&e, Some(one.cursor)).unwrap().unwrap();
+    let cities = two.cities.unwrap();
+    assert_eq!(cities, [city("york")]);
+    assert_eq!(
+        tally.grid_moved(&e, &known, &cities).unwrap(),
+        tally.grid(&e, None).unwrap()
+    );
+}
