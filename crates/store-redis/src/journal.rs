@@ -13,9 +13,9 @@
 //! position. After a batch's script calls, `apply` runs [`JOURNAL_SCRIPT`]
 //! once per election with the batch's cities (which, below): it adds one to
 //! the position and scores those cities with it, in one atomic step on one
-//! key (so on a Cluster it needs no shared slot). A reader keeps the position it last
-//! saw and asks for the members scored above it: one pipelined round of
-//! `ZSCORE` and `ZRANGEBYSCORE` on that key.
+//! key (so on a Cluster it needs no shared slot). A reader keeps the
+//! position it last saw and asks for the members scored above it: one
+//! pipelined round of `ZSCORE` and `ZRANGEBYSCORE` on that key.
 //!
 //! When it is written: on a standalone Redis in the batch's own pipeline,
 //! after the script calls, naming every city of the batch (no round trip
@@ -34,7 +34,12 @@
 //! needs no trimming, and a reader however far behind can always be told
 //! what moved. A position lower than the reader's means the journal was lost
 //! (a Redis restarted empty, a flush): the reader is told to read
-//! everything.
+//! everything. A loss the reader only looks at once the new position has
+//! passed its own goes unnoticed: it then reads the cities moved since
+//! (healing re-applies every lost revision through `apply`, so each lost
+//! city is named again as it is restored) and meanwhile shows the others as
+//! they were, until its next full read. Naming the journal's epoch (a member
+//! scored with the time of its first step) would close that gap; not done.
 //!
 //! `guarded_add` (`reconcile --repair`) journals too: the city of a city
 //! counter, or no city for a national one, which still raises the position,
@@ -43,10 +48,9 @@
 //! What it does not see, by design: a move whose journal write failed or
 //! never happened (ingest killed between the counters and the journal; the
 //! write's error is logged, never the revision's), and counters changed by
-//! hand (a typed `INCRBY`). Readers
-//! still read everything now and then (the query service: every
-//! `FULL_READ_EVERY_WITH_JOURNAL`), which bounds how long such a change
-//! stays unseen. The journal is written after the counters it names, so a
+//! hand (a typed `INCRBY`). Readers still read everything now and then (the
+//! query service: every `FULL_READ_INTERVAL`), which bounds how long such a
+//! change stays unseen. The journal is written after the counters it names, so a
 //! reader that reads the journal and then the rows it names never misses a
 //! move the journal holds.
 
