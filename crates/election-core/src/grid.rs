@@ -24,8 +24,8 @@
 //! 10,000 cities × 20 parties and 1,000 reports/s, a few hundred rows per
 //! refresh instead of 200,000 counters. The journal is written after the
 //! counters it names, so a city it names has already moved; a move it
-//! misses (a crash between the counters and the journal, a counter
-//! rewritten without a report) shows at the reader's next full read.
+//! misses (a crash between the counters and the journal, a counter set by
+//! hand) shows at the reader's next full read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -89,23 +89,35 @@ pub(crate) fn requests(batch: &[Counting], moved: impl Fn(usize) -> bool) -> Vec
     }
     cities
         .into_iter()
-        .map(|(election, cities)| Request {
-            command: step(election, cities.into_iter().map(CityId::as_str)),
-            name: "EVAL",
-            slot: keys::slot(keys::moved(election).as_bytes()),
-        })
+        .map(|(election, cities)| request(election, cities.into_iter().map(CityId::as_str)))
         .collect()
+}
+
+/// One journal step naming `cities` of `election`, routed to the journal's
+/// slot (`apply`'s batches, `guarded_add`'s repairs).
+pub(crate) fn request<'a>(
+    election: &ElectionId,
+    cities: impl IntoIterator<Item = &'a str>,
+) -> Request {
+    let key = keys::moved(election);
+    Request {
+        slot: keys::slot(key.as_bytes()),
+        command: command(&key, cities),
+        name: "EVAL",
+    }
 }
 
 /// The command of one journal step naming `cities` of `election`, for
 /// whoever writes counters as the tally does without going through it (the
 /// bench's stream writer).
 pub fn step<'a>(election: &ElectionId, cities: impl IntoIterator<Item = &'a str>) -> redis::Cmd {
+    command(&keys::moved(election), cities)
+}
+
+/// The `EVAL` of [`JOURNAL_SCRIPT`] on the journal `key`.
+fn command<'a>(key: &str, cities: impl IntoIterator<Item = &'a str>) -> redis::Cmd {
     let mut command = redis::cmd("EVAL");
-    command
-        .arg(JOURNAL_SCRIPT)
-        .arg(1)
-        .arg(keys::moved(election));
+    command.arg(JOURNAL_SCRIPT).arg(1).arg(key);
     for city in cities {
         command.arg(city);
     }

@@ -176,7 +176,9 @@
 //! dominate it. A whole batch of revisions is one pipeline per node (standalone:
 //! one pipeline) holding the index `SADD`s, then one `EVALSHA` per slot the
 //! batch's groups fall in (standalone: one for the batch), each of at most
-//! [`GROUPS_PER_CALL`] groups; pipelines are written to every node before any
+//! [`GROUPS_PER_CALL`] groups, then the change journal's step (`journal`:
+//! in the same pipeline on a standalone Redis, a round of its own after the
+//! calls on a Cluster); pipelines are written to every node before any
 //! reply is read. The script is sent by its SHA1; a `NOSCRIPT` reply (a
 //! restarted or promoted node, a `SCRIPT FLUSH`) loads it on every master and
 //! sends the call again. A call that a slot migration keeps refusing
@@ -1100,11 +1102,7 @@ impl Tally for RedisTally {
                     Counter::City(city, _) => Some(city.as_str()),
                     Counter::National(_) => None,
                 };
-                let step = Request {
-                    command: journal::step(election, city),
-                    name: "EVAL",
-                    slot: keys::slot(keys::moved(election).as_bytes()),
-                };
+                let step = journal::request(election, city);
                 if let Some(Err(error)) = self.nodes.run_writes(&[step]).into_iter().next() {
                     tracing::warn!(%error, "cannot write the change journal; live readers see this repair at their next full read");
                 }
