@@ -38,7 +38,9 @@ test-all:
 
 # Run election-core's in-memory example (the PostgreSQL + Redis one is built by `test-all`; `cargo run -p election-core --example postgres_redis` runs it).
 examples:
-    cargo run -q -p election-core --example in_memory
+    # --all-features: the feature set `test-all` built with, so its artifacts
+    # are reused (without it ring, rustls and redis are built again: ~1 min).
+    cargo run -q -p election-core --all-features --example in_memory
 
 # Everything at full size (docs/reliability.md): the end-to-end fault scenarios (ingest, Redis, a Redis Cluster master, PostgreSQL and the reprocessor killed under load), 1,000,000 fuzzed reports, and schemathesis with a new seed.
 chaos:
