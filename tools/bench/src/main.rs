@@ -91,7 +91,7 @@ struct Cli {
     #[arg(long, conflicts_with = "sealing_only")]
     bulk_only: bool,
     /// Measure only what sealing costs ingest (512 connections on a fresh
-    /// database, without and then with a sealing reprocessor).
+    /// database: without, with, with and without a sealing reprocessor).
     #[arg(long, conflicts_with = "stream_only")]
     sealing_only: bool,
     /// Stream subscribers [default: 5,000; quick: 1,000].
@@ -218,9 +218,7 @@ async fn measure(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::R
     log_run("fresh", &at512);
     lines.push(throughput_line(&at64, None));
     lines.push(throughput_line(&at512, Some((15_000.0, 50.0))));
-    let sealing = ingest::throughput_sealing(bench, redis, 512, sizes.ingest).await?;
-    log_run("fresh, sealing", &sealing);
-    lines.push(sealing_line(&at512, &sealing));
+    lines.push(sealing_comparison(bench, redis, sizes, &at512).await?);
     for connections in [64, 512] {
         let analyzed =
             ingest::throughput(bench, redis, Start::Analyzed, connections, sizes.ingest).await?;
@@ -287,8 +285,8 @@ fn reports_per_second(run: &Throughput) -> f64 {
     run.posted.summary.per_second * run.batch as f64
 }
 
-/// Ingest at 512 connections on a fresh database without, then with, a
-/// sealing reprocessor beside it.
+/// Ingest at 512 connections on a fresh database without, with, with and
+/// without a sealing reprocessor beside it.
 async fn sealing_run(
     bench: &Bench,
     redis: &RedisTarget,
@@ -296,12 +294,34 @@ async fn sealing_run(
 ) -> anyhow::Result<Vec<Line>> {
     let without = ingest::throughput(bench, redis, Start::Fresh, 512, sizes.ingest).await?;
     log_run("fresh", &without);
-    let with = ingest::throughput_sealing(bench, redis, 512, sizes.ingest).await?;
-    log_run("fresh, sealing", &with);
-    Ok(vec![
-        throughput_line(&without, None),
-        sealing_line(&without, &with),
-    ])
+    let sealing = sealing_comparison(bench, redis, sizes, &without).await?;
+    Ok(vec![throughput_line(&without, None), sealing])
+}
+
+/// What sealing costs, measured in the order without, with, with, without
+/// (`first_without` is the first run, already made): this machine's speed
+/// drifts by tens of percent within minutes, and one run of each, one
+/// after the other, judged the drift as often as the sealer (+15.8 %,
+/// −29.2 % in two runs of the same build). Comparing the sums of the two
+/// pairs cancels a drift that is steady over the four runs.
+async fn sealing_comparison(
+    bench: &Bench,
+    redis: &RedisTarget,
+    sizes: &Sizes,
+    first_without: &Throughput,
+) -> anyhow::Result<Line> {
+    let mut with = Vec::new();
+    for _ in 0..2 {
+        let run = ingest::throughput_sealing(bench, redis, 512, sizes.ingest).await?;
+        log_run("fresh, sealing", &run);
+        with.push(run);
+    }
+    let last_without = ingest::throughput(bench, redis, Start::Fresh, 512, sizes.ingest).await?;
+    log_run("fresh, again without sealing", &last_without);
+    Ok(sealing_line(
+        [first_without, &last_without],
+        [&with[0], &with[1]],
+    ))
 }
 
 /// Bulk reporting on a fresh database, and its lines.
@@ -411,21 +431,32 @@ fn throughput_line(run: &Throughput, target: Option<(f64, f64)>) -> Line {
     }
 }
 
-/// What sealing costs ingest: the same fresh run with a sealing
-/// reprocessor beside it, against the run without.
-fn sealing_line(without: &Throughput, with: &Throughput) -> Line {
-    let cost = 1.0 - with.posted.summary.per_second / without.posted.summary.per_second.max(1.0);
+/// What sealing costs ingest: two fresh runs with a sealing reprocessor
+/// beside it against two without, in the order without, with, with,
+/// without (see [`sealing_comparison`]).
+fn sealing_line(without: [&Throughput; 2], with: [&Throughput; 2]) -> Line {
+    let rate = |run: &Throughput| run.posted.summary.per_second;
+    let sum_without: f64 = without.iter().map(|run| rate(run)).sum();
+    let sum_with: f64 = with.iter().map(|run| rate(run)).sum();
+    let cost = 1.0 - sum_with / sum_without.max(1.0);
+    let last = with[1];
     Line::judged(
         format!(
-            "ingest with the reprocessor sealing (--seal-interval 1s), fresh database, wrk {} connections",
-            with.connections
+            "ingest with the reprocessor sealing (--seal-interval 1s), fresh database, wrk {} connections, \
+             runs in the order without, with, with, without",
+            last.connections
         ),
         format!(
-            "{}; {:+.1}% vs without; {} of {} reports sealed when wrk stopped",
-            rate_text(with),
+            "{} and {} reports/s with, {} and {} without: {:+.1}% with; the last run with: {}; \
+             {} of {} reports sealed when wrk stopped",
+            thousands(rate(with[0])),
+            thousands(rate(with[1])),
+            thousands(rate(without[0])),
+            thousands(rate(without[1])),
             -100.0 * cost,
-            thousands(with.sealed.unwrap_or(0) as f64),
-            thousands(with.recorded as f64)
+            rate_text(last),
+            thousands(last.sealed.unwrap_or(0) as f64),
+            thousands(last.recorded as f64)
         ),
         "≤ 5% fewer reports/s than without sealing",
         cost <= 0.05,
