@@ -113,6 +113,12 @@ mod tests {
         let listener = listen("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let burst = 400;
+        // The kernel holds at most `net.core.somaxconn` (+1): 4,096 here and
+        // on any kernel since 5.4; an older one caps what can be expected.
+        let expected = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .map_or(burst, |cap| burst.min(cap + 1));
         let attempts: Vec<_> = (0..burst)
             .map(|_| {
                 tokio::spawn(async move {
@@ -130,10 +136,10 @@ mod tests {
                 established.push(stream);
             }
         }
-        assert_eq!(
-            established.len(),
-            burst,
-            "only {} of {burst} connections were established before an accept",
+        assert!(
+            established.len() >= expected,
+            "only {} of {burst} connections were established before an accept \
+             (expected {expected})",
             established.len()
         );
         drop(listener);
