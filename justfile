@@ -36,10 +36,8 @@ arch-check:
 test-all:
     cargo test --workspace --all-features
 
-# Run election-core's in-memory example (the PostgreSQL + Redis one is built by `test-all`; `cargo run -p election-core --example postgres_redis` runs it).
+# Run election-core's in-memory example, with test-all's features so its build is reused (without them ring, rustls and redis are built again: ~1 min); the PostgreSQL + Redis one is built by `test-all` (`cargo run -p election-core --example postgres_redis` runs it).
 examples:
-    # --all-features: the feature set `test-all` built with, so its artifacts
-    # are reused (without it ring, rustls and redis are built again: ~1 min).
     cargo run -q -p election-core --all-features --example in_memory
 
 # Everything at full size (docs/reliability.md): the end-to-end fault scenarios (ingest, Redis, a Redis Cluster master, PostgreSQL and the reprocessor killed under load), 1,000,000 fuzzed reports, and schemathesis with a new seed.
