@@ -302,7 +302,8 @@ async fn sealing_run(
 /// (`first_without` is the first run, already made): this machine's speed
 /// drifts by tens of percent within minutes, and one run of each, one
 /// after the other, judged the drift as often as the sealer (+15.8 %,
-/// −29.2 % in two runs of the same build). Comparing the sums of the two
+/// +5.3 % and −29.2 % in three full runs one day, of services that
+/// differed only in their listen backlog). Comparing the sums of the two
 /// pairs cancels a drift that is steady over the four runs.
 async fn sealing_comparison(
     bench: &Bench,
