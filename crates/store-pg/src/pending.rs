@@ -12,7 +12,15 @@
 //! rows found by that key:
 //! - **mark a whole batch** ([`MARK_WHOLE`]): the engine marks exactly the
 //!   ids it recorded (or claimed) together, so a row whose ids all appear in
-//!   the call is deleted, found by its key among the ids;
+//!   the call is deleted, found by its key among the ids. Its commit does
+//!   not wait for its WAL flush (`synchronous_commit` off for that one
+//!   transaction, set by the statement itself): a mark lost in a crash only
+//!   brings the row back, and the reprocessor's re-apply of revisions whose
+//!   markers are all set moves nothing and marks them again (the crash table
+//!   in docs/ARCHITECTURE.md, "after applying, before marking"). Waiting for
+//!   that second flush per batch cost 7–14 % of ingest's rate
+//!   (docs/benchmarks.md); the record transaction, which I1 is about, still
+//!   waits for its own;
 //! - **claim** ([`CLAIM_ROWS`]): rows whose lease ran out, oldest first,
 //!   `FOR UPDATE SKIP LOCKED`, so concurrent claimers take disjoint rows.
 //!
@@ -40,10 +48,16 @@ use crate::prepared::prepared;
 use crate::schema::pending_batches;
 
 /// Deletes the rows whose ids all appear in `$1`, found by their key (which
-/// is one of those ids). Returns the ids they held.
+/// is one of those ids). Returns the ids they held. Once it deletes a row it
+/// turns `synchronous_commit` off for its own transaction (`set_config`'s
+/// `is_local`; see the module docs): the commit returns without waiting for
+/// the WAL flush, and the setting ends with the transaction, so nothing else
+/// on the connection commits that way. In the statement, rather than a
+/// `SET LOCAL` before it, so a mark stays one round trip.
 pub(crate) const MARK_WHOLE: &str = "\
 DELETE FROM pending_batches
 WHERE first_report_id = ANY($1::bigint[]) AND report_ids <@ $1::bigint[]
+  AND set_config('synchronous_commit', 'off', true) = 'off'
 RETURNING report_ids";
 
 /// Locks up to `$1` claimable rows (recorded at least `$2` µs ago, lease run
@@ -275,4 +289,74 @@ const MAX_INTERVAL_MICROS: i64 = 100 * 366 * 24 * 3600 * 1_000_000;
 /// A [`Duration`] as PostgreSQL microseconds, capped.
 pub(crate) fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).map_or(MAX_INTERVAL_MICROS, |m| m.min(MAX_INTERVAL_MICROS))
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::connection::SimpleConnection;
+    use diesel::sql_types::Text;
+    use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
+    use election_test_support::pg::PgSchema;
+
+    use super::mark_counted;
+
+    #[derive(QueryableByName)]
+    struct Value {
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+
+    fn read(conn: &mut PgConnection, sql: &str) -> String {
+        diesel::sql_query(sql)
+            .get_result::<Value>(conn)
+            .unwrap()
+            .value
+    }
+
+    fn synchronous_commit(conn: &mut PgConnection) -> String {
+        read(
+            conn,
+            "SELECT current_setting('synchronous_commit') AS value",
+        )
+    }
+
+    #[test]
+    fn a_whole_mark_commits_without_waiting_for_its_flush_and_nothing_else_does() {
+        let schema = PgSchema::new();
+        let pool = crate::connect(schema.url(), 1, std::time::Duration::from_secs(10)).unwrap();
+        crate::migrate(&pool).unwrap();
+        let mut conn = PgConnection::establish(schema.url()).unwrap();
+        conn.batch_execute(
+            "INSERT INTO pending_batches (first_report_id, report_ids, recorded_at) \
+             VALUES (1, '{1,2}', now()), (3, '{3}', now()), (4, '{4,5}', now())",
+        )
+        .unwrap();
+        assert_eq!(synchronous_commit(&mut conn), "on");
+
+        // Inside the mark's transaction, once it deleted a row: off.
+        conn.transaction(|conn| -> Result<(), crate::error::TxError> {
+            mark_counted(conn, &[1, 2])?;
+            assert_eq!(synchronous_commit(conn), "off");
+            Ok(())
+        })
+        .unwrap();
+        // The transaction is over: the connection commits synchronously again.
+        assert_eq!(synchronous_commit(&mut conn), "on");
+
+        // On its own (its own implicit transaction), as the engine runs it:
+        // the next statement on the connection is not affected.
+        mark_counted(&mut conn, &[3]).unwrap();
+        assert_eq!(synchronous_commit(&mut conn), "on");
+
+        // A mark that deletes nothing (ids already counted) changes nothing.
+        mark_counted(&mut conn, &[1, 2, 3]).unwrap();
+        assert_eq!(
+            read(
+                &mut conn,
+                "SELECT string_agg(first_report_id::text, ',') AS value FROM pending_batches"
+            ),
+            "4"
+        );
+        assert_eq!(synchronous_commit(&mut conn), "on");
+    }
 }
