@@ -4,12 +4,15 @@
 //!
 //! Every hot-path statement is prepared and explained the way the write path
 //! runs it (inside a transaction with [`HOT_PATH_SETTINGS`]), both as the
-//! generic plan a connection caches and as a custom plan, on tables that are
+//! generic plan a connection caches (the one those settings force) and as a
+//! custom plan (should anything run one), on tables that are
 //! empty and never analysed, filled but never analysed, analysed while empty
 //! and filled afterwards, and filled and analysed. A plan fails when it scans
 //! a log table (`reports`, `ballot_boxes`) sequentially or through another
 //! index than a unique key, hash- or merge-joins one, or would be JIT-compiled. The same check run without the settings must find the
-//! bad plan PostgreSQL makes over empty tables, so the check can fail.
+//! bad plan PostgreSQL makes over empty tables, so the check can fail. A
+//! third test counts how each statement was planned over repeated runs: once,
+//! generic, with the settings; afresh on every run without the forcing.
 
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::Text;
@@ -245,5 +248,67 @@ fn the_check_finds_the_plans_an_empty_database_gets_without_the_settings() {
         problems.iter().any(|p| p.contains("ballot_boxes")),
         "expected a bad plan without the settings, got {problems:?}:\n{}",
         plan.text
+    );
+}
+
+#[derive(QueryableByName)]
+struct Plannings {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    generic_plans: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    custom_plans: i64,
+}
+
+/// How `sql`, prepared once, was planned over `runs` executions on one
+/// connection, each in a transaction begun with `settings` and rolled back
+/// (so every run sees the same rows; a run that fails counts too, since
+/// PostgreSQL chooses the plan before it executes).
+fn plannings(
+    conn: &mut PgConnection,
+    sql: &str,
+    args: &str,
+    settings: &str,
+    runs: u32,
+) -> Plannings {
+    conn.batch_execute(&format!("PREPARE hot AS {sql}"))
+        .unwrap();
+    for _ in 0..runs {
+        let _ = conn.transaction(|conn| {
+            conn.batch_execute(settings)?;
+            conn.batch_execute(&format!("EXECUTE hot({args})"))?;
+            Err::<(), _>(diesel::result::Error::RollbackTransaction)
+        });
+    }
+    let counts = diesel::sql_query(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'hot'",
+    )
+    .get_result(conn)
+    .unwrap();
+    conn.batch_execute("DEALLOCATE hot").unwrap();
+    counts
+}
+
+#[test]
+fn hot_path_statements_are_planned_once_per_connection() {
+    let (_schema, mut conn) = migrated();
+    fill(&mut conn, 1_000);
+    let mut replanned_by_default = Vec::new();
+    for (name, sql, args) in STATEMENTS {
+        let hot = plannings(&mut conn, sql, args, HOT_PATH_SETTINGS, 8);
+        assert_eq!(
+            (hot.generic_plans, hot.custom_plans),
+            (8, 0),
+            "{name}: every run should use the one generic plan"
+        );
+        let default_mode = format!("{HOT_PATH_SETTINGS}; SET LOCAL plan_cache_mode = auto");
+        if plannings(&mut conn, sql, args, &default_mode, 8).custom_plans == 8 {
+            replanned_by_default.push(*name);
+        }
+    }
+    // The setting is what keeps them planned once: by default PostgreSQL
+    // planned the record statements again on every run.
+    assert!(
+        replanned_by_default.contains(&"record: write reports, boxes, pending batch"),
+        "planned on every run without the setting: {replanned_by_default:?}"
     );
 }

@@ -67,17 +67,26 @@
 //!
 //! On election night the tables start empty and are never analysed before
 //! the load arrives. Statements are prepared once per connection
-//! ([`crate::prepared`]), and PostgreSQL keeps the generic plan it made the
-//! first time: made over empty tables, that plan scans `ballot_boxes` and
-//! `reports` sequentially and hash-joins them, and keeps doing so at a
-//! million rows (measured: throughput fell to a quarter within a minute).
-//! Every statement here reaches rows by a unique key, so the right plan is a
-//! nested loop over index lookups whatever the table sizes; the transaction
-//! disables the alternatives first, and the statements are shaped so that
-//! none needs a hash or merge join: new ids come from one array zipped with
-//! the batch's columns by `unnest`, never joined back by key. The test
-//! `plans::hot_path_plans_use_indexes` checks every statement's plan on
-//! empty, unanalysed, stale and fresh tables.
+//! ([`crate::prepared`]), and a generic plan made over empty tables scans
+//! `ballot_boxes` and `reports` sequentially and hash-joins them, and keeps
+//! doing so at a million rows (measured: throughput fell to a quarter within
+//! a minute). Every statement here reaches rows by a unique key, so the
+//! right plan is a nested loop over index lookups whatever the table sizes;
+//! the transaction disables the alternatives first, and the statements are
+//! shaped so that none needs a hash or merge join: new ids come from one
+//! array zipped with the batch's columns by `unnest`, never joined back by
+//! key. The test `plans::hot_path_plans_use_indexes` checks every
+//! statement's plan on empty, unanalysed, stale and fresh tables.
+//!
+//! The transaction also forces the generic plan (`plan_cache_mode =
+//! force_generic_plan`), so each statement is planned once per connection.
+//! Left to choose, PostgreSQL compared the generic plan's estimate with the
+//! custom plans' and kept planning the record statements afresh on every
+//! batch: planning was ~18 % of PostgreSQL's CPU at 64 connections
+//! (docs/benchmarks.md, "Planned once per connection"). The plan test
+//! checks exactly the generic plans that this runs, and
+//! `plans::hot_path_statements_are_planned_once_per_connection` that no run
+//! plans again.
 //!
 //! Every statement binds whole columns as arrays and expands them with
 //! `unnest(...)`, so it has a constant number of bind parameters whatever the
@@ -105,14 +114,16 @@ use crate::prepared::prepared;
 
 /// Planner settings for the rest of a hot-path transaction: see the module
 /// docs. `SET LOCAL` ends with the transaction, so other statements of the
-/// same connection plan as usual. JIT goes too: a disabled path still costs
+/// same connection plan as usual. The generic plan is forced, so prepared
+/// statements are not planned again on every run. JIT goes too: a disabled path still costs
 /// its 10^10 penalty when nothing else can do its job (the scan of the tiny
 /// `pending_batches` in a replay's lookup), which would put the statement
 /// over `jit_above_cost` and compile it on every execution.
 macro_rules! hot_path_settings {
     () => {
         "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-         SET LOCAL enable_mergejoin = off; SET LOCAL jit = off"
+         SET LOCAL enable_mergejoin = off; SET LOCAL jit = off; \
+         SET LOCAL plan_cache_mode = force_generic_plan"
     };
 }
 
