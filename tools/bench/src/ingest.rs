@@ -17,6 +17,7 @@
 //! rate in every 10-second window while an election grows to millions of
 //! reports, and the Redis memory one ballot box takes.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use anyhow::{Context, bail};
 use diesel::sql_types::{BigInt, Text};
 use diesel::{QueryableByName, RunQueryDsl};
 
-use crate::procs::{Database, Service, flush_redis, used_memory};
+use crate::procs::{Database, Logging, Service, flush_redis, used_memory};
 use crate::usage::{self, Snapshot, Spent, Watched};
 use crate::wrk::{self, Posted, Posting, Watch};
 
@@ -61,16 +62,26 @@ pub struct Stage {
 impl Stage {
     /// Recreates and migrates the database, empties Redis, starts ingest.
     pub async fn fresh(bench: &Bench, redis: &RedisTarget) -> anyhow::Result<Stage> {
+        Stage::fresh_logging(bench, redis, &Logging::Quiet).await
+    }
+
+    /// [`Stage::fresh`] with ingest logging as `logging` says.
+    pub async fn fresh_logging(
+        bench: &Bench,
+        redis: &RedisTarget,
+        logging: &Logging,
+    ) -> anyhow::Result<Stage> {
         flush_redis(&redis.nodes)?;
         let database = Database::recreate(&bench.admin_url, DATABASE)?;
         let pool = store_pg::connect(database.url(), 4, Duration::from_secs(5))?;
         store_pg::migrate(&pool).context("migrating the bench database")?;
-        let ingest = Service::start(
+        let ingest = Service::start_logging(
             &bench.bin_dir,
             "election-ingest",
             &["serve"],
             database.url(),
             &redis.url,
+            logging,
         )
         .await?;
         Ok(Stage {
@@ -279,7 +290,15 @@ pub async fn throughput(
     connections: usize,
     seconds: Duration,
 ) -> anyhow::Result<Throughput> {
-    throughput_with(bench, redis, start, connections, 1, seconds, false).await
+    throughput_with(
+        bench,
+        redis,
+        start,
+        connections,
+        seconds,
+        Variant::default(),
+    )
+    .await
 }
 
 /// [`throughput`] with `batch` reports per request (`/report-batches`).
@@ -291,7 +310,11 @@ pub async fn throughput_of(
     batch: usize,
     seconds: Duration,
 ) -> anyhow::Result<Throughput> {
-    throughput_with(bench, redis, start, connections, batch, seconds, false).await
+    let variant = Variant {
+        batch,
+        ..Variant::default()
+    };
+    throughput_with(bench, redis, start, connections, seconds, variant).await
 }
 
 /// [`throughput`] with `election-reprocessor run` sealing beside ingest
@@ -304,7 +327,50 @@ pub async fn throughput_sealing(
     connections: usize,
     seconds: Duration,
 ) -> anyhow::Result<Throughput> {
-    throughput_with(bench, redis, Start::Fresh, connections, 1, seconds, true).await
+    let variant = Variant {
+        sealing: true,
+        ..Variant::default()
+    };
+    throughput_with(bench, redis, Start::Fresh, connections, seconds, variant).await
+}
+
+/// [`throughput`] on a fresh database with ingest logging as
+/// docs/systemd/common.env.example ships it (`RUST_LOG=info`,
+/// `LOG_FORMAT=json`: an access-log line per request) into `log`: what that
+/// logging costs, against [`throughput`]'s `RUST_LOG=warn`.
+pub async fn throughput_logged(
+    bench: &Bench,
+    redis: &RedisTarget,
+    connections: usize,
+    seconds: Duration,
+    log: PathBuf,
+) -> anyhow::Result<Throughput> {
+    let variant = Variant {
+        logging: Logging::Shipped(log),
+        ..Variant::default()
+    };
+    throughput_with(bench, redis, Start::Fresh, connections, seconds, variant).await
+}
+
+/// What differs between the throughput runs besides the database's start.
+#[derive(Debug)]
+struct Variant {
+    /// Reports per request.
+    batch: usize,
+    /// A sealing reprocessor beside ingest.
+    sealing: bool,
+    /// How ingest logs.
+    logging: Logging,
+}
+
+impl Default for Variant {
+    fn default() -> Variant {
+        Variant {
+            batch: 1,
+            sealing: false,
+            logging: Logging::Quiet,
+        }
+    }
 }
 
 async fn throughput_with(
@@ -312,11 +378,15 @@ async fn throughput_with(
     redis: &RedisTarget,
     start: Start,
     connections: usize,
-    batch: usize,
     seconds: Duration,
-    sealing: bool,
+    variant: Variant,
 ) -> anyhow::Result<Throughput> {
-    let stage = Stage::fresh(bench, redis).await?;
+    let Variant {
+        batch,
+        sealing,
+        logging,
+    } = variant;
+    let stage = Stage::fresh_logging(bench, redis, &logging).await?;
     let sealer = if sealing {
         Some(
             Service::start(

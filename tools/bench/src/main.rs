@@ -94,6 +94,11 @@ struct Cli {
     /// database: without, with, with and without a sealing reprocessor).
     #[arg(long, conflicts_with = "stream_only")]
     sealing_only: bool,
+    /// Measure only what the shipped logging costs ingest (512 connections
+    /// on a fresh database: `RUST_LOG=warn`, then the shipped `info` with
+    /// JSON lines twice, then `warn` again).
+    #[arg(long, conflicts_with_all = ["stream_only", "bulk_only", "sealing_only"])]
+    logging_only: bool,
     /// Stream subscribers [default: 5,000; quick: 1,000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stream_subscribers: Option<u64>,
@@ -199,6 +204,8 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         bulk_run(&bench, &standalone, &sizes).await
     } else if cli.sealing_only {
         sealing_run(&bench, &standalone, &sizes).await
+    } else if cli.logging_only {
+        logging_run(&bench, &standalone, &sizes).await
     } else {
         measure(&bench, &standalone, &sizes).await
     };
@@ -219,6 +226,7 @@ async fn measure(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::R
     lines.push(throughput_line(&at64, None));
     lines.push(throughput_line(&at512, Some((15_000.0, 50.0))));
     lines.push(sealing_comparison(bench, redis, sizes, &at512).await?);
+    lines.push(logging_comparison(bench, redis, sizes, &at512).await?);
     for connections in [64, 512] {
         let analyzed =
             ingest::throughput(bench, redis, Start::Analyzed, connections, sizes.ingest).await?;
@@ -323,6 +331,82 @@ async fn sealing_comparison(
         [first_without, &last_without],
         [&with[0], &with[1]],
     ))
+}
+
+/// Ingest at 512 connections on a fresh database logging at `warn`, then
+/// as shipped twice, then at `warn` again.
+async fn logging_run(
+    bench: &Bench,
+    redis: &RedisTarget,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Line>> {
+    let quiet = ingest::throughput(bench, redis, Start::Fresh, 512, sizes.ingest).await?;
+    log_run("fresh", &quiet);
+    let logging = logging_comparison(bench, redis, sizes, &quiet).await?;
+    Ok(vec![throughput_line(&quiet, None), logging])
+}
+
+/// What the logging of docs/systemd/common.env.example (`RUST_LOG=info`,
+/// JSON: an access-log line per request) costs ingest against the
+/// measurements' `RUST_LOG=warn`, in the order warn, shipped, shipped, warn
+/// (`first_quiet` is the first run, already made), as for sealing. The
+/// lines go to a file in the temporary directory, removed after each run.
+async fn logging_comparison(
+    bench: &Bench,
+    redis: &RedisTarget,
+    sizes: &Sizes,
+    first_quiet: &Throughput,
+) -> anyhow::Result<Line> {
+    let mut logged = Vec::new();
+    let mut log_bytes = 0;
+    for _ in 0..2 {
+        let file =
+            std::env::temp_dir().join(format!("election-bench-ingest-{}.log", std::process::id()));
+        let run = ingest::throughput_logged(bench, redis, 512, sizes.ingest, file.clone()).await;
+        log_bytes += std::fs::metadata(&file).map_or(0, |m| m.len());
+        let _ = std::fs::remove_file(&file);
+        let run = run?;
+        log_run("fresh, shipped logging", &run);
+        logged.push(run);
+    }
+    let last_quiet = ingest::throughput(bench, redis, Start::Fresh, 512, sizes.ingest).await?;
+    log_run("fresh, again logging at warn", &last_quiet);
+    let recorded: u64 = logged.iter().map(|run| run.recorded).sum();
+    Ok(logging_line(
+        [first_quiet, &last_quiet],
+        [&logged[0], &logged[1]],
+        log_bytes as f64 / recorded.max(1) as f64,
+    ))
+}
+
+fn logging_line(quiet: [&Throughput; 2], logged: [&Throughput; 2], bytes_per_report: f64) -> Line {
+    let rate = |run: &Throughput| run.posted.summary.per_second;
+    let ingest = |run: &Throughput| usage::micros_per(run.spent.ingest, run.recorded);
+    let sum_quiet: f64 = quiet.iter().map(|run| rate(run)).sum();
+    let sum_logged: f64 = logged.iter().map(|run| rate(run)).sum();
+    Line::info(
+        format!(
+            "ingest logging as shipped (RUST_LOG=info, LOG_FORMAT=json: an access-log line per \
+             request, to a file) against RUST_LOG=warn, fresh database, wrk {} connections, runs \
+             in the order warn, shipped, shipped, warn",
+            logged[0].connections
+        ),
+        format!(
+            "{} and {} reports/s shipped, {} and {} at warn: {:+.1}% shipped; ingest CPU per \
+             report {:.1} and {:.1} µs shipped, {:.1} and {:.1} at warn; {:.0} bytes of log per \
+             report",
+            thousands(rate(logged[0])),
+            thousands(rate(logged[1])),
+            thousands(rate(quiet[0])),
+            thousands(rate(quiet[1])),
+            100.0 * (sum_logged / sum_quiet.max(1.0) - 1.0),
+            ingest(logged[0]),
+            ingest(logged[1]),
+            ingest(quiet[0]),
+            ingest(quiet[1]),
+            bytes_per_report
+        ),
+    )
 }
 
 /// Bulk reporting on a fresh database, and its lines.

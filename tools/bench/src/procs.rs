@@ -220,6 +220,18 @@ pub fn used_memory(node_urls: &[String]) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// How a service under measurement logs.
+#[derive(Clone, Debug)]
+pub enum Logging {
+    /// `RUST_LOG=warn`: only warnings and errors, to the bench's standard
+    /// error (what every measurement uses unless it says otherwise).
+    Quiet,
+    /// What docs/systemd/common.env.example ships: `RUST_LOG=info` and
+    /// `LOG_FORMAT=json`, so an access-log line per request, written to this
+    /// file (under systemd they go to journald, whose own CPU is not counted).
+    Shipped(PathBuf),
+}
+
 /// One of our services, started from the release binaries.
 pub struct Service {
     base: String,
@@ -236,16 +248,50 @@ impl Service {
         database_url: &str,
         redis_url: &str,
     ) -> anyhow::Result<Service> {
+        Service::start_logging(
+            bin_dir,
+            binary,
+            args,
+            database_url,
+            redis_url,
+            &Logging::Quiet,
+        )
+        .await
+    }
+
+    /// [`Service::start`] logging as `logging` says.
+    pub async fn start_logging(
+        bin_dir: &str,
+        binary: &str,
+        args: &[&str],
+        database_url: &str,
+        redis_url: &str,
+        logging: &Logging,
+    ) -> anyhow::Result<Service> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let path = format!("{bin_dir}/{binary}");
-        let child = Command::new(&path)
+        let mut command = Command::new(&path);
+        command
             .args(args)
             .args(["--listen", &listen])
             .env("DATABASE_URL", database_url)
             .env("REDIS_URL", redis_url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        match logging {
+            Logging::Quiet => {
+                command.env("RUST_LOG", "warn");
+            }
+            Logging::Shipped(file) => {
+                let log = std::fs::File::create(file)
+                    .with_context(|| format!("creating {}", file.display()))?;
+                command
+                    .env("RUST_LOG", "info")
+                    .env("LOG_FORMAT", "json")
+                    .stderr(log);
+            }
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {path} (run `cargo build --release` first)"))?;
         let service = Service {
