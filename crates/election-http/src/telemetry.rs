@@ -40,9 +40,16 @@ where
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(writer);
+    // JSON lines carry the event's span (`span`) but not the list of every
+    // span it is in (`spans`): no span is nested in another, so the list only
+    // repeated `span`, a third of an access line's bytes.
     let result = match format {
         LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .try_init(),
     };
     // A second call (tests) keeps the first subscriber.
     let _ = result;
