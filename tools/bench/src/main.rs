@@ -203,9 +203,9 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     } else if cli.bulk_only {
         bulk_run(&bench, &standalone, &sizes).await
     } else if cli.sealing_only {
-        sealing_run(&bench, &standalone, &sizes).await
+        comparison_run(&bench, &standalone, &sizes, Comparison::Sealing).await
     } else if cli.logging_only {
-        logging_run(&bench, &standalone, &sizes).await
+        comparison_run(&bench, &standalone, &sizes, Comparison::Logging).await
     } else {
         measure(&bench, &standalone, &sizes).await
     };
@@ -293,17 +293,30 @@ fn reports_per_second(run: &Throughput) -> f64 {
     run.posted.summary.per_second * run.batch as f64
 }
 
-/// Ingest at 512 connections on a fresh database without, with, with and
-/// without a sealing reprocessor beside it.
-async fn sealing_run(
+/// What a `--sealing-only` or `--logging-only` run compares.
+#[derive(Clone, Copy, Debug)]
+enum Comparison {
+    /// A sealing reprocessor beside ingest ([`sealing_comparison`]).
+    Sealing,
+    /// Ingest logging as shipped ([`logging_comparison`]).
+    Logging,
+}
+
+/// Ingest at 512 connections on a fresh database as the other measurements
+/// run it, then `comparison`'s runs (with, with, without).
+async fn comparison_run(
     bench: &Bench,
     redis: &RedisTarget,
     sizes: &Sizes,
+    comparison: Comparison,
 ) -> anyhow::Result<Vec<Line>> {
-    let without = ingest::throughput(bench, redis, Start::Fresh, 512, sizes.ingest).await?;
-    log_run("fresh", &without);
-    let sealing = sealing_comparison(bench, redis, sizes, &without).await?;
-    Ok(vec![throughput_line(&without, None), sealing])
+    let first = ingest::throughput(bench, redis, Start::Fresh, 512, sizes.ingest).await?;
+    log_run("fresh", &first);
+    let line = match comparison {
+        Comparison::Sealing => sealing_comparison(bench, redis, sizes, &first).await?,
+        Comparison::Logging => logging_comparison(bench, redis, sizes, &first).await?,
+    };
+    Ok(vec![throughput_line(&first, None), line])
 }
 
 /// What sealing costs, measured in the order without, with, with, without
@@ -331,19 +344,6 @@ async fn sealing_comparison(
         [first_without, &last_without],
         [&with[0], &with[1]],
     ))
-}
-
-/// Ingest at 512 connections on a fresh database logging at `warn`, then
-/// as shipped twice, then at `warn` again.
-async fn logging_run(
-    bench: &Bench,
-    redis: &RedisTarget,
-    sizes: &Sizes,
-) -> anyhow::Result<Vec<Line>> {
-    let quiet = ingest::throughput(bench, redis, Start::Fresh, 512, sizes.ingest).await?;
-    log_run("fresh", &quiet);
-    let logging = logging_comparison(bench, redis, sizes, &quiet).await?;
-    Ok(vec![throughput_line(&quiet, None), logging])
 }
 
 /// What the logging of docs/systemd/common.env.example (`RUST_LOG=info`,
