@@ -115,10 +115,10 @@ use crate::prepared::prepared;
 /// Planner settings for the rest of a hot-path transaction: see the module
 /// docs. `SET LOCAL` ends with the transaction, so other statements of the
 /// same connection plan as usual. The generic plan is forced, so prepared
-/// statements are not planned again on every run. JIT goes too: a disabled path still costs
-/// its 10^10 penalty when nothing else can do its job (the scan of the tiny
-/// `pending_batches` in a replay's lookup), which would put the statement
-/// over `jit_above_cost` and compile it on every execution.
+/// statements are not planned again on every run. JIT goes too: a disabled
+/// path still costs its 10^10 penalty when nothing else can do its job (the
+/// scan of the tiny `pending_batches` in a replay's lookup), which would put
+/// the statement over `jit_above_cost` and compile it on every execution.
 macro_rules! hot_path_settings {
     () => {
         "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
