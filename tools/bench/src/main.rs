@@ -99,6 +99,11 @@ struct Cli {
     /// JSON lines twice, then `warn` again).
     #[arg(long, conflicts_with_all = ["stream_only", "bulk_only", "sealing_only"])]
     logging_only: bool,
+    /// Measure only the growth curve (64 connections from an empty database
+    /// to `--growth-reports`): for comparing PostgreSQL servers or settings
+    /// (`--database-url`).
+    #[arg(long, conflicts_with_all = ["stream_only", "bulk_only", "sealing_only", "logging_only"])]
+    growth_only: bool,
     /// Stream subscribers [default: 5,000; quick: 1,000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stream_subscribers: Option<u64>,
@@ -206,6 +211,8 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         comparison_run(&bench, &standalone, &sizes, Comparison::Sealing).await
     } else if cli.logging_only {
         comparison_run(&bench, &standalone, &sizes, Comparison::Logging).await
+    } else if cli.growth_only {
+        growth_run(&bench, &standalone, &sizes).await
     } else {
         measure(&bench, &standalone, &sizes).await
     };
@@ -245,9 +252,7 @@ async fn measure(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::R
     drop(database);
 
     // --- How the rate holds while an election grows ---------------------------
-    let growth = ingest::growth(bench, redis, sizes.growth_reports, sizes.growth_limit).await?;
-    print_growth(&growth);
-    lines.push(growth_line(&growth));
+    lines.extend(growth_run(bench, redis, sizes).await?);
 
     // --- Redis memory per ballot box -----------------------------------------
     lines.extend(memory_lines(bench, redis, sizes.memory_reports).await?);
@@ -672,6 +677,17 @@ async fn ceiling_lines(
             ),
         ),
     ])
+}
+
+/// The growth curve, printed window by window, and its line.
+async fn growth_run(
+    bench: &Bench,
+    redis: &RedisTarget,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Line>> {
+    let growth = ingest::growth(bench, redis, sizes.growth_reports, sizes.growth_limit).await?;
+    print_growth(&growth);
+    Ok(vec![growth_line(&growth)])
 }
 
 fn print_growth(growth: &Growth) {
