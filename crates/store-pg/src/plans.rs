@@ -12,7 +12,8 @@
 //! index than a unique key, hash- or merge-joins one, or would be JIT-compiled. The same check run without the settings must find the
 //! bad plan PostgreSQL makes over empty tables, so the check can fail. A
 //! third test counts how each statement was planned over repeated runs: once,
-//! generic, with the settings; afresh on every run without the forcing.
+//! generic, with the settings; without the forcing, PostgreSQL planned the
+//! record statements afresh on every run.
 
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::Text;
