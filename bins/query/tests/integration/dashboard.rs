@@ -38,8 +38,13 @@ impl Browser {
             std::process::id(),
             LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&profile).unwrap();
+        // Chromium also makes a directory in the temporary directory for its
+        // singleton socket, which a killed browser leaves behind: inside the
+        // profile it goes with it.
+        let temporary = profile.join("tmp");
+        std::fs::create_dir_all(&temporary).unwrap();
         let child = Command::new(CHROMIUM)
+            .env("TMPDIR", &temporary)
             .args([
                 "--headless",
                 "--no-sandbox",
