@@ -296,7 +296,6 @@ mod tests {
     use diesel::connection::SimpleConnection;
     use diesel::sql_types::Text;
     use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
-    use election_test_support::pg::PgSchema;
 
     use super::mark_counted;
 
@@ -322,10 +321,7 @@ mod tests {
 
     #[test]
     fn a_whole_mark_commits_without_waiting_for_its_flush_and_nothing_else_does() {
-        let schema = PgSchema::new();
-        let pool = crate::connect(schema.url(), 1, std::time::Duration::from_secs(10)).unwrap();
-        crate::migrate(&pool).unwrap();
-        let mut conn = PgConnection::establish(schema.url()).unwrap();
+        let (_schema, mut conn) = crate::plans::migrated();
         conn.batch_execute(
             "INSERT INTO pending_batches (first_report_id, report_ids, recorded_at) \
              VALUES (1, '{1,2}', now()), (3, '{3}', now()), (4, '{4,5}', now())",

@@ -193,7 +193,9 @@ fn check_state(conn: &mut PgConnection, state: &str, report: &mut String) -> Vec
     failures
 }
 
-fn migrated() -> (PgSchema, PgConnection) {
+/// A fresh schema, migrated, and a connection of its own to it (also for
+/// the other modules' tests that need a real server).
+pub(crate) fn migrated() -> (PgSchema, PgConnection) {
     let schema = PgSchema::new();
     let pool = crate::connect(schema.url(), 1, std::time::Duration::from_secs(10)).unwrap();
     crate::migrate(&pool).unwrap();

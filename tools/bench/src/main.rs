@@ -384,11 +384,19 @@ async fn logging_comparison(
     ))
 }
 
+/// The change in reports per second of the two runs of `variant` against the
+/// two of `baseline`, from their sums (a fraction: −0.1 is 10 % fewer), as
+/// the order baseline, variant, variant, baseline measures it.
+fn rate_change(baseline: [&Throughput; 2], variant: [&Throughput; 2]) -> f64 {
+    let sum = |runs: [&Throughput; 2]| -> f64 {
+        runs.iter().map(|run| run.posted.summary.per_second).sum()
+    };
+    sum(variant) / sum(baseline).max(1.0) - 1.0
+}
+
 fn logging_line(quiet: [&Throughput; 2], logged: [&Throughput; 2], bytes_per_report: f64) -> Line {
     let rate = |run: &Throughput| run.posted.summary.per_second;
     let ingest = |run: &Throughput| usage::micros_per(run.spent.ingest, run.recorded);
-    let sum_quiet: f64 = quiet.iter().map(|run| rate(run)).sum();
-    let sum_logged: f64 = logged.iter().map(|run| rate(run)).sum();
     Line::info(
         format!(
             "ingest logging as shipped (RUST_LOG=info, LOG_FORMAT=json: an access-log line per \
@@ -404,7 +412,7 @@ fn logging_line(quiet: [&Throughput; 2], logged: [&Throughput; 2], bytes_per_rep
             thousands(rate(logged[1])),
             thousands(rate(quiet[0])),
             thousands(rate(quiet[1])),
-            100.0 * (sum_logged / sum_quiet.max(1.0) - 1.0),
+            100.0 * rate_change(quiet, logged),
             ingest(logged[0]),
             ingest(logged[1]),
             ingest(quiet[0]),
@@ -526,9 +534,7 @@ fn throughput_line(run: &Throughput, target: Option<(f64, f64)>) -> Line {
 /// without (see [`sealing_comparison`]).
 fn sealing_line(without: [&Throughput; 2], with: [&Throughput; 2]) -> Line {
     let rate = |run: &Throughput| run.posted.summary.per_second;
-    let sum_without: f64 = without.iter().map(|run| rate(run)).sum();
-    let sum_with: f64 = with.iter().map(|run| rate(run)).sum();
-    let cost = 1.0 - sum_with / sum_without.max(1.0);
+    let cost = -rate_change(without, with);
     let last = with[1];
     Line::judged(
         format!(
