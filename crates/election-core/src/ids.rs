@@ -7,8 +7,9 @@
 //! is known to be valid, and nothing downstream checks it again.
 
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Problem;
 
@@ -93,9 +94,13 @@ pub(crate) fn describe(value: &str) -> String {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $alphabet:expr, $field:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(Box<str>);
+        // Shared text (`Arc<str>`): a report's ids are cloned into every
+        // structure of its batch (its difference, its counting, the
+        // decisions' view), and a clone of a `Box<str>` was an allocation
+        // and a copy each time (docs/benchmarks.md, "Fewer allocations per
+        // report").
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `value`; the error names the field and the rule broken.
@@ -153,6 +158,12 @@ macro_rules! id_type {
             type Err = Problem;
             fn from_str(value: &str) -> Result<Self, Problem> {
                 Self::parse(value)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
 

@@ -445,12 +445,13 @@ impl<'de> Deserialize<'de> for WireVotes {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireVotes, A::Error> {
                 let mut entries: Vec<(String, i128)> = Vec::new();
-                let mut seen = std::collections::HashSet::new();
                 while let Some(party) = map.next_key::<String>()? {
                     let WireInt(n) = map.next_value().map_err(|e: A::Error| {
                         de::Error::custom(format_args!("votes.{party}: {e}"))
                     })?;
-                    if !seen.insert(party.clone()) {
+                    // A scan, not a set: at most MAX_PARTIES + 1 entries
+                    // (checked below), and no copy of each name.
+                    if entries.iter().any(|(seen, _)| *seen == party) {
                         return Err(de::Error::custom(format_args!(
                             "votes: party {} appears twice; each party must appear once",
                             describe(&party)
@@ -477,15 +478,17 @@ impl WireVotes {
         let before = problems.len();
         let mut votes = BTreeMap::new();
         for (name, n) in self.0 {
-            let field = format!("votes.{name}");
-            let party = PartyId::parse_as(&field, &name)
+            // The field's name is spelled out only for a problem: a report
+            // that passes allocates nothing for it.
+            let party = PartyId::parse(&name)
+                .or_else(|_| PartyId::parse_as(&format!("votes.{name}"), &name))
                 .map_err(|p| problems.push(p))
                 .ok();
             let count = if (0..=i128::from(MAX_VOTES)).contains(&n) {
                 Some(n as u32)
             } else {
                 problems.push(Problem::new(
-                    field,
+                    format!("votes.{name}"),
                     format!("is {n}; votes must be between 0 and {MAX_VOTES}"),
                 ));
                 None

@@ -667,7 +667,10 @@ impl RedisTally {
             ] {
                 let slot = keys::slot(key.as_bytes());
                 let group = if self.nodes.is_cluster() { slot } else { 0 };
-                groups.entry(group).or_default().push((key, n));
+                groups
+                    .entry(group)
+                    .or_insert_with(|| Vec::with_capacity(2 * counting.difference.len()))
+                    .push((key, n));
             }
         }
         groups
@@ -1347,25 +1350,44 @@ impl RedisTally {
 /// (indexes in `batch`) that name it.
 fn index_members(batch: &[Counting]) -> BTreeMap<String, BTreeMap<String, Vec<usize>>> {
     let mut sets: BTreeMap<String, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
-    let mut add = |key: String, member: &str, revision: usize| {
-        let served = sets
-            .entry(key)
-            .or_default()
-            .entry(member.to_owned())
-            .or_default();
+    // Keys and members are copied only the first time the batch names them
+    // (most of a batch's revisions name the same election-wide sets and
+    // parties), and the election-wide keys are built once per run of
+    // revisions of one election.
+    let mut add = |key: &str, member: &str, revision: usize| {
+        let set = match sets.get_mut(key) {
+            Some(set) => set,
+            None => sets.entry(key.to_owned()).or_default(),
+        };
+        let served = match set.get_mut(member) {
+            Some(served) => served,
+            None => set.entry(member.to_owned()).or_default(),
+        };
         if served.last() != Some(&revision) {
             served.push(revision);
         }
     };
+    let mut election_keys: Option<(&ElectionId, [String; 3])> = None;
     for (index, counting) in batch.iter().enumerate() {
         let election = &counting.election;
+        let [parties, cities, boxes] = match &election_keys {
+            Some((named, keys)) if *named == election => keys,
+            _ => {
+                let keys = [
+                    keys::parties(election),
+                    keys::cities(election),
+                    keys::boxes(election),
+                ];
+                &election_keys.insert((election, keys)).1
+            }
+        };
         for (party, _) in counting.difference.iter() {
-            add(keys::parties(election), party.as_str(), index);
+            add(parties, party.as_str(), index);
         }
-        add(keys::cities(election), counting.city.as_str(), index);
-        add(keys::boxes(election), counting.ballot_box.as_str(), index);
+        add(cities, counting.city.as_str(), index);
+        add(boxes, counting.ballot_box.as_str(), index);
         add(
-            keys::city_boxes(election, &counting.city),
+            &keys::city_boxes(election, &counting.city),
             counting.ballot_box.as_str(),
             index,
         );
