@@ -116,7 +116,7 @@ struct Shared {
     /// Subscribers count ticks only while this is set.
     measuring: AtomicBool,
     /// Set once the subscribers are connected: the writer drops the ticks
-    /// it owes from before (see [`write`]) and keeps its rate from then on.
+    /// it owes from before (see [`write()`]) and keeps its rate from then on.
     rebase: AtomicBool,
 }
 
@@ -488,7 +488,11 @@ pub async fn measure(
     // written a few ticks at its rate; from one reading's instant to the
     // other's, their ticks and counters alike.
     shared.rebase.store(true, Ordering::Release);
+    let asked = Instant::now();
     while shared.rebase.load(Ordering::Acquire) {
+        if writer.is_finished() || asked.elapsed() > Duration::from_secs(60) {
+            bail!("the stream's writer stopped, or did not take up its schedule within 60 s");
+        }
         tokio::time::sleep(TICK).await;
     }
     tokio::time::sleep(TICK * 5).await;
