@@ -165,7 +165,7 @@ impl Layers {
         // Around the router, not inside it: `Router::layer` wraps every
         // route, and axum clones a route's whole service for each request
         // it serves, so each request cloned and boxed this stack about three
-        // times (~70 allocations, DHAT on ingest; docs/benchmarks.md, "The
+        // times (~65 allocations, DHAT on ingest; docs/benchmarks.md, "The
         // layers cloned per request"). Outside, one clone of the stack per
         // request remains (hyper's), and the router inside is an `Arc`.
         let stack = ServiceBuilder::new()
