@@ -9,7 +9,8 @@
 //! whole batch at once, because one transaction per batch is what makes
 //! thousands of reports per second possible on modest hardware.
 //!
-//! - [`connect`] builds a lazy pool, [`migrate`] / [`schema_status`] manage
+//! - [`connect`] builds a lazy pool (without TLS to a server on this host
+//!   unless the URL asks for it: [`without_tls_on_loopback`]), [`migrate`] / [`schema_status`] manage
 //!   the embedded schema (`migrations/` at the workspace root), and
 //!   [`check_schema`] is what every service calls before it starts;
 //! - [`definitions`] stores election definitions (docs/contract.md §7);
@@ -34,6 +35,7 @@ mod error;
 pub mod history;
 mod lock;
 mod log;
+mod loopback;
 mod migrate;
 mod pending;
 #[cfg(test)]
@@ -49,6 +51,7 @@ pub use error::{PgError, STORE};
 pub use history::PgHistory;
 pub use lock::{RepairLock, try_lock_repair};
 pub use log::PgLog;
+pub use loopback::without_tls_on_loopback;
 pub use migrate::{
     MIGRATIONS, SchemaError, SchemaStatus, check_schema, migrate, revert_all, schema_status,
 };

@@ -15,6 +15,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection};
 use diesel::{QueryableByName, RunQueryDsl, sql_types};
 
 use crate::error::PgError;
+use crate::loopback::without_tls_on_loopback;
 
 /// A pool of PostgreSQL connections, shared by every store call of a process.
 pub type PgPool = r2d2::Pool<ConnectionManager<PgConnection>>;
@@ -24,7 +25,9 @@ pub type PgPool = r2d2::Pool<ConnectionManager<PgConnection>>;
 /// No connection is opened here: the first call that needs one opens it, and
 /// waits at most `connect_timeout` for it (or for a busy connection to come
 /// back). The URL is a libpq connection string (`postgres://user@host/db`,
-/// with `?options=-c%20search_path%3D...` and the like).
+/// with `?options=-c%20search_path%3D...` and the like); one that names only
+/// this host and no TLS mode connects without TLS
+/// ([`without_tls_on_loopback`]).
 pub fn connect(
     database_url: &str,
     pool_size: u32,
@@ -41,7 +44,13 @@ pub fn connect(
             "the connection timeout must be longer than 0".to_owned(),
         ));
     }
-    let manager = ConnectionManager::<PgConnection>::new(database_url);
+    let effective = without_tls_on_loopback(database_url);
+    if effective != database_url {
+        tracing::debug!(
+            "postgresql is on this host and the URL chooses no sslmode: connecting without TLS"
+        );
+    }
+    let manager = ConnectionManager::<PgConnection>::new(effective);
     Ok(r2d2::Pool::builder()
         .max_size(pool_size)
         // Connections open on demand: nothing is attempted while nobody asks,

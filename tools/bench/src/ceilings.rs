@@ -47,7 +47,9 @@ pub fn pg_only(
     connections: usize,
     seconds: Duration,
 ) -> anyhow::Result<f64> {
-    let mut conn = PgConnection::establish(url)?;
+    // Connected as the services connect (no TLS to this host unless asked).
+    let url = store_pg::without_tls_on_loopback(url).into_owned();
+    let mut conn = PgConnection::establish(&url)?;
     diesel::sql_query(
         "CREATE TABLE IF NOT EXISTS vote_count (city text NOT NULL, party text NOT NULL, \
          votes bigint NOT NULL, PRIMARY KEY (city, party))",
@@ -76,7 +78,6 @@ pub fn pg_only(
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
-    let url = url.to_owned();
     for_a_while(connections, seconds, move |_, stop| {
         let mut conn = PgConnection::establish(&url)?;
         let mut done = 0;
@@ -115,7 +116,8 @@ pub fn pg_insert(
     per_txn: usize,
     seconds: Duration,
 ) -> anyhow::Result<f64> {
-    let mut conn = PgConnection::establish(url)?;
+    let url = store_pg::without_tls_on_loopback(url).into_owned();
+    let mut conn = PgConnection::establish(&url)?;
     diesel::sql_query(
         "CREATE TABLE IF NOT EXISTS ceiling_reports (id bigserial PRIMARY KEY, ballot_box_id text NOT NULL, \
          city text NOT NULL, payload jsonb NOT NULL, received_at timestamptz NOT NULL DEFAULT now())",
@@ -126,7 +128,6 @@ pub fn pg_insert(
          votes integer NOT NULL, PRIMARY KEY (report_id, party))",
     )
     .execute(&mut conn)?;
-    let url = url.to_owned();
     for_a_while(connections, seconds, move |thread, stop| {
         let mut conn = PgConnection::establish(&url)?;
         let mut done = 0;

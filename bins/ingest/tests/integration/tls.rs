@@ -3,7 +3,7 @@
 //! trusting the test's CA through `SSL_CERT_FILE`; and libpq's `sslmode`
 //! against a private PostgreSQL with `ssl=on`. Each is also refused when the
 //! client does not trust the CA, so a success proves the certificate was
-//! checked.
+//! checked. And no TLS to a PostgreSQL on this host unless the URL asks.
 
 use std::process::{Command, Stdio};
 
@@ -159,6 +159,26 @@ fn sslmode_verify_full_reaches_a_tls_postgresql() {
         .get_result(&mut connection)
         .unwrap();
     assert!(row.ssl);
+
+    // The same server through a URL that names this host and no sslmode:
+    // libpq alone would negotiate TLS (`prefer`), the services' pool does
+    // not (store_pg::without_tls_on_loopback); asking for it keeps it.
+    let plain = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port());
+    let ssl_through_the_pool = |url: &str| {
+        let pool = store_pg::connect(url, 1, std::time::Duration::from_secs(10)).unwrap();
+        let row: Ssl =
+            diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .get_result(&mut pool.get().unwrap())
+                .unwrap();
+        row.ssl
+    };
+    let row: Ssl = diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .get_result(&mut PgConnection::establish(&plain).unwrap())
+        .unwrap();
+    assert!(row.ssl, "libpq's default negotiates TLS with this server");
+    assert!(!ssl_through_the_pool(&plain));
+    assert!(ssl_through_the_pool(&format!("{plain}?sslmode=prefer")));
+    assert!(ssl_through_the_pool(&format!("{plain}?sslmode=require")));
 
     // Another CA: refused, with libpq's reason, exit status 1.
     let stranger = TestCertificates::new();
