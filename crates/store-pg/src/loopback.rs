@@ -42,7 +42,13 @@ fn decide(database_url: &str, is_set: impl Fn(&str) -> bool) -> Cow<'_, str> {
     {
         return Cow::Borrowed(database_url);
     }
-    let separator = if database_url.contains('?') { '&' } else { '?' };
+    let separator = if !database_url.contains('?') {
+        "?"
+    } else if database_url.ends_with(['?', '&']) {
+        ""
+    } else {
+        "&"
+    };
     Cow::Owned(format!("{database_url}{separator}sslmode=disable"))
 }
 
@@ -121,6 +127,14 @@ mod tests {
             (
                 "postgres://postgres@127.0.0.1/db?options=-c%20search_path%3Dt_1",
                 "postgres://postgres@127.0.0.1/db?options=-c%20search_path%3Dt_1&sslmode=disable",
+            ),
+            (
+                "postgres://localhost/db?",
+                "postgres://localhost/db?sslmode=disable",
+            ),
+            (
+                "postgres://localhost/db?application_name=x&",
+                "postgres://localhost/db?application_name=x&sslmode=disable",
             ),
             // The query's host wins over the URL's.
             (

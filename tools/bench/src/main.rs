@@ -104,6 +104,10 @@ struct Cli {
     /// (`--database-url`).
     #[arg(long, conflicts_with_all = ["stream_only", "bulk_only", "sealing_only", "logging_only"])]
     growth_only: bool,
+    /// Measure only the query service (`GET /totals` while ingest posts and
+    /// alone, one report to many stream subscribers) on a fresh database.
+    #[arg(long, conflicts_with_all = ["stream_only", "bulk_only", "sealing_only", "logging_only", "growth_only"])]
+    query_only: bool,
     /// Stream subscribers [default: 5,000; quick: 1,000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stream_subscribers: Option<u64>,
@@ -213,6 +217,11 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         comparison_run(&bench, &standalone, &sizes, Comparison::Logging).await
     } else if cli.growth_only {
         growth_run(&bench, &standalone, &sizes).await
+    } else if cli.query_only {
+        match Stage::fresh(&bench, &standalone).await {
+            Ok(stage) => query_lines(&bench, &stage, &standalone.url, &sizes).await,
+            Err(error) => Err(error),
+        }
     } else {
         measure(&bench, &standalone, &sizes).await
     };
