@@ -800,10 +800,15 @@ async fn query_lines(
         redis_url,
     )
     .await?;
+    // The writer is stopped through its flag, and awaited: aborting its task
+    // left the loadgen's posting tasks running, so the "nothing else
+    // running" line below was measured while they still posted.
+    let writing = Arc::new(Progress::default());
     let background = {
         let pool = stage.pool.clone();
         let ingest_base = stage.ingest.base().to_owned();
         let boxes = 30_000 * sizes.scale;
+        let progress = Arc::clone(&writing);
         tokio::spawn(async move {
             loadgen_run(
                 &pool,
@@ -813,13 +818,22 @@ async fn query_lines(
                 32,
                 15,
                 Some(2_000.0),
+                progress,
             )
             .await
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let totals = query::hammer_totals(query_service.base(), "bench-query", 64, sizes.fixed).await?;
-    background.abort();
+    let still_writing = !background.is_finished();
+    writing
+        .stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    background.await.context("the query phase's writer")??;
+    anyhow::ensure!(
+        still_writing,
+        "the writer finished before the query was measured: not measured while ingest posts"
+    );
     let mut lines = vec![Line::judged(
         "query: GET /totals, wrk 64 connections, while ingest posts 2,000 reports/s",
         format!(
@@ -910,6 +924,7 @@ async fn loadgen_run(
     concurrency: usize,
     seed: u64,
     rate: Option<f64>,
+    progress: Arc<Progress>,
 ) -> anyhow::Result<election_loadgen::Outcome> {
     let token = election_core::token::from_bytes(rand::random());
     store_pg::tokens::insert(
@@ -937,8 +952,7 @@ async fn loadgen_run(
         spread: None,
         batch: 1,
     };
-    let outcome =
-        election_loadgen::run(&load, Arc::new(night(&plan)), Arc::new(Progress::default())).await?;
+    let outcome = election_loadgen::run(&load, Arc::new(night(&plan)), progress).await?;
     anyhow::ensure!(
         outcome.transport_errors == 0 && outcome.acknowledged_posts() > 0,
         "ingest run {election} failed: {:?}",
