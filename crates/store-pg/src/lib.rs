@@ -10,9 +10,10 @@
 //! thousands of reports per second possible on modest hardware.
 //!
 //! - [`connect`] builds a lazy pool (without TLS to a server on this host
-//!   unless the URL asks for it: [`without_tls_on_loopback`]), [`migrate`] / [`schema_status`] manage
-//!   the embedded schema (`migrations/` at the workspace root), and
-//!   [`check_schema`] is what every service calls before it starts;
+//!   unless the URL asks for it: [`without_tls_on_loopback`]), [`migrate`] /
+//!   [`schema_status`] manage the embedded schema (`migrations/` at the
+//!   workspace root), and [`check_schema`] is what every service calls
+//!   before it starts;
 //! - [`definitions`] stores election definitions (docs/contract.md §7);
 //! - [`try_lock_repair`] keeps `reconcile --repair` to one per election;
 //! - [`seal`] seals every election's log into a hash chain, verifies it and
