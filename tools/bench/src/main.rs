@@ -815,8 +815,6 @@ async fn query_lines(
                 &ingest_base,
                 "bench-query",
                 boxes,
-                32,
-                15,
                 Some(2_000.0),
                 progress,
             )
@@ -915,14 +913,13 @@ async fn reconcile_line(
 }
 
 /// The in-process loadgen at a fixed rate: the background load of the query
-/// measurement (wrk cannot hold a rate).
+/// measurement (wrk cannot hold a rate). It posts `boxes` ballot boxes with
+/// 32 tasks, or stops early when `progress.stop` is set.
 async fn loadgen_run(
     pool: &store_pg::PgPool,
     ingest_base: &str,
     election: &str,
     boxes: usize,
-    concurrency: usize,
-    seed: u64,
     rate: Option<f64>,
     progress: Arc<Progress>,
 ) -> anyhow::Result<election_loadgen::Outcome> {
@@ -940,13 +937,13 @@ async fn loadgen_run(
         parties: 4,
         duplicates: 0.02,
         revisions: 0.01,
-        seed,
+        seed: 15,
     };
     let load = Load {
         ingest_url: ingest_base.to_owned(),
         election: election.to_owned(),
         token,
-        concurrency,
+        concurrency: 32,
         rate,
         duration: None,
         spread: None,
