@@ -218,10 +218,7 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
     } else if cli.growth_only {
         growth_run(&bench, &standalone, &sizes).await
     } else if cli.query_only {
-        match Stage::fresh(&bench, &standalone).await {
-            Ok(stage) => query_lines(&bench, &stage, &standalone.url, &sizes).await,
-            Err(error) => Err(error),
-        }
+        query_run(&bench, &standalone, &sizes).await
     } else {
         measure(&bench, &standalone, &sizes).await
     };
@@ -784,6 +781,12 @@ async fn memory_lines(
             &spread,
         ),
     ])
+}
+
+/// `--query-only`: the query lines on a fresh stage of their own.
+async fn query_run(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::Result<Vec<Line>> {
+    let stage = Stage::fresh(bench, redis).await?;
+    query_lines(bench, &stage, &redis.url, sizes).await
 }
 
 async fn query_lines(
