@@ -55,13 +55,13 @@ fn decide(database_url: &str, is_set: impl Fn(&str) -> bool) -> Cow<'_, str> {
 /// Whether the URL reaches PostgreSQL over TCP on this host only and leaves
 /// the TLS mode to libpq's default.
 fn loopback_only(database_url: &str) -> bool {
-    let lower = database_url.to_ascii_lowercase();
-    if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
-        return false;
-    }
     let Ok(parsed) = url::Url::parse(database_url) else {
         return false;
     };
+    // The parser lowercases the scheme.
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return false;
+    }
     let mut hosts: Vec<String> = Vec::new();
     for (key, value) in parsed.query_pairs() {
         match &*key {

@@ -149,36 +149,23 @@ fn sslmode_verify_full_reaches_a_tls_postgresql() {
     assert!(text(&migrated.stdout).contains("applied migration"));
 
     // The connection is encrypted (PostgreSQL says so).
-    let mut connection = PgConnection::establish(&trusted).unwrap();
-    #[derive(diesel::QueryableByName)]
-    struct Ssl {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        ssl: bool,
-    }
-    let row: Ssl = diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .get_result(&mut connection)
-        .unwrap();
-    assert!(row.ssl);
+    assert!(encrypted(&mut PgConnection::establish(&trusted).unwrap()));
 
     // The same server through a URL that names this host and no sslmode:
     // libpq alone would negotiate TLS (`prefer`), the services' pool does
     // not (store_pg::without_tls_on_loopback); asking for it keeps it.
     let plain = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port());
-    let ssl_through_the_pool = |url: &str| {
+    let through_the_pool = |url: &str| {
         let pool = store_pg::connect(url, 1, std::time::Duration::from_secs(10)).unwrap();
-        let row: Ssl =
-            diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-                .get_result(&mut pool.get().unwrap())
-                .unwrap();
-        row.ssl
+        encrypted(&mut pool.get().unwrap())
     };
-    let row: Ssl = diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .get_result(&mut PgConnection::establish(&plain).unwrap())
-        .unwrap();
-    assert!(row.ssl, "libpq's default negotiates TLS with this server");
-    assert!(!ssl_through_the_pool(&plain));
-    assert!(ssl_through_the_pool(&format!("{plain}?sslmode=prefer")));
-    assert!(ssl_through_the_pool(&format!("{plain}?sslmode=require")));
+    assert!(
+        encrypted(&mut PgConnection::establish(&plain).unwrap()),
+        "libpq's default negotiates TLS with this server"
+    );
+    assert!(!through_the_pool(&plain));
+    assert!(through_the_pool(&format!("{plain}?sslmode=prefer")));
+    assert!(through_the_pool(&format!("{plain}?sslmode=require")));
 
     // Another CA: refused, with libpq's reason, exit status 1.
     let stranger = TestCertificates::new();
@@ -190,4 +177,17 @@ fn sslmode_verify_full_reaches_a_tls_postgresql() {
     assert_eq!(refused.status.code(), Some(1));
     let stderr = text(&refused.stderr);
     assert!(stderr.contains("certificate verify failed"), "{stderr}");
+}
+
+/// Whether PostgreSQL says `connection` is encrypted.
+fn encrypted(connection: &mut PgConnection) -> bool {
+    #[derive(diesel::QueryableByName)]
+    struct Ssl {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ssl: bool,
+    }
+    let row: Ssl = diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .get_result(connection)
+        .unwrap();
+    row.ssl
 }
