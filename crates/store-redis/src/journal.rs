@@ -63,11 +63,22 @@ use crate::nodes::{Replied, Request};
 use crate::{RedisStoreError, RedisTally, keys, next_reply, parse_ids};
 
 /// One step of the journal: `KEYS[1]` the journal, `ARGV` the cities moved.
-/// The position is the score of the member `""`.
+/// The position is the score of the member `""`. The cities are scored by
+/// one `ZADD` per thousand (a `redis.call` each was, in a batch of 16
+/// reports from ~15 cities, about a tenth of Redis's instructions per report;
+/// docs/benchmarks.md, "Each counter once per call"), the thousand keeping
+/// `unpack` far within Lua's stack.
 pub(crate) const JOURNAL_SCRIPT: &str = r"
 local position = redis.call('ZINCRBY', KEYS[1], 1, '')
-for i = 1, #ARGV do
-  redis.call('ZADD', KEYS[1], position, ARGV[i])
+local i = 1
+while i <= #ARGV do
+  local scored = {}
+  for j = i, math.min(i + 999, #ARGV) do
+    scored[#scored + 1] = position
+    scored[#scored + 1] = ARGV[j]
+  end
+  redis.call('ZADD', KEYS[1], unpack(scored))
+  i = i + 1000
 end
 return position
 ";
@@ -100,11 +111,23 @@ pub(crate) fn request<'a>(
     cities: impl IntoIterator<Item = &'a str>,
 ) -> Request {
     let key = keys::moved(election);
+    let mut command = redis::cmd("EVALSHA");
+    command.arg(journal_sha()).arg(1).arg(&key);
+    for city in cities {
+        command.arg(city);
+    }
     Request {
         slot: keys::slot(key.as_bytes()),
-        command: command(&key, cities),
-        name: "EVAL",
+        command,
+        name: "EVALSHA",
     }
+}
+
+/// The SHA1 of [`JOURNAL_SCRIPT`], which the tally sends by `EVALSHA` (it
+/// is among the scripts loaded on `NOSCRIPT`).
+fn journal_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| redis::Script::new(JOURNAL_SCRIPT).get_hash().to_owned())
 }
 
 /// The command of one journal step naming `cities` of `election`, for
@@ -114,7 +137,8 @@ pub fn step<'a>(election: &ElectionId, cities: impl IntoIterator<Item = &'a str>
     command(&keys::moved(election), cities)
 }
 
-/// The `EVAL` of [`JOURNAL_SCRIPT`] on the journal `key`.
+/// The `EVAL` of [`JOURNAL_SCRIPT`] on the journal `key` (sent by writers
+/// that have no `NOSCRIPT` handling of their own).
 fn command<'a>(key: &str, cities: impl IntoIterator<Item = &'a str>) -> redis::Cmd {
     let mut command = redis::cmd("EVAL");
     command.arg(JOURNAL_SCRIPT).arg(1).arg(key);

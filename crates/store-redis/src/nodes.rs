@@ -137,8 +137,8 @@ enum Mode {
 pub(crate) struct Nodes {
     mode: Mode,
     options: RedisOptions,
-    /// The Lua source run by `EVALSHA`, loaded on `NOSCRIPT`.
-    script: &'static str,
+    /// The Lua sources run by `EVALSHA`, all loaded on `NOSCRIPT`.
+    scripts: &'static [&'static str],
     /// The Cluster's slot map; `None` until first needed.
     topology: RwLock<Option<Arc<Topology>>>,
     /// Set when the slot map may be wrong (a `MOVED` reply, a node that
@@ -256,7 +256,7 @@ impl Nodes {
     pub(crate) fn new(
         target: &RedisTarget,
         options: RedisOptions,
-        script: &'static str,
+        scripts: &'static [&'static str],
     ) -> Result<Nodes, RedisStoreError> {
         if options.connect_timeout.is_zero() || options.response_timeout.is_zero() {
             return Err(RedisStoreError::InvalidOptions {
@@ -284,7 +284,7 @@ impl Nodes {
         Ok(Nodes {
             mode,
             options,
-            script,
+            scripts,
             topology: RwLock::new(None),
             stale: AtomicBool::new(false),
             idle: Mutex::new(HashMap::new()),
@@ -870,26 +870,40 @@ impl Nodes {
         Ok(())
     }
 
-    /// Loads the script on every master (`SCRIPT LOAD`).
+    /// Loads the scripts on every master (`SCRIPT LOAD`).
     fn load_script(&self) -> Result<(), RedisStoreError> {
         let topology = self.topology()?;
         tracing::debug!(
             redis.nodes = topology.nodes.len(),
-            "loading the tally script after NOSCRIPT"
+            "loading the tally scripts after NOSCRIPT"
         );
-        let mut load = redis::cmd("SCRIPT");
-        load.arg("LOAD").arg(self.script);
+        // Every script in one round trip per node.
+        let mut load = redis::pipe();
+        for script in self.scripts {
+            load.cmd("SCRIPT").arg("LOAD").arg(*script);
+        }
         for node in &topology.nodes {
-            self.query_node(node, &load, "SCRIPT LOAD")?;
+            self.on_node(node, "SCRIPT LOAD", |connection| load.query(connection))?;
         }
         Ok(())
     }
 
     /// Runs one command on one node.
     fn query_node(&self, node: &Node, command: &Cmd, name: &str) -> Result<Value, RedisStoreError> {
+        self.on_node(node, name, |connection| command.query(connection))
+    }
+
+    /// Runs `send` (one command or pipeline, named `name`) on a connection
+    /// to `node`, and gives the connection back unless it failed.
+    fn on_node(
+        &self,
+        node: &Node,
+        name: &str,
+        send: impl FnOnce(&mut Connection) -> redis::RedisResult<Value>,
+    ) -> Result<Value, RedisStoreError> {
         let (mut connection, _) = self.checkout(node)?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        match command.query::<Value>(&mut connection) {
+        match send(&mut connection) {
             Ok(value) => {
                 self.give_back(node, connection);
                 Ok(value)
@@ -1174,7 +1188,7 @@ mod tests {
 
     fn cluster_nodes() -> Nodes {
         let target = RedisTarget::Cluster(vec!["redis://:pw@127.0.0.1:7000".into()]);
-        Nodes::new(&target, RedisOptions::DEFAULT, "return 1").unwrap()
+        Nodes::new(&target, RedisOptions::DEFAULT, &["return 1"]).unwrap()
     }
 
     fn int(n: i64) -> Value {

@@ -665,9 +665,10 @@ fn query<T: redis::FromRedisValue>(url: &str, command: &mut redis::Cmd) -> anyho
         .with_context(|| format!("a command on {url}"))
 }
 
-/// The server time the apply script took, from `INFO commandstats`
-/// (`cmdstat_evalsha`) summed over `nodes`: a measure of the script's cost
-/// that a busy machine disturbs less than wall time.
+/// The server time the tally's scripts took (the apply calls and the change
+/// journal's steps), from `INFO commandstats` (`cmdstat_evalsha`) summed
+/// over `nodes`: a measure of the scripts' cost that a busy machine
+/// disturbs less than wall time.
 fn script_time(nodes: &[String]) -> anyhow::Result<String> {
     let (mut calls, mut usec) = (0u64, 0u64);
     for url in nodes {

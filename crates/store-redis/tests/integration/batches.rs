@@ -55,6 +55,13 @@ fn apply_expecting(tally: &RedisTally, batch: &[Counting], expected: Applied) {
 
 /// How many `EVALSHA` calls the servers at `urls` have run so far.
 fn evalsha_calls(urls: &[String]) -> u64 {
+    calls(urls, "evalsha")
+}
+
+/// How many times the servers at `urls` have run `command` (lowercase) so
+/// far, inside scripts included.
+fn calls(urls: &[String], command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
     urls.iter()
         .map(|url| {
             let stats: String = redis::cmd("INFO")
@@ -63,12 +70,147 @@ fn evalsha_calls(urls: &[String]) -> u64 {
                 .unwrap();
             stats
                 .lines()
-                .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+                .find_map(|line| line.strip_prefix(prefix.as_str()))
                 .map_or(0, |rest| {
                     rest.split(',').next().unwrap().parse::<u64>().unwrap()
                 })
         })
         .sum()
+}
+
+#[test]
+fn a_call_moves_each_counter_once_however_many_revisions_move_it() {
+    // A private server, so the commands counted are this test's.
+    let server = RedisServer::start();
+    let tally = private_tally(&server);
+    let e = unique_election("merged");
+    // 40 revisions of parties a, b, c in 4 cities: 3 national and 12 city
+    // counters.
+    let batch = night(&e, 40, 4);
+    let (incrby, hset) = (
+        calls(&[server.url()], "incrby"),
+        calls(&[server.url()], "hset"),
+    );
+    apply_expecting(&tally, &batch, Applied::Now);
+    assert_eq!(
+        calls(&[server.url()], "incrby") - incrby,
+        15,
+        "each counter once"
+    );
+    assert_eq!(calls(&[server.url()], "hset") - hset, 40, "each marker");
+    assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
+    assert_eq!(markers_on(&[server.url()], &e).len(), 40);
+    // Every counter the call created carries its layout flag.
+    let mut redis = connection(&server.url());
+    for counting in &batch {
+        for (key, _) in counter_keys(counting) {
+            let flagged: bool = redis::cmd("EXISTS")
+                .arg(keys::layout_flag(&key))
+                .query(&mut redis)
+                .unwrap();
+            assert!(flagged, "{key} has no layout flag");
+        }
+    }
+
+    // A second batch of the same cities adds to what the first moved.
+    let later: Vec<Counting> = (0..10)
+        .map(|i| {
+            counting(
+                &e,
+                &format!("L{i}"),
+                &format!("c{}", i % 4),
+                1,
+                &[("a", 10), ("d", 1)],
+            )
+        })
+        .collect();
+    apply_expecting(&tally, &later, Applied::Now);
+    assert_eq!(
+        tally.snapshot(&e).unwrap().totals,
+        totals_of(batch.iter().chain(&later))
+    );
+}
+
+#[test]
+fn a_batch_mixing_counted_and_new_revisions_counts_each_once() {
+    let tally = standalone_tally();
+    let e = unique_election("mixed");
+    let batch = night(&e, 12, 3);
+    // Revisions 2, 5 and 9 were counted before (a crash after the apply,
+    // before the log learnt it).
+    let counted = [batch[2].clone(), batch[5].clone(), batch[9].clone()];
+    apply_expecting(&tally, &counted, Applied::Now);
+    let answers: Vec<Applied> = tally
+        .apply(&batch)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let expected: Vec<Applied> = (0..12)
+        .map(|i| {
+            if [2, 5, 9].contains(&i) {
+                Applied::Already
+            } else {
+                Applied::Now
+            }
+        })
+        .collect();
+    assert_eq!(answers, expected);
+    assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
+}
+
+#[test]
+fn counters_a_merged_call_cannot_take_are_applied_group_by_group() {
+    let tally = standalone_tally();
+    let mut redis = connection(&redis_url());
+    let e = unique_election("unmerged");
+    let batch = night(&e, 9, 3);
+    // City c1's counter of b is a list; c2's counter of c holds an integer
+    // of 16 digits, which the merged call leaves to the careful check.
+    let list = keys::city(
+        &e,
+        &election_core::CityId::parse("c1").unwrap(),
+        &election_core::PartyId::parse("b").unwrap(),
+    );
+    let long = keys::city(
+        &e,
+        &election_core::CityId::parse("c2").unwrap(),
+        &election_core::PartyId::parse("c").unwrap(),
+    );
+    redis::cmd("RPUSH")
+        .arg(&list)
+        .arg("x")
+        .exec(&mut redis)
+        .unwrap();
+    redis::cmd("SET")
+        .arg(&long)
+        .arg("1000000000000000")
+        .exec(&mut redis)
+        .unwrap();
+
+    let answers = tally.apply(&batch);
+    for (i, answer) in answers.iter().enumerate() {
+        if i % 3 == 1 {
+            assert_failed_naming(
+                answer,
+                &[&format!("counter {list} holds a list, not an integer")],
+            );
+        } else {
+            assert_eq!(answer.as_ref().unwrap(), &Applied::Now, "B{i}");
+        }
+    }
+    let moved: Vec<&Counting> = batch.iter().filter(|c| c.city.as_str() != "c1").collect();
+    let value: i64 = redis::cmd("GET").arg(&long).query(&mut redis).unwrap();
+    assert_eq!(
+        value,
+        1_000_000_000_000_000 + 3 * 3,
+        "three revisions of c2"
+    );
+    let expected = totals_of(moved.iter().copied());
+    assert_eq!(
+        tally.snapshot(&e).unwrap().totals.national(),
+        expected.national()
+    );
+    assert_eq!(markers_on(&[redis_url()], &e).len(), moved.len());
 }
 
 #[test]
@@ -222,8 +364,13 @@ fn a_batch_larger_than_the_cap_is_several_calls_in_one_pipeline() {
     let batch = night(&e, size, 30);
     let (calls, trips) = (evalsha_calls(&[server.url()]), tally.round_trips());
     apply_expecting(&tally, &batch, Applied::Now);
-    // The first call meets NOSCRIPT, is sent again after SCRIPT LOAD.
-    assert_eq!(evalsha_calls(&[server.url()]) - calls, 3 + 3, "three calls");
+    // Three calls and the journal's step meet NOSCRIPT, and are sent again
+    // after SCRIPT LOAD.
+    assert_eq!(
+        evalsha_calls(&[server.url()]) - calls,
+        (3 + 1) * 2,
+        "three calls and the journal's"
+    );
     assert_eq!(
         tally.round_trips() - trips,
         3,
@@ -232,10 +379,12 @@ fn a_batch_larger_than_the_cap_is_several_calls_in_one_pipeline() {
     assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
     assert_eq!(markers_on(&[server.url()], &e).len(), size);
 
+    // Again: each merged call finds a marker set and writes nothing, and
+    // its groups go through the per-group script in a second pipeline.
     let (calls, trips) = (evalsha_calls(&[server.url()]), tally.round_trips());
     apply_expecting(&tally, &batch, Applied::Already);
-    assert_eq!(evalsha_calls(&[server.url()]) - calls, 3);
-    assert_eq!(tally.round_trips() - trips, 1);
+    assert_eq!(evalsha_calls(&[server.url()]) - calls, 3 + 1 + 3);
+    assert_eq!(tally.round_trips() - trips, 2);
     assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
 }
 
@@ -262,8 +411,8 @@ fn revisions_sharing_national_counters_share_a_call_on_a_cluster() {
     apply_expecting(&tally, &batch, Applied::Now);
     assert_eq!(
         evalsha_calls(&cluster().urls()) - calls,
-        slots.len() as u64,
-        "one call per slot"
+        slots.len() as u64 + 1,
+        "one call per slot, and the journal's step"
     );
     assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
     apply_expecting(&tally, &batch, Applied::Already);
