@@ -132,6 +132,29 @@ fn a_call_moves_each_counter_once_however_many_revisions_move_it() {
 }
 
 #[test]
+fn sums_that_could_leave_64_bits_go_group_by_group() {
+    // A private server, so the commands counted are this test's.
+    let server = RedisServer::start();
+    let tally = private_tally(&server);
+    let e = unique_election("bigsums");
+    // Two revisions whose amounts of `a` sum to 10^15 or more: the merged
+    // call is not sent, and each group moves its own counters.
+    let n = 600_000_000_000_000;
+    let batch = [
+        counting(&e, "B1", "york", 1, &[("a", n)]),
+        counting(&e, "B2", "york", 1, &[("a", n)]),
+    ];
+    let incrby = calls(&[server.url()], "incrby");
+    apply_expecting(&tally, &batch, Applied::Now);
+    assert_eq!(
+        calls(&[server.url()], "incrby") - incrby,
+        4,
+        "two per group"
+    );
+    assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
+}
+
+#[test]
 fn a_batch_mixing_counted_and_new_revisions_counts_each_once() {
     let tally = standalone_tally();
     let e = unique_election("mixed");
