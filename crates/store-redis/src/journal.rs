@@ -64,10 +64,12 @@ use crate::{RedisStoreError, RedisTally, keys, next_reply, parse_ids};
 
 /// One step of the journal: `KEYS[1]` the journal, `ARGV` the cities moved.
 /// The position is the score of the member `""`. The cities are scored by
-/// one `ZADD` per thousand (a `redis.call` each was, in a batch of 16
-/// reports from ~15 cities, about a tenth of Redis's instructions per report;
-/// docs/benchmarks.md, "Each counter once per call"), the thousand keeping
-/// `unpack` far within Lua's stack.
+/// one `ZADD` per thousand, the thousand keeping `unpack` far within Lua's
+/// stack. With a `ZADD` per city the step was about a tenth of Redis's
+/// instructions per report (callgrind, batches of 16 reports from ~15
+/// cities); one `ZADD` saves the calls' own cost, a change within the
+/// spread of repeated runs (docs/benchmarks.md, "Each counter once per
+/// call").
 pub(crate) const JOURNAL_SCRIPT: &str = r"
 local position = redis.call('ZINCRBY', KEYS[1], 1, '')
 local i = 1
