@@ -113,14 +113,9 @@ pub(crate) fn request<'a>(
     cities: impl IntoIterator<Item = &'a str>,
 ) -> Request {
     let key = keys::moved(election);
-    let mut command = redis::cmd("EVALSHA");
-    command.arg(journal_sha()).arg(1).arg(&key);
-    for city in cities {
-        command.arg(city);
-    }
     Request {
         slot: keys::slot(key.as_bytes()),
-        command,
+        command: command("EVALSHA", journal_sha(), &key, cities),
         name: "EVALSHA",
     }
 }
@@ -136,14 +131,20 @@ fn journal_sha() -> &'static str {
 /// whoever writes counters as the tally does without going through it (the
 /// bench's stream writer).
 pub fn step<'a>(election: &ElectionId, cities: impl IntoIterator<Item = &'a str>) -> redis::Cmd {
-    command(&keys::moved(election), cities)
+    // `EVAL`: such writers have no `NOSCRIPT` handling of their own.
+    command("EVAL", JOURNAL_SCRIPT, &keys::moved(election), cities)
 }
 
-/// The `EVAL` of [`JOURNAL_SCRIPT`] on the journal `key` (sent by writers
-/// that have no `NOSCRIPT` handling of their own).
-fn command<'a>(key: &str, cities: impl IntoIterator<Item = &'a str>) -> redis::Cmd {
-    let mut command = redis::cmd("EVAL");
-    command.arg(JOURNAL_SCRIPT).arg(1).arg(key);
+/// [`JOURNAL_SCRIPT`] on the journal `key`, by `EVAL` (`script` its source)
+/// or `EVALSHA` (`script` its SHA1).
+fn command<'a>(
+    verb: &str,
+    script: &str,
+    key: &str,
+    cities: impl IntoIterator<Item = &'a str>,
+) -> redis::Cmd {
+    let mut command = redis::cmd(verb);
+    command.arg(script).arg(1).arg(key);
     for city in cities {
         command.arg(city);
     }

@@ -218,7 +218,8 @@
 //! `HEXISTS` and `HSET`, the flag's `EXISTS`, the `MGET`, an `INCRBY` per
 //! counter), interpreting the check, and turning each argument into a Lua
 //! string. Gathering a call's `INCRBY`s per counter in Lua, tried, cost more
-//! than it saved (173,466).
+//! than it saved (173,466); gathering them in the tally is what the merged
+//! call does (see "Each counter once per call").
 //! [`RedisTally`]'s `snapshot` reads the index sets in one pipelined round,
 //! then every counter with `MGET`s of keys sharing a slot, in a second round.
 //!
@@ -1053,10 +1054,14 @@ fn record(progress: &mut [Progress], owner: &Owner, reply: Reply) {
     }
 }
 
-/// Whether `error` ended a script call because a slot migration split its
-/// keys between two nodes (`TRYAGAIN` until the retries ran out, or
-/// redirections that did not settle).
-fn split_by_migration(error: &RedisStoreError) -> bool {
+/// Whether a call of several `groups` that failed with `error` is to be sent
+/// again one group per call: a slot migration split its keys between two
+/// nodes (`TRYAGAIN` until the retries ran out, or redirections that did
+/// not settle).
+fn split_by_migration(groups: &[(usize, Group)], error: &RedisStoreError) -> bool {
+    if groups.len() < 2 {
+        return false;
+    }
     match error {
         RedisStoreError::Unsettled { .. } => true,
         RedisStoreError::Refused { source, .. } => {
@@ -1184,7 +1189,7 @@ impl Tally for RedisTally {
         for (reply, owner) in replies.into_iter().zip(owners) {
             match (owner, reply) {
                 (Owner::Scripts(groups) | Owner::Merged(groups), Err(error))
-                    if groups.len() > 1 && split_by_migration(&error) =>
+                    if split_by_migration(&groups, &error) =>
                 {
                     split.extend(groups);
                 }
@@ -1206,7 +1211,7 @@ impl Tally for RedisTally {
             let replies = self.nodes.run_writes(&requests);
             for (reply, groups) in replies.into_iter().zip(one_by_one) {
                 match reply {
-                    Err(error) if groups.len() > 1 && split_by_migration(&error) => {
+                    Err(error) if split_by_migration(&groups, &error) => {
                         split.extend(groups);
                     }
                     reply => record(&mut progress, &Owner::Scripts(groups), reply),

@@ -11,7 +11,7 @@ use election_test_support::redis::{RedisServer, cluster, connection, redis_url};
 use store_redis::{GROUPS_PER_CALL, RedisTally, keys};
 
 use crate::cluster::{bucket_twin, half_way_through_a_move};
-use crate::safety::assert_failed_naming;
+use crate::safety::{assert_failed_naming, city_key};
 use crate::{
     cluster_exclusive, cluster_shared, cluster_tally, counter_keys, counting, marker_of,
     markers_on, private_tally, standalone_tally, unique_election,
@@ -189,16 +189,8 @@ fn counters_a_merged_call_cannot_take_are_applied_group_by_group() {
     let batch = night(&e, 9, 3);
     // City c1's counter of b is a list; c2's counter of c holds an integer
     // of 16 digits, which the merged call leaves to the careful check.
-    let list = keys::city(
-        &e,
-        &election_core::CityId::parse("c1").unwrap(),
-        &election_core::PartyId::parse("b").unwrap(),
-    );
-    let long = keys::city(
-        &e,
-        &election_core::CityId::parse("c2").unwrap(),
-        &election_core::PartyId::parse("c").unwrap(),
-    );
+    let list = city_key(&e, "c1", "b");
+    let long = city_key(&e, "c2", "c");
     redis::cmd("RPUSH")
         .arg(&list)
         .arg("x")
@@ -244,11 +236,7 @@ fn a_bad_counter_fails_its_revision_alone_and_the_re_apply_moves_exactly_the_res
     // B3 alone reports in city `bad`, whose counter of `a` holds "oops".
     let mut batch = night(&e, 8, 4);
     batch[3] = counting(&e, "B3", "bad", 1, &[("a", 5), ("b", 7)]);
-    let bad = keys::city(
-        &e,
-        &election_core::CityId::parse("bad").unwrap(),
-        &election_core::PartyId::parse("a").unwrap(),
-    );
+    let bad = city_key(&e, "bad", "a");
     redis::cmd("SET")
         .arg(&bad)
         .arg("oops")

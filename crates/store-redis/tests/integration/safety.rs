@@ -13,7 +13,8 @@ use crate::{
     cluster_exclusive, cluster_shared, cluster_tally, counting, private_tally, standalone_tally,
 };
 
-fn city_key(e: &ElectionId, city: &str, party: &str) -> String {
+/// A city counter's key, from literals.
+pub(crate) fn city_key(e: &ElectionId, city: &str, party: &str) -> String {
     keys::city(
         e,
         &CityId::parse(city).unwrap(),
