@@ -23,15 +23,15 @@
 //! Items are kept as the raw JSON they were posted as ([`RawValue`]), so the
 //! audit payload of each report is its item exactly as sent.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use election_core::{Report, StoreError};
 use election_http::ApiError;
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ use serde_json::value::RawValue;
 
 use crate::batcher::NotRecorded;
 use crate::service::{
-    Accepted, AppState, DEFINITION_ATTEMPTS, admit, answer_for, check_item, count_request,
+    Accepted, AppState, DEFINITION_ATTEMPTS, admit, answer_for, check_item, client, count_request,
     current_definition, definition_storm, parse_report, rate_limit, read_body, refuse,
     shutting_down, store_unavailable,
 };
@@ -153,13 +153,11 @@ impl BatchAnswer {
 pub(crate) async fn post_batch(
     State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let started = Instant::now();
-    let client = client.map(|Extension(ConnectInfo(address))| address.ip());
-    match handle(&state, &election, client, &headers, body).await {
+    let (parts, body) = request.into_parts();
+    match handle(&state, &election, client(&parts), &parts.headers, body).await {
         Ok(answer) => {
             count_request(&state, StatusCode::OK, "report_batch", started);
             for item in &answer.results {

@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use election_core::{
     BallotBoxId, ElectionId, Outcome, Problem, Report, ReportError, ReportId, StoreError,
 };
@@ -194,19 +195,27 @@ pub struct Accepted {
 async fn post_report(
     State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let started = Instant::now();
-    let client = client.map(|Extension(ConnectInfo(address))| address.ip());
-    match handle(&state, &election, client, &headers, body).await {
+    let (parts, body) = request.into_parts();
+    match handle(&state, &election, client(&parts), &parts.headers, body).await {
         Ok((status, accepted)) => {
             count_request(&state, status, accepted.status, started);
             (status, Json(accepted)).into_response()
         }
         Err(error) => refuse(&state, error, started),
     }
+}
+
+/// The client's address, when the server recorded it. The handlers take the
+/// whole request rather than axum's `HeaderMap` extractor, which clones
+/// every header of every post.
+pub(crate) fn client(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip())
 }
 
 /// Counts a refused report request (single or bulk) and answers it.
