@@ -97,7 +97,7 @@
 //! contain commas) and become arrays with `string_to_array`, because
 //! PostgreSQL arrays of arrays must be rectangular.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
@@ -108,6 +108,7 @@ use election_core::{
     CityId, Counting, DefinitionVersion, Difference, PartyId, PayloadHash, Recorded, Report,
     ReportId, Revision, Votes,
 };
+use foldhash::{HashMap, HashMapExt as _};
 
 use crate::error::TxError;
 use crate::prepared::prepared;

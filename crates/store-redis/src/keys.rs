@@ -138,7 +138,13 @@ pub fn layout_flag(anchor: &str) -> String {
 /// The anchor already names the election, so markers of different elections
 /// never collide, and the hash tag puts the marker in the anchor's slot.
 pub fn legacy_marker(anchor: &str, ballot_box: &BallotBoxId, revision: Revision) -> String {
-    format!("{{{anchor}}}:applied:{ballot_box}:{}", revision.get())
+    legacy_marker_of_field(anchor, &marker_field(ballot_box, revision))
+}
+
+/// [`legacy_marker`] from the marker's [`marker_field`], which names the
+/// same box and revision: `{<anchor>}:applied:<field>`.
+pub(crate) fn legacy_marker_of_field(anchor: &str, field: &str) -> String {
+    format!("{{{anchor}}}:applied:{field}")
 }
 
 /// 32-bit FNV-1a: simple, stable across versions and platforms, and spreads

@@ -677,10 +677,17 @@ struct Group {
     field: String,
     /// The anchor's layout flag.
     flag: String,
-    /// The per-key marker of the layout before buckets.
-    legacy: String,
     /// The counters, the anchor first, with their amounts.
     counters: Vec<(String, i64)>,
+}
+
+impl Group {
+    /// The per-key marker of the layout before buckets, named only where
+    /// it is sent (group-by-group calls and the check for counted
+    /// revisions), not for every revision planned.
+    fn legacy(&self) -> String {
+        keys::legacy_marker_of_field(&self.counters[0].0, &self.field)
+    }
 }
 
 /// Who is answered by one request of an apply pipeline.
@@ -799,13 +806,17 @@ impl RedisTally {
     /// anchored on its first key in order.
     fn groups(&self, counting: &Counting) -> Vec<Group> {
         let mut groups: BTreeMap<u16, Vec<(String, i64)>> = BTreeMap::new();
+        let cluster = self.nodes.is_cluster();
         for (party, n) in counting.difference.iter() {
             for key in [
                 keys::national(&counting.election, party),
                 keys::city(&counting.election, &counting.city, party),
             ] {
-                let slot = keys::slot(key.as_bytes());
-                let group = if self.nodes.is_cluster() { slot } else { 0 };
+                let group = if cluster {
+                    keys::slot(key.as_bytes())
+                } else {
+                    0
+                };
                 groups
                     .entry(group)
                     .or_insert_with(|| Vec::with_capacity(2 * counting.difference.len()))
@@ -822,7 +833,6 @@ impl RedisTally {
                     bucket: keys::marker_bucket(anchor, &counting.ballot_box),
                     field: keys::marker_field(&counting.ballot_box, counting.revision),
                     flag: keys::layout_flag(anchor),
-                    legacy: keys::legacy_marker(anchor, &counting.ballot_box, counting.revision),
                     counters,
                 })
             })
@@ -896,8 +906,8 @@ impl RedisTally {
         }
         let mut markers = BTreeSet::new();
         let mut counters: Vec<(&str, i64)> = Vec::with_capacity(groups.len() * 4);
-        let mut position: std::collections::HashMap<&str, usize> =
-            std::collections::HashMap::with_capacity(groups.len() * 4);
+        let mut position: foldhash::HashMap<&str, usize> =
+            foldhash::HashMapExt::with_capacity(groups.len() * 4);
         let mut anchors = Vec::with_capacity(groups.len());
         for (_, group) in groups {
             if !markers.insert((group.bucket.as_str(), group.field.as_str())) {
@@ -964,7 +974,7 @@ impl RedisTally {
             }
         }
         for (_, group) in groups {
-            command.arg(&group.field).arg(&group.legacy);
+            command.arg(&group.field).arg(group.legacy());
             for (_, n) in &group.counters {
                 command.arg(*n);
             }
@@ -1086,10 +1096,11 @@ impl Tally for RedisTally {
         let mut buckets: BTreeMap<String, Vec<(String, usize, String)>> = BTreeMap::new();
         for (index, counting) in batch.iter().enumerate() {
             for group in self.groups(counting) {
+                let legacy = group.legacy();
                 buckets
                     .entry(group.bucket)
                     .or_default()
-                    .push((group.field, index, group.legacy));
+                    .push((group.field, index, legacy));
             }
         }
         let mut requests: Vec<Request> = buckets
@@ -1616,6 +1627,8 @@ fn index_members(batch: &[Counting]) -> BTreeMap<String, BTreeMap<String, Vec<us
         }
     };
     let mut election_keys: Option<(&ElectionId, [String; 3])> = None;
+    // A city's set of boxes is named once per batch, not once per revision.
+    let mut city_boxes: BTreeMap<(&ElectionId, &CityId), String> = BTreeMap::new();
     for (index, counting) in batch.iter().enumerate() {
         let election = &counting.election;
         let [parties, cities, boxes] = match &election_keys {
@@ -1634,11 +1647,10 @@ fn index_members(batch: &[Counting]) -> BTreeMap<String, BTreeMap<String, Vec<us
         }
         add(cities, counting.city.as_str(), index);
         add(boxes, counting.ballot_box.as_str(), index);
-        add(
-            &keys::city_boxes(election, &counting.city),
-            counting.ballot_box.as_str(),
-            index,
-        );
+        let city_boxes = city_boxes
+            .entry((election, &counting.city))
+            .or_insert_with(|| keys::city_boxes(election, &counting.city));
+        add(city_boxes, counting.ballot_box.as_str(), index);
     }
     sets
 }
