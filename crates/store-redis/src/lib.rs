@@ -1607,53 +1607,57 @@ impl RedisTally {
 /// The index sets `batch` adds to (its parties, cities and ballot boxes,
 /// per election and per city): per set key, each member with the revisions
 /// (indexes in `batch`) that name it.
-fn index_members(batch: &[Counting]) -> BTreeMap<String, BTreeMap<String, Vec<usize>>> {
-    let mut sets: BTreeMap<String, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
-    // Keys and members are copied only the first time the batch names them
-    // (most of a batch's revisions name the same election-wide sets and
-    // parties), and the election-wide keys are built once per run of
-    // revisions of one election.
-    let mut add = |key: &str, member: &str, revision: usize| {
-        let set = match sets.get_mut(key) {
-            Some(set) => set,
-            None => sets.entry(key.to_owned()).or_default(),
-        };
-        let served = match set.get_mut(member) {
-            Some(served) => served,
-            None => set.entry(member.to_owned()).or_default(),
-        };
+///
+/// Sets are told apart by what they index until the end, and members are
+/// borrowed from the batch: formatting a key per revision, and comparing
+/// keys that share their `election:<e>:meta:` prefix in a sorted map, was
+/// a few per cent of ingest's instructions (docs/benchmarks.md, "Planning
+/// a batch").
+fn index_members<'a>(batch: &'a [Counting]) -> Vec<(String, IndexMembers<'a>)> {
+    /// Which set: the order of the variants does not matter, only equality.
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Set<'a> {
+        Parties(&'a ElectionId),
+        Cities(&'a ElectionId),
+        Boxes(&'a ElectionId),
+        CityBoxes(&'a ElectionId, &'a CityId),
+    }
+    let mut sets: BTreeMap<Set<'a>, IndexMembers<'a>> = BTreeMap::new();
+    let mut add = |set: Set<'a>, member: &'a str, revision: usize| {
+        let served: &mut Vec<usize> = sets.entry(set).or_default().entry(member).or_default();
         if served.last() != Some(&revision) {
             served.push(revision);
         }
     };
-    let mut election_keys: Option<(&ElectionId, [String; 3])> = None;
-    // A city's set of boxes is named once per batch, not once per revision.
-    let mut city_boxes: BTreeMap<(&ElectionId, &CityId), String> = BTreeMap::new();
     for (index, counting) in batch.iter().enumerate() {
         let election = &counting.election;
-        let [parties, cities, boxes] = match &election_keys {
-            Some((named, keys)) if *named == election => keys,
-            _ => {
-                let keys = [
-                    keys::parties(election),
-                    keys::cities(election),
-                    keys::boxes(election),
-                ];
-                &election_keys.insert((election, keys)).1
-            }
-        };
         for (party, _) in counting.difference.iter() {
-            add(parties, party.as_str(), index);
+            add(Set::Parties(election), party.as_str(), index);
         }
-        add(cities, counting.city.as_str(), index);
-        add(boxes, counting.ballot_box.as_str(), index);
-        let city_boxes = city_boxes
-            .entry((election, &counting.city))
-            .or_insert_with(|| keys::city_boxes(election, &counting.city));
-        add(city_boxes, counting.ballot_box.as_str(), index);
+        add(Set::Cities(election), counting.city.as_str(), index);
+        add(Set::Boxes(election), counting.ballot_box.as_str(), index);
+        add(
+            Set::CityBoxes(election, &counting.city),
+            counting.ballot_box.as_str(),
+            index,
+        );
     }
-    sets
+    sets.into_iter()
+        .map(|(set, members)| {
+            let key = match set {
+                Set::Parties(election) => keys::parties(election),
+                Set::Cities(election) => keys::cities(election),
+                Set::Boxes(election) => keys::boxes(election),
+                Set::CityBoxes(election, city) => keys::city_boxes(election, city),
+            };
+            (key, members)
+        })
+        .collect()
 }
+
+/// The members one index set is asked to hold, each with the revisions
+/// (indexes in the batch) that name it.
+type IndexMembers<'a> = foldhash::HashMap<&'a str, Vec<usize>>;
 
 /// `SMISMEMBER` requests asking whether the index sets hold what `batch`
 /// names (its parties, cities and ballot boxes), with, per member asked, the
