@@ -22,6 +22,7 @@ use election_test_support::pg::PgSchema;
 
 use crate::pending::{CLAIM_ROWS, CLAIMED_REPORTS, LEASE_ROWS, MARK_WHOLE};
 use crate::record::{HOT_PATH_SETTINGS, LOCK_BOXES, READ_DEFINITIONS, READ_KNOWN, WRITE_FRESH};
+use crate::seal::{COUNT_AFTER, READ_PLAN_SETTINGS, READ_ROWS};
 
 /// Tables that grow with the election: never scanned whole on the hot path.
 const LOG_TABLES: &[&str] = &["reports", "ballot_boxes"];
@@ -84,10 +85,16 @@ struct Plan {
     text: String,
 }
 
-fn explain(conn: &mut PgConnection, sql: &str, args: &str, generic: bool, settings: bool) -> Plan {
+fn explain(
+    conn: &mut PgConnection,
+    sql: &str,
+    args: &str,
+    generic: bool,
+    settings: Option<&str>,
+) -> Plan {
     conn.transaction(|conn| {
-        if settings {
-            conn.batch_execute(HOT_PATH_SETTINGS)?;
+        if let Some(settings) = settings {
+            conn.batch_execute(settings)?;
         }
         let mode = if generic {
             "force_generic_plan"
@@ -172,7 +179,7 @@ fn check_state(conn: &mut PgConnection, state: &str, report: &mut String) -> Vec
     let mut failures = Vec::new();
     for (name, sql, args) in STATEMENTS {
         for generic in [true, false] {
-            let plan = explain(conn, sql, args, generic, true);
+            let plan = explain(conn, sql, args, generic, Some(HOT_PATH_SETTINGS));
             let kind = if generic { "generic" } else { "custom" };
             let problems = plan_problems(&plan);
             if !problems.is_empty() {
@@ -245,13 +252,100 @@ fn hot_path_plans_use_indexes_whatever_the_statistics() {
 #[test]
 fn the_check_finds_the_plans_an_empty_database_gets_without_the_settings() {
     let (_schema, mut conn) = migrated();
-    let plan = explain(&mut conn, LOCK_BOXES, "'{e,e}', '{B1,B2}'", true, false);
+    let plan = explain(&mut conn, LOCK_BOXES, "'{e,e}', '{B1,B2}'", true, None);
     let problems = plan_problems(&plan);
     assert!(
         problems.iter().any(|p| p.contains("ballot_boxes")),
         "expected a bad plan without the settings, got {problems:?}:\n{}",
         plan.text
     );
+}
+
+/// The sealer's and `verify`'s reads, with sample arguments.
+const READS: &[(&str, &str, &str)] = &[
+    (
+        "seal and verify: rows after an id",
+        READ_ROWS,
+        "'e', 10, 20, 5000",
+    ),
+    ("verify: count after an id", COUNT_AFTER, "'e', 10"),
+];
+
+/// What keeps a read of an id range from being a range read: `reports`
+/// reached otherwise than through an index scan of its primary key (a
+/// bitmap scan combines the range with the election's whole prefix of
+/// `reports_revision_key`), or a sort.
+fn range_read_problems(node: &serde_json::Value, found: &mut Vec<String>) {
+    let kind = node["Node Type"].as_str().unwrap_or_default();
+    let index = node["Index Name"].as_str().unwrap_or_default();
+    let reports = node["Relation Name"].as_str() == Some("reports");
+    if reports && !(kind.starts_with("Index") && index == "reports_pkey") {
+        found.push(format!("{kind} of reports {index}"));
+    }
+    if kind.starts_with("Bitmap") || kind == "Sort" {
+        found.push(format!("{kind} {index}"));
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        range_read_problems(child, found);
+    }
+}
+
+/// Every problem of the reads' plans, generic and custom, in the state
+/// `conn`'s tables are in, planned with `settings`.
+fn check_reads(conn: &mut PgConnection, state: &str, settings: Option<&str>) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (name, sql, args) in READS {
+        for generic in [true, false] {
+            let plan = explain(conn, sql, args, generic, settings);
+            let mut problems = Vec::new();
+            range_read_problems(&plan.json[0]["Plan"], &mut problems);
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{state}, {} plan of \"{name}\": {}\n{}",
+                    if generic { "generic" } else { "custom" },
+                    problems.join(", "),
+                    plan.text
+                ));
+            }
+        }
+    }
+    failures
+}
+
+#[test]
+fn sealing_reads_only_the_new_reports_whatever_the_statistics() {
+    let mut failures = Vec::new();
+    let (_never, mut conn) = migrated();
+    failures.extend(check_reads(
+        &mut conn,
+        "empty, never analysed",
+        Some(READ_PLAN_SETTINGS),
+    ));
+    fill(&mut conn, 20_000);
+    let unanalysed = "20000 reports, never analysed";
+    failures.extend(check_reads(&mut conn, unanalysed, Some(READ_PLAN_SETTINGS)));
+    // The check can fail: without the settings, this state gets the plan
+    // that reads the election's whole prefix of the revision key.
+    assert!(
+        !check_reads(&mut conn, unanalysed, None).is_empty(),
+        "expected a plan that is not a range read without the settings"
+    );
+    conn.batch_execute("ANALYZE").unwrap();
+    failures.extend(check_reads(
+        &mut conn,
+        "20000 reports, analysed",
+        Some(READ_PLAN_SETTINGS),
+    ));
+
+    let (_stale, mut conn) = migrated();
+    conn.batch_execute("ANALYZE").unwrap();
+    fill(&mut conn, 20_000);
+    failures.extend(check_reads(
+        &mut conn,
+        "analysed empty, then 20000 reports",
+        Some(READ_PLAN_SETTINGS),
+    ));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[derive(QueryableByName)]
