@@ -193,6 +193,23 @@ WHERE election_id = $1 AND id > $2 AND id <= $3
 ORDER BY id
 LIMIT $4";
 
+/// [`READ_ROWS`]: at most `limit` of `election`'s reports with an id after
+/// `after` and up to `through`, in id order.
+fn read_rows(
+    conn: &mut PgConnection,
+    election: &ElectionId,
+    after: i64,
+    through: i64,
+    limit: i64,
+) -> QueryResult<Vec<SealedRow>> {
+    diesel::sql_query(READ_ROWS)
+        .bind::<Text, _>(election.as_str())
+        .bind::<BigInt, _>(after)
+        .bind::<BigInt, _>(through)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+}
+
 /// How many of an election's reports come after an id (`verify`'s count
 /// of the unsealed). Counted over the rows in id order, so that the
 /// primary key's range is the only plan [`READ_PLAN_SETTINGS`] leave:
@@ -543,12 +560,7 @@ fn seal_election(
         let start_count = count;
         let mut last: Option<Checkpoint> = None;
         loop {
-            let rows: Vec<SealedRow> = diesel::sql_query(READ_ROWS)
-                .bind::<Text, _>(election.as_str())
-                .bind::<BigInt, _>(through)
-                .bind::<BigInt, _>(horizon)
-                .bind::<BigInt, _>(SEGMENT)
-                .load(conn)
+            let rows = read_rows(conn, election, through, horizon, SEGMENT)
                 .map_err(query_error(&doing))?;
             let Some(last_row) = rows.last() else {
                 break;
@@ -883,13 +895,8 @@ fn verify_in(
         }
     };
     loop {
-        let rows: Vec<SealedRow> = diesel::sql_query(READ_ROWS)
-            .bind::<Text, _>(election.as_str())
-            .bind::<BigInt, _>(after)
-            .bind::<BigInt, _>(through)
-            .bind::<BigInt, _>(VERIFY_PAGE)
-            .load(conn)
-            .map_err(query_error(doing))?;
+        let rows =
+            read_rows(conn, election, after, through, VERIFY_PAGE).map_err(query_error(doing))?;
         for row in &rows {
             while let Some((id, _)) = expected.next_if(|(id, _)| *id < row.id) {
                 push(&mut findings, Finding::Removed { report_id: *id });
