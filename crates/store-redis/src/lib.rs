@@ -1614,7 +1614,7 @@ impl RedisTally {
 /// a few per cent of ingest's instructions (docs/benchmarks.md, "Planning
 /// a batch").
 fn index_members<'a>(batch: &'a [Counting]) -> Vec<(String, IndexMembers<'a>)> {
-    /// Which set: the order of the variants does not matter, only equality.
+    /// Which set (the map needs an order; any order does).
     #[derive(PartialEq, Eq, PartialOrd, Ord)]
     enum Set<'a> {
         Parties(&'a ElectionId),
