@@ -187,8 +187,7 @@ impl Layers {
 /// A new request id: a version 4 UUID, as `tower-http`'s `MakeRequestUuid`
 /// makes, but drawn from `uuid`'s thread-local generator (`fast-rng`, seeded
 /// and reseeded by the operating system) instead of one `getrandom` system
-/// call per request: a system call is a microsecond or two on a virtual
-/// machine, for every request the services answer (docs/benchmarks.md,
+/// call for every request the services answer (docs/benchmarks.md,
 /// "Request ids without a system call"). Ids need to be unique, not secret.
 #[derive(Clone, Copy, Debug)]
 struct NewRequestId;

@@ -13,7 +13,10 @@
 //! bad plan PostgreSQL makes over empty tables, so the check can fail. A
 //! third test counts how each statement was planned over repeated runs: once,
 //! generic, with the settings; without the forcing, PostgreSQL planned the
-//! record statements afresh on every run.
+//! record statements afresh on every run. A fourth checks, in the same
+//! states, that the sealer's and `verify`'s reads of an id range reach
+//! `reports` through the primary key alone (`crate::seal`,
+//! `READ_PLAN_SETTINGS`), and that without their settings they do not.
 
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::Text;
