@@ -15,6 +15,23 @@ const WRITE_PATH: &str = "20261130000000";
 const SEALS: &str = "20261201000000";
 const CERTIFICATIONS: &str = "20261201000100";
 const ELECTORATE: &str = "20261201000200";
+const ID_COLLATION: &str = "20261201000300";
+
+/// The id columns (election, ballot box, city, party) of this schema's
+/// tables whose collation is not `C`.
+fn id_columns_not_c(pool: &store_pg::PgPool) -> Vec<String> {
+    lines(
+        pool,
+        "SELECT c.relname || '.' || a.attname AS line \
+         FROM pg_attribute a \
+         JOIN pg_class c ON c.oid = a.attrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND NOT a.attisdropped \
+           AND a.attname IN ('election_id', 'ballot_box_id', 'city', 'party', 'parties') \
+           AND a.attcollation <> '\"C\"'::regcollation \
+         ORDER BY 1",
+    )
+}
 
 fn tables(pool: &store_pg::PgPool) -> Vec<String> {
     lines(
@@ -44,8 +61,14 @@ fn migrations_go_up_down_and_up_again() {
             WRITE_PATH,
             SEALS,
             CERTIFICATIONS,
-            ELECTORATE
+            ELECTORATE,
+            ID_COLLATION
         ]
+    );
+    assert_eq!(
+        id_columns_not_c(&pool),
+        Vec::<String>::new(),
+        "every id column compares as bytes"
     );
     assert_eq!(
         tables(&pool),
@@ -115,7 +138,8 @@ fn migrations_go_up_down_and_up_again() {
             WRITE_PATH,
             SEALS,
             CERTIFICATIONS,
-            ELECTORATE
+            ELECTORATE,
+            ID_COLLATION
         ]
     );
     assert_eq!(
@@ -149,7 +173,8 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
             WRITE_PATH,
             SEALS,
             CERTIFICATIONS,
-            ELECTORATE
+            ELECTORATE,
+            ID_COLLATION
         ]
     );
     assert_eq!(
@@ -221,7 +246,7 @@ fn the_write_path_migration_moves_recorded_reports_forward() {
 
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [WRITE_PATH, SEALS, CERTIFICATIONS, ELECTORATE]
+        [WRITE_PATH, SEALS, CERTIFICATIONS, ELECTORATE, ID_COLLATION]
     );
 
     // The per-party rows read as before, through the view.
