@@ -176,31 +176,55 @@ fn plan_problems(plan: &Plan) -> Vec<String> {
     found
 }
 
-/// Explains every statement both ways in the state `conn`'s tables are in,
-/// and returns every problem found, with the plan that has it.
-fn check_state(conn: &mut PgConnection, state: &str, report: &mut String) -> Vec<String> {
+/// Explains each of `statements` as generic and as custom plan, planned
+/// with `settings`, in the state `conn`'s tables are in: every plan that
+/// `problems` finds fault with, named and with its text. Each generic plan
+/// is also handed to `seen`.
+fn failures(
+    conn: &mut PgConnection,
+    state: &str,
+    statements: &[(&str, &str, &str)],
+    settings: Option<&str>,
+    problems: fn(&Plan) -> Vec<String>,
+    mut seen: impl FnMut(&str, &Plan),
+) -> Vec<String> {
     let mut failures = Vec::new();
-    for (name, sql, args) in STATEMENTS {
+    for (name, sql, args) in statements {
         for generic in [true, false] {
-            let plan = explain(conn, sql, args, generic, Some(HOT_PATH_SETTINGS));
+            let plan = explain(conn, sql, args, generic, settings);
             let kind = if generic { "generic" } else { "custom" };
-            let problems = plan_problems(&plan);
-            if !problems.is_empty() {
+            let found = problems(&plan);
+            if !found.is_empty() {
                 failures.push(format!(
                     "{state}, {kind} plan of \"{name}\": {}\n{}",
-                    problems.join(", "),
+                    found.join(", "),
                     plan.text
                 ));
             }
             if generic {
-                report.push_str(&format!(
-                    "-- {state}: {name} (generic plan)\n{}\n",
-                    plan.text
-                ));
+                seen(name, &plan);
             }
         }
     }
     failures
+}
+
+/// Every hot-path statement's problems in the state `conn`'s tables are
+/// in; the generic plans go into `report`.
+fn check_state(conn: &mut PgConnection, state: &str, report: &mut String) -> Vec<String> {
+    failures(
+        conn,
+        state,
+        STATEMENTS,
+        Some(HOT_PATH_SETTINGS),
+        plan_problems,
+        |name, plan| {
+            report.push_str(&format!(
+                "-- {state}: {name} (generic plan)\n{}\n",
+                plan.text
+            ));
+        },
+    )
 }
 
 /// `ANALYZE` of this test's own tables (those of its schema): a bare
@@ -307,26 +331,23 @@ fn range_read_problems(node: &serde_json::Value, found: &mut Vec<String>) {
     }
 }
 
-/// Every problem of the reads' plans, generic and custom, in the state
-/// `conn`'s tables are in, planned with `settings`.
+fn range_read_plan_problems(plan: &Plan) -> Vec<String> {
+    let mut found = Vec::new();
+    range_read_problems(&plan.json[0]["Plan"], &mut found);
+    found
+}
+
+/// Every problem of the reads' plans in the state `conn`'s tables are in,
+/// planned with `settings`.
 fn check_reads(conn: &mut PgConnection, state: &str, settings: Option<&str>) -> Vec<String> {
-    let mut failures = Vec::new();
-    for (name, sql, args) in READS {
-        for generic in [true, false] {
-            let plan = explain(conn, sql, args, generic, settings);
-            let mut problems = Vec::new();
-            range_read_problems(&plan.json[0]["Plan"], &mut problems);
-            if !problems.is_empty() {
-                failures.push(format!(
-                    "{state}, {} plan of \"{name}\": {}\n{}",
-                    if generic { "generic" } else { "custom" },
-                    problems.join(", "),
-                    plan.text
-                ));
-            }
-        }
-    }
-    failures
+    failures(
+        conn,
+        state,
+        READS,
+        settings,
+        range_read_plan_problems,
+        |_, _| {},
+    )
 }
 
 #[test]
@@ -348,10 +369,8 @@ fn sealing_reads_only_the_new_reports_whatever_the_statistics() {
     // The check can fail: without the settings, this state gets the plan
     // that reads the election's whole prefix of the revision key.
     let control = explain(&mut conn, READ_ROWS, READS[0].2, true, None);
-    let mut problems = Vec::new();
-    range_read_problems(&control.json[0]["Plan"], &mut problems);
     assert!(
-        !problems.is_empty(),
+        !range_read_plan_problems(&control).is_empty(),
         "expected a plan that is not a range read without the settings, got\n{}",
         control.text
     );

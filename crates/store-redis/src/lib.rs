@@ -683,8 +683,9 @@ struct Group {
 
 impl Group {
     /// The per-key marker of the layout before buckets, named only where
-    /// it is sent (group-by-group calls and the check for counted
-    /// revisions), not for every revision planned.
+    /// it is sent (group-by-group calls; the check for counted revisions
+    /// names it from the anchor only for a field found missing), not for
+    /// every revision planned.
     fn legacy(&self) -> String {
         keys::legacy_marker_of_field(&self.counters[0].0, &self.field)
     }
@@ -1092,15 +1093,22 @@ impl Tally for RedisTally {
     fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError> {
         let doing = || format!("checking the markers of {} revisions", batch.len());
         // Per bucket, the fields asked and, for each, the revision's index
-        // and its per-key marker.
+        // and its group's anchor (which names its per-key marker, should the
+        // field be missing).
         let mut buckets: BTreeMap<String, Vec<(String, usize, String)>> = BTreeMap::new();
         for (index, counting) in batch.iter().enumerate() {
             for group in self.groups(counting) {
-                let legacy = group.legacy();
+                let Group {
+                    bucket,
+                    field,
+                    counters,
+                    ..
+                } = group;
+                let anchor = counters.into_iter().next().map(|(key, _)| key);
                 buckets
-                    .entry(group.bucket)
+                    .entry(bucket)
                     .or_default()
-                    .push((group.field, index, legacy));
+                    .push((field, index, anchor.unwrap_or_default()));
             }
         }
         let mut requests: Vec<Request> = buckets
@@ -1123,7 +1131,7 @@ impl Tally for RedisTally {
         requests.extend(index_requests);
         let replies = self.nodes.run(&requests);
         let mut missing = BTreeSet::new();
-        let mut suspects: Vec<(usize, &str)> = Vec::new();
+        let mut suspects: Vec<(usize, String)> = Vec::new();
         let mut asked = buckets.values();
         for (position, reply) in replies.into_iter().enumerate() {
             let replied = reply.map_err(|e| e.into_store_error(doing()))?;
@@ -1133,9 +1141,9 @@ impl Tally for RedisTally {
                     Value::Array(values) if values.len() == fields.len() => values,
                     _ => return Err(replied.unexpected("HMGET").into_store_error(doing())),
                 };
-                for (value, (_, index, legacy)) in values.iter().zip(fields) {
+                for (value, (field, index, anchor)) in values.iter().zip(fields) {
                     if matches!(value, Value::Nil) {
-                        suspects.push((*index, legacy));
+                        suspects.push((*index, keys::legacy_marker_of_field(anchor, field)));
                     }
                 }
                 continue;
@@ -1154,7 +1162,7 @@ impl Tally for RedisTally {
         if !suspects.is_empty() {
             let requests: Vec<Request> = suspects
                 .iter()
-                .map(|&(_, legacy)| {
+                .map(|(_, legacy)| {
                     let mut command = redis::cmd("EXISTS");
                     command.arg(legacy);
                     Request {
