@@ -395,7 +395,7 @@ pub(crate) fn record_batch(
         mut same,
     } = read_known(conn, reports, &existing)?;
 
-    let mut fresh: Vec<Fresh<'_>> = Vec::new();
+    let mut fresh: Vec<Fresh<'_>> = Vec::with_capacity(reports.len());
     let mut drafts = Vec::with_capacity(reports.len());
     for report in reports {
         let key = box_key(report);
@@ -713,8 +713,13 @@ fn same_revision(row: KnownRow) -> Result<(RevisionKey, Same), TxError> {
 /// docs): every party of its difference, the votes it posted for each (empty
 /// for a party it omitted), and the change each brings.
 fn party_columns(fresh: &Fresh<'_>) -> (String, String, String) {
-    let (mut parties, mut votes, mut differences) = (String::new(), String::new(), String::new());
-    let posted: BTreeMap<&PartyId, u32> = fresh.report.votes().iter().collect();
+    let n = fresh.difference.len();
+    let mut parties = String::with_capacity(n * 16);
+    let mut votes = String::with_capacity(n * 8);
+    let mut differences = String::with_capacity(n * 8);
+    // Both lists are in party order, so the posted votes are walked alongside.
+    let mut posted = fresh.report.votes().iter().peekable();
+    let mut number = itoa::Buffer::new();
     for (i, (party, change)) in fresh.difference.iter().enumerate() {
         if i > 0 {
             parties.push(',');
@@ -722,10 +727,11 @@ fn party_columns(fresh: &Fresh<'_>) -> (String, String, String) {
             differences.push(',');
         }
         parties.push_str(party.as_str());
-        if let Some(count) = posted.get(party) {
-            let _ = write!(votes, "{count}");
+        while posted.next_if(|&(p, _)| p < party).is_some() {}
+        if let Some((_, count)) = posted.next_if(|&(p, _)| p == party) {
+            votes.push_str(number.format(count));
         }
-        let _ = write!(differences, "{change}");
+        differences.push_str(number.format(change));
     }
     (parties, votes, differences)
 }
@@ -775,12 +781,22 @@ fn write_fresh(
         latest.insert((election, ballot_box), (report.city(), revision, position));
     }
 
-    let (mut new_e, mut new_b, mut new_c, mut new_rev, mut new_pos) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let known: foldhash::HashSet<(&str, &str)> = existing
+        .keys()
+        .map(|(election, ballot_box)| (election.as_str(), ballot_box.as_str()))
+        .collect();
+    let m = latest.len();
+    let (mut new_e, mut new_b, mut new_c, mut new_rev, mut new_pos) = (
+        Vec::with_capacity(m),
+        Vec::with_capacity(m),
+        Vec::with_capacity(m),
+        Vec::with_capacity(m),
+        Vec::with_capacity(m),
+    );
     let (mut moved_e, mut moved_b, mut moved_rev, mut moved_pos) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (&(election, ballot_box), &(city, revision, position)) in &latest {
-        if existing.contains_key(&(election.to_owned(), ballot_box.to_owned())) {
+        if known.contains(&(election, ballot_box)) {
             moved_e.push(election);
             moved_b.push(ballot_box);
             moved_rev.push(revision);

@@ -37,12 +37,19 @@ pub const SLOTS: u16 = 16384;
 
 /// The national counter of `party`: `election:<e>:party:<p>`.
 pub fn national(election: &ElectionId, party: &PartyId) -> String {
-    format!("election:{election}:party:{party}")
+    join(&["election:", election.as_str(), ":party:", party.as_str()])
 }
 
 /// The counter of `party` in `city`: `election:<e>:city:<c>:party:<p>`.
 pub fn city(election: &ElectionId, city: &CityId, party: &PartyId) -> String {
-    format!("election:{election}:city:{city}:party:{party}")
+    join(&[
+        "election:",
+        election.as_str(),
+        ":city:",
+        city.as_str(),
+        ":party:",
+        party.as_str(),
+    ])
 }
 
 /// The key of `counter`: [`national`] or [`city`].
@@ -55,29 +62,35 @@ pub fn counter(election: &ElectionId, counter: &Counter) -> String {
 
 /// The set of parties seen: `election:<e>:meta:parties`.
 pub fn parties(election: &ElectionId) -> String {
-    format!("election:{election}:meta:parties")
+    join(&["election:", election.as_str(), ":meta:parties"])
 }
 
 /// The set of cities seen: `election:<e>:meta:cities`.
 pub fn cities(election: &ElectionId) -> String {
-    format!("election:{election}:meta:cities")
+    join(&["election:", election.as_str(), ":meta:cities"])
 }
 
 /// The set of ballot boxes counted: `election:<e>:meta:boxes`.
 pub fn boxes(election: &ElectionId) -> String {
-    format!("election:{election}:meta:boxes")
+    join(&["election:", election.as_str(), ":meta:boxes"])
 }
 
 /// The set of ballot boxes counted in `city`:
 /// `election:<e>:meta:city:<c>:boxes`.
 pub fn city_boxes(election: &ElectionId, city: &CityId) -> String {
-    format!("election:{election}:meta:city:{city}:boxes")
+    join(&[
+        "election:",
+        election.as_str(),
+        ":meta:city:",
+        city.as_str(),
+        ":boxes",
+    ])
 }
 
 /// The change journal (a sorted set of the cities moved, see `journal`):
 /// `election:<e>:meta:moved`.
 pub fn moved(election: &ElectionId) -> String {
-    format!("election:{election}:meta:moved")
+    join(&["election:", election.as_str(), ":meta:moved"])
 }
 
 /// Marker buckets per anchor that is a national counter: such an anchor
@@ -114,12 +127,21 @@ pub fn buckets(anchor: &str) -> u32 {
 /// change would hide every marker already set (and count revisions again).
 pub fn marker_bucket(anchor: &str, ballot_box: &BallotBoxId) -> String {
     let bucket = fnv1a(ballot_box.as_str().as_bytes()) % buckets(anchor);
-    format!("{{{anchor}}}:applied:{bucket}")
+    join(&[
+        "{",
+        anchor,
+        "}:applied:",
+        itoa::Buffer::new().format(bucket),
+    ])
 }
 
 /// The field of a marker in its bucket: `<ballot box>:<revision>`.
 pub fn marker_field(ballot_box: &BallotBoxId, revision: Revision) -> String {
-    format!("{ballot_box}:{}", revision.get())
+    join(&[
+        ballot_box.as_str(),
+        ":",
+        itoa::Buffer::new().format(revision.get()),
+    ])
 }
 
 /// The flag `{<anchor>}:applied:layout`: set (to `buckets`) by the first
@@ -127,7 +149,7 @@ pub fn marker_field(ballot_box: &BallotBoxId, revision: Revision) -> String {
 /// exist yet, so no [`legacy_marker`] can name that anchor and the script
 /// need not look for one.
 pub fn layout_flag(anchor: &str) -> String {
-    format!("{{{anchor}}}:applied:layout")
+    join(&["{", anchor, "}:applied:layout"])
 }
 
 /// The per-key marker of the layout before buckets, saying that revision
@@ -144,7 +166,22 @@ pub fn legacy_marker(anchor: &str, ballot_box: &BallotBoxId, revision: Revision)
 /// [`legacy_marker`] from the marker's [`marker_field`], which names the
 /// same box and revision: `{<anchor>}:applied:<field>`.
 pub(crate) fn legacy_marker_of_field(anchor: &str, field: &str) -> String {
-    format!("{{{anchor}}}:applied:{field}")
+    join(&["{", anchor, "}:applied:", field])
+}
+
+/// `parts` concatenated into a string allocated once at its final size.
+///
+/// Why not `format!`: the tally names ~11 keys per revision it plans (8
+/// counters of 4 parties, the marker's bucket, field and flag), and
+/// `format!`'s formatting machinery cost ~700 instructions per name
+/// (callgrind of ingest in bulk, docs/benchmarks.md, "Keys named without
+/// `format!`"), several times the copy itself.
+fn join(parts: &[&str]) -> String {
+    let mut name = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        name.push_str(part);
+    }
+    name
 }
 
 /// 32-bit FNV-1a: simple, stable across versions and platforms, and spreads

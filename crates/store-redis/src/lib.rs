@@ -682,6 +682,19 @@ struct Group {
 }
 
 impl Group {
+    /// The group of `counters` (keys with amounts) of `counting`'s revision,
+    /// anchored on its first key in order; `None` for no counters.
+    fn of(counting: &Counting, mut counters: Vec<(String, i64)>) -> Option<Group> {
+        counters.sort();
+        let anchor = &counters.first()?.0;
+        Some(Group {
+            bucket: keys::marker_bucket(anchor, &counting.ballot_box),
+            field: keys::marker_field(&counting.ballot_box, counting.revision),
+            flag: keys::layout_flag(anchor),
+            counters,
+        })
+    }
+
     /// The per-key marker of the layout before buckets, named only where
     /// it is sent (group-by-group calls; the check for counted revisions
     /// names it from the anchor only for a field found missing), not for
@@ -806,37 +819,24 @@ impl RedisTally {
     /// slot on a Cluster, all together on a standalone Redis), each group
     /// anchored on its first key in order.
     fn groups(&self, counting: &Counting) -> Vec<Group> {
-        let mut groups: BTreeMap<u16, Vec<(String, i64)>> = BTreeMap::new();
-        let cluster = self.nodes.is_cluster();
+        let mut counters = Vec::with_capacity(2 * counting.difference.len());
         for (party, n) in counting.difference.iter() {
-            for key in [
-                keys::national(&counting.election, party),
-                keys::city(&counting.election, &counting.city, party),
-            ] {
-                let group = if cluster {
-                    keys::slot(key.as_bytes())
-                } else {
-                    0
-                };
-                groups
-                    .entry(group)
-                    .or_insert_with(|| Vec::with_capacity(2 * counting.difference.len()))
-                    .push((key, n));
-            }
+            counters.push((keys::national(&counting.election, party), n));
+            counters.push((keys::city(&counting.election, &counting.city, party), n));
         }
-        groups
+        if !self.nodes.is_cluster() {
+            return Group::of(counting, counters).into_iter().collect();
+        }
+        let mut by_slot: BTreeMap<u16, Vec<(String, i64)>> = BTreeMap::new();
+        for (key, n) in counters {
+            by_slot
+                .entry(keys::slot(key.as_bytes()))
+                .or_default()
+                .push((key, n));
+        }
+        by_slot
             .into_values()
-            .filter_map(|mut counters| {
-                counters.sort();
-                // Groups are never empty; the anchor is the first key in order.
-                let anchor = &counters.first()?.0;
-                Some(Group {
-                    bucket: keys::marker_bucket(anchor, &counting.ballot_box),
-                    field: keys::marker_field(&counting.ballot_box, counting.revision),
-                    flag: keys::layout_flag(anchor),
-                    counters,
-                })
-            })
+            .filter_map(|counters| Group::of(counting, counters))
             .collect()
     }
 
@@ -929,8 +929,17 @@ impl RedisTally {
                 }
             }
         }
-        let mut command = redis::cmd("EVALSHA");
+        // Sized up front: a call carries hundreds of arguments, and growing
+        // its buffers as they come was ~2.5 % of ingest's instructions in bulk.
+        let names: usize = groups
+            .iter()
+            .map(|(_, group)| group.bucket.len() + group.flag.len() + group.field.len() + 4)
+            .sum::<usize>()
+            + counters.iter().map(|(key, _)| key.len() + 8).sum::<usize>();
+        let mut command =
+            redis::Cmd::with_capacity(4 + 4 * groups.len() + 2 * counters.len(), names + 64);
         command
+            .arg("EVALSHA")
             .arg(&self.merged_sha)
             .arg(2 * groups.len() + counters.len());
         for (_, group) in groups {
@@ -966,8 +975,22 @@ impl RedisTally {
             .iter()
             .map(|(_, group)| group.counters.len() + 2)
             .sum();
-        let mut command = redis::cmd("EVALSHA");
-        command.arg(&self.script_sha).arg(n_keys);
+        let names: usize = groups
+            .iter()
+            .map(|(_, group)| {
+                2 * group.bucket.len()
+                    + group.flag.len()
+                    + group.field.len()
+                    + group
+                        .counters
+                        .iter()
+                        .map(|(key, _)| key.len() + 8)
+                        .sum::<usize>()
+                    + 8
+            })
+            .sum();
+        let mut command = redis::Cmd::with_capacity(3 + 2 * n_keys + groups.len(), names + 64);
+        command.arg("EVALSHA").arg(&self.script_sha).arg(n_keys);
         for (_, group) in groups {
             command.arg(&group.bucket).arg(&group.flag);
             for (key, _) in &group.counters {

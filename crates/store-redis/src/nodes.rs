@@ -644,7 +644,24 @@ impl Nodes {
     ) -> Vec<InFlight> {
         let mut in_flight = Vec::with_capacity(by_node.len());
         for (node, attempts) in by_node.into_values() {
-            let mut packed = Vec::new();
+            // Sized once for the whole pipeline (an upper bound: RESP adds at
+            // most a few bytes per argument), so it is not copied as it grows.
+            let size: usize = attempts
+                .iter()
+                .map(|attempt| {
+                    requests[attempt.index]
+                        .command
+                        .args_iter()
+                        .map(|arg| match arg {
+                            redis::Arg::Simple(bytes) => bytes.len() + 26,
+                            _ => 46,
+                        })
+                        .sum::<usize>()
+                        + 26
+                        + if attempt.ask.is_some() { 32 } else { 0 }
+                })
+                .sum();
+            let mut packed = Vec::with_capacity(size);
             for attempt in &attempts {
                 if attempt.ask.is_some() {
                     redis::cmd("ASKING").write_packed_command(&mut packed);
