@@ -33,16 +33,19 @@ fn log_dir() -> PathBuf {
 
 pub use election_test_support::process::{free_port, send_signal};
 
+/// The state letter of `pid` in `/proc/<pid>/stat` (`R`, `S`, `T`, `Z`...),
+/// or `None` once it is gone.
+fn state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) S ...`: the state follows the last `)`.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map(str::to_owned)
+}
+
 /// Whether `pid` still runs (not gone, not a zombie awaiting its watchdog).
 pub fn is_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (comm) S ...`: the state follows the last `)`.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    state(pid).is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// The watchdog: `$0` is the log, `"$@"` the command. The pipe is kept on
@@ -126,6 +129,33 @@ impl Supervised {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Catches the process in a state only `condition` can see from outside
+    /// (a batch claimed and not yet marked, say): stops it (`SIGSTOP`, and
+    /// waits until it is stopped), checks `condition`, and if that does not
+    /// hold lets it go on (`SIGCONT`) for a couple of milliseconds and tries
+    /// again. Returns `true` with the process left stopped, ready for a
+    /// `SIGKILL` that lands exactly there; `false` (the process running)
+    /// once it exits or `timeout` passes. A process held still while the
+    /// condition is read cannot leave the state between the read and the
+    /// kill, which a poll of a running process could not promise.
+    pub fn stop_when(&self, timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.is_running() && Instant::now() < deadline {
+            send_signal(self.pid, "STOP");
+            while state(self.pid).is_some_and(|state| state != "T" && state != "Z") {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if self.is_running() && condition() {
+                return true;
+            }
+            if self.is_running() {
+                send_signal(self.pid, "CONT");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
     }
 
     /// What it wrote so far.
