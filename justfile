@@ -36,9 +36,9 @@ arch-check:
 test-all:
     cargo test --workspace --all-features
 
-# Run election-core's in-memory example, with test-all's features so its build is reused (without them ring, rustls and redis are built again: ~1 min); the PostgreSQL + Redis one is built by `test-all` (`cargo run -p election-core --example postgres_redis` runs it).
+# Run election-core's in-memory example as `test-all` built it (`cargo run --example` resolves features without the tests and builds its own copy of most of the graph: 105 s on a clean checkout); the PostgreSQL + Redis one is built by `test-all` (`cargo run -p election-core --example postgres_redis` runs it).
 examples:
-    cargo run -q -p election-core --all-features --example in_memory
+    cargo xtask example in_memory
 
 # Everything at full size (docs/reliability.md): the end-to-end fault scenarios (ingest, Redis, a Redis Cluster master, PostgreSQL and the reprocessor killed under load), 1,000,000 fuzzed reports, and schemathesis with a new seed.
 chaos:
@@ -55,7 +55,7 @@ fuzz-libfuzzer secs="300":
     mkdir -p fuzz/corpus/report_from_json
     RUSTC_BOOTSTRAP=1 cargo fuzz run report_from_json fuzz/corpus/report_from_json fuzz/seeds -- -max_total_time={{secs}} -max_len=4096
 
-# schemathesis against both services: no 5xx, every answer as docs/openapi.yaml says (~1 min; needs `pip install schemathesis`; tools/xtask/src/api_fuzz.rs).
+# schemathesis against both services: no 5xx, every answer as docs/openapi.yaml says (~1 min after `test-all`, whose build of the services it uses; needs `pip install schemathesis`; tools/xtask/src/api_fuzz.rs).
 api-fuzz seed="":
     cargo xtask api-fuzz {{seed}}
 

@@ -5,7 +5,8 @@
 //! [`CHECKS`]).
 //!
 //! What it does, all of it undone at the end, on failure and on Ctrl-C:
-//! - builds election-ingest and election-query (debug, `cargo build`);
+//! - builds election-ingest and election-query as `cargo test --workspace
+//!   --all-features` does (after the tests, nothing to build: see `built`);
 //! - creates a PostgreSQL database of its own (`api_fuzz_<pid>_<random>`) on
 //!   the server `DATABASE_URL` points at, migrates it, issues a token for a
 //!   unique election id (`api-fuzz-<time>-<pid>`);
@@ -38,9 +39,11 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
+use crate::built::TestBuild;
+
 use crate::shell::{
-    RedisAddr, Teardown, cargo, env, free_port, on_path, output_quietly, post_json, random,
-    succeeds, target_dir, wait_for_http,
+    RedisAddr, Teardown, env, free_port, on_path, output_quietly, post_json, random, succeeds,
+    wait_for_http,
 };
 
 /// The checks: every one schemathesis has (no 5xx; every answer documented:
@@ -226,7 +229,7 @@ impl Services {
         election: &str,
         teardown: &Teardown,
     ) -> anyhow::Result<Services> {
-        let bin = build()?;
+        let (ingest_bin, query_bin) = build()?;
         let Stores {
             base_url,
             redis_url,
@@ -236,8 +239,8 @@ impl Services {
             .rsplit_once('/')
             .map_or(base_url.as_str(), |(server, _)| server);
         let database_url = format!("{server}/{database}");
-        let command = |name: &str| {
-            let mut command = Command::new(bin.join(name));
+        let command = |program: &Path| {
+            let mut command = Command::new(program);
             command
                 .env("DATABASE_URL", &database_url)
                 .env("REDIS_URL", redis_url);
@@ -251,12 +254,8 @@ impl Services {
         )?;
         let (base_url_to_drop, database_to_drop) = (base_url.clone(), database.clone());
         teardown.later(move || drop_database(&base_url_to_drop, &database_to_drop));
-        crate::shell::run(
-            command("election-ingest")
-                .arg("migrate")
-                .stdout(Stdio::null()),
-        )?;
-        let token = output_quietly(command("election-ingest").args([
+        crate::shell::run(command(&ingest_bin).arg("migrate").stdout(Stdio::null()))?;
+        let token = output_quietly(command(&ingest_bin).args([
             "token",
             "issue",
             "--election",
@@ -272,7 +271,7 @@ impl Services {
         // (429, documented) would answer most of the run before its requests
         // reach the checks behind it.
         teardown.spawn_logged(
-            command("election-ingest")
+            command(&ingest_bin)
                 .arg("serve")
                 .env("INGEST_LISTEN_ADDR", &ingest)
                 .env("INGEST_AUTH_FAILURE_RATE", "0"),
@@ -282,7 +281,7 @@ impl Services {
         // all and forget them quickly, so its limit (503) and its Redis reads
         // stay out of it.
         teardown.spawn_logged(
-            command("election-query")
+            command(&query_bin)
                 .arg("serve")
                 .env("QUERY_LISTEN_ADDR", &query)
                 .env("MAX_ELECTIONS", "100000")
@@ -306,22 +305,14 @@ impl Services {
     }
 }
 
-/// Builds the two services (debug); the folder they are in.
-fn build() -> anyhow::Result<PathBuf> {
-    println!("api-fuzz: building election-ingest and election-query (debug)");
-    // The same feature set as `cargo test --workspace --all-features`, so
-    // after `just test-all` this reuses the binaries the tests built.
-    crate::shell::run(cargo().args([
-        "build",
-        "-q",
-        "--workspace",
-        "--all-features",
-        "--bin",
-        "election-ingest",
-        "--bin",
-        "election-query",
-    ]))?;
-    Ok(target_dir().join("debug"))
+/// The two services as the tests' build made them (debug): `ingest`, `query`.
+fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
+    println!("api-fuzz: building election-ingest and election-query (debug, as the tests do)");
+    let built = TestBuild::get()?;
+    Ok((
+        built.path("bin", "election-ingest")?,
+        built.path("bin", "election-query")?,
+    ))
 }
 
 /// Posts [`REPORTS`], each of which must be answered 201.

@@ -10,6 +10,8 @@
 //! - `api-fuzz` (`just api-fuzz`): schemathesis against both services.
 //! - `arch-check` (`just arch-check`): the direction of the crates'
 //!   dependencies.
+//! - `example NAME` (`just examples`): runs an example as `cargo test
+//!   --workspace --all-features` built it (`built` says why not `cargo run`).
 //!
 //! Why Rust: the tasks start and stop servers, make and drop databases, and
 //! must undo all of it however they end; shell got long doing that (about
@@ -23,6 +25,7 @@
 
 mod api_fuzz;
 mod arch;
+mod built;
 mod definition;
 mod demo;
 mod setup;
@@ -55,6 +58,12 @@ enum Task {
     /// The direction of the crates' dependencies (election-core on no
     /// server or async crate, election-http on no store).
     ArchCheck,
+    /// Run an example as `cargo test --workspace --all-features` built it
+    /// (no build of its own after the tests).
+    Example {
+        /// The example's name (`in_memory`).
+        name: String,
+    },
 }
 
 fn main() {
@@ -76,6 +85,9 @@ fn main() {
         }
         Task::ApiFuzz(args) => api_fuzz::run(&args),
         Task::ArchCheck => arch::run(),
+        Task::Example { name } => built::TestBuild::get()
+            .and_then(|built| built.path("example", &name))
+            .and_then(|path| shell::run(&mut std::process::Command::new(path))),
     };
     if let Err(error) = result {
         eprintln!("{error:#}");
