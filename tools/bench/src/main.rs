@@ -824,6 +824,17 @@ async fn query_lines(
             .await
         })
     };
+    // The election exists for the query service once its first report is
+    // recorded (before, its totals answer 404): a fixed 500 ms was not
+    // always enough on a slow machine (2026-12-01, the bench stopped there).
+    let first_answer = Instant::now();
+    while writing.answered.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        anyhow::ensure!(
+            !background.is_finished() && first_answer.elapsed() < Duration::from_secs(60),
+            "the query phase's writer had no answer within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let totals = query::hammer_totals(query_service.base(), "bench-query", 64, sizes.fixed).await?;
     let still_writing = !background.is_finished();
