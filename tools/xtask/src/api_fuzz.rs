@@ -40,7 +40,6 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 
 use crate::built::TestBuild;
-
 use crate::shell::{
     RedisAddr, Teardown, env, free_port, on_path, output_quietly, post_json, random, succeeds,
     wait_for_http,
