@@ -27,9 +27,15 @@ fn main() {
     let revision = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=ELECTION_GIT_REVISION={revision}");
     // Build again when HEAD moves: a commit, a checkout (HEAD names a branch
-    // whose ref file changes, or the packed refs do).
+    // whose ref file changes, or the packed refs do). Only files that exist
+    // are named: cargo treats a missing one as changed on every build, and a
+    // repository whose refs were never packed has no `packed-refs`, so every
+    // cargo command rebuilt this crate and all above it. Packing the refs
+    // later deletes the branch's ref file, which is watched.
     for path in ["HEAD", "packed-refs"] {
-        if let Some(file) = git(&["rev-parse", "--git-path", path]) {
+        if let Some(file) = git(&["rev-parse", "--git-path", path])
+            && std::path::Path::new(&file).exists()
+        {
             println!("cargo:rerun-if-changed={file}");
         }
     }
