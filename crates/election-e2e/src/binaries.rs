@@ -63,6 +63,29 @@ fn build() -> Binaries {
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
+    // Without the variables `cargo test` set for this test (`CARGO_PKG_NAME`,
+    // `CARGO_MANIFEST_DIR`...): ring's build script watches them, so a build
+    // with this test's values reran it and rebuilt ring, rustls, redis and
+    // the crates above them, here and again in the next plain cargo command
+    // (78 s of a clean CI run). The same list as xtask's `shell::cargo`.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| {
+            name.starts_with("CARGO_PKG_")
+                || matches!(
+                    name,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_MANIFEST_LINKS"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+        }) {
+            command.env_remove(&name);
+        }
+    }
     let status = command
         .status()
         .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));

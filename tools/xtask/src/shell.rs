@@ -52,7 +52,9 @@ pub fn cargo() -> Command {
 
 /// Whether `name` is one of the variables cargo sets for a program it runs
 /// (the Cargo Book, "Environment variables Cargo sets for crates"), other
-/// than `CARGO` itself.
+/// than `CARGO` itself. election-e2e's `binaries` keeps the same list for
+/// the build its tests start (this crate depends on no workspace crate, so
+/// that it builds before libpq is installed).
 fn set_by_cargo_run(name: &str) -> bool {
     name.starts_with("CARGO_PKG_")
         || matches!(
