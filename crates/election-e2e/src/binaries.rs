@@ -3,7 +3,7 @@
 //! A test crate cannot name another package's binaries (`CARGO_BIN_EXE_*`
 //! only covers its own), so the first scenario of a process runs
 //! `$CARGO build --workspace --all-features --bin election-ingest --bin
-//! election-reprocessor` (the feature set `just test` builds with) into the target
+//! election-reprocessor` into the target
 //! directory this test binary itself was built in (`--release` when the test
 //! was built in release), and every scenario runs the binaries from there.
 //! Cargo sets `CARGO` for `cargo test`; outside it, `cargo` from `PATH`.
@@ -44,9 +44,12 @@ fn build() -> Binaries {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(&cargo);
     command
-        // The feature set of `cargo test --workspace --all-features` (what
-        // `just test` runs), so the binaries and their dependencies the tests
-        // built are reused rather than built again with other features.
+        // The workspace's features, as `just test` builds with. Without the
+        // test targets selected, cargo still resolves dependency features
+        // apart from the tests' build (dev-dependencies are not unified), so
+        // this makes its own copy of the services (measured for xtask's
+        // api-fuzz: tools/xtask/src/built.rs); taking the tests' executables
+        // instead would need the whole test build when this crate runs alone.
         .args([
             "build",
             "-q",
