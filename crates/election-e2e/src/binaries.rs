@@ -3,10 +3,18 @@
 //! A test crate cannot name another package's binaries (`CARGO_BIN_EXE_*`
 //! only covers its own), so the first scenario of a process runs
 //! `$CARGO build --workspace --all-features --bin election-ingest --bin
-//! election-reprocessor` into the target
+//! election-reprocessor --examples` into the target
 //! directory this test binary itself was built in (`--release` when the test
 //! was built in release), and every scenario runs the binaries from there.
 //! Cargo sets `CARGO` for `cargo test`; outside it, `cargo` from `PATH`.
+//!
+//! Under `cargo test --workspace` that build finds everything fresh: the
+//! examples (which `cargo test` builds too) make cargo resolve features with
+//! the dev-dependencies, as the tests' build did, so the services are the
+//! very executables the tests' build linked. Without them cargo resolves
+//! fewer features (`serde`'s `alloc`, `tokio`'s `io-util` and a few more
+//! come only from dev-dependencies) and rebuilt its own copy of the services
+//! and everything under them: 55–82 s of every clean CI run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,12 +52,11 @@ fn build() -> Binaries {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(&cargo);
     command
-        // The workspace's features, as `just test` builds with. Without the
-        // test targets selected, cargo still resolves dependency features
-        // apart from the tests' build (dev-dependencies are not unified), so
-        // this makes its own copy of the services (measured for xtask's
-        // api-fuzz: tools/xtask/src/built.rs); taking the tests' executables
-        // instead would need the whole test build when this crate runs alone.
+        // The workspace's features, as `just test` builds with, and the
+        // examples, so that features are resolved with the dev-dependencies
+        // as in the tests' build (see the module docs). Run alone, this
+        // crate's tests build the examples too: a few seconds, not the whole
+        // test build.
         .args([
             "build",
             "-q",
@@ -59,6 +66,7 @@ fn build() -> Binaries {
             "election-ingest",
             "--bin",
             "election-reprocessor",
+            "--examples",
         ])
         .arg("--target-dir")
         .arg(target_dir)
@@ -94,7 +102,7 @@ fn build() -> Binaries {
         .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
     assert!(
         status.success(),
-        "{cargo} build --bin election-ingest --bin election-reprocessor failed ({status})"
+        "{cargo} build --bin election-ingest --bin election-reprocessor --examples failed ({status})"
     );
     let binaries = Binaries {
         ingest: profile_dir.join("election-ingest"),
