@@ -274,17 +274,11 @@ fn live_response(
     rendered: &Rendered,
     body: Bytes,
 ) -> Response {
-    let validators = Validators {
-        tag: rendered.version.to_string(),
-        // The version is the time its change was seen, in milliseconds.
-        last_modified: i64::try_from(rendered.version)
-            .ok()
-            .and_then(chrono::DateTime::from_timestamp_millis)
-            .unwrap_or(rendered.as_of),
-    };
-    validators.answer(headers, state.cache.live.clone(), || {
-        bytes_response(body, state.cache.live.clone())
-    })
+    rendered
+        .validators
+        .answer(headers, state.cache.live.clone(), || {
+            bytes_response(body, state.cache.live.clone())
+        })
 }
 
 /// The election named by a path, once it is known to exist.
@@ -330,10 +324,7 @@ fn as_of_response(
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     body.hash(&mut hasher);
-    let validators = Validators {
-        tag: format!("asof-{:016x}", hasher.finish()),
-        last_modified: at,
-    };
+    let validators = Validators::new(&format!("asof-{:016x}", hasher.finish()), at);
     validators.answer(headers, state.cache.history.clone(), || {
         bytes_response(body, state.cache.history.clone())
     })

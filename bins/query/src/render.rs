@@ -60,6 +60,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use election_core::{CityId, Definition, ElectionId, Grid, PartyId, Status};
+use election_http::conditional::Validators;
 use serde::Serialize;
 
 use crate::stream::{self, Delta, Variant};
@@ -265,6 +266,9 @@ pub struct Rendered {
     pub version: u64,
     /// When the counters were read.
     pub as_of: DateTime<Utc>,
+    /// The live answers' `ETag` (the version) and `Last-Modified` (the time
+    /// the version is named after), made once for every answer of it.
+    pub validators: Validators,
     /// `GET .../totals`.
     pub national: Bytes,
     /// `GET /v1/elections/{e}`: shared by every version of one definition.
@@ -404,9 +408,15 @@ impl Renderer {
             .iter()
             .map(|entry| (Arc::clone(&entry.city), Arc::clone(&entry.item)))
             .collect();
+        // The version is the time its change was seen, in milliseconds.
+        let last_modified = i64::try_from(version)
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or(as_of);
         Rendered {
             version,
             as_of,
+            validators: Validators::new(&version.to_string(), last_modified),
             national: Bytes::from(national_body),
             definition: self.definition_body.clone(),
             source: self.definition.clone(),
@@ -902,6 +912,37 @@ mod tests {
         );
         // A tie below the top is no tie.
         check_leader(&[("a", 9), ("b", 3), ("c", 3)], Some(("a", 9, 6)), &[]);
+    }
+
+    #[test]
+    fn a_version_carries_its_validators() {
+        let election = ElectionId::parse("2025").unwrap();
+        let snapshot = Snapshot {
+            totals: Totals::new(),
+            parties: Default::default(),
+            cities: Default::default(),
+            ballot_boxes_reported: 0,
+            unreadable: Vec::new(),
+        };
+        let as_of = DateTime::parse_from_rfc3339("2025-09-15T18:12:09.500Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        // A version is named after the millisecond its change was seen:
+        // `Last-Modified` is that instant, in whole seconds.
+        let rendered = Rendered::new(&election, &snapshot, None, 1_757_959_920_123, as_of);
+        assert_eq!(rendered.validators.etag(), "W/\"1757959920123\"");
+        assert_eq!(
+            rendered.validators.last_modified(),
+            "Mon, 15 Sep 2025 18:12:00 GMT"
+        );
+        // A version too large to name an instant falls back to when the
+        // version was read.
+        let rendered = Rendered::new(&election, &snapshot, None, u64::MAX, as_of);
+        assert_eq!(rendered.validators.etag(), "W/\"18446744073709551615\"");
+        assert_eq!(
+            rendered.validators.last_modified(),
+            "Mon, 15 Sep 2025 18:12:09 GMT"
+        );
     }
 
     #[test]

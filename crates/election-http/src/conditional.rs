@@ -19,26 +19,47 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
-/// The validators of one version of a resource.
+/// The validators of one version of a resource, with their header values
+/// made once: a live version is answered thousands of times a second, and
+/// formatting its `ETag` and `Last-Modified` per answer (an HTTP date through
+/// `chrono`'s format string) was ~2 % of the query service's CPU
+/// (docs/benchmarks.md, "The validators made once per version"). Cloning
+/// one is two reference counts and a string.
 #[derive(Clone, Debug)]
 pub struct Validators {
     /// The opaque tag, without quotes or `W/`.
-    pub tag: String,
-    /// When this version appeared (whole seconds are what HTTP dates carry).
-    pub last_modified: DateTime<Utc>,
+    tag: Box<str>,
+    /// `W/"<tag>"`.
+    etag: HeaderValue,
+    /// When this version appeared, as an IMF-fixdate (HTTP dates carry whole
+    /// seconds).
+    last_modified: HeaderValue,
 }
 
 impl Validators {
+    /// The validators of the version tagged `tag` (a tag with characters a
+    /// header cannot carry is answered as `W/"0"`), which appeared at
+    /// `last_modified`.
+    pub fn new(tag: &str, last_modified: DateTime<Utc>) -> Self {
+        let etag = HeaderValue::from_str(&format!("W/\"{tag}\""))
+            .unwrap_or_else(|_| HeaderValue::from_static("W/\"0\""));
+        let last_modified = HeaderValue::from_str(&http_date(last_modified))
+            .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+        Validators {
+            tag: tag.into(),
+            etag,
+            last_modified,
+        }
+    }
+
     /// The `ETag` header value: `W/"<tag>"`.
-    pub fn etag(&self) -> HeaderValue {
-        HeaderValue::from_str(&format!("W/\"{}\"", self.tag))
-            .unwrap_or_else(|_| HeaderValue::from_static("W/\"0\""))
+    pub fn etag(&self) -> &HeaderValue {
+        &self.etag
     }
 
     /// The `Last-Modified` header value (an IMF-fixdate).
-    pub fn last_modified(&self) -> HeaderValue {
-        HeaderValue::from_str(&http_date(self.last_modified))
-            .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+    pub fn last_modified(&self) -> &HeaderValue {
+        &self.last_modified
     }
 
     /// Whether the client's conditional headers say it has this version.
@@ -52,8 +73,7 @@ impl Validators {
             .any(|candidate| {
                 candidate == "*" || {
                     let opaque = candidate.strip_prefix("W/").unwrap_or(candidate);
-                    opaque.strip_prefix('"').and_then(|o| o.strip_suffix('"'))
-                        == Some(self.tag.as_str())
+                    opaque.strip_prefix('"').and_then(|o| o.strip_suffix('"')) == Some(&*self.tag)
                 }
             })
     }
@@ -72,8 +92,8 @@ impl Validators {
             fresh()
         };
         let headers = response.headers_mut();
-        headers.insert(header::ETAG, self.etag());
-        headers.insert(header::LAST_MODIFIED, self.last_modified());
+        headers.insert(header::ETAG, self.etag.clone());
+        headers.insert(header::LAST_MODIFIED, self.last_modified.clone());
         headers.insert(header::CACHE_CONTROL, cache_control);
         response
     }
@@ -95,10 +115,10 @@ mod tests {
     use super::*;
 
     fn validators() -> Validators {
-        Validators {
-            tag: "1757959920123".to_owned(),
-            last_modified: DateTime::from_timestamp_millis(1_757_959_920_123).unwrap(),
-        }
+        Validators::new(
+            "1757959920123",
+            DateTime::from_timestamp_millis(1_757_959_920_123).unwrap(),
+        )
     }
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
@@ -112,6 +132,7 @@ mod tests {
     fn if_none_match_compares_weakly_and_takes_lists_and_star() {
         let v = validators();
         assert_eq!(v.etag(), "W/\"1757959920123\"");
+        assert_eq!(v.last_modified(), "Mon, 15 Sep 2025 18:12:00 GMT");
         for matching in [
             "W/\"1757959920123\"",
             "\"1757959920123\"",
@@ -135,7 +156,7 @@ mod tests {
     #[test]
     fn if_modified_since_alone_is_not_enough() {
         let v = validators();
-        assert_eq!(http_date(v.last_modified), "Mon, 15 Sep 2025 18:12:00 GMT");
+        assert_eq!(v.last_modified(), "Mon, 15 Sep 2025 18:12:00 GMT");
         let same = (header::IF_MODIFIED_SINCE, "Mon, 15 Sep 2025 18:12:00 GMT");
         assert!(!v.not_modified(&headers(&[same])));
     }
