@@ -15,8 +15,9 @@
 //! - **One access-log line per request** (`TraceLayer`): target `access`,
 //!   with method, path (never the query string: it may carry secrets or
 //!   personal data), status, duration to the response head (a stream's
-//!   head is sent at once) and request id. `RUST_LOG=info,access=off`
-//!   silences it.
+//!   head is sent at once) and request id, named by what they belong to
+//!   and with their unit (`http.method`, `http.path`, `http.status`,
+//!   `duration_ms`, `request.id`). `RUST_LOG=info,access=off` silences it.
 //! - **CORS** (`CorsLayer`): preflights are answered here, before routing;
 //!   which origins may read is configuration ([`CorsOrigins`]); the headers
 //!   a browser may send and read are the service's ([`Layers`]).
@@ -159,7 +160,7 @@ impl Layers {
                 |response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
                     let status = response.status().as_u16();
                     let duration_ms = latency.as_secs_f64() * 1000.0;
-                    tracing::info!(target: "access", status, duration_ms, "answered");
+                    tracing::info!(target: "access", duration_ms, http.status = status, "answered");
                 },
             )
             // Every answer is logged once, by `on_response`, 5xx included.

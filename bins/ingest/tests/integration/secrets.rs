@@ -174,7 +174,7 @@ async fn no_password_or_token_reaches_logs_or_metrics() {
         }
         if format == "json" {
             let entry: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(entry["status"], 200, "{line}");
+            assert_eq!(entry["http.status"], 200, "{line}");
             assert_eq!(entry["span"]["http.path"], "/healthz", "{line}");
             assert_eq!(entry["span"]["request.id"], "trace-json", "{line}");
             // The request's span once: no list of spans repeating it.
