@@ -328,6 +328,16 @@ mod tests {
     use axum::routing::get;
     use tower::ServiceExt;
 
+    /// The layers with CORS closed to every origin.
+    fn no_cors() -> Layers {
+        Layers {
+            cors_origins: CorsOrigins::None,
+            cors_methods: vec![Method::GET],
+            cors_request_headers: Vec::new(),
+            cors_exposed_headers: Vec::new(),
+        }
+    }
+
     #[tokio::test]
     async fn a_panicking_handler_answers_a_json_500_with_its_request_id() {
         let router = Router::new().route(
@@ -339,13 +349,7 @@ mod tests {
                 "never"
             }),
         );
-        let app = Layers {
-            cors_origins: CorsOrigins::None,
-            cors_methods: vec![Method::GET],
-            cors_request_headers: Vec::new(),
-            cors_exposed_headers: Vec::new(),
-        }
-        .apply(router);
+        let app = no_cors().apply(router);
         let response = app
             .oneshot(
                 Request::builder()
@@ -375,13 +379,7 @@ mod tests {
         let router = Router::new()
             .route("/small", get(move || async move { small }))
             .route("/large", get(move || async move { large }));
-        let app = Layers {
-            cors_origins: CorsOrigins::None,
-            cors_methods: vec![Method::GET],
-            cors_request_headers: Vec::new(),
-            cors_exposed_headers: Vec::new(),
-        }
-        .apply(router);
+        let app = no_cors().apply(router);
         for (path, length, compressed) in [
             ("/small", usize::from(COMPRESS_FROM) - 1, false),
             ("/large", usize::from(COMPRESS_FROM), true),
