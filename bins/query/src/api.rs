@@ -34,7 +34,7 @@ use election_core::{CityId, ElectionId};
 use election_http::ApiError;
 use election_http::conditional::Validators;
 use election_http::health::{self, ReadyCheck};
-use election_http::layers::{self, CorsOrigins, Layers};
+use election_http::layers::{self, COMPRESS_FROM, CorsOrigins, Layers};
 use election_http::metrics::{
     self, Counter, EncodeLabelSet, Family, HistogramFamily, LATENCY_BUCKETS, Registry,
 };
@@ -45,6 +45,7 @@ use crate::analytics;
 use crate::answer::{self, bytes_response, parse_election};
 use crate::asof;
 use crate::live::Current;
+use crate::precompressed::{self, Copies};
 use crate::render::Rendered;
 use crate::stream::{self, Variant};
 
@@ -281,6 +282,33 @@ fn live_response(
         })
 }
 
+/// [`live_response`] for a large body of the version (the city list, the
+/// definition, the NIST document): when the client accepts `br` or `gzip`,
+/// the version's compressed copy ([`crate::precompressed`]), made once for
+/// every reader.
+async fn live_large_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    rendered: &Rendered,
+    body: Bytes,
+    copies: &Copies,
+) -> Response {
+    if body.len() >= usize::from(COMPRESS_FROM)
+        && !rendered.validators.not_modified(headers)
+        && let Some(coding) = precompressed::preferred(headers)
+        && let Some(compressed) = copies.get(coding, &body).await
+    {
+        return rendered
+            .validators
+            .answer(headers, state.cache.live.clone(), || {
+                let mut response = bytes_response(compressed, state.cache.live.clone());
+                precompressed::mark(response.headers_mut(), coding);
+                response
+            });
+    }
+    live_response(state, headers, rendered, body)
+}
+
 /// The election named by a path, once it is known to exist.
 async fn existing(state: &AppState, text: &str) -> Result<ElectionId, ApiError> {
     let election = parse_election(text)?;
@@ -303,12 +331,14 @@ async fn definition(
 ) -> Result<Response, ApiError> {
     let election = existing(&state, &election).await?;
     let rendered = state.live.current(&election).await?;
-    Ok(live_response(
+    Ok(live_large_response(
         &state,
         &headers,
         &rendered,
         rendered.definition.clone(),
-    ))
+        &rendered.definition_copies,
+    )
+    .await)
 }
 
 /// An as-of answer: `body` of the totals as they stood at `at`, cached like
@@ -367,7 +397,7 @@ async fn results_cdf(
     let election = existing(&state, &election).await?;
     let rendered = state.live.current(&election).await?;
     let body = rendered.cdf();
-    Ok(live_response(&state, &headers, &rendered, body))
+    Ok(live_large_response(&state, &headers, &rendered, body, &rendered.cdf_copies).await)
 }
 
 async fn cities(
@@ -383,12 +413,14 @@ async fn cities(
         return Ok(as_of_response(&state, &headers, at, rendered.cities()));
     }
     let rendered = state.live.current(&election).await?;
-    Ok(live_response(
+    Ok(live_large_response(
         &state,
         &headers,
         &rendered,
         rendered.cities(),
-    ))
+        &rendered.cities_copies,
+    )
+    .await)
 }
 
 async fn city_totals(

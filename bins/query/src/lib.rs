@@ -11,6 +11,8 @@
 //! - [`live`]: one refreshed snapshot per watched election, shared by every
 //!   reader and stream;
 //! - [`render`]: the live bodies, rendered once per snapshot;
+//! - [`precompressed`]: their large bodies compressed once per version and
+//!   encoding;
 //! - [`stream`]: the stream's snapshot and delta events, rendered once and
 //!   shared by every subscriber;
 //! - [`asof`]: the totals as they stood at an instant, from the log;
@@ -31,6 +33,7 @@ pub mod cli;
 pub mod commands;
 pub mod elections;
 pub mod live;
+pub mod precompressed;
 pub mod render;
 pub mod stream;
 pub mod timeline;

@@ -61,6 +61,8 @@ use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use election_core::{CityId, Definition, ElectionId, Grid, PartyId, Status};
 use election_http::conditional::Validators;
+
+use crate::precompressed::Copies;
 use serde::Serialize;
 
 use crate::stream::{self, Delta, Variant};
@@ -273,6 +275,12 @@ pub struct Rendered {
     pub national: Bytes,
     /// `GET /v1/elections/{e}`: shared by every version of one definition.
     pub definition: Bytes,
+    /// [`Rendered::definition`] compressed, shared like it.
+    pub(crate) definition_copies: Arc<Copies>,
+    /// [`Rendered::cities`] compressed.
+    pub(crate) cities_copies: Copies,
+    /// [`Rendered::cdf`] compressed.
+    pub(crate) cdf_copies: Copies,
     /// The definition the bodies were rendered with (as-of answers render
     /// with it too).
     pub(crate) source: Option<Arc<Definition>>,
@@ -338,6 +346,8 @@ pub struct Renderer {
     /// The defined cities' ids, in order.
     defined: Vec<CityId>,
     definition_body: Bytes,
+    /// `definition_body` compressed: made again with it.
+    definition_copies: Arc<Copies>,
     /// The parties the cached entries' values are in the order of.
     parties: Arc<[PartyId]>,
     /// The entries of the last version, in city order.
@@ -355,6 +365,7 @@ impl Renderer {
             definition: None,
             defined: Vec::new(),
             definition_body: Bytes::new(),
+            definition_copies: Copies::shared(),
             parties: Arc::from(Vec::new()),
             entries: Vec::new(),
             last_rendered: 0,
@@ -375,6 +386,7 @@ impl Renderer {
         self.definition = definition;
         self.defined = defined;
         self.definition_body = self.render_definition();
+        self.definition_copies = Copies::shared();
         self.entries.clear();
     }
 
@@ -419,6 +431,9 @@ impl Renderer {
             validators: Validators::new(&version.to_string(), last_modified),
             national: Bytes::from(national_body),
             definition: self.definition_body.clone(),
+            definition_copies: Arc::clone(&self.definition_copies),
+            cities_copies: Copies::default(),
+            cdf_copies: Copies::default(),
             source: self.definition.clone(),
             election: self.election.clone(),
             unreadable: grid.unreadable.clone(),
