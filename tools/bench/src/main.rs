@@ -836,7 +836,15 @@ async fn query_lines(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let totals = query::hammer_totals(query_service.base(), "bench-query", 64, sizes.fixed).await?;
+    let totals = query::hammer(
+        query_service.base(),
+        "bench-query",
+        "totals",
+        None,
+        64,
+        sizes.fixed,
+    )
+    .await?;
     let still_writing = !background.is_finished();
     writing
         .stop
@@ -860,7 +868,15 @@ async fn query_lines(
     // The same with the machine to itself: what the query service does when
     // reading is all that happens.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let alone = query::hammer_totals(query_service.base(), "bench-query", 64, sizes.fixed).await?;
+    let alone = query::hammer(
+        query_service.base(),
+        "bench-query",
+        "totals",
+        None,
+        64,
+        sizes.fixed,
+    )
+    .await?;
     lines.push(Line::info(
         "query: GET /totals, wrk 64 connections, nothing else running",
         format!(
@@ -871,6 +887,44 @@ async fn query_lines(
             alone.per_second / totals.per_second
         ),
     ));
+    // As browsers and CDNs ask: compression accepted, on the national
+    // totals (under 1 KiB: answered plain) and on the city list (compressed
+    // once per version; docs/benchmarks.md, "Large bodies compressed once
+    // per version").
+    for resource in ["totals", "cities"] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let asked = query::hammer(
+            query_service.base(),
+            "bench-query",
+            resource,
+            Some(query::BROWSER_ENCODINGS),
+            64,
+            sizes.fixed,
+        )
+        .await?;
+        let (encoding, sent, plain) = query::encoded_size(
+            query_service.base(),
+            "bench-query",
+            resource,
+            query::BROWSER_ENCODINGS,
+        )
+        .await?;
+        lines.push(Line::info(
+            format!(
+                "query: GET /{resource} as browsers ask (Accept-Encoding: {}), wrk 64 connections, nothing else running",
+                query::BROWSER_ENCODINGS
+            ),
+            format!(
+                "{} requests/s, p50 {:.2} ms, p99 {:.2} ms; answered {}, {} bytes ({} plain)",
+                thousands(asked.per_second),
+                ms(asked.p50),
+                ms(asked.p99),
+                encoding.as_deref().unwrap_or("plain"),
+                thousands(sent as f64),
+                thousands(plain as f64)
+            ),
+        ));
+    }
     let stream = query::stream_fanout(
         &stage.pool,
         query_service.base(),

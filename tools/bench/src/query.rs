@@ -19,29 +19,41 @@ pub struct Rate {
     pub p99: Duration,
 }
 
-/// `GET /v1/elections/{election}/totals` with `connections` connections for
-/// `seconds`, measured by wrk.
-pub async fn hammer_totals(
+/// The `Accept-Encoding` browsers send (Chromium's), which CDNs pass on in
+/// their own words.
+pub const BROWSER_ENCODINGS: &str = "gzip, deflate, br, zstd";
+
+/// `GET /v1/elections/{election}/{resource}` with `connections` connections
+/// for `seconds`, measured by wrk, asking for `accept_encoding` if given.
+pub async fn hammer(
     base: &str,
     election: &str,
+    resource: &str,
+    accept_encoding: Option<&str>,
     connections: usize,
     seconds: Duration,
 ) -> anyhow::Result<Rate> {
-    let url = format!("{base}/v1/elections/{election}/totals");
+    let url = format!("{base}/v1/elections/{election}/{resource}");
     // The first request starts the election's snapshot.
     let first = reqwest::get(&url).await?.status();
     anyhow::ensure!(first.is_success(), "GET {url} answered {first}");
-    let output = tokio::process::Command::new("wrk")
-        .args([
-            "--latency",
-            "-t",
-            "2",
-            "-c",
-            &connections.to_string(),
-            "-d",
-            &format!("{}s", seconds.as_secs().max(1)),
-            &url,
-        ])
+    // wrk splits a header at ": ", so the space matters.
+    let header = accept_encoding.map(|value| format!("Accept-Encoding: {value}"));
+    let mut command = tokio::process::Command::new("wrk");
+    command.args([
+        "--latency",
+        "-t",
+        "2",
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{}s", seconds.as_secs().max(1)),
+    ]);
+    if let Some(header) = &header {
+        command.args(["-H", header]);
+    }
+    let output = command
+        .arg(&url)
         .output()
         .await
         .context("running wrk (apt-get install wrk)")?;
@@ -55,6 +67,31 @@ pub async fn hammer_totals(
         p50: summary.p50,
         p99: summary.p99,
     })
+}
+
+/// How `GET /v1/elections/{election}/{resource}` is answered to a client
+/// asking for `accept_encoding`: the `Content-Encoding` (`None`: plain), the
+/// bytes sent, and the bytes of the plain answer.
+pub async fn encoded_size(
+    base: &str,
+    election: &str,
+    resource: &str,
+    accept_encoding: &str,
+) -> anyhow::Result<(Option<String>, usize, usize)> {
+    let url = format!("{base}/v1/elections/{election}/{resource}");
+    let client = reqwest::Client::new();
+    let plain = client.get(&url).send().await?.bytes().await?.len();
+    let response = client
+        .get(&url)
+        .header("accept-encoding", accept_encoding)
+        .send()
+        .await?;
+    let encoding = response
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((encoding, response.bytes().await?.len(), plain))
 }
 
 /// Delivery of one new report to many stream subscribers.
