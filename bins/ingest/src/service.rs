@@ -175,6 +175,9 @@ pub fn router(
             layers::REQUEST_ID,
         ],
         cors_exposed_headers: vec![header::RETRY_AFTER, layers::REQUEST_ID],
+        // Never compressed: the write path's CPU is worth more than the
+        // bytes (election_http::layers, "Compression").
+        compress: false,
     }
     .apply(router)
 }

@@ -152,6 +152,7 @@ pub fn router(state: AppState, ready: ReadyCheck, cors_origins: CorsOrigins) -> 
         cors_methods: vec![Method::GET, Method::HEAD],
         cors_request_headers: CORS_REQUEST_HEADERS.to_vec(),
         cors_exposed_headers: CORS_EXPOSED_HEADERS.to_vec(),
+        compress: true,
     }
     .apply(router)
 }

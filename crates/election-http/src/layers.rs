@@ -33,7 +33,11 @@
 //!   compresses. A report's answer (~70 bytes) gzipped cost ingest 335 µs of
 //!   CPU instead of 69 and cut its rate from 9,150 to 3,860 reports/s, and
 //!   `GET /totals` (427 bytes) cost the query 68 µs instead of 25 (br: 75);
-//!   docs/benchmarks.md, "Small answers uncompressed".
+//!   docs/benchmarks.md, "Small answers uncompressed". A service may turn
+//!   compression off ([`Layers::compress`]): ingest does, because a bulk
+//!   answer (~10 KB for 100 reports) gzipped cost it 3–6 µs more per
+//!   report, a quarter of its CPU in bulk, and its clients sit on the
+//!   counting network, where its CPU is scarcer than bytes.
 //! - **JSON errors everywhere** ([`json_errors`]): an error answer without a
 //!   body type — axum's 405 for a method a route does not serve (its
 //!   `Allow` header kept), a fallback 404 — becomes the same
@@ -47,7 +51,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{
+    Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header,
+};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
@@ -129,6 +135,10 @@ pub struct Layers {
     /// Answer headers a cross-origin script may read (besides the simple
     /// ones: `Cache-Control`, `Content-Type`, `Last-Modified`...).
     pub cors_exposed_headers: Vec<HeaderName>,
+    /// Whether answers may be compressed at all (see the module docs): the
+    /// query's readers, browsers and CDNs, gain from it; ingest's clients
+    /// sit on the counting network, where its CPU is scarcer than bytes.
+    pub compress: bool,
 }
 
 /// The smallest answer that is compressed, in bytes (see the module docs):
@@ -143,6 +153,7 @@ impl Layers {
     /// request id, access log, request id on the answer, CORS, compression,
     /// JSON errors, panics.
     pub fn apply(&self, router: Router) -> Router {
+        let compress = self.compress;
         let cors = CorsLayer::new()
             .allow_origin(match &self.cors_origins {
                 CorsOrigins::Any => AllowOrigin::any(),
@@ -196,7 +207,12 @@ impl Layers {
                         SizeAbove::new(COMPRESS_FROM)
                             .and(NotForContentType::GRPC)
                             .and(NotForContentType::IMAGES)
-                            .and(NotForContentType::SSE),
+                            .and(NotForContentType::SSE)
+                            .and(
+                                move |_: StatusCode, _: Version, _: &HeaderMap, _: &Extensions| {
+                                    compress
+                                },
+                            ),
                     ),
             )
             .layer(middleware::from_fn(json_errors))
@@ -335,6 +351,7 @@ mod tests {
             cors_methods: vec![Method::GET],
             cors_request_headers: Vec::new(),
             cors_exposed_headers: Vec::new(),
+            compress: true,
         }
     }
 
@@ -373,41 +390,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_below_the_threshold_are_never_compressed() {
-        let small = "x".repeat(usize::from(COMPRESS_FROM) - 1);
-        let large = "x".repeat(usize::from(COMPRESS_FROM));
-        let router = Router::new()
-            .route("/small", get(move || async move { small }))
-            .route("/large", get(move || async move { large }));
-        let app = no_cors().apply(router);
-        for (path, length, compressed) in [
-            ("/small", usize::from(COMPRESS_FROM) - 1, false),
-            ("/large", usize::from(COMPRESS_FROM), true),
-        ] {
-            // What Python's `requests` sends unasked.
-            let response = app
-                .clone()
-                .oneshot(
-                    Request::builder()
-                        .uri(path)
-                        .header(header::ACCEPT_ENCODING, "gzip, deflate")
-                        .body(Body::empty())
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-            assert_eq!(response.status(), StatusCode::OK, "{path}");
-            let encoding = response.headers().get(header::CONTENT_ENCODING).cloned();
-            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-                .await
-                .unwrap();
-            if compressed {
-                assert_eq!(encoding.as_ref().map(|v| v.as_bytes()), Some(&b"gzip"[..]));
-                assert_eq!(&body[..2], &[0x1f, 0x8b], "{path}: not gzip");
-                assert!(body.len() < length, "{path}: {} bytes", body.len());
-            } else {
-                assert_eq!(encoding, None, "{path}");
-                assert_eq!(body.len(), length, "{path}");
+    async fn small_answers_and_a_service_that_never_compresses_answer_plain() {
+        for compress in [true, false] {
+            let small = "x".repeat(usize::from(COMPRESS_FROM) - 1);
+            let large = "x".repeat(usize::from(COMPRESS_FROM));
+            let router = Router::new()
+                .route("/small", get(move || async move { small }))
+                .route("/large", get(move || async move { large }));
+            let app = Layers {
+                compress,
+                ..no_cors()
+            }
+            .apply(router);
+            for (path, length, compressed) in [
+                ("/small", usize::from(COMPRESS_FROM) - 1, false),
+                ("/large", usize::from(COMPRESS_FROM), compress),
+            ] {
+                // What Python's `requests` sends unasked.
+                let response = app
+                    .clone()
+                    .oneshot(
+                        Request::builder()
+                            .uri(path)
+                            .header(header::ACCEPT_ENCODING, "gzip, deflate")
+                            .body(Body::empty())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "{path}");
+                let encoding = response.headers().get(header::CONTENT_ENCODING).cloned();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                if compressed {
+                    assert_eq!(encoding.as_ref().map(|v| v.as_bytes()), Some(&b"gzip"[..]));
+                    assert_eq!(&body[..2], &[0x1f, 0x8b], "{path}: not gzip");
+                    assert!(body.len() < length, "{path}: {} bytes", body.len());
+                } else {
+                    assert_eq!(encoding, None, "{path} {compress}");
+                    assert_eq!(body.len(), length, "{path} {compress}");
+                }
             }
         }
     }

@@ -363,3 +363,40 @@ async fn a_batch_costs_one_report_of_the_allowance_per_item() {
     assert_eq!(ingest.national("a"), Some(2));
     ingest.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_never_compressed_even_when_the_client_asks() {
+    let ingest = Ingest::start(RedisChoice::Standalone).await;
+    let reports: Vec<Value> = (0..30)
+        .map(|n| json!({"ballot_box_id": format!("GZ-{n}"), "city": "york", "votes": {"a": n}}))
+        .collect();
+    // What Python's `requests` sends unasked: ingest's CPU is worth more
+    // than the bytes (election_http::layers, "Compression").
+    let response = ingest
+        .client
+        .post(batch_url(&ingest, ingest.election.as_str()))
+        .bearer_auth(&ingest.token)
+        .header("content-type", "application/json")
+        .header("accept-encoding", "gzip, deflate, br")
+        .body(json!({ "reports": reports }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-encoding").is_none());
+    let body = response.bytes().await.unwrap();
+    assert!(
+        body.len() >= usize::from(election_http::layers::COMPRESS_FROM),
+        "{} bytes: too small to tell",
+        body.len()
+    );
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    let states: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 30);
+    assert!(states.iter().all(|s| *s == "counted"), "{answer}");
+}
