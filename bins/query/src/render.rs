@@ -61,10 +61,9 @@ use axum::body::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use election_core::{CityId, Definition, ElectionId, Grid, PartyId, Status};
 use election_http::conditional::Validators;
-
-use crate::precompressed::Copies;
 use serde::Serialize;
 
+use crate::precompressed::Copies;
 use crate::stream::{self, Delta, Variant};
 
 /// The leading party of a scope.

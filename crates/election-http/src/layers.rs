@@ -30,10 +30,10 @@
 //!   from 32 bytes, tower-http's default: most HTTP clients ask for gzip
 //!   unprompted (Python's `requests`, Go's `net/http`, every browser and
 //!   CDN), and a compressor costs the same to start whatever it then
-//!   compresses. A report's answer (~70 bytes) gzipped cost ingest 335 µs of
-//!   CPU instead of 69 and cut its rate from 9,150 to 3,860 reports/s, and
-//!   `GET /totals` (427 bytes) cost the query 68 µs instead of 25 (br: 75);
-//!   docs/benchmarks.md, "Small answers uncompressed". A service may turn
+//!   compresses. A report's answer (~70 bytes) gzipped cost ingest 296–343
+//!   µs of CPU instead of 67–72 and cut its rate to about a third, and
+//!   `GET /totals` (427 bytes) cost the query 78–81 µs instead of 21–23
+//!   (br: 57–73); docs/benchmarks.md, "Small answers uncompressed". A service may turn
 //!   compression off ([`Layers::compress`]): ingest does, because a bulk
 //!   answer (~10 KB for 100 reports) gzipped cost it 3–6 µs more per
 //!   report, a quarter of its CPU in bulk, and its clients sit on the
