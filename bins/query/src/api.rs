@@ -299,13 +299,11 @@ async fn live_large_response(
         && let Some(coding) = precompressed::preferred(headers)
         && let Some(compressed) = copies.get(coding, &body).await
     {
+        let mut response = bytes_response(compressed, state.cache.live.clone());
+        precompressed::mark(response.headers_mut(), coding);
         return rendered
             .validators
-            .answer(headers, state.cache.live.clone(), || {
-                let mut response = bytes_response(compressed, state.cache.live.clone());
-                precompressed::mark(response.headers_mut(), coding);
-                response
-            });
+            .stamp(response, state.cache.live.clone());
     }
     live_response(state, headers, rendered, body)
 }

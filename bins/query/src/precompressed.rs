@@ -20,15 +20,12 @@
 //! know a body's version.
 
 use std::io::Write as _;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, header};
+// The compression layer's level, so a copy is the layer's answer made once.
+use election_http::layers::COMPRESSION_LEVEL as LEVEL;
 use tokio::sync::OnceCell;
-
-/// The level of both encodings: the compression layer's (level 4, close to
-/// the best ratio for JSON at a fraction of the default brotli level's CPU).
-const LEVEL: u32 = 4;
 
 /// An encoding a client may ask for and the service makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,11 +86,6 @@ pub struct Copies {
 }
 
 impl Copies {
-    /// New, empty copies, to be shared by every version with the same body.
-    pub fn shared() -> Arc<Copies> {
-        Arc::new(Copies::default())
-    }
-
     /// `body` encoded with `coding`, compressed on the blocking pool by the
     /// first caller; `None` if compressing failed (then the caller answers
     /// as it would have without copies).
@@ -105,17 +97,13 @@ impl Copies {
         cell.get_or_try_init(|| {
             let body = body.clone();
             async move {
-                match tokio::task::spawn_blocking(move || compress(coding, &body)).await {
-                    Ok(Ok(bytes)) => Ok(bytes),
-                    Ok(Err(error)) => {
+                tokio::task::spawn_blocking(move || compress(coding, &body))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|compressed| compressed)
+                    .inspect_err(|error| {
                         tracing::warn!(error = %error, coding = coding.name(), "compressing a body");
-                        Err(())
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error, coding = coding.name(), "compressing a body");
-                        Err(())
-                    }
-                }
+                    })
             }
         })
         .await

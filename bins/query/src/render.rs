@@ -364,7 +364,7 @@ impl Renderer {
             definition: None,
             defined: Vec::new(),
             definition_body: Bytes::new(),
-            definition_copies: Copies::shared(),
+            definition_copies: Arc::default(),
             parties: Arc::from(Vec::new()),
             entries: Vec::new(),
             last_rendered: 0,
@@ -385,7 +385,7 @@ impl Renderer {
         self.definition = definition;
         self.defined = defined;
         self.definition_body = self.render_definition();
-        self.definition_copies = Copies::shared();
+        self.definition_copies = Arc::default();
         self.entries.clear();
     }
 

@@ -86,11 +86,18 @@ impl Validators {
         cache_control: HeaderValue,
         fresh: impl FnOnce() -> Response,
     ) -> Response {
-        let mut response = if self.not_modified(request) {
+        let response = if self.not_modified(request) {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
             fresh()
         };
+        self.stamp(response, cache_control)
+    }
+
+    /// `response`, a fresh answer of this version, with the validators and
+    /// `cache_control`: [`Validators::answer`] for a caller that already
+    /// knows the client does not have this version.
+    pub fn stamp(&self, mut response: Response, cache_control: HeaderValue) -> Response {
         let headers = response.headers_mut();
         headers.insert(header::ETAG, self.etag.clone());
         headers.insert(header::LAST_MODIFIED, self.last_modified.clone());

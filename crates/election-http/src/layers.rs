@@ -141,6 +141,10 @@ pub struct Layers {
     pub compress: bool,
 }
 
+/// The level of both encodings (gzip and brotli): close to the best ratio for
+/// JSON and CSV at a fraction of the default brotli level's CPU.
+pub const COMPRESSION_LEVEL: u32 = 4;
+
 /// The smallest answer that is compressed, in bytes (see the module docs):
 /// below it the compressor's start costs far more than the bytes it saves.
 pub const COMPRESS_FROM: u16 = 1024;
@@ -202,7 +206,7 @@ impl Layers {
             .layer(cors)
             .layer(
                 CompressionLayer::new()
-                    .quality(CompressionLevel::Precise(4))
+                    .quality(CompressionLevel::Precise(COMPRESSION_LEVEL as i32))
                     .compress_when(
                         SizeAbove::new(COMPRESS_FROM)
                             .and(NotForContentType::GRPC)

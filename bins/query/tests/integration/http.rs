@@ -122,18 +122,19 @@ async fn json_and_csv_are_compressed_on_request_and_streams_never() {
     let stack = Stack::start().await;
     stack.post_seed().await;
     stack.wait_for_total(840, Duration::from_secs(10)).await;
+    let asking = |path: &str, encoding: &str| {
+        stack
+            .client
+            .get(stack.url(path))
+            .header("accept-encoding", encoding)
+            .send()
+    };
     for path in ["/cities", "/reports.csv"] {
         let plain = stack.client.get(stack.url(path)).send().await.unwrap();
         assert!(plain.headers().get("content-encoding").is_none(), "{path}");
         let plain = plain.bytes().await.unwrap();
         for encoding in ["gzip", "br"] {
-            let response = stack
-                .client
-                .get(stack.url(path))
-                .header("accept-encoding", encoding)
-                .send()
-                .await
-                .unwrap();
+            let response = asking(path, encoding).await.unwrap();
             assert_eq!(response.status(), 200, "{path}");
             assert_eq!(response.headers()["content-encoding"], encoding, "{path}");
             assert!(
@@ -171,29 +172,14 @@ async fn json_and_csv_are_compressed_on_request_and_streams_never() {
                 let decoded: Value = serde_json::from_slice(&decoded).unwrap();
                 let listed: Value = serde_json::from_slice(&plain).unwrap();
                 assert_eq!(decoded["cities"], listed["cities"], "{encoding}");
-                let again = stack
-                    .client
-                    .get(stack.url(path))
-                    .header("accept-encoding", encoding)
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap();
+                let again = asking(path, encoding).await.unwrap().bytes().await.unwrap();
                 assert_eq!(again, body, "{encoding}: compressed again");
             }
         }
     }
     // The national totals (~430 bytes) are below the threshold: a
     // compressor's start would cost more than the bytes it saves.
-    let small = stack
-        .client
-        .get(stack.url("/totals"))
-        .header("accept-encoding", "gzip, deflate, br")
-        .send()
-        .await
-        .unwrap();
+    let small = asking("/totals", "gzip, deflate, br").await.unwrap();
     assert_eq!(small.status(), 200);
     assert!(small.headers().get("content-encoding").is_none());
     let small = small.bytes().await.unwrap();
@@ -203,13 +189,7 @@ async fn json_and_csv_are_compressed_on_request_and_streams_never() {
         small.len()
     );
     serde_json::from_slice::<Value>(&small).unwrap();
-    let stream = stack
-        .client
-        .get(stack.url("/stream"))
-        .header("accept-encoding", "gzip, br")
-        .send()
-        .await
-        .unwrap();
+    let stream = asking("/stream", "gzip, br").await.unwrap();
     assert_eq!(stream.status(), 200);
     assert!(stream.headers().get("content-encoding").is_none());
     let mut events = crate::harness::Events::new(stream);
