@@ -61,10 +61,7 @@ api-fuzz seed="":
 
 # Dependency policy (deny.toml): licenses, bans and sources, offline (advisories need GitHub; needs `cargo install --locked cargo-deny`).
 deny:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    command -v cargo-deny >/dev/null || { echo "cargo-deny is not installed: cargo install --locked cargo-deny" >&2; exit 1; }
-    cargo deny --offline check licenses bans sources
+    cargo xtask deny
 
 # Build the API docs with warnings as errors (broken intra-doc links and the like).
 doc:
@@ -80,11 +77,4 @@ reconcile election *flags:
 
 # Measure what users meet (docs/benchmarks.md): ingest on a freshly migrated database driven by wrk (64 and 512 connections, a growth curve to 2,000,000 reports), CPU and memory per process, Redis memory per ballot box, the PostgreSQL-only alternative, the ceilings, query, bulk reporting in batches of 100 (`just bench --bulk-only` alone), the live stream at 10,000 cities (`just bench --stream-only` alone) and reconcile; one table with the targets (under 20 min: the growth curve stops at 10 min whatever it reached; `just bench --quick`: a few minutes).
 bench *flags:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-    # 5,000 stream subscribers and 512 wrk connections need as many sockets on each side.
-    ulimit -n "$(ulimit -Hn)"
-    bin_dir="${CARGO_TARGET_DIR:-target}/release"
-    cargo build --release -q -p election-ingest -p election-query -p election-reprocessor -p election-bench
-    "$bin_dir/election-bench" --bin-dir "$bin_dir" {{flags}}
+    cargo xtask bench {{flags}}

@@ -190,6 +190,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(cli: Cli) -> anyhow::Result<()> {
     let sizes = Sizes::of(&cli);
+    let open_files = usage::raise_open_files()?;
     let redis = RedisProc::start()?;
     let standalone = RedisTarget {
         url: redis.url(),
@@ -203,9 +204,10 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         ticks_per_second: usage::clock_ticks()?,
     };
     eprintln!(
-        "bench: database election_bench, private redis on {}, wrk scripts {}",
+        "bench: database election_bench, private redis on {}, wrk scripts {}, open files {}",
         redis.url(),
-        bench.scripts.report.display()
+        bench.scripts.report.display(),
+        open_files.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
     );
     let result = if cli.stream_only {
         stream_lines(&bench, &standalone, &sizes).await

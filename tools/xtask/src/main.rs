@@ -10,6 +10,9 @@
 //! - `api-fuzz` (`just api-fuzz`): schemathesis against both services.
 //! - `arch-check` (`just arch-check`): the direction of the crates'
 //!   dependencies.
+//! - `bench` (`just bench`): builds the release binaries and runs
+//!   `election-bench` on them, installing wrk first when it is missing.
+//! - `deny` (`just deny`): cargo-deny's offline checks of deny.toml.
 //! - `example NAME` (`just examples`): runs an example as `cargo test
 //!   --workspace --all-features` built it (`built` says why not `cargo run`).
 //!
@@ -25,6 +28,7 @@
 
 mod api_fuzz;
 mod arch;
+mod bench;
 mod built;
 mod definition;
 mod demo;
@@ -58,6 +62,17 @@ enum Task {
     /// The direction of the crates' dependencies (election-core on no
     /// server or async crate, election-http on no store).
     ArchCheck,
+    /// Build the release binaries and run `election-bench` on them (wrk is
+    /// installed first when it is missing). `--help` is the bench's.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// `election-bench`'s flags (`--quick`, `--bulk-only`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        flags: Vec<String>,
+    },
+    /// The dependency policy (deny.toml): licenses, bans and sources,
+    /// offline.
+    Deny,
     /// Run an example as `cargo test --workspace --all-features` built it
     /// (no build of its own after the tests).
     Example {
@@ -85,6 +100,8 @@ fn main() {
         }
         Task::ApiFuzz(args) => api_fuzz::run(&args),
         Task::ArchCheck => arch::run(),
+        Task::Bench { flags } => bench::run(&flags),
+        Task::Deny => bench::deny(),
         Task::Example { name } => built::TestBuild::get()
             .and_then(|built| built.path("example", &name))
             .and_then(|path| shell::run(&mut std::process::Command::new(path))),

@@ -65,13 +65,13 @@ fn log(what: &str) {
 
 /// Debian packages, with `apt-get update` run once, before the first install.
 #[derive(Default)]
-struct Apt {
+pub(crate) struct Apt {
     updated: bool,
 }
 
 impl Apt {
     /// Installs `package` unless it is installed; whether it installed it.
-    fn need(&mut self, package: &str) -> anyhow::Result<bool> {
+    pub(crate) fn need(&mut self, package: &str) -> anyhow::Result<bool> {
         if succeeds(Command::new("dpkg").args(["-s", package])) {
             return Ok(false);
         }
