@@ -182,7 +182,16 @@ impl PgServer {
     /// When PostgreSQL's programs are missing or the server does not start
     /// (with its log).
     pub fn start() -> PgServer {
-        PgServer::start_inner(None)
+        PgServer::start_inner(None, "")
+    }
+
+    /// [`PgServer::start`] with server `options` (`-c fsync=off ...`), as an
+    /// operator's configuration would set them.
+    ///
+    /// # Panics
+    /// As [`PgServer::start`].
+    pub fn start_with_options(options: &str) -> PgServer {
+        PgServer::start_inner(None, options)
     }
 
     /// [`PgServer::start`] with TLS on (`ssl=on`), presenting `cert_pem`
@@ -191,10 +200,10 @@ impl PgServer {
     /// # Panics
     /// As [`PgServer::start`].
     pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> PgServer {
-        PgServer::start_inner(Some((cert_pem, key_pem)))
+        PgServer::start_inner(Some((cert_pem, key_pem)), "")
     }
 
-    fn start_inner(tls: Option<(&str, &str)>) -> PgServer {
+    fn start_inner(tls: Option<(&str, &str)>, extra: &str) -> PgServer {
         let bin = postgres_bin_dir();
         let dir = std::env::temp_dir().join(format!(
             "election-pg-{}-{}",
@@ -234,6 +243,10 @@ impl PgServer {
                 cert.display(),
                 key.display()
             );
+        }
+        if !extra.is_empty() {
+            options.push(' ');
+            options.push_str(extra);
         }
         let mut server = PgServer {
             port: 0,

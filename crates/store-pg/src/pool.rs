@@ -81,36 +81,52 @@ impl r2d2::HandleError<diesel::r2d2::Error> for TracingErrorHandler {
 /// means the report is on disk). A server, database or role configured with
 /// `synchronous_commit = off` would otherwise acknowledge reports it could
 /// lose in a crash; stricter settings (`remote_apply`, ...) are left alone.
-/// This costs one statement per new connection, not per transaction.
+/// (A reload to `off` after the connection opened is caught by the recording
+/// transaction itself: `record`'s `DURABLE_COMMIT`.) `fsync = off` cannot be
+/// overridden by a client: it is named in a warning, as is turning
+/// `synchronous_commit` on. One statement per new connection, not per
+/// transaction.
 #[derive(Debug, Clone, Copy)]
 struct DurableCommits;
 
+/// What [`DurableCommits`] reads as it sets the connection up.
 #[derive(QueryableByName)]
-struct Setting {
+struct Settings {
     #[diesel(sql_type = sql_types::Text)]
-    previous: String,
+    fsync: String,
+    /// Not NULL when `synchronous_commit` was `off` and is now `on`.
+    #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+    raised: Option<String>,
 }
+
+/// The set-up of a new connection, one statement: `synchronous_commit`
+/// raised from `off`, and no parallel plans (our statements touch a few rows
+/// per report through indexes; a parallel plan only adds worker start-up,
+/// measured ~4 ms of a 128-report batch's read).
+const SET_UP: &str = "\
+SELECT current_setting('fsync') AS fsync,
+       CASE WHEN current_setting('synchronous_commit') = 'off'
+            THEN set_config('synchronous_commit', 'on', false) END AS raised,
+       set_config('max_parallel_workers_per_gather', '0', false) AS parallel";
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for DurableCommits {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        let changed: Vec<Setting> = diesel::sql_query(
-            "SELECT 'off'::text AS previous, set_config('synchronous_commit', 'on', false) \
-             WHERE current_setting('synchronous_commit') = 'off'",
-        )
-        .load(conn)
-        .map_err(diesel::r2d2::Error::QueryError)?;
-        if let Some(setting) = changed.first() {
+        let settings: Settings = diesel::sql_query(SET_UP)
+            .get_result(conn)
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        if settings.raised.is_some() {
             tracing::warn!(
-                pg.synchronous_commit = %setting.previous,
+                pg.synchronous_commit = "off",
                 "postgresql had synchronous_commit off; turned it on for this connection"
             );
         }
-        // Our statements touch a few rows per report through indexes; a
-        // parallel plan only adds worker start-up (measured: ~4 ms of a
-        // 128-report batch's read).
-        diesel::sql_query("SET max_parallel_workers_per_gather = 0")
-            .execute(conn)
-            .map_err(diesel::r2d2::Error::QueryError)?;
+        if settings.fsync != "on" {
+            tracing::warn!(
+                pg.fsync = %settings.fsync,
+                "postgresql runs with fsync off: a crash of its machine can lose or corrupt \
+                 reports already answered as recorded (I1); turn fsync on"
+            );
+        }
         Ok(())
     }
 }

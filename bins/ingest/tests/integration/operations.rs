@@ -6,7 +6,7 @@
 
 use std::process::{Command, Stdio};
 
-use election_test_support::pg::PgSchema;
+use election_test_support::pg::{PgSchema, PgServer};
 
 use crate::process::{BIN, free_port, send_signal, text, wait_ready};
 
@@ -28,6 +28,46 @@ fn version_names_the_release_and_the_revision() {
                 .chars()
                 .all(|c| c.is_ascii_hexdigit()),
         "{line}"
+    );
+}
+
+/// `election-ingest migrate` against `url` with JSON logs: the warnings it
+/// printed (every command's pool sets up its connections the same way).
+fn migrate_warnings(url: &str) -> Vec<String> {
+    let output = Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", url)
+        .env("LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    election_test_support::logs::json_lines(&stderr)
+        .into_iter()
+        .filter(|line| line["level"] == "WARN")
+        .map(|line| line["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_postgresql_without_fsync_is_named_when_a_connection_opens() {
+    // fsync off cannot be overridden by a client, unlike synchronous_commit
+    // (turned on per connection and per recording transaction): the
+    // operator is told, on every new connection.
+    let server = PgServer::start_with_options("-c fsync=off");
+    let warnings = migrate_warnings(&server.url());
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("fsync off") && w.contains("turn fsync on")),
+        "{warnings:?}"
+    );
+    // The shared server, with fsync on, gets no such warning.
+    let schema = PgSchema::new();
+    let warnings = migrate_warnings(schema.url());
+    assert!(
+        !warnings.iter().any(|w| w.contains("fsync")),
+        "{warnings:?}"
     );
 }
 
