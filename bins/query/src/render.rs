@@ -345,7 +345,8 @@ pub struct Renderer {
     /// The defined cities' ids, in order.
     defined: Vec<CityId>,
     definition_body: Bytes,
-    /// `definition_body` compressed: made again with it.
+    /// `definition_body` compressed: made again with it
+    /// ([`Renderer::render_definition_body`]).
     definition_copies: Arc<Copies>,
     /// The parties the cached entries' values are in the order of.
     parties: Arc<[PartyId]>,
@@ -369,8 +370,15 @@ impl Renderer {
             entries: Vec::new(),
             last_rendered: 0,
         };
-        renderer.definition_body = renderer.render_definition();
+        renderer.render_definition_body();
         renderer
+    }
+
+    /// Renders `GET /v1/elections/{e}` again, with no compressed copies yet:
+    /// the body and its copies are only ever replaced together.
+    fn render_definition_body(&mut self) {
+        self.definition_body = self.render_definition();
+        self.definition_copies = Arc::default();
     }
 
     /// Uses `definition` from the next version on; every city is rendered
@@ -384,8 +392,7 @@ impl Renderer {
         defined.sort();
         self.definition = definition;
         self.defined = defined;
-        self.definition_body = self.render_definition();
-        self.definition_copies = Arc::default();
+        self.render_definition_body();
         self.entries.clear();
     }
 
