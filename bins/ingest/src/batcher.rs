@@ -31,8 +31,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use election_core::{Engine, Outcome, Report, StoreError};
-use election_http::metrics::{LATENCY_BUCKETS, Registry, SIZE_BUCKETS};
+use election_core::{Engine, Outcome, Phases, Report, StoreError};
+use election_http::metrics::{EncodeLabelSet, Histogram, LATENCY_BUCKETS, Registry, SIZE_BUCKETS};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -197,6 +197,7 @@ async fn run(
         "Time to record and count one batch.",
         LATENCY_BUCKETS,
     );
+    let phases = PhaseHistograms::new(&metrics);
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
@@ -207,20 +208,27 @@ async fn run(
         let share = share(queue.len(), permits.available_permits(), batch_size);
         let (jobs, size) = gather(first, &mut queue, share, config.linger).await;
         let engine = engine.clone();
-        let (sizes, durations) = (sizes.clone(), durations.clone());
+        let (sizes, durations, phases) = (sizes.clone(), durations.clone(), phases.clone());
         let deferrals = Arc::clone(&deferrals);
         tokio::spawn(async move {
             let started = Instant::now();
             let (reports, replies) = unpack(jobs, size);
             let span = tracing::info_span!("batch", batch.size = size);
             let result = tokio::task::spawn_blocking(move || {
-                let result = span.in_scope(|| engine.submit_explained(&reports));
+                let result = span.in_scope(|| engine.submit_timed(&reports));
                 (reports, result)
             })
             .await;
             drop(permit);
             sizes.observe(size as f64);
             durations.observe(started.elapsed().as_secs_f64());
+            let result = result.map(|(reports, result)| {
+                let result = result.map(|(outcomes, why, timings)| {
+                    phases.observe(&timings);
+                    (outcomes, why)
+                });
+                (reports, result)
+            });
             match result {
                 Ok((reports, result)) => answer(reports, result, replies, &deferrals),
                 Err(join_error) => {
@@ -235,6 +243,50 @@ async fn run(
     let _ = permits
         .acquire_many(config.max_in_flight.max(1) as u32)
         .await;
+}
+
+/// `ingest_batch_phase_duration_seconds`: how long each step of a batch took
+/// (recording in PostgreSQL, applying in Redis, marking counted), so a slow
+/// batch names the store that held it. Handles made once, one per phase.
+#[derive(Clone)]
+struct PhaseHistograms {
+    record: Histogram,
+    apply: Histogram,
+    mark: Histogram,
+}
+
+/// The label of [`PhaseHistograms`].
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Phase {
+    phase: &'static str,
+}
+
+impl PhaseHistograms {
+    fn new(metrics: &Registry) -> PhaseHistograms {
+        let family = metrics.histogram_family::<Phase>(
+            "ingest_batch_phase_duration_seconds",
+            "Time each step of a batch took: record (PostgreSQL), apply (Redis), mark (PostgreSQL).",
+            LATENCY_BUCKETS,
+        );
+        let handle = |phase| family.get_or_create(&Phase { phase }).clone();
+        PhaseHistograms {
+            record: handle("record"),
+            apply: handle("apply"),
+            mark: handle("mark"),
+        }
+    }
+
+    /// Observes a batch's phases; a phase that did not run (nothing fresh
+    /// to apply, nothing applied to mark) is not observed.
+    fn observe(&self, phases: &Phases) {
+        self.record.observe(phases.record.as_secs_f64());
+        if !phases.apply.is_zero() {
+            self.apply.observe(phases.apply.as_secs_f64());
+        }
+        if !phases.mark.is_zero() {
+            self.mark.observe(phases.mark.as_secs_f64());
+        }
+    }
 }
 
 /// The jobs of the next batch, with `first` and as many reports as are

@@ -16,6 +16,7 @@
 //! lost (I3) and never counted twice (I2).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::StoreError;
 use crate::ids::ElectionId;
@@ -52,6 +53,19 @@ pub enum Outcome {
     },
 }
 
+/// How long each step of a submitted batch took ([`Engine::submit_timed`]),
+/// so an operator can tell which store holds a slow batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    /// Recording in the log ([`ReportLog::record`], with the report-by-report
+    /// retry of a batch the log refused).
+    pub record: Duration,
+    /// Applying the fresh revisions to the tally ([`Tally::apply`]).
+    pub apply: Duration,
+    /// Marking them counted in the log ([`ReportLog::mark_counted`]).
+    pub mark: Duration,
+}
+
 /// The result of counting a batch of recorded revisions.
 #[derive(Debug, Default)]
 pub struct CountResult {
@@ -64,6 +78,8 @@ pub struct CountResult {
     pub failed: Vec<(ReportId, StoreError)>,
     /// Why marking `unmarked` counted failed.
     pub mark_error: Option<StoreError>,
+    /// How long applying and marking took (`record` is zero here).
+    pub phases: Phases,
 }
 
 /// What one [`Engine::count_pending`] round did.
@@ -135,6 +151,16 @@ impl Engine {
         &self,
         reports: &[Report],
     ) -> Result<(Vec<Outcome>, Option<String>), StoreError> {
+        self.submit_timed(reports)
+            .map(|(outcomes, why, _)| (outcomes, why))
+    }
+
+    /// [`Engine::submit_explained`], plus how long each step took.
+    pub fn submit_timed(
+        &self,
+        reports: &[Report],
+    ) -> Result<(Vec<Outcome>, Option<String>, Phases), StoreError> {
+        let started = Instant::now();
         let recorded: Vec<Result<Recorded, Outcome>> = match self.log.record(reports) {
             Ok(recorded) => recorded.into_iter().map(Ok).collect(),
             // One report may be what fails its whole batch: record each alone,
@@ -151,6 +177,7 @@ impl Engine {
             })],
             Err(error) => return Err(error),
         };
+        let record = started.elapsed();
         let fresh: Vec<Counting> = recorded
             .iter()
             .filter_map(|r| match r {
@@ -184,7 +211,11 @@ impl Engine {
                 Err(failed) => failed,
             })
             .collect();
-        Ok((outcomes, why))
+        let phases = Phases {
+            record,
+            ..result.phases
+        };
+        Ok((outcomes, why, phases))
     }
 
     /// Records each report of a batch that failed as a whole on its own, in
@@ -216,14 +247,20 @@ impl Engine {
             return result;
         }
         let mut applied = Vec::with_capacity(batch.len());
-        for (counting, answer) in batch.iter().zip(self.tally.apply(batch)) {
+        let started = Instant::now();
+        let answers = self.tally.apply(batch);
+        result.phases.apply = started.elapsed();
+        for (counting, answer) in batch.iter().zip(answers) {
             match answer {
                 Ok(_) => applied.push(counting.report_id),
                 Err(error) => result.failed.push((counting.report_id, error)),
             }
         }
         if !applied.is_empty() {
-            match self.log.mark_counted(&applied) {
+            let started = Instant::now();
+            let marked = self.log.mark_counted(&applied);
+            result.phases.mark = started.elapsed();
+            match marked {
                 Ok(()) => result.counted = applied,
                 Err(error) => {
                     result.unmarked = applied;

@@ -24,7 +24,7 @@ pub use definition::{
     Additions, Certification, CityDefinition, Colour, Definition, DefinitionError,
     DefinitionLookup, LineProblem, Lookup, PartyDefinition, UpdateError,
 };
-pub use engine::{CountResult, Drained, Engine, Outcome};
+pub use engine::{CountResult, Drained, Engine, Outcome, Phases};
 pub use error::{BoxError, Problem, ReportError, StoreError};
 pub use grid::{Fingerprint, Grid, JournalCursor, Moved};
 pub use history::History;

@@ -300,6 +300,24 @@ async fn every_refusal_has_its_status_code_and_message_and_changes_nothing() {
         "{metrics}"
     );
     assert!(metrics.contains("ingest_batch_size_bucket"), "{metrics}");
+    // Every batch's steps are timed: recording once per batch, applying and
+    // marking for the batches that had fresh reports (two were counted).
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let batches = value("ingest_batch_size_count");
+    let phase = |phase: &str| {
+        value(&format!(
+            r#"ingest_batch_phase_duration_seconds_count{{phase="{phase}"}}"#
+        ))
+    };
+    assert_eq!(phase("record"), batches, "{metrics}");
+    for step in ["apply", "mark"] {
+        assert!((1.0..=batches).contains(&phase(step)), "{step}: {metrics}");
+    }
     assert!(!metrics.contains(&token), "metrics must not leak tokens");
     ingest.stop().await;
 }
