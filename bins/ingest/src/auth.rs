@@ -20,7 +20,8 @@
 //! cleared whole at 100,000 entries, valid tokens with it.) What stops such
 //! a flood from costing a PostgreSQL query per token is the limit on failed
 //! authentications per client address ([`crate::failed_auth`]), checked
-//! before any lookup that is not a cache hit.
+//! before any lookup that is not a cache hit. Concurrent misses of one token
+//! share one lookup ([`TokenCache::scope`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,36 @@ impl TokenLookup for FixedTokens {
             .iter()
             .find(|(token, _)| &hash(token) == sha256)
             .map(|(_, scope)| scope.clone()))
+    }
+}
+
+/// Why a coalesced lookup found no valid token.
+enum Miss {
+    /// Unknown or revoked.
+    Unknown,
+    /// The lookup failed.
+    Failed(StoreError),
+}
+
+/// The error of a lookup, which every request that waited for it shares
+/// (moka hands each one the same `Arc`): the same kind and store, its
+/// message with its causes.
+fn shared_failure(error: &StoreError) -> StoreError {
+    let store = error.store().unwrap_or("the token store");
+    let doing = "looking a token up (the lookup shared by concurrent requests)".to_owned();
+    let source = election_core::engine::explain(error).into();
+    if error.is_unavailable() {
+        StoreError::Unavailable {
+            store,
+            doing,
+            source,
+        }
+    } else {
+        StoreError::Failed {
+            store,
+            doing,
+            source,
+        }
     }
 }
 
@@ -134,14 +165,31 @@ impl TokenCache {
         if let Some(scope) = self.cached(key) {
             return Ok(scope);
         }
-        let scope = self.lookup.find(key)?;
-        if let Some(caches) = &self.caches {
-            match &scope {
-                Some(scope) => caches.valid.insert(*key, scope.clone()),
-                None => caches.unknown.insert(*key, ()),
-            }
+        let Some(caches) = &self.caches else {
+            return self.lookup.find(key);
+        };
+        // One lookup per token at a time: when a token's entry expires under
+        // load (a counting centre's gateway shares one token over hundreds
+        // of connections), the requests that miss it wait for the first
+        // one's answer instead of each querying PostgreSQL (moka runs one
+        // initialiser per key and hands its result to every waiter).
+        let found = caches
+            .valid
+            .try_get_with(*key, || match self.lookup.find(key) {
+                Ok(Some(scope)) => Ok(scope),
+                Ok(None) => Err(Miss::Unknown),
+                Err(error) => Err(Miss::Failed(error)),
+            });
+        match found {
+            Ok(scope) => Ok(Some(scope)),
+            Err(miss) => match &*miss {
+                Miss::Unknown => {
+                    caches.unknown.insert(*key, ());
+                    Ok(None)
+                }
+                Miss::Failed(error) => Err(shared_failure(error)),
+            },
         }
-        Ok(scope)
     }
 
     /// The cached answer for the token whose [`hash`] is `key`, if fresh:
@@ -218,6 +266,83 @@ mod tests {
         assert_eq!(cache.cached(&unknown), Some(None));
         assert_eq!(cache.scope(&unknown).unwrap(), None);
         assert_eq!(lookup.lookups.lock().unwrap()[&unknown], 1);
+    }
+
+    /// A lookup that takes a while, counting its calls, and fails while
+    /// `failing` is set.
+    struct Slow {
+        valid: [u8; 32],
+        calls: std::sync::atomic::AtomicU32,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl TokenLookup for Slow {
+        fn find(&self, sha256: &[u8; 32]) -> Result<Option<Scope>, StoreError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            // Long enough for every thread of the test to arrive while it
+            // runs, on a loaded machine too.
+            std::thread::sleep(Duration::from_millis(300));
+            if self.failing.load(SeqCst) {
+                return Err(StoreError::Unavailable {
+                    store: "postgresql",
+                    doing: "looking a token up".to_owned(),
+                    source: "connection refused".into(),
+                });
+            }
+            Ok((*sha256 == self.valid).then(|| Scope {
+                election: ElectionId::parse("e").unwrap(),
+                ballot_box: None,
+            }))
+        }
+    }
+
+    #[test]
+    fn concurrent_misses_of_one_token_share_one_lookup() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let valid = hash(&generate());
+        let lookup = Arc::new(Slow {
+            valid,
+            calls: Default::default(),
+            failing: Default::default(),
+        });
+        let cache = Arc::new(TokenCache::new(lookup.clone(), Duration::from_secs(60)));
+        let at_once = |key: [u8; 32]| -> Vec<Result<Option<Scope>, StoreError>> {
+            let start = Arc::new(std::sync::Barrier::new(16));
+            let threads: Vec<_> = (0..16)
+                .map(|_| {
+                    let (cache, start) = (Arc::clone(&cache), Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        cache.scope(&key)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        };
+        // Sixteen requests with a token nobody has looked up yet: one lookup.
+        assert!(at_once(valid).iter().all(|r| matches!(r, Ok(Some(_)))));
+        assert_eq!(lookup.calls.load(SeqCst), 1);
+        // The same for an unknown token, whose answer is then cached.
+        let unknown = hash(&generate());
+        assert!(at_once(unknown).iter().all(|r| matches!(r, Ok(None))));
+        assert_eq!(lookup.calls.load(SeqCst), 2);
+        assert_eq!(cache.cached(&unknown), Some(None));
+        // A failed lookup fails every waiter, as unavailable, and is not
+        // cached: the next request looks again.
+        lookup.failing.store(true, SeqCst);
+        let other = hash(&generate());
+        let answers = at_once(other);
+        assert!(
+            answers
+                .iter()
+                .all(|r| r.as_ref().is_err_and(StoreError::is_unavailable)),
+            "{answers:?}"
+        );
+        assert_eq!(lookup.calls.load(SeqCst), 3);
+        lookup.failing.store(false, SeqCst);
+        assert_eq!(cache.scope(&other).unwrap(), None);
+        assert_eq!(lookup.calls.load(SeqCst), 4);
     }
 
     #[test]
