@@ -226,6 +226,14 @@ mod tests {
         assert_ne!(hash(&a), hash(&b));
     }
 
+    /// What the tests' valid tokens allow: election `e`, any box.
+    fn scope_of_e() -> Scope {
+        Scope {
+            election: ElectionId::parse("e").unwrap(),
+            ballot_box: None,
+        }
+    }
+
     /// Counts lookups per token hash.
     #[derive(Default)]
     struct Counting {
@@ -236,10 +244,7 @@ mod tests {
     impl TokenLookup for Counting {
         fn find(&self, sha256: &[u8; 32]) -> Result<Option<Scope>, StoreError> {
             *self.lookups.lock().unwrap().entry(*sha256).or_default() += 1;
-            Ok((Some(*sha256) == self.valid).then(|| Scope {
-                election: ElectionId::parse("e").unwrap(),
-                ballot_box: None,
-            }))
+            Ok((Some(*sha256) == self.valid).then(scope_of_e))
         }
     }
 
@@ -290,10 +295,7 @@ mod tests {
                     source: "connection refused".into(),
                 });
             }
-            Ok((*sha256 == self.valid).then(|| Scope {
-                election: ElectionId::parse("e").unwrap(),
-                ballot_box: None,
-            }))
+            Ok((*sha256 == self.valid).then(scope_of_e))
         }
     }
 
