@@ -59,7 +59,7 @@ fuzz-libfuzzer secs="300":
 api-fuzz seed="":
     cargo xtask api-fuzz {{seed}}
 
-# Dependency policy (deny.toml): licenses, bans and sources, offline (advisories need GitHub; needs `cargo install --locked cargo-deny`).
+# Dependency policy (deny.toml): licenses, bans and sources (advisories need GitHub; needs `cargo install --locked cargo-deny`, ~3 min).
 deny:
     cargo xtask deny
 

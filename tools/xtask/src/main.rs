@@ -12,7 +12,8 @@
 //!   dependencies.
 //! - `bench` (`just bench`): builds the release binaries and runs
 //!   `election-bench` on them, installing wrk first when it is missing.
-//! - `deny` (`just deny`): cargo-deny's offline checks of deny.toml.
+//! - `deny` (`just deny`): cargo-deny's checks of deny.toml (licenses,
+//!   bans, sources).
 //! - `example NAME` (`just examples`): runs an example as `cargo test
 //!   --workspace --all-features` built it (`built` says why not `cargo run`).
 //!
@@ -70,8 +71,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         flags: Vec<String>,
     },
-    /// The dependency policy (deny.toml): licenses, bans and sources,
-    /// offline.
+    /// The dependency policy (deny.toml): licenses, bans and sources.
     Deny,
     /// Run an example as `cargo test --workspace --all-features` built it
     /// (no build of its own after the tests).
