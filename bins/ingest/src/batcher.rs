@@ -216,19 +216,16 @@ async fn run(
             let span = tracing::info_span!("batch", batch.size = size);
             let result = tokio::task::spawn_blocking(move || {
                 let result = span.in_scope(|| engine.submit_timed(&reports));
+                let result = result.map(|(outcomes, why, timings)| {
+                    phases.observe(&timings);
+                    (outcomes, why)
+                });
                 (reports, result)
             })
             .await;
             drop(permit);
             sizes.observe(size as f64);
             durations.observe(started.elapsed().as_secs_f64());
-            let result = result.map(|(reports, result)| {
-                let result = result.map(|(outcomes, why, timings)| {
-                    phases.observe(&timings);
-                    (outcomes, why)
-                });
-                (reports, result)
-            });
             match result {
                 Ok((reports, result)) => answer(reports, result, replies, &deferrals),
                 Err(join_error) => {

@@ -325,8 +325,9 @@ impl PgLog {
         let mut conn = self.connection(doing)?;
         let mut attempt = 1;
         loop {
-            // diesel's default transaction: READ COMMITTED, synchronous
-            // commit as the connection has it (on; see `crate::pool`).
+            // READ COMMITTED, and a commit that waits for its flush whatever
+            // the connection's `synchronous_commit` says
+            // (`recording_transaction`).
             match recording_transaction(&mut conn, reports, |conn| record_batch(conn, reports)) {
                 Ok(answers) => {
                     tracing::debug!(

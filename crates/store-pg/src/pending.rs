@@ -298,6 +298,7 @@ mod tests {
     use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 
     use super::mark_counted;
+    use crate::plans::synchronous_commit;
 
     #[derive(QueryableByName)]
     struct Value {
@@ -310,13 +311,6 @@ mod tests {
             .get_result::<Value>(conn)
             .unwrap()
             .value
-    }
-
-    fn synchronous_commit(conn: &mut PgConnection) -> String {
-        read(
-            conn,
-            "SELECT current_setting('synchronous_commit') AS value",
-        )
     }
 
     #[test]

@@ -241,6 +241,20 @@ fn analyse(conn: &mut PgConnection) {
     .unwrap();
 }
 
+/// The connection's `synchronous_commit` now (the durability tests of
+/// `pending` and `record`).
+pub(crate) fn synchronous_commit(conn: &mut PgConnection) -> String {
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    diesel::sql_query("SELECT current_setting('synchronous_commit') AS value")
+        .get_result::<Setting>(conn)
+        .unwrap()
+        .value
+}
+
 /// A fresh schema, migrated, and a connection of its own to it (also for
 /// the other modules' tests that need a real server).
 pub(crate) fn migrated() -> (PgSchema, PgConnection) {

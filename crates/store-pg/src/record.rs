@@ -885,21 +885,9 @@ fn write_fresh(
 mod tests {
     use super::*;
 
-    #[derive(QueryableByName)]
-    struct Setting {
-        #[diesel(sql_type = Text)]
-        value: String,
-    }
-
-    fn synchronous_commit(conn: &mut PgConnection) -> String {
-        diesel::sql_query("SELECT current_setting('synchronous_commit') AS value")
-            .get_result::<Setting>(conn)
-            .unwrap()
-            .value
-    }
-
     #[test]
     fn a_recording_commit_waits_for_its_flush_whatever_the_connection_says() {
+        use crate::plans::synchronous_commit;
         use diesel::connection::SimpleConnection as _;
 
         let (_schema, mut conn) = crate::plans::migrated();

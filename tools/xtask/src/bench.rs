@@ -4,14 +4,8 @@
 //! tools/bench/src/wrk.rs). The bench raises its own open-file limit for its
 //! 5,000 stream subscribers and 512 wrk connections (its children inherit
 //! it), so nothing here touches the shell's limits.
-//!
-//! `cargo xtask deny` (`just deny`): the dependency policy of deny.toml
-//! (licenses, bans, sources), with a clear word when cargo-deny is not
-//! installed.
 
 use std::process::Command;
-
-use anyhow::bail;
 
 use crate::setup::Apt;
 use crate::shell::{self, on_path, target_dir};
@@ -42,17 +36,4 @@ pub fn run(flags: &[String]) -> anyhow::Result<()> {
             .arg(&bin_dir)
             .args(flags),
     )
-}
-
-/// `cargo deny check licenses bans sources`. Not `--offline`: cargo-deny
-/// then asks `cargo metadata` not to download, and the metadata of every
-/// platform's crates (`windows-sys` and the like) is not on a Linux
-/// machine that only built for itself; these three checks read the
-/// registry's index only. Advisories are left out: they need GitHub's
-/// advisory database.
-pub fn deny() -> anyhow::Result<()> {
-    if !on_path("cargo-deny") {
-        bail!("cargo-deny is not installed: cargo install --locked cargo-deny");
-    }
-    shell::run(shell::cargo().args(["deny", "check", "licenses", "bans", "sources"]))
 }

@@ -33,6 +33,7 @@ mod bench;
 mod built;
 mod definition;
 mod demo;
+mod deny;
 mod setup;
 mod shell;
 
@@ -101,7 +102,7 @@ fn main() {
         Task::ApiFuzz(args) => api_fuzz::run(&args),
         Task::ArchCheck => arch::run(),
         Task::Bench { flags } => bench::run(&flags),
-        Task::Deny => bench::deny(),
+        Task::Deny => deny::run(),
         Task::Example { name } => built::TestBuild::get()
             .and_then(|built| built.path("example", &name))
             .and_then(|path| shell::run(&mut std::process::Command::new(path))),
