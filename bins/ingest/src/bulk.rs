@@ -157,7 +157,8 @@ pub(crate) async fn post_batch(
 ) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    match handle(&state, &election, client(&parts), &parts.headers, body).await {
+    let client = client(&state, &parts);
+    match handle(&state, &election, client, &parts.headers, body).await {
         Ok(answer) => {
             count_request(&state, StatusCode::OK, "report_batch", started);
             for item in &answer.results {

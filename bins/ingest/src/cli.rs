@@ -22,6 +22,7 @@
 //! | `INGEST_TOKEN_BURST` | `--token-burst` | 0 (reports at once per token; 0: the rate, rounded up) |
 //! | `INGEST_AUTH_FAILURE_RATE` | `--auth-failure-rate` | 1 (failed authentications per second per client address, then 429 without a database lookup; 0: no limit) |
 //! | `INGEST_AUTH_FAILURE_BURST` | `--auth-failure-burst` | 20 |
+//! | `INGEST_TRUSTED_PROXIES` | `--trusted-proxies` | none (networks of the load balancers whose `X-Forwarded-For` names the client address those limits apply to, e.g. `10.0.0.0/8`) |
 //! | `INGEST_CORS_ALLOWED_ORIGINS` | `--cors-allowed-origins` | `none` (browsers on other origins may not post; or `*`, or a comma-separated list of origins) |
 //! | `LOG_FORMAT` | `--log-format` | `human` (or `json`) |
 //! | `RUST_LOG` | | `info` |
@@ -44,6 +45,7 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use election_http::client::TrustedProxies;
 use election_http::config::parse_duration;
 use election_wiring::args::Postgres;
 use election_wiring::service::Ingest;
@@ -173,6 +175,14 @@ pub struct Serve {
     /// Failed authentications a client address may make at once.
     #[arg(long, env = "INGEST_AUTH_FAILURE_BURST", default_value_t = 20)]
     pub auth_failure_burst: u32,
+    /// The load balancers or proxies in front of ingest, as networks or
+    /// addresses separated by commas (`10.0.0.0/8,192.0.2.7`): a request
+    /// from one of them is limited by the client address its
+    /// `X-Forwarded-For` names (read from the right, past every trusted
+    /// proxy), not by the proxy's. Empty (the default): the header is
+    /// ignored and the TCP peer is the client.
+    #[arg(long, env = "INGEST_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
     /// Origins whose browser pages may post reports: `none` (the default:
     /// ballot boxes are programs, not pages), `*`, or a comma-separated
     /// list such as `https://results.example`.

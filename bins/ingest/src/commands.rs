@@ -124,6 +124,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         http.body_timeout = ?args.body_timeout,
         rate_limit.per_second = rate_limit.map_or(0.0, |limit| limit.per_second),
         rate_limit.burst = rate_limit.map_or(0, |limit| limit.burst),
+        trusted_proxies = %args.trusted_proxies,
         "election-ingest serving"
     );
     let services = Services {
@@ -136,6 +137,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     };
     let settings = Settings {
         auth_failures,
+        trusted_proxies: args.trusted_proxies,
         batch: BatchConfig {
             batch_size: args.batch_size,
             linger: args.batch_linger,

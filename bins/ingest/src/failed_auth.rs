@@ -14,10 +14,11 @@
 //! Addresses are IPv4 addresses or IPv6 /64 prefixes (one host usually has a
 //! whole /64 to rotate through). The buckets live in a bounded moka cache
 //! and go away once idle for a refill time, when they would be full again.
-//! The address is the TCP peer's: behind a load balancer that does not
-//! preserve it, every client shares the balancer's bucket (cached valid
-//! tokens are still unaffected); size `INGEST_AUTH_FAILURE_BURST` for that or
-//! turn the limit off with `INGEST_AUTH_FAILURE_RATE=0`.
+//! The address is the TCP peer's, or, when that peer is one of the proxies
+//! the operator trusts (`INGEST_TRUSTED_PROXIES`), the client its
+//! `X-Forwarded-For` names (`election_http::client`). Behind a load balancer
+//! that is not named there, every client shares the balancer's bucket
+//! (cached valid tokens are still unaffected).
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use election_core::{Engine, ReportLog, Tally};
 use election_http::ServeConfig;
+use election_http::client::TrustedProxies;
 use election_http::health::ReadyCheck;
 use election_http::layers::CorsOrigins;
 use election_wiring::Serving;
@@ -75,6 +76,9 @@ pub struct Settings {
     /// Failed authentications allowed per client address (`None`: no
     /// limit).
     pub auth_failures: Option<RateLimit>,
+    /// The proxies whose `X-Forwarded-For` names the client address (none:
+    /// the TCP peer is the client).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Serves the reporting API on `serving`'s listener until its shutdown
@@ -111,6 +115,7 @@ pub async fn run(serving: Serving, services: Services, settings: Settings) -> an
         failed_auth: settings
             .auth_failures
             .map(|limit| Arc::new(FailedAuth::new(limit))),
+        trusted_proxies: settings.trusted_proxies,
     };
     let app = router(
         state,

@@ -32,6 +32,7 @@ use election_core::{
     BallotBoxId, ElectionId, Outcome, Problem, Report, ReportError, ReportId, StoreError,
 };
 use election_http::ApiError;
+use election_http::client::TrustedProxies;
 use election_http::health::{self, HealthDetails, ReadyCheck};
 use election_http::layers::{self, CorsOrigins, Layers};
 use election_http::metrics::{
@@ -68,6 +69,8 @@ pub struct AppState {
     pub limiter: Option<Arc<RateLimiter>>,
     /// The limit on failed authentications per client address, if any.
     pub failed_auth: Option<Arc<FailedAuth>>,
+    /// The proxies whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// An answer's labels: its HTTP status and outcome or error code.
@@ -202,7 +205,8 @@ async fn post_report(
 ) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    match handle(&state, &election, client(&parts), &parts.headers, body).await {
+    let client = client(&state, &parts);
+    match handle(&state, &election, client, &parts.headers, body).await {
         Ok((status, accepted)) => {
             count_request(&state, status, accepted.status, started);
             (status, Json(accepted)).into_response()
@@ -211,14 +215,16 @@ async fn post_report(
     }
 }
 
-/// The client's address, when the server recorded it. The handlers take the
-/// whole request rather than axum's `HeaderMap` extractor, which clones
-/// every header of every post.
-pub(crate) fn client(parts: &Parts) -> Option<IpAddr> {
+/// The client's address, when the server recorded it: the TCP peer's, or
+/// the one a trusted proxy says it forwarded for
+/// ([`TrustedProxies::client`]). The handlers take the whole request rather
+/// than axum's `HeaderMap` extractor, which clones every header of every
+/// post.
+pub(crate) fn client(state: &AppState, parts: &Parts) -> Option<IpAddr> {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| address.ip())
+        .map(|ConnectInfo(peer)| state.trusted_proxies.client(peer.ip(), &parts.headers))
 }
 
 /// Counts a refused report request (single or bulk) and answers it.

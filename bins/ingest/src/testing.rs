@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use election_http::ServeConfig;
+use election_http::client::TrustedProxies;
 use election_http::layers::CorsOrigins;
 
 use crate::Settings;
@@ -30,5 +31,6 @@ pub fn settings() -> Settings {
         rate_limit: None,
         cors_origins: CorsOrigins::None,
         auth_failures: None,
+        trusted_proxies: TrustedProxies::none(),
     }
 }

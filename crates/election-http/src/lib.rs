@@ -19,6 +19,9 @@
 //!   settings still accepted.
 //! - [`build`]: the version and git revision built (`--version`,
 //!   `build_info`).
+//! - [`client::TrustedProxies`]: which client sent a request when proxies
+//!   stand in front (`X-Forwarded-For`, believed only from the proxies an
+//!   operator names).
 //! - [`serve::serve`]: the HTTP server, with a header-read deadline (no
 //!   slowloris) and graceful shutdown.
 //! - [`shutdown::signal`]: resolves on SIGTERM or SIGINT.
@@ -27,6 +30,7 @@
 //! - [`redact`]: a URL fit for logs and metrics (passwords replaced).
 
 pub mod build;
+pub mod client;
 pub mod conditional;
 pub mod config;
 pub mod error;

@@ -1,8 +1,9 @@
 //! Token checks under a flood of made-up tokens (issue #15 point 5): failed
 //! authentications are limited per client address before any database
 //! lookup (429 `auth_rate_limited` with `Retry-After`), a token cached as
-//! valid still passes from that address, and the real binary limits by
-//! default.
+//! valid still passes from that address, the real binary limits by
+//! default, and behind a trusted proxy each forwarded client is limited
+//! apart.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -118,6 +119,84 @@ async fn failed_authentications_are_limited_before_any_lookup() {
 /// configured by environment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_limits_failed_authentications() {
+    let (_schema, base, child) = serve_binary(&[("INGEST_AUTH_FAILURE_BURST", "2")]);
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post_made_up(&client, &base, None).await);
+    }
+    assert_eq!(statuses, [401, 401, 429]);
+    stop(child).await;
+}
+
+/// Behind a trusted proxy each client has its own allowance, named by the
+/// `X-Forwarded-For` the proxy appended; a client that is not a trusted
+/// proxy cannot pick an address by sending the header. The service listens
+/// on 127.0.0.1 and trusts only that address as a proxy; the other client
+/// connects from 127.0.0.2 (all of 127.0.0.0/8 is loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance() {
+    let (_schema, base, child) = serve_binary(&[
+        ("INGEST_AUTH_FAILURE_BURST", "2"),
+        ("INGEST_TRUSTED_PROXIES", "127.0.0.1/32"),
+    ]);
+    let proxy = reqwest::Client::builder()
+        .local_address("127.0.0.1".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let stranger = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+
+    // Through the proxy, client A spends its allowance...
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post_made_up(&proxy, &base, Some("203.0.113.1")).await);
+    }
+    assert_eq!(statuses, [401, 401, 429], "client A through the proxy");
+    // ...and client B, also through it, still has its own; so has the
+    // proxy itself (no header).
+    assert_eq!(post_made_up(&proxy, &base, Some("203.0.113.2")).await, 401);
+    assert_eq!(post_made_up(&proxy, &base, None).await, 401);
+    // A client's own claim to the left of what the proxy appended is not
+    // read: "203.0.113.1, 203.0.113.2" is client B.
+    assert_eq!(
+        post_made_up(&proxy, &base, Some("203.0.113.1, 203.0.113.2")).await,
+        401
+    );
+
+    // A peer that is not a trusted proxy is limited by its own address,
+    // whatever it writes in the header.
+    let mut statuses = Vec::new();
+    for forwarded in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        statuses.push(post_made_up(&stranger, &base, Some(forwarded)).await);
+    }
+    assert_eq!(statuses, [401, 401, 429], "the untrusted peer");
+    stop(child).await;
+}
+
+/// A trusted-proxy list that does not parse stops the service at start-up,
+/// naming the entry.
+#[test]
+fn a_bad_trusted_proxy_list_is_refused_naming_the_entry() {
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("INGEST_TRUSTED_PROXIES", "10.0.0.0/8,balancer")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("\"balancer\" is not an IP network"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("trusted-proxies"), "{stderr}");
+}
+
+/// The real binary, migrated and serving on a fresh schema with `env`.
+fn serve_binary(env: &[(&str, &str)]) -> (PgSchema, String, std::process::Child) {
     let schema = PgSchema::new();
     let migrated = Command::new(BIN)
         .arg("migrate")
@@ -131,27 +210,33 @@ async fn the_binary_limits_failed_authentications() {
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", schema.url())
         .env("REDIS_URL", election_test_support::redis::redis_url())
-        .env("INGEST_AUTH_FAILURE_BURST", "2")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_ready(&base, &mut child);
-    let client = reqwest::Client::new();
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        let response = client
-            .post(format!("{base}/v1/elections/e/reports"))
-            .bearer_auth(auth::generate())
-            .header("content-type", "application/json")
-            .body(REPORT)
-            .send()
-            .await
-            .unwrap();
-        statuses.push(response.status().as_u16());
+    (schema, base, child)
+}
+
+/// Posts a report with a made-up token, `X-Forwarded-For: forwarded` if
+/// given; the answer's status.
+async fn post_made_up(client: &reqwest::Client, base: &str, forwarded: Option<&str>) -> u16 {
+    let mut request = client
+        .post(format!("{base}/v1/elections/e/reports"))
+        .bearer_auth(auth::generate())
+        .header("content-type", "application/json")
+        .body(REPORT);
+    if let Some(forwarded) = forwarded {
+        request = request.header("x-forwarded-for", forwarded);
     }
-    assert_eq!(statuses, [401, 401, 429]);
+    request.send().await.unwrap().status().as_u16()
+}
+
+/// Stops the binary with SIGTERM; it must exit cleanly.
+async fn stop(child: std::process::Child) {
     send_signal(child.id(), "TERM");
+    let mut child = child;
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
