@@ -34,12 +34,24 @@
 //! needs no trimming, and a reader however far behind can always be told
 //! what moved. A position lower than the reader's means the journal was lost
 //! (a Redis restarted empty, a flush): the reader is told to read
-//! everything. A loss the reader only looks at once the new position has
-//! passed its own goes unnoticed: it then reads the cities moved since
-//! (healing re-applies every lost revision through `apply`, so each lost
-//! city is named again as it is restored) and meanwhile shows the others as
-//! they were, until its next full read. Naming the journal's epoch (a member
-//! scored with the time of its first step) would close that gap; not done.
+//! everything.
+//!
+//! # A new journal starts below every older one
+//!
+//! A journal lost and begun again must read as lost however many steps it
+//! took before a reader looked: counted from 1 again, a new journal soon
+//! passes a small election's old position, and its reader would then read
+//! only the cities named since, showing the others as they were until its
+//! next full read. So the step that creates the journal starts it at
+//! [`ORIGIN_CEILING`] minus the Redis server's clock in microseconds
+//! (`TIME`) rather than at 1: each journal begins lower than any journal
+//! begun before it, by the microseconds between their first steps, far more
+//! than the steps a reader lets pass (one a batch, read every fraction of a
+//! second). Positions stay whole numbers under 2^53, exact as scores. Only
+//! a server clock set back between the two, or a journal begun by an
+//! earlier version of this script (counted from 1), leaves the old gap,
+//! bounded by the next full read. A reader never looks inside a position
+//! ([`JournalCursor`]): it compares it with the last one it saw.
 //!
 //! `guarded_add` (`reconcile --repair`) journals too: the city of a city
 //! counter, or no city for a national one, which still raises the position,
@@ -70,8 +82,19 @@ use crate::{RedisStoreError, RedisTally, keys, next_reply, parse_ids};
 /// cities); one `ZADD` saves the calls' own cost, a change within the
 /// spread of repeated runs (docs/benchmarks.md, "Each counter once per
 /// call").
+///
+/// The first step of a journal moves its position to its origin (the
+/// module docs). The origin is written with `%.0f`: Redis turns a Lua
+/// number into an argument with 14 significant digits, which would round a
+/// 16-digit position.
 pub(crate) const JOURNAL_SCRIPT: &str = r"
 local position = redis.call('ZINCRBY', KEYS[1], 1, '')
+if tonumber(position) == 1 then
+  local now = redis.call('TIME')
+  local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  position = string.format('%.0f', 4503599627370496 - micros)
+  redis.call('ZADD', KEYS[1], position, '')
+end
 local i = 1
 while i <= #ARGV do
   local scored = {}
@@ -87,6 +110,12 @@ return position
 
 /// The journal's member holding the current position.
 const POSITION: &str = "";
+
+/// 2^52: a journal's origin is this minus the server's clock in
+/// microseconds (the journal step's script spells it out). About 2.7 ×
+/// 10^15 in 2026, positive until the year 2112, and at least 4.5 × 10^15
+/// steps below 2^53, where doubles stop being exact.
+pub const ORIGIN_CEILING: u64 = 1 << 52;
 
 /// The `EVAL`s journalling the revisions of `batch` that `moved` says may
 /// have moved counters: one per election, its cities each named once.
@@ -218,5 +247,18 @@ impl RedisTally {
             cursor: JournalCursor(now),
             cities,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_starts_a_journal_at_the_origin_the_docs_name() {
+        assert!(
+            JOURNAL_SCRIPT.contains(&format!("'%.0f', {ORIGIN_CEILING} - micros")),
+            "{JOURNAL_SCRIPT}"
+        );
     }
 }

@@ -251,7 +251,7 @@ use election_core::{
 use redis::Value;
 
 pub use error::RedisStoreError;
-pub use journal::step as journal_step;
+pub use journal::{ORIGIN_CEILING as JOURNAL_ORIGIN_CEILING, step as journal_step};
 pub use target::{RedisOptions, RedisTarget, parse_target};
 
 /// A tally on the Redis or Redis Cluster that `redis_url` names (any form

@@ -45,6 +45,51 @@ fn a_journal_lost_since_the_cursor_says_read_everything() {
     assert_eq!(after.cities, Some(vec![city("hull")]));
 }
 
+/// A journal lost and begun again reads as lost even once it has taken
+/// more steps than the old one had: counted from 1 again, three steps would
+/// have passed the old journal's one, and the reader been told only "hull,
+/// leeds, york" moved instead of "read everything".
+#[test]
+fn a_journal_begun_again_reads_as_lost_however_many_steps_it_took() {
+    let server = RedisServer::start();
+    let tally = private_tally(&server);
+    let e = unique_election("journal-again");
+    assert!(
+        tally.apply(&[counting(&e, "B1", "york", 1, &[("a", 1)])])[0]
+            .as_ref()
+            .is_ok()
+    );
+    let seen = tally.moved_since(&e, None).unwrap().unwrap().cursor;
+    assert!(
+        seen.0 < store_redis::JOURNAL_ORIGIN_CEILING && seen.0 > (1 << 50),
+        "a journal starts at its origin, not at 1: {seen:?}"
+    );
+
+    redis::cmd("FLUSHALL")
+        .exec(&mut connection(&server.url()))
+        .unwrap();
+    for (ballot_box, city) in [("B2", "york"), ("B3", "leeds"), ("B4", "hull")] {
+        assert!(
+            tally.apply(&[counting(&e, ballot_box, city, 1, &[("a", 1)])])[0]
+                .as_ref()
+                .is_ok()
+        );
+    }
+    let lost = tally.moved_since(&e, Some(seen)).unwrap().unwrap();
+    assert_eq!(lost.cities, None, "the new journal is below the cursor");
+    assert!(lost.cursor < seen, "{:?} against {seen:?}", lost.cursor);
+
+    // Within one journal, positions rise by one a step.
+    assert!(
+        tally.apply(&[counting(&e, "B5", "bath", 1, &[("a", 1)])])[0]
+            .as_ref()
+            .is_ok()
+    );
+    let next = tally.moved_since(&e, Some(lost.cursor)).unwrap().unwrap();
+    assert_eq!(next.cities, Some(vec![city("bath")]));
+    assert_eq!(next.cursor.0, lost.cursor.0 + 1);
+}
+
 #[test]
 fn a_journal_that_cannot_be_written_fails_no_revision() {
     let server = RedisServer::start();
