@@ -18,8 +18,10 @@
 //! Only `X-Forwarded-For`: the header every common balancer and CDN writes
 //! (nginx, HAProxy, Envoy, the clouds' balancers). RFC 7239's `Forwarded`
 //! is not read; a proxy that writes only that one is not trusted here.
-//! No crate was used for the walk: those found take a fixed position in
-//! the header (the rightmost entry, say) rather than a list of networks.
+//! Not `axum-client-ip`: it reads a fixed position of the header
+//! (`RightmostXForwardedFor`, the entry the nearest proxy wrote), which is
+//! right behind exactly one proxy, wrong behind a chain of them, and
+//! believed from any peer, proxy or not.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -86,16 +88,18 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer;
         }
-        let forwarded: Vec<&str> = headers
+        // From the right, lazily: what a client wrote at the left of a long
+        // header is never even split.
+        let forwarded = headers
             .get_all("x-forwarded-for")
             .iter()
+            .rev()
             .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
+            .flat_map(|value| value.rsplit(','))
             .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .collect();
+            .filter(|entry| !entry.is_empty());
         let mut client = peer;
-        for entry in forwarded.iter().rev() {
+        for entry in forwarded {
             let Some(address) = address(entry) else {
                 return client;
             };
