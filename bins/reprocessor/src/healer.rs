@@ -3,6 +3,13 @@
 //! (`election_core::heal`), beside the counting loop and without an
 //! operator.
 //!
+//! Between sweeps it asks the tally every [`WATCH_EVERY`] who its servers
+//! are (`Tally::incarnation`: every Redis master's run id) and sweeps at
+//! once when they changed since the last sweep began: a Redis restarted
+//! empty or a replica promoted in a master's place is healed within a
+//! second or so of answering plus one sweep, not up to a whole interval
+//! later. A flush keeps the servers, so the interval's sweeps stay.
+//!
 //! A sweep of an election runs only under that election's repair lock, the
 //! one `reconcile --repair` takes: the repair's guarded rewrites assume that
 //! nothing else re-applies lost revisions meanwhile (see
@@ -13,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use election_core::heal::{self, Sweep};
-use election_core::{ElectionId, ReportLog, Tally};
+use election_core::{ElectionId, Incarnation, ReportLog, Tally};
 use election_http::metrics::Registry;
 use tokio::sync::watch;
 
@@ -25,6 +32,10 @@ pub struct HealSettings {
     /// Counted revisions read and checked per page.
     pub page_size: usize,
 }
+
+/// How often the loop asks, between sweeps, whether the tally's servers
+/// changed (one `INFO server` per Redis master).
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Excludes `reconcile --repair` of the same election while a sweep runs.
 pub trait RepairLocks: Send + Sync {
@@ -57,6 +68,9 @@ pub async fn run(
         "checking that Redis keeps every counted revision"
     );
     loop {
+        // Read before the sweep: a change after this read is one the sweep
+        // may have missed.
+        let swept = incarnation(&tally).await;
         let started = Instant::now();
         let checked = sweep_all(&log, &tally, &locks, settings, &metrics).await;
         if let Some(checked) = checked {
@@ -68,9 +82,54 @@ pub async fn run(
                 started.elapsed().as_secs_f64(),
             );
         }
-        if crate::worker::pause(settings.interval, &mut stopping).await {
+        if wait(&tally, swept.as_ref(), settings.interval, &mut stopping).await {
             break;
         }
+    }
+}
+
+/// Waits `interval`, or until the tally's servers answer as others than
+/// `swept` (those of the last sweep; `None`: unknown then, so any answer
+/// is news). True when the service is stopping.
+async fn wait(
+    tally: &Arc<dyn Tally>,
+    swept: Option<&Incarnation>,
+    interval: Duration,
+    stopping: &mut watch::Receiver<bool>,
+) -> bool {
+    let until = Instant::now() + interval;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        if crate::worker::pause(left.min(WATCH_EVERY), stopping).await {
+            return true;
+        }
+        if let Some(now) = incarnation(tally).await
+            && swept != Some(&now)
+        {
+            tracing::info!(
+                redis.masters = ?now.0,
+                "the Redis masters are not those of the last sweep (a restart or a failover); \
+                 checking every counted revision now"
+            );
+            return false;
+        }
+    }
+}
+
+/// Who the tally's servers are now; `None` when it cannot tell or cannot
+/// be asked (an outage: the next answer decides).
+async fn incarnation(tally: &Arc<dyn Tally>) -> Option<Incarnation> {
+    let tally = Arc::clone(tally);
+    match tokio::task::spawn_blocking(move || tally.incarnation()).await {
+        Ok(Ok(incarnation)) => incarnation,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "could not ask who the Redis masters are");
+            None
+        }
+        Err(_) => None,
     }
 }
 

@@ -33,6 +33,6 @@ pub use report::{Difference, PayloadHash, Report, Revision, Votes};
 pub use rules::Conflict;
 pub use status::Status;
 pub use store::{
-    Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportId, ReportLog,
-    Snapshot, StuckReport, Tally, Totals,
+    Applied, Claim, Counter, Counting, Incarnation, LogAudit, PendingStats, Recorded, ReportId,
+    ReportLog, Snapshot, StuckReport, Tally, Totals,
 };

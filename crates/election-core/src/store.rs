@@ -26,6 +26,11 @@ use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision};
 use crate::rules::Conflict;
 
+/// Who the tally's servers are ([`Tally::incarnation`]): compare two, never
+/// look inside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incarnation(pub Vec<String>);
+
 /// The log's id of one recorded revision (a `reports` row).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(transparent)]
@@ -338,6 +343,15 @@ pub trait Tally: Send + Sync {
         since: Option<JournalCursor>,
     ) -> Result<Option<Moved>, StoreError> {
         let _ = (election, since);
+        Ok(None)
+    }
+
+    /// What changes whenever the tally's servers may have lost what they
+    /// held by restarting or by being replaced (Redis: every master's run
+    /// id), for healing to sweep at once instead of at its next interval;
+    /// `None` when the adapter cannot tell (the default). A loss that keeps
+    /// the servers (a flush) does not change it: periodic sweeps stay.
+    fn incarnation(&self) -> Result<Option<Incarnation>, StoreError> {
         Ok(None)
     }
 

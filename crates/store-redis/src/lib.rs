@@ -245,8 +245,8 @@ mod target;
 use std::collections::{BTreeMap, BTreeSet};
 
 use election_core::{
-    Applied, CityId, Counter, Counting, ElectionId, Fingerprint, Grid, JournalCursor, Moved,
-    PartyId, ReportId, Snapshot, StoreError, Tally, Totals,
+    Applied, CityId, Counter, Counting, ElectionId, Fingerprint, Grid, Incarnation, JournalCursor,
+    Moved, PartyId, ReportId, Snapshot, StoreError, Tally, Totals,
 };
 use redis::Value;
 
@@ -1304,6 +1304,13 @@ impl Tally for RedisTally {
                 None => Ok(Applied::Already),
             })
             .collect()
+    }
+
+    fn incarnation(&self) -> Result<Option<Incarnation>, StoreError> {
+        self.nodes
+            .run_ids()
+            .map(|ids| Some(Incarnation(ids)))
+            .map_err(|error| error.into_store_error("reading the Redis masters' run ids".into()))
     }
 
     fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError> {

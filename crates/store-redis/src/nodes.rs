@@ -887,6 +887,31 @@ impl Nodes {
         Ok(())
     }
 
+    /// Every master's address and `run_id` (`INFO server`), in address
+    /// order: a master restarted, or another in its place, changes it.
+    pub(crate) fn run_ids(&self) -> Result<Vec<String>, RedisStoreError> {
+        let topology = self.topology()?;
+        let mut info = redis::cmd("INFO");
+        info.arg("server");
+        let mut ids = Vec::with_capacity(topology.nodes.len());
+        for node in &topology.nodes {
+            let value = self.query_node(node, &info, "INFO server")?;
+            let run_id = match &value {
+                Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+                Value::VerbatimString { text, .. } => Some(text.as_str()),
+                _ => None,
+            }
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.trim().strip_prefix("run_id:"))
+            })
+            .ok_or_else(|| unexpected_reply(&node.label, "INFO server", &value))?;
+            ids.push(format!("{} {run_id}", node.label));
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Loads the scripts on every master (`SCRIPT LOAD`).
     fn load_script(&self) -> Result<(), RedisStoreError> {
         let topology = self.topology()?;

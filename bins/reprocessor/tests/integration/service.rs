@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use election_core::Claim;
 use election_core::contract::unique_election;
+use election_core::{Claim, ReportLog};
 use election_reprocessor::{Services, Settings};
 use election_test_support::pg::PgSchema;
 use election_test_support::process::free_port;
@@ -14,7 +14,7 @@ use election_wiring::Serving;
 use tokio::sync::oneshot;
 
 use crate::harness::{
-    Db, assert_exact, both, record, reports, send_signal, spawn, tally, text, wait_until,
+    Db, assert_exact, both, plain_get, record, reports, send_signal, spawn, tally, text, wait_until,
 };
 
 /// Reads `/metrics` until `wanted` holds (a guard against hanging: a minute).
@@ -221,4 +221,75 @@ fn an_unmigrated_database_is_refused_with_what_to_run() {
             both(&output)
         );
     }
+}
+
+/// I5 sooner than the interval: after a sweep found everything intact, a
+/// Redis restarted empty is healed as soon as it answers again (the loop
+/// sees a master with a new run id), not at the next sweep, which here is
+/// ten minutes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_is_healed_at_once_not_at_the_next_interval() {
+    let db = Db::new();
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let e = unique_election("heal-restart");
+    record(&*db.log, &reports(&e, 0, 50));
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = spawn(
+        &db,
+        &url,
+        &[
+            "run",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--heal-interval",
+            "10m",
+            "--pending-after",
+            "0s",
+        ],
+    );
+    let client = reqwest::Client::new();
+    // Counted, and a sweep of every election found them intact.
+    wait_until("the 50 reports are counted", || exact(&db, &url, &e));
+    wait_for_metrics(&client, &base, "a sweep found everything intact", |m| {
+        value(m, "reprocessor_heal_sweeps_total{outcome=\"intact\"}").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+
+    redis.kill();
+    redis.restart();
+    let restarted = Instant::now();
+    let deadline = Duration::from_secs(30);
+    while !exact(&db, &url, &e) {
+        assert!(
+            restarted.elapsed() < deadline,
+            "not healed within {deadline:?} of the restart (the interval is 10 min)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("healed {:?} after Redis restarted", restarted.elapsed());
+    send_signal(child.id(), "TERM");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", both(&output));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("not those of the last sweep"),
+        "the watch, not the interval, started the sweep: {stderr}"
+    );
+    assert_exact(&db, &url, &e);
+}
+
+/// Whether nothing is pending and Redis holds exactly what PostgreSQL says
+/// was counted (`assert_exact`'s check, answered instead of asserted).
+fn exact(db: &Db, redis_url: &str, election: &election_core::ElectionId) -> bool {
+    if db.log.pending_count(election).unwrap() != 0 {
+        return false;
+    }
+    let expected = db.log.counted_totals(election).unwrap();
+    !expected.is_empty()
+        && expected.iter().all(|(counter, value)| {
+            plain_get(redis_url, &store_redis::keys::counter(election, counter)).unwrap_or(0)
+                == value
+        })
 }

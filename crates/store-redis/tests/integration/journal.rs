@@ -1,7 +1,8 @@
 //! The change journal (`journal` module) beyond the contract suite: what a
 //! reader is told when the journal was lost, that a journal that cannot be
 //! written fails no revision, and that it is written after the counters on
-//! a Cluster.
+//! a Cluster. Also `Tally::incarnation`, the other way a reader (healing)
+//! learns that a server was lost.
 
 use election_core::{Applied, CityId, JournalCursor, Tally};
 use election_test_support::redis::{RedisServer, connection};
@@ -148,4 +149,30 @@ fn on_a_cluster_the_journal_names_what_moved_and_only_that() {
         tally.grid_moved(&e, &known, &cities).unwrap(),
         tally.grid(&e, None).unwrap()
     );
+}
+
+/// `Tally::incarnation`, which healing watches between sweeps: the same
+/// while the server is, unchanged by a flush (which keeps the server), and
+/// another once the server restarted; on a Cluster one entry per master.
+#[test]
+fn the_incarnation_changes_when_a_server_restarts_and_only_then() {
+    let mut server = RedisServer::start();
+    let tally = private_tally(&server);
+    let first = tally.incarnation().unwrap().expect("Redis can tell");
+    assert_eq!(first.0.len(), 1, "{first:?}");
+    assert_eq!(tally.incarnation().unwrap(), Some(first.clone()));
+    redis::cmd("FLUSHALL")
+        .exec(&mut connection(&server.url()))
+        .unwrap();
+    assert_eq!(tally.incarnation().unwrap(), Some(first.clone()));
+
+    server.kill();
+    assert!(tally.incarnation().is_err(), "a dead server cannot tell");
+    server.restart();
+    let after = tally.incarnation().unwrap().expect("Redis can tell");
+    assert_ne!(after, first, "a restarted server is another incarnation");
+
+    let _layout = cluster_shared();
+    let masters = cluster_tally().incarnation().unwrap().unwrap();
+    assert_eq!(masters.0.len(), 3, "{masters:?}");
 }
