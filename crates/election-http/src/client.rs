@@ -89,23 +89,25 @@ impl TrustedProxies {
             return peer;
         }
         // From the right, lazily: what a client wrote at the left of a long
-        // header is never even split.
-        let forwarded = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .rev()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.rsplit(','))
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty());
+        // header is never even split. A line that is not text ends the walk
+        // like any other garbage: skipping it would skip the entry a proxy
+        // appended to it and believe what the client wrote before.
         let mut client = peer;
-        for entry in forwarded {
-            let Some(address) = address(entry) else {
+        for line in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(line) = line.to_str() else {
                 return client;
             };
-            client = address;
-            if !self.trusts(address) {
-                return address;
+            for entry in line.rsplit(',').map(str::trim) {
+                if entry.is_empty() {
+                    continue;
+                }
+                let Some(address) = address(entry) else {
+                    return client;
+                };
+                client = address;
+                if !self.trusts(address) {
+                    return address;
+                }
             }
         }
         client
@@ -213,6 +215,20 @@ mod tests {
         let headers = forwarded(&["203.0.113.9, unknown, 10.0.0.2"]);
         assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("10.0.0.2"));
         let headers = forwarded(&["203.0.113.9, nonsense"]);
+        assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_line_that_is_not_text_ends_the_walk() {
+        let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        // The client sent two lines, the second not text; the proxy appended
+        // the client's address to that one. Skipping the line would return
+        // what the client wrote in the first.
+        let mut headers = forwarded(&["6.6.6.6"]);
+        headers.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff, 203.0.113.9").unwrap(),
+        );
         assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("10.0.0.1"));
     }
 
