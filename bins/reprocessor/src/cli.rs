@@ -100,7 +100,8 @@ pub struct Run {
     pub stuck_attempts: u32,
     /// Pause between sweeps that check every counted revision's markers in Redis and apply the
     /// lost ones again (a restart, a flush, a failover); 0s turns healing off. A Redis master
-    /// restarted or replaced (a new run id, asked every second) is swept for at once.
+    /// restarted or replaced (a new run id) or a change journal gone back (a flush), both
+    /// asked every second, is swept for at once.
     #[arg(long, env = "HEAL_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub heal_interval: Duration,
     /// Pause between sealing rounds, which seal every recorded report into its election's hash

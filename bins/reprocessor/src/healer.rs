@@ -4,11 +4,17 @@
 //! operator.
 //!
 //! Between sweeps it asks the tally every [`WATCH_EVERY`] who its servers
-//! are (`Tally::incarnation`: every Redis master's run id) and sweeps at
-//! once when they changed since the last sweep began: a Redis restarted
-//! empty or a replica promoted in a master's place is healed within a
-//! second or so of answering plus one sweep, not up to a whole interval
-//! later. A flush keeps the servers, so the interval's sweeps stay.
+//! are (`Tally::incarnation`: every Redis master's run id) and where each
+//! election's change journal stands (`Tally::moved_since`), and sweeps at
+//! once when the servers changed since the last sweep began or a journal
+//! went back (it was emptied: a flush, or a restart): a Redis restarted
+//! empty, a replica promoted in a master's place or a flushed Redis is
+//! healed within a second or so plus one sweep, not up to a whole interval
+//! later. The interval's sweeps stay for what neither shows (a flush of a
+//! Cluster master that holds no journal, a deleted key, a journal begun
+//! and lost between two looks). The journals watched are those of the
+//! elections listed for the last sweep: an election first recorded since is
+//! watched from the next sweep on.
 //!
 //! A sweep of an election runs only under that election's repair lock, the
 //! one `reconcile --repair` takes: the repair's guarded rewrites assume that
@@ -20,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use election_core::heal::{self, Sweep};
-use election_core::{ElectionId, Incarnation, ReportLog, Tally};
+use election_core::{ElectionId, Incarnation, JournalCursor, ReportLog, Tally};
 use election_http::metrics::Registry;
 use tokio::sync::watch;
 
@@ -71,8 +77,15 @@ pub async fn run(
         // Read before the sweep: a change after this read is one the sweep
         // may have missed.
         let swept = incarnation(&tally).await;
+        let elections = elections(&log).await;
+        let mut journals = positions(&tally, elections.as_deref().unwrap_or_default()).await;
         let started = Instant::now();
-        let checked = sweep_all(&log, &tally, &locks, settings, &metrics).await;
+        let checked = match elections {
+            Some(elections) => {
+                Some(sweep_all(elections, &log, &tally, &locks, settings, &metrics).await)
+            }
+            None => None,
+        };
         if let Some(checked) = checked {
             metrics.set(CHECKED, CHECKED_HELP, &[], checked as f64);
             metrics.set(
@@ -82,7 +95,15 @@ pub async fn run(
                 started.elapsed().as_secs_f64(),
             );
         }
-        if wait(&tally, swept.as_ref(), settings.interval, &mut stopping).await {
+        if wait(
+            &tally,
+            swept.as_ref(),
+            &mut journals,
+            settings.interval,
+            &mut stopping,
+        )
+        .await
+        {
             break;
         }
     }
@@ -90,10 +111,12 @@ pub async fn run(
 
 /// Waits `interval`, or until the tally's servers answer as others than
 /// `swept` (those of the last sweep; `None`: unknown then, so any answer
-/// is news). True when the service is stopping.
+/// is news), or one of `journals` stands below where it stood (kept up to
+/// date as they advance). True when the service is stopping.
 async fn wait(
     tally: &Arc<dyn Tally>,
     swept: Option<&Incarnation>,
+    journals: &mut [(ElectionId, JournalCursor)],
     interval: Duration,
     stopping: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -116,6 +139,65 @@ async fn wait(
             );
             return false;
         }
+        for (election, seen) in journals.iter_mut() {
+            let Some(now) = position(tally, election).await else {
+                continue;
+            };
+            if now < *seen {
+                tracing::info!(
+                    election.id = %election,
+                    "the change journal went back (Redis was emptied: a flush or a restart); \
+                     checking every counted revision now"
+                );
+                return false;
+            }
+            *seen = now;
+        }
+    }
+}
+
+/// The elections of the log; `None` when they cannot be listed.
+async fn elections(log: &Arc<dyn ReportLog>) -> Option<Vec<ElectionId>> {
+    let log = Arc::clone(log);
+    match tokio::task::spawn_blocking(move || log.elections()).await {
+        Ok(Ok(elections)) => Some(elections),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "could not list the elections to heal");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the healing task failed");
+            None
+        }
+    }
+}
+
+/// Where each election's change journal stands, for those whose tally
+/// keeps one and answers.
+async fn positions(
+    tally: &Arc<dyn Tally>,
+    elections: &[ElectionId],
+) -> Vec<(ElectionId, JournalCursor)> {
+    let mut journals = Vec::with_capacity(elections.len());
+    for election in elections {
+        if let Some(cursor) = position(tally, election).await {
+            journals.push((election.clone(), cursor));
+        }
+    }
+    journals
+}
+
+/// Where `election`'s change journal stands; `None` without a journal or
+/// an answer.
+async fn position(tally: &Arc<dyn Tally>, election: &ElectionId) -> Option<JournalCursor> {
+    let (tally, election) = (Arc::clone(tally), election.clone());
+    match tokio::task::spawn_blocking(move || tally.moved_since(&election, None)).await {
+        Ok(Ok(moved)) => moved.map(|moved| moved.cursor),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "could not read a change journal");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -133,29 +215,15 @@ async fn incarnation(tally: &Arc<dyn Tally>) -> Option<Incarnation> {
     }
 }
 
-/// One sweep of every election; the number of revisions checked, `None`
-/// when the elections could not be listed.
+/// One sweep of `elections`; the number of revisions checked.
 async fn sweep_all(
+    elections: Vec<ElectionId>,
     log: &Arc<dyn ReportLog>,
     tally: &Arc<dyn Tally>,
     locks: &Arc<dyn RepairLocks>,
     settings: HealSettings,
     metrics: &Registry,
-) -> Option<u64> {
-    let elections = {
-        let log = Arc::clone(log);
-        match tokio::task::spawn_blocking(move || log.elections()).await {
-            Ok(Ok(elections)) => elections,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "could not list the elections to heal");
-                return None;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "the healing task failed");
-                return None;
-            }
-        }
-    };
+) -> u64 {
     let mut checked = 0;
     for election in elections {
         let (log, tally, locks) = (Arc::clone(log), Arc::clone(tally), Arc::clone(locks));
@@ -194,7 +262,7 @@ async fn sweep_all(
         };
         metrics.inc(SWEEPS, SWEEPS_HELP, &[("outcome", outcome)], 1);
     }
-    Some(checked)
+    checked
 }
 
 /// Sweeps one election under its repair lock; `None` when a repair held it.
@@ -211,4 +279,80 @@ fn sweep_one(
     heal::sweep(log, tally, election, page_size, true)
         .map(Some)
         .map_err(|error| election_core::engine::explain(&error))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use election_core::memory::MemoryTally;
+    use election_core::{Applied, Counter, Counting, ReportId, Snapshot, StoreError};
+
+    use super::*;
+
+    /// An in-memory tally whose servers are whoever the test says.
+    struct Servers {
+        inner: MemoryTally,
+        who: Mutex<Vec<String>>,
+    }
+
+    impl Tally for Servers {
+        fn apply(&self, batch: &[Counting]) -> Vec<Result<Applied, StoreError>> {
+            self.inner.apply(batch)
+        }
+        fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError> {
+            self.inner.unapplied(batch)
+        }
+        fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError> {
+            self.inner.snapshot(election)
+        }
+        fn guarded_add(
+            &self,
+            election: &ElectionId,
+            counter: &Counter,
+            observed: i64,
+            delta: i64,
+        ) -> Result<bool, StoreError> {
+            self.inner.guarded_add(election, counter, observed, delta)
+        }
+        fn incarnation(&self) -> Result<Option<Incarnation>, StoreError> {
+            Ok(Some(Incarnation(self.who.lock().unwrap().clone())))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_wait_ends_early_when_the_servers_change_and_only_then() {
+        let servers = Arc::new(Servers {
+            inner: MemoryTally::new(),
+            who: Mutex::new(vec!["a 1".into()]),
+        });
+        let tally: Arc<dyn Tally> = Arc::clone(&servers) as Arc<dyn Tally>;
+        let (_stop, mut stopping) = watch::channel(false);
+        let swept = Incarnation(vec!["a 1".into()]);
+        let interval = Duration::from_secs(600);
+
+        // The same servers: still waiting after a few watches.
+        let same = tokio::time::timeout(
+            3 * WATCH_EVERY,
+            wait(&tally, Some(&swept), &mut [], interval, &mut stopping),
+        )
+        .await;
+        assert!(same.is_err(), "the wait ended with nothing changed");
+
+        // Another server in its place: the wait ends at the next watch.
+        *servers.who.lock().unwrap() = vec!["a 2".into()];
+        let started = Instant::now();
+        let stopped = tokio::time::timeout(
+            3 * WATCH_EVERY,
+            wait(&tally, Some(&swept), &mut [], interval, &mut stopping),
+        )
+        .await
+        .expect("the wait ends once the servers changed");
+        assert!(!stopped, "ended to sweep, not to stop");
+        assert!(
+            started.elapsed() <= 2 * WATCH_EVERY,
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use election_core::contract::unique_election;
 use election_core::{Claim, ReportLog};
+use election_reprocessor::healer::WATCH_EVERY;
 use election_reprocessor::{Services, Settings};
 use election_test_support::pg::PgSchema;
 use election_test_support::process::free_port;
@@ -225,14 +226,46 @@ fn an_unmigrated_database_is_refused_with_what_to_run() {
 
 /// I5 sooner than the interval: after a sweep found everything intact, a
 /// Redis restarted empty is healed as soon as it answers again (the loop
-/// sees a master with a new run id), not at the next sweep, which here is
-/// ten minutes away.
+/// sees a master with a new run id, or the election's journal gone back,
+/// whichever it reads first), not at the next sweep, which here is ten
+/// minutes away. (The run id alone: `healer`'s unit test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_redis_is_healed_at_once_not_at_the_next_interval() {
+    heals_at_once(
+        "heal-restart",
+        |redis| {
+            redis.kill();
+            redis.restart();
+        },
+        "checking every counted revision now",
+    )
+    .await;
+}
+
+/// The same for a flush, which keeps the server and its run id: the
+/// election's change journal went back to nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_redis_is_healed_at_once_not_at_the_next_interval() {
+    heals_at_once(
+        "heal-flush",
+        |redis| {
+            redis::cmd("FLUSHALL")
+                .exec(&mut election_test_support::redis::connection(&redis.url()))
+                .unwrap();
+        },
+        "the change journal went back",
+    )
+    .await;
+}
+
+/// Counts 50 reports with `run` and a 10-minute heal interval, waits for a
+/// sweep that finds them intact, makes Redis lose them with `loss`, and
+/// checks they are back within 30 s, `run`'s log saying `says`.
+async fn heals_at_once(name: &str, loss: impl FnOnce(&mut RedisServer), says: &str) {
     let db = Db::new();
     let mut redis = RedisServer::start();
     let url = redis.url();
-    let e = unique_election("heal-restart");
+    let e = unique_election(name);
     record(&*db.log, &reports(&e, 0, 50));
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -257,24 +290,31 @@ async fn a_restarted_redis_is_healed_at_once_not_at_the_next_interval() {
     })
     .await;
 
-    redis.kill();
-    redis.restart();
-    let restarted = Instant::now();
+    // The watch reads the journals once a second: let it see this one
+    // before it is lost (a journal begun and lost within one second is left
+    // to the interval's sweep).
+    tokio::time::sleep(3 * WATCH_EVERY).await;
+    loss(&mut redis);
+    let lost = Instant::now();
     let deadline = Duration::from_secs(30);
     while !exact(&db, &url, &e) {
-        assert!(
-            restarted.elapsed() < deadline,
-            "not healed within {deadline:?} of the restart (the interval is 10 min)"
-        );
+        if lost.elapsed() >= deadline {
+            send_signal(child.id(), "TERM");
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "not healed within {deadline:?} of the loss (the interval is 10 min): {}",
+                both(&output)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("healed {:?} after Redis restarted", restarted.elapsed());
+    eprintln!("{name}: healed {:?} after the loss", lost.elapsed());
     send_signal(child.id(), "TERM");
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", both(&output));
     let stderr = text(&output.stderr);
     assert!(
-        stderr.contains("not those of the last sweep"),
+        stderr.contains(says),
         "the watch, not the interval, started the sweep: {stderr}"
     );
     assert_exact(&db, &url, &e);
