@@ -74,19 +74,13 @@ pub async fn run(
         "checking that Redis keeps every counted revision"
     );
     loop {
-        // Read before the sweep: a change after this read is one the sweep
+        // Read before the sweep: a change after this look is one the sweep
         // may have missed.
-        let swept = incarnation(&tally).await;
         let elections = elections(&log).await;
-        let mut journals = positions(&tally, elections.as_deref().unwrap_or_default()).await;
+        let seen = look(&tally, elections.clone().unwrap_or_default()).await;
         let started = Instant::now();
-        let checked = match elections {
-            Some(elections) => {
-                Some(sweep_all(elections, &log, &tally, &locks, settings, &metrics).await)
-            }
-            None => None,
-        };
-        if let Some(checked) = checked {
+        if let Some(elections) = elections {
+            let checked = sweep_all(elections, &log, &tally, &locks, settings, &metrics).await;
             metrics.set(CHECKED, CHECKED_HELP, &[], checked as f64);
             metrics.set(
                 SWEEP_SECONDS,
@@ -95,28 +89,58 @@ pub async fn run(
                 started.elapsed().as_secs_f64(),
             );
         }
-        if wait(
-            &tally,
-            swept.as_ref(),
-            &mut journals,
-            settings.interval,
-            &mut stopping,
-        )
-        .await
-        {
+        if wait(&tally, seen, settings.interval, &mut stopping).await {
             break;
         }
     }
 }
 
-/// Waits `interval`, or until the tally's servers answer as others than
-/// `swept` (those of the last sweep; `None`: unknown then, so any answer
-/// is news), or one of `journals` stands below where it stood (kept up to
-/// date as they advance). True when the service is stopping.
+/// What the watch sees of the tally: who its servers are (`None`: it cannot
+/// tell, or cannot be asked now) and where each election's change journal
+/// stands (`None`: no journal, or no answer).
+struct Look {
+    servers: Option<Incarnation>,
+    journals: Vec<(ElectionId, Option<JournalCursor>)>,
+}
+
+/// Looks at the tally's servers and at the journals of `elections`, in one
+/// blocking task.
+async fn look(tally: &Arc<dyn Tally>, elections: Vec<ElectionId>) -> Look {
+    let tally = Arc::clone(tally);
+    let looked = tokio::task::spawn_blocking(move || {
+        let servers = tally.incarnation().unwrap_or_else(|error| {
+            tracing::debug!(%error, "could not ask who the Redis masters are");
+            None
+        });
+        let journals = elections
+            .into_iter()
+            .map(|election| {
+                let cursor = match tally.moved_since(&election, None) {
+                    Ok(moved) => moved.map(|moved| moved.cursor),
+                    Err(error) => {
+                        tracing::debug!(%error, "could not read a change journal");
+                        None
+                    }
+                };
+                (election, cursor)
+            })
+            .collect();
+        Look { servers, journals }
+    })
+    .await;
+    looked.unwrap_or_else(|_| Look {
+        servers: None,
+        journals: Vec::new(),
+    })
+}
+
+/// Waits `interval`, or until a look at the tally shows servers other than
+/// those `seen` before the last sweep (unknown then: any answer is news), or
+/// a journal below where it stood (kept up to date as they advance). True
+/// when the service is stopping.
 async fn wait(
     tally: &Arc<dyn Tally>,
-    swept: Option<&Incarnation>,
-    journals: &mut [(ElectionId, JournalCursor)],
+    mut seen: Look,
     interval: Duration,
     stopping: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -129,21 +153,21 @@ async fn wait(
         if crate::worker::pause(left.min(WATCH_EVERY), stopping).await {
             return true;
         }
-        if let Some(now) = incarnation(tally).await
-            && swept != Some(&now)
+        let elections = seen.journals.iter().map(|(e, _)| e.clone()).collect();
+        let now = look(tally, elections).await;
+        if let Some(servers) = &now.servers
+            && seen.servers.as_ref() != Some(servers)
         {
             tracing::info!(
-                redis.masters = ?now.0,
+                redis.masters = ?servers.0,
                 "the Redis masters are not those of the last sweep (a restart or a failover); \
                  checking every counted revision now"
             );
             return false;
         }
-        for (election, seen) in journals.iter_mut() {
-            let Some(now) = position(tally, election).await else {
-                continue;
-            };
-            if now < *seen {
+        for ((election, before), (_, after)) in seen.journals.iter_mut().zip(now.journals) {
+            let Some(after) = after else { continue };
+            if before.is_some_and(|before| after < before) {
                 tracing::info!(
                     election.id = %election,
                     "the change journal went back (Redis was emptied: a flush or a restart); \
@@ -151,7 +175,7 @@ async fn wait(
                 );
                 return false;
             }
-            *seen = now;
+            *before = Some(after);
         }
     }
 }
@@ -169,49 +193,6 @@ async fn elections(log: &Arc<dyn ReportLog>) -> Option<Vec<ElectionId>> {
             tracing::warn!(%error, "the healing task failed");
             None
         }
-    }
-}
-
-/// Where each election's change journal stands, for those whose tally
-/// keeps one and answers.
-async fn positions(
-    tally: &Arc<dyn Tally>,
-    elections: &[ElectionId],
-) -> Vec<(ElectionId, JournalCursor)> {
-    let mut journals = Vec::with_capacity(elections.len());
-    for election in elections {
-        if let Some(cursor) = position(tally, election).await {
-            journals.push((election.clone(), cursor));
-        }
-    }
-    journals
-}
-
-/// Where `election`'s change journal stands; `None` without a journal or
-/// an answer.
-async fn position(tally: &Arc<dyn Tally>, election: &ElectionId) -> Option<JournalCursor> {
-    let (tally, election) = (Arc::clone(tally), election.clone());
-    match tokio::task::spawn_blocking(move || tally.moved_since(&election, None)).await {
-        Ok(Ok(moved)) => moved.map(|moved| moved.cursor),
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "could not read a change journal");
-            None
-        }
-        Err(_) => None,
-    }
-}
-
-/// Who the tally's servers are now; `None` when it cannot tell or cannot
-/// be asked (an outage: the next answer decides).
-async fn incarnation(tally: &Arc<dyn Tally>) -> Option<Incarnation> {
-    let tally = Arc::clone(tally);
-    match tokio::task::spawn_blocking(move || tally.incarnation()).await {
-        Ok(Ok(incarnation)) => incarnation,
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "could not ask who the Redis masters are");
-            None
-        }
-        Err(_) => None,
     }
 }
 
@@ -283,71 +264,33 @@ fn sweep_one(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use election_core::memory::MemoryTally;
-    use election_core::{Applied, Counter, Counting, ReportId, Snapshot, StoreError};
 
     use super::*;
 
-    /// An in-memory tally whose servers are whoever the test says.
-    struct Servers {
-        inner: MemoryTally,
-        who: Mutex<Vec<String>>,
-    }
-
-    impl Tally for Servers {
-        fn apply(&self, batch: &[Counting]) -> Vec<Result<Applied, StoreError>> {
-            self.inner.apply(batch)
-        }
-        fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError> {
-            self.inner.unapplied(batch)
-        }
-        fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError> {
-            self.inner.snapshot(election)
-        }
-        fn guarded_add(
-            &self,
-            election: &ElectionId,
-            counter: &Counter,
-            observed: i64,
-            delta: i64,
-        ) -> Result<bool, StoreError> {
-            self.inner.guarded_add(election, counter, observed, delta)
-        }
-        fn incarnation(&self) -> Result<Option<Incarnation>, StoreError> {
-            Ok(Some(Incarnation(self.who.lock().unwrap().clone())))
-        }
-    }
-
     #[tokio::test]
     async fn the_wait_ends_early_when_the_servers_change_and_only_then() {
-        let servers = Arc::new(Servers {
-            inner: MemoryTally::new(),
-            who: Mutex::new(vec!["a 1".into()]),
-        });
-        let tally: Arc<dyn Tally> = Arc::clone(&servers) as Arc<dyn Tally>;
+        let memory = Arc::new(MemoryTally::new());
+        let tally: Arc<dyn Tally> = Arc::clone(&memory) as Arc<dyn Tally>;
         let (_stop, mut stopping) = watch::channel(false);
-        let swept = Incarnation(vec!["a 1".into()]);
         let interval = Duration::from_secs(600);
 
         // The same servers: still waiting after a few watches.
-        let same = tokio::time::timeout(
-            3 * WATCH_EVERY,
-            wait(&tally, Some(&swept), &mut [], interval, &mut stopping),
-        )
-        .await;
+        let seen = look(&tally, Vec::new()).await;
+        let same =
+            tokio::time::timeout(3 * WATCH_EVERY, wait(&tally, seen, interval, &mut stopping))
+                .await;
         assert!(same.is_err(), "the wait ended with nothing changed");
 
-        // Another server in its place: the wait ends at the next watch.
-        *servers.who.lock().unwrap() = vec!["a 2".into()];
+        // A restart (the in-memory tally's flush): the wait ends at the
+        // next watch.
+        let seen = look(&tally, Vec::new()).await;
+        memory.flush();
         let started = Instant::now();
-        let stopped = tokio::time::timeout(
-            3 * WATCH_EVERY,
-            wait(&tally, Some(&swept), &mut [], interval, &mut stopping),
-        )
-        .await
-        .expect("the wait ends once the servers changed");
+        let stopped =
+            tokio::time::timeout(3 * WATCH_EVERY, wait(&tally, seen, interval, &mut stopping))
+                .await
+                .expect("the wait ends once the servers changed");
         assert!(!stopped, "ended to sweep, not to stop");
         assert!(
             started.elapsed() <= 2 * WATCH_EVERY,

@@ -33,8 +33,8 @@ use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision, Votes};
 use crate::rules::{self, BoxState, Decision, SameRevision};
 use crate::store::{
-    Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportId, ReportLog,
-    Snapshot, StuckReport, Tally, Totals,
+    Applied, Claim, Counter, Counting, Incarnation, LogAudit, PendingStats, Recorded, ReportId,
+    ReportLog, Snapshot, StuckReport, Tally, Totals,
 };
 
 /// Steps at which the in-memory stores can inject a fault, for crash tests.
@@ -542,6 +542,9 @@ pub struct MemoryTally {
     state: Mutex<TallyState>,
     faults: Arc<Faults>,
     slots: u64,
+    /// How many times [`MemoryTally::flush`] restarted it: its
+    /// [`Tally::incarnation`].
+    restarts: AtomicU64,
 }
 
 impl MemoryTally {
@@ -558,13 +561,15 @@ impl MemoryTally {
             state: Mutex::new(TallyState::default()),
             faults,
             slots: slots.max(1),
+            restarts: AtomicU64::new(0),
         }
     }
 
     /// Loses every counter and marker, as a Redis restarted without
-    /// persistence would.
+    /// persistence would: its [`Tally::incarnation`] changes too.
     pub fn flush(&self) {
         *lock(&self.state) = TallyState::default();
+        self.restarts.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Loses one applied revision, markers and counters together, as a
@@ -754,6 +759,13 @@ impl Tally for MemoryTally {
         }
         snapshot.ballot_boxes_reported = state.boxes.get(election).map_or(0, |b| b.len() as u64);
         Ok(snapshot)
+    }
+
+    fn incarnation(&self) -> Result<Option<Incarnation>, StoreError> {
+        let restarts = self.restarts.load(Ordering::SeqCst);
+        Ok(Some(Incarnation(vec![format!(
+            "memory, restarted {restarts} times"
+        )])))
     }
 
     fn moved_since(

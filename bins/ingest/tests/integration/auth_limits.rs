@@ -20,7 +20,7 @@ use store_pg::PgLog;
 use store_redis::RedisTally;
 
 use crate::harness::{Ingest, RedisChoice, issue_token, migrated_schema, redis_options, settings};
-use crate::process::{BIN, free_port, send_signal, text, wait_ready};
+use crate::process::{BIN, free_port, stop, text, wait_ready};
 
 /// PostgreSQL's token table, counting the lookups.
 struct Counting {
@@ -231,15 +231,4 @@ async fn post_made_up(client: &reqwest::Client, base: &str, forwarded: Option<&s
         request = request.header("x-forwarded-for", forwarded);
     }
     request.send().await.unwrap().status().as_u16()
-}
-
-/// Stops the binary with SIGTERM; it must exit cleanly.
-async fn stop(child: std::process::Child) {
-    send_signal(child.id(), "TERM");
-    let mut child = child;
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
 }

@@ -23,6 +23,18 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// SIGTERM to a served binary, and its standard error once it exited 0.
+pub async fn stop(child: Child) -> String {
+    send_signal(child.id(), "TERM");
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
 #[test]
 fn serve_refuses_an_unmigrated_database_and_migrate_fixes_it() {
     let schema = PgSchema::new();

@@ -10,7 +10,7 @@ use election_core::contract::unique_election;
 use election_test_support::pg::PgSchema;
 use election_test_support::redis::{RedisServer, connection};
 
-use crate::process::{BIN, free_port, send_signal, text, wait_ready};
+use crate::process::{BIN, free_port, stop, text, wait_ready};
 
 /// Runs a one-shot subcommand of the binary.
 fn ingest(schema: &PgSchema, redis_url: &str, args: &[&str]) -> Output {
@@ -63,18 +63,6 @@ async fn post(base: &str, election: &str, token: &str, body: &str) -> (u16, serd
 async fn get(base: &str, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("{base}{path}")).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// SIGTERM, and its standard error once it exited 0.
-async fn stop(child: Child) -> String {
-    send_signal(child.id(), "TERM");
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stderr = text(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
