@@ -595,6 +595,26 @@ fn log_pages_through_counted_revisions(log: Arc<dyn ReportLog>) {
             .unwrap()
             .is_empty()
     );
+
+    // Newest first, where the log pages backwards: the same revisions in the
+    // reverse order.
+    let mut backwards = Vec::new();
+    let mut before = None;
+    while let Some(page) = log.counted_revisions_newest_first(&e, before, 2).unwrap() {
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 2);
+        before = Some(last.report_id);
+        backwards.extend(page);
+    }
+    if before.is_some() {
+        backwards.reverse();
+        assert_eq!(backwards, listed, "newest first: the same, reversed");
+        assert_eq!(
+            log.counted_revisions_newest_first(&unique_election("none"), None, 10)
+                .unwrap(),
+            Some(Vec::new())
+        );
+    }
 }
 
 fn log_audits_every_counter(log: Arc<dyn ReportLog>) {

@@ -459,6 +459,32 @@ impl ReportLog for MemoryLog {
             .collect())
     }
 
+    fn counted_revisions_newest_first(
+        &self,
+        election: &ElectionId,
+        before: Option<ReportId>,
+        limit: usize,
+    ) -> Result<Option<Vec<Counting>>, StoreError> {
+        let state = lock(&self.state);
+        // Ids are positions + 1: the rows below `before` are its first
+        // `before - 1`.
+        let below = before.map_or(state.rows.len(), |id| {
+            usize::try_from(id.0.saturating_sub(1)).unwrap_or(0)
+        });
+        Ok(Some(
+            state
+                .rows
+                .iter()
+                .enumerate()
+                .take(below)
+                .rev()
+                .filter(|(_, row)| row.counted && row.report.election() == election)
+                .take(limit)
+                .map(|(i, _)| state.counting(ReportId(i as i64 + 1)))
+                .collect(),
+        ))
+    }
+
     fn audit(&self, election: &ElectionId) -> Result<LogAudit, StoreError> {
         // One lock: one snapshot.
         let state = lock(&self.state);

@@ -106,7 +106,9 @@ pub struct Claim {
 /// [`pending_count`](ReportLog::pending_count) have defaults built on
 /// `audit`, so an embedder's log is correct with the eight; a store that
 /// can answer them more cheaply than a whole audit (both of ours) overrides
-/// them.
+/// them. [`counted_revisions_newest_first`](ReportLog::counted_revisions_newest_first)
+/// declines by default (healing then sweeps in id order); both of ours
+/// implement it.
 ///
 /// # Contract
 /// - [`record`](ReportLog::record) decides each report with
@@ -134,7 +136,9 @@ pub struct Claim {
 ///   pending (I2).
 /// - [`counted_revisions`](ReportLog::counted_revisions) pages through the
 ///   counted revisions of an election in id order, so `reconcile --repair`
-///   can apply each of them again.
+///   can apply each of them again;
+///   [`counted_revisions_newest_first`](ReportLog::counted_revisions_newest_first),
+///   where a log offers it, lists the same revisions in the reverse order.
 /// - [`audit`](ReportLog::audit) reads everything it returns from **one
 ///   snapshot** of the log (one transaction at REPEATABLE READ, or one
 ///   statement): the expected value of every counter, how many revisions
@@ -179,6 +183,25 @@ pub trait ReportLog: Send + Sync {
         after: Option<ReportId>,
         limit: usize,
     ) -> Result<Vec<Counting>, StoreError>;
+
+    /// Up to `limit` counted revisions of `election` whose id is less than
+    /// `before` (all when `None`), newest first. Pass the last id of one page
+    /// as `before` to get the next; an empty page is the end.
+    ///
+    /// `Ok(None)`, the default, says the log cannot page backwards; a log
+    /// answers `None` always or never. The healing sweep goes newest first
+    /// when it can (what a failover loses is what was applied last, see
+    /// [`crate::heal`]) and in id order with [`counted_revisions`](ReportLog::counted_revisions)
+    /// otherwise.
+    fn counted_revisions_newest_first(
+        &self,
+        election: &ElectionId,
+        before: Option<ReportId>,
+        limit: usize,
+    ) -> Result<Option<Vec<Counting>>, StoreError> {
+        let _ = (election, before, limit);
+        Ok(None)
+    }
 
     /// What the log says about every counter of `election`, from one snapshot.
     fn audit(&self, election: &ElectionId) -> Result<LogAudit, StoreError>;

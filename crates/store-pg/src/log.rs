@@ -114,6 +114,44 @@ WHERE v.election_id = $1 AND p.id IS NULL
 GROUP BY v.city, v.party"
 );
 
+/// The statement of [`COUNTED_REVISIONS`] in either direction: the
+/// comparison with the cursor, the order, and which end of the page the
+/// next one starts from.
+macro_rules! counted_page {
+    ($beyond:literal, $order:literal, $end:literal) => {
+        concat!(
+            "
+WITH page AS (
+    SELECT id, election_id, ballot_box_id, city, revision, parties, differences
+    FROM reports
+    WHERE id ",
+            $beyond,
+            " $2
+    ORDER BY id ",
+            $order,
+            "
+    LIMIT $3
+), pending_ids AS MATERIALIZED (
+    SELECT DISTINCT unnest(report_ids) AS id FROM pending_batches
+)
+SELECT p.id, p.election_id, p.ballot_box_id, p.city, p.revision, p.parties, p.differences,
+       (SELECT ",
+            $end,
+            "(id) FROM page) AS last_id
+FROM page p
+WHERE p.election_id = $1 AND NOT EXISTS (SELECT 1 FROM pending_ids i WHERE i.id = p.id)
+UNION ALL
+-- A page with nothing counted still says where it ended.
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT ",
+            $end,
+            "(id) FROM page)
+ORDER BY 1 ",
+            $order,
+            " NULLS LAST"
+        )
+    };
+}
+
 /// A page of revisions with an id above `$2`, `$3` of them in id order (a
 /// range of the primary key, whatever their election), then those of other
 /// elections than `$1` and the pending ones left out: `last_id` is the page's
@@ -122,24 +160,13 @@ GROUP BY v.city, v.party"
 /// election in the range's condition, the planner (without statistics) read
 /// the whole election through another index and sorted it, for every page
 /// (measured: 14 s to page through 119,000 revisions; 240 pages of ~50 ms).
-const COUNTED_REVISIONS: &str = "\
-WITH page AS (
-    SELECT id, election_id, ballot_box_id, city, revision, parties, differences
-    FROM reports
-    WHERE id > $2
-    ORDER BY id
-    LIMIT $3
-), pending_ids AS MATERIALIZED (
-    SELECT DISTINCT unnest(report_ids) AS id FROM pending_batches
-)
-SELECT p.id, p.election_id, p.ballot_box_id, p.city, p.revision, p.parties, p.differences,
-       (SELECT max(id) FROM page) AS last_id
-FROM page p
-WHERE p.election_id = $1 AND NOT EXISTS (SELECT 1 FROM pending_ids i WHERE i.id = p.id)
-UNION ALL
--- A page with nothing counted still says where it ended.
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, (SELECT max(id) FROM page)
-ORDER BY 1 NULLS LAST";
+const COUNTED_REVISIONS: &str = counted_page!(">", "", "max");
+
+/// [`COUNTED_REVISIONS`] backwards: a page of revisions with an id below
+/// `$2`, newest first; `last_id` is the page's lowest id, below which the
+/// next page starts. Backwards on the same primary key: the healing sweep reads
+/// what was counted last first (`election_core::heal`).
+const COUNTED_REVISIONS_NEWEST_FIRST: &str = counted_page!("<", "DESC", "min");
 
 /// A row of [`COUNTED_REVISIONS`]: a counted revision, or (all NULL but
 /// `last_id`) the page's end.
@@ -458,24 +485,32 @@ impl PgLog {
 }
 
 impl PgLog {
+    /// A page of counted revisions beyond `cursor`: above it in id order,
+    /// or below it newest first.
     fn counted_revisions_inner(
         &self,
         election: &ElectionId,
-        after: Option<ReportId>,
+        cursor: Option<ReportId>,
         limit: usize,
+        newest_first: bool,
     ) -> Result<Vec<Counting>, PgError> {
         let doing = format!("reading the counted reports of election {election}");
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut conn = self.connection(|| doing.clone())?;
+        let (statement, start) = if newest_first {
+            (COUNTED_REVISIONS_NEWEST_FIRST, i64::MAX)
+        } else {
+            (COUNTED_REVISIONS, 0)
+        };
         // A page whose revisions are all pending is skipped, not returned
         // empty: an empty page means the end.
-        let mut after = after.map_or(0, |id| id.0);
+        let mut cursor = cursor.map_or(start, |id| id.0);
         loop {
-            let rows: Vec<PageRow> = diesel::sql_query(COUNTED_REVISIONS)
+            let rows: Vec<PageRow> = diesel::sql_query(statement)
                 .bind::<Text, _>(election.as_str())
-                .bind::<BigInt, _>(after)
+                .bind::<BigInt, _>(cursor)
                 .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
                 .load(&mut conn)
                 .map_err(query_error(&doing))?;
@@ -499,7 +534,7 @@ impl PgLog {
             if !revisions.is_empty() {
                 return countings(revisions, &doing);
             }
-            after = last;
+            cursor = last;
         }
     }
 
@@ -618,7 +653,18 @@ impl ReportLog for PgLog {
         after: Option<ReportId>,
         limit: usize,
     ) -> Result<Vec<Counting>, StoreError> {
-        Ok(self.counted_revisions_inner(election, after, limit)?)
+        Ok(self.counted_revisions_inner(election, after, limit, false)?)
+    }
+
+    fn counted_revisions_newest_first(
+        &self,
+        election: &ElectionId,
+        before: Option<ReportId>,
+        limit: usize,
+    ) -> Result<Option<Vec<Counting>>, StoreError> {
+        Ok(Some(
+            self.counted_revisions_inner(election, before, limit, true)?,
+        ))
     }
 
     fn audit(&self, election: &ElectionId) -> Result<LogAudit, StoreError> {

@@ -12,6 +12,15 @@ use election_core::{History, ReportLog, StoreError, Tally};
 #[test]
 fn memory_log_keeps_the_report_log_contract() {
     contract::report_log(&|| Arc::new(MemoryLog::new()));
+    // The contract checks pages newest first where a log offers them: this
+    // one does.
+    let none = contract::unique_election("none");
+    assert_eq!(
+        MemoryLog::new()
+            .counted_revisions_newest_first(&none, None, 1)
+            .unwrap(),
+        Some(Vec::new())
+    );
 }
 
 #[test]

@@ -74,6 +74,15 @@ impl ReportLog for SchemaLog {
     ) -> Result<Vec<Counting>, StoreError> {
         self.log.counted_revisions(election, after, limit)
     }
+    fn counted_revisions_newest_first(
+        &self,
+        election: &ElectionId,
+        before: Option<ReportId>,
+        limit: usize,
+    ) -> Result<Option<Vec<Counting>>, StoreError> {
+        self.log
+            .counted_revisions_newest_first(election, before, limit)
+    }
     fn audit(&self, election: &ElectionId) -> Result<LogAudit, StoreError> {
         self.log.audit(election)
     }
