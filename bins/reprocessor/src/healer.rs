@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use election_core::heal::{self, Sweep};
-use election_core::{ElectionId, Incarnation, JournalCursor, ReportLog, Tally};
+use election_core::{ElectionId, Incarnation, JournalCursor, ReportId, ReportLog, Tally};
 use election_http::metrics::Registry;
 use tokio::sync::watch;
 
@@ -203,15 +203,25 @@ async fn sweep_all(
     tally: &Arc<dyn Tally>,
     locks: &Arc<dyn RepairLocks>,
     settings: HealSettings,
-    metrics: &Registry,
+    metrics: &Arc<Registry>,
 ) -> u64 {
     let mut checked = 0;
     for election in elections {
         let (log, tally, locks) = (Arc::clone(log), Arc::clone(tally), Arc::clone(locks));
         let target = election.clone();
         let span = tracing::Span::current();
+        let registry = Arc::clone(metrics);
         let result = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| sweep_one(&*log, &*tally, &*locks, &target, settings.page_size))
+            span.in_scope(|| {
+                sweep_one(
+                    &*log,
+                    &*tally,
+                    &*locks,
+                    &target,
+                    settings.page_size,
+                    &registry,
+                )
+            })
         })
         .await
         .unwrap_or_else(|error| Err(format!("the healing task failed: {error}")));
@@ -222,14 +232,13 @@ async fn sweep_all(
                 if sweep.missing == 0 {
                     "intact"
                 } else {
-                    metrics.inc(HEALED, HEALED_HELP, &[], sweep.restored);
                     tracing::warn!(
                         election.id = %election,
                         heal.missing = sweep.missing,
                         heal.restored = sweep.restored,
                         heal.examples = ?sweep.examples.iter().map(|id| id.0).collect::<Vec<_>>(),
                         "Redis had lost counted revisions (a restart, a flush or a failover); \
-                         applied them again from PostgreSQL"
+                         the sweep applied them again from PostgreSQL"
                     );
                     "restored"
                 }
@@ -247,17 +256,34 @@ async fn sweep_all(
 }
 
 /// Sweeps one election under its repair lock; `None` when a repair held it.
+/// Restored revisions are counted in the metrics page by page, and the first
+/// page that restored any is logged at once: the totals are right from then
+/// on, while the rest of the sweep may take seconds more.
 fn sweep_one(
     log: &dyn ReportLog,
     tally: &dyn Tally,
     locks: &dyn RepairLocks,
     election: &ElectionId,
     page_size: usize,
+    metrics: &Registry,
 ) -> Result<Option<Sweep>, String> {
     let Some(_lock) = locks.try_lock(election)? else {
         return Ok(None);
     };
-    heal::sweep(log, tally, election, page_size, true)
+    let mut told = false;
+    let mut restored = |ids: &[ReportId]| {
+        metrics.inc(HEALED, HEALED_HELP, &[], ids.len() as u64);
+        if !std::mem::replace(&mut told, true) {
+            tracing::warn!(
+                election.id = %election,
+                heal.restored = ids.len(),
+                heal.examples = ?ids.iter().take(heal::EXAMPLES).map(|id| id.0).collect::<Vec<_>>(),
+                "Redis had lost counted revisions (a restart, a flush or a failover); \
+                 applying them again from PostgreSQL, newest first"
+            );
+        }
+    };
+    heal::sweep_telling(log, tally, election, page_size, true, &mut restored)
         .map(Some)
         .map_err(|error| election_core::engine::explain(&error))
 }

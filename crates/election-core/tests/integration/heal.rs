@@ -11,6 +11,8 @@ use election_core::memory::{Faults, MemoryLog, MemoryTally};
 use election_core::reconcile::{self, Config};
 use election_core::{Counting, Engine, Outcome, Recorded, ReportLog, Tally};
 
+use crate::reconcile::AfterAudit;
+
 const QUICK: Config = Config {
     page_size: 7,
     max_rounds: 4,
@@ -57,8 +59,20 @@ fn lost_revisions_are_found_and_restored_exactly_once() {
 
         let found = heal::sweep(&*log, &*tally, &e, 7, false).unwrap();
         assert_eq!((found.checked, found.missing, found.restored), (40, 3, 0));
+        // Newest first: what a failover loses is what was counted last.
         assert_eq!(
             found.examples,
+            [
+                revisions[39].report_id,
+                revisions[17].report_id,
+                revisions[3].report_id
+            ]
+        );
+        // A log that cannot page backwards is swept in id order, the same.
+        let forwards = heal::sweep(&AfterAudit::plain(log.clone()), &*tally, &e, 7, false).unwrap();
+        assert_eq!((forwards.checked, forwards.missing), (40, 3));
+        assert_eq!(
+            forwards.examples,
             [
                 revisions[3].report_id,
                 revisions[17].report_id,
@@ -69,8 +83,22 @@ fn lost_revisions_are_found_and_restored_exactly_once() {
         assert!(!comparison.is_exact());
         assert_eq!(comparison.markers.missing, 3);
 
-        let healed = heal::sweep(&*log, &*tally, &e, 7, true).unwrap();
+        let mut told = Vec::new();
+        let healed = heal::sweep_telling(&*log, &*tally, &e, 7, true, &mut |ids| {
+            told.push(ids.to_vec())
+        })
+        .unwrap();
         assert_eq!((healed.missing, healed.restored), (3, 3));
+        // Told page by page as they were restored, the newest in the first
+        // page.
+        assert_eq!(
+            told,
+            [
+                vec![revisions[39].report_id],
+                vec![revisions[17].report_id],
+                vec![revisions[3].report_id]
+            ]
+        );
         assert_eq!(
             tally.snapshot(&e).unwrap().totals,
             expected,
