@@ -23,12 +23,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, sql_types};
 use redis::Commands;
 
 use crate::load::LoadResult;
-use crate::process::{describe, reprocessor};
+use crate::process::{Reprocessor, describe, reprocessor};
 use crate::world::World;
 
 /// What a scenario measured at its end.
@@ -87,9 +88,54 @@ pub fn reconcile(world: &World, redis_url: &str, repair: bool) -> (Option<i32>, 
     (output.status.code(), describe(&output))
 }
 
+/// How long healing took, as [`heal_during`] saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct Healed {
+    /// From the fault's end to the end of the first `reconcile` that found
+    /// everything exact: healing was done by then. Under load a `reconcile`
+    /// takes seconds of its own, so this is a bound, not the healing time.
+    pub after: std::time::Duration,
+    /// When that `reconcile` began (it reads the markers a page at a time,
+    /// so healing may have ended while it ran).
+    pub check_began: std::time::Duration,
+    /// How many `reconcile` runs it took.
+    pub checks: u32,
+    /// When the running reprocessor logged its first restore: it logs the
+    /// first page of lost revisions it applied again at once, and pages go
+    /// newest first, so after a failover (which loses the newest) that page
+    /// holds them all; after a restart (which loses everything) it is the
+    /// first of many.
+    pub reported: Option<std::time::Duration>,
+}
+
+impl fmt::Display for Healed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reported {
+            Some(reported) => write!(
+                f,
+                "the reprocessor's first restore at {:.1} s",
+                reported.as_secs_f64()
+            )?,
+            None => write!(f, "the reprocessor reported no restore")?,
+        }
+        write!(
+            f,
+            "; reconcile found every counter exact by {:.1} s (its run began at {:.1} s; {} runs)",
+            self.after.as_secs_f64(),
+            self.check_began.as_secs_f64(),
+            self.checks
+        )
+    }
+}
+
+/// What the reprocessor logs when a sweep restores lost revisions
+/// (`bins/reprocessor/src/healer.rs`): at the first page, and at the end.
+const RESTORED: &str = "Redis had lost counted revisions";
+
 /// Waits until `reconcile --election E` exits 0 (every counter exact, every
 /// counted revision present in Redis) with no repair run, as the running
-/// reprocessor's healing makes it; returns how long that took from `since`.
+/// reprocessor's healing makes it. Returns from `since`: when the exact run
+/// ended and began, and how many runs it took.
 ///
 /// # Panics
 /// When it does not within `limit` of `since`, with the last output.
@@ -98,11 +144,14 @@ pub fn wait_healed(
     redis_url: &str,
     since: std::time::Instant,
     limit: std::time::Duration,
-) -> std::time::Duration {
+) -> (std::time::Duration, std::time::Duration, u32) {
+    let mut checks = 0;
     loop {
+        let began = since.elapsed();
         let (status, output) = reconcile(world, redis_url, false);
+        checks += 1;
         if status == Some(0) {
-            return since.elapsed();
+            return (since.elapsed(), began, checks);
         }
         assert!(
             since.elapsed() < limit,
@@ -110,6 +159,71 @@ pub fn wait_healed(
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+/// How many restores the reprocessor has logged so far: read it before a
+/// fault ends, for [`heal_during`].
+pub fn restores_logged(reprocessor: &Reprocessor) -> usize {
+    reprocessor.process().log_text().matches(RESTORED).count()
+}
+
+/// Runs `load` (the rest of a night) while [`wait_healed`] checks, from
+/// `since`, beside it, and while the reprocessor's log is watched for a
+/// restore beyond the `restores_before` it had logged before the fault
+/// ended: healing is measured while the posts go on, not after them.
+/// Returns what `load` returned and how long healing took.
+///
+/// # Panics
+/// As [`wait_healed`] does, once `load` has returned.
+pub fn heal_during<T>(
+    world: &World,
+    redis_url: &str,
+    (reprocessor, restores_before): (&Reprocessor, usize),
+    since: std::time::Instant,
+    limit: std::time::Duration,
+    load: impl FnOnce() -> T,
+) -> (T, Healed) {
+    let exact = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let healing = scope.spawn(|| {
+            let healed = wait_healed(world, redis_url, since, limit);
+            exact.store(true, Ordering::SeqCst);
+            healed
+        });
+        let reported = scope.spawn(|| {
+            // Once `reconcile` found everything exact, the restore is logged
+            // (the first page's line follows its apply at once) or was
+            // never needed: a last second, then no answer.
+            let mut exact_since = None;
+            loop {
+                if restores_logged(reprocessor) > restores_before {
+                    return Some(since.elapsed());
+                }
+                if exact.load(Ordering::SeqCst) {
+                    let first = *exact_since.get_or_insert_with(std::time::Instant::now);
+                    if first.elapsed() > std::time::Duration::from_secs(1) {
+                        return None;
+                    }
+                }
+                if since.elapsed() >= limit {
+                    return None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let loaded = load();
+        let (after, check_began, checks) = healing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let reported = reported.join().ok().flatten();
+        let healed = Healed {
+            after,
+            check_began,
+            checks,
+            reported,
+        };
+        (loaded, healed)
+    })
 }
 
 /// Drains, repairs when `repair` says so, and checks everything (see the
