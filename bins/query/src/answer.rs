@@ -79,8 +79,14 @@ pub fn bad_parameter(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
 }
 
+/// A parameter every endpoint ignores: the cache-buster jQuery's
+/// `cache: false` (and other clients) append, `?_=<milliseconds>`. Refusing
+/// it would break those pages for nothing: the answer does not depend on it.
+pub const CACHE_BUSTER: &str = "_";
+
 /// The query string as a map, refusing parameters not in `allowed` and
-/// parameters given twice.
+/// parameters given twice; [`CACHE_BUSTER`] is left out, whatever its value
+/// and however often it is given.
 pub fn parameters(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     allowed: &[&str],
@@ -89,6 +95,9 @@ pub fn parameters(
         query.map_err(|error| bad_parameter(format!("malformed query string: {error}")))?;
     let mut map = HashMap::new();
     for (name, value) in pairs {
+        if name == CACHE_BUSTER {
+            continue;
+        }
         if !allowed.contains(&name.as_str()) {
             let expected = if allowed.is_empty() {
                 "this endpoint takes no parameters".to_owned()

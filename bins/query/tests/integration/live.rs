@@ -465,6 +465,33 @@ async fn scoped_streams_carry_only_their_scope() {
     stack.stop().await;
 }
 
+/// `?_=` (the cache-buster jQuery's `cache: false` appends) is ignored by
+/// every endpoint; any other parameter an endpoint does not take is still
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_buster_is_ignored_and_only_it() {
+    let stack = Stack::start().await;
+    let (status, _) = stack
+        .post(r#"{"ballot_box_id": "BB-LON-1", "city": "london", "votes": {"labour": 4}}"#)
+        .await;
+    assert_eq!(status, 201);
+    stack.wait_for_total(4, Duration::from_secs(5)).await;
+    let totals = stack.get("/totals").await;
+    let cities = stack.get("/cities").await;
+    assert_eq!(totals.0, 200, "{totals:?}");
+    assert_eq!(stack.get("/totals?_=1764680000000").await, totals);
+    assert_eq!(stack.get("/cities?_=1&_=2").await, cities);
+    assert_eq!(stack.get("/cities/london/totals?_=").await.0, 200);
+    assert_eq!(stack.get("/timeline?_=1").await.0, 200);
+    check_error(
+        &stack.get("/totals?_=1&t=2").await,
+        400,
+        "invalid_parameter",
+        "unknown query parameter \"t\"",
+    );
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_scope_or_city_is_a_400_naming_the_parameter() {
     let stack = Stack::start().await;
