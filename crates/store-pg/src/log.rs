@@ -160,13 +160,13 @@ ORDER BY 1 ",
 /// election in the range's condition, the planner (without statistics) read
 /// the whole election through another index and sorted it, for every page
 /// (measured: 14 s to page through 119,000 revisions; 240 pages of ~50 ms).
-const COUNTED_REVISIONS: &str = counted_page!(">", "", "max");
+pub(crate) const COUNTED_REVISIONS: &str = counted_page!(">", "", "max");
 
 /// [`COUNTED_REVISIONS`] backwards: a page of revisions with an id below
 /// `$2`, newest first; `last_id` is the page's lowest id, below which the
 /// next page starts. Backwards on the same primary key: the healing sweep reads
 /// what was counted last first (`election_core::heal`).
-const COUNTED_REVISIONS_NEWEST_FIRST: &str = counted_page!("<", "DESC", "min");
+pub(crate) const COUNTED_REVISIONS_NEWEST_FIRST: &str = counted_page!("<", "DESC", "min");
 
 /// A row of [`COUNTED_REVISIONS`]: a counted revision, or (all NULL but
 /// `last_id`) the page's end.
