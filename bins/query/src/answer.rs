@@ -79,7 +79,8 @@ pub fn bad_parameter(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
 }
 
-/// A parameter every endpoint ignores: the cache-buster jQuery's
+/// A parameter every endpoint that checks its parameters ignores (the
+/// others ignore their whole query string): the cache-buster jQuery's
 /// `cache: false` (and other clients) append, `?_=<milliseconds>`. Refusing
 /// it would break those pages for nothing: the answer does not depend on it.
 pub const CACHE_BUSTER: &str = "_";
