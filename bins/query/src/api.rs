@@ -316,7 +316,11 @@ async fn existing(state: &AppState, text: &str) -> Result<ElectionId, ApiError> 
 }
 
 /// `GET /v1/elections`: every election that is defined or reported to.
-async fn elections(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+async fn elections(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    answer::parameters(query, &[])?;
     let body = state.elections.list_body().await?;
     Ok(bytes_response(body, state.cache.live.clone()))
 }
@@ -326,8 +330,10 @@ async fn elections(State(state): State<Arc<AppState>>) -> Result<Response, ApiEr
 async fn definition(
     State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    answer::parameters(query, &[])?;
     let election = existing(&state, &election).await?;
     let rendered = state.live.current(&election).await?;
     Ok(live_large_response(
@@ -391,8 +397,11 @@ async fn totals(
 async fn results_cdf(
     State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // No `as_of` here: refused by name rather than answered live.
+    answer::parameters(query, &[])?;
     let election = existing(&state, &election).await?;
     let rendered = state.live.current(&election).await?;
     let body = rendered.cdf();

@@ -483,6 +483,8 @@ async fn the_cache_buster_is_ignored_and_only_it() {
     assert_eq!(stack.get("/cities?_=1&_=2").await, cities);
     assert_eq!(stack.get("/cities/london/totals?_=").await.0, 200);
     assert_eq!(stack.get("/timeline?_=1").await.0, 200);
+    assert_eq!(stack.get("/results.cdf.json?_=1").await.0, 200);
+    assert_eq!(stack.get("?_=1").await.0, 200);
     check_error(
         &stack.get("/totals?_=1&t=2").await,
         400,

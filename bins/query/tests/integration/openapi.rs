@@ -850,6 +850,11 @@ async fn the_openapi_document_is_true_of_both_services() {
         ("/v1/elections/{election}/timeline", "/timeline?bucket=2m"),
         ("/v1/elections/{election}/reports.csv", "/reports.csv?x=1"),
         ("/v1/elections/{election}/flags", "/flags?x=1"),
+        ("/v1/elections/{election}", "?as_of=now"),
+        (
+            "/v1/elections/{election}/results.cdf.json",
+            "/results.cdf.json?as_of=2025-09-15T18:00:00Z",
+        ),
         ("/v1/elections/{election}/audit", "/audit?limit=0"),
         ("/v1/elections/{election}/stream", "/stream?scope=cities"),
         ("/v1/elections/{election}/totals", "/totals?as_of=yesterday"),
@@ -865,6 +870,14 @@ async fn the_openapi_document_is_true_of_both_services() {
         let (status, body) = checker.check("GET", template, client.get(url(path))).await;
         assert_eq!(status, 400, "{path}: {body}");
     }
+    let (status, body) = checker
+        .check(
+            "GET",
+            "/v1/elections",
+            client.get(format!("{query}/v1/elections?limit=5")),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
     // As-of answers have the live answers' shape.
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     for (template, path) in [
