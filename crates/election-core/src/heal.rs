@@ -46,7 +46,7 @@ use std::collections::HashSet;
 
 use crate::error::StoreError;
 use crate::ids::ElectionId;
-use crate::store::{Applied, ReportId, ReportLog, Tally};
+use crate::store::{Applied, Counting, ReportId, ReportLog, Tally};
 
 /// How many missing revisions a [`Sweep`] names.
 pub const EXAMPLES: usize = 10;
@@ -92,63 +92,71 @@ pub fn sweep_telling(
 ) -> Result<Sweep, StoreError> {
     let mut found = Sweep::default();
     let limit = page_size.max(1);
-    // Newest first when the log can; the first page tells.
-    let mut newest_first = true;
-    let mut cursor: Option<ReportId> = None;
-    loop {
-        let newest = if newest_first {
-            log.counted_revisions_newest_first(election, cursor, limit)?
+    // Newest first when the log can: its answer to the first page says so
+    // for the whole sweep (a log answers `None` always or never).
+    let first = log.counted_revisions_newest_first(election, None, limit)?;
+    let newest_first = first.is_some();
+    let next = |cursor: Option<ReportId>| -> Result<Vec<Counting>, StoreError> {
+        if newest_first {
+            Ok(log
+                .counted_revisions_newest_first(election, cursor, limit)?
+                .unwrap_or_default())
         } else {
-            None
-        };
-        let page = match newest {
-            Some(page) => page,
-            None => {
-                // A log that declines pages in id order from the start.
-                if newest_first {
-                    newest_first = false;
-                    cursor = None;
-                }
-                log.counted_revisions(election, cursor, limit)?
-            }
-        };
-        let Some(last) = page.last() else {
-            return Ok(found);
-        };
-        cursor = Some(last.report_id);
-        found.checked += page.len() as u64;
-        let missing = tally.unapplied(&page)?;
-        if missing.is_empty() {
-            continue;
+            log.counted_revisions(election, cursor, limit)
         }
-        found.missing += missing.len() as u64;
-        let room = EXAMPLES.saturating_sub(found.examples.len());
-        found.examples.extend(missing.iter().take(room));
-        if restore {
-            let missing: HashSet<ReportId> = missing.into_iter().collect();
-            let lost: Vec<_> = page
-                .into_iter()
-                .filter(|c| missing.contains(&c.report_id))
-                .collect();
-            let mut moved = Vec::new();
-            let mut failed = None;
-            for (counting, answer) in lost.iter().zip(tally.apply(&lost)) {
-                match answer {
-                    Ok(Applied::Now) => moved.push(counting.report_id),
-                    Ok(Applied::Already) => {}
-                    Err(error) => {
-                        failed.get_or_insert(error);
-                    }
-                }
-            }
-            // What moved is told even when another part of the page failed.
-            found.restored += moved.len() as u64;
-            if !moved.is_empty() {
-                restored(&moved);
-            }
-            if let Some(error) = failed {
-                return Err(error);
+    };
+    let mut page = match first {
+        Some(page) => page,
+        None => next(None)?,
+    };
+    while let Some(last) = page.last() {
+        let cursor = Some(last.report_id);
+        check_page(tally, page, restore, &mut found, restored)?;
+        page = next(cursor)?;
+    }
+    Ok(found)
+}
+
+/// Checks one page's markers into `found` and, when `restore`, applies its
+/// lost revisions again, telling `restored` those that moved counters (even
+/// when another part of the page failed).
+fn check_page(
+    tally: &dyn Tally,
+    page: Vec<Counting>,
+    restore: bool,
+    found: &mut Sweep,
+    restored: &mut dyn FnMut(&[ReportId]),
+) -> Result<(), StoreError> {
+    found.checked += page.len() as u64;
+    let missing = tally.unapplied(&page)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    found.missing += missing.len() as u64;
+    let room = EXAMPLES.saturating_sub(found.examples.len());
+    found.examples.extend(missing.iter().take(room));
+    if !restore {
+        return Ok(());
+    }
+    let missing: HashSet<ReportId> = missing.into_iter().collect();
+    let lost: Vec<_> = page
+        .into_iter()
+        .filter(|c| missing.contains(&c.report_id))
+        .collect();
+    let mut moved = Vec::new();
+    let mut failed = None;
+    for (counting, answer) in lost.iter().zip(tally.apply(&lost)) {
+        match answer {
+            Ok(Applied::Now) => moved.push(counting.report_id),
+            Ok(Applied::Already) => {}
+            Err(error) => {
+                failed.get_or_insert(error);
             }
         }
     }
+    found.restored += moved.len() as u64;
+    if !moved.is_empty() {
+        restored(&moved);
+    }
+    failed.map_or(Ok(()), Err)
 }

@@ -134,8 +134,9 @@ const RESTORED: &str = "Redis had lost counted revisions";
 
 /// Waits until `reconcile --election E` exits 0 (every counter exact, every
 /// counted revision present in Redis) with no repair run, as the running
-/// reprocessor's healing makes it. Returns from `since`: when the exact run
-/// ended and began, and how many runs it took.
+/// reprocessor's healing makes it. Says, from `since`, when the exact run
+/// ended and began and how many runs it took (`reported` is left to
+/// [`heal_during`]).
 ///
 /// # Panics
 /// When it does not within `limit` of `since`, with the last output.
@@ -144,14 +145,19 @@ pub fn wait_healed(
     redis_url: &str,
     since: std::time::Instant,
     limit: std::time::Duration,
-) -> (std::time::Duration, std::time::Duration, u32) {
+) -> Healed {
     let mut checks = 0;
     loop {
-        let began = since.elapsed();
+        let check_began = since.elapsed();
         let (status, output) = reconcile(world, redis_url, false);
         checks += 1;
         if status == Some(0) {
-            return (since.elapsed(), began, checks);
+            return Healed {
+                after: since.elapsed(),
+                check_began,
+                checks,
+                reported: None,
+            };
         }
         assert!(
             since.elapsed() < limit,
@@ -212,17 +218,11 @@ pub fn heal_during<T>(
             }
         });
         let loaded = load();
-        let (after, check_began, checks) = healing
+        let healed = healing
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let reported = reported.join().ok().flatten();
-        let healed = Healed {
-            after,
-            check_began,
-            checks,
-            reported,
-        };
-        (loaded, healed)
+        (loaded, Healed { reported, ..healed })
     })
 }
 

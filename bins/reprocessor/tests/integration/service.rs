@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use election_core::Claim;
 use election_core::contract::unique_election;
-use election_core::{Claim, ReportLog};
 use election_reprocessor::healer::WATCH_EVERY;
 use election_reprocessor::{Services, Settings};
 use election_test_support::pg::PgSchema;
@@ -15,7 +15,7 @@ use election_wiring::Serving;
 use tokio::sync::oneshot;
 
 use crate::harness::{
-    Db, assert_exact, both, plain_get, record, reports, send_signal, spawn, tally, text, wait_until,
+    Db, assert_exact, both, is_exact, record, reports, send_signal, spawn, tally, text, wait_until,
 };
 
 /// Reads `/metrics` until `wanted` holds (a guard against hanging: a minute).
@@ -284,7 +284,7 @@ async fn heals_at_once(name: &str, loss: impl FnOnce(&mut RedisServer), says: &s
     );
     let client = reqwest::Client::new();
     // Counted, and a sweep of every election found them intact.
-    wait_until("the 50 reports are counted", || exact(&db, &url, &e));
+    wait_until("the 50 reports are counted", || is_exact(&db, &url, &e));
     wait_for_metrics(&client, &base, "a sweep found everything intact", |m| {
         value(m, "reprocessor_heal_sweeps_total{outcome=\"intact\"}").is_some_and(|n| n >= 1.0)
     })
@@ -297,7 +297,7 @@ async fn heals_at_once(name: &str, loss: impl FnOnce(&mut RedisServer), says: &s
     loss(&mut redis);
     let lost = Instant::now();
     let deadline = Duration::from_secs(30);
-    while !exact(&db, &url, &e) {
+    while !is_exact(&db, &url, &e) {
         if lost.elapsed() >= deadline {
             send_signal(child.id(), "TERM");
             let output = child.wait_with_output().unwrap();
@@ -318,18 +318,4 @@ async fn heals_at_once(name: &str, loss: impl FnOnce(&mut RedisServer), says: &s
         "the watch, not the interval, started the sweep: {stderr}"
     );
     assert_exact(&db, &url, &e);
-}
-
-/// Whether nothing is pending and Redis holds exactly what PostgreSQL says
-/// was counted (`assert_exact`'s check, answered instead of asserted).
-fn exact(db: &Db, redis_url: &str, election: &election_core::ElectionId) -> bool {
-    if db.log.pending_count(election).unwrap() != 0 {
-        return false;
-    }
-    let expected = db.log.counted_totals(election).unwrap();
-    !expected.is_empty()
-        && expected.iter().all(|(counter, value)| {
-            plain_get(redis_url, &store_redis::keys::counter(election, counter)).unwrap_or(0)
-                == value
-        })
 }
