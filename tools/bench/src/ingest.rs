@@ -19,6 +19,8 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -164,6 +166,7 @@ impl Stage {
             connections: 64,
             duration: Duration::from_secs(10),
             batch: 1,
+            rate: None,
         }
     }
 
@@ -571,4 +574,71 @@ pub async fn memory(bench: &Bench, redis: &RedisTarget, reports: u64) -> anyhow:
         boxes: stage.counted(election)?,
         bytes: after.saturating_sub(before),
     })
+}
+
+/// wrk posting new ballot boxes at a steady rate in the background (one
+/// thread paced by `pace.lua`, with 64 connections so that answers slower
+/// than the schedule do not hold it back): the load beside the query
+/// measurement. Stopped through its flag and awaited, so what is measured
+/// after [`PacedWriter::stop`] has nothing posting.
+pub struct PacedWriter {
+    task: tokio::task::JoinHandle<anyhow::Result<Posted>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PacedWriter {
+    /// Starts posting to `election` at `rate` reports per second for at
+    /// most `limit`, and returns once the first report is recorded: the
+    /// query service answers 404 for an election without one (a fixed
+    /// 500 ms was not always enough on a slow machine, 2026-12-01).
+    pub async fn start(
+        bench: &Bench,
+        stage: &Stage,
+        election: &str,
+        rate: u32,
+        limit: Duration,
+    ) -> anyhow::Result<PacedWriter> {
+        let posting = Posting {
+            threads: 1,
+            duration: limit,
+            rate: Some(rate),
+            ..stage.posting(election, stage.token(election)?)
+        };
+        let (scripts, ticks) = (bench.scripts.clone(), bench.ticks_per_second);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let task = tokio::task::spawn_blocking(move || {
+            wrk::post_reports(&scripts, &posting, ticks, || {
+                Ok(if stopped.load(Ordering::Relaxed) {
+                    Watch::Stop
+                } else {
+                    Watch::Go
+                })
+            })
+        });
+        let writer = PacedWriter { task, stop };
+        let began = Instant::now();
+        while stage.recorded()? == 0 {
+            anyhow::ensure!(
+                !writer.task.is_finished() && began.elapsed() < Duration::from_secs(60),
+                "the paced writer had no answer within a minute"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(writer)
+    }
+
+    /// Stops it and returns what it posted; fails if it had already
+    /// stopped by itself (then what was measured meanwhile was not measured
+    /// while it posted).
+    pub async fn stop(self) -> anyhow::Result<Posted> {
+        let still_writing = !self.task.is_finished();
+        self.stop.store(true, Ordering::Relaxed);
+        let posted = self.task.await.context("the paced writer")??;
+        anyhow::ensure!(
+            still_writing,
+            "the paced writer finished before the measurement did: not measured while ingest posts"
+        );
+        Ok(posted)
+    }
 }

@@ -38,13 +38,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use election_core::{ElectionId, Engine, Report, ReportLog};
-use election_loadgen::{Load, Plan, Progress, night};
+use election_loadgen::{Plan, night};
 use store_pg::PgLog;
 use store_redis::{RedisOptions, RedisTally};
 
-use crate::ingest::{Bench, Growth, RedisTarget, Stage, Start, Throughput};
+use crate::ingest::{Bench, Growth, PacedWriter, RedisTarget, Stage, Start, Throughput};
 use crate::procs::{Database, RedisCluster, RedisProc, Service};
 use crate::table::{Line, mib, ms, thousands};
+use crate::usage::{Snapshot, Spent, Watched};
 
 /// Measures the election system on this machine.
 #[derive(Parser, Debug)]
@@ -149,8 +150,6 @@ struct Sizes {
     subscribers: usize,
     stream: stream::Plan,
     reconcile_boxes: usize,
-    /// Multiplies the loadgen's sizes (query's background load).
-    scale: usize,
 }
 
 impl Sizes {
@@ -172,7 +171,6 @@ impl Sizes {
                 seconds: Duration::from_secs(cli.stream_seconds.unwrap_or(pick(20, 10))),
             },
             reconcile_boxes: if cli.quick { 20_000 } else { 100_000 },
-            scale: if cli.quick { 1 } else { 4 },
         }
     }
 }
@@ -267,7 +265,7 @@ async fn measure(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::R
 
     // --- Query and reconcile -----------------------------------------------------
     let stage = Stage::fresh(bench, redis).await?;
-    lines.extend(query_lines(bench, &stage, &redis.url, sizes).await?);
+    lines.extend(query_lines(bench, &stage, redis, sizes).await?);
     lines.push(reconcile_line(bench, &stage, &redis.url, sizes.reconcile_boxes).await?);
     drop(stage);
 
@@ -788,13 +786,17 @@ async fn memory_lines(
 /// `--query-only`: the query lines on a fresh stage of their own.
 async fn query_run(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::Result<Vec<Line>> {
     let stage = Stage::fresh(bench, redis).await?;
-    query_lines(bench, &stage, &redis.url, sizes).await
+    query_lines(bench, &stage, redis, sizes).await
 }
+
+/// The rate of the query measurement's background writer, reports per
+/// second.
+const WRITER_RATE: u32 = 2_000;
 
 async fn query_lines(
     bench: &Bench,
     stage: &Stage,
-    redis_url: &str,
+    redis: &RedisTarget,
     sizes: &Sizes,
 ) -> anyhow::Result<Vec<Line>> {
     let query_service = Service::start(
@@ -802,41 +804,21 @@ async fn query_lines(
         "election-query",
         &["serve"],
         stage.database.url(),
-        redis_url,
+        &redis.url,
     )
     .await?;
-    // The writer is stopped through its flag, and awaited: aborting its task
-    // left the loadgen's posting tasks running, so the "nothing else
-    // running" line below was measured while they still posted.
-    let writing = Arc::new(Progress::default());
-    let background = {
-        let pool = stage.pool.clone();
-        let ingest_base = stage.ingest.base().to_owned();
-        let boxes = 30_000 * sizes.scale;
-        let progress = Arc::clone(&writing);
-        tokio::spawn(async move {
-            loadgen_run(
-                &pool,
-                &ingest_base,
-                "bench-query",
-                boxes,
-                Some(2_000.0),
-                progress,
-            )
-            .await
-        })
-    };
-    // The election exists for the query service once its first report is
-    // recorded (before, its totals answer 404): a fixed 500 ms was not
-    // always enough on a slow machine (2026-12-01, the bench stopped there).
-    let first_answer = Instant::now();
-    while writing.answered.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-        anyhow::ensure!(
-            !background.is_finished() && first_answer.elapsed() < Duration::from_secs(60),
-            "the query phase's writer had no answer within a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The writer: wrk posting new ballot boxes at a steady 2,000 reports/s
+    // (`pace.lua`). It was the in-process load generator until 2026-12-02,
+    // which spent ~90 µs of CPU per report at this rate, twice wrk's, out of
+    // the query's share.
+    let writer = PacedWriter::start(
+        bench,
+        stage,
+        "bench-query",
+        WRITER_RATE,
+        sizes.fixed * 4 + Duration::from_secs(60),
+    )
+    .await?;
     // `GET /totals` as the bench's wrk asks: no compression.
     let plain_totals = || {
         query::hammer(
@@ -849,27 +831,24 @@ async fn query_lines(
         )
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let totals = plain_totals().await?;
-    let still_writing = !background.is_finished();
-    writing
-        .stop
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    background.await.context("the query phase's writer")??;
-    anyhow::ensure!(
-        still_writing,
-        "the writer finished before the query was measured: not measured while ingest posts"
-    );
-    let mut lines = vec![Line::judged(
-        "query: GET /totals, wrk 64 connections, while ingest posts 2,000 reports/s",
-        format!(
-            "{} requests/s, p50 {:.2} ms, p99 {:.2} ms",
-            thousands(totals.per_second),
-            ms(totals.p50),
-            ms(totals.p99)
+    let (totals, cpu_line) =
+        while_writing(bench, stage, redis, &query_service, writer, plain_totals()).await?;
+    let mut lines = vec![
+        Line::judged(
+            "query: GET /totals, wrk 64 connections, while ingest posts 2,000 reports/s",
+            format!(
+                "{} requests/s, p50 {:.2} ms, p99 {:.2} ms ({} reports/s recorded meanwhile)",
+                thousands(totals.rate.per_second),
+                ms(totals.rate.p50),
+                ms(totals.rate.p99),
+                thousands(totals.written)
+            ),
+            "≥ 30,000 requests/s, p99 ≤ 5 ms",
+            totals.rate.per_second >= 30_000.0 && ms(totals.rate.p99) <= 5.0,
         ),
-        "≥ 30,000 requests/s, p99 ≤ 5 ms",
-        totals.per_second >= 30_000.0 && ms(totals.p99) <= 5.0,
-    )];
+        cpu_line,
+    ];
+    let totals = totals.rate;
     // The same with the machine to itself: what the query service does when
     // reading is all that happens.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -977,50 +956,62 @@ async fn reconcile_line(
     ))
 }
 
-/// The in-process loadgen at a fixed rate: the background load of the query
-/// measurement (wrk cannot hold a rate). It posts `boxes` ballot boxes with
-/// 32 tasks, or stops early when `progress.stop` is set.
-async fn loadgen_run(
-    pool: &store_pg::PgPool,
-    ingest_base: &str,
-    election: &str,
-    boxes: usize,
-    rate: Option<f64>,
-    progress: Arc<Progress>,
-) -> anyhow::Result<election_loadgen::Outcome> {
-    let token = election_core::token::from_bytes(rand::random());
-    store_pg::tokens::insert(
-        pool,
-        &election_core::token::hash(&token),
-        election,
-        None,
-        Some("bench"),
-    )?;
-    let plan = Plan {
-        boxes,
-        cities: 300,
-        parties: 4,
-        duplicates: 0.02,
-        revisions: 0.01,
-        seed: 15,
+/// A rate measured while the paced writer posted, and the reports per
+/// second recorded meanwhile.
+struct WhileWriting {
+    rate: query::Rate,
+    written: f64,
+}
+
+/// Runs `measure` while `writer` posts, then stops the writer, and returns
+/// what was measured with a line saying what each process spent meanwhile:
+/// the ingest side at a steady rate, where a batch holds a few reports and
+/// per-batch costs dominate, takes its share of the same two cores.
+async fn while_writing(
+    bench: &Bench,
+    stage: &Stage,
+    redis: &RedisTarget,
+    query_service: &Service,
+    writer: PacedWriter,
+    measure: impl Future<Output = anyhow::Result<query::Rate>>,
+) -> anyhow::Result<(WhileWriting, Line)> {
+    let watched = Watched {
+        ingest: stage.ingest.pid(),
+        redis: redis.pid,
     };
-    let load = Load {
-        ingest_url: ingest_base.to_owned(),
-        election: election.to_owned(),
-        token,
-        concurrency: 32,
-        rate,
-        duration: None,
-        spread: None,
-        batch: 1,
-    };
-    let outcome = election_loadgen::run(&load, Arc::new(night(&plan)), progress).await?;
-    anyhow::ensure!(
-        outcome.transport_errors == 0 && outcome.acknowledged_posts() > 0,
-        "ingest run {election} failed: {:?}",
-        outcome.statuses
+    let recorded_before = stage.recorded()?;
+    let before = Snapshot::take(watched)?;
+    let query_before = usage::process_ticks(query_service.pid());
+    let started = Instant::now();
+    let rate = measure.await?;
+    let window = started.elapsed();
+    let after = Snapshot::take(watched)?;
+    let query_spent = usage::ticks_to_duration(
+        usage::process_ticks(query_service.pid()).saturating_sub(query_before),
+        bench.ticks_per_second,
     );
-    Ok(outcome)
+    let recorded = stage.recorded()? - recorded_before;
+    let posted = writer.stop().await?;
+    let spent = Spent::between(before, after, bench.ticks_per_second);
+    let written = recorded as f64 / window.as_secs_f64();
+    let cores = |spent: Duration| spent.as_secs_f64() / window.as_secs_f64();
+    let writer_per_report = usage::micros_per(posted.cpu, posted.summary.requests);
+    let line = Line::info(
+        "query while ingest posts 2,000 reports/s: CPU of each process in that window",
+        format!(
+            "the query {:.2} cores; the ingest side {:.2} cores: election-ingest {:.0} µs per report, \
+             PostgreSQL {:.0} µs, redis-server {:.0} µs (its reads by the query included), \
+             the writer (wrk, paced) {:.0} µs ({} reports recorded)",
+            cores(query_spent),
+            cores(spent.ingest + spent.postgres + spent.redis) + writer_per_report * written / 1e6,
+            usage::micros_per(spent.ingest, recorded),
+            usage::micros_per(spent.postgres, recorded),
+            usage::micros_per(spent.redis, recorded),
+            writer_per_report,
+            thousands(recorded as f64)
+        ),
+    );
+    Ok((WhileWriting { rate, written }, line))
 }
 
 /// Records and counts `boxes` reports straight through the engine (no HTTP),

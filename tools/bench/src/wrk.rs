@@ -1,5 +1,6 @@
 //! Posting reports to election-ingest from outside, with `wrk` and the Lua
-//! script kept next to the bench (`tools/bench/wrk/report.lua`).
+//! scripts kept next to the bench (`tools/bench/wrk/report.lua`, `bulk.lua`,
+//! and `pace.lua`, which paces `report.lua`).
 //!
 //! Why wrk: the load generator shares the 2 cores with everything it
 //! measures, so the lighter it is, the closer the figures are to what the
@@ -23,9 +24,11 @@ use anyhow::{Context, bail};
 use crate::usage;
 
 /// The Lua scripts, built into the bench so it runs from any directory:
-/// one report per request, and `BATCH` reports per bulk request.
+/// one report per request, `BATCH` reports per bulk request, and the pacing
+/// that is appended to the first for a steady rate.
 const REPORT_SCRIPT: &str = include_str!("../wrk/report.lua");
 const BULK_SCRIPT: &str = include_str!("../wrk/bulk.lua");
+const PACE_SCRIPT: &str = include_str!("../wrk/pace.lua");
 
 /// wrk's own request timeout: far above any latency the bench may meet, so
 /// that slow answers are measured (wrk leaves answers slower than its
@@ -42,10 +45,13 @@ pub struct Scripts {
     pub report: PathBuf,
     /// A batch per request (`bulk.lua`).
     pub bulk: PathBuf,
+    /// One report per request at a steady rate (`report.lua`, then
+    /// `pace.lua`).
+    pub paced: PathBuf,
 }
 
 impl Scripts {
-    /// Writes both scripts into `dir`.
+    /// Writes the scripts into `dir`.
     pub fn write(dir: &Path) -> anyhow::Result<Scripts> {
         let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
             let path = dir.join(format!("election-bench-{name}-{}.lua", std::process::id()));
@@ -57,13 +63,15 @@ impl Scripts {
         Ok(Scripts {
             report: write("report", REPORT_SCRIPT)?,
             bulk: write("bulk", BULK_SCRIPT)?,
+            paced: write("paced", &format!("{REPORT_SCRIPT}\n{PACE_SCRIPT}"))?,
         })
     }
 
-    /// Removes both files.
+    /// Removes the files.
     pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.report);
-        let _ = std::fs::remove_file(&self.bulk);
+        for path in [&self.report, &self.bulk, &self.paced] {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -83,6 +91,9 @@ pub struct Posting {
     /// Reports per request: 1 posts to `/reports`, more to
     /// `/report-batches`.
     pub batch: usize,
+    /// Requests per second per wrk thread (`pace.lua`; single reports
+    /// only); `None`: as fast as ingest answers.
+    pub rate: Option<u32>,
 }
 
 /// What the caller's watch tells a running wrk, every [`TICK`].
@@ -186,11 +197,7 @@ pub fn post_reports(
     ticks_per_second: u64,
     mut watch: impl FnMut() -> anyhow::Result<Watch>,
 ) -> anyhow::Result<Posted> {
-    let (script, batch_arg) = if posting.batch > 1 {
-        (&scripts.bulk, Some(posting.batch.to_string()))
-    } else {
-        (&scripts.report, None)
-    };
+    let (script, extra_arg) = script_for(scripts, posting)?;
     let child = Command::new("wrk")
         .arg("--latency")
         .args(["--timeout", TIMEOUT])
@@ -201,7 +208,7 @@ pub fn post_reports(
         .arg(script)
         .arg(&posting.base)
         .args(["--", &posting.election, &posting.token, &posting.run])
-        .args(batch_arg)
+        .args(extra_arg)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -227,6 +234,20 @@ pub fn post_reports(
         answers,
         cpu: usage::ticks_to_duration(ticks, ticks_per_second),
         rss_kib,
+    })
+}
+
+/// The script a posting runs and the argument it takes after ELECTION TOKEN
+/// RUN: bulk takes the batch size, the paced script the rate.
+fn script_for<'a>(
+    scripts: &'a Scripts,
+    posting: &Posting,
+) -> anyhow::Result<(&'a PathBuf, Option<String>)> {
+    Ok(match (posting.batch, posting.rate) {
+        (batch, None) if batch > 1 => (&scripts.bulk, Some(batch.to_string())),
+        (_, None) => (&scripts.report, None),
+        (1, Some(rate)) => (&scripts.paced, Some(rate.to_string())),
+        (batch, Some(_)) => bail!("wrk cannot pace bulk requests (batches of {batch})"),
     })
 }
 
@@ -413,6 +434,61 @@ Requests/sec:   8733.33
 Transfer/sec:      1.33MB
 bench-wrk: ok=130990 pending=3 failed=10 first_failure=401 {\"error\":\"unauthorized\"}
 ";
+
+    #[test]
+    fn each_posting_runs_its_script() {
+        let scripts = Scripts {
+            report: PathBuf::from("report.lua"),
+            bulk: PathBuf::from("bulk.lua"),
+            paced: PathBuf::from("paced.lua"),
+        };
+        let posting = |batch, rate| Posting {
+            base: "http://127.0.0.1:1".to_owned(),
+            election: "e".to_owned(),
+            token: "t".to_owned(),
+            run: "r".to_owned(),
+            threads: 1,
+            connections: 1,
+            duration: Duration::from_secs(1),
+            batch,
+            rate,
+        };
+        let chosen = |batch, rate| {
+            script_for(&scripts, &posting(batch, rate))
+                .map(|(path, arg)| (path.to_str().unwrap_or_default().to_owned(), arg))
+        };
+        assert_eq!(chosen(1, None).unwrap(), ("report.lua".to_owned(), None));
+        assert_eq!(
+            chosen(100, None).unwrap(),
+            ("bulk.lua".to_owned(), Some("100".to_owned()))
+        );
+        assert_eq!(
+            chosen(1, Some(2_000)).unwrap(),
+            ("paced.lua".to_owned(), Some("2000".to_owned()))
+        );
+        let refused = chosen(100, Some(2_000)).unwrap_err().to_string();
+        assert!(refused.contains("cannot pace bulk"), "{refused}");
+    }
+
+    /// The paced script is report.lua with pace.lua after it: pace.lua
+    /// wraps report.lua's `init`, so it must come second, and it must define
+    /// `delay` at the top level, where wrk looks for it.
+    #[test]
+    fn the_paced_script_wraps_the_report_script() {
+        let dir = std::env::temp_dir().join(format!("bench-scripts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let scripts = Scripts::write(&dir).unwrap();
+        let paced = std::fs::read_to_string(&scripts.paced).unwrap();
+        scripts.remove();
+        let _ = std::fs::remove_dir(&dir);
+        let report_init = paced.find("function init(").expect("report.lua's init");
+        let wrapped = paced
+            .find("local report_init = init")
+            .expect("pace.lua's wrapper");
+        assert!(report_init < wrapped, "pace.lua must come after report.lua");
+        assert!(paced.contains("\nfunction delay()"), "delay must be global");
+        assert!(paced.starts_with(REPORT_SCRIPT));
+    }
 
     #[test]
     fn wrk_output_is_read() {
