@@ -835,7 +835,10 @@ async fn query_lines(
         while_writing(bench, stage, redis, &query_service, writer, plain_totals()).await?;
     let mut lines = vec![
         Line::judged(
-            "query: GET /totals, wrk 64 connections, while ingest posts 2,000 reports/s",
+            format!(
+                "query: GET /totals, wrk 64 connections, while ingest posts {} reports/s",
+                thousands(f64::from(WRITER_RATE))
+            ),
             format!(
                 "{} requests/s, p50 {:.2} ms, p99 {:.2} ms ({} reports/s recorded meanwhile)",
                 thousands(totals.rate.per_second),
@@ -997,7 +1000,10 @@ async fn while_writing(
     let cores = |spent: Duration| spent.as_secs_f64() / window.as_secs_f64();
     let writer_per_report = usage::micros_per(posted.cpu, posted.summary.requests);
     let line = Line::info(
-        "query while ingest posts 2,000 reports/s: CPU of each process in that window",
+        format!(
+            "query while ingest posts {} reports/s: CPU of each process in that window",
+            thousands(f64::from(WRITER_RATE))
+        ),
         format!(
             "the query {:.2} cores; the ingest side {:.2} cores: election-ingest {:.0} µs per report, \
              PostgreSQL {:.0} µs, redis-server {:.0} µs (its reads by the query included), \
