@@ -580,10 +580,19 @@ pub async fn memory(bench: &Bench, redis: &RedisTarget, reports: u64) -> anyhow:
 /// thread paced by `pace.lua`, with 64 connections so that answers slower
 /// than the schedule do not hold it back): the load beside the query
 /// measurement. Stopped through its flag and awaited, so what is measured
-/// after [`PacedWriter::stop`] has nothing posting.
+/// after [`PacedWriter::stop`] has nothing posting; dropped without that (an
+/// error on the way), it still raises the flag, so wrk stops at its next
+/// look instead of posting until its time limit.
 pub struct PacedWriter {
-    task: tokio::task::JoinHandle<anyhow::Result<Posted>>,
+    /// `None` once [`PacedWriter::stop`] has taken it.
+    task: Option<tokio::task::JoinHandle<anyhow::Result<Posted>>>,
     stop: Arc<AtomicBool>,
+}
+
+impl Drop for PacedWriter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl PacedWriter {
@@ -616,11 +625,14 @@ impl PacedWriter {
                 })
             })
         });
-        let writer = PacedWriter { task, stop };
+        let writer = PacedWriter {
+            task: Some(task),
+            stop,
+        };
         let began = Instant::now();
         while stage.recorded()? == 0 {
             anyhow::ensure!(
-                !writer.task.is_finished() && began.elapsed() < Duration::from_secs(60),
+                !writer.finished() && began.elapsed() < Duration::from_secs(60),
                 "the paced writer had no answer within a minute"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -631,14 +643,23 @@ impl PacedWriter {
     /// Stops it and returns what it posted; fails if it had already
     /// stopped by itself (then what was measured meanwhile was not measured
     /// while it posted).
-    pub async fn stop(self) -> anyhow::Result<Posted> {
-        let still_writing = !self.task.is_finished();
+    pub async fn stop(mut self) -> anyhow::Result<Posted> {
+        let still_writing = !self.finished();
         self.stop.store(true, Ordering::Relaxed);
-        let posted = self.task.await.context("the paced writer")??;
+        let task = self
+            .task
+            .take()
+            .context("the paced writer's task was already taken")?;
+        let posted = task.await.context("the paced writer")??;
         anyhow::ensure!(
             still_writing,
             "the paced writer finished before the measurement did: not measured while ingest posts"
         );
         Ok(posted)
+    }
+
+    /// Whether wrk has ended (by itself, unless stopped).
+    fn finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|task| task.is_finished())
     }
 }
