@@ -24,7 +24,7 @@ use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 use election_test_support::pg::PgSchema;
 
 use crate::pending::{CLAIM_ROWS, CLAIMED_REPORTS, LEASE_ROWS, MARK_WHOLE};
-use crate::record::{HOT_PATH_SETTINGS, LOCK_BOXES, READ_DEFINITIONS, READ_KNOWN, WRITE_FRESH};
+use crate::record::{HOT_PATH_SETTINGS, LOCK_BOXES, READ_KNOWN, WRITE_FRESH};
 use crate::seal::{COUNT_AFTER, READ_PLAN_SETTINGS, READ_ROWS};
 
 /// Tables that grow with the election: never scanned whole on the hot path.
@@ -37,8 +37,11 @@ const KEY_INDEXES: &[&str] = &["reports_pkey", "reports_revision_key", "ballot_b
 /// Every hot-path statement with sample arguments (any values do: the
 /// generic plan ignores them, and custom plans only need the right types).
 const STATEMENTS: &[(&str, &str, &str)] = &[
-    ("record: definition versions", READ_DEFINITIONS, "'{e}'"),
-    ("record: lock boxes", LOCK_BOXES, "'{e,e}', '{B1,B2}'"),
+    (
+        "record: definition versions and lock boxes",
+        LOCK_BOXES,
+        "'{e,e}', '{B1,B2}', '{e}'",
+    ),
     (
         "record: read back latest votes and same revisions (replays)",
         READ_KNOWN,
@@ -307,7 +310,13 @@ fn hot_path_plans_use_indexes_whatever_the_statistics() {
 #[test]
 fn the_check_finds_the_plans_an_empty_database_gets_without_the_settings() {
     let (_schema, mut conn) = migrated();
-    let plan = explain(&mut conn, LOCK_BOXES, "'{e,e}', '{B1,B2}'", true, None);
+    let plan = explain(
+        &mut conn,
+        LOCK_BOXES,
+        "'{e,e}', '{B1,B2}', '{e}'",
+        true,
+        None,
+    );
     let problems = plan_problems(&plan);
     assert!(
         problems.iter().any(|p| p.contains("ballot_boxes")),

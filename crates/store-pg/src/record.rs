@@ -10,20 +10,20 @@
 //!    scans, hash or merge joins for the rest of the transaction (see
 //!    below), and the shared side of each election's definition lock, sent
 //!    with `BEGIN` in one round trip ([`recording_transaction`]);
-//! 1. **definitions**: the stored version of each election's definition,
-//!    compared with the one each report was checked against (see below),
-//!    and its certified cities: a report that would record something new
-//!    for a certified city is refused (`Conflict::Certified`, 409
-//!    `certified`), decided here, under the definition lock that
-//!    `definitions::certify` holds exclusively, so no report slips in after
-//!    a certification commits;
-//! 2. **lock**: the batch's existing ballot boxes, `FOR UPDATE`, in sorted
-//!    order, so two batches sharing boxes queue up instead of deadlocking;
-//!    their city and latest revision come back with the lock;
-//! 3. **read** (only when a report names a box that exists): the latest
+//! 1. **definitions and lock**, one statement: the stored version of each
+//!    election's definition, compared with the one each report was checked
+//!    against (see below), and its certified cities: a report that would
+//!    record something new for a certified city is refused
+//!    (`Conflict::Certified`, 409 `certified`), decided here, under the
+//!    definition lock that `definitions::certify` holds exclusively, so no
+//!    report slips in after a certification commits; and the batch's
+//!    existing ballot boxes, locked `FOR UPDATE` in sorted order, so two
+//!    batches sharing boxes queue up instead of deadlocking, their city and
+//!    latest revision coming back with the lock;
+//! 2. **read** (only when a report names a box that exists): the latest
 //!    votes of those boxes, and every recorded revision with the same (box,
 //!    revision) as an incoming report, for replays and conflicts;
-//! 4. **write**: every fresh report with its per-party arrays, the boxes'
+//! 3. **write**: every fresh report with its per-party arrays, the boxes'
 //!    rows (inserted once for new boxes, updated for the others) and the
 //!    batch's `pending_batches` row, as one statement.
 //!
@@ -48,8 +48,10 @@
 //! before it reads the version (in a later statement, so with a later
 //! snapshot), and keeps it until it commits. A load therefore waits for the
 //! batches already past the check, and every batch after it sees its
-//! version. Cost: one small statement per batch, and one lock per election
-//! in the `BEGIN` message.
+//! version. Cost: a subquery per election in the lock statement (it was a
+//! statement of its own, a round trip per batch: docs/benchmarks.md, "The
+//! definitions read with the lock"), and one lock per election in the
+//! `BEGIN` message.
 //!
 //! # New boxes are not locked before they exist
 //!
@@ -212,30 +214,42 @@ fn hot_transaction_begun_with<T>(
     }
 }
 
-/// The stored version of each election's definition (NULL: not defined) and
-/// its certified cities, read after [`recording_transaction`] took the
-/// definition locks: a separate statement, so its snapshot includes a load
-/// or a certification that committed while the lock was awaited.
-pub(crate) const READ_DEFINITIONS: &str = "\
-SELECT e.id AS election_id,
-       (SELECT (extract(epoch FROM d.loaded_at) * 1000000)::bigint
-        FROM election_definitions d WHERE d.election_id = e.id) AS version,
-       ARRAY(SELECT c.city FROM certified_cities c WHERE c.election_id = e.id) AS certified
-FROM unnest($1::text[]) AS e(id)";
-
-/// Locks the batch's existing ballot boxes and returns their state.
+/// Reads each election's definition and locks the batch's existing ballot
+/// boxes, in one statement (one round trip).
 ///
+/// `definition` rows, one per election of `$3`: the stored version of its
+/// definition (NULL: not defined) and its certified cities. The statement
+/// runs after [`recording_transaction`] took the definition locks (in the
+/// round trip before), so its snapshot includes a load or a certification
+/// that committed while a lock was awaited, and none can commit while the
+/// transaction holds them.
+///
+/// `box` rows: the batch's existing boxes, `FOR UPDATE`, with their state.
 /// The input is sorted (byte order of election, then box) and the locks are
 /// taken in that order (`ORDER BY` runs below the row locking), so
 /// concurrent batches over overlapping boxes wait for each other instead of
 /// deadlocking. `FOR UPDATE` returns the newest committed version of a row it
-/// had to wait for, so the state read here is current.
+/// had to wait for, so the state read here is current. A `WITH` query that
+/// locks rows is never folded into the outer query, and `UNION ALL` reads it
+/// whole, so every box of the batch is locked.
 pub(crate) const LOCK_BOXES: &str = "\
-SELECT bb.election_id, bb.ballot_box_id, bb.city, bb.latest_revision, bb.latest_report_id
-FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(e, b, ord)
-JOIN ballot_boxes bb ON bb.election_id = k.e AND bb.ballot_box_id = k.b
-ORDER BY k.ord
-FOR UPDATE OF bb";
+WITH locked AS (
+    SELECT bb.election_id, bb.ballot_box_id, bb.city, bb.latest_revision, bb.latest_report_id
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(e, b, ord)
+    JOIN ballot_boxes bb ON bb.election_id = k.e AND bb.ballot_box_id = k.b
+    ORDER BY k.ord
+    FOR UPDATE OF bb
+)
+SELECT 'definition'::text AS kind, e.id AS election_id, NULL::text AS ballot_box_id,
+       NULL::text AS city, NULL::int4 AS latest_revision, NULL::int8 AS latest_report_id,
+       (SELECT (extract(epoch FROM d.loaded_at) * 1000000)::bigint
+        FROM election_definitions d WHERE d.election_id = e.id) AS version,
+       ARRAY(SELECT c.city FROM certified_cities c WHERE c.election_id = e.id) AS certified
+FROM unnest($3::text[]) AS e(id)
+UNION ALL
+SELECT 'box', l.election_id, l.ballot_box_id, l.city, l.latest_revision, l.latest_report_id,
+       NULL, NULL
+FROM locked l";
 
 /// Reads, after the locks are held (a separate statement, so its snapshot
 /// includes whatever the batches we waited for committed):
@@ -297,19 +311,26 @@ WITH ids AS (
 )
 SELECT x.id, x.pos FROM ids, unnest(ids.a) WITH ORDINALITY AS x(id, pos)";
 
-/// One row of [`LOCK_BOXES`].
+/// One row of [`LOCK_BOXES`]: a `definition` (the last two columns) or a
+/// `box` (the four before them).
 #[derive(QueryableByName)]
-struct BoxRow {
+struct LockRow {
+    #[diesel(sql_type = Text)]
+    kind: String,
     #[diesel(sql_type = Text)]
     election_id: String,
-    #[diesel(sql_type = Text)]
-    ballot_box_id: String,
-    #[diesel(sql_type = Text)]
-    city: String,
-    #[diesel(sql_type = Int4)]
-    latest_revision: i32,
-    #[diesel(sql_type = Int8)]
-    latest_report_id: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    ballot_box_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    city: Option<String>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    latest_revision: Option<i32>,
+    #[diesel(sql_type = Nullable<Int8>)]
+    latest_report_id: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    version: Option<i64>,
+    #[diesel(sql_type = Nullable<Array<Text>>)]
+    certified: Option<Vec<String>>,
 }
 
 /// One row of [`READ_KNOWN`].
@@ -410,11 +431,10 @@ pub(crate) fn record_batch(
     conn: &mut PgConnection,
     reports: &[Report],
 ) -> Result<Vec<Recorded>, TxError> {
-    let certified = check_definitions(conn, reports)?;
-    // Sorted, so the lock statement's input is deterministic too (its ORDER
-    // BY is what fixes the lock order).
-    let boxes: BTreeSet<BoxKey> = reports.iter().map(box_key).collect();
-    let existing = lock_boxes(conn, &boxes)?;
+    let Locked {
+        certified,
+        existing,
+    } = check_and_lock(conn, reports)?;
     let Known {
         mut states,
         mut same,
@@ -525,36 +545,68 @@ struct Existing {
     latest_report_id: i64,
 }
 
-/// One row of [`READ_DEFINITIONS`].
-#[derive(QueryableByName)]
-struct DefinitionRow {
-    #[diesel(sql_type = Text)]
-    election_id: String,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    version: Option<i64>,
-    #[diesel(sql_type = Array<Text>)]
-    certified: Vec<String>,
+/// What [`LOCK_BOXES`] found.
+struct Locked {
+    /// The certified (election, city) pairs of the batch's elections.
+    certified: BTreeSet<(String, String)>,
+    /// The batch's boxes that existed before it, now locked; boxes not here
+    /// do not exist yet.
+    existing: HashMap<BoxKey, Existing>,
 }
 
-/// Statement 1: see [`READ_DEFINITIONS`]. Refuses the batch when a report
-/// was checked against another version than the stored one; returns the
-/// certified (election, city) pairs of the batch's elections.
-fn check_definitions(
-    conn: &mut PgConnection,
-    reports: &[Report],
-) -> Result<BTreeSet<(String, String)>, TxError> {
+/// Statement 1: see [`LOCK_BOXES`]. Refuses the batch when a report was
+/// checked against another version than the stored one.
+fn check_and_lock(conn: &mut PgConnection, reports: &[Report]) -> Result<Locked, TxError> {
     let elections: BTreeSet<&str> = reports.iter().map(|r| r.election().as_str()).collect();
-    let rows: Vec<DefinitionRow> = prepared(READ_DEFINITIONS, |q| {
-        q.bind::<Array<Text>, _>(elections.into_iter().collect::<Vec<_>>())
+    // Sorted, so the statement's input is deterministic too (its ORDER BY is
+    // what fixes the lock order).
+    let boxes: BTreeSet<BoxKey> = reports.iter().map(box_key).collect();
+    let rows: Vec<LockRow> = prepared(LOCK_BOXES, |q| {
+        q.bind::<Array<Text>, _>(boxes.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(boxes.iter().map(|(_, b)| b.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(elections.into_iter().collect::<Vec<_>>())
     })
     .load(conn)?;
     let mut certified = BTreeSet::new();
     let mut stored: HashMap<String, Option<DefinitionVersion>> = HashMap::new();
+    let mut existing = HashMap::with_capacity(rows.len());
     for row in rows {
-        for city in row.certified {
-            certified.insert((row.election_id.clone(), city));
+        match row.kind.as_str() {
+            "definition" => {
+                for city in row.certified.unwrap_or_default() {
+                    certified.insert((row.election_id.clone(), city));
+                }
+                stored.insert(row.election_id, row.version.map(DefinitionVersion));
+            }
+            "box" => {
+                let corrupt = |detail: String| {
+                    TxError::Corrupt(format!(
+                        "ballot box {:?} of election {:?}: {detail}",
+                        row.ballot_box_id, row.election_id
+                    ))
+                };
+                let (Some(ballot_box), Some(city), Some(revision), Some(latest_report_id)) = (
+                    row.ballot_box_id.clone(),
+                    row.city.as_deref(),
+                    row.latest_revision,
+                    row.latest_report_id,
+                ) else {
+                    return Err(corrupt("a box row without its state".to_owned()));
+                };
+                let city = CityId::parse(city).map_err(|p| corrupt(p.to_string()))?;
+                let latest_revision =
+                    Revision::new(i64::from(revision)).map_err(|p| corrupt(p.to_string()))?;
+                existing.insert(
+                    (row.election_id, ballot_box),
+                    Existing {
+                        city,
+                        latest_revision,
+                        latest_report_id,
+                    },
+                );
+            }
+            other => return Err(TxError::Corrupt(format!("unexpected row kind {other:?}"))),
         }
-        stored.insert(row.election_id, row.version.map(DefinitionVersion));
     }
     for report in reports {
         let current = stored.get(report.election().as_str()).copied().flatten();
@@ -562,42 +614,10 @@ fn check_definitions(
             return Err(TxError::DefinitionChanged(report.election().clone()));
         }
     }
-    Ok(certified)
-}
-
-/// Statement 2: see [`LOCK_BOXES`]. Boxes not returned do not exist yet.
-fn lock_boxes(
-    conn: &mut PgConnection,
-    boxes: &BTreeSet<BoxKey>,
-) -> Result<HashMap<BoxKey, Existing>, TxError> {
-    let elections: Vec<&str> = boxes.iter().map(|(e, _)| e.as_str()).collect();
-    let ballot_boxes: Vec<&str> = boxes.iter().map(|(_, b)| b.as_str()).collect();
-    let rows: Vec<BoxRow> = prepared(LOCK_BOXES, |q| {
-        q.bind::<Array<Text>, _>(elections)
-            .bind::<Array<Text>, _>(ballot_boxes)
+    Ok(Locked {
+        certified,
+        existing,
     })
-    .load(conn)?;
-    let mut existing = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let corrupt = |detail: String| {
-            TxError::Corrupt(format!(
-                "ballot box {:?} of election {:?}: {detail}",
-                row.ballot_box_id, row.election_id
-            ))
-        };
-        let city = CityId::parse(&row.city).map_err(|p| corrupt(p.to_string()))?;
-        let latest_revision =
-            Revision::new(i64::from(row.latest_revision)).map_err(|p| corrupt(p.to_string()))?;
-        existing.insert(
-            (row.election_id, row.ballot_box_id),
-            Existing {
-                city,
-                latest_revision,
-                latest_report_id: row.latest_report_id,
-            },
-        );
-    }
-    Ok(existing)
 }
 
 /// What is recorded for a batch's boxes and revisions, as [`READ_KNOWN`]
@@ -918,7 +938,7 @@ mod tests {
     #[test]
     fn statements_have_a_constant_number_of_binds() {
         // 19 binds whatever the batch size, far under PostgreSQL's 65,535.
-        for (sql, binds) in [(LOCK_BOXES, 2), (READ_KNOWN, 4), (WRITE_FRESH, 19)] {
+        for (sql, binds) in [(LOCK_BOXES, 3), (READ_KNOWN, 4), (WRITE_FRESH, 19)] {
             assert!(sql.contains(&format!("${binds}::")), "{sql}");
             assert!(!sql.contains(&format!("${}", binds + 1)), "{sql}");
         }

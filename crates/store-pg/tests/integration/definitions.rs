@@ -316,3 +316,66 @@ fn a_certified_city_records_nothing_new() {
         Err(definitions::CertifyError::NotDefined(_))
     ));
 }
+
+/// A recording transaction that had to wait for a certification holding the
+/// definition lock reads what that certification committed: the read of the
+/// certified cities runs in a statement after the lock was granted, so its
+/// snapshot includes the certification, and the report is refused (with the
+/// version it was checked against, it is refused as a changed definition;
+/// checked against the new version, as certified).
+#[test]
+fn a_batch_that_waited_for_a_certification_sees_it() {
+    use election_core::{Conflict, Lookup, Recorded, StoreError};
+    use std::time::{Duration, Instant};
+    let db = Migrated::new(3);
+    let log = std::sync::Arc::new(PgLog::new(db.pool.clone()));
+    let election = ElectionId::parse("def-e").unwrap();
+    definitions::load(&db.pool, &Definition::from_toml(FIRST).unwrap()).unwrap();
+    let version = || match definitions::find_if_changed(&db.pool, &election, None).unwrap() {
+        Lookup::Current(Some((_, version))) => version,
+        other => panic!("defined: {other:?}"),
+    };
+    let before = version();
+
+    // A certification in progress, as `certify` does it: the lock held
+    // exclusively, the city certified and the version moved, not committed.
+    let mut certifier = db.pool.get().unwrap();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut *certifier,
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('election-definition:def-e'));
+         INSERT INTO certified_cities (election_id, city, certified_by)
+         VALUES ('def-e', 'london', 'Returning Officer');
+         UPDATE election_definitions SET loaded_at = loaded_at + interval '1 second'
+         WHERE election_id = 'def-e'",
+    )
+    .unwrap();
+    let record = |checked_against| {
+        let log = log.clone();
+        let mut report = contract::report(&election, "BB1", "london", 1, &[("labour", 3)]);
+        report.set_checked_against(Some(checked_against));
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            (log.record(&[report]), started.elapsed())
+        })
+    };
+    let stale = record(before);
+    std::thread::sleep(Duration::from_millis(300));
+    diesel::connection::SimpleConnection::batch_execute(&mut *certifier, "COMMIT").unwrap();
+    let (answer, waited) = stale.join().unwrap();
+    assert!(waited >= Duration::from_millis(250), "the batch waited");
+    assert!(
+        matches!(&answer, Err(StoreError::DefinitionChanged { election: e }) if *e == election),
+        "{answer:?}"
+    );
+    let after = version();
+    assert_ne!(before, after);
+    let (answer, _) = record(after).join().unwrap();
+    assert!(
+        matches!(
+            &answer.as_deref(),
+            Ok([Recorded::Conflict(Conflict::Certified { .. })])
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(number(&db.pool, "SELECT count(*) AS n FROM reports"), 0);
+}
