@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -44,10 +44,11 @@ use crate::AppState;
 use crate::analytics;
 use crate::answer::{self, bytes_response, parse_election};
 use crate::asof;
+use crate::gzip_stream::{self, Member};
 use crate::live::Current;
 use crate::precompressed::{self, Copies};
 use crate::render::Rendered;
-use crate::stream::{self, Variant};
+use crate::stream::{self, Event, Variant};
 
 /// The dashboard page, compiled into the binary: no file to deploy, no
 /// network at run time.
@@ -465,11 +466,13 @@ async fn city_totals(
 }
 
 /// Sent before a stream's first event: how long a browser waits before
-/// reconnecting a dropped stream (2 s).
-const RETRY: &[u8] = b"retry: 2000\n";
+/// reconnecting a dropped stream (2 s). Static, so its gzip segment is made
+/// once for the process.
+static RETRY: LazyLock<Event> = LazyLock::new(|| Event::new(Bytes::from_static(b"retry: 2000\n")));
 
 /// The comment sent on a stream that had nothing to send for a while.
-const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+static KEEP_ALIVE: LazyLock<Event> =
+    LazyLock::new(|| Event::new(Bytes::from_static(b": keep-alive\n\n")));
 
 /// Keeps the subscriber gauge right: one per open stream.
 struct Subscriber {
@@ -515,8 +518,13 @@ struct Streaming {
     /// changes it was not sent: they did not touch its scope).
     client_has: Option<u64>,
     /// Events decided on and not yet handed to the connection.
-    pending: VecDeque<Bytes>,
+    pending: VecDeque<Event>,
     first: bool,
+    /// A gzip-encoded stream's member (`None`: plain), and whether its
+    /// header was sent (first, before anything else).
+    gzip: Option<(Member, bool)>,
+    /// Set once the stream has nothing more to send but a gzip trailer.
+    ended: bool,
     keep_alive: Duration,
     /// When something was last handed to the connection.
     last_sent: tokio::time::Instant,
@@ -555,7 +563,9 @@ fn variant(
 /// the kept deltas start from (it gets only the deltas after it); then one
 /// `delta` per change touching what it asked for (`?scope=national`,
 /// `?city=C`, or everything). Every event is rendered once and shared (see
-/// [`crate::stream`]). Streams end when the service shuts down.
+/// [`crate::stream`]); a client that accepts gzip gets a gzip stream whose
+/// events are compressed once and shared too ([`crate::gzip_stream`]).
+/// Streams end when the service shuts down (a gzip stream with its trailer).
 async fn stream(
     State(state): State<Arc<AppState>>,
     Path(election): Path<String>,
@@ -566,6 +576,13 @@ async fn stream(
     let variant = variant(query)?;
     let election = existing(&state, &election).await?;
     let current = state.live.subscribe_ready(&election).await?;
+    let gzip = precompressed::accepts_gzip(&headers);
+    state.metrics.inc(
+        "query_streams_opened_total",
+        "Live streams opened, by the encoding they are sent in.",
+        &[("encoding", if gzip { "gzip" } else { "identity" })],
+        1,
+    );
     let client_has = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -577,12 +594,14 @@ async fn stream(
         client_has,
         pending: VecDeque::new(),
         first: true,
+        gzip: gzip.then(|| (Member::default(), false)),
+        ended: false,
         keep_alive: state.keep_alive,
         last_sent: tokio::time::Instant::now(),
         _subscriber: Subscriber::new(&state),
     };
     let chunks = futures_util::stream::unfold(streaming, next_chunk);
-    Ok((
+    let mut response = (
         [
             (
                 header::CONTENT_TYPE,
@@ -593,18 +612,71 @@ async fn stream(
                 HeaderName::from_static("x-accel-buffering"),
                 HeaderValue::from_static("no"),
             ),
+            (header::VARY, HeaderValue::from_static("accept-encoding")),
         ],
         Body::from_stream(chunks),
     )
-        .into_response())
+        .into_response();
+    if gzip {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    Ok(response)
+}
+
+/// What goes on the wire for `event`: its plain bytes, or, on a gzip
+/// stream, its shared segment. `None` if compressing failed (logged): the
+/// stream then ends, and the client reconnects as after any dropped stream.
+async fn wire(streaming: &mut Streaming, event: &Event) -> Option<Bytes> {
+    let Some((member, _)) = &mut streaming.gzip else {
+        return Some(event.plain().clone());
+    };
+    let segment = match event.segment().await {
+        Ok(segment) => segment,
+        Err(error) => {
+            tracing::warn!(error = %error, "compressing a stream event");
+            return None;
+        }
+    };
+    member.add(&segment);
+    Some(segment.deflate)
+}
+
+/// How a stream ends: nothing more on a plain stream; on a gzip stream the
+/// member's trailer (after its header, if nothing was sent yet), so the
+/// client's decompressor sees a whole member, never an empty body.
+fn ending(mut streaming: Streaming) -> Option<(Result<Bytes, Infallible>, Streaming)> {
+    if streaming.ended {
+        return None;
+    }
+    streaming.ended = true;
+    let (member, header_sent) = streaming.gzip.take()?;
+    let trailer = member.trailer();
+    if header_sent {
+        return Some((Ok(trailer), streaming));
+    }
+    let mut whole = gzip_stream::HEADER.to_vec();
+    whole.extend_from_slice(&trailer);
+    Some((Ok(Bytes::from(whole)), streaming))
 }
 
 /// The stream's next piece: an event decided on earlier, else what brings
 /// the client to the newest version, else (after waiting for a change) the
 /// same, or a keep-alive comment when nothing was sent for `keep_alive`.
 async fn next_chunk(mut streaming: Streaming) -> Option<(Result<Bytes, Infallible>, Streaming)> {
+    if streaming.ended {
+        return None;
+    }
+    // A gzip stream starts with the member's header, on its own: the first
+    // event's segment is shared and not copied to prepend it.
+    if let Some((_, header_sent @ false)) = &mut streaming.gzip {
+        *header_sent = true;
+        return Some((Ok(Bytes::from_static(&gzip_stream::HEADER)), streaming));
+    }
     loop {
-        if let Some(chunk) = streaming.pending.pop_front() {
+        if let Some(event) = streaming.pending.pop_front() {
+            let chunk = wire(&mut streaming, &event).await?;
             streaming.last_sent = tokio::time::Instant::now();
             return Some((Ok(chunk), streaming));
         }
@@ -620,24 +692,24 @@ async fn next_chunk(mut streaming: Streaming) -> Option<(Result<Bytes, Infallibl
             if !events.is_empty() {
                 if streaming.first {
                     streaming.first = false;
-                    streaming.pending.push_back(Bytes::from_static(RETRY));
+                    streaming.pending.push_back(RETRY.clone());
                 }
                 streaming.pending.extend(events);
                 continue;
             }
         }
         let quiet_until = streaming.last_sent + streaming.keep_alive;
-        tokio::select! {
-            changed = streaming.current.changed() => {
-                if changed.is_err() {
-                    // The feed stopped: the service is shutting down.
-                    return None;
-                }
-            }
-            _ = streaming.stop.wait_for(|stopping| *stopping) => return None,
+        let stopped = tokio::select! {
+            // An error: the feed stopped, the service is shutting down.
+            changed = streaming.current.changed() => changed.is_err(),
+            _ = streaming.stop.wait_for(|stopping| *stopping) => true,
             _ = tokio::time::sleep_until(quiet_until) => {
-                streaming.pending.push_back(Bytes::from_static(KEEP_ALIVE));
+                streaming.pending.push_back(KEEP_ALIVE.clone());
+                false
             }
+        };
+        if stopped {
+            return ending(streaming);
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod cdf;
 pub mod cli;
 pub mod commands;
 pub mod elections;
+pub mod gzip_stream;
 pub mod live;
 pub mod precompressed;
 pub mod render;

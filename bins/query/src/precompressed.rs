@@ -49,6 +49,27 @@ impl Coding {
 /// (RFC 9110 §12.5.3): `br` when acceptable, else `gzip`, else none. A
 /// coding with `q=0` is refused; `*` accepts any coding not named.
 pub fn preferred(headers: &HeaderMap) -> Option<Coding> {
+    let (br, gzip, any) = accepted(headers);
+    if br.or(any) == Some(true) {
+        Some(Coding::Br)
+    } else if gzip.or(any) == Some(true) {
+        Some(Coding::Gzip)
+    } else {
+        None
+    }
+}
+
+/// Whether the request's `Accept-Encoding` accepts gzip (named with `q` >
+/// 0, or `*` when gzip is not named): the one encoding the live stream
+/// offers (`crate::gzip_stream`).
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let (_, gzip, any) = accepted(headers);
+    gzip.or(any) == Some(true)
+}
+
+/// What `Accept-Encoding` says of `br`, `gzip` and `*`: unnamed (`None`),
+/// acceptable or refused (`q=0`).
+fn accepted(headers: &HeaderMap) -> (Option<bool>, Option<bool>, Option<bool>) {
     let mut br = None;
     let mut gzip = None;
     let mut any = None;
@@ -69,13 +90,7 @@ pub fn preferred(headers: &HeaderMap) -> Option<Coding> {
             }
         }
     }
-    if br.or(any) == Some(true) {
-        Some(Coding::Br)
-    } else if gzip.or(any) == Some(true) {
-        Some(Coding::Gzip)
-    } else {
-        None
-    }
+    (br, gzip, any)
 }
 
 /// The compressed copies of one body, each made when first asked for.

@@ -64,7 +64,7 @@ use election_http::conditional::Validators;
 use serde::Serialize;
 
 use crate::precompressed::Copies;
-use crate::stream::{self, Delta, Variant};
+use crate::stream::{self, Delta, Event, Variant};
 
 /// The leading party of a scope.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
@@ -311,9 +311,9 @@ pub struct Rendered {
     pub(crate) recent: Arc<[Arc<Delta>]>,
     /// The stream's snapshot events of this version, rendered when first
     /// asked for.
-    snapshot_all: OnceLock<Bytes>,
-    snapshot_national: OnceLock<Bytes>,
-    snapshot_city: Mutex<HashMap<Box<str>, Bytes>>,
+    snapshot_all: OnceLock<Event>,
+    snapshot_national: OnceLock<Event>,
+    snapshot_city: Mutex<HashMap<Box<str>, Event>>,
 }
 
 /// A city's entry as last rendered, with what it was rendered from.
@@ -818,7 +818,7 @@ impl Rendered {
 
     /// The stream's `snapshot` event of this version for `variant`, as sent
     /// (`event:`, `id:`, `data:` lines), rendered once and then shared.
-    pub fn snapshot_event(&self, variant: &Variant) -> Bytes {
+    pub fn snapshot_event(&self, variant: &Variant) -> Event {
         let head = format!(
             "{{\"election\":{},\"version\":{},\"as_of\":{}",
             self.election_json, self.version, self.as_of_json

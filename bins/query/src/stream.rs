@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use election_core::CityId;
+use tokio::sync::OnceCell;
 
+use crate::gzip_stream::Segment;
 use crate::render::{Rendered, json};
 
 /// What a stream carries.
@@ -49,8 +51,68 @@ pub enum Variant {
 
 /// One event as sent: `event:`, `id:` and `data:` lines and the blank line
 /// that ends it. The data is JSON, which never holds a line break.
-pub fn frame(kind: &str, version: u64, data: &str) -> Bytes {
-    Bytes::from(format!("event: {kind}\nid: {version}\ndata: {data}\n\n"))
+pub fn frame(kind: &str, version: u64, data: &str) -> Event {
+    Event::new(Bytes::from(format!(
+        "event: {kind}\nid: {version}\ndata: {data}\n\n"
+    )))
+}
+
+/// Events at least this large are compressed on the blocking pool; smaller
+/// ones (most deltas of a scoped stream) take less than a wake-up.
+const COMPRESS_INLINE_BELOW: usize = 16 * 1024;
+
+/// One piece of a stream as sent (an event, or the `retry:` and keep-alive
+/// lines), shared by every subscriber it is sent to: its plain bytes, and
+/// its gzip segment ([`crate::gzip_stream`]), made when a compressed stream
+/// first sends it and then shared too. Derefs to the plain bytes.
+#[derive(Clone, Debug)]
+pub struct Event(Arc<EventInner>);
+
+#[derive(Debug)]
+struct EventInner {
+    plain: Bytes,
+    segment: OnceCell<Segment>,
+}
+
+impl Event {
+    /// An event of these bytes.
+    pub fn new(plain: Bytes) -> Event {
+        Event(Arc::new(EventInner {
+            plain,
+            segment: OnceCell::new(),
+        }))
+    }
+
+    /// The bytes a plain stream sends.
+    pub fn plain(&self) -> &Bytes {
+        &self.0.plain
+    }
+
+    /// The bytes a gzip stream sends: compressed by the first stream that
+    /// needs them (large events on the blocking pool), then shared.
+    pub async fn segment(&self) -> std::io::Result<Segment> {
+        self.0
+            .segment
+            .get_or_try_init(|| async {
+                if self.0.plain.len() < COMPRESS_INLINE_BELOW {
+                    return Segment::new(&self.0.plain);
+                }
+                let plain = self.0.plain.clone();
+                tokio::task::spawn_blocking(move || Segment::new(&plain))
+                    .await
+                    .map_err(std::io::Error::other)?
+            })
+            .await
+            .cloned()
+    }
+}
+
+impl std::ops::Deref for Event {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0.plain
+    }
 }
 
 /// What changed from one version to the next, rendered for every variant.
@@ -61,10 +123,10 @@ pub struct Delta {
     /// The version it applies to.
     pub previous: u64,
     /// The event of the unscoped stream.
-    all: Bytes,
+    all: Event,
     /// The event of `?scope=national`, when the national totals or
     /// `unreadable_counters` changed.
-    national: Option<Bytes>,
+    national: Option<Event>,
     /// The cities whose entry changed (with it) or that are gone (`None`),
     /// in city order.
     cities: Vec<(Arc<str>, Option<Arc<str>>)>,
@@ -74,7 +136,7 @@ pub struct Delta {
     as_of_json: Arc<str>,
     /// The events of `?city=C`, rendered when first asked for (`None`: this
     /// delta does not touch the city).
-    city_events: Mutex<HashMap<Box<str>, Option<Bytes>>>,
+    city_events: Mutex<HashMap<Box<str>, Option<Event>>>,
 }
 
 impl Delta {
@@ -158,7 +220,7 @@ impl Delta {
 
     /// This delta's event for `variant`, or `None` when it changes nothing
     /// the variant carries.
-    pub fn event(&self, variant: &Variant) -> Option<Bytes> {
+    pub fn event(&self, variant: &Variant) -> Option<Event> {
         match variant {
             Variant::All => Some(self.all.clone()),
             Variant::National => self.national.clone(),
@@ -175,7 +237,7 @@ impl Delta {
         }
     }
 
-    fn render_city(&self, city: &str) -> Option<Bytes> {
+    fn render_city(&self, city: &str) -> Option<Event> {
         let entry = self
             .cities
             .binary_search_by(|(listed, _)| (**listed).cmp(city))
@@ -217,7 +279,7 @@ impl Delta {
 /// sent to reach `rendered`'s version: nothing when it has it, the deltas
 /// after its version that touch its variant when the kept deltas start from
 /// it, else a snapshot.
-pub fn catch_up(rendered: &Rendered, client_has: Option<u64>, variant: &Variant) -> Vec<Bytes> {
+pub fn catch_up(rendered: &Rendered, client_has: Option<u64>, variant: &Variant) -> Vec<Event> {
     if client_has == Some(rendered.version) {
         return Vec::new();
     }
@@ -240,7 +302,7 @@ pub(crate) mod tests {
     use serde_json::{Value, json};
 
     /// The JSON of an event's `data:` line.
-    pub(crate) fn data(frame: &Bytes) -> Value {
+    pub(crate) fn data(frame: &[u8]) -> Value {
         let text = std::str::from_utf8(frame).unwrap();
         let line = text
             .lines()
@@ -249,7 +311,7 @@ pub(crate) mod tests {
         serde_json::from_str(line).unwrap()
     }
 
-    fn kind(frame: &Bytes) -> String {
+    fn kind(frame: &[u8]) -> String {
         let text = std::str::from_utf8(frame).unwrap();
         text.lines()
             .find_map(|line| line.strip_prefix("event: "))

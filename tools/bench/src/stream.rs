@@ -18,7 +18,11 @@
 //!   those ticks was written is that change's delay to this subscriber, and
 //!   the largest over subscribers its delay to the last one.
 //! - Subscribers are light: one tokio task each, reading the raw bytes of
-//!   the response, looking only at the start of each `data:` line.
+//!   the response, looking only at the start of each `data:` line. They
+//!   ask for no compression, since decompressing thousands of streams on
+//!   the service's two cores would measure the bench. One more subscriber
+//!   asks for gzip, as browsers and CDNs do, and counts only the bytes it
+//!   receives: what a compressed stream costs a reader's network.
 //! - The query service's CPU comes from `/proc/<pid>/stat` (user + system)
 //!   before and after the measured window, divided by the refreshes it made
 //!   (its `query_snapshot_refresh_seconds_count`, full reads, plus
@@ -72,6 +76,9 @@ pub struct Figures {
     pub reports_per_second: f64,
     /// Bytes received per subscriber per second during the window.
     pub bytes_per_subscriber_second: f64,
+    /// Bytes received per second during the window by the subscriber that
+    /// asked for gzip.
+    pub gzip_bytes_per_second: f64,
     /// Size of the unscoped snapshot event when the first subscriber got it.
     pub snapshot_bytes: usize,
     /// Mean size of a delta (the query's `query_stream_delta_bytes`).
@@ -108,6 +115,8 @@ struct Shared {
     slowest: Vec<AtomicU64>,
     reached: Vec<AtomicU32>,
     bytes: AtomicU64,
+    /// Bytes the gzip subscriber received, as sent (compressed).
+    gzip_bytes: AtomicU64,
     connected: AtomicUsize,
     snapshot_bytes: AtomicUsize,
     failed: AtomicUsize,
@@ -129,6 +138,7 @@ impl Shared {
             slowest: (0..ticks).map(|_| AtomicU64::new(0)).collect(),
             reached: (0..ticks).map(|_| AtomicU32::new(0)).collect(),
             bytes: AtomicU64::new(0),
+            gzip_bytes: AtomicU64::new(0),
             connected: AtomicUsize::new(0),
             snapshot_bytes: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
@@ -413,6 +423,45 @@ async fn subscribe(client: reqwest::Client, url: String, shared: Arc<Shared>) {
     }
 }
 
+/// The subscriber that asks for gzip: counts the bytes it receives until
+/// the stream ends or the task is aborted. A stream that is not gzip fails
+/// the measurement.
+async fn subscribe_gzip(client: reqwest::Client, url: String, shared: Arc<Shared>) {
+    let response = match client
+        .get(&url)
+        .header("accept-encoding", "gzip, deflate, br, zstd")
+        .send()
+        .await
+    {
+        Ok(response) if response.status().is_success() => response,
+        Ok(response) => {
+            shared.fail(format!(
+                "the gzip subscriber: answered {}",
+                response.status()
+            ));
+            return;
+        }
+        Err(error) => {
+            shared.fail(format!("the gzip subscriber: {error:#}"));
+            return;
+        }
+    };
+    if response
+        .headers()
+        .get("content-encoding")
+        .is_none_or(|coding| coding != "gzip")
+    {
+        shared.fail("the gzip subscriber: the stream is not gzip-encoded".to_owned());
+        return;
+    }
+    let mut body = response.bytes_stream();
+    while let Some(Ok(chunk)) = body.next().await {
+        shared
+            .gzip_bytes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+}
+
 /// A counter or histogram count of the query's `/metrics` (no labels).
 async fn metric(client: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<f64> {
     let text = client
@@ -477,6 +526,12 @@ pub async fn measure(
         .pool_max_idle_per_host(0)
         .build()?;
     let url = format!("{}/v1/elections/{ELECTION}/stream", query.base());
+    // First, so its snapshot is long received when the window starts.
+    let gzip = tokio::spawn(subscribe_gzip(
+        client.clone(),
+        url.clone(),
+        Arc::clone(&shared),
+    ));
     let tasks = connect_subscribers(&client, &url, &shared, plan.subscribers).await?;
     eprintln!(
         "bench: stream: {} subscribers have their snapshot; measuring {} s",
@@ -507,7 +562,7 @@ pub async fn measure(
     // Changes of the window get 5 s more to arrive.
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
-    for task in &tasks {
+    for task in tasks.iter().chain([&gzip]) {
         task.abort();
     }
     let written = writer
@@ -570,6 +625,7 @@ impl Figures {
             bytes_per_subscriber_second: spent.bytes as f64
                 / plan.subscribers as f64
                 / window.as_secs_f64(),
+            gzip_bytes_per_second: spent.gzip_bytes as f64 / window.as_secs_f64(),
             snapshot_bytes: shared.snapshot_bytes.load(Ordering::Relaxed),
             delta_bytes: if spent.delta_count > 0.0 {
                 spent.delta_sum / spent.delta_count
@@ -677,6 +733,7 @@ struct Readings {
     /// The last tick written then.
     tick: usize,
     bytes: u64,
+    gzip_bytes: u64,
     query_ticks: u64,
     redis_ticks: Option<u64>,
     /// Refreshes that read counters (full and partial reads' `_count`).
@@ -700,6 +757,7 @@ impl Readings {
         let at = Instant::now();
         let tick = shared.last_written().unwrap_or(0);
         let bytes = shared.bytes.load(Ordering::Relaxed);
+        let gzip_bytes = shared.gzip_bytes.load(Ordering::Relaxed);
         let query_ticks = usage::process_ticks(query.pid());
         let redis_ticks = redis_pid.map(usage::process_ticks);
         let base = query.base();
@@ -707,6 +765,7 @@ impl Readings {
             at,
             tick,
             bytes,
+            gzip_bytes,
             query_ticks,
             redis_ticks,
             refreshes: metric(client, base, "query_snapshot_refresh_seconds_count").await?
@@ -724,6 +783,7 @@ impl Readings {
             at: self.at,
             tick: self.tick,
             bytes: self.bytes - before.bytes,
+            gzip_bytes: self.gzip_bytes - before.gzip_bytes,
             query_ticks: self.query_ticks.saturating_sub(before.query_ticks),
             redis_ticks: self
                 .redis_ticks
@@ -751,10 +811,13 @@ pub fn lines(plan: &Plan, figures: &Figures) -> Vec<Line> {
             format!("{what}: bytes and CPU"),
             format!(
                 "{:.1} KiB per subscriber per second (deltas of {:.1} KiB on average; the snapshot on connect {:.1} MiB); \
+                 {:.1} KiB per second to a subscriber asking for gzip ({:.1}× fewer); \
                  query CPU {:.1} ms per refresh, {:.1} refreshes/s (each reading the counters in {:.0} ms), {:.0}% of a core{}; {:.0} reports/s written in the {:.0} s window",
                 figures.bytes_per_subscriber_second / 1024.0,
                 figures.delta_bytes / 1024.0,
                 figures.snapshot_bytes as f64 / 1024.0 / 1024.0,
+                figures.gzip_bytes_per_second / 1024.0,
+                figures.bytes_per_subscriber_second / figures.gzip_bytes_per_second.max(1.0),
                 ms(figures.cpu_per_refresh),
                 figures.refreshes_per_second,
                 ms(figures.read_time),

@@ -462,6 +462,15 @@ async fn the_dashboard_shows_the_seed_and_updates_live_without_reloading() {
         page["total"] == "840" && page["live"] == "live"
     })
     .await;
+    // Chromium asks for compression on its own: the page above was drawn
+    // from a gzip stream.
+    let (_, metrics) =
+        crate::harness::get(&stack.client, &format!("{}/metrics", stack.query.base)).await;
+    let metrics = metrics.as_str().expect("metrics are text");
+    assert!(
+        metrics.contains("query_streams_opened_total{encoding=\"gzip\"}"),
+        "{metrics}"
+    );
     assert_eq!(shown["leader"], "labour");
     assert_eq!(shown["margin"], "170");
     assert_eq!(shown["boxes"], "3");

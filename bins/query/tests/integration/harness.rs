@@ -384,11 +384,23 @@ pub fn execute(pool: &PgPool, sql: &str) {
     diesel::sql_query(sql).execute(&mut conn).unwrap();
 }
 
-/// Reads Server-Sent Events from a response, one at a time.
+/// Reads Server-Sent Events from a response, one at a time; a gzip-encoded
+/// stream is decompressed as it arrives, as a browser does.
 pub struct Events {
     response: reqwest::Response,
     buffer: String,
+    /// `Some` on a gzip stream: the decompressor and every byte received.
+    gzip: Option<Gzip>,
 }
+
+struct Gzip {
+    inflate: flate2::Decompress,
+    raw: Vec<u8>,
+}
+
+/// The 10 bytes of a gzip header without optional fields, as the service
+/// sends it.
+const GZIP_HEADER: usize = 10;
 
 /// One event: its fields.
 #[derive(Debug, Clone, Default)]
@@ -401,10 +413,58 @@ pub struct SseEvent {
 
 impl Events {
     pub fn new(response: reqwest::Response) -> Events {
+        let gzip = response
+            .headers()
+            .get("content-encoding")
+            .is_some_and(|coding| coding == "gzip")
+            .then(|| Gzip {
+                inflate: flate2::Decompress::new(false),
+                raw: Vec::new(),
+            });
         Events {
             response,
             buffer: String::new(),
+            gzip,
         }
+    }
+
+    /// Every byte received so far, as sent (compressed on a gzip stream).
+    pub fn raw(&self) -> &[u8] {
+        self.gzip.as_ref().map_or(&[], |gzip| &gzip.raw)
+    }
+
+    /// Adds what arrived: decompressed, on a gzip stream, as far as the
+    /// bytes so far allow (each event ends with a flush, so whole).
+    fn received(&mut self, chunk: &[u8]) {
+        let Some(gzip) = &mut self.gzip else {
+            self.buffer.push_str(&String::from_utf8_lossy(chunk));
+            return;
+        };
+        gzip.raw.extend_from_slice(chunk);
+        if gzip.raw.len() <= GZIP_HEADER {
+            return;
+        }
+        assert_eq!(&gzip.raw[..3], &[0x1f, 0x8b, 8], "not a gzip header");
+        let mut plain = Vec::new();
+        loop {
+            let from = GZIP_HEADER + usize::try_from(gzip.inflate.total_in()).unwrap();
+            plain.reserve(64 * 1024);
+            let status = gzip
+                .inflate
+                .decompress_vec(
+                    &gzip.raw[from.min(gzip.raw.len())..],
+                    &mut plain,
+                    flate2::FlushDecompress::Sync,
+                )
+                .expect("the stream is valid DEFLATE");
+            let consumed = GZIP_HEADER + usize::try_from(gzip.inflate.total_in()).unwrap();
+            if status == flate2::Status::StreamEnd
+                || (consumed >= gzip.raw.len() && plain.len() < plain.capacity())
+            {
+                break;
+            }
+        }
+        self.buffer.push_str(&String::from_utf8_lossy(&plain));
     }
 
     /// The next event (comments are skipped), or `None` when the stream
@@ -441,7 +501,7 @@ impl Events {
                 continue;
             }
             match self.response.chunk().await {
-                Ok(Some(chunk)) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Some(chunk)) => self.received(&chunk),
                 Ok(None) | Err(_) => return None,
             }
         }

@@ -118,7 +118,7 @@ async fn live_answers_revalidate_with_their_etag_until_a_number_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_and_csv_are_compressed_on_request_and_streams_never() {
+async fn json_csv_and_the_stream_are_compressed_on_request() {
     let stack = Stack::start().await;
     stack.post_seed().await;
     stack.wait_for_total(840, Duration::from_secs(10)).await;
@@ -189,13 +189,67 @@ async fn json_and_csv_are_compressed_on_request_and_streams_never() {
         small.len()
     );
     serde_json::from_slice::<Value>(&small).unwrap();
-    let stream = asking("/stream", "gzip, br").await.unwrap();
+    // The stream: plain unless gzip is acceptable (its one encoding).
+    for refused in ["br", "gzip;q=0, br", "identity"] {
+        let stream = asking("/stream", refused).await.unwrap();
+        assert_eq!(stream.status(), 200, "{refused}");
+        assert!(
+            stream.headers().get("content-encoding").is_none(),
+            "{refused}"
+        );
+        let mut events = crate::harness::Events::new(stream);
+        let first = events.next_within(Duration::from_secs(10)).await;
+        assert_eq!(first.event, "snapshot", "{refused}");
+    }
+    // Asked as browsers ask, gzip: every event whole as soon as it arrives,
+    // and, when the service stops, a whole gzip member whose trailer checks.
+    let stream = asking("/stream", "gzip, deflate, br, zstd").await.unwrap();
     assert_eq!(stream.status(), 200);
-    assert!(stream.headers().get("content-encoding").is_none());
+    assert_eq!(stream.headers()["content-encoding"], "gzip");
+    assert!(
+        stream.headers()["vary"]
+            .to_str()
+            .unwrap()
+            .contains("accept-encoding")
+    );
     let mut events = crate::harness::Events::new(stream);
     let first = events.next_within(Duration::from_secs(10)).await;
     assert_eq!(first.event, "snapshot");
+    assert_eq!(first.retry.as_deref(), Some("2000"));
+    let snapshot: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(snapshot["national"]["total_votes"], 840);
+    let (status, _) = stack
+        .post(r#"{"ballot_box_id": "BB-LON-9", "city": "london", "votes": {"labour": 7, "green": 3}}"#)
+        .await;
+    assert_eq!(status, 201);
+    let mut seen = vec![first];
+    loop {
+        let event = events.next_within(Duration::from_secs(10)).await;
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(event.event, "delta");
+        let done = data["national"]["total_votes"] == 850;
+        seen.push(event);
+        if done {
+            break;
+        }
+    }
+    let raw_before_stop = events.raw().len();
+    assert!(raw_before_stop > 10);
     stack.stop().await;
+    assert!(events.next().await.is_none(), "an event after the stop");
+    let raw = events.raw();
+    assert!(raw.len() > raw_before_stop, "no trailer after the stop");
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(raw)
+        .read_to_string(&mut plain)
+        .expect("a whole gzip member with a true CRC and length");
+    let ids: Vec<&str> = plain
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .collect();
+    let expected: Vec<&str> = seen.iter().map(|event| event.id.as_str()).collect();
+    assert_eq!(ids, expected);
+    assert!(plain.starts_with("retry: 2000\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -579,6 +579,11 @@ async fn metrics_count_requests_by_route_and_streams() {
         "{text}"
     );
     assert!(text.contains("query_stream_subscribers 1"), "{text}");
+    // The test's client asks for no encoding.
+    assert!(
+        text.contains("query_streams_opened_total{encoding=\"identity\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("query_live_elections 1"), "{text}");
     assert!(
         text.contains("query_snapshot_refresh_seconds_count"),
