@@ -520,9 +520,9 @@ struct Streaming {
     /// Events decided on and not yet handed to the connection.
     pending: VecDeque<Event>,
     first: bool,
-    /// A gzip-encoded stream's member (`None`: plain), and whether its
-    /// header was sent (first, before anything else).
-    gzip: Option<(Member, bool)>,
+    /// A gzip-encoded stream's member (`None`: plain); its header goes out
+    /// before the first chunk (see [`stream`]).
+    gzip: Option<Member>,
     /// Set once the stream has nothing more to send but a gzip trailer.
     ended: bool,
     keep_alive: Duration,
@@ -594,13 +594,24 @@ async fn stream(
         client_has,
         pending: VecDeque::new(),
         first: true,
-        gzip: gzip.then(|| (Member::default(), false)),
+        gzip: gzip.then(Member::default),
         ended: false,
         keep_alive: state.keep_alive,
         last_sent: tokio::time::Instant::now(),
         _subscriber: Subscriber::new(&state),
     };
     let chunks = futures_util::stream::unfold(streaming, next_chunk);
+    // A gzip stream starts with the member's header, as a chunk of its own:
+    // the first event's segment is shared and not copied to prepend it.
+    let body = if gzip {
+        let header: Result<Bytes, Infallible> = Ok(Bytes::from_static(&gzip_stream::HEADER));
+        Body::from_stream(futures_util::StreamExt::chain(
+            futures_util::stream::iter([header]),
+            chunks,
+        ))
+    } else {
+        Body::from_stream(chunks)
+    };
     let mut response = (
         [
             (
@@ -614,7 +625,7 @@ async fn stream(
             ),
             (header::VARY, HeaderValue::from_static("accept-encoding")),
         ],
-        Body::from_stream(chunks),
+        body,
     )
         .into_response();
     if gzip {
@@ -629,7 +640,7 @@ async fn stream(
 /// stream, its shared segment. `None` if compressing failed (logged): the
 /// stream then ends, and the client reconnects as after any dropped stream.
 async fn wire(streaming: &mut Streaming, event: &Event) -> Option<Bytes> {
-    let Some((member, _)) = &mut streaming.gzip else {
+    let Some(member) = &mut streaming.gzip else {
         return Some(event.plain().clone());
     };
     let segment = match event.segment().await {
@@ -644,21 +655,11 @@ async fn wire(streaming: &mut Streaming, event: &Event) -> Option<Bytes> {
 }
 
 /// How a stream ends: nothing more on a plain stream; on a gzip stream the
-/// member's trailer (after its header, if nothing was sent yet), so the
-/// client's decompressor sees a whole member, never an empty body.
+/// member's trailer, so the client's decompressor sees a whole member.
 fn ending(mut streaming: Streaming) -> Option<(Result<Bytes, Infallible>, Streaming)> {
-    if streaming.ended {
-        return None;
-    }
     streaming.ended = true;
-    let (member, header_sent) = streaming.gzip.take()?;
-    let trailer = member.trailer();
-    if header_sent {
-        return Some((Ok(trailer), streaming));
-    }
-    let mut whole = gzip_stream::HEADER.to_vec();
-    whole.extend_from_slice(&trailer);
-    Some((Ok(Bytes::from(whole)), streaming))
+    let trailer = streaming.gzip.take()?.trailer();
+    Some((Ok(trailer), streaming))
 }
 
 /// The stream's next piece: an event decided on earlier, else what brings
@@ -667,12 +668,6 @@ fn ending(mut streaming: Streaming) -> Option<(Result<Bytes, Infallible>, Stream
 async fn next_chunk(mut streaming: Streaming) -> Option<(Result<Bytes, Infallible>, Streaming)> {
     if streaming.ended {
         return None;
-    }
-    // A gzip stream starts with the member's header, on its own: the first
-    // event's segment is shared and not copied to prepend it.
-    if let Some((_, header_sent @ false)) = &mut streaming.gzip {
-        *header_sent = true;
-        return Some((Ok(Bytes::from_static(&gzip_stream::HEADER)), streaming));
     }
     loop {
         if let Some(event) = streaming.pending.pop_front() {

@@ -367,20 +367,32 @@ fn probe(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
-/// One subscriber: reads the stream until it ends or the task is aborted.
-async fn subscribe(client: reqwest::Client, url: String, shared: Arc<Shared>) {
-    let response = match client.get(&url).send().await {
-        Ok(response) if response.status().is_success() => response,
+/// Sends `request` for a stream; `None` (the failure counted, with `who`
+/// and why) unless it was answered with success.
+async fn open(
+    request: reqwest::RequestBuilder,
+    shared: &Shared,
+    who: &str,
+) -> Option<reqwest::Response> {
+    match request.send().await {
+        Ok(response) if response.status().is_success() => Some(response),
         Ok(response) => {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
-            shared.fail(format!("answered {status}: {body}"));
-            return;
+            shared.fail(format!("{who}answered {status}: {body}"));
+            None
         }
         Err(error) => {
-            shared.fail(format!("{error:#}"));
-            return;
+            shared.fail(format!("{who}{error:#}"));
+            None
         }
+    }
+}
+
+/// One subscriber: reads the stream until it ends or the task is aborted.
+async fn subscribe(client: reqwest::Client, url: String, shared: Arc<Shared>) {
+    let Some(response) = open(client.get(&url), &shared, "").await else {
+        return;
     };
     let mut body = response.bytes_stream();
     let mut line: Vec<u8> = Vec::with_capacity(PREFIX);
@@ -427,24 +439,11 @@ async fn subscribe(client: reqwest::Client, url: String, shared: Arc<Shared>) {
 /// the stream ends or the task is aborted. A stream that is not gzip fails
 /// the measurement.
 async fn subscribe_gzip(client: reqwest::Client, url: String, shared: Arc<Shared>) {
-    let response = match client
+    let request = client
         .get(&url)
-        .header("accept-encoding", "gzip, deflate, br, zstd")
-        .send()
-        .await
-    {
-        Ok(response) if response.status().is_success() => response,
-        Ok(response) => {
-            shared.fail(format!(
-                "the gzip subscriber: answered {}",
-                response.status()
-            ));
-            return;
-        }
-        Err(error) => {
-            shared.fail(format!("the gzip subscriber: {error:#}"));
-            return;
-        }
+        .header("accept-encoding", "gzip, deflate, br, zstd");
+    let Some(response) = open(request, &shared, "the gzip subscriber: ").await else {
+        return;
     };
     if response
         .headers()
