@@ -7,8 +7,10 @@
 //!
 //! Installs (Debian packages unless noted): libpq-dev and pkg-config
 //! (diesel's PostgreSQL driver), the redis-server and psql command lines when
-//! missing, chromium (the dashboard's browser tests), schemathesis (PyPI, the
-//! API fuzzing of `just test`). Starts PostgreSQL on 127.0.0.1:5432 and Redis
+//! missing, chromium (the dashboard's browser tests), nginx (the query's
+//! tests behind a caching reverse proxy; each starts its own, and the server
+//! the package may have started on port 80 is stopped), schemathesis (PyPI,
+//! the API fuzzing of `just test`). Starts PostgreSQL on 127.0.0.1:5432 and Redis
 //! on 127.0.0.1:6379 (nothing kept on disk) when they do not answer; with
 //! `DATABASE_URL` or `REDIS_URL` set, nothing is started.
 
@@ -32,6 +34,13 @@ pub fn run() -> anyhow::Result<()> {
         if !on_path(program) {
             changed |= apt.need(package)?;
         }
+    }
+    // Looked for by path: /usr/sbin is not on every user's PATH.
+    if !std::path::Path::new("/usr/sbin/nginx").exists() && apt.need("nginx")? {
+        changed = true;
+        // Debian's package starts a server on port 80 where its policy
+        // allows; the tests start their own on free ports.
+        let _ = succeeds(Command::new("/usr/sbin/nginx").args(["-s", "quit"]));
     }
     if !on_path("schemathesis") {
         log("installing schemathesis (from PyPI)");

@@ -14,4 +14,5 @@ mod memory_history;
 mod openapi;
 mod process;
 mod progress;
+mod proxy;
 mod results;
