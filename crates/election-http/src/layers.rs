@@ -20,7 +20,11 @@
 //!   `duration_ms`, `request.id`). `RUST_LOG=info,access=off` silences it.
 //! - **CORS** (`CorsLayer`): preflights are answered here, before routing;
 //!   which origins may read is configuration ([`CorsOrigins`]); the headers
-//!   a browser may send and read are the service's ([`Layers`]).
+//!   a browser may send and read are the service's ([`Layers`]). Closed
+//!   ([`CorsOrigins::None`], ingest's default) is no layer at all: answers
+//!   carry no CORS headers, so a browser on another origin reads none, and
+//!   a preflight gets the route's own answer (405, or 404), which browsers
+//!   take as a refusal.
 //! - **Compression** (`CompressionLayer`): gzip or brotli when the client
 //!   asks (`Accept-Encoding`), for answers of [`COMPRESS_FROM`] bytes or
 //!   more, or of unknown length, except Server-Sent Events (a compressor
@@ -158,16 +162,22 @@ impl Layers {
     /// JSON errors, panics.
     pub fn apply(&self, router: Router) -> Router {
         let compress = self.compress;
-        let cors = CorsLayer::new()
-            .allow_origin(match &self.cors_origins {
-                CorsOrigins::Any => AllowOrigin::any(),
-                CorsOrigins::List(origins) => AllowOrigin::list(origins.iter().cloned()),
-                CorsOrigins::None => AllowOrigin::list(std::iter::empty()),
-            })
-            .allow_methods(self.cors_methods.clone())
-            .allow_headers(self.cors_request_headers.clone())
-            .expose_headers(self.cors_exposed_headers.clone())
-            .max_age(PREFLIGHT_MAX_AGE);
+        // Closed CORS is no layer at all: a browser reads nothing without an
+        // `Access-Control-Allow-Origin`, and the layer would still add its
+        // `Vary` and exposed headers to every answer (ingest's default).
+        let cors = match &self.cors_origins {
+            CorsOrigins::Any => Some(AllowOrigin::any()),
+            CorsOrigins::List(origins) => Some(AllowOrigin::list(origins.iter().cloned())),
+            CorsOrigins::None => None,
+        }
+        .map(|origins| {
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods(self.cors_methods.clone())
+                .allow_headers(self.cors_request_headers.clone())
+                .expose_headers(self.cors_exposed_headers.clone())
+                .max_age(PREFLIGHT_MAX_AGE)
+        });
         let trace = TraceLayer::new_for_http()
             .make_span_with(|request: &Request| {
                 let id = request
@@ -203,7 +213,7 @@ impl Layers {
             .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
             .layer(trace)
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(cors)
+            .option_layer(cors)
             .layer(
                 CompressionLayer::new()
                     .quality(CompressionLevel::Precise(COMPRESSION_LEVEL as i32))

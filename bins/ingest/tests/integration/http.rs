@@ -81,6 +81,7 @@ async fn errors_are_json_cors_is_closed_and_requests_have_ids() {
     assert_eq!(wrong.headers()["allow"], "POST");
     assert_eq!(wrong.headers()["content-type"], "application/json");
     assert_eq!(wrong.headers()["x-request-id"].len(), 36);
+    let wrong_headers = wrong.headers().clone();
     let body: serde_json::Value = wrong.json().await.unwrap();
     assert_eq!(body["error"], "method_not_allowed", "{body}");
 
@@ -104,6 +105,14 @@ async fn errors_are_json_cors_is_closed_and_requests_have_ids() {
         "{:?}",
         preflight.headers()
     );
+    // Closed is no CORS layer at all: the preflight gets the route's own
+    // refusal, and no answer carries CORS headers.
+    assert_eq!(preflight.status(), 405);
+    for headers in [preflight.headers(), &wrong_headers] {
+        for name in ["vary", "access-control-expose-headers"] {
+            assert!(headers.get(name).is_none(), "{name}: {headers:?}");
+        }
+    }
 
     let (status, document) = text(&ingest, "/openapi.yaml").await;
     assert_eq!(status, 200);
