@@ -4,15 +4,15 @@
 //! operator.
 //!
 //! Between sweeps it asks the tally every [`WATCH_EVERY`] who its servers
-//! are (`Tally::incarnation`: every Redis master's run id) and where each
-//! election's change journal stands (`Tally::moved_since`), and sweeps at
-//! once when the servers changed since the last sweep began or a journal
-//! went back (it was emptied: a flush, or a restart): a Redis restarted
-//! empty, a replica promoted in a master's place or a flushed Redis is
-//! healed within a second or so plus one sweep, not up to a whole interval
-//! later. The interval's sweeps stay for what neither shows (a flush of a
-//! Cluster master that holds no journal, a deleted key, a journal begun
-//! and lost between two looks). The journals watched are those of the
+//! are (`Tally::incarnation`: every Redis master's run id and witness key)
+//! and where each election's change journal stands (`Tally::moved_since`),
+//! and sweeps at once when the servers changed or lost their data since the
+//! last sweep began, or a journal went back (it was emptied: a flush, or a
+//! restart): a Redis restarted empty, a replica promoted in a master's
+//! place, a flushed Redis or a flushed Cluster master is healed within a
+//! second or so plus one sweep, not up to a whole interval later. The
+//! interval's sweeps stay for what neither shows (a deleted key, a journal
+//! begun and lost between two looks). The journals watched are those of the
 //! elections listed for the last sweep: an election first recorded since is
 //! watched from the next sweep on.
 //!
@@ -160,8 +160,8 @@ async fn wait(
         {
             tracing::info!(
                 redis.masters = ?servers.0,
-                "the Redis masters are not those of the last sweep (a restart or a failover); \
-                 checking every counted revision now"
+                "the Redis masters are not those of the last sweep, or one lost its data \
+                 (a restart, a failover or a flush); checking every counted revision now"
             );
             return false;
         }

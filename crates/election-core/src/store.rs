@@ -26,8 +26,8 @@ use crate::ids::{BallotBoxId, CityId, ElectionId, PartyId};
 use crate::report::{Difference, Report, Revision};
 use crate::rules::Conflict;
 
-/// Who the tally's servers are ([`Tally::incarnation`]): compare two, never
-/// look inside.
+/// Who the tally's servers are, and whether they kept their data
+/// ([`Tally::incarnation`]): compare two, never look inside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Incarnation(pub Vec<String>);
 
@@ -370,10 +370,12 @@ pub trait Tally: Send + Sync {
     }
 
     /// What changes whenever the tally's servers may have lost what they
-    /// held by restarting or by being replaced (Redis: every master's run
-    /// id), for healing to sweep at once instead of at its next interval;
-    /// `None` when the adapter cannot tell (the default). A loss that keeps
-    /// the servers (a flush) does not change it: periodic sweeps stay.
+    /// held: by restarting, by being replaced, or by being emptied while
+    /// they run (Redis: every master's run id, and a witness key the
+    /// adapter sets on each), for healing to sweep at once instead of at
+    /// its next interval; `None` when the adapter cannot tell (the default).
+    /// A loss of some keys only (a deleted counter) does not change it:
+    /// periodic sweeps stay.
     fn incarnation(&self) -> Result<Option<Incarnation>, StoreError> {
         Ok(None)
     }

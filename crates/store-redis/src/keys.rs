@@ -23,6 +23,12 @@
 //!   `election:<e>:meta:moved` ([`moved`]), which cannot collide with counter
 //!   keys because no counter key has `meta` where `party` or `city` stands.
 //!
+//! - one witness per master, `election::witness:{w<n>}` ([`witness`]): a
+//!   token the tally sets once, so that a master that lost its data (a
+//!   flush) without restarting is told apart from one that kept it (see the
+//!   crate docs, "Who the servers are"). No election id is empty, so
+//!   `election::` is no election's prefix.
+//!
 //! A bucket's name ends in digits, the flag's in `layout`, a per-key marker's
 //! in `<box>:<revision>` (two more `:`-separated parts), so the three never
 //! collide.
@@ -202,6 +208,16 @@ pub fn slot(key: &[u8]) -> u16 {
     crc16_xmodem(hash_tag(key)) % SLOTS
 }
 
+/// The first witness key (`election::witness:{w<n>}`, `n` from 0) whose
+/// slot `serves` accepts: a master's witness is a key of a slot it serves.
+/// `None` when no `n` below 200,000 lands in such a slot (a master serving
+/// no slot; one serving a single slot finds one after ~16,000 tries).
+pub fn witness(serves: impl Fn(u16) -> bool) -> Option<String> {
+    (0..200_000u32)
+        .map(|n| format!("election::witness:{{w{n}}}"))
+        .find(|key| serves(slot(key.as_bytes())))
+}
+
 /// The part of `key` that decides its slot.
 fn hash_tag(key: &[u8]) -> &[u8] {
     let Some(open) = key.iter().position(|&b| b == b'{') else {
@@ -350,5 +366,18 @@ mod tests {
             city_boxes(&election, &london),
             "election:2025:meta:city:london:boxes"
         );
+    }
+
+    #[test]
+    fn a_witness_lands_in_a_slot_its_master_serves() {
+        let key = witness(|slot| (5461..=10922).contains(&slot)).unwrap();
+        assert!(key.starts_with("election::witness:{w"), "{key}");
+        assert!((5461..=10922).contains(&slot(key.as_bytes())), "{key}");
+        // One slot is found too; no slot, never.
+        let one = witness(|slot| slot == 16383).unwrap();
+        assert_eq!(slot(one.as_bytes()), 16383);
+        assert_eq!(witness(|_| false), None);
+        // Standalone: the first.
+        assert_eq!(witness(|_| true).as_deref(), Some("election::witness:{w0}"));
     }
 }

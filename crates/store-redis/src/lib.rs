@@ -223,6 +223,19 @@
 //! [`RedisTally`]'s `snapshot` reads the index sets in one pipelined round,
 //! then every counter with `MGET`s of keys sharing a slot, in a second round.
 //!
+//! # Who the servers are
+//!
+//! Healing sweeps at once when Redis may have lost what it held
+//! (`Tally::incarnation`, watched every second by the reprocessor). Each
+//! master's `run_id` changes when it restarts or another takes its place;
+//! a flush keeps the server and its run id, and the change journal only
+//! shows a flush of the master that holds it. So each master also holds a
+//! witness key ([`keys::witness`], in a slot it serves), set to a token when
+//! absent, in the same round trip as `INFO server` that reads it back: a
+//! master emptied while it runs comes back with a new token, whichever of
+//! the Cluster's masters it is. A slot moved to another master may move the
+//! witness with it and change the token once: a sweep for nothing.
+//!
 //! # Failures
 //!
 //! Connections have connect and response timeouts ([`RedisOptions`]), so a
@@ -1310,7 +1323,9 @@ impl Tally for RedisTally {
         self.nodes
             .run_ids()
             .map(|ids| Some(Incarnation(ids)))
-            .map_err(|error| error.into_store_error("reading the Redis masters' run ids".into()))
+            .map_err(|error| {
+                error.into_store_error("reading the Redis masters' run ids and witnesses".into())
+            })
     }
 
     fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError> {

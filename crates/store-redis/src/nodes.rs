@@ -53,7 +53,7 @@ use redis::{
 };
 
 use crate::error::RedisStoreError;
-use crate::keys::SLOTS;
+use crate::keys::{self, SLOTS};
 use crate::policy;
 use crate::target::{RedisOptions, RedisTarget, redact};
 
@@ -197,6 +197,15 @@ impl Replied {
     pub(crate) fn unexpected(&self, command: &str) -> RedisStoreError {
         unexpected_reply(&self.node, command, &self.value)
     }
+}
+
+/// A witness token: this process and the time, unique enough to tell one
+/// setting of a witness key from the next.
+fn new_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{nanos:x}", std::process::id())
 }
 
 /// An error saying `value`, from `node`, was not what `command` should return.
@@ -887,18 +896,39 @@ impl Nodes {
         Ok(())
     }
 
-    /// Every master's address and `run_id` (`INFO server`), in address
-    /// order: a master restarted, or another in its place, changes it.
+    /// Every master's address, `run_id` (`INFO server`) and witness token,
+    /// in address order: a master restarted, or another in its place,
+    /// changes its run id; a master that lost its data without restarting (a
+    /// flush) changes its token. The token is the value of the master's
+    /// witness key ([`keys::witness`]), set when absent (`SET NX`) in the
+    /// same round trip that reads it, so the first look sets it and later
+    /// looks read the same value until the key is lost.
     pub(crate) fn run_ids(&self) -> Result<Vec<String>, RedisStoreError> {
         let topology = self.topology()?;
-        let mut info = redis::cmd("INFO");
-        info.arg("server");
         let mut ids = Vec::with_capacity(topology.nodes.len());
-        for node in &topology.nodes {
-            let value = self.query_node(node, &info, "INFO server")?;
-            let run_id = match &value {
-                Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-                Value::VerbatimString { text, .. } => Some(text.as_str()),
+        for (index, node) in topology.nodes.iter().enumerate() {
+            let witness = match &topology.slots {
+                None => keys::witness(|_| true),
+                Some(slots) => keys::witness(|slot| usize::from(slots[usize::from(slot)]) == index),
+            };
+            let mut look = redis::pipe();
+            look.cmd("INFO").arg("server");
+            if let Some(witness) = &witness {
+                look.cmd("SET")
+                    .arg(witness)
+                    .arg(new_token())
+                    .arg("NX")
+                    .ignore();
+                look.cmd("GET").arg(witness);
+            }
+            let value = self.on_node(node, "INFO server", |connection| look.query(connection))?;
+            let replies = match &value {
+                Value::Array(replies) => replies.as_slice(),
+                _ => &[],
+            };
+            let run_id = match replies.first() {
+                Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok(),
+                Some(Value::VerbatimString { text, .. }) => Some(text.as_str()),
                 _ => None,
             }
             .and_then(|text| {
@@ -906,7 +936,13 @@ impl Nodes {
                     .find_map(|line| line.trim().strip_prefix("run_id:"))
             })
             .ok_or_else(|| unexpected_reply(&node.label, "INFO server", &value))?;
-            ids.push(format!("{} {run_id}", node.label));
+            let token = match replies.get(1) {
+                Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                // No witness (a master serving no slot), or it was lost
+                // between the SET and the GET: the next look tells.
+                _ => String::new(),
+            };
+            ids.push(format!("{} {run_id} {token}", node.label));
         }
         ids.sort();
         Ok(ids)

@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use election_core::Claim;
 use election_core::contract::unique_election;
+use election_core::{Claim, ElectionId};
 use election_reprocessor::healer::WATCH_EVERY;
 use election_reprocessor::{Services, Settings};
 use election_test_support::pg::PgSchema;
 use election_test_support::process::free_port;
-use election_test_support::redis::RedisServer;
+use election_test_support::redis::{RedisCluster, RedisServer};
 use election_wiring::Serving;
 use tokio::sync::oneshot;
 
@@ -231,9 +231,12 @@ fn an_unmigrated_database_is_refused_with_what_to_run() {
 /// minutes away. (The run id alone: `healer`'s unit test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_redis_is_healed_at_once_not_at_the_next_interval() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
     heals_at_once(
         "heal-restart",
-        |redis| {
+        &url,
+        |_| {
             redis.kill();
             redis.restart();
         },
@@ -243,35 +246,73 @@ async fn a_restarted_redis_is_healed_at_once_not_at_the_next_interval() {
 }
 
 /// The same for a flush, which keeps the server and its run id: the
-/// election's change journal went back to nothing.
+/// server's witness key is gone and the election's change journal went back
+/// to nothing, whichever the loop reads first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_redis_is_healed_at_once_not_at_the_next_interval() {
+    let redis = RedisServer::start();
+    let url = redis.url();
     heals_at_once(
         "heal-flush",
-        |redis| {
+        &url,
+        |_| {
             redis::cmd("FLUSHALL")
-                .exec(&mut election_test_support::redis::connection(&redis.url()))
+                .exec(&mut election_test_support::redis::connection(&url))
                 .unwrap();
         },
-        "the change journal went back",
+        "checking every counted revision now",
     )
     .await;
 }
 
-/// Counts 50 reports with `run` and a 10-minute heal interval, waits for a
-/// sweep that finds them intact, makes Redis lose them with `loss`, and
-/// checks they are back within 30 s, `run`'s log saying `says`.
-async fn heals_at_once(name: &str, loss: impl FnOnce(&mut RedisServer), says: &str) {
+/// The same for a flush of one Cluster master that does not hold the
+/// election's change journal: no run id changed and no journal went back,
+/// but the master's witness key is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_cluster_master_is_healed_at_once_not_at_the_next_interval() {
+    let cluster = RedisCluster::start_private(2000);
+    let url = cluster.target_url();
+    heals_at_once(
+        "heal-master",
+        &url,
+        |e| {
+            let journal = store_redis::keys::moved(e);
+            let journal_master =
+                cluster.master_of_slot(store_redis::keys::slot(journal.as_bytes()));
+            // A master without the journal that holds counters of the
+            // election (24 of them: 4 parties in 5 cities and nationally,
+            // spread over the slots).
+            let master = cluster
+                .urls()
+                .into_iter()
+                .find(|url| !url.ends_with(&format!(":{journal_master}")))
+                .unwrap();
+            let mut connection = election_test_support::redis::connection(&master);
+            let counters: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("election:{e}:*party:*"))
+                .query(&mut connection)
+                .unwrap();
+            assert!(!counters.is_empty(), "{master} holds no counter of {e}");
+            redis::cmd("FLUSHALL").exec(&mut connection).unwrap();
+        },
+        "one lost its data",
+    )
+    .await;
+}
+
+/// Counts 50 reports with `run` and a 10-minute heal interval on the Redis
+/// of `url`, waits for a sweep that finds them intact, makes Redis lose
+/// them with `loss`, and checks they are back within 30 s, `run`'s log
+/// saying `says`.
+async fn heals_at_once(name: &str, url: &str, loss: impl FnOnce(&ElectionId), says: &str) {
     let db = Db::new();
-    let mut redis = RedisServer::start();
-    let url = redis.url();
     let e = unique_election(name);
     record(&*db.log, &reports(&e, 0, 50));
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let child = spawn(
         &db,
-        &url,
+        url,
         &[
             "run",
             "--listen",
@@ -284,7 +325,7 @@ async fn heals_at_once(name: &str, loss: impl FnOnce(&mut RedisServer), says: &s
     );
     let client = reqwest::Client::new();
     // Counted, and a sweep of every election found them intact.
-    wait_until("the 50 reports are counted", || is_exact(&db, &url, &e));
+    wait_until("the 50 reports are counted", || is_exact(&db, url, &e));
     wait_for_metrics(&client, &base, "a sweep found everything intact", |m| {
         value(m, "reprocessor_heal_sweeps_total{outcome=\"intact\"}").is_some_and(|n| n >= 1.0)
     })
@@ -294,10 +335,10 @@ async fn heals_at_once(name: &str, loss: impl FnOnce(&mut RedisServer), says: &s
     // before it is lost (a journal begun and lost within one second is left
     // to the interval's sweep).
     tokio::time::sleep(3 * WATCH_EVERY).await;
-    loss(&mut redis);
+    loss(&e);
     let lost = Instant::now();
     let deadline = Duration::from_secs(30);
-    while !is_exact(&db, &url, &e) {
+    while !is_exact(&db, url, &e) {
         if lost.elapsed() >= deadline {
             send_signal(child.id(), "TERM");
             let output = child.wait_with_output().unwrap();
@@ -317,5 +358,5 @@ async fn heals_at_once(name: &str, loss: impl FnOnce(&mut RedisServer), says: &s
         stderr.contains(says),
         "the watch, not the interval, started the sweep: {stderr}"
     );
-    assert_exact(&db, &url, &e);
+    assert_exact(&db, url, &e);
 }

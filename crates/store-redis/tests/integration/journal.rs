@@ -152,10 +152,11 @@ fn on_a_cluster_the_journal_names_what_moved_and_only_that() {
 }
 
 /// `Tally::incarnation`, which healing watches between sweeps: the same
-/// while the server is, unchanged by a flush (which keeps the server), and
-/// another once the server restarted; on a Cluster one entry per master.
+/// while the server is and keeps its data, another once it was flushed
+/// (its witness key lost) and again once it restarted; on a Cluster one
+/// entry per master, and a master that lost its data changes its own.
 #[test]
-fn the_incarnation_changes_when_a_server_restarts_and_only_then() {
+fn the_incarnation_changes_when_a_server_restarts_or_loses_its_data() {
     let mut server = RedisServer::start();
     let tally = private_tally(&server);
     let first = tally.incarnation().unwrap().expect("Redis can tell");
@@ -164,15 +165,43 @@ fn the_incarnation_changes_when_a_server_restarts_and_only_then() {
     redis::cmd("FLUSHALL")
         .exec(&mut connection(&server.url()))
         .unwrap();
-    assert_eq!(tally.incarnation().unwrap(), Some(first.clone()));
+    let flushed = tally.incarnation().unwrap().expect("Redis can tell");
+    assert_ne!(flushed, first, "a flushed server lost its data");
+    assert_eq!(tally.incarnation().unwrap(), Some(flushed.clone()));
 
     server.kill();
     assert!(tally.incarnation().is_err(), "a dead server cannot tell");
     server.restart();
     let after = tally.incarnation().unwrap().expect("Redis can tell");
-    assert_ne!(after, first, "a restarted server is another incarnation");
+    assert_ne!(after, flushed, "a restarted server is another incarnation");
 
     let _layout = cluster_shared();
-    let masters = cluster_tally().incarnation().unwrap().unwrap();
-    assert_eq!(masters.0.len(), 3, "{masters:?}");
+    let cluster = election_test_support::redis::cluster();
+    let tally = cluster_tally();
+    let before = tally.incarnation().unwrap().unwrap();
+    assert_eq!(before.0.len(), 3, "{before:?}");
+    assert_eq!(tally.incarnation().unwrap(), Some(before.clone()));
+    // One master loses its witness, as a flush of it would (the shared
+    // Cluster's other keys belong to other tests).
+    let url = &cluster.urls()[1];
+    let mut master = connection(url);
+    let witnesses: Vec<String> = redis::cmd("KEYS")
+        .arg("election::witness:*")
+        .query(&mut master)
+        .unwrap();
+    assert_eq!(witnesses.len(), 1, "{url}: {witnesses:?}");
+    redis::cmd("DEL").arg(&witnesses).exec(&mut master).unwrap();
+    let after = tally.incarnation().unwrap().unwrap();
+    let changed: Vec<(&String, &String)> = before
+        .0
+        .iter()
+        .zip(&after.0)
+        .filter(|(was, is)| was != is)
+        .collect();
+    assert_eq!(changed.len(), 1, "{before:?} then {after:?}");
+    let port = url.rsplit(':').next().unwrap().trim_end_matches('/');
+    assert!(
+        changed[0].1.contains(&format!(":{port} ")),
+        "{url} lost its witness, yet {changed:?} changed"
+    );
 }
