@@ -120,6 +120,62 @@ fn unit(id: &str, kind: &str, name: &str, row: &ScopeRow, composing: Option<Vec<
     unit
 }
 
+/// The `Party` objects: every party of the election, with its defined name
+/// and colour when it has them.
+fn party_objects(counts: &Counts) -> Vec<Value> {
+    counts
+        .parties
+        .iter()
+        .map(|(party, defined)| {
+            let mut object = json!({
+                "@id": party_object(party),
+                "@type": "ElectionResults.Party",
+                "Name": text(defined.as_ref().map_or(party.as_str(), |(name, _)| name)),
+                "ExternalIdentifier": external(party.as_str()),
+            });
+            if let Some((_, colour)) = defined {
+                object["Color"] = json!(colour.as_str().trim_start_matches('#'));
+            }
+            object
+        })
+        .collect()
+}
+
+/// One `PartySelection` per party, in party order, with its votes
+/// nationally and in each city of `city_ids` (a city without the party
+/// counts 0).
+fn party_selections(counts: &Counts, city_ids: &[(String, &ScopeRow)]) -> Vec<Value> {
+    let votes = |row: &ScopeRow, party: &PartyId| row.parties.get(party).copied().unwrap_or(0);
+    counts
+        .parties
+        .iter()
+        .enumerate()
+        .map(|(index, (party, _))| {
+            let mut counts_of = vec![json!({
+                "@type": "ElectionResults.VoteCounts",
+                "Count": votes(&counts.national, party),
+                "GpUnitId": NATION,
+                "Type": "total",
+            })];
+            for (id, row) in city_ids {
+                counts_of.push(json!({
+                    "@type": "ElectionResults.VoteCounts",
+                    "Count": votes(row, party),
+                    "GpUnitId": id,
+                    "Type": "total",
+                }));
+            }
+            json!({
+                "@id": format!("selection-{}", party.as_str()),
+                "@type": "ElectionResults.PartySelection",
+                "PartyIds": [party_object(party)],
+                "SequenceOrder": index + 1,
+                "VoteCounts": counts_of,
+            })
+        })
+        .collect()
+}
+
 /// The document for `counts`, read at `as_of`.
 pub fn render(counts: &Counts, as_of: DateTime<Utc>) -> String {
     let generated = as_of.to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -147,52 +203,9 @@ pub fn render(counts: &Counts, as_of: DateTime<Utc>) -> String {
         units.push(unit(id, "city", name, row, None));
     }
 
-    let parties: Vec<Value> = counts
-        .parties
-        .iter()
-        .map(|(party, defined)| {
-            let mut object = json!({
-                "@id": party_object(party),
-                "@type": "ElectionResults.Party",
-                "Name": text(defined.as_ref().map_or(party.as_str(), |(name, _)| name)),
-                "ExternalIdentifier": external(party.as_str()),
-            });
-            if let Some((_, colour)) = defined {
-                object["Color"] = json!(colour.as_str().trim_start_matches('#'));
-            }
-            object
-        })
-        .collect();
+    let parties = party_objects(counts);
 
-    let votes = |row: &ScopeRow, party: &PartyId| row.parties.get(party).copied().unwrap_or(0);
-    let selections: Vec<Value> = counts
-        .parties
-        .iter()
-        .enumerate()
-        .map(|(index, (party, _))| {
-            let mut counts_of = vec![json!({
-                "@type": "ElectionResults.VoteCounts",
-                "Count": votes(&counts.national, party),
-                "GpUnitId": NATION,
-                "Type": "total",
-            })];
-            for (id, row) in &city_ids {
-                counts_of.push(json!({
-                    "@type": "ElectionResults.VoteCounts",
-                    "Count": votes(row, party),
-                    "GpUnitId": id,
-                    "Type": "total",
-                }));
-            }
-            json!({
-                "@id": format!("selection-{}", party.as_str()),
-                "@type": "ElectionResults.PartySelection",
-                "PartyIds": [party_object(party)],
-                "SequenceOrder": index + 1,
-                "VoteCounts": counts_of,
-            })
-        })
-        .collect();
+    let selections = party_selections(counts, &city_ids);
 
     let mut contest = json!({
         "@id": "contest-parties",
