@@ -1020,45 +1020,90 @@ fn assemble(
     ballot_boxes: Vec<At<(BallotBoxId, CityId)>>,
     problems: &mut Problems<'_>,
 ) -> Definition {
-    let mut party_seen: HashMap<PartyId, usize> = HashMap::new();
-    let mut kept_parties = Vec::with_capacity(parties.len());
-    for party in parties {
-        if let Some(&first) = party_seen.get(&party.value.id) {
-            let first_line = problems.line(first);
-            problems.at(
-                party.offset,
-                format!(
-                    "party {:?} is defined twice (first on line {first_line})",
-                    party.value.id.as_str()
-                ),
-            );
-        } else {
-            party_seen.insert(party.value.id.clone(), party.offset);
-            kept_parties.push(party.value);
-        }
-    }
-    let mut city_seen: HashMap<CityId, usize> = HashMap::new();
-    let mut kept_cities = Vec::with_capacity(cities.len());
-    for city in cities {
-        if let Some(&first) = city_seen.get(&city.value.id) {
-            let first_line = problems.line(first);
-            problems.at(
-                city.offset,
-                format!(
-                    "city {:?} is defined twice (first on line {first_line})",
-                    city.value.id.as_str()
-                ),
-            );
-        } else {
-            city_seen.insert(city.value.id.clone(), city.offset);
-            kept_cities.push(city.value);
-        }
-    }
+    let (kept_parties, _) = first_of_each(
+        parties,
+        |party| &party.id,
+        |id| format!("party {:?}", id.as_str()),
+        problems,
+    );
+    let (kept_cities, city_seen) = first_of_each(
+        cities,
+        |city| &city.id,
+        |id| format!("city {:?}", id.as_str()),
+        problems,
+    );
     let city_index: HashMap<CityId, usize> = kept_cities
         .iter()
         .enumerate()
         .map(|(i, c)| (c.id.clone(), i))
         .collect();
+    let (registry, registered_per_city) = register(ballot_boxes, &city_index, problems);
+    for city in &kept_cities {
+        if let Some(&(registered, offset)) = registered_per_city.get(&city.id)
+            && registered > city.expected_ballot_boxes
+        {
+            let line = city_seen.get(&city.id).copied().unwrap_or(offset);
+            problems.at(
+                line,
+                format!(
+                    "city {:?} expects {} ballot boxes but registers {registered}; expected_ballot_boxes must be at least the number registered",
+                    city.id.as_str(),
+                    city.expected_ballot_boxes
+                ),
+            );
+        }
+    }
+    Definition {
+        election,
+        name,
+        party_index: kept_parties.iter().map(|p| p.id.clone()).collect(),
+        parties: kept_parties,
+        cities: kept_cities,
+        city_index,
+        ballot_boxes: registry,
+        certified: BTreeMap::new(),
+        box_electorates: BTreeMap::new(),
+    }
+}
+
+/// The entries whose id was not defined by an earlier one, in order, and
+/// where each kept id was defined; a repeat is a problem naming the first
+/// definition's line (`what` names the id: `party "x"`).
+fn first_of_each<T, K: Clone + Eq + std::hash::Hash>(
+    entries: Vec<At<T>>,
+    id: impl Fn(&T) -> &K,
+    what: impl Fn(&K) -> String,
+    problems: &mut Problems<'_>,
+) -> (Vec<T>, HashMap<K, usize>) {
+    let mut seen: HashMap<K, usize> = HashMap::new();
+    let mut kept = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if let Some(&first) = seen.get(id(&entry.value)) {
+            let first_line = problems.line(first);
+            problems.at(
+                entry.offset,
+                format!(
+                    "{} is defined twice (first on line {first_line})",
+                    what(id(&entry.value))
+                ),
+            );
+        } else {
+            seen.insert(id(&entry.value).clone(), entry.offset);
+            kept.push(entry.value);
+        }
+    }
+    (kept, seen)
+}
+
+/// The registry of ballot boxes in defined cities, each box once, and per
+/// city how many it registers (with where its first box is); a box in an
+/// undefined city (reported once per city) or registered twice is a
+/// problem.
+fn register(
+    ballot_boxes: Vec<At<(BallotBoxId, CityId)>>,
+    city_index: &HashMap<CityId, usize>,
+    problems: &mut Problems<'_>,
+) -> (BTreeMap<BallotBoxId, CityId>, HashMap<CityId, (u32, usize)>) {
     let mut registry: BTreeMap<BallotBoxId, CityId> = BTreeMap::new();
     let mut box_seen: HashMap<BallotBoxId, usize> = HashMap::new();
     let mut registered_per_city: HashMap<CityId, (u32, usize)> = HashMap::new();
@@ -1096,32 +1141,7 @@ fn assemble(
         count.0 += 1;
         registry.insert(ballot_box, city);
     }
-    for city in &kept_cities {
-        if let Some(&(registered, offset)) = registered_per_city.get(&city.id)
-            && registered > city.expected_ballot_boxes
-        {
-            let line = city_seen.get(&city.id).copied().unwrap_or(offset);
-            problems.at(
-                line,
-                format!(
-                    "city {:?} expects {} ballot boxes but registers {registered}; expected_ballot_boxes must be at least the number registered",
-                    city.id.as_str(),
-                    city.expected_ballot_boxes
-                ),
-            );
-        }
-    }
-    Definition {
-        election,
-        name,
-        party_index: kept_parties.iter().map(|p| p.id.clone()).collect(),
-        parties: kept_parties,
-        cities: kept_cities,
-        city_index,
-        ballot_boxes: registry,
-        certified: BTreeMap::new(),
-        box_electorates: BTreeMap::new(),
-    }
+    (registry, registered_per_city)
 }
 
 #[cfg(test)]
