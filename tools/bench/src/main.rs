@@ -866,14 +866,21 @@ async fn query_lines(
             alone.per_second / totals.per_second
         ),
     ));
-    // As browsers and CDNs ask: compression accepted, on the national
-    // totals (under 1 KiB: answered plain) and on the city list (compressed
-    // once per version; docs/benchmarks.md, "Large bodies compressed once
-    // per version").
+    lines.extend(browser_lines(query_service.base(), sizes).await?);
+    lines.push(fanout_line(stage, &query_service, sizes).await?);
+    Ok(lines)
+}
+
+/// `GET /totals` and `GET /cities` as browsers and CDNs ask: compression
+/// accepted, on the national totals (under 1 KiB: answered plain) and on
+/// the city list (compressed once per version; docs/benchmarks.md, "Large
+/// bodies compressed once per version").
+async fn browser_lines(base: &str, sizes: &Sizes) -> anyhow::Result<Vec<Line>> {
+    let mut lines = Vec::new();
     for resource in ["totals", "cities"] {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let asked = query::hammer(
-            query_service.base(),
+            base,
             "bench-query",
             resource,
             Some(query::BROWSER_ENCODINGS),
@@ -881,13 +888,8 @@ async fn query_lines(
             sizes.fixed,
         )
         .await?;
-        let (encoding, sent, plain) = query::encoded_size(
-            query_service.base(),
-            "bench-query",
-            resource,
-            query::BROWSER_ENCODINGS,
-        )
-        .await?;
+        let (encoding, sent, plain) =
+            query::encoded_size(base, "bench-query", resource, query::BROWSER_ENCODINGS).await?;
         lines.push(Line::info(
             format!(
                 "query: GET /{resource} as browsers ask (Accept-Encoding: {}), wrk 64 connections, nothing else running",
@@ -904,6 +906,15 @@ async fn query_lines(
             ),
         ));
     }
+    Ok(lines)
+}
+
+/// One new report to every stream subscriber: how long until the last has it.
+async fn fanout_line(
+    stage: &Stage,
+    query_service: &Service,
+    sizes: &Sizes,
+) -> anyhow::Result<Line> {
     let stream = query::stream_fanout(
         &stage.pool,
         query_service.base(),
@@ -912,7 +923,7 @@ async fn query_lines(
         sizes.subscribers,
     )
     .await?;
-    lines.push(Line::info(
+    Ok(Line::info(
         format!(
             "query: stream, {} subscribers, one new report",
             sizes.subscribers
@@ -924,8 +935,7 @@ async fn query_lines(
             ms(stream.p99),
             ms(stream.max)
         ),
-    ));
-    Ok(lines)
+    ))
 }
 
 async fn reconcile_line(
