@@ -21,9 +21,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use election_test_support::process::{free_port, wait_until};
+use election_test_support::process::{free_port, send_signal, wait_until};
 
 use crate::harness::{Events, SEED, Stack};
 
@@ -119,11 +119,19 @@ fn open_to_workers(path: &Path) {
 }
 
 impl Drop for Nginx {
+    /// Stops nginx as its own `nginx -s stop` would (`TERM` to the master,
+    /// which stops its worker and cache manager before it exits). `KILL`
+    /// would orphan those two, still serving the port: only after 10 s.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The master's workers exit when it does; nothing else holds the
-        // directory.
+        send_signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
