@@ -20,7 +20,10 @@
 //!   `duration_ms`, `request.id`). `RUST_LOG=info,access=off` silences it.
 //! - **CORS** (`CorsLayer`): preflights are answered here, before routing;
 //!   which origins may read is configuration ([`CorsOrigins`]); the headers
-//!   a browser may send and read are the service's ([`Layers`]). Closed
+//!   a browser may send and read are the service's ([`Layers`]). Open to
+//!   any origin, answers carry no `Vary: Origin` (they are the same for
+//!   every origin, and a CDN would otherwise keep a copy per site); open to
+//!   a list, `Vary: Origin`, since the answer names the origin. Closed
 //!   ([`CorsOrigins::None`], ingest's default) is no layer at all: answers
 //!   carry no CORS headers, so a browser on another origin reads none, and
 //!   a preflight gets the route's own answer (405, or 404), which browsers
@@ -65,7 +68,7 @@ use tower_http::CompressionLevel;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer, Vary};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -165,18 +168,28 @@ impl Layers {
         // Closed CORS is no layer at all: a browser reads nothing without an
         // `Access-Control-Allow-Origin`, and the layer would still add its
         // `Vary` and exposed headers to every answer (ingest's default).
+        // `Vary` names what an answer depends on, and a shared cache keeps
+        // one copy per value of it. Allowed to any origin, an answer is the
+        // same whatever the `Origin` (and the preflight's allowed methods and
+        // headers are fixed lists): no `Vary`, or a CDN would keep and fetch
+        // one copy per site whose pages read the API. Allowed to a list, the
+        // answer names the request's origin: `Vary: Origin`.
         let cors = match &self.cors_origins {
-            CorsOrigins::Any => Some(AllowOrigin::any()),
-            CorsOrigins::List(origins) => Some(AllowOrigin::list(origins.iter().cloned())),
+            CorsOrigins::Any => Some((AllowOrigin::any(), Vary::list([]))),
+            CorsOrigins::List(origins) => Some((
+                AllowOrigin::list(origins.iter().cloned()),
+                Vary::list([header::ORIGIN]),
+            )),
             CorsOrigins::None => None,
         }
-        .map(|origins| {
+        .map(|(origins, vary)| {
             CorsLayer::new()
                 .allow_origin(origins)
                 .allow_methods(self.cors_methods.clone())
                 .allow_headers(self.cors_request_headers.clone())
                 .expose_headers(self.cors_exposed_headers.clone())
                 .max_age(PREFLIGHT_MAX_AGE)
+                .vary(vary)
         });
         let trace = TraceLayer::new_for_http()
             .make_span_with(|request: &Request| {

@@ -144,6 +144,8 @@ async fn configured_origins_may_post_from_a_browser() {
         allowed.headers()["access-control-allow-origin"],
         "https://results.example"
     );
+    // The answer names the origin, so caches must keep it per origin.
+    assert_eq!(allowed.headers()["vary"], "origin");
     let headers = allowed.headers()["access-control-allow-headers"]
         .to_str()
         .unwrap()

@@ -292,6 +292,17 @@ async fn cors_preflights_errors_and_request_ids() {
         .await
         .unwrap();
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    // The same answer for every origin: nothing for a cache to vary on but
+    // the encoding (the CDN test in proxy.rs shows what `Vary: Origin` cost).
+    assert!(
+        response.headers().get_all("vary").iter().all(|v| !v
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("origin")),
+        "{:?}",
+        response.headers()
+    );
     assert!(
         response.headers()["access-control-expose-headers"]
             .to_str()

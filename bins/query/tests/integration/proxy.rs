@@ -8,7 +8,8 @@
 //! headers: a cache serves the live totals at most `max-age` old (rounded
 //! to its whole seconds), revalidates them with the validators it holds (the
 //! service answers 304 and the cache keeps serving its copy), and fetches
-//! them anew once they changed; the Server-Sent Events stream passes through
+//! them anew once they changed, and serves one copy to pages of every site
+//! (the answers do not vary on `Origin`); the Server-Sent Events stream passes through
 //! as events happen, plain or gzipped (the proxy adds no encoding and passes
 //! the service's intact), and is never served from the cache.
 //!
@@ -138,14 +139,33 @@ impl Drop for Nginx {
 
 /// A GET through the proxy: status, the cache's verdict and the JSON body.
 async fn get(stack: &Stack, nginx: &Nginx, path: &str) -> (u16, String, serde_json::Value) {
+    let (status, verdict, _, body) = get_from(stack, nginx, path, None).await;
+    (status, verdict, body)
+}
+
+/// [`get`] as a browser page on `origin` asks (`Origin` sent), with the
+/// answer's `Access-Control-Allow-Origin`.
+async fn get_from(
+    stack: &Stack,
+    nginx: &Nginx,
+    path: &str,
+    origin: Option<&str>,
+) -> (u16, String, Option<String>, serde_json::Value) {
     let url = format!("{}/v1/elections/{}{path}", nginx.base, stack.election);
-    let response = stack.client.get(&url).send().await.unwrap();
+    let mut request = stack.client.get(&url);
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
-    let verdict = response
-        .headers()
-        .get("x-cache-status")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let verdict = header("x-cache-status").unwrap_or_default();
+    let allowed = header("access-control-allow-origin");
     let body = response.bytes().await.unwrap();
     let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
         panic!(
@@ -153,7 +173,7 @@ async fn get(stack: &Stack, nginx: &Nginx, path: &str) -> (u16, String, serde_js
             String::from_utf8_lossy(&body)
         )
     });
-    (status, verdict, body)
+    (status, verdict, allowed, body)
 }
 
 #[tokio::test]
@@ -180,6 +200,21 @@ async fn a_caching_proxy_serves_the_totals_fresh_and_revalidates_them() {
         }
     }
     assert!(hit, "a read within max-age was not served from the cache");
+    // Pages of any site read the same copy: the answer is the same for
+    // every origin (`Access-Control-Allow-Origin: *`), so it must not vary
+    // on `Origin`, or a cache keeps, and fetches, one copy per site.
+    let mut shared = false;
+    for origin in ["https://news.example", "https://tv.example"] {
+        let (status, verdict, allowed, body) =
+            get_from(&stack, &nginx, "/totals", Some(origin)).await;
+        assert_eq!((status, allowed.as_deref()), (200, Some("*")), "{origin}");
+        assert_eq!(body, direct, "{origin}");
+        shared |= verdict == "HIT";
+    }
+    assert!(
+        shared,
+        "pages of other sites were not served the cached copy"
+    );
 
     // Past max-age the cache asks the origin with the validators it holds;
     // nothing changed, so the service answers 304 and the cache serves its
