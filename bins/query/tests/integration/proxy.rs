@@ -7,11 +7,12 @@
 //! What it proves, beyond the other tests' checks of the service's own
 //! headers: a cache serves the live totals at most `max-age` old (rounded
 //! to its whole seconds), revalidates them with the validators it holds (the
-//! service answers 304 and the cache keeps serving its copy), and fetches
-//! them anew once they changed, and serves one copy to pages of every site
-//! (the answers do not vary on `Origin`); the Server-Sent Events stream passes through
-//! as events happen, plain or gzipped (the proxy adds no encoding and passes
-//! the service's intact), and is never served from the cache.
+//! service answers 304 and the cache keeps serving its copy), fetches them
+//! anew once they changed, and serves one copy to the pages of every site
+//! (the answers do not vary on `Origin`); the Server-Sent Events stream
+//! passes through as events happen, plain or gzipped (the proxy adds no
+//! encoding and passes the service's intact), and is never served from the
+//! cache.
 //!
 //! Not proved here: what the stream's `X-Accel-Buffering: no` and
 //! `Cache-Control: no-cache` buy. nginx forwards a stream's bytes as they
