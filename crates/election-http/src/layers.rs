@@ -168,6 +168,7 @@ impl Layers {
         // Closed CORS is no layer at all: a browser reads nothing without an
         // `Access-Control-Allow-Origin`, and the layer would still add its
         // `Vary` and exposed headers to every answer (ingest's default).
+        //
         // `Vary` names what an answer depends on, and a shared cache keeps
         // one copy per value of it. Allowed to any origin, an answer is the
         // same whatever the `Origin` (and the preflight's allowed methods and
