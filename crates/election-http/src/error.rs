@@ -2,6 +2,13 @@
 //!
 //! 4xx answers explain the problem to the person or program that sent the
 //! request; 5xx answers stay short and the cause is logged here, once.
+//!
+//! Every error answer carries `Cache-Control: no-store`: a cache in front of
+//! the service (a CDN, often set to keep errors for a while when the origin
+//! says nothing) must not keep one. A 429 is one client's, a 503 ends when
+//! the service recovers, a 404 of an election ends when it is defined. An
+//! answer that sets its own `Cache-Control` (a versioned live answer) keeps
+//! it.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -100,11 +107,36 @@ impl IntoResponse for ApiError {
             message: &self.message,
         };
         let mut response = (self.status, Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(seconds) = self.retry_after_secs {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_are_not_stored_by_caches() {
+        for error in [
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such election"),
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down")
+                .with_retry_after(1),
+            ApiError::unavailable("redis_unavailable", "try again"),
+        ] {
+            let response = error.clone().into_response();
+            assert_eq!(
+                response.headers()[header::CACHE_CONTROL],
+                "no-store",
+                "{error}"
+            );
+        }
     }
 }

@@ -9,10 +9,11 @@
 //! to its whole seconds), revalidates them with the validators it holds (the
 //! service answers 304 and the cache keeps serving its copy), fetches them
 //! anew once they changed, and serves one copy to the pages of every site
-//! (the answers do not vary on `Origin`); the Server-Sent Events stream
-//! passes through as events happen, plain or gzipped (the proxy adds no
-//! encoding and passes the service's intact), and is never served from the
-//! cache.
+//! (the answers do not vary on `Origin`); error answers are never kept,
+//! even with the cache set to keep errors (`no-store`); the Server-Sent
+//! Events stream passes through as events happen, plain or gzipped (the
+//! proxy adds no encoding and passes the service's intact), and is never
+//! served from the cache.
 //!
 //! Not proved here: what the stream's `X-Accel-Buffering: no` and
 //! `Cache-Control: no-cache` buy. nginx forwards a stream's bytes as they
@@ -81,6 +82,9 @@ http {{
             proxy_set_header Connection "";
             proxy_cache live;
             proxy_cache_revalidate on;
+            # An operator's negative caching: errors kept for a minute when
+            # the origin says nothing about them.
+            proxy_cache_valid 404 429 503 1m;
             add_header X-Cache-Status $upstream_cache_status always;
         }}
     }}
@@ -216,6 +220,27 @@ async fn a_caching_proxy_serves_the_totals_fresh_and_revalidates_them() {
         shared,
         "pages of other sites were not served the cached copy"
     );
+
+    // An error answer is never kept, even by a cache set to keep errors
+    // when the origin says nothing: a 404 for an election not defined yet
+    // would otherwise outlive its definition by that long.
+    let unknown = format!(
+        "{}/v1/elections/not-yet-{}/totals",
+        nginx.base, stack.election
+    );
+    for _ in 0..2 {
+        let response = stack.client.get(&unknown).send().await.unwrap();
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        assert_ne!(
+            response
+                .headers()
+                .get("x-cache-status")
+                .map(|v| v.to_str().unwrap()),
+            Some("HIT"),
+            "a 404 was served from the cache"
+        );
+    }
 
     // Past max-age the cache asks the origin with the validators it holds;
     // nothing changed, so the service answers 304 and the cache serves its
