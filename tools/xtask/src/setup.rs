@@ -6,13 +6,14 @@
 //! there, so a second run costs a few checks.
 //!
 //! Installs (Debian packages unless noted): libpq-dev and pkg-config
-//! (diesel's PostgreSQL driver), the redis-server and psql command lines when
-//! missing, chromium (the dashboard's browser tests), nginx (the query's
-//! tests behind a caching reverse proxy; each starts its own, and the server
-//! the package may have started on port 80 is stopped), schemathesis (PyPI,
-//! the API fuzzing of `just test`). Starts PostgreSQL on 127.0.0.1:5432 and Redis
-//! on 127.0.0.1:6379 (nothing kept on disk) when they do not answer; with
-//! `DATABASE_URL` or `REDIS_URL` set, nothing is started.
+//! (diesel's PostgreSQL driver); the redis-server and psql command lines,
+//! chromium (the dashboard's browser tests) and systemd's `systemd-analyze`
+//! (the check of the shipped units) when missing; nginx (the query's tests
+//! behind a caching reverse proxy; each starts its own, and the server the
+//! package may have started on port 80 is stopped); schemathesis (PyPI, the
+//! API fuzzing of `just test`). Starts PostgreSQL on 127.0.0.1:5432 and
+//! Redis on 127.0.0.1:6379 (nothing kept on disk) when they do not answer;
+//! with `DATABASE_URL` or `REDIS_URL` set, nothing is started.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub fn run() -> anyhow::Result<()> {
         ("redis-server", "redis-server"),
         ("psql", "postgresql-client"),
         ("chromium", "chromium"),
+        ("systemd-analyze", "systemd"),
     ] {
         if !on_path(program) {
             changed |= apt.need(package)?;
