@@ -12,8 +12,8 @@
 //! (the answers do not vary on `Origin`); error answers are never kept,
 //! even with the cache set to keep errors (`no-store`); the Server-Sent
 //! Events stream passes through as events happen, plain or gzipped (the
-//! proxy adds no encoding and passes the service's intact), and is never
-//! served from the cache.
+//! proxy adds no encoding and passes the service's intact), is never served
+//! from the cache, and resumes through it with `Last-Event-ID`.
 //!
 //! Not proved here: what the stream's `X-Accel-Buffering: no` and
 //! `Cache-Control: no-cache` buy. nginx forwards a stream's bytes as they
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use election_test_support::process::{free_port, send_signal, wait_until};
+use election_test_support::process::free_port;
 
 use crate::harness::{Events, SEED, Stack};
 
@@ -106,14 +106,23 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .expect("starting nginx");
-        let nginx = Nginx {
+        let mut nginx = Nginx {
             child,
             dir,
             base: format!("http://127.0.0.1:{port}"),
         };
-        wait_until("nginx accepts connections", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+                panic!("nginx exited ({status}) before accepting connections:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not accept connections within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         nginx
     }
 }
@@ -129,7 +138,13 @@ impl Drop for Nginx {
     /// which stops its worker and cache manager before it exits). `KILL`
     /// would orphan those two, still serving the port: only after 10 s.
     fn drop(&mut self) {
-        send_signal(self.child.id(), "TERM");
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Not `send_signal`, which panics on failure: this may run while
+            // a test is already panicking.
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -292,6 +307,7 @@ async fn events_pass_through_a_caching_proxy_as_they_happen() {
 
     // Each pass posts a box of 186 votes (the seed's first, with labour at 1).
     let mut expected = 840;
+    let mut first_snapshot = None;
     for (n, encoding) in [(2, None), (3, Some("gzip"))] {
         let mut request = stack.client.get(&url);
         if let Some(encoding) = encoding {
@@ -314,6 +330,7 @@ async fn events_pass_through_a_caching_proxy_as_they_happen() {
         assert_eq!(snapshot.event, "snapshot", "{encoding:?}");
         let data: serde_json::Value = serde_json::from_str(&snapshot.data).unwrap();
         assert_eq!(data["national"]["total_votes"], expected, "{encoding:?}");
+        first_snapshot.get_or_insert(snapshot.id.clone());
 
         // A report posted now reaches the open stream through the proxy,
         // while the stream stays open: nothing holds events back.
@@ -347,5 +364,27 @@ async fn events_pass_through_a_caching_proxy_as_they_happen() {
     let snapshot = events.next_within(Duration::from_secs(10)).await;
     let data: serde_json::Value = serde_json::from_str(&snapshot.data).unwrap();
     assert_eq!(data["national"]["total_votes"], expected);
+
+    // A subscriber that reconnects through the proxy with `Last-Event-ID`
+    // (a browser does, after a dropped connection) gets the deltas it
+    // missed, not a whole snapshot: the proxy passes the header on.
+    let first = first_snapshot.unwrap();
+    let response = stack
+        .client
+        .get(&url)
+        .header("last-event-id", &first)
+        .send()
+        .await
+        .unwrap();
+    let mut events = Events::new(response);
+    let bridged = events.next_within(Duration::from_secs(10)).await;
+    assert_eq!(bridged.event, "delta", "{bridged:?}");
+    let mut data: serde_json::Value = serde_json::from_str(&bridged.data).unwrap();
+    assert_eq!(data["previous"].to_string(), first, "{data}");
+    while data["national"]["total_votes"] != expected {
+        let event = events.next_within(Duration::from_secs(10)).await;
+        assert_eq!(event.event, "delta", "{event:?}");
+        data = serde_json::from_str(&event.data).unwrap();
+    }
     stack.stop().await;
 }
