@@ -204,7 +204,6 @@ pub fn render(counts: &Counts, as_of: DateTime<Utc>) -> String {
     }
 
     let parties = party_objects(counts);
-
     let selections = party_selections(counts, &city_ids);
 
     let mut contest = json!({
