@@ -420,3 +420,54 @@ async fn the_csv_export_neutralises_formulas_and_resumes_after_a_report_id() {
     }
     stack.stop().await;
 }
+
+/// Every kind of error answer, on every route that can give one, says
+/// `Cache-Control: no-store`: a CDN keeping errors the origin says nothing
+/// about would otherwise serve a stale 404 or 400 (the proxy test shows one
+/// served from nginx's cache before this was so).
+#[tokio::test]
+async fn error_answers_on_every_route_are_never_stored() {
+    let stack = Stack::start().await;
+    stack.post_seed().await;
+    stack.wait_for_total(840, Duration::from_secs(10)).await;
+    let base = &stack.query.base;
+    let e = stack.election.as_str();
+    let wrong = [
+        format!("{base}/v1/nothing"),
+        format!("{base}/v1/elections/Not%20an%20id/totals"),
+        format!("{base}/v1/elections/never-{e}/totals"),
+        format!("{base}/v1/elections/never-{e}/stream"),
+        format!("{base}/v1/elections/{e}/cities/atlantis/totals"),
+        format!("{base}/v1/elections/{e}/totals?as_of=yesterday"),
+        format!("{base}/v1/elections/{e}/stream?scope=galaxy"),
+        format!("{base}/v1/elections/{e}/analytics/cities?from=later"),
+        format!("{base}/v1/elections/{e}/analytics/first-reports?limit=0"),
+        format!("{base}/v1/elections/{e}/flags?as_of=soon"),
+        format!("{base}/v1/elections/{e}/timeline?bucket=fortnight"),
+        format!("{base}/v1/elections/{e}/reports.csv?after=first"),
+        format!("{base}/v1/elections/{e}/audit?before=last"),
+        format!("{base}/v1/elections/{e}/results.cdf.json?as_of=then"),
+    ];
+    for url in &wrong {
+        let response = stack.client.get(url).send().await.unwrap();
+        let status = response.status();
+        assert!(status.is_client_error(), "{url}: {status}");
+        assert_eq!(
+            response
+                .headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap()),
+            Some("no-store"),
+            "{url}: {status}"
+        );
+    }
+    let posted = stack
+        .client
+        .post(stack.url("/totals"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 405);
+    assert_eq!(posted.headers()["cache-control"], "no-store");
+    stack.stop().await;
+}
