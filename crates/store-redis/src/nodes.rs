@@ -902,7 +902,9 @@ impl Nodes {
     /// flush) changes its token. The token is the value of the master's
     /// witness key ([`keys::witness`]), set when absent (`SET NX`) in the
     /// same round trip that reads it, so the first look sets it and later
-    /// looks read the same value until the key is lost.
+    /// looks read the same value until the key is lost. A master that may
+    /// evict keys gets no `SET`: its flushes are left to the journal and the
+    /// interval, as its counting is refused anyway.
     pub(crate) fn run_ids(&self) -> Result<Vec<String>, RedisStoreError> {
         let topology = self.topology()?;
         let mut ids = Vec::with_capacity(topology.nodes.len());
@@ -911,17 +913,25 @@ impl Nodes {
                 None => keys::witness(|_| true),
                 Some(slots) => keys::witness(|slot| usize::from(slots[usize::from(slot)]) == index),
             };
-            let mut look = redis::pipe();
-            look.cmd("INFO").arg("server");
-            if let Some(witness) = &witness {
-                look.cmd("SET")
-                    .arg(witness)
-                    .arg(new_token())
-                    .arg("NX")
-                    .ignore();
-                look.cmd("GET").arg(witness);
-            }
-            let value = self.on_node(node, "INFO server", |connection| look.query(connection))?;
+            // Built once the connection is checked out: a new connection has
+            // just read the node's policy, and, as for every write, nothing
+            // is written to a master that may evict keys (`policy`); there
+            // the witness is only read.
+            let value = self.on_node(node, "INFO server", |connection| {
+                let mut look = redis::pipe();
+                look.cmd("INFO").arg("server");
+                if let Some(witness) = &witness {
+                    if self.evicting_policy_of(node).is_none() {
+                        look.cmd("SET")
+                            .arg(witness)
+                            .arg(new_token())
+                            .arg("NX")
+                            .ignore();
+                    }
+                    look.cmd("GET").arg(witness);
+                }
+                look.query(connection)
+            })?;
             let replies = match &value {
                 Value::Array(replies) => replies.as_slice(),
                 _ => &[],

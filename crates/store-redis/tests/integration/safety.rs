@@ -414,6 +414,9 @@ fn an_evicting_redis_gets_no_counter_and_no_marker() {
         "{guarded:?}"
     );
     assert_eq!(dbsize(&server.url()), 0);
+    // Nor healing's witness: the incarnation is read without writing.
+    assert!(tally.incarnation().unwrap().is_some());
+    assert_eq!(dbsize(&server.url()), 0, "no witness key");
     let why = tally.evicting_policy().expect("the verdict is kept");
     assert!(why.contains("maxmemory-policy allkeys-lru"), "{why}");
     let checked = tally.check_policy().unwrap_err();
