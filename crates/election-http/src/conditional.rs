@@ -97,7 +97,16 @@ impl Validators {
     /// `response`, a fresh answer of this version, with the validators and
     /// `cache_control`: [`Validators::answer`] for a caller that already
     /// knows the client does not have this version.
+    ///
+    /// Only a 2xx or a 304 is stamped. A body that failed to render is not
+    /// this version, and a cache told `public, max-age` would serve the
+    /// failure to every reader for that long: an error answer keeps its
+    /// own headers (`ApiError`'s `no-store`, `crate::error`).
     pub fn stamp(&self, mut response: Response, cache_control: HeaderValue) -> Response {
+        let status = response.status();
+        if !(status.is_success() || status == StatusCode::NOT_MODIFIED) {
+            return response;
+        }
         let headers = response.headers_mut();
         headers.insert(header::ETAG, self.etag.clone());
         headers.insert(header::LAST_MODIFIED, self.last_modified.clone());
@@ -166,6 +175,18 @@ mod tests {
         assert_eq!(v.last_modified(), "Mon, 15 Sep 2025 18:12:00 GMT");
         let same = (header::IF_MODIFIED_SINCE, "Mon, 15 Sep 2025 18:12:00 GMT");
         assert!(!v.not_modified(&headers(&[same])));
+    }
+
+    #[test]
+    fn a_body_that_failed_to_render_is_not_stamped() {
+        let v = validators();
+        let response = v.answer(&HeaderMap::new(), public_max_age(1), || {
+            crate::ApiError::internal("rendering the export").into_response()
+        });
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        assert!(response.headers().get(header::ETAG).is_none());
+        assert!(response.headers().get(header::LAST_MODIFIED).is_none());
     }
 
     #[test]
