@@ -23,6 +23,7 @@
 //! reconcile), never on a missed target.
 
 mod ceilings;
+mod floor;
 mod ingest;
 mod procs;
 mod query;
@@ -109,6 +110,10 @@ struct Cli {
     /// alone, one report to many stream subscribers) on a fresh database.
     #[arg(long, conflicts_with_all = ["stream_only", "bulk_only", "sealing_only", "logging_only", "growth_only"])]
     query_only: bool,
+    /// Measure only ingest at 512 connections on a fresh database and the
+    /// floor of one HTTP request per report beside it (`floor.rs`).
+    #[arg(long, conflicts_with_all = ["stream_only", "bulk_only", "sealing_only", "logging_only", "growth_only", "query_only"])]
+    floor_only: bool,
     /// Stream subscribers [default: 5,000; quick: 1,000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stream_subscribers: Option<u64>,
@@ -138,6 +143,17 @@ enum Mode {
     /// counting: how long it takes and whether counting stalls (see
     /// `reshard.rs`).
     Reshard(reshard::ReshardArgs),
+    /// The floor's do-nothing HTTP server (`floor.rs`), which the bench
+    /// starts as a child process of its own.
+    #[command(hide = true)]
+    HttpFloor {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Microseconds each answer is held.
+        #[arg(long, default_value_t = 0)]
+        hold_us: u64,
+    },
 }
 
 /// The sizes of one run, from the command line.
@@ -177,8 +193,12 @@ impl Sizes {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Mode::Reshard(args)) = &cli.mode {
-        return reshard::run(args);
+    match &cli.mode {
+        Some(Mode::Reshard(args)) => return reshard::run(args),
+        Some(Mode::HttpFloor { listen, hold_us }) => {
+            return floor::serve(listen, Duration::from_micros(*hold_us));
+        }
+        None => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -219,6 +239,8 @@ async fn bench(cli: Cli) -> anyhow::Result<()> {
         growth_run(&bench, &standalone, &sizes).await
     } else if cli.query_only {
         query_run(&bench, &standalone, &sizes).await
+    } else if cli.floor_only {
+        floor_run(&bench, &standalone, &sizes).await
     } else {
         measure(&bench, &standalone, &sizes).await
     };
@@ -247,6 +269,7 @@ async fn measure(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::R
         lines.push(analyzed_line(&analyzed));
     }
     lines.extend(cpu_lines(&at512));
+    lines.extend(floor_lines(bench, &at512, sizes.ingest).await?);
 
     // --- Bulk reporting: batches of 100 on a fresh database -------------------
     lines.extend(bulk_run(bench, redis, sizes).await?);
@@ -577,6 +600,68 @@ fn analyzed_line(run: &Throughput) -> Line {
 
 /// CPU per report of each process and of the machine, and resident memory,
 /// during the 512-connection run.
+/// Ingest at 512 connections on a fresh database, its CPU lines, and the
+/// floor after it (`--floor-only`).
+async fn floor_run(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::Result<Vec<Line>> {
+    let at512 = ingest::throughput(bench, redis, Start::Fresh, 512, sizes.ingest).await?;
+    log_run("fresh", &at512);
+    let mut lines = vec![throughput_line(&at512, Some((15_000.0, 50.0)))];
+    lines.extend(cpu_lines(&at512));
+    lines.extend(floor_lines(bench, &at512, sizes.ingest).await?);
+    Ok(lines)
+}
+
+/// The floor of one HTTP request per report beside ingest's run `run`:
+/// answered at once, and held for `run`'s median latency (so the server
+/// answers about as many requests a second as ingest did, each parked and
+/// woken as ingest's are), with what each leaves of the 75 µs target.
+async fn floor_lines(
+    bench: &Bench,
+    run: &Throughput,
+    seconds: Duration,
+) -> anyhow::Result<Vec<Line>> {
+    let at_once = floor::measure(bench, run.connections, Duration::ZERO, seconds).await?;
+    let median = run.posted.summary.p50;
+    let held = floor::measure(bench, run.connections, median, seconds).await?;
+    Ok(vec![floor_line(&at_once, run), floor_line(&held, run)])
+}
+
+fn floor_line(floor: &floor::Floor, run: &Throughput) -> Line {
+    let machine = floor.machine_micros();
+    let held = if floor.hold.is_zero() {
+        "answered at once".to_owned()
+    } else {
+        format!(
+            "each answer held {:.1} ms (ingest's median)",
+            ms(floor.hold)
+        )
+    };
+    eprintln!(
+        "bench: HTTP floor {} connections, {held}: {:.0} requests/s, p99 {:.1} ms; \
+         CPU per request: server {:.1} µs, wrk {:.1} µs",
+        floor.connections,
+        floor.per_second(),
+        ms(floor.posted.summary.p99),
+        floor.server_micros(),
+        floor.client_micros(),
+    );
+    Line::info(
+        format!(
+            "floor: one HTTP request per report on ingest's stack, no work (a server that reads the report and answers), {} connections, {held}",
+            floor.connections
+        ),
+        format!(
+            "{} requests/s; machine CPU {machine:.1} µs per request (server {:.1}, wrk {:.1}): {:.0}% of ingest's {:.1} µs per report; {:.1} µs of the 75 µs target left for the rest",
+            thousands(floor.per_second()),
+            floor.server_micros(),
+            floor.client_micros(),
+            100.0 * machine / run.machine_micros(),
+            run.machine_micros(),
+            75.0 - machine,
+        ),
+    )
+}
+
 fn cpu_lines(run: &Throughput) -> Vec<Line> {
     let micros = |spent| usage::micros_per(spent, run.recorded);
     let at = format!("at {} connections", run.connections);

@@ -1,0 +1,156 @@
+//! The floor of one HTTP request per report on this machine: a server on
+//! ingest's own HTTP stack (tokio's multi-threaded runtime, hyper's HTTP/1
+//! connection through `election_http::serve`, an axum router) that reads
+//! each report's body and answers a fixed 201 of the size of ingest's, with
+//! no layers, no parsing, no PostgreSQL and no Redis; driven by wrk with
+//! the bench's own report script at 512 connections.
+//!
+//! Why it is measured: issue 12's target counts the machine's CPU per
+//! report, the client's included, and docs/benchmarks.md's profiles put
+//! about a third of it in the HTTP request itself (hyper, tokio's
+//! scheduling, the kernel's loopback TCP on both sides, wrk). Profiles
+//! attribute samples; this measures the part no design of the handler can
+//! remove while every report is a request of its own. The figure, next to
+//! PostgreSQL's and Redis's ceilings in the same run, says how much of the
+//! 75 µs is left for recording and counting at all.
+//!
+//! The server runs as a child process (`election-bench http-floor`, hidden
+//! from `--help`), so its CPU is read from `/proc` like ingest's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use crate::ingest::Bench;
+use crate::procs::Service;
+use crate::usage;
+use crate::wrk::{self, Posted, Posting, Watch};
+
+/// The body of every answer: ingest's 2xx answer to a first report, with
+/// the same fields and about the same length.
+const ANSWER: &str =
+    r#"{"report_id":1234567,"ballot_box_id":"run1-1-123456","revision":1,"status":"counted"}"#;
+
+/// Serves the floor on `listen` until killed, holding each answer for
+/// `hold` (zero: answering at once).
+pub fn serve(listen: &str, hold: Duration) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/v1/elections/{election}/reports",
+                post(move |body: Bytes| answer(body, hold)),
+            );
+        let config = election_http::ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        };
+        election_http::serve(listener, app, config, std::future::pending()).await?;
+        Ok(())
+    })
+}
+
+/// Takes the whole body, as ingest does before it parses it, and answers
+/// after `hold`.
+async fn answer(body: Bytes, hold: Duration) -> impl IntoResponse {
+    drop(body);
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        ANSWER,
+    )
+}
+
+/// One run of the floor.
+pub struct Floor {
+    /// The connections wrk held.
+    pub connections: usize,
+    /// How long the server held each answer.
+    pub hold: Duration,
+    pub posted: Posted,
+    /// The server's CPU over the run.
+    pub server: Duration,
+}
+
+impl Floor {
+    /// Requests answered per second.
+    pub fn per_second(&self) -> f64 {
+        self.posted.summary.per_second
+    }
+
+    /// Machine CPU per request (the server's and wrk's), in µs.
+    pub fn machine_micros(&self) -> f64 {
+        usage::micros_per(self.server + self.posted.cpu, self.posted.summary.requests)
+    }
+
+    /// wrk's CPU per request, in µs.
+    pub fn client_micros(&self) -> f64 {
+        usage::micros_per(self.posted.cpu, self.posted.summary.requests)
+    }
+
+    /// The server's CPU per request, in µs.
+    pub fn server_micros(&self) -> f64 {
+        usage::micros_per(self.server, self.posted.summary.requests)
+    }
+}
+
+/// Starts the floor server (holding each answer for `hold`) and posts to it
+/// with `connections` connections for `seconds`, as ingest's runs do.
+pub async fn measure(
+    bench: &Bench,
+    connections: usize,
+    hold: Duration,
+    seconds: Duration,
+) -> anyhow::Result<Floor> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|dir| dir.to_str())
+        .ok_or_else(|| anyhow::anyhow!("cannot name the bench's own directory"))?
+        .to_owned();
+    let name = exe
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| anyhow::anyhow!("cannot name the bench's own binary"))?
+        .to_owned();
+    let hold_us = hold.as_micros().to_string();
+    let server =
+        Service::start(&dir, &name, &["http-floor", "--hold-us", &hold_us], "", "").await?;
+    let pid = server.pid();
+    let posting = Posting {
+        base: server.base().to_owned(),
+        election: "floor".to_owned(),
+        token: "none".to_owned(),
+        run: "floor".to_owned(),
+        threads: 2,
+        connections,
+        duration: seconds,
+        batch: 1,
+        rate: None,
+    };
+    let scripts = Arc::new(bench.scripts.clone());
+    let ticks_per_second = bench.ticks_per_second;
+    let before = usage::process_ticks(pid);
+    let posted = tokio::task::spawn_blocking(move || {
+        wrk::post_reports(&scripts, &posting, ticks_per_second, || Ok(Watch::Go))
+    })
+    .await??;
+    let after = usage::process_ticks(pid);
+    Ok(Floor {
+        connections,
+        hold,
+        posted,
+        server: usage::ticks_to_duration(after.saturating_sub(before), ticks_per_second),
+    })
+}
