@@ -75,6 +75,6 @@ drain *flags:
 reconcile election *flags:
     cargo run --release -q -p election-reprocessor -- reconcile --election {{election}} {{flags}}
 
-# Measure what users meet (docs/benchmarks.md): ingest on a freshly migrated database driven by wrk (64 and 512 connections, a growth curve to 2,000,000 reports), CPU and memory per process, Redis memory per ballot box, the PostgreSQL-only alternative, the ceilings, query, bulk reporting in batches of 100 (`just bench --bulk-only` alone), the live stream at 10,000 cities (`just bench --stream-only` alone) and reconcile; one table with the targets (under 20 min: the growth curve stops at 10 min whatever it reached; `just bench --quick`: a few minutes).
+# Measure what users meet (docs/benchmarks.md): ingest on a freshly migrated database driven by wrk (64 and 512 connections, a growth curve to 2,000,000 reports), CPU and memory per process, the floor of one HTTP request per report, Redis memory per ballot box, the PostgreSQL-only alternative, the ceilings, query, bulk reporting in batches of 100 (`just bench --bulk-only` alone), the live stream at 10,000 cities (`just bench --stream-only` alone) and reconcile; one table with the targets (under 20 min: the growth curve stops at 10 min whatever it reached; `just bench --quick`: a few minutes).
 bench *flags:
     cargo xtask bench {{flags}}

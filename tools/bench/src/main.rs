@@ -4,7 +4,8 @@
 //! election grows to millions of reports, the CPU and memory every process
 //! spends, the Redis memory of a ballot box (standalone and Cluster), the
 //! seed article's PostgreSQL-only alternative, the raw ceilings of
-//! PostgreSQL and Redis, the query service, the live stream at 10,000 cities
+//! PostgreSQL and Redis, the floor of one HTTP request per report
+//! (`floor.rs`), the query service, the live stream at 10,000 cities
 //! (`stream.rs`; alone with `--stream-only`) and reconcile. It prints one
 //! table with each target and whether it is met.
 //!
