@@ -14,7 +14,10 @@
 //! interval's sweeps stay for what neither shows (a deleted key, a journal
 //! begun and lost between two looks). The journals watched are those of the
 //! elections listed for the last sweep: an election first recorded since is
-//! watched from the next sweep on.
+//! watched from the next sweep on. When the servers refuse to say who they
+//! are (an ACL without `INFO`, say: `StoreError::Failed`, not an outage),
+//! the loop warns once and again when they answer ([`Refusals`]): until
+//! then only the journals and the interval notice a loss.
 //!
 //! A sweep of an election runs only under that election's repair lock, the
 //! one `reconcile --repair` takes: the repair's guarded rewrites assume that
@@ -26,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use election_core::heal::{self, Sweep};
-use election_core::{ElectionId, Incarnation, JournalCursor, ReportId, ReportLog, Tally};
+use election_core::{
+    ElectionId, Incarnation, JournalCursor, ReportId, ReportLog, StoreError, Tally,
+};
 use election_http::metrics::Registry;
 use tokio::sync::watch;
 
@@ -73,11 +78,13 @@ pub async fn run(
         heal.interval_ms = settings.interval.as_millis() as u64,
         "checking that Redis keeps every counted revision"
     );
+    let mut refusals = Refusals::default();
     loop {
         // Read before the sweep: a change after this look is one the sweep
         // may have missed.
         let elections = elections(&log).await;
         let seen = look(&tally, elections.clone().unwrap_or_default()).await;
+        refusals.observe(&seen);
         let started = Instant::now();
         if let Some(elections) = elections {
             let checked = sweep_all(elections, &log, &tally, &locks, settings, &metrics).await;
@@ -89,7 +96,15 @@ pub async fn run(
                 started.elapsed().as_secs_f64(),
             );
         }
-        if wait(&tally, seen, settings.interval, &mut stopping).await {
+        if wait(
+            &tally,
+            seen,
+            settings.interval,
+            &mut refusals,
+            &mut stopping,
+        )
+        .await
+        {
             break;
         }
     }
@@ -100,7 +115,53 @@ pub async fn run(
 /// stands (`None`: no journal, or no answer).
 struct Look {
     servers: Option<Incarnation>,
+    /// Why the servers could not be asked, when retrying will not fix it by
+    /// itself (`StoreError::Failed`: an ACL that refuses `INFO` or the
+    /// witness key, say). An outage is not one: counting reports it.
+    refused: Option<String>,
     journals: Vec<(ElectionId, Option<JournalCursor>)>,
+}
+
+/// Whether the operator has been told that the watch cannot see who the
+/// servers are. Without that, a restart, a failover or a flush of a master
+/// that holds no journal is healed by the next interval's sweep, not within
+/// a second: worth a warning once, not one a second, and a word when it
+/// works again.
+#[derive(Debug, Default)]
+struct Refusals {
+    warned: bool,
+}
+
+/// What [`Refusals::observe`] told the operator.
+#[derive(Debug, PartialEq, Eq)]
+enum Told {
+    Nothing,
+    Warned,
+    Recovered,
+}
+
+impl Refusals {
+    fn observe(&mut self, look: &Look) -> Told {
+        match (&look.refused, self.warned) {
+            (Some(error), false) => {
+                self.warned = true;
+                tracing::warn!(
+                    %error,
+                    "cannot ask who the Redis masters are, so a restart, a failover or a \
+                     flush is healed by the next interval's sweep rather than at once; \
+                     the reprocessor's Redis user needs INFO, and SET and GET on the \
+                     election::witness:* keys (README, \"Healing, with no operator\")"
+                );
+                Told::Warned
+            }
+            (None, true) if look.servers.is_some() => {
+                self.warned = false;
+                tracing::info!("the Redis masters can be asked who they are again");
+                Told::Recovered
+            }
+            _ => Told::Nothing,
+        }
+    }
 }
 
 /// Looks at the tally's servers and at the journals of `elections`, in one
@@ -108,10 +169,15 @@ struct Look {
 async fn look(tally: &Arc<dyn Tally>, elections: Vec<ElectionId>) -> Look {
     let tally = Arc::clone(tally);
     let looked = tokio::task::spawn_blocking(move || {
-        let servers = tally.incarnation().unwrap_or_else(|error| {
-            tracing::debug!(%error, "could not ask who the Redis masters are");
-            None
-        });
+        let (servers, refused) = match tally.incarnation() {
+            Ok(servers) => (servers, None),
+            Err(error) => {
+                tracing::debug!(%error, "could not ask who the Redis masters are");
+                let refused = matches!(error, StoreError::Failed { .. })
+                    .then(|| election_core::engine::explain(&error));
+                (None, refused)
+            }
+        };
         let journals = elections
             .into_iter()
             .map(|election| {
@@ -125,11 +191,16 @@ async fn look(tally: &Arc<dyn Tally>, elections: Vec<ElectionId>) -> Look {
                 (election, cursor)
             })
             .collect();
-        Look { servers, journals }
+        Look {
+            servers,
+            refused,
+            journals,
+        }
     })
     .await;
     looked.unwrap_or_else(|_| Look {
         servers: None,
+        refused: None,
         journals: Vec::new(),
     })
 }
@@ -142,6 +213,7 @@ async fn wait(
     tally: &Arc<dyn Tally>,
     mut seen: Look,
     interval: Duration,
+    refusals: &mut Refusals,
     stopping: &mut watch::Receiver<bool>,
 ) -> bool {
     let until = Instant::now() + interval;
@@ -155,6 +227,7 @@ async fn wait(
         }
         let elections = seen.journals.iter().map(|(e, _)| e.clone()).collect();
         let now = look(tally, elections).await;
+        refusals.observe(&now);
         if let Some(servers) = &now.servers
             && seen.servers.as_ref() != Some(servers)
         {
@@ -303,9 +376,17 @@ mod tests {
 
         // The same servers: still waiting after a few watches.
         let seen = look(&tally, Vec::new()).await;
-        let same =
-            tokio::time::timeout(3 * WATCH_EVERY, wait(&tally, seen, interval, &mut stopping))
-                .await;
+        let same = tokio::time::timeout(
+            3 * WATCH_EVERY,
+            wait(
+                &tally,
+                seen,
+                interval,
+                &mut Refusals::default(),
+                &mut stopping,
+            ),
+        )
+        .await;
         assert!(same.is_err(), "the wait ended with nothing changed");
 
         // A restart (the in-memory tally's flush): the wait ends at the
@@ -313,15 +394,114 @@ mod tests {
         let seen = look(&tally, Vec::new()).await;
         memory.flush();
         let started = Instant::now();
-        let stopped =
-            tokio::time::timeout(3 * WATCH_EVERY, wait(&tally, seen, interval, &mut stopping))
-                .await
-                .expect("the wait ends once the servers changed");
+        let stopped = tokio::time::timeout(
+            3 * WATCH_EVERY,
+            wait(
+                &tally,
+                seen,
+                interval,
+                &mut Refusals::default(),
+                &mut stopping,
+            ),
+        )
+        .await
+        .expect("the wait ends once the servers changed");
         assert!(!stopped, "ended to sweep, not to stop");
         assert!(
             started.elapsed() <= 2 * WATCH_EVERY,
             "{:?}",
             started.elapsed()
         );
+    }
+
+    fn looked(servers: Option<&str>, refused: Option<&str>) -> Look {
+        Look {
+            servers: servers.map(|s| Incarnation(vec![s.to_owned()])),
+            refused: refused.map(str::to_owned),
+            journals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_refused_look_is_told_once_and_its_end_once() {
+        let mut refusals = Refusals::default();
+        let refused = looked(None, Some("redis failed: NOPERM"));
+        let outage = looked(None, None);
+        let answered = looked(Some("a b c"), None);
+        assert_eq!(refusals.observe(&answered), Told::Nothing);
+        assert_eq!(refusals.observe(&refused), Told::Warned);
+        assert_eq!(refusals.observe(&refused), Told::Nothing);
+        // An outage in between neither repeats the warning nor ends it.
+        assert_eq!(refusals.observe(&outage), Told::Nothing);
+        assert_eq!(refusals.observe(&refused), Told::Nothing);
+        assert_eq!(refusals.observe(&answered), Told::Recovered);
+        assert_eq!(refusals.observe(&answered), Told::Nothing);
+        assert_eq!(refusals.observe(&refused), Told::Warned);
+    }
+
+    /// A tally whose servers cannot be asked, with the error `refusal`
+    /// makes (an ACL refusing `INFO`, or an outage), and otherwise the
+    /// in-memory one.
+    struct Refusing(MemoryTally, fn() -> StoreError);
+
+    fn noperm() -> StoreError {
+        StoreError::Failed {
+            store: "redis",
+            doing: "reading the Redis masters' run ids and witnesses".to_owned(),
+            source: "NOPERM this user has no permissions to run the 'info' command".into(),
+        }
+    }
+
+    fn outage() -> StoreError {
+        StoreError::Unavailable {
+            store: "redis",
+            doing: "reading the Redis masters' run ids and witnesses".to_owned(),
+            source: "connection refused".into(),
+        }
+    }
+
+    impl Tally for Refusing {
+        fn incarnation(&self) -> Result<Option<Incarnation>, StoreError> {
+            Err((self.1)())
+        }
+        fn apply(
+            &self,
+            batch: &[election_core::Counting],
+        ) -> Vec<Result<election_core::Applied, StoreError>> {
+            self.0.apply(batch)
+        }
+        fn unapplied(
+            &self,
+            batch: &[election_core::Counting],
+        ) -> Result<Vec<ReportId>, StoreError> {
+            self.0.unapplied(batch)
+        }
+        fn snapshot(&self, election: &ElectionId) -> Result<election_core::Snapshot, StoreError> {
+            self.0.snapshot(election)
+        }
+        fn guarded_add(
+            &self,
+            election: &ElectionId,
+            counter: &election_core::Counter,
+            observed: i64,
+            delta: i64,
+        ) -> Result<bool, StoreError> {
+            self.0.guarded_add(election, counter, observed, delta)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_incarnation_is_named_and_an_outage_is_not() {
+        let tally: Arc<dyn Tally> = Arc::new(Refusing(MemoryTally::new(), noperm));
+        let refused = look(&tally, Vec::new()).await;
+        assert!(refused.servers.is_none());
+        let why = refused.refused.expect("a refusal is named");
+        assert!(why.contains("NOPERM"), "{why}");
+        assert!(why.contains("run ids and witnesses"), "{why}");
+
+        let tally: Arc<dyn Tally> = Arc::new(Refusing(MemoryTally::new(), outage));
+        let down = look(&tally, Vec::new()).await;
+        assert!(down.servers.is_none());
+        assert_eq!(down.refused, None, "an outage is counting's to report");
     }
 }

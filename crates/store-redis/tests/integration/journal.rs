@@ -4,9 +4,9 @@
 //! a Cluster. Also `Tally::incarnation`, the other way a reader (healing)
 //! learns that a server was lost.
 
-use election_core::{Applied, CityId, JournalCursor, Tally};
+use election_core::{Applied, CityId, JournalCursor, StoreError, Tally};
 use election_test_support::redis::{RedisServer, connection};
-use store_redis::keys;
+use store_redis::{RedisOptions, RedisTally, RedisTarget, keys};
 
 use crate::{cluster_shared, cluster_tally, counting, private_tally, unique_election};
 
@@ -204,4 +204,30 @@ fn the_incarnation_changes_when_a_server_restarts_or_loses_its_data() {
         changed[0].1.contains(&format!(":{port} ")),
         "{url} lost its witness, yet {changed:?} changed"
     );
+}
+
+/// A Redis user whose ACL refuses `INFO` cannot tell who the servers are:
+/// a failure retrying will not fix (`StoreError::Failed`, which healing
+/// warns of once), not an outage, and the answer names the refusal.
+#[test]
+fn an_acl_that_refuses_info_is_a_failure_not_an_outage() {
+    let server = RedisServer::start();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "healer", "on", "nopass", "~*", "+@all", "-info"])
+        .exec(&mut connection(&server.url()))
+        .unwrap();
+    let url = server.url().replacen("redis://", "redis://healer:any@", 1);
+    let tally = RedisTally::connect(&RedisTarget::Standalone(url), &RedisOptions::DEFAULT).unwrap();
+    match tally.incarnation() {
+        Err(error @ StoreError::Failed { .. }) => {
+            let why = election_core::engine::explain(&error);
+            assert!(why.contains("refused INFO server"), "{why}");
+            assert!(why.to_lowercase().contains("noperm"), "{why}");
+        }
+        other => panic!("expected a failure naming the refusal, got {other:?}"),
+    }
+    // The same user may count: the refusal is the watch's alone.
+    let election = unique_election("acl");
+    let applied = tally.apply(&[counting(&election, "box-1", "c", 1, &[("a", 3)])]);
+    assert!(matches!(applied[..], [Ok(Applied::Now)]), "{applied:?}");
 }
