@@ -16,7 +16,7 @@
 //! elections listed for the last sweep: an election first recorded since is
 //! watched from the next sweep on. When the servers refuse to say who they
 //! are (an ACL without `INFO`, say: `StoreError::Failed`, not an outage),
-//! the loop warns once and again when they answer ([`Refusals`]): until
+//! the loop warns once and again when they answer (`Refusals`): until
 //! then only the journals and the interval notice a loss.
 //!
 //! A sweep of an election runs only under that election's repair lock, the
