@@ -44,18 +44,24 @@ pub fn serve(listen: &str, hold: Duration) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route(
-                "/v1/elections/{election}/reports",
-                post(move |body: Bytes| answer(body, hold)),
-            );
+        let app = router(hold);
         let config = election_http::ServeConfig {
             header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
         };
         election_http::serve(listener, app, config, std::future::pending()).await?;
         Ok(())
     })
+}
+
+/// The floor's routes: `/healthz`, and ingest's report route answering
+/// every post after `hold`.
+fn router(hold: Duration) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/v1/elections/{election}/reports",
+            post(move |body: Bytes| answer(body, hold)),
+        )
 }
 
 /// Takes the whole body, as ingest does before it parses it, and answers
@@ -153,4 +159,37 @@ pub async fn measure(
         posted,
         server: usage::ticks_to_duration(after.saturating_sub(before), ticks_per_second),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_report_is_read_and_answered_as_ingest_answers_it() {
+        let post = Request::post("/v1/elections/e1/reports")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                r#"{"ballot_box_id":"b1","city":"c1","votes":{"a":1}}"#,
+            ))
+            .unwrap();
+        let held = Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let answer = router(held).oneshot(post).await.unwrap();
+        assert!(started.elapsed() >= held, "the answer was not held");
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(body, ANSWER.as_bytes());
+        let fields: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for field in ["report_id", "ballot_box_id", "revision", "status"] {
+            assert!(fields.get(field).is_some(), "{field} missing from {fields}");
+        }
+    }
 }
