@@ -17,7 +17,6 @@
 //! The server runs as a child process (`election-bench http-floor`, hidden
 //! from `--help`), so its CPU is read from `/proc` like ingest's.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -145,7 +144,7 @@ pub async fn measure(
         batch: 1,
         rate: None,
     };
-    let scripts = Arc::new(bench.scripts.clone());
+    let scripts = bench.scripts.clone();
     let ticks_per_second = bench.ticks_per_second;
     let before = usage::process_ticks(pid);
     let posted = tokio::task::spawn_blocking(move || {

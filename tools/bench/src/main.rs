@@ -599,8 +599,6 @@ fn analyzed_line(run: &Throughput) -> Line {
     )
 }
 
-/// CPU per report of each process and of the machine, and resident memory,
-/// during the 512-connection run.
 /// Ingest at 512 connections on a fresh database, its CPU lines, and the
 /// floor after it (`--floor-only`).
 async fn floor_run(bench: &Bench, redis: &RedisTarget, sizes: &Sizes) -> anyhow::Result<Vec<Line>> {
@@ -627,6 +625,7 @@ async fn floor_lines(
     Ok(vec![floor_line(&at_once, run), floor_line(&held, run)])
 }
 
+/// One floor run's line, against the machine's CPU per report in `run`.
 fn floor_line(floor: &floor::Floor, run: &Throughput) -> Line {
     let machine = floor.machine_micros();
     let held = if floor.hold.is_zero() {
@@ -652,7 +651,7 @@ fn floor_line(floor: &floor::Floor, run: &Throughput) -> Line {
             floor.connections
         ),
         format!(
-            "{} requests/s; machine CPU {machine:.1} µs per request (server {:.1}, wrk {:.1}): {:.0}% of ingest's {:.1} µs per report; {:.1} µs of the 75 µs target left for the rest",
+            "{} requests/s; machine CPU {machine:.1} µs per request (server {:.1}, wrk {:.1}): {:.0}% of the machine's {:.1} µs per report in ingest's run; {:.1} µs of the 75 µs target left for the rest",
             thousands(floor.per_second()),
             floor.server_micros(),
             floor.client_micros(),
@@ -663,6 +662,8 @@ fn floor_line(floor: &floor::Floor, run: &Throughput) -> Line {
     )
 }
 
+/// CPU per report of each process and of the machine, and resident memory,
+/// during the 512-connection run.
 fn cpu_lines(run: &Throughput) -> Vec<Line> {
     let micros = |spent| usage::micros_per(spent, run.recorded);
     let at = format!("at {} connections", run.connections);
