@@ -439,9 +439,9 @@ mod tests {
         assert_eq!(refusals.observe(&refused), Told::Warned);
     }
 
-    /// A tally whose servers cannot be asked, with the error `refusal`
-    /// makes (an ACL refusing `INFO`, or an outage), and otherwise the
-    /// in-memory one.
+    /// A tally whose servers cannot be asked, failing with the error its
+    /// function makes (an ACL refusing `INFO`, or an outage), and otherwise
+    /// the in-memory one.
     struct Refusing(MemoryTally, fn() -> StoreError);
 
     fn noperm() -> StoreError {
