@@ -41,11 +41,12 @@
 //!   µs of CPU instead of 67–72 and cut its rate to about a third, and
 //!   `GET /totals` (427 bytes) cost the query 78–81 µs instead of 21–23
 //!   (br: 57–73); docs/benchmarks.md, "Small answers uncompressed". A service may turn
-//!   compression off ([`Layers::compress`]): ingest does, because a bulk
+//!   compression off ([`Layers::compress`]; then there is no such layer,
+//!   as an idle one still costs ~2 µs a request): ingest does, because a bulk
 //!   answer (~10 KB for 100 reports) gzipped cost it 3–6 µs more per
 //!   report, a quarter of its CPU in bulk, and its clients sit on the
 //!   counting network, where its CPU is scarcer than bytes.
-//! - **JSON errors everywhere** ([`json_errors`]): an error answer without a
+//! - **JSON errors everywhere** ([`JsonErrorsLayer`]): an error answer without a
 //!   body type — axum's 405 for a method a route does not serve (its
 //!   `Allow` header kept), a fallback 404 — becomes the same
 //!   `{"error", "message"}` body as every [`ApiError`].
@@ -54,14 +55,13 @@
 //!   connection being dropped without an answer.
 
 use std::any::Any;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{
-    Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header,
-};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::CompressionLevel;
@@ -222,28 +222,33 @@ impl Layers {
         // times (~65 allocations, DHAT on ingest; docs/benchmarks.md, "The
         // layers cloned per request"). Outside, one clone of the stack per
         // request remains (hyper's), and the router inside is an `Arc`.
+        // Compression off (ingest) is no layer either: an idle
+        // `CompressionLayer` still inspects every request and wraps every
+        // answer's body, ~2 µs of CPU per request at ingest's rate
+        // (docs/benchmarks.md, "What ingest's layers cost"). On, its body
+        // is boxed back into axum's, so both stacks answer the same type.
+        let compression = compress.then(|| {
+            ServiceBuilder::new()
+                .map_response(|response: axum::http::Response<_>| response.map(Body::new))
+                .layer(
+                    CompressionLayer::new()
+                        .quality(CompressionLevel::Precise(COMPRESSION_LEVEL as i32))
+                        .compress_when(
+                            SizeAbove::new(COMPRESS_FROM)
+                                .and(NotForContentType::GRPC)
+                                .and(NotForContentType::IMAGES)
+                                .and(NotForContentType::SSE),
+                        ),
+                )
+        });
         let stack = ServiceBuilder::new()
             .map_request(drop_odd_request_id)
             .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
             .layer(trace)
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .option_layer(cors)
-            .layer(
-                CompressionLayer::new()
-                    .quality(CompressionLevel::Precise(COMPRESSION_LEVEL as i32))
-                    .compress_when(
-                        SizeAbove::new(COMPRESS_FROM)
-                            .and(NotForContentType::GRPC)
-                            .and(NotForContentType::IMAGES)
-                            .and(NotForContentType::SSE)
-                            .and(
-                                move |_: StatusCode, _: Version, _: &HeaderMap, _: &Extensions| {
-                                    compress
-                                },
-                            ),
-                    ),
-            )
-            .layer(middleware::from_fn(json_errors))
+            .option_layer(compression)
+            .layer(JsonErrorsLayer)
             .layer(CatchPanicLayer::custom(panicked))
             .service(router);
         Router::new().fallback_service(stack)
@@ -285,6 +290,10 @@ fn drop_odd_request_id(mut request: Request) -> Request {
 
 /// The fallback of every router: a JSON 404.
 pub async fn not_found() -> ApiError {
+    not_found_error()
+}
+
+fn not_found_error() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -294,9 +303,87 @@ pub async fn not_found() -> ApiError {
 
 /// Gives every error answer that has no body type the JSON error body:
 /// axum's 405 (keeping its `Allow` header) and any other bodiless 4xx/5xx.
-pub async fn json_errors(request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let response = next.run(request).await;
+///
+/// A `tower` layer of its own rather than `axum::middleware::from_fn`: per
+/// request, `from_fn` clones and boxes the service inside it and boxes the
+/// future, which measured ~3 µs of CPU per request at ingest's rate, for a
+/// check that is a status and a header lookup on every answer that is not
+/// an error (docs/benchmarks.md, "What ingest's layers cost"). Here the
+/// future is the inner one's, with the request's method beside it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JsonErrorsLayer;
+
+impl<S> tower::Layer<S> for JsonErrorsLayer {
+    type Service = JsonErrors<S>;
+
+    fn layer(&self, inner: S) -> JsonErrors<S> {
+        JsonErrors { inner }
+    }
+}
+
+/// The service of [`JsonErrorsLayer`].
+#[derive(Clone, Debug)]
+pub struct JsonErrors<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request> for JsonErrors<S>
+where
+    S: tower::Service<Request, Response = axum::http::Response<B>>,
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = JsonErrorsFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        JsonErrorsFuture {
+            method: Some(request.method().clone()),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`JsonErrors`]: the inner answer, made JSON if it is
+    /// a bodiless error.
+    pub struct JsonErrorsFuture<F> {
+        #[pin]
+        inner: F,
+        method: Option<Method>,
+    }
+}
+
+impl<F, B, E> Future for JsonErrorsFuture<F>
+where
+    F: Future<Output = Result<axum::http::Response<B>, E>>,
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?.map(Body::new);
+        let method = this.method.take().unwrap_or_default();
+        std::task::Poll::Ready(Ok(json_error(&method, response)))
+    }
+}
+
+/// `response` itself, or, if it is an error without a body type, the same
+/// status as a JSON error body (see [`JsonErrorsLayer`]).
+pub fn json_error(method: &Method, response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.headers().contains_key(header::CONTENT_TYPE)
@@ -317,7 +404,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
             format!("{method} is not allowed here; allowed: {allow}"),
         )
     } else if status == StatusCode::NOT_FOUND {
-        return not_found().await.into_response();
+        return not_found_error().into_response();
     } else {
         ApiError::new(
             status,
@@ -415,6 +502,85 @@ mod tests {
             &body[..],
             br#"{"error":"internal","message":"internal error; it has been logged"}"#
         );
+    }
+
+    #[tokio::test]
+    async fn bodiless_errors_become_json_and_other_answers_pass_untouched() {
+        for compress in [true, false] {
+            let router = Router::new()
+                .route("/thing", get(|| async { "a thing" }))
+                .route("/teapot", get(|| async { StatusCode::IM_A_TEAPOT }));
+            let app = Layers {
+                compress,
+                ..no_cors()
+            }
+            .apply(router);
+            let ask = |method: Method, uri: &str| {
+                Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .body(Body::empty())
+                    .unwrap()
+            };
+            let read = |response: Response| async move {
+                let status = response.status();
+                let headers = response.headers().clone();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                    .await
+                    .unwrap();
+                (status, headers, String::from_utf8(body.to_vec()).unwrap())
+            };
+
+            let ok = app
+                .clone()
+                .oneshot(ask(Method::GET, "/thing"))
+                .await
+                .unwrap();
+            let (status, headers, body) = read(ok).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "a thing"));
+            assert!(
+                headers[header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/plain")
+            );
+
+            let wrong = app
+                .clone()
+                .oneshot(ask(Method::DELETE, "/thing"))
+                .await
+                .unwrap();
+            let (status, headers, body) = read(wrong).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{compress}");
+            assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+            assert!(
+                headers[header::ALLOW].to_str().unwrap().contains("GET"),
+                "{headers:?}"
+            );
+            assert!(body.contains(r#""error":"method_not_allowed""#), "{body}");
+            assert!(body.contains("DELETE is not allowed here"), "{body}");
+
+            let bare = app
+                .clone()
+                .oneshot(ask(Method::GET, "/teapot"))
+                .await
+                .unwrap();
+            let (status, headers, body) = read(bare).await;
+            assert_eq!(status, StatusCode::IM_A_TEAPOT);
+            assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+            assert_eq!(body, r#"{"error":"error","message":"I'm a teapot"}"#);
+
+            let missing = app
+                .clone()
+                .oneshot(ask(Method::GET, "/nowhere"))
+                .await
+                .unwrap();
+            let (status, headers, body) = read(missing).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+            assert!(body.contains(r#""error":"not_found""#), "{body}");
+        }
     }
 
     #[tokio::test]

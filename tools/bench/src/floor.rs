@@ -36,14 +36,26 @@ const ANSWER: &str =
     r#"{"report_id":1234567,"ballot_box_id":"run1-1-123456","revision":1,"status":"counted"}"#;
 
 /// Serves the floor on `listen` until killed, holding each answer for
-/// `hold` (zero: answering at once).
-pub fn serve(listen: &str, hold: Duration) -> anyhow::Result<()> {
+/// `hold` (zero: answering at once); with `layers`, inside ingest's own
+/// layers (`election_http::layers`, as ingest sets them: CORS closed, no
+/// compression), to measure what they cost by hand.
+pub fn serve(listen: &str, hold: Duration, layers: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;
-        let app = router(hold);
+        let mut app = router(hold);
+        if layers {
+            app = election_http::layers::Layers {
+                cors_origins: election_http::layers::CorsOrigins::None,
+                cors_methods: vec![axum::http::Method::POST],
+                cors_request_headers: Vec::new(),
+                cors_exposed_headers: Vec::new(),
+                compress: false,
+            }
+            .apply(app);
+        }
         let config = election_http::ServeConfig {
             header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
         };

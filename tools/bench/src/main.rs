@@ -154,6 +154,9 @@ enum Mode {
         /// Microseconds each answer is held.
         #[arg(long, default_value_t = 0)]
         hold_us: u64,
+        /// Inside ingest's HTTP layers (a measurement by hand).
+        #[arg(long)]
+        layers: bool,
     },
 }
 
@@ -196,8 +199,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.mode {
         Some(Mode::Reshard(args)) => return reshard::run(args),
-        Some(Mode::HttpFloor { listen, hold_us }) => {
-            return floor::serve(listen, Duration::from_micros(*hold_us));
+        Some(Mode::HttpFloor {
+            listen,
+            hold_us,
+            layers,
+        }) => {
+            return floor::serve(listen, Duration::from_micros(*hold_us), *layers);
         }
         None => {}
     }
