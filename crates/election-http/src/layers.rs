@@ -515,28 +515,24 @@ mod tests {
                 ..no_cors()
             }
             .apply(router);
-            let ask = |method: Method, uri: &str| {
-                Request::builder()
-                    .method(method)
-                    .uri(uri)
-                    .body(Body::empty())
-                    .unwrap()
-            };
-            let read = |response: Response| async move {
-                let status = response.status();
-                let headers = response.headers().clone();
-                let body = axum::body::to_bytes(response.into_body(), 1 << 16)
-                    .await
-                    .unwrap();
-                (status, headers, String::from_utf8(body.to_vec()).unwrap())
+            let call = |method: Method, uri: &'static str| {
+                let app = app.clone();
+                async move {
+                    let request = Request::builder()
+                        .method(method)
+                        .uri(uri)
+                        .body(Body::empty())
+                        .unwrap();
+                    let response = app.oneshot(request).await.unwrap();
+                    let (status, headers) = (response.status(), response.headers().clone());
+                    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                        .await
+                        .unwrap();
+                    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+                }
             };
 
-            let ok = app
-                .clone()
-                .oneshot(ask(Method::GET, "/thing"))
-                .await
-                .unwrap();
-            let (status, headers, body) = read(ok).await;
+            let (status, headers, body) = call(Method::GET, "/thing").await;
             assert_eq!((status, body.as_str()), (StatusCode::OK, "a thing"));
             assert!(
                 headers[header::CONTENT_TYPE]
@@ -545,12 +541,7 @@ mod tests {
                     .starts_with("text/plain")
             );
 
-            let wrong = app
-                .clone()
-                .oneshot(ask(Method::DELETE, "/thing"))
-                .await
-                .unwrap();
-            let (status, headers, body) = read(wrong).await;
+            let (status, headers, body) = call(Method::DELETE, "/thing").await;
             assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{compress}");
             assert_eq!(headers[header::CONTENT_TYPE], "application/json");
             assert!(
@@ -560,23 +551,13 @@ mod tests {
             assert!(body.contains(r#""error":"method_not_allowed""#), "{body}");
             assert!(body.contains("DELETE is not allowed here"), "{body}");
 
-            let bare = app
-                .clone()
-                .oneshot(ask(Method::GET, "/teapot"))
-                .await
-                .unwrap();
-            let (status, headers, body) = read(bare).await;
+            let (status, headers, body) = call(Method::GET, "/teapot").await;
             assert_eq!(status, StatusCode::IM_A_TEAPOT);
             assert_eq!(headers[header::CONTENT_TYPE], "application/json");
             assert_eq!(headers[header::CACHE_CONTROL], "no-store");
             assert_eq!(body, r#"{"error":"error","message":"I'm a teapot"}"#);
 
-            let missing = app
-                .clone()
-                .oneshot(ask(Method::GET, "/nowhere"))
-                .await
-                .unwrap();
-            let (status, headers, body) = read(missing).await;
+            let (status, headers, body) = call(Method::GET, "/nowhere").await;
             assert_eq!(status, StatusCode::NOT_FOUND);
             assert_eq!(headers[header::CONTENT_TYPE], "application/json");
             assert!(body.contains(r#""error":"not_found""#), "{body}");
