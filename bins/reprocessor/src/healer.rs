@@ -374,19 +374,15 @@ mod tests {
         let (_stop, mut stopping) = watch::channel(false);
         let interval = Duration::from_secs(600);
 
+        // At most three watches of a wait that began with `seen`.
+        let mut watched = async |seen: Look| {
+            let mut refusals = Refusals::default();
+            let waiting = wait(&tally, seen, interval, &mut refusals, &mut stopping);
+            tokio::time::timeout(3 * WATCH_EVERY, waiting).await
+        };
+
         // The same servers: still waiting after a few watches.
-        let seen = look(&tally, Vec::new()).await;
-        let same = tokio::time::timeout(
-            3 * WATCH_EVERY,
-            wait(
-                &tally,
-                seen,
-                interval,
-                &mut Refusals::default(),
-                &mut stopping,
-            ),
-        )
-        .await;
+        let same = watched(look(&tally, Vec::new()).await).await;
         assert!(same.is_err(), "the wait ended with nothing changed");
 
         // A restart (the in-memory tally's flush): the wait ends at the
@@ -394,18 +390,9 @@ mod tests {
         let seen = look(&tally, Vec::new()).await;
         memory.flush();
         let started = Instant::now();
-        let stopped = tokio::time::timeout(
-            3 * WATCH_EVERY,
-            wait(
-                &tally,
-                seen,
-                interval,
-                &mut Refusals::default(),
-                &mut stopping,
-            ),
-        )
-        .await
-        .expect("the wait ends once the servers changed");
+        let stopped = watched(seen)
+            .await
+            .expect("the wait ends once the servers changed");
         assert!(!stopped, "ended to sweep, not to stop");
         assert!(
             started.elapsed() <= 2 * WATCH_EVERY,

@@ -234,8 +234,9 @@
 //! absent, in the same round trip as `INFO server` that reads it back: a
 //! master emptied while it runs comes back with a new token, whichever of
 //! the Cluster's masters it is. Like every write, the witness is not set on
-//! a master that may evict keys (there counting is refused anyway). A slot moved to another master may move the
-//! witness with it and change the token once: a sweep for nothing.
+//! a master that may evict keys (there counting is refused anyway). A slot
+//! moved to another master may move the witness with it and change the
+//! token once: a sweep for nothing.
 //!
 //! # Failures
 //!
