@@ -15,8 +15,13 @@
 //!   periodic full read).
 //! - Key names are written into the command buffers, never kept: no
 //!   allocation per counter.
-//! - The fingerprint is one small pipeline: the three `SCARD`s and the
-//!   national counters.
+//! - The fingerprint is one small pipeline: the two `SCARD`s and the
+//!   national counters. The nation's ballot boxes are the sum of the
+//!   cities' (there is no election-wide set of boxes: `crate`'s "Indexes"),
+//!   so a new box that moves no counter, in a city already seen (a box that
+//!   reports 0 votes everywhere), leaves the fingerprint as it was and shows
+//!   at the next full read; with the change journal, which names its city,
+//!   at the next refresh.
 //! - With the cities the change journal named (`journal`), only their rows
 //!   are read, with the national counters and the set sizes, in one round,
 //!   and written over a copy of the grid read before.
@@ -133,7 +138,9 @@ impl RedisTally {
             grid.boxes[row] = part.boxes[read];
         }
         grid.national = part.national;
-        grid.ballot_boxes_reported = part.ballot_boxes_reported;
+        // The nation's boxes are the cities' (`read_cells`): the rows kept
+        // from `known` with the rows read again.
+        grid.ballot_boxes_reported = grid.boxes.iter().sum();
         grid.unreadable = part.unreadable;
         Ok(grid)
     }
@@ -149,10 +156,9 @@ impl RedisTally {
         cities: &Arc<[CityId]>,
         all_cities: usize,
     ) -> Result<(Grid, bool), RedisStoreError> {
-        let mut requests = Vec::with_capacity(cities.len() + 4);
+        let mut requests = Vec::with_capacity(cities.len() + 3);
         requests.push(simple("SCARD", &keys::parties(election)));
         requests.push(simple("SCARD", &keys::cities(election)));
-        requests.push(simple("SCARD", &keys::boxes(election)));
         for city in cities.iter() {
             requests.push(simple("SCARD", &keys::city_boxes(election, city)));
         }
@@ -162,7 +168,6 @@ impl RedisTally {
         let seen_parties = count(next_reply(&mut replies)?, "SCARD")?;
         let seen_cities = count(next_reply(&mut replies)?, "SCARD")?;
         let current = seen_parties == parties.len() as u64 && seen_cities == all_cities as u64;
-        let ballot_boxes_reported = count(next_reply(&mut replies)?, "SCARD")?;
         let mut boxes = Vec::with_capacity(cities.len());
         for _ in cities.iter() {
             boxes.push(count(next_reply(&mut replies)?, "SCARD")?);
@@ -190,6 +195,10 @@ impl RedisTally {
         let width = parties.len();
         let national = values[..width].to_vec();
         values.drain(..width);
+        // A box reports in one city only, so the cities' sets hold every box
+        // once: this is the nation's count when `cities` are all of them
+        // (`read_grid_moved` sums its merged rows itself).
+        let ballot_boxes_reported = boxes.iter().sum();
         let grid = Grid {
             parties: Arc::clone(parties),
             cities: Arc::clone(cities),
@@ -249,8 +258,8 @@ impl RedisTally {
         chunks
     }
 
-    /// `Tally::fingerprint`: the sizes of the sets of parties, cities and
-    /// ballot boxes seen, then the national counters of `known`'s parties.
+    /// `Tally::fingerprint`: the sizes of the sets of parties and cities
+    /// seen, then the national counters of `known`'s parties.
     pub(crate) fn read_fingerprint(
         &self,
         election: &ElectionId,
@@ -259,7 +268,6 @@ impl RedisTally {
         let mut requests = vec![
             simple("SCARD", &keys::parties(election)),
             simple("SCARD", &keys::cities(election)),
-            simple("SCARD", &keys::boxes(election)),
         ];
         let chunks = self.cell_requests(
             election,
@@ -270,8 +278,8 @@ impl RedisTally {
         );
         let replies: Vec<Reply> = self.nodes.run(&requests);
         let mut replies = replies.into_iter();
-        let mut numbers = Vec::with_capacity(3 + known.parties.len());
-        for _ in 0..3 {
+        let mut numbers = Vec::with_capacity(2 + known.parties.len());
+        for _ in 0..2 {
             let n = count(next_reply(&mut replies)?, "SCARD")?;
             numbers.push(Some(i64::try_from(n).unwrap_or(i64::MAX)));
         }

@@ -76,11 +76,6 @@ pub fn cities(election: &ElectionId) -> String {
     join(&["election:", election.as_str(), ":meta:cities"])
 }
 
-/// The set of ballot boxes counted: `election:<e>:meta:boxes`.
-pub fn boxes(election: &ElectionId) -> String {
-    join(&["election:", election.as_str(), ":meta:boxes"])
-}
-
 /// The set of ballot boxes counted in `city`:
 /// `election:<e>:meta:city:<c>:boxes`.
 pub fn city_boxes(election: &ElectionId, city: &CityId) -> String {
@@ -361,7 +356,6 @@ mod tests {
         );
         assert_eq!(parties(&election), "election:2025:meta:parties");
         assert_eq!(cities(&election), "election:2025:meta:cities");
-        assert_eq!(boxes(&election), "election:2025:meta:boxes");
         assert_eq!(
             city_boxes(&election, &london),
             "election:2025:meta:city:london:boxes"

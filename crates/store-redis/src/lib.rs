@@ -172,10 +172,11 @@
 //!
 //! Memory, measured with `election-bench reshard --boxes 1000000
 //! --standalone-memory` (Redis 7.0, `used_memory` before and after 1 M boxes
-//! of 4 to 10 parties in 200 cities; docs/benchmarks.md): 156 bytes per box
-//! standalone (245 with per-key markers), most of it now the index sets of
-//! boxes; 540 bytes per box on a 3-master Cluster, summed over the masters
-//! (2,007 with per-key markers: 14.0 M keys then, 1.16 M now). A marker
+//! of 4 to 10 parties in 200 cities; docs/benchmarks.md): 100 bytes per box
+//! standalone (156 with an election-wide set of boxes as well as the
+//! cities', 245 with per-key markers); 484 bytes per box on a 3-master
+//! Cluster, summed over the masters (541 with the election's set, 2,007 with
+//! per-key markers: 14.0 M keys then, 1.16 M now). A marker
 //! costs its field and a few bytes of listpack, where a key of its own cost
 //! ~120 bytes (~140 in cluster mode, which also indexes keys by slot). The
 //! saving grows with the election: at 100,000 boxes the Cluster held 1,467
@@ -187,8 +188,15 @@
 //!
 //! So totals can be read without knowing the parties and cities in advance,
 //! every apply also adds (idempotently, `SADD`) to `election:<e>:meta:parties`,
-//! `election:<e>:meta:cities`, `election:<e>:meta:boxes` and
-//! `election:<e>:meta:city:<c>:boxes` ([`keys`]).
+//! `election:<e>:meta:cities` and `election:<e>:meta:city:<c>:boxes`
+//! ([`keys`]). The nation's ballot boxes reported are the sum of the cities'
+//! (a box reports in one city only: `Conflict::OtherCity`), read with them.
+//! An election-wide set of every box, `election:<e>:meta:boxes`, was kept
+//! until 2026-12-03: it held a second copy of every box id, over a third of
+//! the index sets' time in Redis and ~50 bytes a box (docs/benchmarks.md,
+//! "No election-wide set of ballot boxes"). It is no longer written or read;
+//! an election counted before keeps it until its keys are deleted, and may
+//! drop it (`DEL`) at any time.
 //!
 //! # Round trips
 //!
@@ -1556,7 +1564,6 @@ impl RedisTally {
         let index_keys = [
             ("SMEMBERS", keys::parties(election)),
             ("SMEMBERS", keys::cities(election)),
-            ("SCARD", keys::boxes(election)),
         ];
         let requests: Vec<Request> = index_keys
             .iter()
@@ -1574,7 +1581,6 @@ impl RedisTally {
         let parties: Vec<PartyId> =
             parse_ids(next_reply(&mut replies)?, "SMEMBERS", PartyId::parse)?;
         let cities: Vec<CityId> = parse_ids(next_reply(&mut replies)?, "SMEMBERS", CityId::parse)?;
-        let ballot_boxes_reported = count(next_reply(&mut replies)?, "SCARD")?;
 
         // Round two: boxes per city and every counter that may exist.
         let mut requests: Vec<Request> = cities
@@ -1609,11 +1615,11 @@ impl RedisTally {
 
         let mut snapshot = Snapshot {
             parties: parties.iter().cloned().collect(),
-            ballot_boxes_reported,
             ..Snapshot::default()
         };
         for city in cities {
             let boxes = count(next_reply(&mut replies)?, "SCARD")?;
+            snapshot.ballot_boxes_reported += boxes;
             snapshot.cities.insert(city, boxes);
         }
         read_mget(
@@ -1674,7 +1680,6 @@ fn index_members<'a>(batch: &'a [Counting]) -> Vec<(String, IndexMembers<'a>)> {
     enum Set<'a> {
         Parties(&'a ElectionId),
         Cities(&'a ElectionId),
-        Boxes(&'a ElectionId),
         CityBoxes(&'a ElectionId, &'a CityId),
     }
     let mut sets: BTreeMap<Set<'a>, IndexMembers<'a>> = BTreeMap::new();
@@ -1690,7 +1695,6 @@ fn index_members<'a>(batch: &'a [Counting]) -> Vec<(String, IndexMembers<'a>)> {
             add(Set::Parties(election), party.as_str(), index);
         }
         add(Set::Cities(election), counting.city.as_str(), index);
-        add(Set::Boxes(election), counting.ballot_box.as_str(), index);
         add(
             Set::CityBoxes(election, &counting.city),
             counting.ballot_box.as_str(),
@@ -1702,7 +1706,6 @@ fn index_members<'a>(batch: &'a [Counting]) -> Vec<(String, IndexMembers<'a>)> {
             let key = match set {
                 Set::Parties(election) => keys::parties(election),
                 Set::Cities(election) => keys::cities(election),
-                Set::Boxes(election) => keys::boxes(election),
                 Set::CityBoxes(election, city) => keys::city_boxes(election, city),
             };
             (key, members)

@@ -230,10 +230,6 @@ fn seed(conn: &mut redis::Connection, plan: &Plan) -> anyhow::Result<()> {
         for city in chunk {
             let ballot_box = format!("seed-{city}");
             pipe.cmd("SADD")
-                .arg(format!("election:{e}:meta:boxes"))
-                .arg(&ballot_box)
-                .ignore();
-            pipe.cmd("SADD")
                 .arg(format!("election:{e}:meta:city:{city}:boxes"))
                 .arg(&ballot_box)
                 .ignore();
@@ -306,10 +302,6 @@ fn write(
             let city = city(rng.random_range(0..plan.cities));
             moved.push(city.clone());
             let ballot_box = format!("b{reports}");
-            pipe.cmd("SADD")
-                .arg(format!("election:{e}:meta:boxes"))
-                .arg(&ballot_box)
-                .ignore();
             pipe.cmd("SADD")
                 .arg(format!("election:{e}:meta:city:{city}:boxes"))
                 .arg(&ballot_box)

@@ -495,7 +495,6 @@ fn revisions_marked_before_buckets_do_not_count_again() {
         (keys::parties(&e), "b"),
         (keys::parties(&e), "c"),
         (keys::cities(&e), "york"),
-        (keys::boxes(&e), "B1"),
         (
             keys::city_boxes(&e, &election_core::CityId::parse("york").unwrap()),
             "B1",

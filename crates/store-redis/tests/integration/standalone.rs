@@ -142,9 +142,6 @@ fn apply_as_before_buckets(redis: &mut redis::Connection, counting: &election_co
         .arg(keys::cities(e))
         .arg(counting.city.as_str());
     pipe.cmd("SADD")
-        .arg(keys::boxes(e))
-        .arg(counting.ballot_box.as_str());
-    pipe.cmd("SADD")
         .arg(keys::city_boxes(e, &counting.city))
         .arg(counting.ballot_box.as_str());
     pipe.cmd("SET").arg(&marker).arg("1");
@@ -210,6 +207,16 @@ fn index_sets_name_what_was_seen() {
         answer.unwrap();
     }
     let mut redis = connection(&redis_url());
+    // No election-wide set of boxes: the nation's are the cities' (store-redis's
+    // "Indexes").
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("election:{e}:meta:boxes"))
+        .query(&mut redis)
+        .unwrap();
+    assert!(
+        !exists,
+        "the election-wide set of boxes is no longer written"
+    );
     let mut members = |key: String| {
         let mut members: Vec<String> = redis::cmd("SMEMBERS").arg(key).query(&mut redis).unwrap();
         members.sort();
@@ -217,7 +224,6 @@ fn index_sets_name_what_was_seen() {
     };
     assert_eq!(members(keys::parties(&e)), ["a", "b", "c"]);
     assert_eq!(members(keys::cities(&e)), ["leeds", "york"]);
-    assert_eq!(members(keys::boxes(&e)), ["B1", "B2", "B3"]);
     let york = election_core::CityId::parse("york").unwrap();
     assert_eq!(members(keys::city_boxes(&e, &york)), ["B1", "B2"]);
     let snapshot = tally.snapshot(&e).unwrap();
