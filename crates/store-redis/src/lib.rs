@@ -196,7 +196,10 @@
 //! the index sets' time in Redis and ~50 bytes a box (docs/benchmarks.md,
 //! "No election-wide set of ballot boxes"). It is no longer written or read;
 //! an election counted before keeps it until its keys are deleted, and may
-//! drop it (`DEL`) at any time.
+//! drop it (`DEL`) at any time. Upgrading: start the query services of this
+//! version before ingest and the reprocessor, since a query service from
+//! before reads the election's set, which writers of this version no longer
+//! add to.
 //!
 //! # Round trips
 //!
