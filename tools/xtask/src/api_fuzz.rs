@@ -20,6 +20,15 @@
 //! - stops the services, drops the database and deletes the Redis keys of
 //!   its election.
 //!
+//! schemathesis warns, every run, that `POST /v1/elections/{election}/reports`
+//! "mostly rejected generated data". Read from target/api-fuzz/ingest.har
+//! (2026-12-03, 181 posts): 128 answers were 400, 33 were 409 and 9 were 422,
+//! and they are what the document says. Its coverage and negative phases
+//! send invalid bodies on purpose; its generator writes integers as `1356.0`
+//! (a 400 by the documented rule, see [`EXCLUDED_CHECKS`]); and the
+//! document's example report names a box the set-up recorded with other
+//! content (409). The warning is about the generator, not the API.
+//!
 //! Excluded: `GET /v1/elections/{election}/stream` (streamTotals). It is a
 //! Server-Sent Events stream that stays open until the client leaves, so
 //! every request would run into the request timeout, and schemathesis cannot
