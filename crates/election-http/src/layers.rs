@@ -346,7 +346,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         JsonErrorsFuture {
-            method: Some(request.method().clone()),
+            method: request.method().clone(),
             inner: self.inner.call(request),
         }
     }
@@ -358,7 +358,7 @@ pin_project_lite::pin_project! {
     pub struct JsonErrorsFuture<F> {
         #[pin]
         inner: F,
-        method: Option<Method>,
+        method: Method,
     }
 }
 
@@ -376,8 +376,7 @@ where
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx))?.map(Body::new);
-        let method = this.method.take().unwrap_or_default();
-        std::task::Poll::Ready(Ok(json_error(&method, response)))
+        std::task::Poll::Ready(Ok(json_error(this.method, response)))
     }
 }
 
