@@ -512,3 +512,157 @@ fn a_call_split_by_a_slot_migration_is_sent_again_one_group_per_call() {
         totals_of([&first, &second, &third])
     );
 }
+
+/// Runs [`store_redis::MERGED_APPLY_SCRIPT`] once with `keys` and `args`.
+fn merged_eval(
+    redis: &mut redis::Connection,
+    keys: &[&str],
+    args: &[&str],
+) -> redis::RedisResult<redis::Value> {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(store_redis::MERGED_APPLY_SCRIPT).arg(keys.len());
+    eval.arg(keys).arg(args);
+    eval.query(redis)
+}
+
+/// A hash's fields, sorted (none when the key is absent).
+fn fields(redis: &mut redis::Connection, key: &str) -> Vec<String> {
+    let mut fields: Vec<String> = redis::cmd("HKEYS").arg(key).query(redis).unwrap();
+    fields.sort();
+    fields
+}
+
+#[test]
+fn a_merged_call_that_meets_a_marker_set_takes_out_the_ones_it_set() {
+    // The merged script sets each group's marker and learns from the same
+    // HSET whether it was set before. One found set (or failing) makes it
+    // take out the fields it added and answer without moving a counter.
+    let server = RedisServer::start();
+    let mut redis = connection(&server.url());
+    let tag = "{election:m:city:c:party:a}";
+    let (fresh, shared, marked) = (
+        format!("{tag}:applied:1"),
+        format!("{tag}:applied:2"),
+        format!("{tag}:applied:3"),
+    );
+    let flag = format!("{tag}:applied:layout");
+    let (anchor, new_counter) = ("election:m:city:c:party:a", "election:m:city:c:party:b");
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(&shared)
+        .arg("other")
+        .arg("1")
+        .cmd("HSET")
+        .arg(&marked)
+        .arg("B3:1")
+        .arg("1")
+        .cmd("SET")
+        .arg(&flag)
+        .arg("buckets")
+        .cmd("SET")
+        .arg(anchor)
+        .arg("5")
+        .query(&mut redis)
+        .unwrap();
+    let keys = [
+        fresh.as_str(),
+        shared.as_str(),
+        marked.as_str(),
+        flag.as_str(),
+        flag.as_str(),
+        flag.as_str(),
+        anchor,
+        new_counter,
+    ];
+    let args = ["3", "B1:1", "B2:1", "B3:1", "1", "1", "1", "7", "9"];
+
+    // The third group's marker is set: nothing moves, and the first two
+    // groups' fields are gone again (the first bucket with its key).
+    let reply = merged_eval(&mut redis, &keys, &args).unwrap();
+    assert_eq!(reply, redis::Value::Int(0));
+    assert_eq!(fields(&mut redis, &fresh), Vec::<String>::new());
+    let exists: bool = redis::cmd("EXISTS").arg(&fresh).query(&mut redis).unwrap();
+    assert!(!exists, "the bucket the call created is gone");
+    assert_eq!(fields(&mut redis, &shared), ["other"]);
+    assert_eq!(fields(&mut redis, &marked), ["B3:1"]);
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(anchor)
+        .arg(new_counter)
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(values, [Some("5".to_owned()), None]);
+    let new_flag = keys::layout_flag(new_counter);
+    let flagged: bool = redis::cmd("EXISTS")
+        .arg(&new_flag)
+        .query(&mut redis)
+        .unwrap();
+    assert!(!flagged, "no flag for a counter that was not created");
+
+    // A bucket of another type: the call answers its error, and the
+    // field the first group set is taken out again.
+    let _: () = redis::pipe()
+        .cmd("HDEL")
+        .arg(&marked)
+        .arg("B3:1")
+        .cmd("DEL")
+        .arg(&shared)
+        .cmd("SET")
+        .arg(&shared)
+        .arg("not a hash")
+        .query(&mut redis)
+        .unwrap();
+    let error = merged_eval(&mut redis, &keys, &args).unwrap_err();
+    assert!(error.to_string().contains("WRONGTYPE"), "{error}");
+    assert_eq!(fields(&mut redis, &fresh), Vec::<String>::new());
+    assert_eq!(fields(&mut redis, &marked), Vec::<String>::new());
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(anchor)
+        .arg(new_counter)
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(values, [Some("5".to_owned()), None]);
+
+    // Nothing in the way: every marker set, each counter moved once.
+    let _: () = redis::cmd("DEL").arg(&shared).query(&mut redis).unwrap();
+    let reply = merged_eval(&mut redis, &keys, &args).unwrap();
+    assert_eq!(reply, redis::Value::Int(1));
+    assert_eq!(fields(&mut redis, &fresh), ["B1:1"]);
+    assert_eq!(fields(&mut redis, &shared), ["B2:1"]);
+    assert_eq!(fields(&mut redis, &marked), ["B3:1"]);
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(anchor)
+        .arg(new_counter)
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(values, [Some("12".to_owned()), Some("9".to_owned())]);
+    let flagged: bool = redis::cmd("EXISTS")
+        .arg(&new_flag)
+        .query(&mut redis)
+        .unwrap();
+    assert!(flagged, "the counter the call created is flagged");
+}
+
+#[test]
+fn a_revision_counted_before_in_the_middle_of_a_batch_counts_once() {
+    // A private server, so the commands counted are this test's.
+    let server = RedisServer::start();
+    let tally = private_tally(&server);
+    let e = unique_election("middle");
+    let batch = night(&e, 20, 4);
+    apply_expecting(&tally, &batch[10..11], Applied::Now);
+    let hdel = calls(&[server.url()], "hdel");
+    let answers = tally.apply(&batch);
+    for (i, (answer, counting)) in answers.into_iter().zip(&batch).enumerate() {
+        let expected = if i == 10 {
+            Applied::Already
+        } else {
+            Applied::Now
+        };
+        assert_eq!(answer.unwrap(), expected, "{}", counting.ballot_box);
+    }
+    // The merged call set the ten markers before the one found set, took
+    // them out, and the groups went one by one.
+    assert_eq!(calls(&[server.url()], "hdel") - hdel, 10);
+    assert_eq!(tally.snapshot(&e).unwrap().totals, totals_of(&batch));
+    assert_eq!(markers_on(&[server.url()], &e).len(), 20);
+}
