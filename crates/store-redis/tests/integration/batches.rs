@@ -532,6 +532,11 @@ fn fields(redis: &mut redis::Connection, key: &str) -> Vec<String> {
     fields
 }
 
+/// The values of `keys` (`None` where absent).
+fn values_of(redis: &mut redis::Connection, keys: &[&str]) -> Vec<Option<String>> {
+    redis::cmd("MGET").arg(keys).query(redis).unwrap()
+}
+
 #[test]
 fn a_merged_call_that_meets_a_marker_set_takes_out_the_ones_it_set() {
     // The merged script sets each group's marker and learns from the same
@@ -585,11 +590,7 @@ fn a_merged_call_that_meets_a_marker_set_takes_out_the_ones_it_set() {
     assert!(!exists, "the bucket the call created is gone");
     assert_eq!(fields(&mut redis, &shared), ["other"]);
     assert_eq!(fields(&mut redis, &marked), ["B3:1"]);
-    let values: Vec<Option<String>> = redis::cmd("MGET")
-        .arg(anchor)
-        .arg(new_counter)
-        .query(&mut redis)
-        .unwrap();
+    let values = values_of(&mut redis, &[anchor, new_counter]);
     assert_eq!(values, [Some("5".to_owned()), None]);
     let new_flag = keys::layout_flag(new_counter);
     let flagged: bool = redis::cmd("EXISTS")
@@ -615,11 +616,7 @@ fn a_merged_call_that_meets_a_marker_set_takes_out_the_ones_it_set() {
     assert!(error.to_string().contains("WRONGTYPE"), "{error}");
     assert_eq!(fields(&mut redis, &fresh), Vec::<String>::new());
     assert_eq!(fields(&mut redis, &marked), Vec::<String>::new());
-    let values: Vec<Option<String>> = redis::cmd("MGET")
-        .arg(anchor)
-        .arg(new_counter)
-        .query(&mut redis)
-        .unwrap();
+    let values = values_of(&mut redis, &[anchor, new_counter]);
     assert_eq!(values, [Some("5".to_owned()), None]);
 
     // Nothing in the way: every marker set, each counter moved once.
@@ -629,11 +626,7 @@ fn a_merged_call_that_meets_a_marker_set_takes_out_the_ones_it_set() {
     assert_eq!(fields(&mut redis, &fresh), ["B1:1"]);
     assert_eq!(fields(&mut redis, &shared), ["B2:1"]);
     assert_eq!(fields(&mut redis, &marked), ["B3:1"]);
-    let values: Vec<Option<String>> = redis::cmd("MGET")
-        .arg(anchor)
-        .arg(new_counter)
-        .query(&mut redis)
-        .unwrap();
+    let values = values_of(&mut redis, &[anchor, new_counter]);
     assert_eq!(values, [Some("12".to_owned()), Some("9".to_owned())]);
     let flagged: bool = redis::cmd("EXISTS")
         .arg(&new_flag)
