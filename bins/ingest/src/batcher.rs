@@ -7,14 +7,25 @@
 //! queue their validated report here and wait for its own answer.
 //!
 //! The batcher takes a permit (at most `max_in_flight` batches run at once,
-//! one per database connection it may use), then gathers what is queued: the
-//! first report it waits for, then anything already waiting, then whatever
-//! arrives within `linger`, up to its share. While every permit is busy,
-//! reports pile up, so batches grow exactly when load does and a lone report
-//! waits at most `linger`.
+//! one per database connection it may use) and a recording permit (at most
+//! `max_recording` of them in their PostgreSQL transaction at once), then
+//! gathers what is queued: the first report it waits for, then anything
+//! already waiting, then whatever arrives within `linger`, up to its share.
+//! While every permit is busy, reports pile up, so batches grow exactly when
+//! load does and a lone report waits at most `linger`.
+//!
+//! Why two: a batch's recording transaction is PostgreSQL's work, its
+//! counting (the Redis apply and the counted mark) mostly Redis's and
+//! ingest's. Fewer transactions at once make each larger and cheaper per
+//! report for PostgreSQL, but a batch that held its permit while it was
+//! counted kept the next one from being recorded (docs/benchmarks.md,
+//! "Recording and counting in step"). So the recording permit is handed
+//! back as soon as the transaction is over, and the next batch is formed
+//! and recorded while this one is counted.
 //!
 //! The share: what is waiting is split evenly among the batches that may
-//! start now (this one and the free permits), but no batch is made smaller
+//! start recording now (this one and the free recording permits), but no
+//! batch is made smaller
 //! than [`MIN_SHARE`] (each batch has a fixed cost) or larger than
 //! `batch_size`. Clients that post again as soon as they are answered move
 //! in step: without the split, all of them landed in one batch while the
@@ -44,8 +55,11 @@ pub struct BatchConfig {
     pub batch_size: usize,
     /// Longest wait for more reports once one is queued.
     pub linger: Duration,
-    /// Most batches being recorded at once.
+    /// Most batches under way at once (being recorded, counted or marked).
     pub max_in_flight: usize,
+    /// Most of them in their recording transaction at once (at most
+    /// `max_in_flight`).
+    pub max_recording: usize,
     /// Most reports waiting for a batch; beyond, requests wait to queue.
     pub queue: usize,
 }
@@ -183,7 +197,9 @@ async fn run(
     config: BatchConfig,
     metrics: Arc<Registry>,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let in_flight = config.max_in_flight.max(1);
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let recording = Arc::new(Semaphore::new(config.max_recording.clamp(1, in_flight)));
     let batch_size = config.batch_size.max(1);
     let deferrals = Arc::new(DeferralLog::default());
     // Handles made once: observing takes no lock.
@@ -202,10 +218,13 @@ async fn run(
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
+        let Ok(recording_permit) = Arc::clone(&recording).acquire_owned().await else {
+            break;
+        };
         let Some(first) = queue.recv().await else {
             break;
         };
-        let share = share(queue.len(), permits.available_permits(), batch_size);
+        let share = share(queue.len(), recording.available_permits(), batch_size);
         let (jobs, size) = gather(first, &mut queue, share, config.linger).await;
         let engine = engine.clone();
         let (sizes, durations, phases) = (sizes.clone(), durations.clone(), phases.clone());
@@ -215,7 +234,9 @@ async fn run(
             let (reports, replies) = unpack(jobs, size);
             let span = tracing::info_span!("batch", batch.size = size);
             let result = tokio::task::spawn_blocking(move || {
-                let result = span.in_scope(|| engine.submit_timed(&reports));
+                let result = span.in_scope(|| {
+                    engine.submit_timed_then(&reports, move || drop(recording_permit))
+                });
                 let result = result.map(|(outcomes, why, timings)| {
                     phases.observe(&timings);
                     (outcomes, why)
@@ -237,9 +258,7 @@ async fn run(
         });
     }
     // Wait for the batches still in flight.
-    let _ = permits
-        .acquire_many(config.max_in_flight.max(1) as u32)
-        .await;
+    let _ = permits.acquire_many(in_flight as u32).await;
 }
 
 /// `ingest_batch_phase_duration_seconds`: how long each step of a batch took
@@ -440,5 +459,152 @@ mod tests {
         assert_eq!(share(40, 3, 256), MIN_SHARE);
         assert_eq!(share(40, 3, 4), 4);
         assert_eq!(share(0, 0, 0), 1);
+    }
+
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use election_core::memory::{MemoryLog, MemoryTally};
+    use election_core::store::{
+        Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportLog, Snapshot,
+        Tally,
+    };
+    use election_core::{ElectionId, ReportId};
+
+    /// How many batches are in each step at once, and the most seen.
+    #[derive(Default)]
+    struct Steps {
+        recording: AtomicUsize,
+        most_recording: AtomicUsize,
+        under_way: AtomicUsize,
+        most_under_way: AtomicUsize,
+        /// Counting waits while this holds `true`.
+        held: Mutex<bool>,
+    }
+
+    impl Steps {
+        fn enter(now: &AtomicUsize, most: &AtomicUsize) {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+        }
+    }
+
+    /// A memory log whose recording takes a while and is watched.
+    struct SlowLog(MemoryLog, Arc<Steps>);
+
+    impl ReportLog for SlowLog {
+        fn record(&self, reports: &[Report]) -> Result<Vec<Recorded>, StoreError> {
+            Steps::enter(&self.1.recording, &self.1.most_recording);
+            Steps::enter(&self.1.under_way, &self.1.most_under_way);
+            std::thread::sleep(Duration::from_millis(20));
+            self.1.recording.fetch_sub(1, Ordering::SeqCst);
+            self.0.record(reports)
+        }
+        fn claim_pending(&self, claim: &Claim) -> Result<Vec<Counting>, StoreError> {
+            self.0.claim_pending(claim)
+        }
+        fn mark_counted(&self, ids: &[ReportId]) -> Result<(), StoreError> {
+            self.1.under_way.fetch_sub(1, Ordering::SeqCst);
+            self.0.mark_counted(ids)
+        }
+        fn release(&self, ids: &[ReportId], error: &str) -> Result<(), StoreError> {
+            self.0.release(ids, error)
+        }
+        fn counted_revisions(
+            &self,
+            election: &ElectionId,
+            after: Option<ReportId>,
+            limit: usize,
+        ) -> Result<Vec<Counting>, StoreError> {
+            self.0.counted_revisions(election, after, limit)
+        }
+        fn audit(&self, election: &ElectionId) -> Result<LogAudit, StoreError> {
+            self.0.audit(election)
+        }
+        fn pending_stats(&self, stuck_attempts: u32) -> Result<PendingStats, StoreError> {
+            self.0.pending_stats(stuck_attempts)
+        }
+        fn elections(&self) -> Result<Vec<ElectionId>, StoreError> {
+            self.0.elections()
+        }
+    }
+
+    /// A memory tally whose counting waits while the test holds it.
+    struct HeldTally(MemoryTally, Arc<Steps>);
+
+    impl Tally for HeldTally {
+        fn apply(&self, batch: &[Counting]) -> Vec<Result<Applied, StoreError>> {
+            while *self.1.held.lock().unwrap() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            self.0.apply(batch)
+        }
+        fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError> {
+            self.0.unapplied(batch)
+        }
+        fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError> {
+            self.0.snapshot(election)
+        }
+        fn guarded_add(
+            &self,
+            election: &ElectionId,
+            counter: &Counter,
+            observed: i64,
+            delta: i64,
+        ) -> Result<bool, StoreError> {
+            self.0.guarded_add(election, counter, observed, delta)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_are_recorded_while_others_are_counted_two_at_a_time() {
+        let steps = Arc::new(Steps::default());
+        *steps.held.lock().unwrap() = true;
+        let engine = Engine::new(
+            Arc::new(SlowLog(MemoryLog::new(), Arc::clone(&steps))),
+            Arc::new(HeldTally(MemoryTally::new(), Arc::clone(&steps))),
+        );
+        let config = BatchConfig {
+            batch_size: 1,
+            linger: Duration::ZERO,
+            max_in_flight: 4,
+            max_recording: 2,
+            queue: 64,
+        };
+        let (batcher, task) = Batcher::start(engine, config, Arc::new(Registry::default()));
+        let election = ElectionId::parse("e").unwrap();
+        let mut answers = Vec::new();
+        for i in 0..8 {
+            let body = format!(r#"{{"ballot_box_id":"B{i}","city":"c","votes":{{"a":1}}}}"#);
+            let report = Report::from_json(&election, body.as_bytes()).unwrap();
+            let batcher = batcher.clone();
+            answers.push(tokio::spawn(async move { batcher.submit(report).await }));
+        }
+        // Counting is held: batches are recorded until four are under way,
+        // two of them at most in their recording transaction at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while steps.most_under_way.load(Ordering::SeqCst) < 4 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = (
+            steps.most_under_way.load(Ordering::SeqCst),
+            steps.most_recording.load(Ordering::SeqCst),
+        );
+        // Released before asserting, so a failure ends the test.
+        *steps.held.lock().unwrap() = false;
+        assert_eq!(
+            seen,
+            (4, 2),
+            "(batches under way, recording) at most at once"
+        );
+        for answer in answers {
+            let answer = answer.await.unwrap().expect("answered");
+            assert!(matches!(answer, Ok(Outcome::Counted(_))), "{answer:?}");
+        }
+        assert_eq!(steps.most_under_way.load(Ordering::SeqCst), 4);
+        assert_eq!(steps.most_recording.load(Ordering::SeqCst), 2);
+        drop(batcher);
+        task.finish().await;
     }
 }

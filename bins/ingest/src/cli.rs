@@ -13,7 +13,8 @@
 //! | `INGEST_REDIS_TIMEOUT` | `--redis-timeout` | `500ms` |
 //! | `BATCH_SIZE` | `--batch-size` | 256 |
 //! | `BATCH_LINGER` | `--batch-linger` | `2ms` |
-//! | `MAX_IN_FLIGHT` | `--max-in-flight` | 4 |
+//! | `MAX_IN_FLIGHT` | `--max-in-flight` | 4 (batches under way at once) |
+//! | `MAX_RECORDING` | `--max-recording` | 2 (of them in their PostgreSQL transaction at once; at most `MAX_IN_FLIGHT`) |
 //! | `TOKEN_CACHE_TTL` | `--token-cache-ttl` | `5s` |
 //! | `DEFINITION_CACHE_TTL` | `--definition-cache-ttl` | `5s` |
 //! | `HTTP_HEADER_TIMEOUT` | `--header-timeout` | `10s` (a request's headers must arrive within it, or the connection is closed) |
@@ -139,9 +140,13 @@ pub struct Serve {
     /// Longest wait for more reports to join a batch.
     #[arg(long, env = "BATCH_LINGER", default_value = "2ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
-    /// Most batches being recorded at once.
+    /// Most batches under way at once (recorded, counted or marked).
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 4)]
     pub max_in_flight: usize,
+    /// Most of them in their PostgreSQL recording transaction at once (a
+    /// larger value counts as `--max-in-flight`).
+    #[arg(long, env = "MAX_RECORDING", default_value_t = 2)]
+    pub max_recording: usize,
     /// How long token lookups are cached (a revoked token works at most this long).
     #[arg(long, env = "TOKEN_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub token_cache_ttl: Duration,

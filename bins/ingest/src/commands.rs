@@ -99,6 +99,11 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     if args.body_timeout.is_zero() {
         bail!("--body-timeout (INGEST_BODY_TIMEOUT) must be more than 0");
     }
+    if args.max_in_flight == 0 || args.max_recording == 0 {
+        bail!(
+            "--max-in-flight (MAX_IN_FLIGHT) and --max-recording (MAX_RECORDING) must be more than 0"
+        );
+    }
     let rate_limit = RateLimit::from_config(args.token_rate, args.token_burst)
         .map_err(anyhow::Error::msg)
         .context("--token-rate")?;
@@ -142,6 +147,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
             batch_size: args.batch_size,
             linger: args.batch_linger,
             max_in_flight: args.max_in_flight,
+            max_recording: args.max_recording,
             queue: args.batch_size * args.max_in_flight * 4,
         },
         token_cache_ttl: args.token_cache_ttl,

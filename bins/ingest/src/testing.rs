@@ -20,6 +20,7 @@ pub fn settings() -> Settings {
             batch_size: 64,
             linger: Duration::from_millis(2),
             max_in_flight: 3,
+            max_recording: 2,
             queue: 1024,
         },
         token_cache_ttl: Duration::ZERO,

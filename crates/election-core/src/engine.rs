@@ -160,6 +160,19 @@ impl Engine {
         &self,
         reports: &[Report],
     ) -> Result<(Vec<Outcome>, Option<String>, Phases), StoreError> {
+        self.submit_timed_then(reports, || {})
+    }
+
+    /// [`Engine::submit_timed`], calling `on_recorded` once the log's part is
+    /// over and before counting starts (when the whole batch fails, it is
+    /// dropped uncalled). Ingest's batcher frees there the batch's place
+    /// among the recording transactions it runs at once, so the next batch
+    /// is recorded while this one is counted.
+    pub fn submit_timed_then(
+        &self,
+        reports: &[Report],
+        on_recorded: impl FnOnce(),
+    ) -> Result<(Vec<Outcome>, Option<String>, Phases), StoreError> {
         let started = Instant::now();
         let recorded: Vec<Result<Recorded, Outcome>> = match self.log.record(reports) {
             Ok(recorded) => recorded.into_iter().map(Ok).collect(),
@@ -177,6 +190,7 @@ impl Engine {
             })],
             Err(error) => return Err(error),
         };
+        on_recorded();
         let record = started.elapsed();
         let fresh: Vec<Counting> = recorded
             .iter()
