@@ -25,9 +25,8 @@
 //!
 //! The share: what is waiting is split evenly among the batches that may
 //! start recording now (this one and the free recording permits), but no
-//! batch is made smaller
-//! than [`MIN_SHARE`] (each batch has a fixed cost) or larger than
-//! `batch_size`. Clients that post again as soon as they are answered move
+//! batch is made smaller than [`MIN_SHARE`] (each batch has a fixed cost)
+//! or larger than `batch_size`. Clients that post again as soon as they are answered move
 //! in step: without the split, all of them landed in one batch while the
 //! other permits idled, and each batch waited for the whole previous one.
 //! Measured at 64 such clients: 6,000 reports/s in batches of ~63 one at a
@@ -444,6 +443,16 @@ impl DeferralLog {
 mod tests {
     use super::*;
 
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use election_core::memory::{MemoryLog, MemoryTally};
+    use election_core::store::{
+        Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportLog, Snapshot,
+        Tally,
+    };
+    use election_core::{ElectionId, ReportId};
+
     #[test]
     fn what_waits_is_split_among_the_batches_that_can_start() {
         // 64 clients in step, 4 permits: four batches of 16.
@@ -460,16 +469,6 @@ mod tests {
         assert_eq!(share(40, 3, 4), 4);
         assert_eq!(share(0, 0, 0), 1);
     }
-
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use election_core::memory::{MemoryLog, MemoryTally};
-    use election_core::store::{
-        Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportLog, Snapshot,
-        Tally,
-    };
-    use election_core::{ElectionId, ReportId};
 
     /// How many batches are in each step at once, and the most seen.
     #[derive(Default)]
@@ -497,8 +496,9 @@ mod tests {
             Steps::enter(&self.1.recording, &self.1.most_recording);
             Steps::enter(&self.1.under_way, &self.1.most_under_way);
             std::thread::sleep(Duration::from_millis(20));
+            let recorded = self.0.record(reports);
             self.1.recording.fetch_sub(1, Ordering::SeqCst);
-            self.0.record(reports)
+            recorded
         }
         fn claim_pending(&self, claim: &Claim) -> Result<Vec<Counting>, StoreError> {
             self.0.claim_pending(claim)

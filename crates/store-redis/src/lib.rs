@@ -230,10 +230,10 @@
 //! its `EXISTS` when `MGET` found every counter (−11 %; −8 % in batches of
 //! 16). Most of what is left is per group: the `redis.call`s (the marker's
 //! `HSET`, the flag's `EXISTS`, the `MGET`, an `INCRBY` per counter),
-//! interpreting the check, and turning each argument into a Lua
-//! string. Gathering a call's `INCRBY`s per counter in Lua, tried, cost more
-//! than it saved (173,466); gathering them in the tally is what the merged
-//! call does (see "Each counter once per call").
+//! interpreting the check, and turning each argument into a Lua string.
+//! Gathering a call's `INCRBY`s per counter in Lua, tried, cost more than it
+//! saved (173,466); gathering them in the tally is what the merged call does
+//! (see "Each counter once per call").
 //! [`RedisTally`]'s `snapshot` reads the index sets in one pipelined round,
 //! then every counter with `MGET`s of keys sharing a slot, in a second round.
 //!
@@ -529,8 +529,8 @@ return outcomes
 /// has already summed the call's amounts per counter (each counter once,
 /// however many revisions move it), so the script reads and moves each
 /// distinct counter once, and per revision only sets its marker (finding
-/// whether it was set in the same command). Summing in Lua was tried and cost more than it saved; summing in
-/// the tally costs Redis nothing.
+/// whether it was set in the same command). Summing in Lua was tried and
+/// cost more than it saved; summing in the tally costs Redis nothing.
 ///
 /// Sums are only right if every group of the call moves, so the script
 /// first checks everything that could make one group behave differently
