@@ -447,10 +447,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use election_core::memory::{MemoryLog, MemoryTally};
-    use election_core::store::{
-        Applied, Claim, Counter, Counting, LogAudit, PendingStats, Recorded, ReportLog, Snapshot,
-        Tally,
-    };
+    use election_core::store::{Claim, Counting, LogAudit, PendingStats, Recorded, ReportLog};
     use election_core::{ElectionId, ReportId};
 
     #[test]
@@ -477,7 +474,8 @@ mod tests {
         most_recording: AtomicUsize,
         under_way: AtomicUsize,
         most_under_way: AtomicUsize,
-        /// Counting waits while this holds `true`.
+        /// Counting (its last step, the counted mark) waits while this
+        /// holds `true`.
         held: Mutex<bool>,
     }
 
@@ -488,7 +486,8 @@ mod tests {
         }
     }
 
-    /// A memory log whose recording takes a while and is watched.
+    /// A memory log whose recording takes a while and is watched, and
+    /// whose counted mark waits while the test holds it.
     struct SlowLog(MemoryLog, Arc<Steps>);
 
     impl ReportLog for SlowLog {
@@ -504,6 +503,9 @@ mod tests {
             self.0.claim_pending(claim)
         }
         fn mark_counted(&self, ids: &[ReportId]) -> Result<(), StoreError> {
+            while *self.1.held.lock().unwrap() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
             self.1.under_way.fetch_sub(1, Ordering::SeqCst);
             self.0.mark_counted(ids)
         }
@@ -529,40 +531,13 @@ mod tests {
         }
     }
 
-    /// A memory tally whose counting waits while the test holds it.
-    struct HeldTally(MemoryTally, Arc<Steps>);
-
-    impl Tally for HeldTally {
-        fn apply(&self, batch: &[Counting]) -> Vec<Result<Applied, StoreError>> {
-            while *self.1.held.lock().unwrap() {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            self.0.apply(batch)
-        }
-        fn unapplied(&self, batch: &[Counting]) -> Result<Vec<ReportId>, StoreError> {
-            self.0.unapplied(batch)
-        }
-        fn snapshot(&self, election: &ElectionId) -> Result<Snapshot, StoreError> {
-            self.0.snapshot(election)
-        }
-        fn guarded_add(
-            &self,
-            election: &ElectionId,
-            counter: &Counter,
-            observed: i64,
-            delta: i64,
-        ) -> Result<bool, StoreError> {
-            self.0.guarded_add(election, counter, observed, delta)
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_are_recorded_while_others_are_counted_two_at_a_time() {
         let steps = Arc::new(Steps::default());
         *steps.held.lock().unwrap() = true;
         let engine = Engine::new(
             Arc::new(SlowLog(MemoryLog::new(), Arc::clone(&steps))),
-            Arc::new(HeldTally(MemoryTally::new(), Arc::clone(&steps))),
+            Arc::new(MemoryTally::new()),
         );
         let config = BatchConfig {
             batch_size: 1,

@@ -11,7 +11,7 @@ use election_test_support::redis::{RedisServer, cluster, connection, redis_url};
 use store_redis::{GROUPS_PER_CALL, RedisTally, keys};
 
 use crate::cluster::{bucket_twin, half_way_through_a_move};
-use crate::safety::{assert_failed_naming, city_key};
+use crate::safety::{assert_failed_naming, city_key, exists};
 use crate::{
     cluster_exclusive, cluster_shared, cluster_tally, counter_keys, counting, marker_of,
     markers_on, private_tally, standalone_tally, unique_election,
@@ -586,18 +586,19 @@ fn a_merged_call_that_meets_a_marker_set_takes_out_the_ones_it_set() {
     let reply = merged_eval(&mut redis, &keys, &args).unwrap();
     assert_eq!(reply, redis::Value::Int(0));
     assert_eq!(fields(&mut redis, &fresh), Vec::<String>::new());
-    let exists: bool = redis::cmd("EXISTS").arg(&fresh).query(&mut redis).unwrap();
-    assert!(!exists, "the bucket the call created is gone");
+    assert!(
+        !exists(&mut redis, &fresh),
+        "the bucket the call created is gone"
+    );
     assert_eq!(fields(&mut redis, &shared), ["other"]);
     assert_eq!(fields(&mut redis, &marked), ["B3:1"]);
     let values = values_of(&mut redis, &[anchor, new_counter]);
     assert_eq!(values, [Some("5".to_owned()), None]);
     let new_flag = keys::layout_flag(new_counter);
-    let flagged: bool = redis::cmd("EXISTS")
-        .arg(&new_flag)
-        .query(&mut redis)
-        .unwrap();
-    assert!(!flagged, "no flag for a counter that was not created");
+    assert!(
+        !exists(&mut redis, &new_flag),
+        "no flag for a counter that was not created"
+    );
 
     // A bucket of another type: the call answers its error, and the
     // field the first group set is taken out again.
@@ -628,11 +629,10 @@ fn a_merged_call_that_meets_a_marker_set_takes_out_the_ones_it_set() {
     assert_eq!(fields(&mut redis, &marked), ["B3:1"]);
     let values = values_of(&mut redis, &[anchor, new_counter]);
     assert_eq!(values, [Some("12".to_owned()), Some("9".to_owned())]);
-    let flagged: bool = redis::cmd("EXISTS")
-        .arg(&new_flag)
-        .query(&mut redis)
-        .unwrap();
-    assert!(flagged, "the counter the call created is flagged");
+    assert!(
+        exists(&mut redis, &new_flag),
+        "the counter the call created is flagged"
+    );
 }
 
 #[test]

@@ -63,7 +63,7 @@ fn raw_get(redis: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(redis).unwrap()
 }
 
-fn exists(redis: &mut redis::Connection, key: &str) -> bool {
+pub(crate) fn exists(redis: &mut redis::Connection, key: &str) -> bool {
     redis::cmd("EXISTS").arg(key).query(redis).unwrap()
 }
 
