@@ -5,6 +5,7 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use election_core::contract::unique_election;
 use election_test_support::pg::PgSchema;
 pub use election_test_support::process::{free_port, send_signal};
 
@@ -129,11 +130,17 @@ pub fn wait_ready(base: &str, child: &mut Child) {
 async fn sigterm_during_a_burst_loses_no_acknowledged_report() {
     let schema = PgSchema::new();
     assert!(ingest(&schema, &["migrate"]).status.success());
-    let issued = ingest(&schema, &["token", "issue", "--election", "burst"]);
+    // An election of its own: its counters and markers are on the shared
+    // Redis, which outlives the schema (a second run must not meet them).
+    let election = unique_election("burst");
+    let issued = ingest(
+        &schema,
+        &["token", "issue", "--election", election.as_str()],
+    );
     let token = text(&issued.stdout).trim().to_owned();
     let (child, base) = serve(&schema);
     let client = reqwest::Client::new();
-    let url = format!("{base}/v1/elections/burst/reports");
+    let url = format!("{base}/v1/elections/{election}/reports");
     let mut posts = Vec::new();
     for i in 0..400 {
         let client = client.clone();
@@ -193,7 +200,8 @@ async fn sigterm_during_a_burst_loses_no_acknowledged_report() {
         ballot_box_id: String,
     }
     let rows: Vec<Row> =
-        diesel::sql_query("SELECT ballot_box_id FROM reports WHERE election_id = 'burst'")
+        diesel::sql_query("SELECT ballot_box_id FROM reports WHERE election_id = $1")
+            .bind::<diesel::sql_types::Text, _>(election.as_str())
             .load(&mut pool.get().unwrap())
             .unwrap();
     let recorded: std::collections::HashSet<String> =
