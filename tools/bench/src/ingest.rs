@@ -419,6 +419,7 @@ async fn throughput_with(
     let watched = Watched {
         ingest: stage.ingest.pid(),
         redis: redis.pid,
+        sealer: sealer.as_ref().map(Service::pid),
     };
     let recorded_before = stage.recorded()?;
     let before = Snapshot::take(watched)?;

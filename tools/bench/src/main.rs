@@ -571,6 +571,8 @@ fn throughput_line(run: &Throughput, target: Option<(f64, f64)>) -> Line {
 /// without (see [`sealing_comparison`]).
 fn sealing_line(without: [&Throughput; 2], with: [&Throughput; 2]) -> Line {
     let rate = |run: &Throughput| run.posted.summary.per_second;
+    let sealer = |run: &Throughput| usage::micros_per(run.spent.sealer, run.recorded);
+    let postgres = |run: &Throughput| usage::micros_per(run.spent.postgres, run.recorded);
     let cost = -rate_change(without, with);
     let last = with[1];
     Line::judged(
@@ -581,7 +583,8 @@ fn sealing_line(without: [&Throughput; 2], with: [&Throughput; 2]) -> Line {
         ),
         format!(
             "{} and {} reports/s with, {} and {} without: {:+.1}% with; the last run with: {}; \
-             {} of {} reports sealed when wrk stopped",
+             {} of {} reports sealed when wrk stopped; CPU per report recorded: the sealing \
+             reprocessor {:.1} and {:.1} µs, PostgreSQL {:.1} and {:.1} µs with, {:.1} and {:.1} without",
             thousands(rate(with[0])),
             thousands(rate(with[1])),
             thousands(rate(without[0])),
@@ -589,7 +592,13 @@ fn sealing_line(without: [&Throughput; 2], with: [&Throughput; 2]) -> Line {
             -100.0 * cost,
             rate_text(last),
             thousands(last.sealed.unwrap_or(0) as f64),
-            thousands(last.recorded as f64)
+            thousands(last.recorded as f64),
+            sealer(with[0]),
+            sealer(with[1]),
+            postgres(with[0]),
+            postgres(with[1]),
+            postgres(without[0]),
+            postgres(without[1]),
         ),
         "≤ 5% fewer reports/s than without sealing",
         cost <= 0.05,
@@ -1089,6 +1098,7 @@ async fn while_writing(
     let watched = Watched {
         ingest: stage.ingest.pid(),
         redis: redis.pid,
+        sealer: None,
     };
     let recorded_before = stage.recorded()?;
     let before = Snapshot::take(watched)?;

@@ -115,6 +115,8 @@ pub struct Watched {
     pub ingest: u32,
     /// The bench's redis-server (none: a Cluster, not measured).
     pub redis: Option<u32>,
+    /// A sealing election-reprocessor beside ingest, if one runs.
+    pub sealer: Option<u32>,
 }
 
 /// CPU ticks of the watched processes at one moment.
@@ -123,6 +125,7 @@ pub struct Snapshot {
     ingest: u64,
     redis: u64,
     postgres: u64,
+    sealer: u64,
 }
 
 impl Snapshot {
@@ -132,6 +135,7 @@ impl Snapshot {
             ingest: process_ticks(watched.ingest),
             redis: watched.redis.map_or(0, process_ticks),
             postgres: postgres_ticks()?,
+            sealer: watched.sealer.map_or(0, process_ticks),
         })
     }
 }
@@ -142,6 +146,8 @@ pub struct Spent {
     pub ingest: Duration,
     pub postgres: Duration,
     pub redis: Duration,
+    /// The sealing reprocessor's (zero when none ran).
+    pub sealer: Duration,
 }
 
 impl Spent {
@@ -152,6 +158,7 @@ impl Spent {
             ingest: time(before.ingest, after.ingest),
             postgres: time(before.postgres, after.postgres),
             redis: time(before.redis, after.redis),
+            sealer: time(before.sealer, after.sealer),
         }
     }
 }
