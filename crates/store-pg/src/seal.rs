@@ -62,11 +62,11 @@
 //!
 //! Checkpoints are read and written through diesel's DSL (`crate::schema`'s
 //! `seals`). Raw SQL, with typed binds and rows loaded by name, remains
-//! where the DSL cannot say it: the report rows with the SHA-256 of their
-//! payload's stored text (`sha256(convert_to(payload::text, 'UTF8'))`, part
-//! of the canonical form) and the count of unsealed reports, both shaped
-//! and planned to read only the id range asked for (`READ_PLAN_SETTINGS`),
-//! the sequence's last value, `pg_locks`, and the advisory lock.
+//! where the DSL cannot say it: the report rows with their payload's
+//! stored text (`payload::text`, whose SHA-256, taken here, is part of the
+//! canonical form) and the count of unsealed reports, both shaped and
+//! planned to read only the id range asked for (`READ_PLAN_SETTINGS`), the
+//! sequence's last value, `pg_locks`, and the advisory lock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -140,44 +140,90 @@ impl fmt::Debug for Head {
 }
 
 /// A report's stored row, as much of it as is sealed.
-#[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedRow {
     /// `reports.id`.
-    #[diesel(sql_type = BigInt)]
     pub id: i64,
     /// `reports.election_id`.
-    #[diesel(sql_type = Text)]
     pub election_id: String,
     /// `reports.ballot_box_id`.
-    #[diesel(sql_type = Text)]
     pub ballot_box_id: String,
     /// `reports.city`.
-    #[diesel(sql_type = Text)]
     pub city: String,
     /// `reports.revision`.
-    #[diesel(sql_type = Int4)]
     pub revision: i32,
     /// `reports.reason`.
-    #[diesel(sql_type = Nullable<Text>)]
     pub reason: Option<String>,
     /// `reports.received_at` (PostgreSQL keeps microseconds).
-    #[diesel(sql_type = Timestamptz)]
     pub received_at: DateTime<Utc>,
     /// SHA-256 of `reports.payload` as stored (the body as posted, UTF-8).
-    #[diesel(sql_type = Bytea)]
     pub payload_sha256: Vec<u8>,
     /// `reports.payload_hash` (the report's canonical hash, for replays).
-    #[diesel(sql_type = Bytea)]
     pub payload_hash: Vec<u8>,
     /// `reports.parties`.
-    #[diesel(sql_type = Array<Text>)]
     pub parties: Vec<String>,
     /// `reports.votes` (NULL: the revision omitted the party).
-    #[diesel(sql_type = Array<Nullable<Int4>>)]
     pub votes: Vec<Option<i32>>,
     /// `reports.differences`.
-    #[diesel(sql_type = Array<BigInt>)]
     pub differences: Vec<i64>,
+}
+
+/// A row of [`READ_ROWS`]: a [`SealedRow`] with the payload's stored text
+/// in place of its SHA-256.
+///
+/// The digest is taken here rather than by PostgreSQL's `sha256()`: that
+/// function sets up an OpenSSL digest context for every row (locks and
+/// error-queue clearing included), which was a tenth of the sealer's
+/// PostgreSQL time, while the text costs ~150 bytes more per row on the
+/// wire (docs/benchmarks.md, "What sealing costs, and two parts of it
+/// made cheaper"). The bytes hashed are the same: the connection's client
+/// encoding is UTF-8 (diesel sets it), so the text arrives as
+/// `convert_to(payload::text, 'UTF8')` would give it.
+#[derive(QueryableByName)]
+struct StoredRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    election_id: String,
+    #[diesel(sql_type = Text)]
+    ballot_box_id: String,
+    #[diesel(sql_type = Text)]
+    city: String,
+    #[diesel(sql_type = Int4)]
+    revision: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    reason: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    received_at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    payload: String,
+    #[diesel(sql_type = Bytea)]
+    payload_hash: Vec<u8>,
+    #[diesel(sql_type = Array<Text>)]
+    parties: Vec<String>,
+    #[diesel(sql_type = Array<Nullable<Int4>>)]
+    votes: Vec<Option<i32>>,
+    #[diesel(sql_type = Array<BigInt>)]
+    differences: Vec<i64>,
+}
+
+impl From<StoredRow> for SealedRow {
+    fn from(row: StoredRow) -> SealedRow {
+        SealedRow {
+            id: row.id,
+            election_id: row.election_id,
+            ballot_box_id: row.ballot_box_id,
+            city: row.city,
+            revision: row.revision,
+            reason: row.reason,
+            received_at: row.received_at,
+            payload_sha256: Sha256::digest(row.payload.as_bytes()).to_vec(),
+            payload_hash: row.payload_hash,
+            parties: row.parties,
+            votes: row.votes,
+            differences: row.differences,
+        }
+    }
 }
 
 /// An election's reports after one id and up to another, in id order, as
@@ -186,8 +232,7 @@ pub struct SealedRow {
 /// the whole log page by page.
 pub(crate) const READ_ROWS: &str = "\
 SELECT id, election_id, ballot_box_id, city, revision, reason, received_at,
-       sha256(convert_to(payload::text, 'UTF8')) AS payload_sha256, payload_hash,
-       parties, votes, differences
+       payload::text AS payload, payload_hash, parties, votes, differences
 FROM reports
 WHERE election_id = $1 AND id > $2 AND id <= $3
 ORDER BY id
@@ -202,12 +247,13 @@ fn read_rows(
     through: i64,
     limit: i64,
 ) -> QueryResult<Vec<SealedRow>> {
-    diesel::sql_query(READ_ROWS)
+    let rows: Vec<StoredRow> = diesel::sql_query(READ_ROWS)
         .bind::<Text, _>(election.as_str())
         .bind::<BigInt, _>(after)
         .bind::<BigInt, _>(through)
         .bind::<BigInt, _>(limit)
-        .load(conn)
+        .load(conn)?;
+    Ok(rows.into_iter().map(SealedRow::from).collect())
 }
 
 /// How many of an election's reports come after an id (`verify`'s count

@@ -16,6 +16,7 @@ const SEALS: &str = "20261201000000";
 const CERTIFICATIONS: &str = "20261201000100";
 const ELECTORATE: &str = "20261201000200";
 const ID_COLLATION: &str = "20261201000300";
+const SEAL_STORAGE: &str = "20261203000000";
 
 /// The id columns (election, ballot box, city, party) of this schema's
 /// tables whose collation is not `C`.
@@ -62,13 +63,24 @@ fn migrations_go_up_down_and_up_again() {
             SEALS,
             CERTIFICATIONS,
             ELECTORATE,
-            ID_COLLATION
+            ID_COLLATION,
+            SEAL_STORAGE
         ]
     );
     assert_eq!(
         id_columns_not_c(&pool),
         Vec::<String>::new(),
         "every id column compares as bytes"
+    );
+    // The checkpoints' arrays out of line and never compressed ('e').
+    assert_eq!(
+        lines(
+            &pool,
+            "SELECT attname || ' ' || attstorage::text AS line FROM pg_attribute \
+             WHERE attrelid = 'seals'::regclass AND attname IN ('report_ids', 'leaves') \
+             ORDER BY attname"
+        ),
+        ["leaves e", "report_ids e"]
     );
     assert_eq!(
         tables(&pool),
@@ -139,7 +151,8 @@ fn migrations_go_up_down_and_up_again() {
             SEALS,
             CERTIFICATIONS,
             ELECTORATE,
-            ID_COLLATION
+            ID_COLLATION,
+            SEAL_STORAGE
         ]
     );
     assert_eq!(
@@ -174,7 +187,8 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
             SEALS,
             CERTIFICATIONS,
             ELECTORATE,
-            ID_COLLATION
+            ID_COLLATION,
+            SEAL_STORAGE
         ]
     );
     assert_eq!(
@@ -246,7 +260,14 @@ fn the_write_path_migration_moves_recorded_reports_forward() {
 
     assert_eq!(
         store_pg::migrate(&pool).unwrap(),
-        [WRITE_PATH, SEALS, CERTIFICATIONS, ELECTORATE, ID_COLLATION]
+        [
+            WRITE_PATH,
+            SEALS,
+            CERTIFICATIONS,
+            ELECTORATE,
+            ID_COLLATION,
+            SEAL_STORAGE
+        ]
     );
 
     // The per-party rows read as before, through the view.
