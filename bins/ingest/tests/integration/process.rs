@@ -249,7 +249,7 @@ fn serve(schema: &PgSchema) -> (Child, String) {
 async fn the_binary_records_a_bulk_request_item_by_item() {
     let schema = PgSchema::new();
     assert!(ingest(&schema, &["migrate"]).status.success());
-    let election = election_core::contract::unique_election("bulkbin");
+    let election = unique_election("bulkbin");
     let issued = ingest(
         &schema,
         &["token", "issue", "--election", election.as_str()],
