@@ -7,6 +7,7 @@ use anyhow::bail;
 use election_core::History;
 use election_http::layers::CorsOrigins;
 use election_http::redact;
+use election_wiring::service::{Query, Service};
 use store_pg::PgHistory;
 
 use crate::cli::Serve;
@@ -59,7 +60,14 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     let history = args
         .history_database_url
         .as_deref()
-        .map(|url| election_wiring::connect::postgres("the history PostgreSQL", url, pg_pool_size))
+        .map(|url| {
+            election_wiring::connect::postgres(
+                "the history PostgreSQL",
+                url,
+                pg_pool_size,
+                <Query as Service>::PROFILE.name,
+            )
+        })
         .transpose()?;
     let tally = shared.redis.open(&shared.pools)?;
     let ready = ready_check(pg.clone(), Arc::clone(&tally));

@@ -64,7 +64,7 @@ impl<S: Service> Postgres<S> {
     /// A pool of `size` connections (see [`connect::postgres`]); nothing
     /// checked (`migrate` makes the schema, `token list` reads only tokens).
     pub fn connect(&self, size: u32) -> anyhow::Result<PgPool> {
-        connect::postgres("PostgreSQL", &self.database_url, size)
+        connect::postgres("PostgreSQL", &self.database_url, size, S::PROFILE.name)
     }
 
     /// A pool of `size` connections, refused on a schema this binary does

@@ -14,9 +14,13 @@ use store_redis::RedisTally;
 pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A pool of `size` connections to the PostgreSQL at `url`; `what` names it
-/// in the error (`PostgreSQL`, `the history PostgreSQL`).
-pub fn postgres(what: &str, url: &str, size: u32) -> anyhow::Result<PgPool> {
-    store_pg::connect(url, size, PG_CONNECT_TIMEOUT)
+/// in the error (`PostgreSQL`, `the history PostgreSQL`). Each connection
+/// names `program` as its `application_name` (what `pg_stat_activity`
+/// shows) unless the URL, `PGAPPNAME` or the server name another
+/// ([`store_pg::with_fallback_application_name`]).
+pub fn postgres(what: &str, url: &str, size: u32, program: &str) -> anyhow::Result<PgPool> {
+    let named = store_pg::with_fallback_application_name(url, program);
+    store_pg::connect(&named, size, PG_CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {what} at {}", redact(url)))
 }
 

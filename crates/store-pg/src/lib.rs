@@ -38,6 +38,7 @@ mod lock;
 mod log;
 mod loopback;
 mod migrate;
+mod naming;
 mod pending;
 #[cfg(test)]
 mod plans;
@@ -56,6 +57,7 @@ pub use loopback::without_tls_on_loopback;
 pub use migrate::{
     MIGRATIONS, SchemaError, SchemaStatus, check_schema, migrate, revert_all, schema_status,
 };
+pub use naming::with_fallback_application_name;
 pub use pool::{PgPool, connect, ping};
 
 #[cfg(doc)]

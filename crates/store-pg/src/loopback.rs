@@ -42,14 +42,10 @@ fn decide(database_url: &str, is_set: impl Fn(&str) -> bool) -> Cow<'_, str> {
     {
         return Cow::Borrowed(database_url);
     }
-    let separator = if !database_url.contains('?') {
-        "?"
-    } else if database_url.ends_with(['?', '&']) {
-        ""
-    } else {
-        "&"
-    };
-    Cow::Owned(format!("{database_url}{separator}sslmode=disable"))
+    Cow::Owned(crate::naming::with_query_parameter(
+        database_url,
+        "sslmode=disable",
+    ))
 }
 
 /// Whether the URL reaches PostgreSQL over TCP on this host only and leaves

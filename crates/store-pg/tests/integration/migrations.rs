@@ -218,6 +218,29 @@ fn connections_commit_synchronously_even_when_configured_not_to() {
 }
 
 #[test]
+fn connections_name_their_program_unless_the_url_names_one() {
+    // What pg_stat_activity shows an operator for each connection.
+    let schema = PgSchema::new();
+    let named = store_pg::with_fallback_application_name(schema.url(), "election-test");
+    let pool = store_pg::connect(&named, 1, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        lines(
+            &pool,
+            "SELECT application_name AS line FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ),
+        ["election-test"]
+    );
+    // The operator's choice wins over the program's.
+    let chosen = format!("{}&application_name=night-shift", schema.url());
+    let named = store_pg::with_fallback_application_name(&chosen, "election-test");
+    let pool = store_pg::connect(&named, 1, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        lines(&pool, "SELECT current_setting('application_name') AS line"),
+        ["night-shift"]
+    );
+}
+
+#[test]
 fn the_write_path_migration_moves_recorded_reports_forward() {
     use diesel::Connection;
     use diesel_migrations::MigrationHarness;
