@@ -16,7 +16,7 @@ pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A pool of `size` connections to the PostgreSQL at `url`; `what` names it
 /// in the error (`PostgreSQL`, `the history PostgreSQL`). Each connection
 /// names `program` as its `application_name` (what `pg_stat_activity`
-/// shows) unless the URL, `PGAPPNAME` or the server name another
+/// shows) unless the URL or `PGAPPNAME` names another
 /// ([`store_pg::with_fallback_application_name`]).
 pub fn postgres(what: &str, url: &str, size: u32, program: &str) -> anyhow::Result<PgPool> {
     let named = store_pg::with_fallback_application_name(url, program);

@@ -4,12 +4,13 @@
 //! backend is busy, which holds a lock, which waits) sees each connection's
 //! `application_name`, and without one every service's connections look
 //! alike. libpq takes a `fallback_application_name` meant for exactly this:
-//! a program's own name, used only when the connection string,
-//! `PGAPPNAME` or the server's settings give none, so an operator's choice
-//! always wins. [`with_fallback_application_name`] adds it to the URL the
-//! services connect with; the URL is never re-serialised (the parameter is
-//! appended to the text as given, as `crate::loopback` does), so whatever
-//! else it carries reaches libpq byte for byte.
+//! a program's own name, used only when neither the connection string nor
+//! `PGAPPNAME` gives one, so an operator's choice there always wins (a
+//! role's or database's `SET application_name` does not: a name sent at
+//! connection overrides those). [`with_fallback_application_name`] adds it
+//! to the URL the services connect with; the URL is never re-serialised
+//! (the parameter is appended to the text as given, as `crate::loopback`
+//! does), so whatever else it carries reaches libpq byte for byte.
 
 use std::borrow::Cow;
 
