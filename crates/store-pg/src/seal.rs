@@ -74,7 +74,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use diesel::Connection as _;
 use diesel::connection::SimpleConnection as _;
-use diesel::pg::Pg;
+use diesel::deserialize::FromSql;
+use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bytea, Int4, Nullable, Text, Timestamptz};
 use election_core::ElectionId;
@@ -140,36 +141,49 @@ impl fmt::Debug for Head {
 }
 
 /// A report's stored row, as much of it as is sealed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
 pub struct SealedRow {
     /// `reports.id`.
+    #[diesel(sql_type = BigInt)]
     pub id: i64,
     /// `reports.election_id`.
+    #[diesel(sql_type = Text)]
     pub election_id: String,
     /// `reports.ballot_box_id`.
+    #[diesel(sql_type = Text)]
     pub ballot_box_id: String,
     /// `reports.city`.
+    #[diesel(sql_type = Text)]
     pub city: String,
     /// `reports.revision`.
+    #[diesel(sql_type = Int4)]
     pub revision: i32,
     /// `reports.reason`.
+    #[diesel(sql_type = Nullable<Text>)]
     pub reason: Option<String>,
     /// `reports.received_at` (PostgreSQL keeps microseconds).
+    #[diesel(sql_type = Timestamptz)]
     pub received_at: DateTime<Utc>,
-    /// SHA-256 of `reports.payload` as stored (the body as posted, UTF-8).
+    /// SHA-256 of `reports.payload` as stored (the body as posted, UTF-8),
+    /// taken by the sealer from the text as the row is decoded.
+    #[diesel(sql_type = Text, deserialize_as = PayloadSha256)]
     pub payload_sha256: Vec<u8>,
     /// `reports.payload_hash` (the report's canonical hash, for replays).
+    #[diesel(sql_type = Bytea)]
     pub payload_hash: Vec<u8>,
     /// `reports.parties`.
+    #[diesel(sql_type = Array<Text>)]
     pub parties: Vec<String>,
     /// `reports.votes` (NULL: the revision omitted the party).
+    #[diesel(sql_type = Array<Nullable<Int4>>)]
     pub votes: Vec<Option<i32>>,
     /// `reports.differences`.
+    #[diesel(sql_type = Array<BigInt>)]
     pub differences: Vec<i64>,
 }
 
-/// A row of [`READ_ROWS`]: a [`SealedRow`] with the payload's stored text
-/// in place of its SHA-256.
+/// The SHA-256 of a payload's stored text, taken from the bytes PostgreSQL
+/// sent, as the row is decoded.
 ///
 /// The digest is taken here rather than by PostgreSQL's `sha256()`: that
 /// function sets up an OpenSSL digest context for every row (locks and
@@ -180,60 +194,28 @@ pub struct SealedRow {
 /// cheaper"). The bytes hashed are the same: the connection's client
 /// encoding is UTF-8 (diesel sets it), so the text arrives as
 /// `convert_to(payload::text, 'UTF8')` would give it.
-#[derive(QueryableByName)]
-struct StoredRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    election_id: String,
-    #[diesel(sql_type = Text)]
-    ballot_box_id: String,
-    #[diesel(sql_type = Text)]
-    city: String,
-    #[diesel(sql_type = Int4)]
-    revision: i32,
-    #[diesel(sql_type = Nullable<Text>)]
-    reason: Option<String>,
-    #[diesel(sql_type = Timestamptz)]
-    received_at: DateTime<Utc>,
-    #[diesel(sql_type = Text)]
-    payload: String,
-    #[diesel(sql_type = Bytea)]
-    payload_hash: Vec<u8>,
-    #[diesel(sql_type = Array<Text>)]
-    parties: Vec<String>,
-    #[diesel(sql_type = Array<Nullable<Int4>>)]
-    votes: Vec<Option<i32>>,
-    #[diesel(sql_type = Array<BigInt>)]
-    differences: Vec<i64>,
+struct PayloadSha256(Vec<u8>);
+
+impl FromSql<Text, Pg> for PayloadSha256 {
+    fn from_sql(value: PgValue<'_>) -> diesel::deserialize::Result<PayloadSha256> {
+        Ok(PayloadSha256(Sha256::digest(value.as_bytes()).to_vec()))
+    }
 }
 
-impl From<StoredRow> for SealedRow {
-    fn from(row: StoredRow) -> SealedRow {
-        SealedRow {
-            id: row.id,
-            election_id: row.election_id,
-            ballot_box_id: row.ballot_box_id,
-            city: row.city,
-            revision: row.revision,
-            reason: row.reason,
-            received_at: row.received_at,
-            payload_sha256: Sha256::digest(row.payload.as_bytes()).to_vec(),
-            payload_hash: row.payload_hash,
-            parties: row.parties,
-            votes: row.votes,
-            differences: row.differences,
-        }
+impl From<PayloadSha256> for Vec<u8> {
+    fn from(digest: PayloadSha256) -> Vec<u8> {
+        digest.0
     }
 }
 
 /// An election's reports after one id and up to another, in id order, as
 /// [`SealedRow`]s: `$1` the election, `$2` after, `$3` up to, `$4` at most
 /// so many. Sealing reads each new report once this way, and `verify` reads
-/// the whole log page by page.
+/// the whole log page by page. The column `payload_sha256` carries the
+/// payload's text, which [`PayloadSha256`] hashes as the row is decoded.
 pub(crate) const READ_ROWS: &str = "\
 SELECT id, election_id, ballot_box_id, city, revision, reason, received_at,
-       payload::text AS payload, payload_hash, parties, votes, differences
+       payload::text AS payload_sha256, payload_hash, parties, votes, differences
 FROM reports
 WHERE election_id = $1 AND id > $2 AND id <= $3
 ORDER BY id
@@ -248,13 +230,12 @@ fn read_rows(
     through: i64,
     limit: i64,
 ) -> QueryResult<Vec<SealedRow>> {
-    let rows: Vec<StoredRow> = diesel::sql_query(READ_ROWS)
+    diesel::sql_query(READ_ROWS)
         .bind::<Text, _>(election.as_str())
         .bind::<BigInt, _>(after)
         .bind::<BigInt, _>(through)
         .bind::<BigInt, _>(limit)
-        .load(conn)?;
-    Ok(rows.into_iter().map(SealedRow::from).collect())
+        .load(conn)
 }
 
 /// How many of an election's reports come after an id (`verify`'s count

@@ -17,6 +17,17 @@ const CERTIFICATIONS: &str = "20261201000100";
 const ELECTORATE: &str = "20261201000200";
 const ID_COLLATION: &str = "20261201000300";
 const SEAL_STORAGE: &str = "20261203000000";
+/// Every migration, in the order they apply.
+const ALL: [&str; 8] = [
+    INITIAL,
+    DEFINITIONS,
+    WRITE_PATH,
+    SEALS,
+    CERTIFICATIONS,
+    ELECTORATE,
+    ID_COLLATION,
+    SEAL_STORAGE,
+];
 
 /// The id columns (election, ballot box, city, party) of this schema's
 /// tables whose collation is not `C`.
@@ -54,19 +65,7 @@ fn migrations_go_up_down_and_up_again() {
     // Checking the status creates nothing (diesel's harness would).
     assert!(tables(&pool).is_empty());
 
-    assert_eq!(
-        store_pg::migrate(&pool).unwrap(),
-        [
-            INITIAL,
-            DEFINITIONS,
-            WRITE_PATH,
-            SEALS,
-            CERTIFICATIONS,
-            ELECTORATE,
-            ID_COLLATION,
-            SEAL_STORAGE
-        ]
-    );
+    assert_eq!(store_pg::migrate(&pool).unwrap(), ALL);
     assert_eq!(
         id_columns_not_c(&pool),
         Vec::<String>::new(),
@@ -142,19 +141,7 @@ fn migrations_go_up_down_and_up_again() {
     );
 
     // And up again, empty.
-    assert_eq!(
-        store_pg::migrate(&pool).unwrap(),
-        [
-            INITIAL,
-            DEFINITIONS,
-            WRITE_PATH,
-            SEALS,
-            CERTIFICATIONS,
-            ELECTORATE,
-            ID_COLLATION,
-            SEAL_STORAGE
-        ]
-    );
+    assert_eq!(store_pg::migrate(&pool).unwrap(), ALL);
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate
@@ -178,19 +165,7 @@ fn concurrent_migrate_commands_apply_each_migration_once() {
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    assert_eq!(
-        applied,
-        [
-            INITIAL,
-            DEFINITIONS,
-            WRITE_PATH,
-            SEALS,
-            CERTIFICATIONS,
-            ELECTORATE,
-            ID_COLLATION,
-            SEAL_STORAGE
-        ]
-    );
+    assert_eq!(applied, ALL);
     assert_eq!(
         store_pg::schema_status(&pool).unwrap(),
         SchemaStatus::UpToDate
@@ -281,17 +256,7 @@ fn the_write_path_migration_moves_recorded_reports_forward() {
     );
     execute(&pool, "SELECT setval('reports_id_seq', 3)");
 
-    assert_eq!(
-        store_pg::migrate(&pool).unwrap(),
-        [
-            WRITE_PATH,
-            SEALS,
-            CERTIFICATIONS,
-            ELECTORATE,
-            ID_COLLATION,
-            SEAL_STORAGE
-        ]
-    );
+    assert_eq!(store_pg::migrate(&pool).unwrap(), ALL[2..]);
 
     // The per-party rows read as before, through the view.
     assert_eq!(
