@@ -143,7 +143,7 @@ pub fn router(
     ready: ReadyCheck,
     health: HealthDetails,
     cors_origins: CorsOrigins,
-) -> Router {
+) -> layers::App {
     let metrics = Arc::clone(&state.metrics);
     let router = Router::new()
         .route("/v1/elections/{election}/reports", post(post_report))

@@ -133,7 +133,7 @@ pub fn routes() -> Vec<(&'static str, &'static str)> {
 
 /// The router of the query service; `cors_origins` may read it from
 /// browsers (everything here is public and read-only: any, by default).
-pub fn router(state: AppState, ready: ReadyCheck, cors_origins: CorsOrigins) -> Router {
+pub fn router(state: AppState, ready: ReadyCheck, cors_origins: CorsOrigins) -> layers::App {
     let mut router = Router::new();
     for route in table() {
         router = router.route(route.path, route.handler);

@@ -2,9 +2,14 @@
 //! its router, so a handler only answers its own question.
 //!
 //! What clients, browsers, CDNs and operators rely on, and where it comes
-//! from (maintained `tower-http` layers wherever one exists):
+//! from: maintained `tower-http` layers for CORS and compression, and two
+//! layers of our own, [`ConventionsLayer`] (request ids, the access log,
+//! JSON errors) and [`PanicsLayer`], because tower-http's four layers for
+//! those cost ingest a twentieth of the machine's CPU per report, and one
+//! future of ours does what they did for a fraction of it
+//! (docs/benchmarks.md, "The conventions as one layer"):
 //!
-//! - **Request ids** (`SetRequestIdLayer`, `PropagateRequestIdLayer`): an
+//! - **Request ids** ([`ConventionsLayer`]): an
 //!   incoming `x-request-id` is kept when it looks like an id (1–128 visible
 //!   characters of `A-Z a-z 0-9 - _ . : /`); otherwise, or when absent, a
 //!   UUID is generated. The answer carries it back, and the access log and
@@ -12,7 +17,7 @@
 //!   complaint quoting the id finds its log lines. An id that does not look
 //!   like one is replaced rather than logged, so a client cannot write
 //!   arbitrary text into the logs.
-//! - **One access-log line per request** (`TraceLayer`): target `access`,
+//! - **One access-log line per request** ([`ConventionsLayer`]): target `access`,
 //!   with method, path (never the query string: it may carry secrets or
 //!   personal data), status, duration to the response head (a stream's
 //!   head is sent at once) and request id, named by what they belong to
@@ -46,33 +51,29 @@
 //!   answer (~10 KB for 100 reports) gzipped cost it 3–6 µs more per
 //!   report, a quarter of its CPU in bulk, and its clients sit on the
 //!   counting network, where its CPU is scarcer than bytes.
-//! - **JSON errors everywhere** ([`JsonErrorsLayer`]): an error answer without a
+//! - **JSON errors everywhere** ([`ConventionsLayer`]): an error answer without a
 //!   body type — axum's 405 for a method a route does not serve (its
 //!   `Allow` header kept), a fallback 404 — becomes the same
 //!   `{"error", "message"}` body as every [`ApiError`].
-//! - **Panics** (`CatchPanicLayer`): a handler that panics answers a JSON
+//! - **Panics** ([`PanicsLayer`]): a handler that panics answers a JSON
 //!   500 and logs an error line with the panic's message, instead of the
 //!   connection being dropped without an answer.
 
 use std::any::Any;
 use std::future::Future;
-use std::time::Duration;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
+use tower::util::{Either, MapResponse};
 use tower_http::CompressionLevel;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::compression::CompressionLayer;
-use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
-use tower_http::cors::{AllowOrigin, CorsLayer, Vary};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
+use tower_http::compression::predicate::{And, NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::{Compression, CompressionBody, CompressionLayer};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer, Vary};
 
 use crate::ApiError;
 
@@ -161,9 +162,9 @@ const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
 impl Layers {
     /// Wraps `router` in every layer of the module docs, outermost first:
-    /// request id, access log, request id on the answer, CORS, compression,
-    /// JSON errors, panics.
-    pub fn apply(&self, router: Router) -> Router {
+    /// request id, access log and JSON errors ([`ConventionsLayer`]),
+    /// CORS, compression, panics ([`PanicsLayer`]).
+    pub fn apply(&self, router: Router) -> App {
         let compress = self.compress;
         // Closed CORS is no layer at all: a browser reads nothing without an
         // `Access-Control-Allow-Origin`, and the layer would still add its
@@ -192,30 +193,6 @@ impl Layers {
                 .max_age(PREFLIGHT_MAX_AGE)
                 .vary(vary)
         });
-        let trace = TraceLayer::new_for_http()
-            .make_span_with(|request: &Request| {
-                let id = request
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!(
-                    "request",
-                    http.method = %request.method(),
-                    http.path = %request.uri().path(),
-                    request.id = %id,
-                )
-            })
-            .on_request(())
-            .on_response(
-                |response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
-                    let status = response.status().as_u16();
-                    let duration_ms = latency.as_secs_f64() * 1000.0;
-                    tracing::info!(target: "access", duration_ms, http.status = status, "answered");
-                },
-            )
-            // Every answer is logged once, by `on_response`, 5xx included.
-            .on_failure(());
         // Around the router, not inside it: `Router::layer` wraps every
         // route, and axum clones a route's whole service for each request
         // it serves, so each request cloned and boxed this stack about three
@@ -229,7 +206,7 @@ impl Layers {
         // is boxed back into axum's, so both stacks answer the same type.
         let compression = compress.then(|| {
             ServiceBuilder::new()
-                .map_response(|response: axum::http::Response<_>| response.map(Body::new))
+                .map_response(compressed_body as CompressedBody)
                 .layer(
                     CompressionLayer::new()
                         .quality(CompressionLevel::Precise(COMPRESSION_LEVEL as i32))
@@ -241,51 +218,268 @@ impl Layers {
                         ),
                 )
         });
-        let stack = ServiceBuilder::new()
-            .map_request(drop_odd_request_id)
-            .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
-            .layer(trace)
-            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        ServiceBuilder::new()
+            .layer(ConventionsLayer)
             .option_layer(cors)
             .option_layer(compression)
-            .layer(JsonErrorsLayer)
-            .layer(CatchPanicLayer::custom(panicked))
-            .service(router);
-        Router::new().fallback_service(stack)
+            .layer(PanicsLayer)
+            .service(router)
     }
 }
 
-/// A new request id: a version 4 UUID, as `tower-http`'s `MakeRequestUuid`
-/// makes, but drawn from `uuid`'s thread-local generator (`fast-rng`, seeded
-/// and reseeded by the operating system) instead of one `getrandom` system
-/// call for every request the services answer (docs/benchmarks.md,
-/// "Request ids without a system call"). Ids need to be unique, not secret.
-#[derive(Clone, Copy, Debug)]
-struct NewRequestId;
+/// What [`Layers::apply`] makes of a router: the service each connection
+/// serves (`serve`). A type that names every layer, rather than the router
+/// again around them (`Router::fallback_service`): that router cloned the
+/// whole stack into a box and boxed its future for every request, ~3,000
+/// instructions per request (docs/benchmarks.md, "The conventions as one
+/// layer").
+pub type App = Conventions<Either<Cors<Inner>, Inner>>;
 
-impl MakeRequestId for NewRequestId {
-    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        HeaderValue::from_str(id).ok().map(RequestId::new)
+/// The layers below CORS: compression or none, then panics.
+type Inner =
+    Either<MapResponse<Compression<Panics<Router>, CompressWhen>, CompressedBody>, Panics<Router>>;
+
+/// Which answers are compressed (see the module docs).
+type CompressWhen =
+    And<And<And<SizeAbove, NotForContentType>, NotForContentType>, NotForContentType>;
+
+/// The compressor's answers, boxed back into axum's body.
+type CompressedBody = fn(axum::http::Response<CompressionBody<Body>>) -> Response;
+
+/// Boxes a compressed answer's body into axum's, so that the service
+/// answers one type with compression on or off.
+fn compressed_body(response: axum::http::Response<CompressionBody<Body>>) -> Response {
+    response.map(Body::new)
+}
+
+/// The request id, the access log and the JSON errors, as one layer: the
+/// outermost of every service (see [`Layers::apply`]).
+///
+/// One hand-written layer rather than tower-http's `SetRequestIdLayer`,
+/// `TraceLayer` and `PropagateRequestIdLayer` and a layer of JSON errors:
+/// each of those wraps the future, and `TraceLayer` the answer's body as
+/// well, and together with `CatchPanicLayer` (boxing every answer's body)
+/// they cost ingest ~4.6 µs of CPU per request at its rate, a twentieth of
+/// the machine's CPU per report (docs/benchmarks.md, "The conventions as
+/// one layer"). What the four did is done here in one future, in the same
+/// order: an incoming id that does not look like one (see the module docs)
+/// is replaced by a new UUID; the `request` span, with
+/// the method, path and id, is entered while the service below runs, so
+/// every line it logs names the request; the answer becomes a JSON error
+/// if it is a bodiless one ([`json_error`]), carries the id back, and is
+/// logged once (target `access`) with its status and the time to its head.
+/// Nothing is timed unless the access line is on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConventionsLayer;
+
+impl<S> tower::Layer<S> for ConventionsLayer {
+    type Service = Conventions<S>;
+
+    fn layer(&self, inner: S) -> Conventions<S> {
+        Conventions { inner }
     }
 }
 
-/// Removes an incoming `x-request-id` that does not look like an id, so one
-/// is generated instead.
-fn drop_odd_request_id(mut request: Request) -> Request {
-    let odd = request.headers().get(&REQUEST_ID).is_some_and(|value| {
-        let bytes = value.as_bytes();
-        bytes.is_empty()
-            || bytes.len() > MAX_REQUEST_ID
-            || !bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b))
-    });
-    if odd {
-        request.headers_mut().remove(&REQUEST_ID);
+/// The service of [`ConventionsLayer`].
+#[derive(Clone, Debug)]
+pub struct Conventions<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Conventions<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ConventionsFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
-    request
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(id) if looks_like_an_id(id) => id.clone(),
+            _ => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let span = tracing::info_span!(
+            "request",
+            http.method = %request.method(),
+            http.path = %request.uri().path(),
+            request.id = %id.to_str().unwrap_or(""),
+        );
+        let started = tracing::enabled!(target: "access", tracing::Level::INFO).then(Instant::now);
+        let method = request.method().clone();
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ConventionsFuture {
+            inner,
+            span,
+            method,
+            id,
+            started,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Conventions`]: the answer below it, made JSON if it
+    /// is a bodiless error, with the request id, logged.
+    pub struct ConventionsFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        method: Method,
+        id: HeaderValue,
+        started: Option<Instant>,
+    }
+}
+
+impl<F, E> Future for ConventionsFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let mut response = json_error(this.method, response);
+        if !response.headers().contains_key(&REQUEST_ID) {
+            response.headers_mut().insert(REQUEST_ID, this.id.clone());
+        }
+        if let Some(started) = this.started {
+            let status = response.status().as_u16();
+            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(target: "access", duration_ms, http.status = status, "answered");
+        }
+        std::task::Poll::Ready(Ok(response))
+    }
+}
+
+/// Whether an incoming `x-request-id` may be kept: 1 to
+/// [`MAX_REQUEST_ID`] characters of `A-Z a-z 0-9 - _ . : /`. Anything else
+/// is replaced, so a client cannot write arbitrary text into the logs.
+fn looks_like_an_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_REQUEST_ID
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b))
+}
+
+/// A new request id: a version 4 UUID, lower-case and hyphenated, drawn
+/// from `uuid`'s thread-local generator (`fast-rng`, seeded and reseeded by
+/// the operating system) instead of one `getrandom` system call for every
+/// request the services answer (docs/benchmarks.md, "Request ids without a
+/// system call"). Ids need to be unique, not secret.
+fn new_request_id() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(id).expect("a hyphenated UUID is a header value")
+}
+
+/// A handler that panics answers a JSON 500 and logs an error line with
+/// the panic's message, instead of the connection being dropped without an
+/// answer: the innermost layer of every service, so the answer passes
+/// through the others (CORS headers, the request id, the access line) as
+/// any other does.
+///
+/// Hand-written rather than tower-http's `CatchPanicLayer`, which boxes
+/// every answer's body: the routers below answer axum's `Body` already
+/// (see [`ConventionsLayer`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PanicsLayer;
+
+impl<S> tower::Layer<S> for PanicsLayer {
+    type Service = Panics<S>;
+
+    fn layer(&self, inner: S) -> Panics<S> {
+        Panics { inner }
+    }
+}
+
+/// The service of [`PanicsLayer`].
+#[derive(Clone, Debug)]
+pub struct Panics<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Panics<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = PanicsFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let inner = &mut self.inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(request))) {
+            Ok(future) => PanicsFuture::Running { future },
+            Err(panic) => PanicsFuture::Panicked {
+                answer: Some(panicked(panic)),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Panics`]: the answer below it, or a JSON 500 if it
+    /// panicked.
+    #[project = PanicsProjection]
+    pub enum PanicsFuture<F> {
+        /// The service's own future, being polled.
+        Running { #[pin] future: F },
+        /// The service panicked when called: this answer, once.
+        Panicked { answer: Option<Response> },
+    }
+}
+
+impl<F, E> Future for PanicsFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            PanicsProjection::Running { future } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(poll) => poll,
+                    Err(panic) => std::task::Poll::Ready(Ok(panicked(panic))),
+                }
+            }
+            PanicsProjection::Panicked { answer } => {
+                std::task::Poll::Ready(Ok(answer.take().expect("a panicked future is polled once")))
+            }
+        }
+    }
 }
 
 /// The fallback of every router: a JSON 404.
@@ -301,87 +495,8 @@ fn not_found_error() -> ApiError {
     )
 }
 
-/// Gives every error answer that has no body type the JSON error body:
-/// axum's 405 (keeping its `Allow` header) and any other bodiless 4xx/5xx.
-///
-/// A `tower` layer of its own rather than `axum::middleware::from_fn`: per
-/// request, `from_fn` clones and boxes the service inside it and boxes the
-/// future, which measured ~3 µs of CPU per request at ingest's rate, for a
-/// check that is a status and a header lookup on every answer that is not
-/// an error (docs/benchmarks.md, "What ingest's layers cost"). Here the
-/// future is the inner one's, with the request's method beside it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct JsonErrorsLayer;
-
-impl<S> tower::Layer<S> for JsonErrorsLayer {
-    type Service = JsonErrors<S>;
-
-    fn layer(&self, inner: S) -> JsonErrors<S> {
-        JsonErrors { inner }
-    }
-}
-
-/// The service of [`JsonErrorsLayer`].
-#[derive(Clone, Debug)]
-pub struct JsonErrors<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<Request> for JsonErrors<S>
-where
-    S: tower::Service<Request, Response = axum::http::Response<B>>,
-    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = JsonErrorsFuture<S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        JsonErrorsFuture {
-            method: request.method().clone(),
-            inner: self.inner.call(request),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The future of [`JsonErrors`]: the inner answer, made JSON if it is
-    /// a bodiless error.
-    pub struct JsonErrorsFuture<F> {
-        #[pin]
-        inner: F,
-        method: Method,
-    }
-}
-
-impl<F, B, E> Future for JsonErrorsFuture<F>
-where
-    F: Future<Output = Result<axum::http::Response<B>, E>>,
-    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = self.project();
-        let response = std::task::ready!(this.inner.poll(cx))?.map(Body::new);
-        std::task::Poll::Ready(Ok(json_error(this.method, response)))
-    }
-}
-
 /// `response` itself, or, if it is an error without a body type, the same
-/// status as a JSON error body (see [`JsonErrorsLayer`]).
+/// status as a JSON error body (see [`ConventionsLayer`]).
 pub fn json_error(method: &Method, response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
@@ -455,6 +570,7 @@ pub async fn openapi() -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::extract::Request;
     use axum::routing::get;
     use tower::ServiceExt;
 
@@ -611,11 +727,10 @@ mod tests {
 
     #[test]
     fn generated_request_ids_are_distinct_version_4_uuids() {
-        let request = Request::new(());
         let ids: std::collections::HashSet<String> = (0..1000)
             .map(|_| {
-                let id = NewRequestId.make_request_id(&request).unwrap();
-                let text = id.header_value().to_str().unwrap().to_owned();
+                let id = new_request_id();
+                let text = id.to_str().unwrap().to_owned();
                 let parsed = uuid::Uuid::parse_str(&text).unwrap();
                 assert_eq!(parsed.get_version_num(), 4, "{text}");
                 assert_eq!(

@@ -22,11 +22,14 @@
 //! every connection is told to finish the request it is serving and close
 //! (`hyper_util::server::graceful`), and [`serve`] returns once all have.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use axum::Router;
+use axum::http::Request;
+use axum::response::Response;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -48,18 +51,26 @@ pub struct ServeConfig {
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets every connection finish the request it is serving, and
-/// returns.
+/// returns. `app` is a service's router with its layers
+/// ([`crate::layers::App`]), or a bare [`axum::Router`].
 ///
 /// # Errors
 /// Never at present (accept errors are logged and retried, as
 /// `axum::serve` does); the `Result` keeps callers' `?` working should
 /// serving learn to fail.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: tower::Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -85,7 +96,7 @@ pub async fn serve(
         // The client's address, for handlers that limit by it (axum's
         // `ConnectInfo`, read as `Extension<ConnectInfo<SocketAddr>>`).
         let service = TowerToHyperService::new(app.clone().map_request(
-            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            move |mut request: Request<Incoming>| {
                 request
                     .extensions_mut()
                     .insert(axum::extract::ConnectInfo(remote));

@@ -45,9 +45,12 @@ pub fn serve(listen: &str, hold: Duration, layers: bool) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;
-        let mut app = router(hold);
+        let app = router(hold);
+        let config = election_http::ServeConfig {
+            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
+        };
         if layers {
-            app = election_http::layers::Layers {
+            let app = election_http::layers::Layers {
                 cors_origins: election_http::layers::CorsOrigins::None,
                 cors_methods: vec![axum::http::Method::POST],
                 cors_request_headers: Vec::new(),
@@ -55,11 +58,10 @@ pub fn serve(listen: &str, hold: Duration, layers: bool) -> anyhow::Result<()> {
                 compress: false,
             }
             .apply(app);
+            election_http::serve(listener, app, config, std::future::pending()).await?;
+        } else {
+            election_http::serve(listener, app, config, std::future::pending()).await?;
         }
-        let config = election_http::ServeConfig {
-            header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
-        };
-        election_http::serve(listener, app, config, std::future::pending()).await?;
         Ok(())
     })
 }
