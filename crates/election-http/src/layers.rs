@@ -5,8 +5,8 @@
 //! from: maintained `tower-http` layers for CORS and compression, and two
 //! layers of our own, [`ConventionsLayer`] (request ids, the access log,
 //! JSON errors) and [`PanicsLayer`], because tower-http's four layers for
-//! those cost ingest a twentieth of the machine's CPU per report, and one
-//! future of ours does what they did for a fraction of it
+//! those, each wrapping the future, took ~10,000 instructions per request
+//! and one future of ours does what they did in ~3,700
 //! (docs/benchmarks.md, "The conventions as one layer"):
 //!
 //! - **Request ids** ([`ConventionsLayer`]): an
@@ -230,7 +230,7 @@ impl Layers {
 /// What [`Layers::apply`] makes of a router: the service each connection
 /// serves (`serve`). A type that names every layer, rather than the router
 /// again around them (`Router::fallback_service`): that router cloned the
-/// whole stack into a box and boxed its future for every request, ~3,000
+/// whole stack into a box and boxed its future for every request, ~2,100
 /// instructions per request (docs/benchmarks.md, "The conventions as one
 /// layer").
 pub type App = Conventions<Either<Cors<Inner>, Inner>>;
@@ -259,9 +259,10 @@ fn compressed_body(response: axum::http::Response<CompressionBody<Body>>) -> Res
 /// `TraceLayer` and `PropagateRequestIdLayer` and a layer of JSON errors:
 /// each of those wraps the future, and `TraceLayer` the answer's body as
 /// well, and together with `CatchPanicLayer` (boxing every answer's body)
-/// they cost ingest ~4.6 µs of CPU per request at its rate, a twentieth of
-/// the machine's CPU per report (docs/benchmarks.md, "The conventions as
-/// one layer"). What the four did is done here in one future, in the same
+/// and the router around them they took ~10,000 instructions per request,
+/// this and [`PanicsLayer`] ~3,700 (callgrind; ~1.3 µs less CPU per request
+/// at ingest's rate; docs/benchmarks.md, "The conventions as one layer").
+/// What the four did is done here in one future, in the same
 /// order: an incoming id that does not look like one (see the module docs)
 /// is replaced by a new UUID; the `request` span, with
 /// the method, path and id, is entered while the service below runs, so
