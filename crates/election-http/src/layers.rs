@@ -621,6 +621,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_service_that_panics_when_called_answers_a_json_500_with_an_id() {
+        // The panic in `call` itself, before any future exists (the
+        // handler above panics in its future).
+        let broken = tower::service_fn(|_request: Request| {
+            if true {
+                panic!("called and broke");
+            }
+            std::future::ready(Ok::<Response, std::convert::Infallible>(
+                StatusCode::OK.into_response(),
+            ))
+        });
+        let app = ServiceBuilder::new()
+            .layer(ConventionsLayer)
+            .layer(PanicsLayer)
+            .service(broken);
+        let response = app
+            .oneshot(Request::builder().uri("/x").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        // No id was sent: a new one answers.
+        assert_eq!(response.headers()["x-request-id"].len(), 36);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert!(
+            std::str::from_utf8(&body)
+                .unwrap()
+                .contains(r#""error":"internal""#)
+        );
+    }
+
+    #[tokio::test]
     async fn bodiless_errors_become_json_and_other_answers_pass_untouched() {
         for compress in [true, false] {
             let router = Router::new()
