@@ -441,7 +441,7 @@ where
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(request))) {
             Ok(future) => PanicsFuture::Running { future },
             Err(panic) => PanicsFuture::Panicked {
-                answer: Some(panicked(panic)),
+                answer: std::future::ready(panicked(panic)),
             },
         }
     }
@@ -454,8 +454,8 @@ pin_project_lite::pin_project! {
     pub enum PanicsFuture<F> {
         /// The service's own future, being polled.
         Running { #[pin] future: F },
-        /// The service panicked when called: this answer, once.
-        Panicked { answer: Option<Response> },
+        /// The service panicked when called: this answer.
+        Panicked { answer: std::future::Ready<Response> },
     }
 }
 
@@ -476,9 +476,7 @@ where
                     Err(panic) => std::task::Poll::Ready(Ok(panicked(panic))),
                 }
             }
-            PanicsProjection::Panicked { answer } => {
-                std::task::Poll::Ready(Ok(answer.take().expect("a panicked future is polled once")))
-            }
+            PanicsProjection::Panicked { answer } => std::pin::Pin::new(answer).poll(cx).map(Ok),
         }
     }
 }
