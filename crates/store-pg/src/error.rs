@@ -145,16 +145,17 @@ pub(crate) fn is_retryable(error: &DieselError) -> bool {
     }
 }
 
-/// Whether a recording transaction lost the race to create a ballot box: a
-/// concurrent batch inserted the same new box (or the same first revision)
-/// first. The transaction decided that box without seeing it, so it is
-/// retried whole and then finds the box and locks it (see `crate::record`).
-pub(crate) fn is_new_box_race(error: &DieselError) -> bool {
+/// Whether a recording transaction lost a race for a ballot box: a
+/// concurrent batch recorded a revision replacing the same latest revision
+/// (the same first revision, for a new box) first. The transaction decided
+/// that box without seeing it, so it is retried whole and then reads the
+/// new latest revision (see `crate::record`, "A box's revisions are a
+/// chain").
+pub(crate) fn is_chain_race(error: &DieselError) -> bool {
     match error {
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => matches!(
-            info.constraint_name(),
-            Some("ballot_boxes_pkey" | "reports_revision_key")
-        ),
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            info.constraint_name() == Some("reports_chain_key")
+        }
         _ => false,
     }
 }

@@ -204,15 +204,17 @@ fn cities_by_votes(
 }
 
 /// Ballot boxes in reporting order: a top-`limit` sort of the election's
-/// boxes. There is deliberately no B-tree that could hand them out in order:
-/// on a table without statistics the planner took one for the write path's
-/// key lookups (see the write-path migration), so this listing reads the
-/// election's boxes: measured 0.22 s at 119,000 boxes, so ~2 s at a million.
+/// boxes' first reports (`replaces = 0`, see the box-chain migration). There
+/// is deliberately no B-tree that could hand them out in order: on a table
+/// without statistics the planner took one for the write path's key lookups
+/// (see the write-path migration), so this listing reads the election's
+/// reports: measured 0.22 s at 119,000 boxes (from the box rows of before),
+/// so ~2 s at a million.
 const FIRST_REPORTS: &str = "\
-SELECT ballot_box_id, city, first_reported_at
-FROM ballot_boxes
-WHERE election_id = $1
-ORDER BY first_reported_at, ballot_box_id COLLATE \"C\"
+SELECT ballot_box_id, city, received_at AS first_reported_at
+FROM reports
+WHERE election_id = $1 AND replaces = 0
+ORDER BY received_at, ballot_box_id COLLATE \"C\"
 LIMIT $2";
 
 #[derive(QueryableByName)]
@@ -434,15 +436,15 @@ fn audit_page(
 }
 
 /// Every election that exists for the read API: defined (a row in
-/// `election_definitions`) or reported to (a row in `ballot_boxes`), in id
-/// order. The reported ones are found by a skip scan of `ballot_boxes_pkey`
-/// (one index probe per election, not one row per ballot box), so this stays
+/// `election_definitions`) or reported to (a row in `reports`), in id
+/// order. The reported ones are found by a skip scan of `reports_chain_key`
+/// (one index probe per election, not one row per report), so this stays
 /// cheap at a million boxes and can be read every few seconds.
 const KNOWN_ELECTIONS: &str = "\
 WITH RECURSIVE e AS (
-    (SELECT election_id FROM ballot_boxes ORDER BY election_id LIMIT 1)
+    (SELECT election_id FROM reports ORDER BY election_id LIMIT 1)
     UNION ALL
-    SELECT (SELECT b.election_id FROM ballot_boxes b
+    SELECT (SELECT b.election_id FROM reports b
             WHERE b.election_id > e.election_id
             ORDER BY b.election_id LIMIT 1)
     FROM e
@@ -456,14 +458,16 @@ ORDER BY 1";
 /// Whether one election exists: two primary-key probes.
 const ELECTION_EXISTS: &str = "\
 SELECT EXISTS (SELECT 1 FROM election_definitions WHERE election_id = $1)
-    OR EXISTS (SELECT 1 FROM ballot_boxes WHERE election_id = $1) AS exists";
+    OR EXISTS (SELECT 1 FROM reports WHERE election_id = $1) AS exists";
 
 /// Every known election with its name, boxes and last report. Counts every
-/// `ballot_boxes` row (a scan of the table: callers cache the answer).
+/// box's first report (`replaces = 0`; a scan of `reports`: callers cache
+/// the answer).
 const ELECTIONS_SUMMARY: &str = "\
 WITH boxes AS (
-    SELECT election_id, count(*) AS ballot_boxes, max(updated_at) AS last_report_at
-    FROM ballot_boxes GROUP BY election_id
+    SELECT election_id, count(*) FILTER (WHERE replaces = 0) AS ballot_boxes,
+           max(received_at) AS last_report_at
+    FROM reports GROUP BY election_id
 )
 SELECT coalesce(b.election_id, d.election_id) AS election_id, d.name,
        coalesce(b.ballot_boxes, 0) AS ballot_boxes, b.last_report_at

@@ -27,7 +27,7 @@ use election_core::{
     PendingStats, Recorded, Report, ReportId, ReportLog, Revision, StoreError, StuckReport, Totals,
 };
 
-use crate::error::{PgError, TxError, is_new_box_race, is_retryable, query_error};
+use crate::error::{PgError, TxError, is_chain_race, is_retryable, query_error};
 use crate::pending;
 use crate::pool::PgPool;
 use crate::prepared::prepared;
@@ -229,14 +229,14 @@ WHERE v.election_id = $1
 GROUP BY v.city, v.party"
 );
 
-/// Every election with a ballot box, in id order: a loose index scan of the
-/// primary key of `ballot_boxes` (one index probe per election, however many
-/// boxes each has).
+/// Every election with a ballot box, in id order: a loose index scan of
+/// `reports_chain_key` (one index probe per election, however many reports
+/// each has).
 const ELECTIONS: &str = "\
 WITH RECURSIVE e AS (
-    (SELECT election_id FROM ballot_boxes ORDER BY election_id LIMIT 1)
+    (SELECT election_id FROM reports ORDER BY election_id LIMIT 1)
     UNION ALL
-    SELECT (SELECT b.election_id FROM ballot_boxes b
+    SELECT (SELECT b.election_id FROM reports b
             WHERE b.election_id > e.election_id
             ORDER BY b.election_id LIMIT 1)
     FROM e
@@ -371,7 +371,7 @@ impl PgLog {
                 }
                 Err(TxError::Diesel(error))
                     if attempt < RECORD_ATTEMPTS
-                        && (is_retryable(&error) || is_new_box_race(&error)) =>
+                        && (is_retryable(&error) || is_chain_race(&error)) =>
                 {
                     tracing::warn!(
                         batch.reports = reports.len(),

@@ -8,7 +8,7 @@
 //! custom plan (should anything run one), on tables that are
 //! empty and never analysed, filled but never analysed, analysed while empty
 //! and filled afterwards, and filled and analysed. A plan fails when it scans
-//! a log table (`reports`, `ballot_boxes`) sequentially or through another
+//! a log table (`reports`) sequentially or through another
 //! index than a unique key, hash- or merge-joins one, or would be JIT-compiled. The same check run without the settings must find the
 //! bad plan PostgreSQL makes over empty tables, so the check can fail. A
 //! third test counts how each statement was planned over repeated runs: once,
@@ -24,35 +24,34 @@ use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 use election_test_support::pg::PgSchema;
 
 use crate::pending::{CLAIM_ROWS, CLAIMED_REPORTS, LEASE_ROWS, MARK_WHOLE};
-use crate::record::{HOT_PATH_SETTINGS, LOCK_BOXES, READ_KNOWN, WRITE_FRESH};
+use crate::record::{HOT_PATH_SETTINGS, READ_BOXES, READ_KNOWN, WRITE_FRESH};
 use crate::seal::{COUNT_AFTER, READ_PLAN_SETTINGS, READ_ROWS};
 
 /// Tables that grow with the election: never scanned whole on the hot path.
-const LOG_TABLES: &[&str] = &["reports", "ballot_boxes"];
+const LOG_TABLES: &[&str] = &["reports"];
 
 /// The indexes the hot path may reach log-table rows through: unique keys,
 /// so one lookup finds at most one row.
-const KEY_INDEXES: &[&str] = &["reports_pkey", "reports_revision_key", "ballot_boxes_pkey"];
+const KEY_INDEXES: &[&str] = &["reports_pkey", "reports_chain_key"];
 
 /// Every hot-path statement with sample arguments (any values do: the
 /// generic plan ignores them, and custom plans only need the right types).
 const STATEMENTS: &[(&str, &str, &str)] = &[
     (
-        "record: definition versions and lock boxes",
-        LOCK_BOXES,
+        "record: definition versions and the boxes' latest revisions",
+        READ_BOXES,
         "'{e,e}', '{B1,B2}', '{e}'",
     ),
     (
-        "record: read back latest votes and same revisions (replays)",
+        "record: same revisions (replays and conflicts)",
         READ_KNOWN,
-        "'{1,2}', '{e}', '{B1}', '{1}'",
+        "'{e}', '{B1}', '{1}'",
     ),
     (
-        "record: write reports, boxes, pending batch",
+        "record: write reports and the pending batch",
         WRITE_FRESH,
-        "'{e,e}', '{B1,B2}', '{c,c}', '{1,1}', '{NULL,NULL}', '{\"{}\",\"{}\"}', \
-         ARRAY['\\x00'::bytea, '\\x01'::bytea], '{a,a}', '{1,1}', '{1,1}', \
-         '{e}', '{B1}', '{c}', '{1}', '{1}', '{e}', '{B2}', '{2}', '{2}'",
+        "'{e,e}', '{B1,B2}', '{c,c}', '{1,2}', '{0,1}', '{NULL,NULL}', '{\"{}\",\"{}\"}', \
+         ARRAY['\\x00'::bytea, '\\x01'::bytea], '{a,a}', '{1,1}', '{1,1}'",
     ),
     ("mark counted (whole batches)", MARK_WHOLE, "'{1,2,3}'"),
     ("claim: pending batches", CLAIM_ROWS, "100, 1000000"),
@@ -60,18 +59,16 @@ const STATEMENTS: &[(&str, &str, &str)] = &[
     ("claim: read claimed reports", CLAIMED_REPORTS, "'{1,2}'"),
 ];
 
-/// Adds `n` reports of one election, with their boxes, the last 100 of them
-/// pending: rows enough that anything but a key lookup reads far too much.
+/// Adds `n` reports of one election, each its box's first, the last 100 of
+/// them pending: rows enough that anything but a key lookup reads far too
+/// much.
 fn fill(conn: &mut PgConnection, n: u32) {
     conn.batch_execute(&format!(
-        "INSERT INTO reports (election_id, ballot_box_id, city, revision, payload, payload_hash,
-                              parties, votes, differences)
-         SELECT 'e', 'B' || g, 'c' || (g % 200), 1, '{{}}', sha256(g::text::bytea),
+        "INSERT INTO reports (election_id, ballot_box_id, city, revision, replaces, payload,
+                              payload_hash, parties, votes, differences)
+         SELECT 'e', 'B' || g, 'c' || (g % 200), 1, 0, '{{}}', sha256(g::text::bytea),
                 '{{a,b}}', '{{1,2}}', '{{1,2}}'
          FROM generate_series((SELECT count(*) FROM reports) + 1, (SELECT count(*) FROM reports) + {n}) AS g;
-         INSERT INTO ballot_boxes (election_id, ballot_box_id, city, latest_revision, latest_report_id)
-         SELECT election_id, ballot_box_id, city, revision, id FROM reports
-         ON CONFLICT DO NOTHING;
          INSERT INTO pending_batches (first_report_id, report_ids)
          SELECT id, ARRAY[id] FROM reports ORDER BY id DESC LIMIT 100
          ON CONFLICT DO NOTHING;"
@@ -312,14 +309,14 @@ fn the_check_finds_the_plans_an_empty_database_gets_without_the_settings() {
     let (_schema, mut conn) = migrated();
     let plan = explain(
         &mut conn,
-        LOCK_BOXES,
-        "'{e,e}', '{B1,B2}', '{e}'",
+        READ_KNOWN,
+        "'{e,e}', '{B1,B2}', '{1,2}'",
         true,
         None,
     );
     let problems = plan_problems(&plan);
     assert!(
-        problems.iter().any(|p| p.contains("ballot_boxes")),
+        problems.iter().any(|p| p.contains("reports")),
         "expected a bad plan without the settings, got {problems:?}:\n{}",
         plan.text
     );
@@ -546,9 +543,10 @@ fn hot_path_statements_are_planned_once_per_connection() {
         }
     }
     // The setting is what keeps them planned once: by default PostgreSQL
-    // planned the record statements again on every run.
+    // planned the record's reads again on every run.
     assert!(
-        replanned_by_default.contains(&"record: write reports, boxes, pending batch"),
+        replanned_by_default
+            .contains(&"record: definition versions and the boxes' latest revisions"),
         "planned on every run without the setting: {replanned_by_default:?}"
     );
 }

@@ -10,22 +10,21 @@
 //!    scans, hash or merge joins for the rest of the transaction (see
 //!    below), and the shared side of each election's definition lock, sent
 //!    with `BEGIN` in one round trip ([`recording_transaction`]);
-//! 1. **definitions and lock**, one statement: the stored version of each
+//! 1. **definitions and boxes**, one statement: the stored version of each
 //!    election's definition, compared with the one each report was checked
 //!    against (see below), and its certified cities: a report that would
 //!    record something new for a certified city is refused
 //!    (`Conflict::Certified`, 409 `certified`), decided here, under the
 //!    definition lock that `definitions::certify` holds exclusively, so no
-//!    report slips in after a certification commits; and the batch's
-//!    existing ballot boxes, locked `FOR UPDATE` in sorted order, so two
-//!    batches sharing boxes queue up instead of deadlocking, their city and
-//!    latest revision coming back with the lock;
-//! 2. **read** (only when a report names a box that exists): the latest
-//!    votes of those boxes, and every recorded revision with the same (box,
-//!    revision) as an incoming report, for replays and conflicts;
-//! 3. **write**: every fresh report with its per-party arrays, the boxes'
-//!    rows (inserted once for new boxes, updated for the others) and the
-//!    batch's `pending_batches` row, as one statement.
+//!    report slips in after a certification commits; and the latest
+//!    recorded revision of each of the batch's boxes that has one (its
+//!    city, number and votes), the last link of its chain (below);
+//! 2. **read** (only when a report's revision is at or below its box's
+//!    latest): every recorded revision with the same (box, revision) as an
+//!    incoming report, for replays and conflicts;
+//! 3. **write**: every fresh report with its per-party arrays and the
+//!    revision it replaces, and the batch's `pending_batches` row, as one
+//!    statement.
 //!
 //! Between 2 and 3 each report is decided in batch order with
 //! [`rules::decide`] against an in-memory view that earlier reports of the
@@ -53,24 +52,39 @@
 //! definitions read with the lock"), and one lock per election in the
 //! `BEGIN` message.
 //!
-//! # New boxes are not locked before they exist
+//! # A box's revisions are a chain: no row per box, no lock
 //!
-//! A box seen for the first time has no row to lock, and inserting an empty
-//! row only to lock it and update it again in the same transaction was two
-//! row versions per report. Instead the write inserts the box row once, with
-//! its latest revision. Two concurrent batches that both saw the same box as
-//! new both try to insert it: the second waits for the first, then fails on
-//! the primary key (or on the report's unique revision) and the whole
-//! transaction is retried, now finding the box and locking it. So a new box
-//! is still decided by one transaction at a time; a retry costs one batch,
-//! and happens at most once per new box.
+//! Two batches must not both decide a new revision of one box against the
+//! same latest revision: both would be recorded and counted in full. Each
+//! report therefore names the revision it replaces (`reports.replaces`: its
+//! box's latest revision when it was decided, 0 for a box's first), and the
+//! unique key `reports_chain_key` (election, box, replaces) lets only one
+//! report replace a given revision. Two concurrent batches that decided one
+//! box against the same latest revision insert the same key: the second
+//! waits for the first, fails on the key, and the whole transaction is
+//! retried (`error::is_chain_race`, in `crate::log`), now reading the new
+//! latest revision. So each box's revisions form one chain, each above the
+//! one it replaces, whose last link (the highest `replaces`) is the box's
+//! latest revision: statement 1 reads it by one backward step of that
+//! index. A retry costs one batch, and happens only when two batches race
+//! for one box.
+//!
+//! This replaces a row per box (`ballot_boxes`, now a view over `reports`
+//! for readers) that recording locked `FOR UPDATE` for existing boxes and
+//! inserted with a new box's first report: its heap tuple, primary key
+//! entry, BRIN summary and WAL were a fifth of PostgreSQL's CPU per report
+//! when nearly every report is a new box's first (docs/benchmarks.md, "The
+//! box row replaced by the revision chain"). The chain key takes the place
+//! of the unique (election, box, revision) key, one B-tree entry per report
+//! as before, and keeps its guarantee: a revision is recorded only above
+//! its box's latest, so none is recorded twice.
 //!
 //! # Plans that do not depend on statistics
 //!
 //! On election night the tables start empty and are never analysed before
 //! the load arrives. Statements are prepared once per connection
 //! ([`crate::prepared`]), and a generic plan made over empty tables scans
-//! `ballot_boxes` and `reports` sequentially and hash-joins them, and keeps
+//! `reports` sequentially and hash-joins it, and keeps
 //! doing so at a million rows (measured: throughput fell to a quarter within
 //! a minute). Every statement here reaches rows by a unique key, so the
 //! right plan is a nested loop over index lookups whatever the table sizes;
@@ -214,8 +228,8 @@ fn hot_transaction_begun_with<T>(
     }
 }
 
-/// Reads each election's definition and locks the batch's existing ballot
-/// boxes, in one statement (one round trip).
+/// Reads each election's definition and the latest revision of each of the
+/// batch's boxes, in one statement (one round trip).
 ///
 /// `definition` rows, one per election of `$3`: the stored version of its
 /// definition (NULL: not defined) and its certified cities. The statement
@@ -224,58 +238,47 @@ fn hot_transaction_begun_with<T>(
 /// that committed while a lock was awaited, and none can commit while the
 /// transaction holds them.
 ///
-/// `box` rows: the batch's existing boxes, `FOR UPDATE`, with their state.
-/// The input is sorted (byte order of election, then box) and the locks are
-/// taken in that order (`ORDER BY` runs below the row locking), so
-/// concurrent batches over overlapping boxes wait for each other instead of
-/// deadlocking. `FOR UPDATE` returns the newest committed version of a row it
-/// had to wait for, so the state read here is current. A `WITH` query that
-/// locks rows is never folded into the outer query, and `UNION ALL` reads it
-/// whole, so every box of the batch is locked.
-pub(crate) const LOCK_BOXES: &str = "\
-WITH locked AS (
-    SELECT bb.election_id, bb.ballot_box_id, bb.city, bb.latest_revision, bb.latest_report_id
-    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(e, b, ord)
-    JOIN ballot_boxes bb ON bb.election_id = k.e AND bb.ballot_box_id = k.b
-    ORDER BY k.ord
-    FOR UPDATE OF bb
-)
+/// `box` rows: for each box of `$1`/`$2` that has a recorded revision, its
+/// latest (the last link of its chain, see "A box's revisions are a chain"
+/// in the module docs): its city, number, parties and votes. A NULL vote is
+/// a party that revision omitted; the next difference must name exactly
+/// the parties of the two revisions, as [`Difference::between`] does.
+/// Nothing is locked: a batch that commits a later link first makes this
+/// one's insert fail on the chain key, and it is retried.
+pub(crate) const READ_BOXES: &str = "\
 SELECT 'definition'::text AS kind, e.id AS election_id, NULL::text AS ballot_box_id,
-       NULL::text AS city, NULL::int4 AS latest_revision, NULL::int8 AS latest_report_id,
+       NULL::text AS city, NULL::int4 AS latest_revision,
+       NULL::text[] AS parties, NULL::int4[] AS votes,
        (SELECT (extract(epoch FROM d.loaded_at) * 1000000)::bigint
         FROM election_definitions d WHERE d.election_id = e.id) AS version,
        ARRAY(SELECT c.city FROM certified_cities c WHERE c.election_id = e.id) AS certified
 FROM unnest($3::text[]) AS e(id)
 UNION ALL
-SELECT 'box', l.election_id, l.ballot_box_id, l.city, l.latest_revision, l.latest_report_id,
+SELECT 'box', h.election_id, h.ballot_box_id, h.city, h.revision, h.parties, h.votes,
        NULL, NULL
-FROM locked l";
+FROM unnest($1::text[], $2::text[]) AS k(e, b)
+CROSS JOIN LATERAL (
+    SELECT r.election_id, r.ballot_box_id, r.city, r.revision, r.parties, r.votes
+    FROM reports r
+    WHERE r.election_id = k.e AND r.ballot_box_id = k.b
+    ORDER BY r.replaces DESC
+    LIMIT 1
+) h";
 
-/// Reads, after the locks are held (a separate statement, so its snapshot
-/// includes whatever the batches we waited for committed):
-///
-/// `latest` rows: the parties and votes of the latest revision of each
-/// existing box named by `$1` (report ids). A NULL vote is a party that
-/// revision omitted; the next difference must name exactly the parties of
-/// the two revisions, as [`Difference::between`] does.
-///
-/// `same` rows: recorded revisions with the same (box, revision) as an
+/// Reads every recorded revision with the same (box, revision) as an
 /// incoming report, for replays and conflicts, with whether each is counted
-/// (not in `pending_batches`).
+/// (not in `pending_batches`). A separate statement, so its snapshot
+/// includes whatever committed since [`READ_BOXES`]; a revision committed
+/// after it is a race the chain key settles (module docs).
 pub(crate) const READ_KNOWN: &str = "\
-SELECT 'latest'::text AS kind, r.id, r.election_id, r.ballot_box_id, r.revision,
-       r.parties, r.votes, NULL::bytea AS payload_hash, NULL::boolean AS counted
-FROM reports r
-WHERE r.id = ANY($1::bigint[])
-UNION ALL
-SELECT 'same'::text, r.id, r.election_id, r.ballot_box_id, r.revision,
-       NULL::text[], NULL::int4[], r.payload_hash,
-       NOT EXISTS (SELECT 1 FROM pending_batches p WHERE p.report_ids @> ARRAY[r.id])
-FROM unnest($2::text[], $3::text[], $4::int4[]) AS k(e, b, rev)
+SELECT r.id, r.election_id, r.ballot_box_id, r.revision, r.payload_hash,
+       NOT EXISTS (SELECT 1 FROM pending_batches p WHERE p.report_ids @> ARRAY[r.id]) AS counted
+FROM unnest($1::text[], $2::text[], $3::int4[]) AS k(e, b, rev)
 JOIN reports r ON r.election_id = k.e AND r.ballot_box_id = k.b AND r.revision = k.rev";
 
-/// Writes every fresh report, the boxes' rows and the batch's pending row in
-/// one statement (one round trip; data-modifying CTEs all run).
+/// Writes every fresh report, with the revision it replaces, and the batch's
+/// pending row in one statement (one round trip; data-modifying CTEs all
+/// run).
 ///
 /// `ids` draws one id per fresh report, in batch order; every other part
 /// takes its id by position (`unnest` of several arrays zips them; `a[pos]`
@@ -287,34 +290,24 @@ WITH ids AS (
     FROM generate_series(1, cardinality($1::text[])) AS g
 ), new_reports AS (
     INSERT INTO reports
-        (id, election_id, ballot_box_id, city, revision, reason, payload, payload_hash,
-         parties, votes, differences)
-    SELECT t.id, t.e, t.b, t.c, t.rev, t.reason, t.payload::json, t.hash,
+        (id, election_id, ballot_box_id, city, revision, replaces, reason, payload,
+         payload_hash, parties, votes, differences)
+    SELECT t.id, t.e, t.b, t.c, t.rev, t.replaces, t.reason, t.payload::json, t.hash,
            string_to_array(t.parties, ','), string_to_array(t.votes, ',', '')::int4[],
            string_to_array(t.differences, ',')::int8[]
-    FROM ids, unnest(ids.a, $1::text[], $2::text[], $3::text[], $4::int4[], $5::text[],
-                     $6::text[], $7::bytea[], $8::text[], $9::text[], $10::text[])
-         AS t(id, e, b, c, rev, reason, payload, hash, parties, votes, differences)
-), new_boxes AS (
-    INSERT INTO ballot_boxes (election_id, ballot_box_id, city, latest_revision, latest_report_id)
-    SELECT u.e, u.b, u.c, u.rev, ids.a[u.pos]
-    FROM ids, unnest($11::text[], $12::text[], $13::text[], $14::int4[], $15::int4[])
-         AS u(e, b, c, rev, pos)
-), moved_boxes AS (
-    UPDATE ballot_boxes bb
-    SET latest_revision = u.rev, latest_report_id = ids.a[u.pos], updated_at = now()
-    FROM ids, unnest($16::text[], $17::text[], $18::int4[], $19::int4[]) AS u(e, b, rev, pos)
-    WHERE bb.election_id = u.e AND bb.ballot_box_id = u.b
+    FROM ids, unnest(ids.a, $1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[],
+                     $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[])
+         AS t(id, e, b, c, rev, replaces, reason, payload, hash, parties, votes, differences)
 ), pending AS (
     INSERT INTO pending_batches (first_report_id, report_ids)
     SELECT ids.a[1], ids.a FROM ids
 )
 SELECT x.id, x.pos FROM ids, unnest(ids.a) WITH ORDINALITY AS x(id, pos)";
 
-/// One row of [`LOCK_BOXES`]: a `definition` (the last two columns) or a
-/// `box` (the four before them).
+/// One row of [`READ_BOXES`]: a `definition` (the last two columns) or a
+/// `box` (the five before them).
 #[derive(QueryableByName)]
-struct LockRow {
+struct BoxRow {
     #[diesel(sql_type = Text)]
     kind: String,
     #[diesel(sql_type = Text)]
@@ -325,8 +318,10 @@ struct LockRow {
     city: Option<String>,
     #[diesel(sql_type = Nullable<Int4>)]
     latest_revision: Option<i32>,
-    #[diesel(sql_type = Nullable<Int8>)]
-    latest_report_id: Option<i64>,
+    #[diesel(sql_type = Nullable<Array<Text>>)]
+    parties: Option<Vec<String>>,
+    #[diesel(sql_type = Nullable<Array<Nullable<Int4>>>)]
+    votes: Option<Vec<Option<i32>>>,
     #[diesel(sql_type = Nullable<BigInt>)]
     version: Option<i64>,
     #[diesel(sql_type = Nullable<Array<Text>>)]
@@ -336,8 +331,6 @@ struct LockRow {
 /// One row of [`READ_KNOWN`].
 #[derive(QueryableByName)]
 struct KnownRow {
-    #[diesel(sql_type = Text)]
-    kind: String,
     #[diesel(sql_type = Int8)]
     id: i64,
     #[diesel(sql_type = Text)]
@@ -346,14 +339,10 @@ struct KnownRow {
     ballot_box_id: String,
     #[diesel(sql_type = Int4)]
     revision: i32,
-    #[diesel(sql_type = Nullable<Array<Text>>)]
-    parties: Option<Vec<String>>,
-    #[diesel(sql_type = Nullable<Array<Nullable<Int4>>>)]
-    votes: Option<Vec<Option<i32>>>,
-    #[diesel(sql_type = Nullable<Bytea>)]
-    payload_hash: Option<Vec<u8>>,
-    #[diesel(sql_type = Nullable<Bool>)]
-    counted: Option<bool>,
+    #[diesel(sql_type = Bytea)]
+    payload_hash: Vec<u8>,
+    #[diesel(sql_type = Bool)]
+    counted: bool,
 }
 
 /// One row of [`WRITE_FRESH`]'s result.
@@ -419,10 +408,12 @@ struct Same {
     counted: bool,
 }
 
-/// A fresh report and the difference it brings.
+/// A fresh report, the difference it brings, and the revision it replaces
+/// (0 for its box's first).
 struct Fresh<'a> {
     report: &'a Report,
     difference: Difference,
+    replaces: i32,
 }
 
 /// Records `reports` on `conn`, which must be inside a [`hot_transaction`].
@@ -431,14 +422,11 @@ pub(crate) fn record_batch(
     conn: &mut PgConnection,
     reports: &[Report],
 ) -> Result<Vec<Recorded>, TxError> {
-    let Locked {
+    let Found {
         certified,
-        existing,
-    } = check_and_lock(conn, reports)?;
-    let Known {
         mut states,
-        mut same,
-    } = read_known(conn, reports, &existing)?;
+    } = read_boxes(conn, reports)?;
+    let mut same = read_same(conn, reports, &states)?;
 
     let mut fresh: Vec<Fresh<'_>> = Vec::with_capacity(reports.len());
     let mut drafts = Vec::with_capacity(reports.len());
@@ -471,7 +459,14 @@ pub(crate) fn record_batch(
             }
             Decision::Record(difference) => {
                 let index = fresh.len();
-                fresh.push(Fresh { report, difference });
+                let replaces = states
+                    .get(&key)
+                    .map_or(0, |state| sql_revision(state.latest_revision));
+                fresh.push(Fresh {
+                    report,
+                    difference,
+                    replaces,
+                });
                 states.insert(
                     key,
                     BoxState {
@@ -509,14 +504,16 @@ pub(crate) fn record_batch(
     let ids = if fresh.is_empty() {
         Vec::new()
     } else {
-        write_fresh(conn, &fresh, &existing)?
+        write_fresh(conn, &fresh)?
     };
 
     Ok(drafts
         .into_iter()
         .map(|draft| match draft {
             Draft::Fresh(index) => {
-                let Fresh { report, difference } = &fresh[index];
+                let Fresh {
+                    report, difference, ..
+                } = &fresh[index];
                 Recorded::Fresh(Counting {
                     report_id: ids[index],
                     election: report.election().clone(),
@@ -538,30 +535,22 @@ pub(crate) fn record_batch(
         .collect())
 }
 
-/// A box that existed before the batch, as [`LOCK_BOXES`] found it.
-struct Existing {
-    city: CityId,
-    latest_revision: Revision,
-    latest_report_id: i64,
-}
-
-/// What [`LOCK_BOXES`] found.
-struct Locked {
+/// What [`READ_BOXES`] found.
+struct Found {
     /// The certified (election, city) pairs of the batch's elections.
     certified: BTreeSet<(String, String)>,
-    /// The batch's boxes that existed before it, now locked; boxes not here
-    /// do not exist yet.
-    existing: HashMap<BoxKey, Existing>,
+    /// The latest recorded revision of each of the batch's boxes that has
+    /// one; boxes not here have none yet.
+    states: HashMap<BoxKey, BoxState>,
 }
 
-/// Statement 1: see [`LOCK_BOXES`]. Refuses the batch when a report was
+/// Statement 1: see [`READ_BOXES`]. Refuses the batch when a report was
 /// checked against another version than the stored one.
-fn check_and_lock(conn: &mut PgConnection, reports: &[Report]) -> Result<Locked, TxError> {
+fn read_boxes(conn: &mut PgConnection, reports: &[Report]) -> Result<Found, TxError> {
     let elections: BTreeSet<&str> = reports.iter().map(|r| r.election().as_str()).collect();
-    // Sorted, so the statement's input is deterministic too (its ORDER BY is
-    // what fixes the lock order).
+    // Sorted and distinct, so the statement's input is deterministic.
     let boxes: BTreeSet<BoxKey> = reports.iter().map(box_key).collect();
-    let rows: Vec<LockRow> = prepared(LOCK_BOXES, |q| {
+    let rows: Vec<BoxRow> = prepared(READ_BOXES, |q| {
         q.bind::<Array<Text>, _>(boxes.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>())
             .bind::<Array<Text>, _>(boxes.iter().map(|(_, b)| b.as_str()).collect::<Vec<_>>())
             .bind::<Array<Text>, _>(elections.into_iter().collect::<Vec<_>>())
@@ -569,7 +558,7 @@ fn check_and_lock(conn: &mut PgConnection, reports: &[Report]) -> Result<Locked,
     .load(conn)?;
     let mut certified = BTreeSet::new();
     let mut stored: HashMap<String, Option<DefinitionVersion>> = HashMap::new();
-    let mut existing = HashMap::with_capacity(rows.len());
+    let mut states = HashMap::with_capacity(rows.len());
     for row in rows {
         match row.kind.as_str() {
             "definition" => {
@@ -579,31 +568,11 @@ fn check_and_lock(conn: &mut PgConnection, reports: &[Report]) -> Result<Locked,
                 stored.insert(row.election_id, row.version.map(DefinitionVersion));
             }
             "box" => {
-                let corrupt = |detail: String| {
-                    TxError::Corrupt(format!(
-                        "ballot box {:?} of election {:?}: {detail}",
-                        row.ballot_box_id, row.election_id
-                    ))
+                let state = box_state(&row)?;
+                let Some(ballot_box) = row.ballot_box_id else {
+                    return Err(TxError::Corrupt("a box row without its box".to_owned()));
                 };
-                let (Some(ballot_box), Some(city), Some(revision), Some(latest_report_id)) = (
-                    row.ballot_box_id.clone(),
-                    row.city.as_deref(),
-                    row.latest_revision,
-                    row.latest_report_id,
-                ) else {
-                    return Err(corrupt("a box row without its state".to_owned()));
-                };
-                let city = CityId::parse(city).map_err(|p| corrupt(p.to_string()))?;
-                let latest_revision =
-                    Revision::new(i64::from(revision)).map_err(|p| corrupt(p.to_string()))?;
-                existing.insert(
-                    (row.election_id, ballot_box),
-                    Existing {
-                        city,
-                        latest_revision,
-                        latest_report_id,
-                    },
-                );
+                states.insert((row.election_id, ballot_box), state);
             }
             other => return Err(TxError::Corrupt(format!("unexpected row kind {other:?}"))),
         }
@@ -614,107 +583,25 @@ fn check_and_lock(conn: &mut PgConnection, reports: &[Report]) -> Result<Locked,
             return Err(TxError::DefinitionChanged(report.election().clone()));
         }
     }
-    Ok(Locked {
-        certified,
-        existing,
-    })
+    Ok(Found { certified, states })
 }
 
-/// What is recorded for a batch's boxes and revisions, as [`READ_KNOWN`]
-/// returns it; the view that [`record_batch`] then updates report by report.
-#[derive(Default)]
-struct Known {
-    /// The state of every box with a recorded revision.
-    states: HashMap<BoxKey, BoxState>,
-    /// Recorded revisions named by the batch.
-    same: HashMap<RevisionKey, Same>,
-}
-
-/// Statement 2: see [`READ_KNOWN`]. Skipped when every box of the batch is
-/// new: a box without a row has no recorded revision.
-fn read_known(
-    conn: &mut PgConnection,
-    reports: &[Report],
-    existing: &HashMap<BoxKey, Existing>,
-) -> Result<Known, TxError> {
-    if existing.is_empty() {
-        return Ok(Known::default());
-    }
-    let latest_ids: Vec<i64> = existing.values().map(|e| e.latest_report_id).collect();
-    // A recorded revision with an incoming report's number can only exist
-    // at or below its box's latest revision.
-    let revisions: BTreeSet<RevisionKey> = reports
-        .iter()
-        .filter(|r| {
-            existing
-                .get(&box_key(r))
-                .is_some_and(|e| r.revision() <= e.latest_revision)
-        })
-        .map(revision_key)
-        .collect();
-    let rows: Vec<KnownRow> = prepared(READ_KNOWN, |q| {
-        q.bind::<Array<Int8>, _>(latest_ids)
-            .bind::<Array<Text>, _>(
-                revisions
-                    .iter()
-                    .map(|(e, _, _)| e.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Text>, _>(
-                revisions
-                    .iter()
-                    .map(|(_, b, _)| b.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Int4>, _>(revisions.iter().map(|&(_, _, r)| r).collect::<Vec<_>>())
-    })
-    .load(conn)?;
-
-    let mut known = Known::default();
-    for row in rows {
-        match row.kind.as_str() {
-            "latest" => {
-                let key = (row.election_id.clone(), row.ballot_box_id.clone());
-                let Some(found) = existing.get(&key) else {
-                    return Err(TxError::Corrupt(format!(
-                        "report {} is no box's latest revision",
-                        row.id
-                    )));
-                };
-                let state = BoxState {
-                    city: found.city.clone(),
-                    latest_revision: found.latest_revision,
-                    latest_votes: latest_votes(&row)?,
-                };
-                known.states.insert(key, state);
-            }
-            "same" => {
-                let (key, same) = same_revision(row)?;
-                known.same.insert(key, same);
-            }
-            other => return Err(TxError::Corrupt(format!("unexpected row kind {other:?}"))),
-        }
-    }
-    if let Some(key) = existing.keys().find(|k| !known.states.contains_key(*k)) {
-        return Err(TxError::Corrupt(format!(
-            "the latest report of ballot box {:?} of election {:?} is missing",
-            key.1, key.0
-        )));
-    }
-    Ok(known)
-}
-
-/// The votes of a `latest` row: the parties the revision posted (a NULL vote
-/// is a party it omitted).
-fn latest_votes(row: &KnownRow) -> Result<Votes, TxError> {
+/// A `box` row's state: the city, number and votes of the box's latest
+/// revision (a NULL vote is a party it omitted).
+fn box_state(row: &BoxRow) -> Result<BoxState, TxError> {
     let corrupt = |detail: String| {
         TxError::Corrupt(format!(
-            "latest report {} of ballot box {:?} of election {:?}: {detail}",
-            row.id, row.ballot_box_id, row.election_id
+            "latest revision of ballot box {:?} of election {:?}: {detail}",
+            row.ballot_box_id, row.election_id
         ))
     };
-    let (Some(parties), Some(votes)) = (&row.parties, &row.votes) else {
-        return Err(corrupt("no per-party votes".to_owned()));
+    let (Some(city), Some(revision), Some(parties), Some(votes)) = (
+        row.city.as_deref(),
+        row.latest_revision,
+        &row.parties,
+        &row.votes,
+    ) else {
+        return Err(corrupt("a box row without its state".to_owned()));
     };
     if parties.len() != votes.len() {
         return Err(corrupt(format!(
@@ -730,7 +617,50 @@ fn latest_votes(row: &KnownRow) -> Result<Votes, TxError> {
         let votes = u32::try_from(*votes).map_err(|_| corrupt(format!("{votes} votes")))?;
         posted.insert(party, votes);
     }
-    Votes::new(posted).map_err(|p| corrupt(p.to_string()))
+    Ok(BoxState {
+        city: CityId::parse(city).map_err(|p| corrupt(p.to_string()))?,
+        latest_revision: Revision::new(i64::from(revision)).map_err(|p| corrupt(p.to_string()))?,
+        latest_votes: Votes::new(posted).map_err(|p| corrupt(p.to_string()))?,
+    })
+}
+
+/// Statement 2: see [`READ_KNOWN`]. Skipped when no report's revision is at
+/// or below its box's latest: only there can a recorded revision share its
+/// number.
+fn read_same(
+    conn: &mut PgConnection,
+    reports: &[Report],
+    states: &HashMap<BoxKey, BoxState>,
+) -> Result<HashMap<RevisionKey, Same>, TxError> {
+    let revisions: BTreeSet<RevisionKey> = reports
+        .iter()
+        .filter(|r| {
+            states
+                .get(&box_key(r))
+                .is_some_and(|state| r.revision() <= state.latest_revision)
+        })
+        .map(revision_key)
+        .collect();
+    if revisions.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<KnownRow> = prepared(READ_KNOWN, |q| {
+        q.bind::<Array<Text>, _>(
+            revisions
+                .iter()
+                .map(|(e, _, _)| e.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(
+            revisions
+                .iter()
+                .map(|(_, b, _)| b.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Int4>, _>(revisions.iter().map(|&(_, _, r)| r).collect::<Vec<_>>())
+    })
+    .load(conn)?;
+    rows.into_iter().map(same_revision).collect()
 }
 
 /// A recorded revision with the number of an incoming report (a `same` row).
@@ -741,15 +671,16 @@ fn same_revision(row: KnownRow) -> Result<(RevisionKey, Same), TxError> {
             row.id, row.ballot_box_id, row.election_id
         ))
     };
-    let (Some(hash), Some(counted)) = (row.payload_hash.as_deref(), row.counted) else {
-        return Err(corrupt("incomplete report row".to_owned()));
-    };
-    let payload_hash = <[u8; 32]>::try_from(hash)
-        .map_err(|_| corrupt(format!("a payload hash of {} bytes", hash.len())))?;
+    let payload_hash = <[u8; 32]>::try_from(row.payload_hash.as_slice()).map_err(|_| {
+        corrupt(format!(
+            "a payload hash of {} bytes",
+            row.payload_hash.len()
+        ))
+    })?;
     let same = Same {
         earlier: Earlier::Recorded(ReportId(row.id)),
         payload_hash: PayloadHash(payload_hash),
-        counted,
+        counted: row.counted,
     };
     Ok(((row.election_id, row.ballot_box_id, row.revision), same))
 }
@@ -783,16 +714,13 @@ fn party_columns(fresh: &Fresh<'_>) -> (String, String, String) {
 
 /// Statement 3: see [`WRITE_FRESH`]. Returns the id of each fresh report, in
 /// the order of `fresh`.
-fn write_fresh(
-    conn: &mut PgConnection,
-    fresh: &[Fresh<'_>],
-    existing: &HashMap<BoxKey, Existing>,
-) -> Result<Vec<ReportId>, TxError> {
+fn write_fresh(conn: &mut PgConnection, fresh: &[Fresh<'_>]) -> Result<Vec<ReportId>, TxError> {
     let n = fresh.len();
     let mut elections = Vec::with_capacity(n);
     let mut ballot_boxes = Vec::with_capacity(n);
     let mut cities = Vec::with_capacity(n);
     let mut revisions = Vec::with_capacity(n);
+    let mut replaces = Vec::with_capacity(n);
     let mut reasons = Vec::with_capacity(n);
     let mut payloads = Vec::with_capacity(n);
     let mut hashes = Vec::with_capacity(n);
@@ -800,21 +728,13 @@ fn write_fresh(
     let mut votes = Vec::with_capacity(n);
     let mut differences = Vec::with_capacity(n);
 
-    // The latest fresh revision of each box and its position (1-based, as
-    // PostgreSQL arrays count): fresh revisions of a box rise in batch order,
-    // so the last one wins. Sorted, so new boxes are inserted in one order by
-    // every batch.
-    let mut latest: BTreeMap<(&str, &str), (&CityId, i32, i32)> = BTreeMap::new();
-
-    for (index, f) in fresh.iter().enumerate() {
+    for f in fresh {
         let report = f.report;
-        let election = report.election().as_str();
-        let ballot_box = report.ballot_box().as_str();
-        let revision = sql_revision(report.revision());
-        elections.push(election);
-        ballot_boxes.push(ballot_box);
+        elections.push(report.election().as_str());
+        ballot_boxes.push(report.ballot_box().as_str());
         cities.push(report.city().as_str());
-        revisions.push(revision);
+        revisions.push(sql_revision(report.revision()));
+        replaces.push(f.replaces);
         reasons.push(report.reason());
         payloads.push(report.payload());
         hashes.push(report.payload_hash().0.to_vec());
@@ -822,37 +742,6 @@ fn write_fresh(
         parties.push(p);
         votes.push(v);
         differences.push(d);
-        let position = i32::try_from(index + 1).unwrap_or(i32::MAX);
-        latest.insert((election, ballot_box), (report.city(), revision, position));
-    }
-
-    let known: foldhash::HashSet<(&str, &str)> = existing
-        .keys()
-        .map(|(election, ballot_box)| (election.as_str(), ballot_box.as_str()))
-        .collect();
-    let m = latest.len();
-    let (mut new_e, mut new_b, mut new_c, mut new_rev, mut new_pos) = (
-        Vec::with_capacity(m),
-        Vec::with_capacity(m),
-        Vec::with_capacity(m),
-        Vec::with_capacity(m),
-        Vec::with_capacity(m),
-    );
-    let (mut moved_e, mut moved_b, mut moved_rev, mut moved_pos) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (&(election, ballot_box), &(city, revision, position)) in &latest {
-        if known.contains(&(election, ballot_box)) {
-            moved_e.push(election);
-            moved_b.push(ballot_box);
-            moved_rev.push(revision);
-            moved_pos.push(position);
-        } else {
-            new_e.push(election);
-            new_b.push(ballot_box);
-            new_c.push(city.as_str());
-            new_rev.push(revision);
-            new_pos.push(position);
-        }
     }
 
     let rows: Vec<WrittenRow> = prepared(WRITE_FRESH, |q| {
@@ -860,21 +749,13 @@ fn write_fresh(
             .bind::<Array<Text>, _>(ballot_boxes)
             .bind::<Array<Text>, _>(cities)
             .bind::<Array<Int4>, _>(revisions)
+            .bind::<Array<Int4>, _>(replaces)
             .bind::<Array<Nullable<Text>>, _>(reasons)
             .bind::<Array<Text>, _>(payloads)
             .bind::<Array<Bytea>, _>(hashes)
             .bind::<Array<Text>, _>(parties)
             .bind::<Array<Text>, _>(votes)
             .bind::<Array<Text>, _>(differences)
-            .bind::<Array<Text>, _>(new_e)
-            .bind::<Array<Text>, _>(new_b)
-            .bind::<Array<Text>, _>(new_c)
-            .bind::<Array<Int4>, _>(new_rev)
-            .bind::<Array<Int4>, _>(new_pos)
-            .bind::<Array<Text>, _>(moved_e)
-            .bind::<Array<Text>, _>(moved_b)
-            .bind::<Array<Int4>, _>(moved_rev)
-            .bind::<Array<Int4>, _>(moved_pos)
     })
     .load(conn)?;
 
@@ -937,8 +818,9 @@ mod tests {
 
     #[test]
     fn statements_have_a_constant_number_of_binds() {
-        // 19 binds whatever the batch size, far under PostgreSQL's 65,535.
-        for (sql, binds) in [(LOCK_BOXES, 3), (READ_KNOWN, 4), (WRITE_FRESH, 19)] {
+        // 11 binds at most whatever the batch size, far under PostgreSQL's
+        // 65,535.
+        for (sql, binds) in [(READ_BOXES, 3), (READ_KNOWN, 3), (WRITE_FRESH, 11)] {
             assert!(sql.contains(&format!("${binds}::")), "{sql}");
             assert!(!sql.contains(&format!("${}", binds + 1)), "{sql}");
         }

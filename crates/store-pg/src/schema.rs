@@ -7,7 +7,8 @@
 //! test `schema::schema_rs_matches_the_migrations` (`just test`): it migrates
 //! a fresh schema and compares every table and view, column by column (name,
 //! type, nullability), with the definitions here.
-//! `vote_log` and `pending_reports` are views (see the write-path migration);
+//! `vote_log` and `pending_reports` are views (see the write-path migration),
+//! and `ballot_boxes` (the box-chain migration);
 //! diesel reads a view like a table. They have no `joinable!`: join them
 //! explicitly.
 
@@ -27,8 +28,9 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// One row per ballot box that reported: its city, latest revision, and
-    /// the row lock that serialises its reports.
+    /// A view: one row per ballot box that reported, its city, first report
+    /// and latest revision, read from its reports (see the box-chain
+    /// migration).
     ballot_boxes (election_id, ballot_box_id) {
         election_id -> Text,
         ballot_box_id -> Text,
@@ -55,6 +57,7 @@ diesel::table! {
         parties -> Array<Text>,
         votes -> Array<Nullable<Int4>>,
         differences -> Array<Int8>,
+        replaces -> Int4,
     }
 }
 

@@ -46,17 +46,10 @@ fn record_at(stack: &Stack, report: Report, at: &str) -> i64 {
         panic!("not fresh: {answer:?}")
     };
     let id = counting.report_id.0;
+    // A box's first report's time is when it first reported.
     stack.execute(&format!(
         "UPDATE reports SET received_at = '{at}' WHERE id = {id}"
     ));
-    if report.revision().get() == 1 {
-        stack.execute(&format!(
-            "UPDATE ballot_boxes SET first_reported_at = '{at}' \
-             WHERE election_id = '{}' AND ballot_box_id = '{}'",
-            report.election(),
-            report.ballot_box()
-        ));
-    }
     id
 }
 

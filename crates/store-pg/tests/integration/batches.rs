@@ -222,6 +222,104 @@ fn concurrent_batches_over_overlapping_boxes_never_fail_or_double_record() {
     }
 }
 
+/// New revisions of one box posted at once by several batches, each above
+/// the latest recorded when it was sent: every recorded one replaces the
+/// one recorded before it (one chain), so the box's differences add up to
+/// its latest revision's votes. Two batches that decided against the same
+/// latest revision and were both recorded would count the box twice; the
+/// chain key makes the later one retry and decide again.
+#[test]
+fn concurrent_new_revisions_of_one_box_form_one_chain() {
+    let db = Migrated::new(8);
+    let log = Arc::new(PgLog::new(db.pool.clone()));
+    let e = unique_election("chain");
+    let threads = 6u32;
+    let rounds = 12u32;
+    let barrier = Arc::new(Barrier::new(threads as usize));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            let barrier = Arc::clone(&barrier);
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                let mut failures = Vec::new();
+                for round in 0..rounds {
+                    // Each thread its own revision, all above the last round's.
+                    let revision = 1 + round * threads + t;
+                    let batch = [
+                        report(&e, "X", "york", revision, &[("a", revision * 10)]),
+                        report(&e, &format!("N{revision}"), "leeds", 1, &[("a", 1)]),
+                    ];
+                    barrier.wait();
+                    match log.record(&batch) {
+                        Ok(recorded) => answers.push(recorded.into_iter().next().unwrap()),
+                        Err(error) => failures.push(format!("{error:#?}")),
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect();
+    let mut fresh_ids = Vec::new();
+    for handle in handles {
+        let (answers, failures) = handle.join().unwrap();
+        assert!(failures.is_empty(), "batches failed: {failures:?}");
+        for answer in answers {
+            match answer {
+                Recorded::Fresh(c) => fresh_ids.push(c.report_id),
+                // Decided after a higher revision was recorded: stale.
+                Recorded::Conflict(_) => {}
+                Recorded::Replay { .. } => panic!("no revision was posted twice"),
+            }
+        }
+    }
+    let latest = number(
+        &db.pool,
+        &format!(
+            "SELECT max(revision)::bigint AS n FROM reports \
+             WHERE election_id = '{e}' AND ballot_box_id = 'X'"
+        ),
+    );
+    assert_eq!(
+        number(
+            &db.pool,
+            &format!(
+                "SELECT count(*) AS n FROM reports WHERE election_id = '{e}' AND ballot_box_id = 'X'"
+            )
+        ),
+        fresh_ids.len() as i64,
+        "one row per fresh answer"
+    );
+    // Every recorded revision replaces the one recorded just below it.
+    assert_eq!(
+        number(
+            &db.pool,
+            &format!(
+                "SELECT count(*) AS n FROM reports r WHERE election_id = '{e}' AND ballot_box_id = 'X' \
+                 AND replaces <> coalesce((SELECT max(p.revision) FROM reports p \
+                   WHERE p.election_id = r.election_id AND p.ballot_box_id = 'X' \
+                     AND p.revision < r.revision), 0)"
+            )
+        ),
+        0
+    );
+    // Counted once: the box's differences add up to its latest votes.
+    log.mark_counted(&fresh_ids).unwrap();
+    let x_total = number(
+        &db.pool,
+        &format!(
+            "SELECT coalesce(sum(difference), 0)::bigint AS n FROM vote_log \
+             WHERE election_id = '{e}' AND ballot_box_id = 'X'"
+        ),
+    );
+    assert_eq!(x_total, latest * 10);
+    assert!(
+        latest >= i64::from(threads * (rounds - 1)),
+        "the last round recorded one"
+    );
+}
+
 #[test]
 fn payloads_are_kept_verbatim_and_the_log_names_every_party() {
     let db = Migrated::new(2);
@@ -476,10 +574,11 @@ fn one_bad_report_fails_alone_and_its_batch_mates_are_recorded() {
         .submit(&[report(&e, "BAD", "york", 1, &votes_for(1, 1))])
         .unwrap();
     assert!(matches!(first[0], election_core::Outcome::Counted(_)));
-    // A hand edit: the box now names a latest report that does not exist.
+    // A hand edit: the box's latest revision now holds negative votes.
     execute(
         &db.pool,
-        "UPDATE ballot_boxes SET latest_report_id = 999999 WHERE ballot_box_id = 'BAD'",
+        "UPDATE reports SET votes = array_fill(-1, ARRAY[cardinality(parties)]) \
+         WHERE ballot_box_id = 'BAD'",
     );
     let batch = [
         report(&e, "G1", "york", 1, &votes_for(2, 1)),

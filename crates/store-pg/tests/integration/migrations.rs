@@ -17,8 +17,9 @@ const CERTIFICATIONS: &str = "20261201000100";
 const ELECTORATE: &str = "20261201000200";
 const ID_COLLATION: &str = "20261201000300";
 const SEAL_STORAGE: &str = "20261203000000";
+const BOX_CHAIN: &str = "20261204000000";
 /// Every migration, in the order they apply.
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     INITIAL,
     DEFINITIONS,
     WRITE_PATH,
@@ -27,6 +28,7 @@ const ALL: [&str; 8] = [
     ELECTORATE,
     ID_COLLATION,
     SEAL_STORAGE,
+    BOX_CHAIN,
 ];
 
 /// The id columns (election, ballot box, city, party) of this schema's
@@ -316,5 +318,24 @@ fn the_write_path_migration_moves_recorded_reports_forward() {
             .map(|(p, d)| format!("{p} {d}"))
             .collect::<Vec<_>>(),
         ["a 1", "b 1"]
+    );
+    // The box chain: each revision names the one it replaces (0 for a
+    // box's first), the migrated ones filled from their order, and the
+    // boxes read as before through the view.
+    assert_eq!(
+        lines(
+            &pool,
+            "SELECT concat_ws(' ', id, ballot_box_id, revision, replaces) AS line FROM reports \
+             ORDER BY id"
+        ),
+        ["1 B1 1 0", "2 B1 2 1", "3 B2 1 0", "4 B1 3 2"]
+    );
+    assert_eq!(
+        lines(
+            &pool,
+            "SELECT concat_ws(' ', ballot_box_id, city, latest_revision, latest_report_id) AS line \
+             FROM ballot_boxes ORDER BY ballot_box_id"
+        ),
+        ["B1 york 3 4", "B2 york 1 3"]
     );
 }

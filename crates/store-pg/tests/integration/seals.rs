@@ -166,9 +166,9 @@ fn every_report_is_sealed_and_verify_names_each_kind_of_tampering() {
     execute(
         &db.pool,
         &format!(
-            "INSERT INTO reports (id, election_id, ballot_box_id, city, revision, payload, payload_hash, \
-             parties, votes, differences) \
-             SELECT {gap}, election_id, 'B9', city, 1, payload, payload_hash, parties, votes, differences \
+            "INSERT INTO reports (id, election_id, ballot_box_id, city, revision, replaces, payload, \
+             payload_hash, parties, votes, differences) \
+             SELECT {gap}, election_id, 'B9', city, 1, 0, payload, payload_hash, parties, votes, differences \
              FROM reports WHERE id = {}",
             ids[1]
         ),
@@ -262,9 +262,9 @@ fn a_report_still_being_recorded_holds_the_horizon_back() {
 
     // It commits, after the later one.
     diesel::sql_query(format!(
-        "INSERT INTO reports (id, election_id, ballot_box_id, city, revision, payload, payload_hash, \
-         parties, votes, differences) \
-         VALUES ({early_id}, '{e}', 'B7', 'leeds', 1, '{{\"ballot_box_id\":\"B7\",\"city\":\"leeds\",\"votes\":{{\"labour\":1}}}}', \
+        "INSERT INTO reports (id, election_id, ballot_box_id, city, revision, replaces, payload, \
+         payload_hash, parties, votes, differences) \
+         VALUES ({early_id}, '{e}', 'B7', 'leeds', 1, 0, '{{\"ballot_box_id\":\"B7\",\"city\":\"leeds\",\"votes\":{{\"labour\":1}}}}', \
          decode(repeat('ab', 32), 'hex'), ARRAY['labour'], ARRAY[1], ARRAY[1::bigint])"
     ))
     .execute(&mut late)
