@@ -1,7 +1,7 @@
 //! Which elections exist, decided before anything is spent on a request.
 //!
 //! An election exists when it is defined (`election_definitions`) or has
-//! been reported to (a `ballot_boxes` row). Every endpoint naming an election
+//! been reported to (a row in `reports`). Every endpoint naming an election
 //! answers 404 `unknown_election` for any other id, *before* the live feeds
 //! ([`crate::live`]) are asked: a made-up id therefore never takes one of
 //! their `max_elections` slots, never polls Redis, and a flood of made-up ids

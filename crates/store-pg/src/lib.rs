@@ -4,8 +4,10 @@
 //! PostgreSQL is the system of record (docs/contract.md §4): a report is committed here,
 //! with synchronous commit, before ingest says yes (I1), and every revision is
 //! kept forever for audit. The revision rules themselves live in
-//! `election_core::rules`; this crate supplies what they need (a per-box row
-//! lock, the latest revision, the same-numbered revision) and does so for a
+//! `election_core::rules`; this crate supplies what they need (each box's
+//! latest revision, the same-numbered revision, and a unique link from each
+//! revision to the one it replaces, so two batches cannot both decide a box
+//! against the same latest revision) and does so for a
 //! whole batch at once, because one transaction per batch is what makes
 //! thousands of reports per second possible on modest hardware.
 //!
