@@ -51,7 +51,7 @@ const STATEMENTS: &[(&str, &str, &str)] = &[
         "record: write reports and the pending batch",
         WRITE_FRESH,
         "'{e,e}', '{B1,B2}', '{c,c}', '{1,2}', '{0,1}', '{NULL,NULL}', '{\"{}\",\"{}\"}', \
-         ARRAY['\\x00'::bytea, '\\x01'::bytea], '{a,a}', '{1,1}', '{1,1}'",
+         ARRAY['\\x00'::bytea, '\\x01'::bytea], '{a,a}', '{1,1}', '{1,1}', '{1,2}'",
     ),
     ("mark counted (whole batches)", MARK_WHOLE, "'{1,2,3}'"),
     ("claim: pending batches", CLAIM_ROWS, "100, 1000000"),
