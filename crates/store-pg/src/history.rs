@@ -208,8 +208,8 @@ fn cities_by_votes(
 /// is deliberately no B-tree that could hand them out in order: on a table
 /// without statistics the planner took one for the write path's key lookups
 /// (see the write-path migration), so this listing reads the election's
-/// reports: measured 0.22 s at 119,000 boxes (from the box rows of before),
-/// so ~2 s at a million.
+/// reports: measured 0.82 s at a million boxes (1,050,000 reports;
+/// migrations/README.md, the box chain).
 const FIRST_REPORTS: &str = "\
 SELECT ballot_box_id, city, received_at AS first_reported_at
 FROM reports
