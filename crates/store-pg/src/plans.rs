@@ -335,7 +335,7 @@ const READS: &[(&str, &str, &str)] = &[
 /// What keeps a read of an id range from being a range read: `reports`
 /// reached otherwise than through an index scan of its primary key (a
 /// bitmap scan combines the range with the election's whole prefix of
-/// `reports_revision_key`), or a sort.
+/// the unique key on (election, box, ...), `reports_chain_key`), or a sort.
 fn range_read_problems(node: &serde_json::Value, found: &mut Vec<String>) {
     let kind = node["Node Type"].as_str().unwrap_or_default();
     let index = node["Index Name"].as_str().unwrap_or_default();

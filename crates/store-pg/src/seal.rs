@@ -250,7 +250,8 @@ FROM (SELECT id FROM reports WHERE election_id = $1 AND id > $2 ORDER BY id) AS 
 /// [`COUNT_AFTER`]: reports reach them through the primary key's id range
 /// only, whatever the statistics say. On a database never analysed (every
 /// election night) PostgreSQL read the rows by a `BitmapAnd` of that range
-/// with `reports_revision_key` scanned by its election prefix, which reads
+/// with the unique key on (election, box, ...) scanned by its election
+/// prefix (`reports_revision_key` then, `reports_chain_key` now), which reads
 /// every index entry of the election: each sealing round, once a second,
 /// cost more the more reports were recorded (measured: the sealer's
 /// backend was a third of PostgreSQL's CPU 15 s into a run at 512

@@ -27,6 +27,47 @@ fn votes_for(i: u32, revision: u32) -> Vec<(&'static str, u32)> {
     votes
 }
 
+/// Records `rounds` batches from each of `threads` threads, every round
+/// started at once by a barrier: round `round` of thread `t` is
+/// `batch(t, round)`. Returns every batch's answers, once all threads are
+/// done; fails the test naming every batch that failed.
+fn record_at_once(
+    log: &Arc<PgLog>,
+    threads: usize,
+    rounds: u32,
+    batch: impl Fn(usize, u32) -> Vec<Report> + Send + Sync + 'static,
+) -> Vec<Vec<Recorded>> {
+    let barrier = Arc::new(Barrier::new(threads));
+    let batch = Arc::new(batch);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (log, barrier, batch) = (Arc::clone(log), Arc::clone(&barrier), Arc::clone(&batch));
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                let mut failures = Vec::new();
+                for round in 0..rounds {
+                    let reports = batch(t, round);
+                    barrier.wait();
+                    // No panic here: a thread that stopped early would leave
+                    // the others waiting at the barrier forever.
+                    match log.record(&reports) {
+                        Ok(recorded) => answers.push(recorded),
+                        Err(error) => failures.push(format!("{error:#?}")),
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for handle in handles {
+        let (recorded, failures) = handle.join().unwrap();
+        assert!(failures.is_empty(), "batches failed: {failures:?}");
+        answers.extend(recorded);
+    }
+    answers
+}
+
 #[test]
 fn a_batch_beyond_the_bind_parameter_limit_is_recorded_in_one_call() {
     let db = Migrated::new(2);
@@ -128,51 +169,30 @@ fn concurrent_batches_over_overlapping_boxes_never_fail_or_double_record() {
     let boxes: Vec<(ElectionId, String)> = (0..60)
         .map(|i| (elections[i % 2].clone(), format!("B{i}")))
         .collect();
-    let threads = 8;
     let rounds = 4u32;
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let log = Arc::clone(&log);
-            let barrier = Arc::clone(&barrier);
-            let boxes = boxes.clone();
-            std::thread::spawn(move || {
-                let mut answers = Vec::new();
-                let mut failures = Vec::new();
-                for round in 0..rounds {
-                    // Every thread posts the same revision of every box, each
-                    // in its own order: rotated, and reversed for odd threads.
-                    let mut order: Vec<usize> = (0..boxes.len()).collect();
-                    order.rotate_left(t * 7 % boxes.len());
-                    if t % 2 == 1 {
-                        order.reverse();
-                    }
-                    let revision = round + 1;
-                    let batch: Vec<Report> = order
-                        .iter()
-                        .map(|&i| {
-                            let (e, b) = &boxes[i];
-                            report(e, b, "york", revision, &[("a", revision * 10 + i as u32)])
-                        })
-                        .collect();
-                    barrier.wait();
-                    // No panic here: a thread that stopped early would leave
-                    // the others waiting at the barrier forever.
-                    match log.record(&batch) {
-                        Ok(recorded) => answers.extend(recorded),
-                        Err(error) => failures.push(format!("{error:#?}")),
-                    }
-                }
-                (answers, failures)
-            })
-        })
-        .collect();
-    let mut answers: Vec<Recorded> = Vec::new();
-    for handle in handles {
-        let (recorded, failures) = handle.join().unwrap();
-        assert!(failures.is_empty(), "batches failed: {failures:?}");
-        answers.extend(recorded);
-    }
+    let answers: Vec<Recorded> = record_at_once(&log, 8, rounds, {
+        let boxes = boxes.clone();
+        move |t, round| {
+            // Every thread posts the same revision of every box, each in its
+            // own order: rotated, and reversed for odd threads.
+            let mut order: Vec<usize> = (0..boxes.len()).collect();
+            order.rotate_left(t * 7 % boxes.len());
+            if t % 2 == 1 {
+                order.reverse();
+            }
+            let revision = round + 1;
+            order
+                .iter()
+                .map(|&i| {
+                    let (e, b) = &boxes[i];
+                    report(e, b, "york", revision, &[("a", revision * 10 + i as u32)])
+                })
+                .collect()
+        }
+    })
+    .into_iter()
+    .flatten()
+    .collect();
 
     // Exactly one fresh answer per (box, revision); every other post of it
     // is a replay of that same id.
@@ -235,43 +255,28 @@ fn concurrent_new_revisions_of_one_box_form_one_chain() {
     let e = unique_election("chain");
     let threads = 6u32;
     let rounds = 12u32;
-    let barrier = Arc::new(Barrier::new(threads as usize));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let log = Arc::clone(&log);
-            let barrier = Arc::clone(&barrier);
-            let e = e.clone();
-            std::thread::spawn(move || {
-                let mut answers = Vec::new();
-                let mut failures = Vec::new();
-                for round in 0..rounds {
-                    // Each thread its own revision, all above the last round's.
-                    let revision = 1 + round * threads + t;
-                    let batch = [
-                        report(&e, "X", "york", revision, &[("a", revision * 10)]),
-                        report(&e, &format!("N{revision}"), "leeds", 1, &[("a", 1)]),
-                    ];
-                    barrier.wait();
-                    match log.record(&batch) {
-                        Ok(recorded) => answers.push(recorded.into_iter().next().unwrap()),
-                        Err(error) => failures.push(format!("{error:#?}")),
-                    }
-                }
-                (answers, failures)
-            })
-        })
-        .collect();
+    let batches = record_at_once(&log, threads as usize, rounds, {
+        let e = e.clone();
+        move |t, round| {
+            // Each thread its own revision, all above the last round's.
+            let revision = 1 + round * threads + t as u32;
+            vec![
+                report(&e, "X", "york", revision, &[("a", revision * 10)]),
+                report(&e, &format!("N{revision}"), "leeds", 1, &[("a", 1)]),
+            ]
+        }
+    });
     let mut fresh_ids = Vec::new();
-    for handle in handles {
-        let (answers, failures) = handle.join().unwrap();
-        assert!(failures.is_empty(), "batches failed: {failures:?}");
-        for answer in answers {
-            match answer {
-                Recorded::Fresh(c) => fresh_ids.push(c.report_id),
-                // Decided after a higher revision was recorded: stale.
-                Recorded::Conflict(_) => {}
-                Recorded::Replay { .. } => panic!("no revision was posted twice"),
-            }
+    // Box X's answer comes first in each batch's.
+    for answer in batches
+        .into_iter()
+        .filter_map(|batch| batch.into_iter().next())
+    {
+        match answer {
+            Recorded::Fresh(c) => fresh_ids.push(c.report_id),
+            // Decided after a higher revision was recorded: stale.
+            Recorded::Conflict(_) => {}
+            Recorded::Replay { .. } => panic!("no revision was posted twice"),
         }
     }
     let latest = number(
@@ -342,44 +347,26 @@ fn batches_over_the_same_boxes_in_opposite_orders_never_deadlock() {
         "SELECT deadlocks AS n FROM pg_stat_database WHERE datname = current_database()";
     let before = number(&db.pool, deadlocks);
     let rounds = 20u32;
-    let barrier = Arc::new(Barrier::new(2));
-    let handles: Vec<_> = (0..2)
-        .map(|t| {
-            let (log, barrier) = (Arc::clone(&log), Arc::clone(&barrier));
-            let (boxes, e) = (boxes.clone(), e.clone());
-            std::thread::spawn(move || {
-                let mut answers = Vec::new();
-                let mut failures = Vec::new();
-                for round in 0..rounds {
-                    let revision = round + 2;
-                    let mut batch: Vec<Report> = boxes
-                        .iter()
-                        .map(|b| report(&e, b, "york", revision, &[("a", revision)]))
-                        .collect();
-                    if t == 1 {
-                        batch.reverse();
-                    }
-                    // No panic here: the other thread waits at the barrier.
-                    barrier.wait();
-                    match log.record(&batch) {
-                        Ok(recorded) => answers.extend(recorded),
-                        Err(error) => failures.push(format!("{error:#?}")),
-                    }
-                }
-                (answers, failures)
-            })
-        })
-        .collect();
-    let mut fresh = 0;
-    for handle in handles {
-        let (answers, failures) = handle.join().unwrap();
-        assert!(failures.is_empty(), "batches failed: {failures:?}");
-        for answer in answers {
-            match answer {
-                Recorded::Fresh(_) => fresh += 1,
-                Recorded::Replay { .. } => {}
-                Recorded::Conflict(c) => panic!("unexpected conflict {c:?}"),
+    let batches = record_at_once(&log, 2, rounds, {
+        let (boxes, e) = (boxes.clone(), e.clone());
+        move |t, round| {
+            let revision = round + 2;
+            let mut batch: Vec<Report> = boxes
+                .iter()
+                .map(|b| report(&e, b, "york", revision, &[("a", revision)]))
+                .collect();
+            if t == 1 {
+                batch.reverse();
             }
+            batch
+        }
+    });
+    let mut fresh = 0;
+    for answer in batches.into_iter().flatten() {
+        match answer {
+            Recorded::Fresh(_) => fresh += 1,
+            Recorded::Replay { .. } => {}
+            Recorded::Conflict(c) => panic!("unexpected conflict {c:?}"),
         }
     }
     assert_eq!(fresh, boxes.len() * rounds as usize);
