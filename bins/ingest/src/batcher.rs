@@ -23,7 +23,8 @@
 //! back as soon as the transaction is over, and the next batch is formed
 //! and recorded while this one is counted.
 //!
-//! The share: what is waiting is split evenly among the batches that may
+//! The share: what is waiting, counted in reports (a bulk request's job
+//! counts as its reports), is split evenly among the batches that may
 //! start recording now (this one and the free recording permits), but no
 //! batch is made smaller than [`MIN_SHARE`] (each batch has a fixed cost)
 //! or larger than `batch_size`. Clients that post again as soon as they are answered move
@@ -39,6 +40,7 @@
 //! was recorded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use election_core::{Engine, Outcome, Phases, Report, StoreError};
@@ -127,6 +129,35 @@ impl Reply {
 #[derive(Clone)]
 pub struct Batcher {
     jobs: mpsc::Sender<Job>,
+    queued: Arc<Queued>,
+}
+
+/// Reports queued and not yet taken into a batch. The channel counts jobs,
+/// and a bulk job holds up to a thousand reports: the share must count
+/// reports, or a queue of bulk jobs looks like a few reports and every batch
+/// is one job (measured in bulk: batches of 100 where the share allowed 256).
+/// Counted when a job is queued and when a batch takes it; read only to size
+/// the next batch, so a count a job ahead or behind changes nothing.
+#[derive(Default)]
+struct Queued(AtomicUsize);
+
+impl Queued {
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn take(&self, n: usize) {
+        // Never below zero: every job is added before it is sent.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// The batcher's task; await it after the last [`Batcher`] is dropped to be
@@ -150,15 +181,16 @@ impl Batcher {
         metrics: Arc<Registry>,
     ) -> (Batcher, BatcherTask) {
         let (jobs, queue) = mpsc::channel(config.queue.max(1));
-        let task = tokio::spawn(run(queue, engine, config, metrics));
-        (Batcher { jobs }, BatcherTask(task))
+        let queued = Arc::new(Queued::default());
+        let task = tokio::spawn(run(queue, Arc::clone(&queued), engine, config, metrics));
+        (Batcher { jobs, queued }, BatcherTask(task))
     }
 
     /// Queues a report and waits for its answer. `None` when the batcher has
     /// stopped (the service is shutting down).
     pub async fn submit(&self, report: Report) -> Option<Answer> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job::One { report, reply }).await.ok()?;
+        self.send(Job::One { report, reply }).await?;
         answer.await.ok()
     }
 
@@ -170,8 +202,20 @@ impl Batcher {
             return Some(Vec::new());
         }
         let (reply, answers) = oneshot::channel();
-        self.jobs.send(Job::Many { reports, reply }).await.ok()?;
+        self.send(Job::Many { reports, reply }).await?;
         answers.await.ok()
+    }
+
+    /// Queues a job, counting its reports. `None` when the batcher has
+    /// stopped.
+    async fn send(&self, job: Job) -> Option<()> {
+        let n = job.len();
+        self.queued.add(n);
+        if self.jobs.send(job).await.is_err() {
+            self.queued.take(n);
+            return None;
+        }
+        Some(())
     }
 }
 
@@ -181,7 +225,8 @@ impl Batcher {
 pub const MIN_SHARE: usize = 16;
 
 /// How many reports the next batch takes, with `waiting` reports queued
-/// behind the one it already has and `free` other batches able to start.
+/// besides the one it starts with (the rest of its first job's included)
+/// and `free` other batches able to start.
 fn share(waiting: usize, free: usize, batch_size: usize) -> usize {
     (waiting + 1)
         .div_ceil(free + 1)
@@ -192,6 +237,7 @@ fn share(waiting: usize, free: usize, batch_size: usize) -> usize {
 
 async fn run(
     mut queue: mpsc::Receiver<Job>,
+    queued: Arc<Queued>,
     engine: Engine,
     config: BatchConfig,
     metrics: Arc<Registry>,
@@ -223,8 +269,11 @@ async fn run(
         let Some(first) = queue.recv().await else {
             break;
         };
-        let share = share(queue.len(), recording.available_permits(), batch_size);
-        let (jobs, size) = gather(first, &mut queue, share, config.linger).await;
+        queued.take(first.len());
+        // The reports waiting besides the first one the batch holds.
+        let waiting = queued.get() + first.len() - 1;
+        let share = share(waiting, recording.available_permits(), batch_size);
+        let (jobs, size) = gather(first, &mut queue, &queued, share, config.linger).await;
         let engine = engine.clone();
         let (sizes, durations, phases) = (sizes.clone(), durations.clone(), phases.clone());
         let deferrals = Arc::clone(&deferrals);
@@ -311,6 +360,7 @@ impl PhaseHistograms {
 async fn gather(
     first: Job,
     queue: &mut mpsc::Receiver<Job>,
+    queued: &Queued,
     share: usize,
     linger: Duration,
 ) -> (Vec<Job>, usize) {
@@ -320,6 +370,7 @@ async fn gather(
     while size < share {
         match queue.try_recv() {
             Ok(job) => {
+                queued.take(job.len());
                 size += job.len();
                 jobs.push(job);
             }
@@ -331,6 +382,7 @@ async fn gather(
         while size < share {
             match tokio::time::timeout_at(deadline, queue.recv()).await {
                 Ok(Some(job)) => {
+                    queued.take(job.len());
                     size += job.len();
                     jobs.push(job);
                 }
@@ -444,7 +496,6 @@ mod tests {
     use super::*;
 
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use election_core::memory::{MemoryLog, MemoryTally};
     use election_core::store::{Claim, Counting, LogAudit, PendingStats, Recorded, ReportLog};
@@ -477,6 +528,8 @@ mod tests {
         /// Counting (its last step, the counted mark) waits while this
         /// holds `true`.
         held: Mutex<bool>,
+        /// The size of every batch recorded, in order.
+        sizes: Mutex<Vec<usize>>,
     }
 
     impl Steps {
@@ -494,6 +547,7 @@ mod tests {
         fn record(&self, reports: &[Report]) -> Result<Vec<Recorded>, StoreError> {
             Steps::enter(&self.1.recording, &self.1.most_recording);
             Steps::enter(&self.1.under_way, &self.1.most_under_way);
+            self.1.sizes.lock().unwrap().push(reports.len());
             std::thread::sleep(Duration::from_millis(20));
             let recorded = self.0.record(reports);
             self.1.recording.fetch_sub(1, Ordering::SeqCst);
@@ -579,6 +633,73 @@ mod tests {
         }
         assert_eq!(steps.most_under_way.load(Ordering::SeqCst), 4);
         assert_eq!(steps.most_recording.load(Ordering::SeqCst), 2);
+        drop(batcher);
+        task.finish().await;
+    }
+
+    fn report(election: &ElectionId, ballot_box: &str) -> Report {
+        let body = format!(r#"{{"ballot_box_id":"{ballot_box}","city":"c","votes":{{"a":1}}}}"#);
+        Report::from_json(election, body.as_bytes()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_jobs_that_wait_are_counted_in_reports_when_batches_are_formed() {
+        let steps = Arc::new(Steps::default());
+        *steps.held.lock().unwrap() = true;
+        let engine = Engine::new(
+            Arc::new(SlowLog(MemoryLog::new(), Arc::clone(&steps))),
+            Arc::new(MemoryTally::new()),
+        );
+        let config = BatchConfig {
+            batch_size: 256,
+            linger: Duration::ZERO,
+            max_in_flight: 1,
+            max_recording: 1,
+            queue: 64,
+        };
+        let (batcher, task) = Batcher::start(engine, config, Arc::new(Registry::default()));
+        let election = ElectionId::parse("e").unwrap();
+        // A lone report takes the only permit and holds it (counting held).
+        let lone = {
+            let (batcher, report) = (batcher.clone(), report(&election, "lone"));
+            tokio::spawn(async move { batcher.submit(report).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while steps.sizes.lock().unwrap().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Six bulk requests of 100 queue behind it.
+        let mut bulk = Vec::new();
+        for job in 0..6 {
+            let reports = (0..100)
+                .map(|i| report(&election, &format!("J{job}-{i}")))
+                .collect();
+            let batcher = batcher.clone();
+            bulk.push(tokio::spawn(
+                async move { batcher.submit_all(reports).await },
+            ));
+        }
+        while batcher.queued.get() < 600 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let queued = batcher.queued.get();
+        *steps.held.lock().unwrap() = false;
+        assert_eq!(queued, 600, "reports queued behind the lone one");
+        // 600 reports wait and one batch may start: its share is the batch
+        // size, 256, so it takes whole jobs until it has at least that.
+        // Counted in jobs (six), the share was the minimum and every batch
+        // one job of 100.
+        assert!(matches!(
+            lone.await.unwrap().expect("answered"),
+            Ok(Outcome::Counted(_))
+        ));
+        for answers in bulk {
+            let answers = answers.await.unwrap().expect("answered");
+            assert_eq!(answers.len(), 100);
+            assert!(answers.iter().all(|a| matches!(a, Ok(Outcome::Counted(_)))));
+        }
+        assert_eq!(*steps.sizes.lock().unwrap(), vec![1, 300, 300]);
+        assert_eq!(batcher.queued.get(), 0, "every queued report taken");
         drop(batcher);
         task.finish().await;
     }
