@@ -138,7 +138,7 @@ pub struct Serve {
     /// never split, so a batch may exceed it by less than one request).
     /// 512: bulk requests of 100 ran 6–10 % faster than at 256, single
     /// reports at 512 connections the same (docs/benchmarks.md, "Bulk
-    /// batches counted in reports").
+    /// batches sized in reports").
     #[arg(long, env = "BATCH_SIZE", default_value_t = 512)]
     pub batch_size: usize,
     /// Longest wait for more reports to join a batch.

@@ -161,6 +161,28 @@ fn a_batch_beyond_the_bind_parameter_limit_is_recorded_in_one_call() {
 }
 
 #[test]
+fn a_large_batchs_pending_row_is_stored_uncompressed() {
+    let db = Migrated::new(1);
+    let log = PgLog::new(db.pool.clone());
+    let e = unique_election("inline");
+    // 600 reports: ids of 4.8 KB, over the ~2 KB beyond which PostgreSQL
+    // compresses a row by default.
+    let batch: Vec<Report> = (0..600)
+        .map(|i| report(&e, &format!("B{i}"), "c", 1, &votes_for(i, 1)))
+        .collect();
+    log.record(&batch).unwrap();
+    assert_eq!(
+        lines(
+            &db.pool,
+            "SELECT cardinality(report_ids) || ' ' || coalesce(pg_column_compression(report_ids), 'plain') AS line \
+             FROM pending_batches"
+        ),
+        vec!["600 plain".to_owned()],
+        "the batch's pending row: its ids, stored uncompressed"
+    );
+}
+
+#[test]
 fn concurrent_batches_over_overlapping_boxes_never_fail_or_double_record() {
     let db = Migrated::new(8);
     let log = Arc::new(PgLog::new(db.pool.clone()));

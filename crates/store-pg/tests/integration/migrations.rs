@@ -18,8 +18,9 @@ const ELECTORATE: &str = "20261201000200";
 const ID_COLLATION: &str = "20261201000300";
 const SEAL_STORAGE: &str = "20261203000000";
 const BOX_CHAIN: &str = "20261204000000";
+const PENDING_UNCOMPRESSED: &str = "20261204000100";
 /// Every migration, in the order they apply.
-const ALL: [&str; 9] = [
+const ALL: [&str; 10] = [
     INITIAL,
     DEFINITIONS,
     WRITE_PATH,
@@ -29,6 +30,7 @@ const ALL: [&str; 9] = [
     ID_COLLATION,
     SEAL_STORAGE,
     BOX_CHAIN,
+    PENDING_UNCOMPRESSED,
 ];
 
 /// The id columns (election, ballot box, city, party) of this schema's

@@ -1,0 +1,1 @@
+ALTER TABLE pending_batches RESET (toast_tuple_target);

@@ -1,0 +1,11 @@
+-- A batch's pending row is written when the batch is recorded and deleted
+-- milliseconds later, once it is counted. Its `report_ids` array is 8 bytes
+-- a report, so a batch of more than ~250 reports (bulk requests; batches may
+-- hold 512 and more) made the row longer than PostgreSQL's default
+-- `toast_tuple_target` (~2 KB), and every such row was compressed with pglz
+-- on its way in: CPU spent on a row that is read at most once, by the
+-- reprocessor after a crash. 8160 (the largest allowed) keeps a batch of up
+-- to ~1,000 reports inline and uncompressed (docs/benchmarks.md, "A batch's
+-- pending row uncompressed"). A storage parameter only: no rewrite, no lock
+-- beyond a brief one on the table's definition.
+ALTER TABLE pending_batches SET (toast_tuple_target = 8160);
