@@ -147,7 +147,7 @@ impl Queued {
     }
 
     fn take(&self, n: usize) {
-        // Never below zero: every job is added before it is sent.
+        // Never below zero: every job is counted before it is sent.
         let _ = self
             .0
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
@@ -207,14 +207,13 @@ impl Batcher {
     }
 
     /// Queues a job, counting its reports. `None` when the batcher has
-    /// stopped.
+    /// stopped. The slot is reserved first and the count added only with
+    /// the job in hand, so a handler dropped while it waits for room (its
+    /// client went away) leaves no count behind.
     async fn send(&self, job: Job) -> Option<()> {
-        let n = job.len();
-        self.queued.add(n);
-        if self.jobs.send(job).await.is_err() {
-            self.queued.take(n);
-            return None;
-        }
+        let slot = self.jobs.reserve().await.ok()?;
+        self.queued.add(job.len());
+        slot.send(job);
         Some(())
     }
 }
