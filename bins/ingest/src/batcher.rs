@@ -584,8 +584,13 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_are_recorded_while_others_are_counted_two_at_a_time() {
+    /// A batcher over a [`SlowLog`] whose counting starts held, with no
+    /// linger and a queue of 64 jobs.
+    fn held_batcher(
+        batch_size: usize,
+        max_in_flight: usize,
+        max_recording: usize,
+    ) -> (Arc<Steps>, Batcher, BatcherTask) {
         let steps = Arc::new(Steps::default());
         *steps.held.lock().unwrap() = true;
         let engine = Engine::new(
@@ -593,18 +598,23 @@ mod tests {
             Arc::new(MemoryTally::new()),
         );
         let config = BatchConfig {
-            batch_size: 1,
+            batch_size,
             linger: Duration::ZERO,
-            max_in_flight: 4,
-            max_recording: 2,
+            max_in_flight,
+            max_recording,
             queue: 64,
         };
         let (batcher, task) = Batcher::start(engine, config, Arc::new(Registry::default()));
+        (steps, batcher, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_are_recorded_while_others_are_counted_two_at_a_time() {
+        let (steps, batcher, task) = held_batcher(1, 4, 2);
         let election = ElectionId::parse("e").unwrap();
         let mut answers = Vec::new();
         for i in 0..8 {
-            let body = format!(r#"{{"ballot_box_id":"B{i}","city":"c","votes":{{"a":1}}}}"#);
-            let report = Report::from_json(&election, body.as_bytes()).unwrap();
+            let report = report(&election, &format!("B{i}"));
             let batcher = batcher.clone();
             answers.push(tokio::spawn(async move { batcher.submit(report).await }));
         }
@@ -643,20 +653,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bulk_jobs_that_wait_are_counted_in_reports_when_batches_are_formed() {
-        let steps = Arc::new(Steps::default());
-        *steps.held.lock().unwrap() = true;
-        let engine = Engine::new(
-            Arc::new(SlowLog(MemoryLog::new(), Arc::clone(&steps))),
-            Arc::new(MemoryTally::new()),
-        );
-        let config = BatchConfig {
-            batch_size: 256,
-            linger: Duration::ZERO,
-            max_in_flight: 1,
-            max_recording: 1,
-            queue: 64,
-        };
-        let (batcher, task) = Batcher::start(engine, config, Arc::new(Registry::default()));
+        let (steps, batcher, task) = held_batcher(256, 1, 1);
         let election = ElectionId::parse("e").unwrap();
         // A lone report takes the only permit and holds it (counting held).
         let lone = {
