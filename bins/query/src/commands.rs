@@ -78,6 +78,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         history.url = %args.history_database_url.as_deref().map_or_else(|| "(DATABASE_URL)".to_owned(), redact),
         redis.url = %redact(&shared.redis.redis_url),
         snapshot.interval = ?args.snapshot_interval,
+        runtime.workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "election-query serving; dashboard at http://{}/",
         serving.local_addr()?
     );

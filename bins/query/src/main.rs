@@ -10,7 +10,9 @@ fn main() {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    if let Err(error) = election_wiring::block_on(commands::serve(*serve)) {
+    if let Err(error) =
+        election_wiring::block_on_with(Some(serve.worker_threads()), commands::serve(*serve))
+    {
         election_http::telemetry::exit_on_error("election-query", &error, 1);
     }
 }

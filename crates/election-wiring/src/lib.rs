@@ -38,7 +38,7 @@ use store_redis::RedisTally;
 
 pub use args::Cli;
 pub use serving::{Serving, Shutdown, stop_flag};
-pub use start::{block_on, command, start};
+pub use start::{block_on, block_on_with, command, start};
 
 /// The service's metrics registry, with `redis_evicting_policy` computed at
 /// scrape time from `redis`'s last checks of its nodes' `maxmemory-policy`

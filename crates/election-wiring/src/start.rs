@@ -41,9 +41,23 @@ pub fn start<S: Service, C: Subcommand>(about: &'static str) -> (C, Vec<String>)
 }
 
 /// Runs `future` to completion on a multi-threaded runtime of its own (a
-/// command's whole life: a service serving, a drain).
+/// command's whole life: a service serving, a drain), with tokio's number
+/// of worker threads (one per core, or `TOKIO_WORKER_THREADS`).
 pub fn block_on<T>(future: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_multi_thread()
+    block_on_with(None, future)
+}
+
+/// [`block_on`] with `workers` worker threads when given (a service's own
+/// setting, such as query's `QUERY_WORKER_THREADS`).
+pub fn block_on_with<T>(
+    workers: Option<usize>,
+    future: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")?

@@ -406,6 +406,62 @@ async fn metrics_carry_build_info() {
     child.wait().unwrap();
 }
 
+/// `QUERY_WORKER_THREADS` sets how many threads answer HTTP; without it,
+/// half the cores the process may use, at least one (`cli.rs`,
+/// `default_worker_threads`). The count is the start-up line's
+/// `runtime.workers`, which is tokio's own count of the runtime's workers
+/// (its blocking threads carry the same thread name, so `/proc` cannot
+/// tell them apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_worker_threads_sets_the_runtimes_workers() {
+    let (schema, _pool) = migrated_schema();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    for (setting, expected) in [
+        (Some("3"), 3),
+        (None, election_query::cli::default_worker_threads(cores)),
+    ] {
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut command = query(&schema, &["serve"]);
+        command
+            .env("QUERY_LISTEN_ADDR", &address)
+            .env("LOG_FORMAT", "json")
+            .env_remove("QUERY_WORKER_THREADS");
+        if let Some(setting) = setting {
+            command.env("QUERY_WORKER_THREADS", setting);
+        }
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_listening(&address, &mut child);
+        send_signal(child.id(), "TERM");
+        let output = child.wait_with_output().unwrap();
+        let stderr = text(&output.stderr);
+        let lines = election_test_support::logs::json_lines(&stderr);
+        let serving = lines
+            .iter()
+            .find(|line| {
+                line["message"]
+                    .as_str()
+                    .is_some_and(|message| message.starts_with("election-query serving"))
+            })
+            .unwrap_or_else(|| panic!("no start-up line: {stderr}"));
+        assert_eq!(
+            serving["runtime.workers"], expected,
+            "QUERY_WORKER_THREADS={setting:?}: {stderr}"
+        );
+    }
+    // 0 is refused at start-up, naming the setting.
+    let output = query(&schema, &["serve"])
+        .env("QUERY_WORKER_THREADS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
+}
+
 /// With `HISTORY_DATABASE_URL`, history (here the CSV export) is read from
 /// that database, a stand-in for a replica, while the list of elections
 /// still comes from `DATABASE_URL` and live totals from Redis.
