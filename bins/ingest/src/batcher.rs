@@ -61,7 +61,11 @@ pub struct BatchConfig {
     /// Most of them in their recording transaction at once (at most
     /// `max_in_flight`).
     pub max_recording: usize,
-    /// Most reports waiting for a batch; beyond, requests wait to queue.
+    /// Most jobs waiting for a batch (a job is one report, or a bulk
+    /// request's reports: up to a thousand); beyond, requests wait to
+    /// queue. Counted in jobs, not reports: a waiting request holds its
+    /// parsed reports whether it is in the queue or waiting for room in it,
+    /// so a bound in reports here would not bound ingest's memory.
     pub queue: usize,
 }
 
