@@ -35,9 +35,9 @@
 //! permit until it was counted; since the recording permit is handed back
 //! after the transaction (below), one recording permit (the default) takes
 //! everything waiting into each batch and the next is recorded while this
-//! one is counted: at 64 connections as many reports a second as two
-//! permits, for 11–20 % less of the machine's CPU per report
-//! (docs/benchmarks.md, "One recording transaction at a time").
+//! one is counted, with as many reports a second as two permits for less
+//! CPU per report (docs/benchmarks.md, "One recording transaction at a
+//! time").
 //!
 //! Each report still gets its own answer: the engine answers per report, and
 //! one conflicting report never fails its neighbours. Only a failure of the

@@ -13,7 +13,10 @@ use crate::batcher::BatchConfig;
 
 /// Settings for an ingest in a test: small batches with a short linger, and
 /// no caching of tokens or definitions, so a revocation or a definition a
-/// test loads applies at once.
+/// test loads applies at once. Two batches may record at once, not the
+/// shipped one (`MAX_RECORDING`): the in-process tests then also meet two
+/// transactions racing for one box's chain, while the process and e2e
+/// tests run the binaries with their defaults.
 pub fn settings() -> Settings {
     Settings {
         batch: BatchConfig {
