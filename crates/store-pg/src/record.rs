@@ -61,9 +61,11 @@
 //! unique key `reports_chain_key` (election, box, replaces) lets only one
 //! report replace a given revision. Two concurrent batches that decided one
 //! box against the same latest revision insert the same key: the second
-//! waits for the first, fails on the key, and the whole transaction is
-//! retried (`error::is_chain_race`, in `crate::log`), now reading the new
-//! latest revision. So each box's revisions form one chain, each above the
+//! waits for the first, fails on the key once the first commits, and the
+//! whole transaction is retried at once (`error::is_chain_race`, in
+//! `crate::log`, where such losses have a budget of their own: each is
+//! another batch's progress, not a fault), now reading the new latest
+//! revision. So each box's revisions form one chain, each above the
 //! one it replaces, whose last link (the highest `replaces`) is the box's
 //! latest revision: statement 1 reads it by one backward step of that
 //! index. A retry costs one batch, and happens only when two batches race

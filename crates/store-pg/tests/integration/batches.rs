@@ -3,15 +3,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use election_core::contract::{self, report, unique_election};
 use election_core::memory::MemoryLog;
 use election_core::{
     BallotBoxId, Claim, Difference, ElectionId, Recorded, Report, ReportId, ReportLog, Revision,
 };
+use election_test_support::process::wait_until;
 use store_pg::PgLog;
 
-use crate::support::{Migrated, execute, fresh, lines, number};
+use crate::support::{Migrated, execute, execute_on, fresh, lines, number, number_on};
 
 fn votes_for(i: u32, revision: u32) -> Vec<(&'static str, u32)> {
     // Later revisions drop party "e" and move the others.
@@ -347,6 +349,83 @@ fn concurrent_new_revisions_of_one_box_form_one_chain() {
     );
 }
 
+/// A batch that loses the race for its box again and again still records.
+/// PostgreSQL raises the chain key's violation only once the other holder of
+/// the key has committed, so every loss is another revision of the box
+/// recorded first: progress, not a fault, and the losses have a budget of
+/// their own. Here the test holds `LOSSES` transactions open, each with the
+/// next link of box X's chain (revision k + 1 replacing k), and commits
+/// them one by one, each once the batch waits on it: the batch decides
+/// against the latest committed link, waits on the open transaction with
+/// the same key, loses, and decides again. Counted against the five
+/// attempts allowed for deadlocks, as they once were, it failed.
+#[test]
+fn a_batch_that_loses_its_boxs_race_again_and_again_still_records() {
+    const LOSSES: i32 = 8;
+    let db = Migrated::new(LOSSES as u32 + 2);
+    let log = Arc::new(PgLog::new(db.pool.clone()));
+    let e = unique_election("losses");
+    log.record(&[report(&e, "X", "york", 1, &[("a", 1)])])
+        .unwrap();
+    let held: Vec<_> = (1..=LOSSES)
+        .map(|k| {
+            let mut conn = db.pool.get().expect("a connection");
+            execute_on(&mut conn, "BEGIN");
+            execute_on(
+                &mut conn,
+                &format!(
+                    "INSERT INTO reports (id, election_id, ballot_box_id, city, revision, reason, \
+                       payload, payload_hash, received_at, parties, votes, differences, replaces) \
+                     VALUES (nextval('reports_id_seq'), '{e}', 'X', 'york', {}, 'held', '{{}}', \
+                       sha256(''), now(), '{{a}}', '{{1}}', '{{0}}', {k})",
+                    k + 1
+                ),
+            );
+            let pid = number_on(&mut conn, "SELECT pg_backend_pid()::bigint AS n");
+            (conn, pid)
+        })
+        .collect();
+    let batch = std::thread::spawn({
+        let (log, e) = (Arc::clone(&log), e.clone());
+        move || log.record(&[report(&e, "X", "york", 100, &[("a", 100)])])
+    });
+    for (mut conn, pid) in held {
+        // A batch that gave up waits on nothing: its error is the answer.
+        wait_until(
+            &format!("the batch waiting on the transaction of backend {pid}, or done"),
+            Duration::from_secs(30),
+            || {
+                batch.is_finished()
+                    || number(
+                        &db.pool,
+                        &format!(
+                            "SELECT count(*) AS n FROM pg_stat_activity \
+                             WHERE {pid} = ANY(pg_blocking_pids(pid))"
+                        ),
+                    ) == 1
+            },
+        );
+        execute_on(&mut conn, "COMMIT");
+    }
+    let answers = batch
+        .join()
+        .unwrap()
+        .expect("recorded after losing every race");
+    let recorded = fresh(&answers[0]);
+    assert_eq!(recorded.revision, Revision::new(100).unwrap());
+    assert_eq!(
+        number(
+            &db.pool,
+            &format!(
+                "SELECT replaces::bigint AS n FROM reports WHERE id = {}",
+                recorded.report_id.0
+            )
+        ),
+        i64::from(LOSSES + 1),
+        "it replaces the last link committed before it"
+    );
+}
+
 /// Two batches posting the same new revisions of the same existing boxes in
 /// opposite orders, twenty rounds at once: every revision is recorded once
 /// (one batch's post fresh, the other's a replay) and the server detects no
@@ -545,8 +624,8 @@ fn answers_agree_with_the_in_memory_log() {
     // Claims hand out the same differences as `record` did.
     let claim = Claim {
         limit: 100,
-        pending_for: std::time::Duration::ZERO,
-        lease: std::time::Duration::from_secs(60),
+        pending_for: Duration::ZERO,
+        lease: Duration::from_secs(60),
     };
     let claimed: Vec<_> = pg.claim_pending(&claim).unwrap();
     let from_memory: Vec<_> = memory.claim_pending(&claim).unwrap();
@@ -577,8 +656,8 @@ fn releases_keep_the_error_and_claims_count_attempts() {
     let id = fresh(&log.record(&contract::seed_reports(&e)[..1]).unwrap()[0]).report_id;
     let claim = Claim {
         limit: 10,
-        pending_for: std::time::Duration::ZERO,
-        lease: std::time::Duration::from_secs(60),
+        pending_for: Duration::ZERO,
+        lease: Duration::from_secs(60),
     };
     assert_eq!(log.claim_pending(&claim).unwrap().len(), 1);
     log.release(&[id], "redis is unavailable").unwrap();
@@ -734,8 +813,8 @@ fn an_unreadable_pending_report_is_quarantined_not_released_forever() {
     );
     let claim = Claim {
         limit: 10,
-        pending_for: std::time::Duration::ZERO,
-        lease: std::time::Duration::from_millis(1),
+        pending_for: Duration::ZERO,
+        lease: Duration::from_millis(1),
     };
     let claimed = log.claim_pending(&claim).unwrap();
     assert_eq!(
@@ -753,7 +832,7 @@ fn an_unreadable_pending_report_is_quarantined_not_released_forever() {
     );
     assert!(why[0].contains("quarantined: report"), "{why:?}");
     // Leases run out; the quarantined one is never handed out again.
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(20));
     let again = log.claim_pending(&claim).unwrap();
     assert_eq!(
         again.iter().map(|c| c.report_id).collect::<Vec<_>>(),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use diesel::{QueryableByName, RunQueryDsl, sql_types};
+use diesel::{PgConnection, QueryableByName, RunQueryDsl, sql_types};
 use election_core::{
     Claim, Counting, ElectionId, LogAudit, PendingStats, Recorded, Report, ReportId, ReportLog,
     StoreError, Totals,
@@ -102,9 +102,13 @@ struct Number {
 
 /// Runs a query returning one `bigint` column named `n`.
 pub fn number(pool: &PgPool, sql: &str) -> i64 {
-    let mut conn = pool.get().expect("a connection");
+    number_on(&mut pool.get().expect("a connection"), sql)
+}
+
+/// [`number`] on a connection the test holds (inside its transaction).
+pub fn number_on(conn: &mut PgConnection, sql: &str) -> i64 {
     let rows: Vec<Number> = diesel::sql_query(sql)
-        .load(&mut conn)
+        .load(conn)
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     rows[0].n
 }
@@ -126,9 +130,13 @@ pub fn lines(pool: &PgPool, sql: &str) -> Vec<String> {
 
 /// Runs a statement.
 pub fn execute(pool: &PgPool, sql: &str) {
-    let mut conn = pool.get().expect("a connection");
+    execute_on(&mut pool.get().expect("a connection"), sql);
+}
+
+/// [`execute`] on a connection the test holds (a transaction it opened).
+pub fn execute_on(conn: &mut PgConnection, sql: &str) {
     diesel::sql_query(sql)
-        .execute(&mut conn)
+        .execute(conn)
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
