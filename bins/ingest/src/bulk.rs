@@ -192,7 +192,7 @@ async fn handle(
     body: Body,
 ) -> Result<BatchAnswer, ApiError> {
     let caller = admit(state, election, client, headers).await?;
-    let body = read_body(headers, body, state.body_timeout, MAX_BATCH_BYTES).await?;
+    let body = read_body(state, headers, body, MAX_BATCH_BYTES).await?;
     let wire = parse_wire(&body)?;
     // `admit` took one report's allowance; the batch costs one per item.
     if wire.reports.len() > 1 {

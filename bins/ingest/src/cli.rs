@@ -19,6 +19,7 @@
 //! | `DEFINITION_CACHE_TTL` | `--definition-cache-ttl` | `5s` |
 //! | `HTTP_HEADER_TIMEOUT` | `--header-timeout` | `10s` (a request's headers must arrive within it, or the connection is closed) |
 //! | `INGEST_BODY_TIMEOUT` | `--body-timeout` | `10s` (a report's body must arrive within it, or 408) |
+//! | `INGEST_BODIES_IN_FLIGHT_MIB` | `--bodies-in-flight-mib` | 256 (MiB of request bodies held at once over every connection, each request its `Content-Length` until answered; beyond it 503 `overloaded`; at least 4) |
 //! | `INGEST_TOKEN_RATE` | `--token-rate` | 0 (reports per second per token; 0: no limit) |
 //! | `INGEST_TOKEN_BURST` | `--token-burst` | 0 (reports at once per token; 0: the rate, rounded up) |
 //! | `INGEST_AUTH_FAILURE_RATE` | `--auth-failure-rate` | 1 (failed authentications per second per client address, then 429 without a database lookup; 0: no limit) |
@@ -54,6 +55,11 @@ use election_wiring::service::Ingest;
 /// election-ingest: the reporting API of the election counting system
 /// (named and described at start-up, `election_wiring::start`).
 pub type Cli = election_wiring::Cli<Command>;
+
+/// The default of `--bodies-in-flight-mib`: 256 MiB, 64 bulk bodies of the
+/// largest size or ~4,000 single reports of the largest, while a report
+/// is ~200 bytes; what ingest holds for them, parsed, is a few times that.
+pub const DEFAULT_BODIES_IN_FLIGHT_MIB: u32 = 256;
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
@@ -171,6 +177,14 @@ pub struct Serve {
     /// headers have; past it the answer is 408 and nothing is recorded.
     #[arg(long, env = "INGEST_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
+    /// MiB of request bodies held at once, over every connection: each
+    /// request reserves its `Content-Length` (or, sent without one, the
+    /// largest body its endpoint takes) until it is answered; a request
+    /// beyond it is answered 503 `overloaded` with Retry-After. Bounds the
+    /// memory that many connections with large bulk bodies can take; at
+    /// least 4 (the largest bulk body).
+    #[arg(long, env = "INGEST_BODIES_IN_FLIGHT_MIB", default_value_t = DEFAULT_BODIES_IN_FLIGHT_MIB)]
+    pub bodies_in_flight_mib: u32,
     /// Reports per second each token may post on average (fractions allowed);
     /// beyond it, 429 with Retry-After. 0: no limit (the default: one
     /// election-wide token may serve a whole gateway).

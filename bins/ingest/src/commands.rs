@@ -99,6 +99,13 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
     if args.body_timeout.is_zero() {
         bail!("--body-timeout (INGEST_BODY_TIMEOUT) must be more than 0");
     }
+    let largest_body = crate::bulk::MAX_BATCH_BYTES.div_ceil(1 << 20);
+    if (args.bodies_in_flight_mib as usize) < largest_body {
+        bail!(
+            "--bodies-in-flight-mib (INGEST_BODIES_IN_FLIGHT_MIB) must be at least {largest_body}, \
+             the largest bulk body, or no bulk request could ever be read"
+        );
+    }
     if args.max_in_flight == 0 || args.max_recording == 0 {
         bail!(
             "--max-in-flight (MAX_IN_FLIGHT) and --max-recording (MAX_RECORDING) must be more than 0"
@@ -127,6 +134,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
         batch.linger = ?args.batch_linger,
         http.header_timeout = ?args.header_timeout,
         http.body_timeout = ?args.body_timeout,
+        http.bodies_in_flight_mib = args.bodies_in_flight_mib,
         rate_limit.per_second = rate_limit.map_or(0.0, |limit| limit.per_second),
         rate_limit.burst = rate_limit.map_or(0, |limit| limit.burst),
         trusted_proxies = %args.trusted_proxies,
@@ -156,6 +164,7 @@ pub async fn serve(args: Serve) -> anyhow::Result<()> {
             header_read_timeout: args.header_timeout,
         },
         body_timeout: args.body_timeout,
+        bodies_in_flight: (args.bodies_in_flight_mib as usize) << 20,
         rate_limit,
         cors_origins: CorsOrigins::parse(&args.cors_allowed_origins)
             .map_err(|why| anyhow::anyhow!("--cors-allowed-origins: {why}"))?,

@@ -34,7 +34,7 @@ use crate::definitions::DefinitionCache;
 use crate::failed_auth::FailedAuth;
 use crate::limit::{RateLimit, RateLimiter};
 use crate::redis_watch::RedisWatch;
-use crate::service::{AppState, RequestMetrics, router};
+use crate::service::{AppState, Bodies, RequestMetrics, router};
 use election_core::DefinitionLookup;
 
 /// The stores the service runs on.
@@ -69,6 +69,10 @@ pub struct Settings {
     /// Longest time a report's body may take to arrive once its headers
     /// have; past it the answer is 408 and nothing is recorded.
     pub body_timeout: Duration,
+    /// Bytes of request bodies held at once over every connection; a
+    /// request beyond them is answered `503 overloaded` (see
+    /// `service::Bodies`).
+    pub bodies_in_flight: usize,
     /// The per-token rate limit (`None`: no limit).
     pub rate_limit: Option<RateLimit>,
     /// Origins whose browser pages may post (none by default).
@@ -97,6 +101,15 @@ pub async fn run(serving: Serving, services: Services, settings: Settings) -> an
         );
         tokio::spawn(Arc::clone(&redis_watch).run(redis, watch_stopping));
     }
+    let bodies = Bodies::new(settings.bodies_in_flight);
+    {
+        let bodies = bodies.clone();
+        metrics.gauge_fn(
+            "ingest_body_bytes_held",
+            "Bytes of request bodies reserved by the requests in flight (limit: INGEST_BODIES_IN_FLIGHT_MIB)",
+            move || bodies.held() as f64,
+        );
+    }
     let engine = Engine::new(services.log, services.tally);
     let (batcher, task) = Batcher::start(engine, settings.batch, Arc::clone(&metrics));
     let state = AppState {
@@ -109,6 +122,7 @@ pub async fn run(serving: Serving, services: Services, settings: Settings) -> an
         requests: Arc::new(RequestMetrics::new(&metrics)),
         metrics,
         body_timeout: settings.body_timeout,
+        bodies,
         limiter: settings
             .rate_limit
             .map(|limit| Arc::new(RateLimiter::new(limit))),

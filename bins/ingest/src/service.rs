@@ -40,6 +40,7 @@ use election_http::metrics::{
 };
 use futures_util::StreamExt;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{self, Scope, TokenCache};
 use crate::batcher::{Batcher, NotRecorded};
@@ -65,6 +66,8 @@ pub struct AppState {
     pub requests: Arc<RequestMetrics>,
     /// Longest time a body may take to arrive (408 past it).
     pub body_timeout: Duration,
+    /// The request bodies held at once, in bytes (see [`read_body`]).
+    pub bodies: Bodies,
     /// The per-token rate limit, if one is configured.
     pub limiter: Option<Arc<RateLimiter>>,
     /// The limit on failed authentications per client address, if any.
@@ -229,12 +232,12 @@ pub(crate) fn client(state: &AppState, parts: &Parts) -> Option<IpAddr> {
 
 /// Counts a refused report request (single or bulk) and answers it.
 pub(crate) fn refuse(state: &AppState, error: ApiError, started: Instant) -> Response {
-    let status = error.status();
-    count_request(state, status, error.code(), started);
+    let (status, code) = (error.status(), error.code());
+    count_request(state, status, code, started);
     let mut response = error.into_response();
-    if status == StatusCode::REQUEST_TIMEOUT {
-        // The rest of the body may still be on its way: this connection
-        // cannot carry another request.
+    if status == StatusCode::REQUEST_TIMEOUT || code == "overloaded" {
+        // The rest of the body may still be on its way (unread past what
+        // draining took): this connection cannot carry another request.
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -271,7 +274,7 @@ async fn handle(
     body: Body,
 ) -> Result<(StatusCode, Accepted), ApiError> {
     let caller = admit(state, election, client, headers).await?;
-    let body = read_body(headers, body, state.body_timeout, MAX_BODY_BYTES).await?;
+    let body = read_body(state, headers, body, MAX_BODY_BYTES).await?;
     let report = parse_report(&caller.election, &body)?;
     let ballot_box_id = report.ballot_box().to_string();
     let revision = report.revision().get();
@@ -636,16 +639,72 @@ const DRAIN_BYTES: usize = 1024 * 1024;
 /// How long draining may take.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-/// Reads a whole body of at most `max` bytes that must arrive within
-/// `timeout` (408 otherwise: a client that sends headers and then stalls or
-/// trickles holds a connection and a task; `election_http::serve` bounds
-/// only the headers).
+/// The bytes of request bodies ingest may hold at once, over every
+/// connection: each request reserves its body's size before reading it and
+/// keeps the reservation until it is answered (its parsed reports live as
+/// long). Without it, a token holder opening many connections, each with a
+/// bulk body of up to [`crate::bulk::MAX_BATCH_BYTES`], could grow ingest's
+/// memory without bound; the per-request limits bound one request, and the
+/// batcher's queue bounds jobs, not the bodies waiting to become jobs.
+/// A request that finds the budget spent is answered `503 overloaded` with
+/// `Retry-After` at once rather than queued: a queue of waiting requests
+/// would be the unbounded thing again, in connections.
+#[derive(Clone, Debug)]
+pub struct Bodies {
+    held: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Bodies {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Bodies {
+        Bodies {
+            held: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
+            limit,
+        }
+    }
+
+    /// The bytes reserved by requests now.
+    pub fn held(&self) -> usize {
+        self.limit.min(Semaphore::MAX_PERMITS) - self.held.available_permits()
+    }
+
+    /// Reserves `bytes`, or `None` when the budget has not that much left.
+    fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes.max(1)).ok()?;
+        Arc::clone(&self.held).try_acquire_many_owned(bytes).ok()
+    }
+}
+
+/// A request's body, read whole, with its share of [`Bodies`] held until
+/// the value is dropped.
+#[derive(Debug)]
+pub(crate) struct HeldBody {
+    bytes: Bytes,
+    _reserved: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for HeldBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads a whole body of at most `max` bytes that must arrive within the
+/// state's `body_timeout` (408 otherwise: a client that sends headers and
+/// then stalls or trickles holds a connection and a task;
+/// `election_http::serve` bounds only the headers), first reserving its
+/// size in the state's [`Bodies`]: the declared `Content-Length`, or `max`
+/// for a body sent without one (chunked), since its size is known only once
+/// it has been read.
 pub(crate) async fn read_body(
+    state: &AppState,
     headers: &HeaderMap,
     body: Body,
-    timeout: Duration,
     max: usize,
-) -> Result<Bytes, ApiError> {
+) -> Result<HeldBody, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -653,6 +712,7 @@ pub(crate) async fn read_body(
             format!("the body is larger than {max} bytes"),
         )
     };
+    let timeout = state.body_timeout;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -662,6 +722,27 @@ pub(crate) async fn read_body(
         drain(&mut stream, 0).await;
         return Err(too_large());
     }
+    let size = declared.map_or(max, |n| n as usize);
+    let Some(reserved) = state.bodies.reserve(size) else {
+        // Read on so that the client reads the answer (see DRAIN_BYTES).
+        drain(&mut stream, 0).await;
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "ingest holds {} bytes of request bodies, its limit \
+                 (INGEST_BODIES_IN_FLIGHT_MIB), and this one needs {size} more{}; \
+                 nothing was recorded, send it again",
+                state.bodies.held(),
+                if declared.is_none() {
+                    " (a body without Content-Length counts as the largest allowed)"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .with_retry_after(1));
+    };
     let mut collected = Vec::with_capacity(declared.map_or(1024, |n| n as usize));
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -693,7 +774,10 @@ pub(crate) async fn read_body(
         }
         collected.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(collected))
+    Ok(HeldBody {
+        bytes: Bytes::from(collected),
+        _reserved: reserved,
+    })
 }
 
 /// Reads and discards the rest of a body, up to [`DRAIN_BYTES`] in all and

@@ -32,6 +32,7 @@ pub fn settings() -> Settings {
             header_read_timeout: election_http::serve::DEFAULT_HEADER_TIMEOUT,
         },
         body_timeout: Duration::from_secs(10),
+        bodies_in_flight: (crate::cli::DEFAULT_BODIES_IN_FLIGHT_MIB as usize) << 20,
         rate_limit: None,
         cors_origins: CorsOrigins::None,
         auth_failures: None,

@@ -53,6 +53,29 @@ fn serve_refuses_an_unmigrated_database_and_migrate_fixes_it() {
     assert_eq!(text(&output.stdout), "database schema is up to date\n");
 }
 
+/// A budget of request bodies below the largest bulk body would refuse
+/// every bulk request that declares its size: the binary refuses to start.
+#[test]
+fn serve_refuses_a_bodies_budget_below_the_largest_bulk_body() {
+    let schema = PgSchema::new();
+    let output = ingest(
+        &schema,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--bodies-in-flight-mib",
+            "3",
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("--bodies-in-flight-mib (INGEST_BODIES_IN_FLIGHT_MIB) must be at least 4"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn token_issue_list_revoke() {
     let schema = PgSchema::new();
