@@ -282,15 +282,7 @@ async fn every_refusal_has_its_status_code_and_message_and_changes_nothing() {
     );
 
     // Metrics count answers by status and code.
-    let metrics = ingest
-        .client
-        .get(format!("{}/metrics", ingest.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ingest.metrics().await;
     assert!(
         metrics.contains(r#"ingest_responses_total{status="409",code="conflict"} 3"#),
         "{metrics}"

@@ -197,6 +197,18 @@ impl Ingest {
         format!("{}/v1/elections/{}/reports", self.base, self.election)
     }
 
+    /// The service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Posts `body` as JSON with the service's token.
     pub async fn post(&self, body: &str) -> (u16, serde_json::Value) {
         self.post_with(&self.token, body).await

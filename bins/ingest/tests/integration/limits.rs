@@ -81,15 +81,7 @@ async fn a_flood_from_one_token_gets_429_while_another_token_is_served() {
     // Only accepted reports left rows and moved counters.
     assert_eq!(ingest.rows(), (accepted + 1, accepted + 1));
     assert_eq!(ingest.national("a"), Some(accepted + 10));
-    let metrics = ingest
-        .client
-        .get(format!("{}/metrics", ingest.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ingest.metrics().await;
     assert!(
         metrics.contains(&format!(
             r#"ingest_responses_total{{status="429",code="rate_limited"}} {limited}"#

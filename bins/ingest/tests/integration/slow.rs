@@ -142,15 +142,7 @@ async fn a_body_that_stalls_gets_408_and_records_nothing() {
     assert_eq!(ingest.rows(), (0, 0));
     assert_eq!(ingest.national("a"), None);
     assert_eq!(ingest.city("york", "a"), None);
-    let metrics = ingest
-        .client
-        .get(format!("{}/metrics", ingest.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ingest.metrics().await;
     assert!(
         metrics.contains(r#"ingest_responses_total{status="408",code="request_timeout"} 2"#),
         "{metrics}"
@@ -163,15 +155,7 @@ async fn a_body_that_stalls_gets_408_and_records_nothing() {
 
 /// Ingest's `ingest_body_bytes_held` gauge.
 async fn bytes_held(ingest: &Ingest) -> f64 {
-    let metrics = ingest
-        .client
-        .get(format!("{}/metrics", ingest.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ingest.metrics().await;
     metrics
         .lines()
         .find_map(|line| line.strip_prefix("ingest_body_bytes_held "))
@@ -283,15 +267,7 @@ async fn the_bodies_held_at_once_are_bounded_over_every_connection() {
     // Only B2 and B3 were recorded and counted.
     assert_eq!(ingest.rows(), (2, 2));
     assert_eq!(ingest.national("a"), Some(10));
-    let metrics = ingest
-        .client
-        .get(format!("{}/metrics", ingest.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ingest.metrics().await;
     assert!(
         metrics.contains(r#"ingest_responses_total{status="503",code="overloaded"} 2"#),
         "{metrics}"
