@@ -66,7 +66,7 @@ pub struct AppState {
     pub requests: Arc<RequestMetrics>,
     /// Longest time a body may take to arrive (408 past it).
     pub body_timeout: Duration,
-    /// The request bodies held at once, in bytes (see [`read_body`]).
+    /// The request bodies held at once, in bytes (see [`Bodies`]).
     pub bodies: Bodies,
     /// The per-token rate limit, if one is configured.
     pub limiter: Option<Arc<RateLimiter>>,
