@@ -235,7 +235,7 @@ pub(crate) fn refuse(state: &AppState, error: ApiError, started: Instant) -> Res
     let (status, code) = (error.status(), error.code());
     count_request(state, status, code, started);
     let mut response = error.into_response();
-    if status == StatusCode::REQUEST_TIMEOUT || code == "overloaded" {
+    if status == StatusCode::REQUEST_TIMEOUT || code == OVERLOADED {
         // The rest of the body may still be on its way (unread past what
         // draining took): this connection cannot carry another request.
         response
@@ -651,30 +651,36 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// would be the unbounded thing again, in connections.
 #[derive(Clone, Debug)]
 pub struct Bodies {
-    held: Arc<Semaphore>,
-    limit: usize,
+    /// One permit per byte not reserved.
+    free: Arc<Semaphore>,
+    /// The budget, in bytes.
+    capacity: usize,
 }
 
 impl Bodies {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Bodies {
+        let capacity = limit.min(Semaphore::MAX_PERMITS);
         Bodies {
-            held: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
-            limit,
+            free: Arc::new(Semaphore::new(capacity)),
+            capacity,
         }
     }
 
     /// The bytes reserved by requests now.
     pub fn held(&self) -> usize {
-        self.limit.min(Semaphore::MAX_PERMITS) - self.held.available_permits()
+        self.capacity - self.free.available_permits()
     }
 
     /// Reserves `bytes`, or `None` when the budget has not that much left.
     fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let bytes = u32::try_from(bytes.max(1)).ok()?;
-        Arc::clone(&self.held).try_acquire_many_owned(bytes).ok()
+        Arc::clone(&self.free).try_acquire_many_owned(bytes).ok()
     }
 }
+
+/// The error code of a request refused by [`Bodies`].
+const OVERLOADED: &str = "overloaded";
 
 /// A request's body, read whole, with its share of [`Bodies`] held until
 /// the value is dropped.
@@ -728,7 +734,7 @@ pub(crate) async fn read_body(
         drain(&mut stream, 0).await;
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            OVERLOADED,
             format!(
                 "ingest holds {} bytes of request bodies, its limit \
                  (INGEST_BODIES_IN_FLIGHT_MIB), and this one needs {size} more{}; \
